@@ -1,0 +1,1 @@
+"""Launcher side: compose the config, plan and start runs, report on sweeps."""

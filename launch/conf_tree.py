@@ -1,0 +1,36 @@
+"""Where the Hydra config tree lives, what each group offers, and the schema registration."""
+
+from __future__ import annotations
+
+import importlib.resources
+from functools import cache
+from pathlib import Path
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import OmegaConf
+
+from train.config import GpuConfig, RunConfig
+
+GROUPS = ("gpu", "model", "precision", "parallel", "cluster", "launcher", "sweep")
+
+
+@cache
+def conf_dir() -> Path:
+    """The repository's conf/ in a checkout or editable install; the packaged copy otherwise."""
+    in_checkout = Path(__file__).resolve().parent.parent / "conf"
+    if (in_checkout / "config.yaml").is_file():
+        return in_checkout
+    return Path(str(importlib.resources.files("launch") / "conf"))
+
+
+def register_schema() -> None:
+    ConfigStore.instance().store(name="base_config", node=RunConfig)
+
+
+def group_choices(group: str) -> list[str]:
+    return sorted(p.stem for p in (conf_dir() / group).glob("*.yaml"))
+
+
+def load_gpu_profile(name: str) -> GpuConfig:
+    node = OmegaConf.load(conf_dir() / "gpu" / f"{name}.yaml")
+    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(GpuConfig), node))

@@ -1,0 +1,129 @@
+"""The driver's job after Hydra composed the config: validate, plan, launch, report."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+import uuid
+from datetime import datetime
+from pathlib import Path
+
+from omegaconf import OmegaConf
+from rich.console import Console
+
+from launch import report
+from launch.commands import torchrun_commands
+from launch.gpu_detect import detect_local
+from launch.plan import RunPlan, config_for, plan_runs
+from launch.runner import progress_bar, run_node_locally
+from launch.validate import validate
+from train.config import RunConfig
+from train.precision import resolve_precision
+
+
+def new_sweep_id(cfg: RunConfig) -> str:
+    return f"{cfg.name}-{datetime.now():%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:6]}"
+
+
+def write_run_config(cfg: RunConfig, plan: RunPlan, sweep_id: str) -> Path:
+    plan.run_dir.mkdir(parents=True, exist_ok=True)
+    path = plan.run_dir / "config.yaml"
+    path.write_text(OmegaConf.to_yaml(OmegaConf.structured(config_for(cfg, plan, sweep_id))))
+    return path
+
+
+def drive(cfg: RunConfig, overrides: list[str], console: Console) -> int:
+    if cfg.gpu.name == "auto":
+        cfg.gpu, detected = detect_local()
+        console.print(f"gpu=auto: {detected}")
+    plans = plan_runs(cfg)
+    validate(cfg, plans)  # raises ConfigError before anything is written or started
+
+    device_type = "cpu" if cfg.gpu.name == "cpu" else "cuda"
+    precision = resolve_precision(cfg.precision.name, cfg.gpu, device_type)
+    console.print(f"precision: {cfg.precision.name} -> {precision.resolved} ({precision.reason})")
+
+    root = Path(cfg.run_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    sweep_id = new_sweep_id(cfg)
+    reproduce = shlex.join([sys.executable, "-m", "launch", *overrides])
+    (root / "command.sh").write_text(f"#!/bin/sh\n# reproduces this run or sweep\n{reproduce}\n")
+
+    node_commands = {}
+    for plan in plans:
+        config_path = write_run_config(cfg, plan, sweep_id)
+        node_commands[plan.name] = torchrun_commands(cfg, plan, config_path)
+
+    if cfg.dry_run:
+        for plan in plans:
+            print(
+                f"# {plan.name}: world size {plan.world_size} = {plan.nodes} node(s) x "
+                f"{plan.nproc_per_node}, global batch {plan.global_batch}"
+            )
+            for node in node_commands[plan.name]:
+                print(node.shell_line())
+        return 0
+
+    summaries = []
+    with progress_bar() as progress:
+        for plan in plans:
+            for node in node_commands[plan.name]:
+                summary = run_node_locally(node, plan, cfg.train.steps, progress)
+            summaries.append(summary)
+            mfu = f"{100 * summary['mfu']:.1f}%" if summary["mfu"] is not None else "n/a"
+            progress.console.print(
+                f"{plan.name}: {summary['tokens_per_s']:,.0f} tokens/s "
+                f"({summary['tokens_per_s_per_device']:,.0f} per device), step "
+                f"{summary['step_time_s']['median']:.3f}s, MFU {mfu}, loss "
+                f"{summary['final_loss']:.4f} -> {plan.run_dir}"
+            )
+
+    if cfg.sweep.name != "none":
+        paths = report.write_report([root], root)
+        rows = report.scaling_rows(report.load_runs([root]))
+        report.print_table(rows)
+        log_scaling_to_wandb(cfg, sweep_id, rows, root)
+        console.print("report: " + ", ".join(str(p) for p in paths.values()))
+    return 0
+
+
+def log_scaling_to_wandb(cfg: RunConfig, sweep_id: str, rows: list[dict], root: Path) -> None:
+    """The sweep's scaling table and efficiency curve, grouped with its runs in wandb."""
+    if cfg.wandb.mode == "disabled":
+        return
+    import wandb
+
+    from train.tracking import WandbRun
+
+    columns = [
+        "world_size",
+        "nodes",
+        "tokens_per_s",
+        "tokens_per_s_per_device",
+        "step_time_median_s",
+        "mfu",
+        "scaling_efficiency",
+    ]
+    table = wandb.Table(columns=columns, data=[[row[c] for c in columns] for row in rows])
+    run = WandbRun(
+        cfg.wandb.mode,
+        cfg.wandb.project,
+        cfg.wandb.entity,
+        root,
+        "scaling",
+        sweep_id,
+        cfg.gpu.name,
+        {"sweep": cfg.sweep.name},
+    )
+    run.log(
+        {
+            "scaling_table": table,
+            "scaling_efficiency": wandb.plot.line(
+                table,
+                "world_size",
+                "scaling_efficiency",
+                title=f"{cfg.gpu.name} scaling efficiency",
+            ),
+        }
+    )
+    run.finish()

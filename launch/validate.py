@@ -1,0 +1,143 @@
+"""Checks that need more than a type: every rule here fails before any worker starts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from launch.errors import ConfigError
+from launch.plan import RunPlan
+from train.config import PRECISIONS, RunConfig
+from train.data import TOKEN_DTYPES
+
+PARALLEL_LAYOUTS = ("ddp",)
+LAUNCHERS = ("torchrun",)
+CLUSTERS = ("local",)
+SWEEPS = ("none", "strong", "weak")
+WANDB_MODES = ("offline", "online", "disabled")
+
+
+def _one_of(key: str, value: str, allowed) -> None:
+    if value not in allowed:
+        raise ConfigError(key, f"{value!r} is not one of: {', '.join(allowed)}")
+
+
+def validate(cfg: RunConfig, plans: list[RunPlan]) -> None:
+    _one_of("precision.name", cfg.precision.name, PRECISIONS)
+    _one_of("parallel.name", cfg.parallel.name, PARALLEL_LAYOUTS)
+    _one_of("launcher.name", cfg.launcher.name, LAUNCHERS)
+    _one_of("cluster.name", cfg.cluster.name, CLUSTERS)
+    _one_of("sweep.name", cfg.sweep.name, SWEEPS)
+    _one_of("wandb.mode", cfg.wandb.mode, WANDB_MODES)
+    _one_of("data.source", cfg.data.source, ("synthetic", "file"))
+    validate_model(cfg)
+    validate_train(cfg)
+    validate_cluster(cfg, plans)
+    if cfg.data.source == "file":
+        validate_token_file(cfg)
+    for plan in plans:
+        validate_run_dir(plan.run_dir, cfg.overwrite)
+
+
+def validate_model(cfg: RunConfig) -> None:
+    m = cfg.model
+    for key in (
+        "n_layers",
+        "d_model",
+        "n_heads",
+        "n_kv_heads",
+        "ffn_hidden",
+        "vocab_size",
+        "max_seq_len",
+    ):
+        if getattr(m, key) < 1:
+            raise ConfigError(f"model.{key}", f"{getattr(m, key)}: must be >= 1")
+    if m.d_model % m.n_heads:
+        raise ConfigError("model.n_heads", f"d_model {m.d_model} is not divisible by {m.n_heads}")
+    if m.n_heads % m.n_kv_heads:
+        raise ConfigError(
+            "model.n_kv_heads",
+            f"n_heads {m.n_heads} is not divisible by n_kv_heads {m.n_kv_heads}",
+        )
+    if (m.d_model // m.n_heads) % 2:
+        raise ConfigError("model.n_heads", "head dim d_model/n_heads must be even for RoPE")
+
+
+def validate_train(cfg: RunConfig) -> None:
+    t = cfg.train
+    if t.steps <= 0:
+        raise ConfigError("train.steps", f"{t.steps}: must be > 0")
+    if not 0 <= t.warmup_steps < t.steps:
+        raise ConfigError(
+            "train.warmup_steps", f"{t.warmup_steps}: must be >= 0 and < train.steps ({t.steps})"
+        )
+    if not 1 <= t.seq_len <= cfg.model.max_seq_len:
+        raise ConfigError(
+            "train.seq_len",
+            f"{t.seq_len}: must be between 1 and model {cfg.model.name}'s max_seq_len "
+            f"{cfg.model.max_seq_len}",
+        )
+    if t.micro_batch < 1:
+        raise ConfigError("train.micro_batch", f"{t.micro_batch}: must be >= 1")
+
+
+def validate_cluster(cfg: RunConfig, plans: list[RunPlan]) -> None:
+    c = cfg.cluster
+    for key in ("nodes", "nproc_per_node", "cpu_threads_per_rank"):
+        if getattr(c, key) < 1:
+            raise ConfigError(f"cluster.{key}", f"{getattr(c, key)}: must be >= 1")
+    if c.name == "local" and c.nodes != 1:
+        raise ConfigError("cluster.nodes", f"{c.nodes}: cluster=local has exactly 1 node")
+    for plan in plans:
+        # Data parallelism spans every rank under ddp: each optimizer step splits the global
+        # batch into micro batches, one per rank per accumulation step.
+        per_step = cfg.train.micro_batch * plan.world_size
+        if plan.global_batch % per_step:
+            raise ConfigError(
+                "train.global_batch",
+                f"{plan.global_batch} (at world size {plan.world_size}) is not divisible by "
+                f"micro_batch {cfg.train.micro_batch} x data-parallel size {plan.world_size}",
+            )
+
+
+def validate_token_file(cfg: RunConfig) -> None:
+    d = cfg.data
+    _one_of("data.dtype", d.dtype, tuple(TOKEN_DTYPES))
+    if not d.path:
+        raise ConfigError("data.path", "data.source=file needs data.path (a .bin token file)")
+    path = Path(d.path)
+    if not path.is_file():
+        raise ConfigError("data.path", f"{d.path}: no such file")
+    dtype = np.dtype(TOKEN_DTYPES[d.dtype])
+    size = path.stat().st_size
+    if size == 0:
+        raise ConfigError("data.path", f"{d.path}: file is empty")
+    if size % dtype.itemsize:
+        raise ConfigError(
+            "data.dtype", f"{d.path}: {size} bytes is not a whole number of {d.dtype} tokens"
+        )
+    if cfg.model.vocab_size > np.iinfo(dtype).max + 1:
+        raise ConfigError(
+            "data.dtype",
+            f"{d.dtype} holds ids up to {np.iinfo(dtype).max}, model vocab_size is "
+            f"{cfg.model.vocab_size}: use uint32",
+        )
+    n_tokens = size // dtype.itemsize
+    if n_tokens <= cfg.train.seq_len + 1:
+        raise ConfigError("data.path", f"{d.path}: {n_tokens} tokens, need > seq_len+1")
+    # A wrong dtype reads garbage ids; the head of the file is enough to catch it cheaply.
+    head = np.memmap(path, dtype=dtype, mode="r")[: 1 << 20]
+    if int(head.max()) >= cfg.model.vocab_size:
+        raise ConfigError(
+            "data.dtype",
+            f"{d.path} read as {d.dtype} has token id {int(head.max())} >= vocab_size "
+            f"{cfg.model.vocab_size}: wrong dtype or wrong model",
+        )
+
+
+def validate_run_dir(run_dir: Path, overwrite: bool) -> None:
+    if (run_dir / "summary.json").exists() and not overwrite:
+        raise ConfigError(
+            "run_dir", f"{run_dir} already holds a finished run; pick another or set overwrite=true"
+        )

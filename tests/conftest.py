@@ -1,0 +1,61 @@
+"""Shared helpers: compose configs like the driver does, and run the CLI as a user would."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from launch.conf_tree import conf_dir, load_gpu_profile, register_schema
+from train.config import RunConfig
+
+REPO = Path(__file__).resolve().parent.parent
+# Fast settings for the tiny model on CPU: enough steps to time, few enough to stay quick.
+FAST = [
+    "model=tiny",
+    "wandb.mode=disabled",
+    "train.steps=6",
+    "train.warmup_steps=2",
+    "train.seq_len=64",
+    "train.micro_batch=2",
+    "train.global_batch=4",
+]
+
+
+def compose_run_config(overrides: list[str]) -> RunConfig:
+    """The typed config `python -m launch` would get for these overrides (gpu=auto -> cpu)."""
+    register_schema()
+    with initialize_config_dir(str(conf_dir()), version_base=None):
+        cfg = compose("config", overrides=overrides)
+    typed = OmegaConf.to_object(cfg)
+    if typed.gpu.name == "auto":
+        typed.gpu = load_gpu_profile("cpu")
+    return typed
+
+
+def cli_env() -> dict[str, str]:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled", "HYDRA_FULL_ERROR": "0"}
+
+
+def run_launch(args: list[str], cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "launch", *args],
+        cwd=cwd,
+        env=cli_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+@pytest.fixture
+def launch_cli(tmp_path):
+    def run(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+        return run_launch(list(args), tmp_path, timeout)
+
+    return run

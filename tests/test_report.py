@@ -1,0 +1,178 @@
+"""The scaling report on fake sweeps: efficiency, node boundaries, files written, CLI errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from launch.report import ReportError, load_runs, main, scaling_rows, write_report
+
+SIZES = [1, 2, 4, 8, 16]
+H100 = "h100_sxm · gpt_1_3b · ddp · bf16"
+H800 = "h800 · gpt_1_3b · ddp · bf16"
+
+
+def summary(gpu: str, world_size: int, per_device: float, mfu: float | None) -> dict:
+    nproc = min(world_size, 8)
+    return {
+        "run_name": f"ws{world_size}",
+        "sweep": {"id": "20261127-181500-ab12", "name": "weak"},
+        "world_size": world_size,
+        "nodes": world_size // nproc,
+        "nproc_per_node": nproc,
+        "gpu": gpu,
+        "gpu_display_name": gpu.upper(),
+        "device_name": f"NVIDIA {gpu.upper()}",
+        "backend": "nccl",
+        "precision": {"requested": "auto", "resolved": "bf16", "reason": "supported"},
+        "parallel": "ddp",
+        "model": {"name": "gpt_1_3b", "params": 1_300_000_000, "flops_per_token": 7.8e9},
+        "seq_len": 2048,
+        "global_batch": 8 * world_size,
+        "micro_batch": 8,
+        "grad_accum": 1,
+        "tokens_per_step": 16384 * world_size,
+        "tokens_per_s": per_device * world_size,
+        "tokens_per_s_per_device": per_device,
+        "step_time_s": {
+            "median": 16384 / per_device,
+            "min": 0.9 * 16384 / per_device,
+            "max": 1.1 * 16384 / per_device,
+        },
+        "model_tflops_per_device": per_device * 7.8e9 / 1e12,
+        "peak_tflops": None,
+        "mfu": mfu,
+        "peak_memory_bytes": 40 * 2**30,
+        "final_loss": 6.5,
+        "torch_version": "2.13.0",
+        "config_digest": "abc123",
+    }
+
+
+H100_EFF = [1.0, 0.97, 0.95, 0.92, 0.78]
+H800_EFF = [1.0, 0.96, 0.93, 0.90, 0.70]
+
+
+def write_sweep(
+    root: Path, gpu: str, base: float, mfu: float | None, effs: list[float] = H100_EFF
+) -> Path:
+    # Efficiency dips a little inside a node and drops once the sweep leaves it at 16.
+    for size, eff in zip(SIZES, effs, strict=True):
+        run = root / f"ws{size}"
+        run.mkdir(parents=True)
+        value = None if mfu is None else mfu * eff
+        (run / "summary.json").write_text(json.dumps(summary(gpu, size, base * eff, value)))
+    (root / "command.sh").write_text("#!/bin/sh\n")  # not a run; must be ignored
+    (root / "failed_run").mkdir()  # no summary.json; must be skipped
+    return root
+
+
+@pytest.fixture
+def sweep(tmp_path: Path) -> Path:
+    root = tmp_path / "sweep"
+    write_sweep(root / "h100", "h100_sxm", 3000.0, 0.45)
+    write_sweep(root / "h800", "h800", 2500.0, None, H800_EFF)
+    return root
+
+
+def test_efficiency_is_per_device_throughput_relative_to_base(sweep: Path):
+    dirs = [sweep / "h100", sweep / "h800"]
+    rows = scaling_rows(load_runs(dirs))
+    assert len(rows) == 10
+    for label in (H100, H800):
+        series = [r for r in rows if r["series"] == label]
+        assert [r["world_size"] for r in series] == SIZES
+        base = series[0]["tokens_per_s"]
+        for row in series:
+            expected = row["tokens_per_s"] / (row["world_size"] * base)
+            assert row["scaling_efficiency"] == pytest.approx(expected)
+        assert series[0]["scaling_efficiency"] == pytest.approx(1.0)
+    last = {r["series"]: r["scaling_efficiency"] for r in rows if r["world_size"] == 16}
+    assert last == {H100: pytest.approx(0.78), H800: pytest.approx(0.70)}
+
+
+def test_only_first_multi_node_size_is_flagged(sweep: Path):
+    rows = scaling_rows(load_runs([sweep / "h100", sweep / "h800"]))
+    flagged = [(r["series"], r["world_size"]) for r in rows if r["crosses_node_boundary"]]
+    assert flagged == [(H100, 16), (H800, 16)]
+
+
+def test_run_dir_and_same_label_from_two_dirs(tmp_path: Path):
+    a = write_sweep(tmp_path / "a", "h800", 2500.0, None)
+    b = write_sweep(tmp_path / "b", "h800", 2400.0, None)
+    runs = load_runs([a, b])
+    assert {r["series"] for r in runs} == {f"{H800} (a)", f"{H800} (b)"}
+    assert len(load_runs([a, tmp_path / "a" / ".", b])) == 10  # a named twice counts once
+    single = load_runs([a / "ws4"])
+    assert len(single) == 1 and single[0]["series"] == H800
+    assert scaling_rows(single)[0]["scaling_efficiency"] == pytest.approx(1.0)
+
+
+def test_missing_or_empty_dir_raises(tmp_path: Path):
+    with pytest.raises(ReportError, match="nope"):
+        load_runs([tmp_path / "nope"])
+    (tmp_path / "empty" / "sub").mkdir(parents=True)
+    with pytest.raises(ReportError, match="empty"):
+        load_runs([tmp_path / "empty"])
+
+
+def test_write_report(sweep: Path, tmp_path: Path):
+    dirs = [sweep / "h100", sweep / "h800"]
+    paths = write_report(dirs, tmp_path / "out")
+    md = paths["markdown"].read_text()
+    assert H100 in md and H800 in md
+    assert "weak scaling" in md
+    table = [
+        line
+        for line in md.splitlines()
+        if line.startswith("| ") and not line.startswith("| world size")
+    ]
+    assert len(table) == 10
+    h100_rows, h800_rows = table[:5], table[5:]
+    assert all(line.split("|")[6].strip().endswith("%") for line in h100_rows)
+    assert all(line.split("|")[6].strip() == "n/a" for line in h800_rows)
+    assert h100_rows[-1].startswith("| 16 †") and h800_rows[-1].startswith("| 16 †")
+    assert h100_rows[-1].split("|")[7].strip() == "78.0%"
+
+    results = json.loads(paths["json"].read_text())
+    expected = scaling_rows(load_runs(dirs))
+    assert results == {"series": [H100, H800], "rows": json.loads(json.dumps(expected))}
+
+    png = paths["plot"].read_bytes()
+    assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 10_000
+
+
+def test_cli_writes_into_the_single_dir(sweep: Path, capsys: pytest.CaptureFixture[str]):
+    assert main([str(sweep / "h100")]) == 0
+    assert (sweep / "h100" / "report.md").exists()
+    assert (sweep / "h100" / "scaling.png").exists()
+    assert "report.md" in capsys.readouterr().out
+
+
+def test_cli_missing_dir(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    assert main([str(tmp_path / "nope")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "nope" in err and err.count("\n") == 1
+
+
+def test_cli_several_dirs_need_out(sweep: Path, capsys: pytest.CaptureFixture[str]):
+    assert main([str(sweep / "h100"), str(sweep / "h800")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "--out" in err and err.count("\n") == 1
+    assert not (sweep / "h100" / "report.md").exists()
+
+
+def test_python_m_launch_report(tmp_path: Path):
+    result = subprocess.run(
+        [sys.executable, "-m", "launch.report", str(tmp_path / "nope")],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).resolve().parents[1],
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1

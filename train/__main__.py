@@ -1,0 +1,20 @@
+"""One rank: ``python -m train --config RUN_DIR/config.yaml`` (torchrun starts N of these)."""
+
+from __future__ import annotations
+
+import argparse
+
+from train.worker import run
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m train", description=__doc__)
+    parser.add_argument(
+        "--config", required=True, help="resolved config.yaml written by the driver"
+    )
+    args = parser.parse_args()
+    run(args.config)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,174 @@
+"""The run configuration: one schema shared by the driver and the ranks.
+
+The driver registers these dataclasses with Hydra's ConfigStore (so a typo or a wrong
+type fails at compose time); a rank loads the resolved ``config.yaml`` into the same
+dataclasses with OmegaConf alone, so `train/` never imports Hydra.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import MISSING, OmegaConf
+
+PRECISIONS = ("auto", "fp32", "tf32", "bf16", "fp16", "fp8")
+
+
+@dataclass
+class PeakTflops:
+    """Dense (no 2:4 sparsity) peak TFLOP/s per precision; null when unknown."""
+
+    fp32: float | None = None
+    tf32: float | None = None
+    bf16: float | None = None
+    fp16: float | None = None
+    fp8: float | None = None
+
+
+@dataclass
+class GpuConfig:
+    """One accelerator profile (conf/gpu/<name>.yaml)."""
+
+    name: str = MISSING
+    display_name: str = MISSING
+    peak_tflops: PeakTflops = field(default_factory=PeakTflops)
+    hbm_gb: float | None = None
+    hbm_gbytes_per_s: float | None = None
+    # Per GPU, both directions added; a ring collective sees half of it per direction.
+    nvlink_gbytes_per_s_bidir: float | None = None
+    nic_gbits_per_s_per_gpu: float | None = None
+    gpus_per_node: int = 8
+    fp8: bool = False
+    # Substrings of torch.cuda.get_device_name() that identify this part (gpu=auto).
+    device_name_patterns: list[str] = field(default_factory=list)
+    # Total device memory in GiB, to tell apart parts that share a name (A100 40 vs 80 GB).
+    memory_gib_range: list[float] | None = None
+    source: str = ""
+    verified: bool = False
+
+
+@dataclass
+class ModelConfig:
+    """A Llama-style decoder shape (conf/model/<name>.yaml)."""
+
+    name: str = MISSING
+    n_layers: int = MISSING
+    d_model: int = MISSING
+    n_heads: int = MISSING
+    n_kv_heads: int = MISSING
+    ffn_hidden: int = MISSING  # SwiGLU hidden width
+    vocab_size: int = MISSING
+    max_seq_len: int = MISSING
+    tie_embeddings: bool = False
+    rope_theta: float = 10000.0
+    norm_eps: float = 1e-5
+    source: str = ""
+
+
+@dataclass
+class PrecisionConfig:
+    """Numeric format of the matmuls; `auto` decides from the gpu profile and the machine."""
+
+    name: str = "auto"
+    # fp16 dynamic loss scaling
+    loss_scale_init: float = 65536.0
+    loss_scale_growth_interval: int = 2000
+
+
+@dataclass
+class ParallelConfig:
+    """How the model and the batch are spread over ranks."""
+
+    name: str = "ddp"
+    # DDP bucket size: the unit in which gradients are all-reduced while backward runs.
+    bucket_mb: float = 25.0
+
+
+@dataclass
+class ClusterConfig:
+    """Where the ranks run."""
+
+    name: str = "local"
+    nodes: int = 1
+    nproc_per_node: int = 2
+    # CPU ranks: intra-op threads each rank may use (OMP_NUM_THREADS). One core per rank
+    # makes a CPU rank behave like one device, so per-device throughput compares across N.
+    cpu_threads_per_rank: int = 1
+    master_addr: str = "127.0.0.1"
+    master_port: int = 29500
+    max_restarts: int = 0
+
+
+@dataclass
+class LauncherConfig:
+    name: str = "torchrun"
+
+
+@dataclass
+class SweepConfig:
+    """`none`: one run at cluster.*; `strong`/`weak`: one run per world size, then a report."""
+
+    name: str = "none"
+    world_sizes: list[int] = field(default_factory=list)
+
+
+@dataclass
+class DataConfig:
+    """`synthetic` tokens (nothing downloaded) or a memory-mapped token file."""
+
+    source: str = "synthetic"
+    path: str | None = None
+    dtype: str = "uint16"
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 20
+    warmup_steps: int = 5
+    micro_batch: int = 4
+    global_batch: int = 8
+    seq_len: int = 128
+    lr: float = 3e-4
+    weight_decay: float = 0.1
+    grad_clip: float = 1.0
+    compile: bool = False
+
+
+@dataclass
+class WandbConfig:
+    mode: str = "offline"
+    project: str = "scaleprobe"
+    entity: str | None = None
+
+
+@dataclass
+class RunConfig:
+    gpu: GpuConfig = field(default_factory=GpuConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    precision: PrecisionConfig = field(default_factory=PrecisionConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    launcher: LauncherConfig = field(default_factory=LauncherConfig)
+    sweep: SweepConfig = field(default_factory=SweepConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+    name: str = "scaleprobe"
+    run_dir: str = MISSING
+    seed: int = 0
+    dry_run: bool = False
+    overwrite: bool = False
+    # Filled in by the driver for each launched run; a rank reads them, a user does not set them.
+    sweep_id: str | None = None
+
+
+def load_run_config(path: str | Path) -> RunConfig:
+    """Load a resolved config.yaml into the typed schema (raises on unknown keys or types)."""
+    merged = OmegaConf.merge(OmegaConf.structured(RunConfig), OmegaConf.load(path))
+    return OmegaConf.to_object(merged)
+
+
+def to_yaml(cfg: Any) -> str:
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg) if not OmegaConf.is_config(cfg) else cfg)

@@ -1,0 +1,84 @@
+"""Per-step measurements and the run summary (rank 0 writes them)."""
+
+from __future__ import annotations
+
+import json
+import resource
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+
+def model_tflops_per_device(flops_per_token: float, tokens_per_s_per_device: float) -> float:
+    return flops_per_token * tokens_per_s_per_device / 1e12
+
+
+def mfu(flops_per_token: float, tokens_per_s_per_device: float, peak_tflops: float | None):
+    """Model FLOPs utilisation: achieved model FLOP/s over the precision's dense peak.
+
+    None when the peak is unknown: an unknown part never borrows another part's peak.
+    """
+    if not peak_tflops:
+        return None
+    return model_tflops_per_device(flops_per_token, tokens_per_s_per_device) / peak_tflops
+
+
+def peak_memory_bytes(device: torch.device) -> int:
+    """Peak allocated CUDA memory, or this process's peak RSS on CPU."""
+    if device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device))
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024  # KiB on Linux
+
+
+@dataclass
+class StepRecord:
+    step: int
+    loss: float
+    step_time_s: float
+    tokens_per_s: float
+    tokens_per_s_per_device: float
+    model_tflops_per_device: float
+    mfu: float | None
+    memory_bytes: int
+    timed: bool
+
+
+@dataclass
+class MetricsWriter:
+    """Appends one JSON line per step to metrics.jsonl and keeps the timed steps."""
+
+    path: Path
+    records: list[StepRecord] = field(default_factory=list)
+
+    def __post_init__(self):
+        self.path.write_text("")
+
+    def log(self, record: StepRecord) -> None:
+        self.records.append(record)
+        with self.path.open("a") as f:
+            f.write(json.dumps(record.__dict__) + "\n")
+
+    def timed_step_times(self) -> list[float]:
+        return [r.step_time_s for r in self.records if r.timed]
+
+
+def step_time_stats(step_times: list[float]) -> dict:
+    return {
+        "median": statistics.median(step_times),
+        "min": min(step_times),
+        "max": max(step_times),
+    }
+
+
+def format_step_line(r: StepRecord, total_steps: int) -> str:
+    """One torchtitan-style log line per step."""
+    mfu_text = f"{100 * r.mfu:.1f}%" if r.mfu is not None else "n/a"
+    warm = "" if r.timed else "  (warm-up)"
+    return (
+        f"step {r.step:>4}/{total_steps}  loss {r.loss:8.4f}  "
+        f"memory {r.memory_bytes / 2**30:6.2f}GiB  tps {r.tokens_per_s:,.0f}  "
+        f"tps/device {r.tokens_per_s_per_device:,.0f}  "
+        f"tflops {r.model_tflops_per_device:.3f}  mfu {mfu_text}{warm}"
+    )

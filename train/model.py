@@ -1,0 +1,204 @@
+"""A Llama-style decoder: RMSNorm, rotary positions, grouped-query attention, SwiGLU.
+
+Written to be read in one sitting (nanoGPT / torchtitan style). Module names are part of
+the interface: tensor-parallel plans and fp8 filters select submodules by fully-qualified
+name (``layers.0.attention.wq``, ``layers.0.feed_forward.w2``, ``output``, ...).
+
+Also here: parameter and FLOP counts computed from the config alone, so the driver can plan
+a run and the ranks can report MFU without building (or sharding) a model.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from train.config import ModelConfig
+
+
+def _head_dim(cfg: ModelConfig) -> int:
+    return cfg.d_model // cfg.n_heads
+
+
+def rope_tables(head_dim: int, max_seq_len: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin of the rotary angles, each [max_seq_len, head_dim // 2], in float32."""
+    inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
+    angles = torch.outer(torch.arange(max_seq_len, dtype=torch.float32), inv_freq)
+    return angles.cos(), angles.sin()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate x [B, T, heads, head_dim] by position; cos/sin are [T, head_dim // 2].
+
+    Pairs are (i, i + head_dim/2) ("rotate half"), not interleaved: the two conventions are
+    equivalent up to a fixed permutation of wq/wk, and halves need no complex dtype.
+    """
+    # In float32 even under autocast: bf16 angles lose whole radians at long positions.
+    x1, x2 = x.float().chunk(2, dim=-1)
+    cos, sin = cos[:, None, :], sin[:, None, :]
+    out = torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
+    return out.type_as(x)
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.head_dim = _head_dim(cfg)
+        kv_dim = cfg.n_kv_heads * self.head_dim
+        self.wq = nn.Linear(cfg.d_model, cfg.n_heads * self.head_dim, bias=False)
+        self.wk = nn.Linear(cfg.d_model, kv_dim, bias=False)
+        self.wv = nn.Linear(cfg.d_model, kv_dim, bias=False)
+        self.wo = nn.Linear(cfg.n_heads * self.head_dim, cfg.d_model, bias=False)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        B, T, _ = x.shape
+        q, k, v = self.wq(x), self.wk(x), self.wv(x)
+        # Head counts come from the activations, not the config: under tensor parallelism
+        # wq/wk/wv are column-sharded and each rank holds only its own heads.
+        q = q.view(B, T, -1, self.head_dim)
+        k = k.view(B, T, -1, self.head_dim)
+        v = v.view(B, T, -1, self.head_dim)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+
+        q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # [B, heads, T, head_dim]
+        # GQA: each k/v head serves a contiguous group of query heads. repeat_interleave
+        # rather than SDPA's enable_gqa, which not every backend/version supports.
+        n_rep = q.shape[1] // k.shape[1]
+        if n_rep > 1:
+            k = k.repeat_interleave(n_rep, dim=1)
+            v = v.repeat_interleave(n_rep, dim=1)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return self.wo(y.transpose(1, 2).reshape(B, T, -1))
+
+
+class FeedForward(nn.Module):
+    """SwiGLU (Shazeer 2020): w2(silu(w1 x) * w3 x)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.w1 = nn.Linear(cfg.d_model, cfg.ffn_hidden, bias=False)
+        self.w2 = nn.Linear(cfg.ffn_hidden, cfg.d_model, bias=False)
+        self.w3 = nn.Linear(cfg.d_model, cfg.ffn_hidden, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+
+
+class TransformerBlock(nn.Module):
+    """Pre-norm residual block: x + attn(norm(x)), then x + ffn(norm(x))."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.attention_norm = nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps)
+        self.attention = Attention(cfg)
+        self.ffn_norm = nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps)
+        self.feed_forward = FeedForward(cfg)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        x = x + self.attention(self.attention_norm(x), cos, sin)
+        return x + self.feed_forward(self.ffn_norm(x))
+
+
+class Transformer(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        if cfg.d_model % cfg.n_heads:
+            raise ValueError(f"d_model {cfg.d_model} is not a multiple of n_heads {cfg.n_heads}")
+        if cfg.n_heads % cfg.n_kv_heads:
+            raise ValueError(
+                f"n_heads {cfg.n_heads} is not a multiple of n_kv_heads {cfg.n_kv_heads}"
+            )
+        if _head_dim(cfg) % 2:
+            raise ValueError(f"head_dim {_head_dim(cfg)} must be even for rotary embeddings")
+        self.cfg = cfg
+        self.tok_embeddings = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.layers = nn.ModuleList(TransformerBlock(cfg) for _ in range(cfg.n_layers))
+        self.norm = nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps)
+        self.output = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        if cfg.tie_embeddings:
+            self.output.weight = self.tok_embeddings.weight
+        # Non-persistent: derived from the config, so kept out of checkpoints and the
+        # optimizer; buffers still follow .to(device) and DDP/FSDP need not sync them.
+        cos, sin = rope_tables(_head_dim(cfg), cfg.max_seq_len, cfg.rope_theta)
+        self.register_buffer("rope_cos", cos, persistent=False)
+        self.register_buffer("rope_sin", sin, persistent=False)
+        self.init_weights()
+
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        """GPT-2 init: N(0, 0.02) everywhere, residual projections (wo, w2) by 1/sqrt(2L).
+
+        Each block adds two residual branches; scaling their output projections keeps the
+        residual stream's variance from growing with depth. Deterministic given the global
+        torch seed. Recomputes the rope tables too, so a model built on the meta device and
+        materialized with to_empty() is complete after calling this.
+        """
+        std, residual_std = 0.02, 0.02 / math.sqrt(2 * self.cfg.n_layers)
+        nn.init.normal_(self.tok_embeddings.weight, std=std)
+        for name, module in self.named_modules():
+            if isinstance(module, nn.Linear):
+                if module is self.output and self.cfg.tie_embeddings:
+                    continue  # shared with the embedding, already drawn
+                is_residual = name.endswith((".wo", ".w2"))
+                nn.init.normal_(module.weight, std=residual_std if is_residual else std)
+            elif isinstance(module, nn.RMSNorm):
+                module.reset_parameters()
+        cos, sin = rope_tables(_head_dim(self.cfg), self.cfg.max_seq_len, self.cfg.rope_theta)
+        self.rope_cos.copy_(cos)
+        self.rope_sin.copy_(sin)
+
+    def forward(self, tokens: torch.Tensor, targets: torch.Tensor | None = None) -> torch.Tensor:
+        """tokens [B, T] -> logits [B, T, vocab], or the mean cross-entropy if targets given."""
+        T = tokens.shape[1]
+        if T > self.cfg.max_seq_len:
+            raise ValueError(f"sequence length {T} exceeds max_seq_len {self.cfg.max_seq_len}")
+        cos, sin = self.rope_cos[:T], self.rope_sin[:T]
+        h = self.tok_embeddings(tokens)
+        for layer in self.layers:
+            h = layer(h, cos, sin)
+        logits = self.output(self.norm(h))
+        if targets is None:
+            return logits
+        # float32 softmax: a bf16/fp16 log-sum-exp over a 50k vocab is visibly inexact.
+        return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
+
+
+def count_params(cfg: ModelConfig) -> int:
+    """Trainable parameters of Transformer(cfg), a tied embedding/output matrix counted once.
+
+    Equals ``sum(p.numel() for p in Transformer(cfg).parameters())``; rope tables are buffers.
+    """
+    d, hd = cfg.d_model, _head_dim(cfg)
+    attention = 2 * d * cfg.n_heads * hd + 2 * d * cfg.n_kv_heads * hd  # wq, wo + wk, wv
+    feed_forward = 3 * d * cfg.ffn_hidden
+    norms = 2 * d
+    embedding = cfg.vocab_size * d
+    output = 0 if cfg.tie_embeddings else cfg.vocab_size * d
+    return cfg.n_layers * (attention + feed_forward + norms) + d + embedding + output
+
+
+def count_matmul_params(cfg: ModelConfig) -> int:
+    """Parameters that take part in matmuls: count_params less the input embedding table.
+
+    An embedding lookup is a gather, not a matmul. When tied, the shared matrix is still
+    counted once, as the output head (which is a matmul). Norm weights are included; they are
+    negligible. Same convention as torchtitan.
+    """
+    embedding = 0 if cfg.tie_embeddings else cfg.vocab_size * cfg.d_model
+    return count_params(cfg) - embedding
+
+
+def flops_per_token(cfg: ModelConfig, seq_len: int) -> int:
+    """Model FLOPs per token for one forward + backward pass, without recomputation.
+
+    6 * N for the matmuls (2 forward, 4 backward per parameter, N = count_matmul_params:
+    input embedding excluded, a tied matrix counted once as the output head) plus
+    12 * L * H * Q * T for attention scores and values (PaLM, Chowdhery et al. 2022,
+    appendix B; Q = head_dim, T = seq_len). As in PaLM and torchtitan the attention term is
+    not halved for the causal mask. MFU from this number ignores activation recomputation.
+    """
+    attention = 12 * cfg.n_layers * cfg.n_heads * _head_dim(cfg) * seq_len
+    return 6 * count_matmul_params(cfg) + attention

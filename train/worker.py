@@ -1,0 +1,241 @@
+"""The training loop of one rank: build, wrap, step, measure; rank 0 writes the results."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from omegaconf import OmegaConf
+from torch.nn.parallel import DistributedDataParallel
+
+from train import distributed
+from train.config import RunConfig, load_run_config
+from train.data import SyntheticTokens, TokenFile, rank_micro_batches
+from train.metrics import (
+    MetricsWriter,
+    StepRecord,
+    format_step_line,
+    mfu,
+    model_tflops_per_device,
+    peak_memory_bytes,
+    step_time_stats,
+)
+from train.model import Transformer, count_params, flops_per_token
+from train.precision import PrecisionPlan, peak_tflops_for, resolve_precision
+from train.tracking import WandbRun
+
+
+def build_data(cfg: RunConfig):
+    if cfg.data.source == "file":
+        return TokenFile(cfg.data.path, cfg.data.dtype, cfg.train.seq_len, cfg.seed)
+    return SyntheticTokens(cfg.model.vocab_size, cfg.train.seq_len, cfg.seed)
+
+
+def wrap_model(model: torch.nn.Module, cfg: RunConfig, rank: distributed.RankInfo):
+    if rank.world_size == 1 or not dist.is_initialized():
+        return model
+    device_ids = [rank.device.index] if rank.device.type == "cuda" else None
+    return DistributedDataParallel(
+        model, device_ids=device_ids, bucket_cap_mb=cfg.parallel.bucket_mb
+    )
+
+
+def train_step(
+    model,
+    optimizer,
+    scaler,
+    micro_batches,
+    accum_steps,
+    plan: PrecisionPlan,
+    device: torch.device,
+    grad_clip: float,
+) -> torch.Tensor:
+    """One optimizer step over accum_steps micro-batches; returns the mean loss (a tensor)."""
+    loss_sum = torch.zeros((), device=device)
+    for i, (inputs, targets) in enumerate(micro_batches):
+        # DDP all-reduces on every backward; only the last micro-step needs it.
+        last = i == accum_steps - 1
+        sync = (
+            contextlib.nullcontext() if last or not hasattr(model, "no_sync") else model.no_sync()
+        )
+        with sync:
+            with plan.autocast(device):
+                loss = model(
+                    inputs.to(device, non_blocking=True), targets.to(device, non_blocking=True)
+                )
+            scaled = loss / accum_steps
+            (scaler.scale(scaled) if scaler else scaled).backward()
+        loss_sum += loss.detach()
+    if scaler:
+        scaler.unscale_(optimizer)
+    if grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    if scaler:
+        scaler.step(optimizer)  # skips the update when the gradients overflowed
+        scaler.update()
+    else:
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return loss_sum / accum_steps
+
+
+def mean_over_ranks(value: torch.Tensor) -> float:
+    if dist.is_initialized():
+        value = value.clone()
+        dist.all_reduce(value)  # SUM: gloo has no AVG
+        value /= dist.get_world_size()
+    return float(value)
+
+
+def config_digest(cfg: RunConfig) -> str:
+    """Hash of what determines the workload (not where it was written or how wide it ran)."""
+    content = OmegaConf.to_container(OmegaConf.structured(cfg))
+    for key in ("run_dir", "sweep_id", "dry_run", "overwrite", "wandb"):
+        content.pop(key, None)
+    content.pop("cluster", None)
+    return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def run(config_path: str | Path) -> dict | None:
+    config_path = Path(config_path)
+    cfg = load_run_config(config_path)
+    run_dir = config_path.parent
+    rank = distributed.init_distributed()
+    try:
+        summary = _run(cfg, run_dir, rank)
+        # Leave together: a gloo rank that tears down while rank 0 still writes the summary
+        # can abort ("terminate called without an active exception").
+        if dist.is_initialized():
+            dist.barrier()
+        return summary
+    finally:
+        distributed.shutdown()
+
+
+def _run(cfg: RunConfig, run_dir: Path, rank: distributed.RankInfo) -> dict | None:
+    plan = resolve_precision(cfg.precision.name, cfg.gpu, rank.device.type)
+    plan.apply_backend_flags()
+    if rank.is_main:
+        print(f"precision: {plan.resolved} ({plan.reason})", flush=True)
+
+    torch.manual_seed(cfg.seed)
+    model = Transformer(cfg.model).to(rank.device)
+    n_params = count_params(cfg.model)
+    model_flops_per_token = flops_per_token(cfg.model, cfg.train.seq_len)
+    if cfg.train.compile:
+        model = torch.compile(model)
+    model = wrap_model(model, cfg, rank)
+    optimizer = torch.optim.AdamW(
+        model.parameters(),
+        lr=cfg.train.lr,
+        betas=(0.9, 0.95),
+        weight_decay=cfg.train.weight_decay,
+        fused=rank.device.type == "cuda",
+    )
+    scaler = None
+    if plan.loss_scaling:
+        scaler = torch.amp.GradScaler(
+            rank.device.type,
+            init_scale=cfg.precision.loss_scale_init,
+            growth_interval=cfg.precision.loss_scale_growth_interval,
+        )
+
+    data = build_data(cfg)
+    dp_size = rank.world_size
+    accum_steps = cfg.train.global_batch // (cfg.train.micro_batch * dp_size)
+    tokens_per_step = cfg.train.global_batch * cfg.train.seq_len
+    peak = peak_tflops_for(cfg.gpu, plan.resolved)
+
+    writer = MetricsWriter(run_dir / "metrics.jsonl") if rank.is_main else None
+    tracker = None
+    if rank.is_main:
+        tracker = WandbRun(
+            cfg.wandb.mode,
+            cfg.wandb.project,
+            cfg.wandb.entity,
+            run_dir,
+            run_dir.name,
+            cfg.sweep_id,
+            cfg.gpu.name,
+            OmegaConf.to_container(OmegaConf.structured(cfg)),
+        )
+    if rank.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(rank.device)
+
+    loss_value = float("nan")
+    for step in range(1, cfg.train.steps + 1):
+        started = time.perf_counter()
+        global_tokens = data.global_batch(step, cfg.train.global_batch)
+        batches = rank_micro_batches(global_tokens, rank.rank, dp_size, cfg.train.micro_batch)
+        loss = train_step(
+            model, optimizer, scaler, batches, accum_steps, plan, rank.device, cfg.train.grad_clip
+        )
+        loss_value = mean_over_ranks(loss)  # also waits for the device: the step is done
+        step_time = time.perf_counter() - started
+        if not rank.is_main:
+            continue
+        tokens_per_s = tokens_per_step / step_time
+        per_device = tokens_per_s / rank.world_size
+        record = StepRecord(
+            step=step,
+            loss=loss_value,
+            step_time_s=step_time,
+            tokens_per_s=tokens_per_s,
+            tokens_per_s_per_device=per_device,
+            model_tflops_per_device=model_tflops_per_device(model_flops_per_token, per_device),
+            mfu=mfu(model_flops_per_token, per_device, peak),
+            memory_bytes=peak_memory_bytes(rank.device),
+            timed=step > cfg.train.warmup_steps,
+        )
+        writer.log(record)
+        tracker.log({k: v for k, v in record.__dict__.items() if k != "step"}, step=step)
+        print(format_step_line(record, cfg.train.steps), flush=True)
+
+    if not rank.is_main:
+        return None
+    stats = step_time_stats(writer.timed_step_times())
+    tokens_per_s = tokens_per_step / stats["median"]
+    per_device = tokens_per_s / rank.world_size
+    summary = {
+        "run_name": run_dir.name,
+        "sweep": {"id": cfg.sweep_id, "name": cfg.sweep.name},
+        "world_size": rank.world_size,
+        "nodes": rank.nodes,
+        "nproc_per_node": rank.local_world_size,
+        "gpu": cfg.gpu.name,
+        "gpu_display_name": cfg.gpu.display_name,
+        "device_name": distributed.device_name(rank.device),
+        "backend": rank.backend,
+        "precision": plan.as_dict(),
+        "parallel": cfg.parallel.name,
+        "model": {
+            "name": cfg.model.name,
+            "params": n_params,
+            "flops_per_token": model_flops_per_token,
+        },
+        "seq_len": cfg.train.seq_len,
+        "global_batch": cfg.train.global_batch,
+        "micro_batch": cfg.train.micro_batch,
+        "grad_accum": accum_steps,
+        "tokens_per_step": tokens_per_step,
+        "timed_steps": len(writer.timed_step_times()),
+        "tokens_per_s": tokens_per_s,
+        "tokens_per_s_per_device": per_device,
+        "step_time_s": stats,
+        "model_tflops_per_device": model_tflops_per_device(model_flops_per_token, per_device),
+        "peak_tflops": peak,
+        "mfu": mfu(model_flops_per_token, per_device, peak),
+        "peak_memory_bytes": peak_memory_bytes(rank.device),
+        "final_loss": loss_value,
+        "torch_version": torch.__version__,
+        "config_digest": config_digest(cfg),
+    }
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    tracker.log_summary({k: v for k, v in summary.items() if not isinstance(v, dict)})
+    tracker.finish()
+    return summary
