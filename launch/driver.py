@@ -13,11 +13,12 @@ from rich.console import Console
 
 from launch import report
 from launch.commands import torchrun_commands
-from launch.gpu_detect import detect_local
+from launch.gpu_detect import detect_local, local_device_name, with_measured_peaks
 from launch.plan import RunPlan, config_for, plan_runs
 from launch.runner import progress_bar, run_node_locally
 from launch.validate import validate
 from train.config import RunConfig
+from train.hardware import probe_machine, profile_mismatch
 from train.precision import resolve_precision
 
 
@@ -32,16 +33,32 @@ def write_run_config(cfg: RunConfig, plan: RunPlan, sweep_id: str) -> Path:
     return path
 
 
+def report_precision_choice(cfg: RunConfig, console: Console) -> None:
+    """Say what this machine would pick; each rank decides again for its own device."""
+    import torch
+
+    device_type, device_name = local_device_name()
+    mismatch = profile_mismatch(cfg.gpu, device_type, device_name)
+    if mismatch:
+        console.print(f"[yellow]warning:[/] {mismatch}")
+    else:
+        cfg.gpu, measured = with_measured_peaks(cfg.gpu, cfg.cluster.cpu_threads_per_rank)
+        if measured:
+            console.print(f"peak: {measured}")
+    if cfg.precision.name == "tf32" and device_type == "cpu":
+        console.print("[yellow]warning:[/] precision=tf32 on cpu is a no-op: matmuls run in fp32")
+    probe = probe_machine(torch.device(device_type))
+    plan = resolve_precision(cfg.precision.name, cfg.precision.fp8, cfg.gpu, cfg.model, probe)
+    console.print(f"precision: {cfg.precision.name} -> {plan.resolved} ({plan.reason})")
+
+
 def drive(cfg: RunConfig, overrides: list[str], console: Console) -> int:
     if cfg.gpu.name == "auto":
         cfg.gpu, detected = detect_local()
         console.print(f"gpu=auto: {detected}")
     plans = plan_runs(cfg)
     validate(cfg, plans)  # raises ConfigError before anything is written or started
-
-    device_type = "cpu" if cfg.gpu.name == "cpu" else "cuda"
-    precision = resolve_precision(cfg.precision.name, cfg.gpu, device_type)
-    console.print(f"precision: {cfg.precision.name} -> {precision.resolved} ({precision.reason})")
+    report_precision_choice(cfg, console)
 
     root = Path(cfg.run_dir)
     root.mkdir(parents=True, exist_ok=True)

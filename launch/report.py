@@ -140,6 +140,9 @@ def scaling_rows(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
                     "tokens_per_s_per_device": run["tokens_per_s_per_device"],
                     "step_time_median_s": run["step_time_s"]["median"],
                     "mfu": run["mfu"],
+                    "mfu_vs_bf16_peak": run.get("mfu_vs_bf16_peak"),
+                    "mfu_vs_measured": run.get("mfu_vs_measured"),
+                    "gpu_warning": run.get("gpu_warning"),
                     "scaling_efficiency": per_device / base_per_device if base_per_device else None,
                     "crosses_node_boundary": crosses,
                     "sweep": run["sweep"]["name"],
@@ -157,14 +160,22 @@ def _series_header(label: str, runs: list[dict[str, Any]]) -> list[str]:
     first = runs[0]
     kinds = sorted({r["sweep"]["name"] for r in runs})
     kind = " + ".join(SWEEP_KINDS.get(k, k) for k in kinds)
-    return [
+    lines = [
         f"## {label}",
         "",
         f"{first.get('gpu_display_name') or first['gpu']} (device: "
         f"{first.get('device_name') or 'unknown'}) · model {first['model']['name']} · "
         f"{first['parallel']} · {first['precision']['resolved']} · {kind}",
         "",
+        f"MFU is against the dense {first.get('mfu_peak_precision') or 'precision'} peak"
+        + (" (the bf16-peak figure is in results.json)" if "mfu_vs_bf16_peak" in first else "")
+        + ".",
+        "",
     ]
+    # A profile that does not describe the device makes MFU meaningless: say so up front.
+    warnings = sorted({r["gpu_warning"] for r in runs if r.get("gpu_warning")})
+    lines += [f"> **warning:** {w}" for w in warnings] + ([""] if warnings else [])
+    return lines
 
 
 def _markdown(runs: list[dict[str, Any]], rows: list[dict[str, Any]]) -> str:

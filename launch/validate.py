@@ -6,10 +6,13 @@ from pathlib import Path
 
 import numpy as np
 
+from launch.conf_tree import group_choices, load_gpu_profile
 from launch.errors import ConfigError
 from launch.plan import RunPlan
 from train.config import PRECISIONS, RunConfig
 from train.data import TOKEN_DTYPES
+from train.hardware import module_imports
+from train.precision import FP8_RECIPES
 
 PARALLEL_LAYOUTS = ("ddp",)
 LAUNCHERS = ("torchrun",)
@@ -32,6 +35,7 @@ def validate(cfg: RunConfig, plans: list[RunPlan]) -> None:
     _one_of("wandb.mode", cfg.wandb.mode, WANDB_MODES)
     _one_of("data.source", cfg.data.source, ("synthetic", "file"))
     validate_model(cfg)
+    validate_precision(cfg)
     validate_train(cfg)
     validate_cluster(cfg, plans)
     if cfg.data.source == "file":
@@ -62,6 +66,41 @@ def validate_model(cfg: RunConfig) -> None:
         )
     if (m.d_model // m.n_heads) % 2:
         raise ConfigError("model.n_heads", "head dim d_model/n_heads must be even for RoPE")
+
+
+def validate_precision(cfg: RunConfig) -> None:
+    fp8 = cfg.precision.fp8
+    _one_of("precision.fp8.backend", fp8.backend, ("auto", *FP8_RECIPES))
+    if fp8.backend != "auto" and fp8.recipe is not None:
+        _one_of("precision.fp8.recipe", fp8.recipe, FP8_RECIPES[fp8.backend])
+    elif fp8.recipe is not None:
+        every_recipe = sorted({r for recipes in FP8_RECIPES.values() for r in recipes})
+        _one_of("precision.fp8.recipe", fp8.recipe, every_recipe)
+    if fp8.min_dim < 16:
+        raise ConfigError("precision.fp8.min_dim", f"{fp8.min_dim}: must be >= 16")
+    if cfg.precision.name != "fp8":
+        return
+    if not cfg.gpu.fp8:
+        with_fp8 = [n for n in group_choices("gpu") if n != "auto" and load_gpu_profile(n).fp8]
+        raise ConfigError(
+            "precision",
+            f"fp8 needs FP8 tensor cores, which gpu={cfg.gpu.name} lacks; profiles with FP8: "
+            + ", ".join(with_fp8),
+        )
+    if fp8.backend == "te" and not module_imports("transformer_engine.pytorch"):
+        raise ConfigError(
+            "precision.fp8.backend",
+            "te: transformer_engine does not import here; pip install -e '.[te]' on a CUDA "
+            "machine, or use precision.fp8.backend=torchao",
+        )
+    if fp8.backend in ("torchao", "auto") and not module_imports("torchao.float8"):
+        if fp8.backend == "auto" and module_imports("transformer_engine.pytorch"):
+            return
+        raise ConfigError(
+            "precision.fp8.backend",
+            f"{fp8.backend}: torchao does not import here; pip install -e '.[fp8]'"
+            + (" or '.[te]'" if fp8.backend == "auto" else ""),
+        )
 
 
 def validate_train(cfg: RunConfig) -> None:

@@ -47,6 +47,10 @@ class GpuConfig:
     memory_gib_range: list[float] | None = None
     source: str = ""
     verified: bool = False
+    # Achievable matmul TFLOP/s measured on this part by `python -m launch.mamf` (the driver
+    # fills it from the cache when the local device matches); runs report mfu_vs_measured.
+    measured_peak_tflops: PeakTflops = field(default_factory=PeakTflops)
+    measured_source: str | None = None
 
 
 @dataclass
@@ -68,10 +72,26 @@ class ModelConfig:
 
 
 @dataclass
+class Fp8Config:
+    """How fp8 runs: which library, which scaling recipe, and which layers it pays for."""
+
+    # auto: Transformer Engine when it imports, else torchao.
+    backend: str = "auto"
+    # te: delayed or current; torchao: tensorwise or rowwise.
+    # null: current (te), tensorwise (torchao).
+    recipe: str | None = None
+    # Linear layers narrower than this (min of in/out features) stay in bf16. Measured on an
+    # H200 (shared reference anchors.md): torchao fp8 was 0.97x bf16 at d 2048 and 1.32x at
+    # d 4096, so 4096 is the smallest width measured to gain.
+    min_dim: int = 4096
+
+
+@dataclass
 class PrecisionConfig:
     """Numeric format of the matmuls; `auto` decides from the gpu profile and the machine."""
 
     name: str = "auto"
+    fp8: Fp8Config = field(default_factory=Fp8Config)
     # fp16 dynamic loss scaling
     loss_scale_init: float = 65536.0
     loss_scale_growth_interval: int = 2000

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import torch
 
+from train.config import GpuConfig
+
 
 def model_tflops_per_device(flops_per_token: float, tokens_per_s_per_device: float) -> float:
     return flops_per_token * tokens_per_s_per_device / 1e12
@@ -23,6 +25,29 @@ def mfu(flops_per_token: float, tokens_per_s_per_device: float, peak_tflops: flo
     if not peak_tflops:
         return None
     return model_tflops_per_device(flops_per_token, tokens_per_s_per_device) / peak_tflops
+
+
+def mfu_figures(
+    flops_per_token: float, tokens_per_s_per_device: float, gpu: GpuConfig, resolved: str
+) -> dict:
+    """MFU against the peak of the precision in use; fp8 runs also against the bf16 peak (the
+    head and narrow layers stay bf16, so neither figure alone is the whole truth), and against
+    the measured matmul ceiling when `python -m launch.mamf` has measured one."""
+    peak = getattr(gpu.peak_tflops, resolved, None)
+    figures = {
+        "peak_tflops": peak,
+        "mfu_peak_precision": resolved,
+        "mfu": mfu(flops_per_token, tokens_per_s_per_device, peak),
+    }
+    if resolved == "fp8":
+        figures["mfu_vs_bf16_peak"] = mfu(
+            flops_per_token, tokens_per_s_per_device, gpu.peak_tflops.bf16
+        )
+        figures["mfu_vs_fp8_peak"] = figures["mfu"]
+    measured = getattr(gpu.measured_peak_tflops, resolved, None)
+    figures["measured_peak_tflops"] = measured
+    figures["mfu_vs_measured"] = mfu(flops_per_token, tokens_per_s_per_device, measured)
+    return figures
 
 
 def peak_memory_bytes(device: torch.device) -> int:
@@ -43,6 +68,7 @@ class StepRecord:
     mfu: float | None
     memory_bytes: int
     timed: bool
+    loss_scale: float | None = None  # fp16 only: halves on a step skipped for overflow
 
 
 @dataclass

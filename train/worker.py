@@ -16,17 +16,19 @@ from torch.nn.parallel import DistributedDataParallel
 from train import distributed
 from train.config import RunConfig, load_run_config
 from train.data import SyntheticTokens, TokenFile, rank_micro_batches
+from train.hardware import probe_machine, profile_mismatch
 from train.metrics import (
     MetricsWriter,
     StepRecord,
     format_step_line,
     mfu,
+    mfu_figures,
     model_tflops_per_device,
     peak_memory_bytes,
     step_time_stats,
 )
 from train.model import Transformer, count_params, flops_per_token
-from train.precision import PrecisionPlan, peak_tflops_for, resolve_precision
+from train.precision import PrecisionPlan, peak_tflops_for, prepare_model, resolve_precision
 from train.tracking import WandbRun
 
 
@@ -118,16 +120,23 @@ def run(config_path: str | Path) -> dict | None:
 
 
 def _run(cfg: RunConfig, run_dir: Path, rank: distributed.RankInfo) -> dict | None:
-    plan = resolve_precision(cfg.precision.name, cfg.gpu, rank.device.type)
+    probe = probe_machine(rank.device)
+    plan = resolve_precision(cfg.precision.name, cfg.precision.fp8, cfg.gpu, cfg.model, probe)
     plan.apply_backend_flags()
+    device_name = distributed.device_name(rank.device)
+    gpu_warning = profile_mismatch(cfg.gpu, rank.device.type, device_name)
     if rank.is_main:
         print(f"precision: {plan.resolved} ({plan.reason})", flush=True)
+        if gpu_warning:
+            print(f"warning: {gpu_warning}", flush=True)
 
     torch.manual_seed(cfg.seed)
-    model = Transformer(cfg.model).to(rank.device)
+    model = prepare_model(Transformer(cfg.model).to(rank.device), plan, rank.device)
     n_params = count_params(cfg.model)
     model_flops_per_token = flops_per_token(cfg.model, cfg.train.seq_len)
-    if cfg.train.compile:
+    # torchao's fp8 casts are only fast once fused by the compiler.
+    fp8_needs_compile = plan.fp8_backend == "torchao" and rank.device.type == "cuda"
+    if cfg.train.compile or fp8_needs_compile:
         model = torch.compile(model)
     model = wrap_model(model, cfg, rank)
     optimizer = torch.optim.AdamW(
@@ -191,6 +200,7 @@ def _run(cfg: RunConfig, run_dir: Path, rank: distributed.RankInfo) -> dict | No
             mfu=mfu(model_flops_per_token, per_device, peak),
             memory_bytes=peak_memory_bytes(rank.device),
             timed=step > cfg.train.warmup_steps,
+            loss_scale=scaler.get_scale() if scaler else None,
         )
         writer.log(record)
         tracker.log({k: v for k, v in record.__dict__.items() if k != "step"}, step=step)
@@ -209,7 +219,7 @@ def _run(cfg: RunConfig, run_dir: Path, rank: distributed.RankInfo) -> dict | No
         "nproc_per_node": rank.local_world_size,
         "gpu": cfg.gpu.name,
         "gpu_display_name": cfg.gpu.display_name,
-        "device_name": distributed.device_name(rank.device),
+        "device_name": device_name,
         "backend": rank.backend,
         "precision": plan.as_dict(),
         "parallel": cfg.parallel.name,
@@ -228,8 +238,8 @@ def _run(cfg: RunConfig, run_dir: Path, rank: distributed.RankInfo) -> dict | No
         "tokens_per_s_per_device": per_device,
         "step_time_s": stats,
         "model_tflops_per_device": model_tflops_per_device(model_flops_per_token, per_device),
-        "peak_tflops": peak,
-        "mfu": mfu(model_flops_per_token, per_device, peak),
+        **mfu_figures(model_flops_per_token, per_device, cfg.gpu, plan.resolved),
+        "gpu_warning": gpu_warning,
         "peak_memory_bytes": peak_memory_bytes(rank.device),
         "final_loss": loss_value,
         "torch_version": torch.__version__,

@@ -1,0 +1,75 @@
+"""What the machine really has: fp8 libraries, compute capability, native CPU bf16, and whether
+the gpu profile a run was given describes the device it runs on."""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+from dataclasses import dataclass
+
+import torch
+
+from train.config import GpuConfig
+
+
+@dataclass(frozen=True)
+class MachineProbe:
+    te_available: bool
+    torchao_available: bool
+    compute_capability: tuple[int, int] | None  # None without CUDA
+    cpu_native_bf16: bool
+
+
+def module_imports(name: str) -> bool:
+    """True when the module imports (find_spec alone misses broken installs)."""
+    if importlib.util.find_spec(name.split(".")[0]) is None:
+        return False
+    try:
+        importlib.import_module(name)
+    except Exception:  # noqa: BLE001 - any import failure means "not usable here"
+        return False
+    return True
+
+
+def cpu_has_native_bf16() -> bool:
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line for line in f if line.startswith("flags")), "").split()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def probe_machine(device: torch.device) -> MachineProbe:
+    capability = None
+    if device.type == "cuda":
+        capability = torch.cuda.get_device_capability(device)
+    return MachineProbe(
+        te_available=device.type == "cuda" and module_imports("transformer_engine.pytorch"),
+        torchao_available=module_imports("torchao.float8"),
+        compute_capability=capability,
+        cpu_native_bf16=device.type == "cpu" and cpu_has_native_bf16(),
+    )
+
+
+def profile_mismatch(gpu: GpuConfig, device_type: str, device_name: str) -> str | None:
+    """A warning when the requested profile does not describe this device, else None."""
+    if gpu.name == "unknown":
+        return f"no gpu profile matches {device_name!r}: MFU is null"
+    if device_type == "cpu":
+        if gpu.name != "cpu":
+            return f"gpu={gpu.name} was requested but this run is on CPU ({device_name})"
+        return None
+    if gpu.name == "cpu":
+        return f"gpu=cpu was requested but this run is on {device_name}"
+    if not name_matches(gpu.device_name_patterns, device_name):
+        return (
+            f"gpu={gpu.name} was requested but the device is {device_name}: "
+            f"MFU uses {gpu.name}'s peak"
+        )
+    return None
+
+
+def name_matches(patterns: list[str], device_name: str) -> bool:
+    """Whole words only: "H20" must not claim an "H200"."""
+    return any(re.search(rf"\b{re.escape(p)}\b", device_name) for p in patterns)
