@@ -37,6 +37,7 @@ def test_the_groups_hold_the_documented_names():
         "llama_7b",
         "llama_13b",
         "llama_70b",
+        "d4096_l4",
     }
     assert {"auto", "fp32", "tf32", "bf16"} <= set(PRECISIONS)
 
