@@ -108,3 +108,13 @@ def test_dry_run_prints_a_command_that_runs_when_pasted(launch_cli, tmp_path):
     )
     assert pasted.returncode == 0, pasted.stderr[-2000:]
     assert json.loads((run_dir / "summary.json").read_text())["world_size"] == 2
+
+
+def test_hydra_multirun_gives_one_run_per_value(launch_cli, tmp_path):
+    result = launch_cli("--multirun", *FAST, "sweep=none", "cluster.nproc_per_node=1",
+                        "train.steps=2", "train.warmup_steps=0", "seed=1,2",
+                        f"hydra.sweep.dir={tmp_path / 'multi'}")
+    assert result.returncode == 0, result.stderr[-2000:]
+    seeds = sorted(json.loads((tmp_path / "multi" / job / "summary.json").read_text())
+                   ["config_digest"] for job in ("0", "1"))
+    assert len(set(seeds)) == 2  # two different runs, each in its own job dir
