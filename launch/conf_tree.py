@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 
 from train.config import GpuConfig, RunConfig
 
-GROUPS = ("gpu", "model", "precision", "parallel", "cluster", "launcher", "sweep")
+GROUPS = ("gpu", "model", "precision", "parallel", "cluster", "launcher", "fabric", "sweep")
 
 
 @cache

@@ -12,10 +12,15 @@ from omegaconf import OmegaConf
 from rich.console import Console
 
 from launch import report
-from launch.commands import torchrun_commands
 from launch.gpu_detect import detect_local, local_device_name, with_measured_peaks
+from launch.launchers import (
+    commands_run_here,
+    launch_commands,
+    set_up_cluster,
+    submit_slurm_jobs,
+)
 from launch.plan import RunPlan, config_for, plan_runs
-from launch.runner import progress_bar, run_node_locally
+from launch.runner import progress_bar, run_nodes
 from launch.validate import validate
 from train.config import RunConfig
 from train.hardware import probe_machine, profile_mismatch
@@ -58,6 +63,7 @@ def drive(cfg: RunConfig, overrides: list[str], console: Console) -> int:
         console.print(f"gpu=auto: {detected}")
     plans = plan_runs(cfg)
     validate(cfg, plans)  # raises ConfigError before anything is written or started
+    setup = set_up_cluster(cfg, plans, console)  # nodes, emulated links; ConfigError too
     report_precision_choice(cfg, console)
 
     root = Path(cfg.run_dir)
@@ -66,10 +72,13 @@ def drive(cfg: RunConfig, overrides: list[str], console: Console) -> int:
     reproduce = shlex.join([sys.executable, "-m", "launch", *overrides])
     (root / "command.sh").write_text(f"#!/bin/sh\n# reproduces this run or sweep\n{reproduce}\n")
 
-    node_commands = {}
+    node_commands, config_paths = {}, {}
     for plan in plans:
-        config_path = write_run_config(cfg, plan, sweep_id)
-        node_commands[plan.name] = torchrun_commands(cfg, plan, config_path)
+        config_paths[plan.name] = write_run_config(cfg, plan, sweep_id)
+        if cfg.launcher.name != "slurm":
+            node_commands[plan.name] = launch_commands(cfg, plan, config_paths[plan.name], setup)
+    if cfg.launcher.name == "slurm":
+        return submit_slurm_jobs(cfg, plans, config_paths)
 
     if cfg.dry_run:
         for plan in plans:
@@ -78,14 +87,25 @@ def drive(cfg: RunConfig, overrides: list[str], console: Console) -> int:
                 f"{plan.nproc_per_node}, global batch {plan.global_batch}"
             )
             for node in node_commands[plan.name]:
+                if len(node_commands[plan.name]) > 1:
+                    print(f"# node {node.node_rank}")
                 print(node.shell_line())
         return 0
 
     summaries = []
-    with progress_bar() as progress:
+    # The emulated cluster's namespaces exist only inside this block, Ctrl-C or not.
+    with setup.running(), progress_bar() as progress:
         for plan in plans:
-            for node in node_commands[plan.name]:
-                summary = run_node_locally(node, plan, cfg.train.steps, progress)
+            here = commands_run_here(cfg, node_commands[plan.name])
+            if not here:
+                continue  # cluster=multinode: this node has no part in a smaller run
+            # On a real multi-node cluster rank 0 may write its summary on another node.
+            summary = run_nodes(
+                here, plan, cfg.train.steps, progress, require_summary=len(here) == plan.nodes
+            )
+            if summary is None:
+                progress.console.print(f"{plan.name}: this node's ranks finished")
+                continue
             summaries.append(summary)
             mfu = f"{100 * summary['mfu']:.1f}%" if summary["mfu"] is not None else "n/a"
             progress.console.print(
@@ -95,7 +115,7 @@ def drive(cfg: RunConfig, overrides: list[str], console: Console) -> int:
                 f"{summary['final_loss']:.4f} -> {plan.run_dir}"
             )
 
-    if cfg.sweep.name != "none":
+    if cfg.sweep.name != "none" and len(summaries) == len(plans):
         paths = report.write_report([root], root)
         rows = report.scaling_rows(report.load_runs([root]))
         report.print_table(rows)

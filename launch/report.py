@@ -67,9 +67,12 @@ def _summary_paths(directory: Path) -> list[Path]:
 
 
 def _series_key(run: dict[str, Any]) -> str:
-    return " · ".join(
-        [run["gpu"], run["model"]["name"], run["parallel"], run["precision"]["resolved"]]
-    )
+    parts = [run["gpu"], run["model"]["name"], run["parallel"], run["precision"]["resolved"]]
+    # On the emulated cluster the link rate is the variable under study: one curve per rate.
+    link = (run.get("cluster") or {}).get("link") or {}
+    if link.get("gbps"):
+        parts.append(f"link {link['gbps'] * 1000:g} Mbit/s")
+    return " · ".join(parts)
 
 
 def load_runs(dirs: list[Path]) -> list[dict[str, Any]]:
@@ -144,6 +147,10 @@ def scaling_rows(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
                     "mfu_vs_measured": run.get("mfu_vs_measured"),
                     "gpu_warning": run.get("gpu_warning"),
                     "scaling_efficiency": per_device / base_per_device if base_per_device else None,
+                    # Per rank (the busiest), from the layout; absent in older summaries.
+                    "memory": run.get("memory"),
+                    "comm_bytes_per_step": run.get("comm_bytes_per_step"),
+                    "hfu": run.get("hfu"),
                     "crosses_node_boundary": crosses,
                     "sweep": run["sweep"]["name"],
                     "run_dir": run["run_dir"],
@@ -154,6 +161,31 @@ def scaling_rows(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def _pct(value: float | None) -> str:
     return "n/a" if value is None else f"{100 * value:.1f}%"
+
+
+def _bytes(value: int | None) -> str:
+    if value is None:
+        return "n/a"
+    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if value >= size:
+            return f"{value / size:.2f} {unit}"
+    return f"{value} B"
+
+
+def _layout_cells(row: dict[str, Any]) -> list[str]:
+    """Memory per rank (parameters, gradients, optimizer state + master weights, peak) and
+    communication per step; n/a for summaries written before layouts reported them."""
+    memory, comm = row.get("memory") or {}, row.get("comm_bytes_per_step") or {}
+    optimizer = None
+    if "optimizer_state_bytes" in memory:
+        optimizer = memory["optimizer_state_bytes"] + memory.get("master_weight_bytes", 0)
+    return [
+        _bytes(memory.get("param_bytes")),
+        _bytes(memory.get("grad_bytes")),
+        _bytes(optimizer),
+        _bytes(memory.get("peak_bytes")),
+        _bytes(comm.get("total")),
+    ]
 
 
 def _series_header(label: str, runs: list[dict[str, Any]]) -> list[str]:
@@ -186,8 +218,9 @@ def _markdown(runs: list[dict[str, Any]], rows: list[dict[str, Any]]) -> str:
         lines += _series_header(label, members)
         lines += [
             "| world size | nodes | tokens/s | tokens/s/device | step time (s) | MFU "
-            "| scaling efficiency |",
-            "|---:|---:|---:|---:|---:|---:|---:|",
+            "| scaling efficiency | params/rank | grads/rank | optimizer/rank | peak memory "
+            "| comm/step |",
+            "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for row in series_rows:
             size = f"{row['world_size']} †" if row["crosses_node_boundary"] else row["world_size"]
@@ -195,13 +228,17 @@ def _markdown(runs: list[dict[str, Any]], rows: list[dict[str, Any]]) -> str:
             lines.append(
                 f"| {size} | {row['nodes']} | {row['tokens_per_s']:,.0f} "
                 f"| {row['tokens_per_s_per_device']:,.0f} | {row['step_time_median_s']:.3f} "
-                f"| {_pct(row['mfu'])} | {_pct(eff)} |"
+                f"| {_pct(row['mfu'])} | {_pct(eff)} | " + " | ".join(_layout_cells(row)) + " |"
             )
         lines += [
             "",
             "Scaling efficiency = (tokens/s at N ÷ N) ÷ (tokens/s at base ÷ base), base = world "
             f"size {base['world_size']} ({base['nodes']} node(s)); 100% is perfect linear "
             "scaling.",
+            "Memory is per rank (the busiest), from the tensors it holds: optimizer = Adam "
+            "state + fp32 master weights; peak is the allocator's (GPU) or the process RSS "
+            "(CPU). comm/step = bytes all-reduced + all-gathered + reduce-scattered per rank "
+            "per step, computed from the model and the layout (train/comm_volume.py).",
         ]
         if any(r["crosses_node_boundary"] for r in series_rows):
             lines.append(
@@ -342,6 +379,14 @@ def print_table(rows: list[dict[str, Any]], console: Console | None = None) -> N
                 _pct(row["scaling_efficiency"]),
             )
         console.print(table)
+        if any(row.get("memory") for row in series):
+            # A second table: the first already fills 80 columns.
+            layout = Table(title=f"{label}: per rank")
+            for name in ("world size", "params", "grads", "optimizer", "peak mem", "comm/step"):
+                layout.add_column(name, justify="right")
+            for row in series:
+                layout.add_row(str(row["world_size"]), *_layout_cells(row))
+            console.print(layout)
 
 
 def main(argv: list[str] | None = None) -> int:

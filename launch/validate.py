@@ -2,21 +2,24 @@
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import numpy as np
 
+from launch.cluster_checks import validate_launch
 from launch.conf_tree import group_choices, load_gpu_profile
 from launch.errors import ConfigError
 from launch.plan import RunPlan
 from train.config import PRECISIONS, RunConfig
 from train.data import TOKEN_DTYPES
 from train.hardware import module_imports
+from train.parallel.degrees import LAYOUTS, ZERO_STAGES, LayoutError, plan_layout
 from train.precision import FP8_RECIPES
 
-PARALLEL_LAYOUTS = ("ddp",)
-LAUNCHERS = ("torchrun",)
-CLUSTERS = ("local",)
+PARALLEL_LAYOUTS = LAYOUTS
+LAUNCHERS = ("torchrun", "deepspeed", "slurm")
+CLUSTERS = ("local", "multinode", "emulated", "slurm")
 SWEEPS = ("none", "strong", "weak")
 WANDB_MODES = ("offline", "online", "disabled")
 
@@ -35,9 +38,12 @@ def validate(cfg: RunConfig, plans: list[RunPlan]) -> None:
     _one_of("wandb.mode", cfg.wandb.mode, WANDB_MODES)
     _one_of("data.source", cfg.data.source, ("synthetic", "file"))
     validate_model(cfg)
+    # Before the fp8 backend checks: a layout that cannot run a precision at all says so first.
+    validate_layout_precision(cfg)
     validate_precision(cfg)
     validate_train(cfg)
     validate_cluster(cfg, plans)
+    validate_parallel(cfg, plans)
     if cfg.data.source == "file":
         validate_token_file(cfg)
     for plan in plans:
@@ -128,16 +134,55 @@ def validate_cluster(cfg: RunConfig, plans: list[RunPlan]) -> None:
             raise ConfigError(f"cluster.{key}", f"{getattr(c, key)}: must be >= 1")
     if c.name == "local" and c.nodes != 1:
         raise ConfigError("cluster.nodes", f"{c.nodes}: cluster=local has exactly 1 node")
+    validate_launch(cfg, plans)  # hosts, hostfile, launcher, emulated links, fabric
+
+
+def validate_parallel(cfg: RunConfig, plans: list[RunPlan]) -> None:
+    """Degrees against each run's world size, tensor-parallel splits, offload, batch split."""
     for plan in plans:
-        # Data parallelism spans every rank under ddp: each optimizer step splits the global
-        # batch into micro batches, one per rank per accumulation step.
-        per_step = cfg.train.micro_batch * plan.world_size
-        if plan.global_batch % per_step:
+        try:
+            layout = plan_layout(cfg, plan.world_size, plan.nproc_per_node)
+        except LayoutError as exc:
+            raise ConfigError(exc.key, exc.message) from None
+        # Each optimizer step splits the global batch into micro batches, one per
+        # data-parallel rank per accumulation step (the ranks of a TP group share theirs).
+        dp = layout.degrees.dp
+        if plan.global_batch % (cfg.train.micro_batch * dp):
             raise ConfigError(
                 "train.global_batch",
                 f"{plan.global_batch} (at world size {plan.world_size}) is not divisible by "
-                f"micro_batch {cfg.train.micro_batch} x data-parallel size {plan.world_size}",
+                f"micro_batch {cfg.train.micro_batch} x data-parallel size {dp}",
             )
+
+
+def validate_layout_precision(cfg: RunConfig) -> None:
+    """Precisions a layout's engine cannot run, and DeepSpeed itself for zero*."""
+    name, precision = cfg.parallel.name, cfg.precision.name
+    if name in ZERO_STAGES:
+        if precision == "fp8":
+            raise ConfigError(
+                "precision.name",
+                f"fp8: DeepSpeed's engine runs fp32, bf16 or fp16, so parallel={name} cannot; "
+                "use precision=bf16, or fp8 with parallel=fsdp",
+            )
+        if precision == "fp16" and cfg.gpu.name == "cpu":
+            raise ConfigError(
+                "precision.name",
+                f"fp16: DeepSpeed's CPU accelerator has no fp16, so parallel={name} cannot "
+                "run it on gpu=cpu; use precision=bf16 or fp32",
+            )
+        # find_spec, not an import: importing DeepSpeed here would cost seconds per launch.
+        if importlib.util.find_spec("deepspeed") is None:
+            raise ConfigError(
+                "parallel.name",
+                f"{name} needs DeepSpeed, which is not installed: pip install -e .[deepspeed]",
+            )
+    if precision == "fp8" and name in ("tp", "tp_fsdp"):
+        raise ConfigError(
+            "precision.name",
+            f"fp8 with parallel={name} needs fp8-aware tensor-parallel plans, which are not "
+            "wired up; use precision=bf16, or fp8 with parallel=ddp or fsdp",
+        )
 
 
 def validate_token_file(cfg: RunConfig) -> None:

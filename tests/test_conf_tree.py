@@ -67,6 +67,10 @@ def test_every_combination_composes_and_validates(tmp_path):
         )
         cfg = OmegaConf.to_object(merged)
         assert (cfg.gpu.name, cfg.model.name, cfg.precision.name) == (gpu, model, precision)
+        if precision == "fp8" and not cfg.gpu.fp8:
+            with pytest.raises(ConfigError, match="^precision: fp8 needs FP8 tensor cores"):
+                validate(cfg, plan_runs(cfg))
+            continue
         validate(cfg, plan_runs(cfg))
         # The same combination with a sequence longer than the model allows is refused.
         cfg.train.seq_len = cfg.model.max_seq_len + 1

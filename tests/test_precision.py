@@ -90,12 +90,14 @@ def test_mfu_by_hand_for_bf16_and_fp8():
 
 
 def test_fp16_loss_scaling_skips_an_overflowing_step_and_goes_on():
+    from train.parallel.layout import TorchLayout
     from train.worker import train_step
 
     torch.manual_seed(0)
     cfg = compose_run_config(["run_dir=/tmp/x", "train.seq_len=16"])
     model = Transformer(cfg.model)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    layout = TorchLayout(model, optimizer, dp_rank=0, dp_size=1)  # one rank, unwrapped
     plan = resolve_precision("fp16", Fp8Config(), cfg.gpu, cfg.model,
                              MachineProbe(False, False, None, False))
     scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
@@ -104,11 +106,11 @@ def test_fp16_loss_scaling_skips_an_overflowing_step_and_goes_on():
     weight = model.layers[0].attention.wq.weight
     poison = weight.register_hook(lambda grad: grad * float("inf"))
     before = weight.detach().clone()
-    train_step(model, optimizer, scaler, batch, 1, plan, torch.device("cpu"), grad_clip=1.0)
+    train_step(layout, scaler, batch, 1, plan, torch.device("cpu"), grad_clip=1.0)
     assert torch.equal(weight, before)  # the overflowing step was skipped
     assert scaler.get_scale() == 512.0  # and the scale halved
     poison.remove()
-    loss = train_step(model, optimizer, scaler, batch, 1, plan, torch.device("cpu"), 1.0)
+    loss = train_step(layout, scaler, batch, 1, plan, torch.device("cpu"), 1.0)
     assert torch.isfinite(loss) and not torch.equal(weight, before)  # training went on
 
 

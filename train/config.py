@@ -99,11 +99,36 @@ class PrecisionConfig:
 
 @dataclass
 class ParallelConfig:
-    """How the model and the batch are spread over ranks."""
+    """How the model and the batch are spread over ranks (conf/parallel/<name>.yaml).
 
+    world size = dp_replicate x dp_shard x tp; -1 means "the rest" (train/parallel/degrees.py).
+    """
+
+    # ddp | fsdp | hsdp | zero1 | zero2 | zero3 | tp | tp_fsdp
     name: str = "ddp"
-    # DDP bucket size: the unit in which gradients are all-reduced while backward runs.
+    # Gradient bucket size: the unit DDP all-reduces in while backward runs; for zero* also
+    # DeepSpeed's reduce / all-gather / prefetch bucket sizes (converted to elements).
     bucket_mb: float = 25.0
+    # Model replicas: gradients are all-reduced between them (ddp; hsdp across nodes).
+    dp_replicate: int = -1
+    # Ranks that split parameters, gradients and optimizer state (fsdp, hsdp in a node, zero*).
+    dp_shard: int = 1
+    # Ranks that split every attention and MLP matmul (tp, tp_fsdp).
+    tp: int = 1
+    # tp: also split the norms and residual stream along the sequence, so the activation
+    # all-reduces become reduce-scatter + all-gather pairs (Korthikanti et al. 2022).
+    sequence_parallel: bool = False
+    # none | full (recompute every block in backward) | selective (every k-th block).
+    activation_checkpoint: str = "none"
+    # selective: checkpoint blocks k-1, 2k-1, ... (every k-th); trades memory for recompute.
+    checkpoint_every: int = 2
+    # zero*: keep optimizer state and fp32 master weights in host memory (ZeRO-Offload).
+    offload_optimizer: bool = False
+    # zero3: keep the parameter partitions in host memory between uses (ZeRO-Infinity).
+    offload_params: bool = False
+    # zero3: parameters smaller than this many elements stay whole on every rank (DeepSpeed's
+    # default is 100000, which would leave a small model unpartitioned); 0 partitions all.
+    zero3_persistence_threshold: int = 0
 
 
 @dataclass
@@ -117,13 +142,80 @@ class ClusterConfig:
     # makes a CPU rank behave like one device, so per-device throughput compares across N.
     cpu_threads_per_rank: int = 1
     master_addr: str = "127.0.0.1"
+    # Rendezvous port on the head node (torchrun c10d, deepspeed --master_port, Slurm).
     master_port: int = 29500
+    # torchrun restarts every rank of a node up to this many times after one fails.
     max_restarts: int = 0
+    # cluster=multinode: host names in node-rank order; hosts[0] is the head (rendezvous).
+    hosts: list[str] = field(default_factory=list)
+    # ... or a DeepSpeed-style hostfile (`host slots=N` per line) instead of `hosts`.
+    hostfile: str | None = None
+    # The address of each host on the training fabric, where its hostname resolves to
+    # another interface: the head's is the rendezvous endpoint, each node's its --local-addr.
+    fabric_addrs: list[str] = field(default_factory=list)
+    # cluster=multinode: which node this machine is; the driver starts only that node's
+    # torchrun (run the same command line on every node with its own node_rank).
+    node_rank: int = 0
+    # cluster=emulated: each node's link rate in Gbit/s per direction (tc tbf); 0 = unlimited.
+    link_gbps: float = 0.0
+    # cluster=emulated: one-way delay added per link; needs sch_netem, skipped where missing.
+    link_latency_ms: float = 0.0
+    # cluster=emulated: set link_gbps so comm:compute matches this gpu profile (null: off).
+    link_match_gpu: str | None = None
+    # Which of that profile's links the emulated link stands for: `nic` or `nvlink`.
+    link_match: str = "nic"
+    # Filled in by the driver (cluster=emulated): the link it applied, for summary.json.
+    applied_link: dict[str, Any] | None = None
 
 
 @dataclass
 class LauncherConfig:
+    """How a run's ranks are started: torchrun, the deepspeed CLI, or an sbatch script."""
+
     name: str = "torchrun"
+    # launcher=deepspeed: how the deepspeed CLI reaches the other nodes (its --launcher).
+    runner: str = "pdsh"
+    # launcher=slurm: sbatch --partition / --account (null: the cluster's default).
+    partition: str | None = None
+    account: str | None = None
+    # launcher=slurm: sbatch --time limit, Slurm's format ([D-]HH:MM:SS or minutes).
+    time: str = "01:00:00"
+
+
+@dataclass
+class FabricConfig:
+    """The interconnect of a GPU cluster: the NCCL variables that make NCCL use it well."""
+
+    name: str = "none"
+    description: str = ""
+    # Exported to every rank (and written to .deepspeed_env, the sbatch script).
+    nccl_env: dict[str, str] = field(default_factory=dict)
+    # On GPU nodes: record `nvidia-smi topo -m` and the InfiniBand port states with each run.
+    capture_topology: bool = True
+
+
+@dataclass
+class CommConfig:
+    """`python -m launch.comm`: the collective benchmark's sweep."""
+
+    ops: list[str] = field(
+        default_factory=lambda: [
+            "all_reduce",
+            "all_gather",
+            "reduce_scatter",
+            "all_to_all",
+            "broadcast",
+        ]
+    )
+    # Message sizes double from min_bytes to max_bytes (nccl-tests' -b/-e/-f 2).
+    min_bytes: int = 1024
+    max_bytes: int = 64 * 1024 * 1024
+    # Wall-clock budget per op and group; larger sizes are skipped once it is spent.
+    seconds_per_op: float = 10.0
+    # Timed iterations per size stop at this count or at ~seconds_per_size, whichever first.
+    max_iters: int = 50
+    seconds_per_size: float = 1.0
+    warmup_iters: int = 2
 
 
 @dataclass
@@ -171,6 +263,8 @@ class RunConfig:
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     launcher: LauncherConfig = field(default_factory=LauncherConfig)
+    fabric: FabricConfig = field(default_factory=FabricConfig)
+    comm: CommConfig = field(default_factory=CommConfig)
     sweep: SweepConfig = field(default_factory=SweepConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)

@@ -37,7 +37,10 @@ def init_distributed() -> RankInfo:
     rank = int(os.environ.get("RANK", 0))
     world_size = int(os.environ.get("WORLD_SIZE", 1))
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
-    local_world_size = int(os.environ.get("LOCAL_WORLD_SIZE", world_size))
+    # torchrun says LOCAL_WORLD_SIZE, the deepspeed launcher LOCAL_SIZE.
+    local_world_size = int(
+        os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("LOCAL_SIZE", world_size))
+    )
     if torch.cuda.is_available():
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import time
@@ -11,12 +10,14 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 from omegaconf import OmegaConf
-from torch.nn.parallel import DistributedDataParallel
 
 from train import distributed
+from train.cluster_record import cluster_record
+from train.comm_volume import comm_bytes_per_step
 from train.config import RunConfig, load_run_config
 from train.data import SyntheticTokens, TokenFile, rank_micro_batches
 from train.hardware import probe_machine, profile_mismatch
+from train.memory import memory_summary
 from train.metrics import (
     MetricsWriter,
     StepRecord,
@@ -28,6 +29,10 @@ from train.metrics import (
     step_time_stats,
 )
 from train.model import Transformer, count_params, flops_per_token
+from train.parallel.build import build_layout
+from train.parallel.checkpointing import recompute_flops_per_token
+from train.parallel.degrees import plan_layout
+from train.parallel.layout import Layout
 from train.precision import PrecisionPlan, peak_tflops_for, prepare_model, resolve_precision
 from train.tracking import WandbRun
 
@@ -38,18 +43,8 @@ def build_data(cfg: RunConfig):
     return SyntheticTokens(cfg.model.vocab_size, cfg.train.seq_len, cfg.seed)
 
 
-def wrap_model(model: torch.nn.Module, cfg: RunConfig, rank: distributed.RankInfo):
-    if rank.world_size == 1 or not dist.is_initialized():
-        return model
-    device_ids = [rank.device.index] if rank.device.type == "cuda" else None
-    return DistributedDataParallel(
-        model, device_ids=device_ids, bucket_cap_mb=cfg.parallel.bucket_mb
-    )
-
-
 def train_step(
-    model,
-    optimizer,
+    layout: Layout,
     scaler,
     micro_batches,
     accum_steps,
@@ -60,29 +55,24 @@ def train_step(
     """One optimizer step over accum_steps micro-batches; returns the mean loss (a tensor)."""
     loss_sum = torch.zeros((), device=device)
     for i, (inputs, targets) in enumerate(micro_batches):
-        # DDP all-reduces on every backward; only the last micro-step needs it.
-        last = i == accum_steps - 1
-        sync = (
-            contextlib.nullcontext() if last or not hasattr(model, "no_sync") else model.no_sync()
-        )
-        with sync:
-            with plan.autocast(device):
-                loss = model(
+        # Data-parallel layouts reduce gradients once per step, on the last micro-step.
+        with layout.gradient_sync(enabled=i == accum_steps - 1):
+            with layout.autocast(plan, device):
+                loss = layout.model(
                     inputs.to(device, non_blocking=True), targets.to(device, non_blocking=True)
                 )
             scaled = loss / accum_steps
-            (scaler.scale(scaled) if scaler else scaled).backward()
+            layout.backward(scaler.scale(scaled) if scaler else scaled)
         loss_sum += loss.detach()
     if scaler:
-        scaler.unscale_(optimizer)
-    if grad_clip > 0:
-        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        scaler.unscale_(layout.optimizer)
+    layout.finish_gradients(grad_clip)  # clips to grad_clip (0: off), notes gradient bytes
     if scaler:
-        scaler.step(optimizer)  # skips the update when the gradients overflowed
+        scaler.step(layout.optimizer)  # skips the update when the gradients overflowed
         scaler.update()
     else:
-        optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
+        layout.step()
+    layout.zero_grad()
     return loss_sum / accum_steps
 
 
@@ -134,20 +124,35 @@ def _run(cfg: RunConfig, run_dir: Path, rank: distributed.RankInfo) -> dict | No
     model = prepare_model(Transformer(cfg.model).to(rank.device), plan, rank.device)
     n_params = count_params(cfg.model)
     model_flops_per_token = flops_per_token(cfg.model, cfg.train.seq_len)
+    layout_plan = plan_layout(cfg, rank.world_size, cfg.cluster.nproc_per_node)
+    # HFU also counts the second forward of every checkpointed block; MFU does not.
+    hardware_flops_per_token = model_flops_per_token + recompute_flops_per_token(
+        cfg.model, cfg.train.seq_len, len(layout_plan.checkpointed)
+    )
+    accum_steps = cfg.train.global_batch // (cfg.train.micro_batch * layout_plan.degrees.dp)
     # torchao's fp8 casts are only fast once fused by the compiler.
     fp8_needs_compile = plan.fp8_backend == "torchao" and rank.device.type == "cuda"
-    if cfg.train.compile or fp8_needs_compile:
-        model = torch.compile(model)
-    model = wrap_model(model, cfg, rank)
-    optimizer = torch.optim.AdamW(
-        model.parameters(),
-        lr=cfg.train.lr,
-        betas=(0.9, 0.95),
-        weight_decay=cfg.train.weight_decay,
-        fused=rank.device.type == "cuda",
+    layout = build_layout(
+        model,
+        cfg,
+        layout_plan,
+        plan.resolved,
+        accum_steps,
+        rank.device,
+        compile_blocks=cfg.train.compile or fp8_needs_compile,
+    )
+    comm = comm_bytes_per_step(
+        cfg.model,
+        layout_plan,
+        cfg.train.micro_batch,
+        cfg.train.seq_len,
+        accum_steps,
+        cfg.train.grad_clip > 0,
+        plan.resolved,
     )
     scaler = None
-    if plan.loss_scaling:
+    # DeepSpeed scales fp16 losses inside its engine; a GradScaler on top would scale twice.
+    if plan.loss_scaling and not layout.scales_loss:
         scaler = torch.amp.GradScaler(
             rank.device.type,
             init_scale=cfg.precision.loss_scale_init,
@@ -155,8 +160,6 @@ def _run(cfg: RunConfig, run_dir: Path, rank: distributed.RankInfo) -> dict | No
         )
 
     data = build_data(cfg)
-    dp_size = rank.world_size
-    accum_steps = cfg.train.global_batch // (cfg.train.micro_batch * dp_size)
     tokens_per_step = cfg.train.global_batch * cfg.train.seq_len
     peak = peak_tflops_for(cfg.gpu, plan.resolved)
 
@@ -180,9 +183,11 @@ def _run(cfg: RunConfig, run_dir: Path, rank: distributed.RankInfo) -> dict | No
     for step in range(1, cfg.train.steps + 1):
         started = time.perf_counter()
         global_tokens = data.global_batch(step, cfg.train.global_batch)
-        batches = rank_micro_batches(global_tokens, rank.rank, dp_size, cfg.train.micro_batch)
+        batches = rank_micro_batches(
+            global_tokens, layout.dp_rank, layout.dp_size, cfg.train.micro_batch
+        )
         loss = train_step(
-            model, optimizer, scaler, batches, accum_steps, plan, rank.device, cfg.train.grad_clip
+            layout, scaler, batches, accum_steps, plan, rank.device, cfg.train.grad_clip
         )
         loss_value = mean_over_ranks(loss)  # also waits for the device: the step is done
         step_time = time.perf_counter() - started
@@ -206,6 +211,8 @@ def _run(cfg: RunConfig, run_dir: Path, rank: distributed.RankInfo) -> dict | No
         tracker.log({k: v for k, v in record.__dict__.items() if k != "step"}, step=step)
         print(format_step_line(record, cfg.train.steps), flush=True)
 
+    # Every rank takes part: the summary shows the busiest rank's bytes.
+    memory = memory_summary(layout.held_memory(), peak_memory_bytes(rank.device))
     if not rank.is_main:
         return None
     stats = step_time_stats(writer.timed_step_times())
@@ -223,6 +230,7 @@ def _run(cfg: RunConfig, run_dir: Path, rank: distributed.RankInfo) -> dict | No
         "backend": rank.backend,
         "precision": plan.as_dict(),
         "parallel": cfg.parallel.name,
+        "layout": layout_plan.as_dict(),
         "model": {
             "name": cfg.model.name,
             "params": n_params,
@@ -240,10 +248,15 @@ def _run(cfg: RunConfig, run_dir: Path, rank: distributed.RankInfo) -> dict | No
         "model_tflops_per_device": model_tflops_per_device(model_flops_per_token, per_device),
         **mfu_figures(model_flops_per_token, per_device, cfg.gpu, plan.resolved),
         "gpu_warning": gpu_warning,
+        "hardware_flops_per_token": hardware_flops_per_token,
+        "hfu": mfu(hardware_flops_per_token, per_device, peak),
         "peak_memory_bytes": peak_memory_bytes(rank.device),
+        "memory": memory,  # per rank, bytes: params, grads, optimizer state, masters, peak
+        "comm_bytes_per_step": comm.as_dict(),  # per rank, by collective kind
         "final_loss": loss_value,
         "torch_version": torch.__version__,
         "config_digest": config_digest(cfg),
+        **cluster_record(cfg, rank.device),  # "cluster" (link, restarts) and "fabric" (NCCL)
     }
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     tracker.log_summary({k: v for k, v in summary.items() if not isinstance(v, dict)})

@@ -1,0 +1,45 @@
+"""Activation checkpointing: keep a block's input, recompute its insides during backward.
+
+Trades memory for compute: a checkpointed block stores one [B, T, d] tensor instead of every
+intermediate, and runs its forward a second time in backward. That second forward is work
+the hardware does but the model does not need, so HFU counts it and MFU does not.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from train.config import ModelConfig
+
+
+class Checkpointed(nn.Module):
+    """Runs ``block`` under torch.utils.checkpoint (non-reentrant: works with DTensor, FSDP2
+    and DeepSpeed's hooks, and with inputs that do not require grad)."""
+
+    def __init__(self, block: nn.Module):
+        super().__init__()
+        self.block = block
+
+    def forward(self, *args: torch.Tensor) -> torch.Tensor:
+        return checkpoint(self.block, *args, use_reentrant=False)
+
+
+def apply_activation_checkpointing(layers: nn.ModuleList, indices: list[int]) -> None:
+    """Wrap the chosen blocks in place (after tensor parallelism, before FSDP/DDP/ZeRO)."""
+    for i in indices:
+        layers[i] = Checkpointed(layers[i])
+
+
+def recompute_flops_per_token(cfg: ModelConfig, seq_len: int, n_checkpointed: int) -> int:
+    """Extra FLOPs per token from re-running the forward of ``n_checkpointed`` blocks.
+
+    A block's forward is 2 FLOPs per matmul parameter plus a third of the attention term of
+    train.model.flops_per_token (4 * H * Q * T of its 12 * H * Q * T per layer).
+    """
+    head_dim = cfg.d_model // cfg.n_heads
+    attention_params = 2 * cfg.d_model * head_dim * (cfg.n_heads + cfg.n_kv_heads)
+    mlp_params = 3 * cfg.d_model * cfg.ffn_hidden
+    block_forward = 2 * (attention_params + mlp_params) + 4 * cfg.n_heads * head_dim * seq_len
+    return n_checkpointed * block_forward

@@ -1,0 +1,178 @@
+"""What the training loop talks to: a model placed on ranks, its optimizer, and the rules for
+when gradients are synchronised.
+
+``train_step`` calls, per micro-batch, ``gradient_sync(last)``, ``autocast``, ``model(...)``,
+``backward(loss)``; then once per step ``finish_gradients(max_norm)``, ``step()`` and
+``zero_grad()``. Torch layouts (ddp, fsdp, hsdp, tp, tp_fsdp and one rank alone) share
+``TorchLayout``; DeepSpeed's engine, which owns its backward, step, precision and clipping,
+has its own (train/parallel/zero.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.distributed.tensor import DTensor
+
+from train.config import TrainConfig
+from train.memory import (
+    HeldMemory,
+    optimizer_param_tensors,
+    optimizer_state_tensors,
+    tensor_bytes,
+)
+
+
+def adamw(model: nn.Module, train: TrainConfig, device: torch.device) -> torch.optim.AdamW:
+    """The optimizer of every layout (DeepSpeed's too), so layouts compare update for update.
+
+    Built after the model is wrapped: FSDP2 and TP replace parameters with DTensors.
+    """
+    return torch.optim.AdamW(
+        model.parameters(),
+        lr=train.lr,
+        betas=(0.9, 0.95),
+        weight_decay=train.weight_decay,
+        fused=device.type == "cuda",
+    )
+
+
+class Layout:
+    """Base: the model and optimizer of one rank, and where it sits in the data-parallel split.
+
+    Subclasses set ``model``, ``optimizer``, ``dp_rank``, ``dp_size`` and implement the hooks.
+    """
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    dp_rank: int
+    dp_size: int
+    # True when the engine scales fp16 losses itself, so the loop must not add a GradScaler.
+    scales_loss: bool = False
+    grad_bytes: int = 0  # noted by finish_gradients, the moment every gradient exists
+
+    def autocast(self, plan, device: torch.device) -> AbstractContextManager:
+        return plan.autocast(device)
+
+    def gradient_sync(self, enabled: bool) -> AbstractContextManager:
+        """Context for one micro-step; ``enabled`` on the last, where gradients are reduced."""
+        return contextlib.nullcontext()
+
+    def backward(self, loss: torch.Tensor) -> None:
+        loss.backward()
+
+    def finish_gradients(self, max_norm: float) -> None:
+        raise NotImplementedError
+
+    def step(self) -> None:
+        self.optimizer.step()
+
+    def zero_grad(self) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def held_memory(self) -> HeldMemory:
+        raise NotImplementedError
+
+
+class TorchLayout(Layout):
+    """A torch-wrapped model (DDP, FSDP2, DTensor TP, or none) with a torch optimizer."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        dp_rank: int,
+        dp_size: int,
+        no_sync: Callable[[], AbstractContextManager] | None = None,
+    ):
+        self.model, self.optimizer = model, optimizer
+        self.dp_rank, self.dp_size = dp_rank, dp_size
+        self._no_sync = no_sync  # skips the gradient reduction of a non-final micro-step
+
+    def gradient_sync(self, enabled: bool) -> AbstractContextManager:
+        if enabled or self._no_sync is None:
+            return contextlib.nullcontext()
+        return self._no_sync()
+
+    def finish_gradients(self, max_norm: float) -> None:
+        params = [p for p in self.model.parameters() if p.grad is not None]
+        reduce_partial_gradients(params)
+        self.grad_bytes = tensor_bytes(p.grad for p in params)
+        if max_norm > 0:
+            clip_grad_norm_(params, max_norm)
+
+    def held_memory(self) -> HeldMemory:
+        params = list(self.model.parameters())
+        return HeldMemory(
+            param_bytes=tensor_bytes(params),
+            grad_bytes=self.grad_bytes,
+            optimizer_state_bytes=tensor_bytes(optimizer_state_tensors(self.optimizer)),
+            # A torch optimizer steps the model's own parameters: no separate master copy.
+            master_weight_bytes=tensor_bytes(optimizer_param_tensors(self.optimizer), params),
+        )
+
+
+def reduce_partial_gradients(params: Iterable[nn.Parameter]) -> None:
+    """Finish gradients that DTensor left as per-rank partial sums.
+
+    Under sequence parallelism a norm's weight is replicated but each rank saw only its part of
+    the sequence, so its gradient is Partial; bring it to the parameter's own placement (one
+    all-reduce of the weight per norm, once per step rather than per micro-step).
+    """
+    for p in params:
+        if isinstance(p.grad, DTensor) and any(pl.is_partial() for pl in p.grad.placements):
+            p.grad = p.grad.redistribute(placements=p.placements)
+
+
+def clip_grad_norm_(params: list[nn.Parameter], max_norm: float) -> torch.Tensor:
+    """Scale gradients so their global L2 norm is at most ``max_norm``; return that norm.
+
+    The norm covers the whole model whatever the layout, with at most one all-reduce of a
+    float32 scalar: each rank adds the squares of what it holds, weighted so that copies held
+    by several ranks count once. A DTensor split into k distinct shards has each shard on
+    world/k ranks, so its local sum of squares is weighted k/world before the sum over ranks;
+    a replicated gradient (every DDP gradient, or TP's norms and embeddings) is counted from
+    the local copy alone. No all-reduce when nothing is sharded (DDP, one rank).
+    """
+    world = dist.get_world_size() if dist.is_initialized() else 1
+    grads = [p.grad for p in params]
+    device = grads[0].device if grads else torch.device("cpu")
+    replicated_sq = torch.zeros((), dtype=torch.float32, device=device)
+    sharded_sq = torch.zeros((), dtype=torch.float32, device=device)
+    any_sharded = False
+    for grad in grads:
+        shards = _distinct_shards(grad)
+        local = grad.to_local() if isinstance(grad, DTensor) else grad
+        sq = local.detach().float().pow(2).sum()
+        if shards == 1:
+            replicated_sq += sq
+        else:
+            any_sharded = True
+            sharded_sq += sq * (shards / world)
+    if any_sharded:
+        dist.all_reduce(sharded_sq)
+    total_norm = (replicated_sq + sharded_sq).sqrt()
+    # Same formula as torch.nn.utils.clip_grad_norm_, so one rank matches it step for step.
+    clip_coef = torch.clamp(max_norm / (total_norm + 1e-6), max=1.0)
+    with torch.no_grad():
+        for grad in grads:
+            local = grad.to_local() if isinstance(grad, DTensor) else grad
+            local.mul_(clip_coef.to(local.dtype))
+    return total_norm
+
+
+def _distinct_shards(tensor: torch.Tensor) -> int:
+    if not isinstance(tensor, DTensor):
+        return 1
+    shards = 1
+    for dim, placement in enumerate(tensor.placements):
+        # Neither replicated nor partial means split along this mesh dim: Shard, and also
+        # FSDP2's _StridedShard under TP, whose is_shard() is False.
+        if not placement.is_replicate() and not placement.is_partial():
+            shards *= tensor.device_mesh.size(dim)
+    return shards
