@@ -31,15 +31,23 @@ class Point:
     precision: str  # ours: a precision group name (auto resolves per card)
     seq_len: int
     batch: int
-    anchor: tuple | None  # plain_gpt_anchor.train_point args: (name, d, layers, heads, seq, batch, prec)
+    anchor: (
+        tuple | None
+    )  # plain_gpt_anchor.train_point args: (name, d, layers, heads, seq, batch, prec)
 
 
 FULL = [
-    Point("1.3B bf16", "gpt_1_3b", "bf16", 2048, 8, ("gpt1.3b_bf16", 2048, 24, 16, 2048, 8, "bf16")),
+    Point(
+        "1.3B bf16", "gpt_1_3b", "bf16", 2048, 8, ("gpt1.3b_bf16", 2048, 24, 16, 2048, 8, "bf16")
+    ),
     Point("1.3B auto", "gpt_1_3b", "auto", 2048, 8, ("gpt1.3b_fp8", 2048, 24, 16, 2048, 8, "fp8")),
-    Point("d4096 bf16", "d4096_l4", "bf16", 2048, 8, ("d4096_l4_bf16", 4096, 4, 32, 2048, 8, "bf16")),
+    Point(
+        "d4096 bf16", "d4096_l4", "bf16", 2048, 8, ("d4096_l4_bf16", 4096, 4, 32, 2048, 8, "bf16")
+    ),
     Point("d4096 auto", "d4096_l4", "auto", 2048, 8, ("d4096_l4_fp8", 4096, 4, 32, 2048, 8, "fp8")),
-    Point("125M bf16", "gpt_125m", "bf16", 1024, 32, ("gpt124m_bf16", 768, 12, 12, 1024, 32, "bf16")),
+    Point(
+        "125M bf16", "gpt_125m", "bf16", 1024, 32, ("gpt124m_bf16", 768, 12, 12, 1024, 32, "bf16")
+    ),
 ]
 QUICK = [
     Point("tiny fp32", "tiny", "fp32", 64, 4, ("tiny_fp32", 128, 4, 4, 64, 4, "fp32")),
@@ -50,12 +58,23 @@ QUICK = [
 def run_ours(point: Point, out: Path, on_gpu: bool, steps: int, warmup: int) -> dict:
     run_dir = out / "ours" / point.name.replace(" ", "_")
     cmd = [
-        sys.executable, "-m", "launch", "sweep=none", "cluster.nproc_per_node=1", "gpu=auto",
-        f"model={point.model}", f"precision={point.precision}",
-        f"train.compile={str(on_gpu).lower()}", f"train.seq_len={point.seq_len}",
-        f"train.micro_batch={point.batch}", f"train.global_batch={point.batch}",
-        f"train.steps={steps}", f"train.warmup_steps={warmup}", "wandb.mode=disabled",
-        f"run_dir={run_dir}", "overwrite=true",
+        sys.executable,
+        "-m",
+        "launch",
+        "sweep=none",
+        "cluster.nproc_per_node=1",
+        "gpu=auto",
+        f"model={point.model}",
+        f"precision={point.precision}",
+        f"train.compile={str(on_gpu).lower()}",
+        f"train.seq_len={point.seq_len}",
+        f"train.micro_batch={point.batch}",
+        f"train.global_batch={point.batch}",
+        f"train.steps={steps}",
+        f"train.warmup_steps={warmup}",
+        "wandb.mode=disabled",
+        f"run_dir={run_dir}",
+        "overwrite=true",
     ]
     result = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
     if result.returncode != 0:
@@ -80,8 +99,9 @@ def run_anchor(point: Point, on_gpu: bool, steps: int) -> dict:
         f"r = a.train_point({name!r}, {d}, {layers}, {heads}, {seq}, {batch}, {precision!r}, "
         f"steps={steps}, compile_={on_gpu}); print(json.dumps(r))"
     )
-    result = subprocess.run([sys.executable, "-c", code, str(ANCHOR_DIR)], capture_output=True,
-                            text=True)
+    result = subprocess.run(
+        [sys.executable, "-c", code, str(ANCHOR_DIR)], capture_output=True, text=True
+    )
     if result.returncode != 0:
         return {"error": result.stderr[-600:]}
     r = json.loads(result.stdout.strip().splitlines()[-1])
@@ -100,14 +120,18 @@ def fmt(row: dict, key: str, spec: str) -> str:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--quick", action="store_true", help="tiny shapes (CPU smoke run)")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     if not (ANCHOR_DIR / "plain_gpt_anchor.py").is_file():
-        print("error: bench_local/plain_gpt_anchor.py is missing: "
-              "cp ../shared/bench/plain_gpt_anchor.py bench_local/", file=sys.stderr)
+        print(
+            "error: bench_local/plain_gpt_anchor.py is missing: "
+            "cp ../shared/bench/plain_gpt_anchor.py bench_local/",
+            file=sys.stderr,
+        )
         return 2
 
     import torch
