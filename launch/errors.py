@@ -1,14 +1,39 @@
-"""The one error type the driver raises for bad input: it names the key and what is allowed."""
+"""The errors the driver raises on purpose: each is one line on stderr and an exit code.
+
+Every command (`launch`, `launch.comm`, `launch.project`, `launch.report`) prints them in one
+place (launch/app.py, or the report's own main), so no command shows a traceback for input
+the user can fix or for a run that failed for a reason already reported.
+"""
 
 from __future__ import annotations
 
+EXIT_CONFIG_ERROR = 2
+EXIT_RUN_FAILED = 1
 
-class ConfigError(Exception):
-    """Bad input, caught before any worker starts; printed as one line, exit code 2."""
+
+class LaunchError(Exception):
+    """Base: a message meant for the user and the exit code the command ends with."""
+
+    exit_code: int = EXIT_RUN_FAILED
+
+
+class ConfigError(LaunchError):
+    """Bad input, caught before any worker starts or anything is written: names the key."""
+
+    exit_code = EXIT_CONFIG_ERROR
 
     def __init__(self, key: str, message: str):
         super().__init__(f"{key}: {message}")
         self.key = key
 
 
-EXIT_CONFIG_ERROR = 2
+class RunFailed(LaunchError):
+    """A run started and failed; the message carries the failing node's last log lines."""
+
+    exit_code = EXIT_RUN_FAILED
+
+
+class ReportError(LaunchError):
+    """Input the report cannot use (a missing dir, an unreadable or older summary)."""
+
+    exit_code = EXIT_CONFIG_ERROR

@@ -80,5 +80,5 @@ def config_for(cfg: RunConfig, plan: RunPlan, sweep_id: str) -> RunConfig:
     run_cfg.cluster.nproc_per_node = plan.nproc_per_node
     run_cfg.train.global_batch = plan.global_batch
     run_cfg.run_dir = str(plan.run_dir)
-    run_cfg.sweep_id = sweep_id
+    run_cfg.resolved.sweep_id = sweep_id
     return run_cfg

@@ -7,36 +7,20 @@ from pathlib import Path
 
 import numpy as np
 
-from launch.cluster_checks import validate_launch
+from launch.cluster.checks import validate_launch
 from launch.conf_tree import group_choices, load_gpu_profile
 from launch.errors import ConfigError
 from launch.plan import RunPlan
-from train.config import PRECISIONS, RunConfig
+from train.config import RunConfig
 from train.data import TOKEN_DTYPES
 from train.hardware import module_imports
-from train.parallel.degrees import LAYOUTS, ZERO_STAGES, LayoutError, plan_layout
-from train.precision import FP8_RECIPES
-
-PARALLEL_LAYOUTS = LAYOUTS
-LAUNCHERS = ("torchrun", "deepspeed", "slurm")
-CLUSTERS = ("local", "multinode", "emulated", "slurm")
-SWEEPS = ("none", "strong", "weak")
-WANDB_MODES = ("offline", "online", "disabled")
-
-
-def _one_of(key: str, value: str, allowed) -> None:
-    if value not in allowed:
-        raise ConfigError(key, f"{value!r} is not one of: {', '.join(allowed)}")
+from train.parallel.degrees import ZERO_STAGES, LayoutError, plan_layout
+from train.precision import FP8_GEMM_MULTIPLE, FP8_RECIPES
+from train.profiling import profile_errors
 
 
 def validate(cfg: RunConfig, plans: list[RunPlan]) -> None:
-    _one_of("precision.name", cfg.precision.name, PRECISIONS)
-    _one_of("parallel.name", cfg.parallel.name, PARALLEL_LAYOUTS)
-    _one_of("launcher.name", cfg.launcher.name, LAUNCHERS)
-    _one_of("cluster.name", cfg.cluster.name, CLUSTERS)
-    _one_of("sweep.name", cfg.sweep.name, SWEEPS)
-    _one_of("wandb.mode", cfg.wandb.mode, WANDB_MODES)
-    _one_of("data.source", cfg.data.source, ("synthetic", "file"))
+    """Every rule a value's type cannot say (closed choices are enums in the schema)."""
     validate_model(cfg)
     # Before the fp8 backend checks: a layout that cannot run a precision at all says so first.
     validate_layout_precision(cfg)
@@ -76,16 +60,24 @@ def validate_model(cfg: RunConfig) -> None:
 
 def validate_precision(cfg: RunConfig) -> None:
     fp8 = cfg.precision.fp8
-    _one_of("precision.fp8.backend", fp8.backend, ("auto", *FP8_RECIPES))
     if fp8.backend != "auto" and fp8.recipe is not None:
-        _one_of("precision.fp8.recipe", fp8.recipe, FP8_RECIPES[fp8.backend])
-    elif fp8.recipe is not None:
-        every_recipe = sorted({r for recipes in FP8_RECIPES.values() for r in recipes})
-        _one_of("precision.fp8.recipe", fp8.recipe, every_recipe)
+        recipes = FP8_RECIPES[fp8.backend]
+        if fp8.recipe not in recipes:
+            raise ConfigError(
+                "precision.fp8.recipe",
+                f"{fp8.recipe} is not a {fp8.backend} recipe; choose from: {', '.join(recipes)}",
+            )
     if fp8.min_dim < 16:
         raise ConfigError("precision.fp8.min_dim", f"{fp8.min_dim}: must be >= 16")
     if cfg.precision.name != "fp8":
         return
+    tokens = cfg.train.micro_batch * cfg.train.seq_len
+    if tokens % FP8_GEMM_MULTIPLE:
+        raise ConfigError(
+            "train.micro_batch",
+            f"precision=fp8 needs micro_batch x seq_len (each GEMM's rows) to be a multiple of "
+            f"{FP8_GEMM_MULTIPLE}; {cfg.train.micro_batch} x {cfg.train.seq_len} = {tokens}",
+        )
     if not cfg.gpu.fp8:
         with_fp8 = [n for n in group_choices("gpu") if n != "auto" and load_gpu_profile(n).fp8]
         raise ConfigError(
@@ -146,6 +138,8 @@ def validate_parallel(cfg: RunConfig, plans: list[RunPlan]) -> None:
             raise ConfigError(exc.key, exc.message) from None
         # Each optimizer step splits the global batch into micro batches, one per
         # data-parallel rank per accumulation step (the ranks of a TP group share theirs).
+        for key, reason in profile_errors(cfg.profile, plan.world_size, cfg.parallel.name):
+            raise ConfigError(key, reason)
         dp = layout.degrees.dp
         if plan.global_batch % (cfg.train.micro_batch * dp):
             raise ConfigError(
@@ -187,7 +181,6 @@ def validate_layout_precision(cfg: RunConfig) -> None:
 
 def validate_token_file(cfg: RunConfig) -> None:
     d = cfg.data
-    _one_of("data.dtype", d.dtype, tuple(TOKEN_DTYPES))
     if not d.path:
         raise ConfigError("data.path", "data.source=file needs data.path (a .bin token file)")
     path = Path(d.path)

@@ -8,10 +8,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
-
-from launch.conf_tree import conf_dir, load_gpu_profile, register_schema
+from launch.app import compose
+from launch.conf_tree import load_gpu_profile
 from train.config import RunConfig
 
 REPO = Path(__file__).resolve().parent.parent
@@ -28,11 +26,9 @@ FAST = [
 
 
 def compose_run_config(overrides: list[str]) -> RunConfig:
-    """The typed config `python -m launch` would get for these overrides (gpu=auto -> cpu)."""
-    register_schema()
-    with initialize_config_dir(str(conf_dir()), version_base=None):
-        cfg = compose("config", overrides=overrides)
-    typed = OmegaConf.to_object(cfg)
+    """The typed config `python -m launch` would get for these overrides (gpu=auto -> cpu);
+    a bad value raises the ConfigError the driver prints."""
+    typed = compose(overrides)
     if typed.gpu.name == "auto":
         typed.gpu = load_gpu_profile("cpu")
     return typed

@@ -116,7 +116,7 @@ def run(config_path: str | Path) -> None:
     config_path = Path(config_path)
     cfg = load_run_config(config_path)
     run_dir = config_path.parent
-    rank = distributed.init_distributed()
+    rank = distributed.init_distributed(cfg.fabric.nccl_env)
     if not dist.is_initialized():
         raise SystemExit("python -m train.comm needs torchrun (or another launcher): RANK unset")
     try:

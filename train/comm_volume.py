@@ -28,10 +28,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from train.config import ModelConfig
-from train.parallel.degrees import ZERO_STAGES, LayoutPlan
-from train.parallel.zero import ZERO3_MAX_REUSE_DISTANCE
+from train.parallel.degrees import ZERO3_MAX_REUSE_DISTANCE, ZERO_STAGES, LayoutPlan
+from train.precision import fp8_eligible
 
 GRAD_NORM_BYTES = 4  # the global gradient norm's float32 scalar
+GRADIENT_BYTES = 4  # torch layouts keep fp32 parameters, so fp32 gradients, under autocast
+FSDP_LAYOUTS = ("fsdp", "hsdp", "tp_fsdp")
 
 
 @dataclass(frozen=True)
@@ -73,31 +75,72 @@ def comm_bytes_per_step(
     accum_steps: int,
     grad_clip: bool,
     precision: str = "fp32",
+    *,
+    fsdp_reduce_dtype: str = "fp32",
+    fp8_all_gather_min_dim: int | None = None,
 ) -> CommVolume:
     """Bytes per rank per optimizer step of ``layout`` (see the module docstring).
 
-    ``precision`` is the resolved one. Parameters and gradients travel as fp32 (the master
-    weights torch layouts keep under autocast) except under DeepSpeed bf16/fp16, which runs
-    the model itself in 16 bits; TP's activations travel at the compute dtype's width.
+    ``precision`` is the resolved one. Under bf16/fp16/fp8 the dtypes that travel are:
+    DDP gradients fp32 (fp32 master weights under autocast); DeepSpeed parameters and
+    gradients 16-bit (it runs the model itself in 16 bits); FSDP2 all-gathers in the compute
+    dtype and reduces in ``fsdp_reduce_dtype`` (train/parallel/fsdp.py). ``fp8_all_gather_min_dim``
+    (torchao fp8 with FSDP's float8 all-gather): linears this wide gather in fp8, and their
+    scales cost one all-reduce per step. TP's activations: see ``_tp_widths``.
     """
     sixteen_bit = precision in ("bf16", "fp16", "fp8")
-    param_bytes = 2 if sixteen_bit and layout.name in ZERO_STAGES else 4
-    activation_bytes = 2 if sixteen_bit else 4
     d = layout.degrees
     if layout.name in ZERO_STAGES:
-        return _zero(model, ZERO_STAGES[layout.name], d.dp_shard, accum_steps, param_bytes)
+        width = 2 if sixteen_bit else 4
+        return _zero(model, ZERO_STAGES[layout.name], d.dp_shard, accum_steps, width)
+    fsdp = layout.name in FSDP_LAYOUTS
     volume = CommVolume()
     if d.tp > 1:
-        activation = micro_batch * seq_len * model.d_model * activation_bytes
-        volume += _tensor_parallel(model, layout, param_bytes)
-        volume += _tp_per_micro_step(model, layout, activation) * accum_steps
-    if layout.name in ("fsdp", "hsdp", "tp_fsdp"):
-        volume += _fsdp(model, d.dp_replicate, d.dp_shard, d.tp, accum_steps, param_bytes)
+        activation = micro_batch * seq_len * model.d_model
+        widths = _tp_widths(sixteen_bit, fsdp_16bit_params=fsdp and sixteen_bit)
+        volume += _tensor_parallel(model, layout, GRADIENT_BYTES)
+        volume += _tp_per_micro_step(model, layout, activation, widths) * accum_steps
+    if fsdp:
+        widths = FsdpWidths(
+            gather=2 if sixteen_bit else 4,
+            reduce=2 if sixteen_bit and fsdp_reduce_dtype == "bf16" else 4,
+            fp8_min_dim=fp8_all_gather_min_dim,
+        )
+        volume += _fsdp(model, d.dp_replicate, d.dp_shard, d.tp, accum_steps, widths)
     elif d.dp_replicate > 1:  # ddp
-        volume += CommVolume(all_reduce=_numel(_all_params(model)) * param_bytes)
+        volume += CommVolume(all_reduce=_numel(_all_params(model)) * GRADIENT_BYTES)
     if grad_clip and (d.dp_shard > 1 or d.tp > 1):
         volume += CommVolume(all_reduce=GRAD_NORM_BYTES)
     return volume
+
+
+@dataclass(frozen=True)
+class TpWidths:
+    """Bytes per element of TP's activation collectives, by what they carry."""
+
+    matmul_out: int  # a row-wise matmul's partial output, and its gradient
+    norm_out: int  # a norm's output (the matmuls' input), and its gradient
+    stream: int  # the residual stream between blocks, and its gradient
+
+
+def _tp_widths(sixteen_bit: bool, *, fsdp_16bit_params: bool) -> TpWidths:
+    """fp32: everything 4 bytes. Under autocast with fp32 parameters (tp) the residual stream
+    and the norms' outputs stay fp32 (DTensor redistributes them before autocast casts the
+    matmul inputs, so their backward gradients are fp32 too); only the matmuls' outputs are
+    16-bit. Under FSDP2's 16-bit parameters (tp_fsdp) the embedding's output, hence the whole
+    stream, is 16-bit, and the norms return their input's dtype (train/model.py RMSNorm)."""
+    if not sixteen_bit:
+        return TpWidths(4, 4, 4)
+    if fsdp_16bit_params:
+        return TpWidths(2, 2, 2)
+    return TpWidths(matmul_out=2, norm_out=4, stream=4)
+
+
+@dataclass(frozen=True)
+class FsdpWidths:
+    gather: int  # bytes per element of the parameter all-gathers
+    reduce: int  # of the gradient reduce-scatters and HSDP all-reduces
+    fp8_min_dim: int | None = None  # float8 all-gather of the linears at least this wide
 
 
 # -- parameter shapes, as train/model.py builds them ------------------------------------------
@@ -136,46 +179,69 @@ def _numel(shapes: list[tuple[int, ...]], pad_to: int = 1) -> int:
 # -- per layout -------------------------------------------------------------------------------
 
 
-def _fsdp(m: ModelConfig, replicate: int, shard: int, tp: int, accum: int, width: int):
+def _fsdp(m: ModelConfig, replicate: int, shard: int, tp: int, accum: int, widths: FsdpWidths):
     """FSDP2 units: one per block (gathered for forward and again for backward), and the root
     (gathered once per micro-step: it is not freed between its forward and backward).
     Gradients are reduce-scattered once per step (no_sync on earlier micro-steps), then, on a
-    2-D mesh, each shard is all-reduced across the replicas."""
-    block = _numel(_block_params(m, tp), pad_to=shard)
-    root = _numel(_root_params(m), pad_to=shard)
+    2-D mesh, each shard is all-reduced across the replicas. With torchao's float8 all-gather
+    the fp8 linears gather in 1 byte, and their scales are all-reduced once per step
+    (precompute_float8_dynamic_scale_for_fsdp: one float32 amax per fp8 linear)."""
+    block_shapes, root_shapes = _block_params(m, tp), _root_params(m)
+    block, root = _numel(block_shapes, pad_to=shard), _numel(root_shapes, pad_to=shard)
     volume = CommVolume()
     if shard > 1:
-        gathered = (2 * m.n_layers * block + root) * accum
+        gathered_block = block * widths.gather
+        n_fp8 = 0
+        if widths.fp8_min_dim is not None:
+            fp8 = [
+                s
+                for s in block_shapes
+                if len(s) == 2 and fp8_eligible(s[1], s[0], widths.fp8_min_dim)
+            ]
+            n_fp8 = len(fp8) * m.n_layers
+            gathered_block -= _numel(fp8, pad_to=shard) * (widths.gather - 1)
+        gathered = (2 * m.n_layers * gathered_block + root * widths.gather) * accum
         volume += CommVolume(
-            all_gather=gathered * width, reduce_scatter=(m.n_layers * block + root) * width
+            all_reduce=n_fp8 * GRAD_NORM_BYTES,
+            all_gather=gathered,
+            reduce_scatter=(m.n_layers * block + root) * widths.reduce,
         )
     if replicate > 1:
-        volume += CommVolume(all_reduce=(m.n_layers * block + root) // shard * width)
+        volume += CommVolume(all_reduce=(m.n_layers * block + root) // shard * widths.reduce)
     return volume
 
 
-def _tp_per_micro_step(m: ModelConfig, layout: LayoutPlan, activation: int) -> CommVolume:
-    """Activation collectives of one micro-step (each [micro_batch, seq_len, d_model]).
+def _tp_per_micro_step(
+    m: ModelConfig, layout: LayoutPlan, activation: int, widths: TpWidths
+) -> CommVolume:
+    """Activation collectives of one micro-step (each [micro_batch, seq_len, d_model] elements).
 
-    Per block, forward: without SP one all-reduce after wo and one after w2; with SP an
-    all-gather before attention and MLP and a reduce-scatter after each. Backward mirrors
-    forward. A checkpointed block replays its forward collectives during backward. With SP
-    two more all-gathers: the last block's output before the final norm (forward) and the
-    first block's input gradient (backward).
+    Per block, forward: without SP one all-reduce after wo and one after w2 (of the matmul
+    outputs); with SP an all-gather of the norm's output before attention and MLP and a
+    reduce-scatter of the matmul output after each. Backward mirrors forward: without SP the
+    all-reduces carry the gradients of the norms' outputs, with SP the all-gathers carry the
+    matmul outputs' gradients and the reduce-scatters the norm outputs'. A checkpointed block
+    replays its forward collectives during backward. With SP two more all-gathers of the
+    residual stream: the last block's output before the final norm (forward) and the first
+    block's input gradient (backward).
     """
     forwards = 2 * m.n_layers + len(layout.checkpointed)  # forward passes' collective pairs
     backwards = 2 * m.n_layers
     if not layout.sequence_parallel:
-        return CommVolume(all_reduce=(forwards + backwards) * activation)
+        return CommVolume(
+            all_reduce=(forwards * widths.matmul_out + backwards * widths.norm_out) * activation
+        )
     return CommVolume(
-        all_gather=(forwards + backwards + 2) * activation,
-        reduce_scatter=(forwards + backwards) * activation,
+        all_gather=(forwards * widths.norm_out + backwards * widths.matmul_out + 2 * widths.stream)
+        * activation,
+        reduce_scatter=(forwards * widths.matmul_out + backwards * widths.norm_out) * activation,
     )
 
 
 def _tensor_parallel(m: ModelConfig, layout: LayoutPlan, width: int) -> CommVolume:
     """Once per step: with SP, the two norm weights of every block are replicated but their
-    gradients partial, so each is all-reduced (train/parallel/layout.py)."""
+    gradients partial, so each is all-reduced (train/parallel/layout.py). The gradients are
+    fp32 (FSDP2 returns them in the parameters' own dtype)."""
     if not layout.sequence_parallel:
         return CommVolume()
     return CommVolume(all_reduce=2 * m.n_layers * m.d_model * width)

@@ -8,12 +8,123 @@ dataclasses with OmegaConf alone, so `train/` never imports Hydra.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
 from omegaconf import MISSING, OmegaConf
 
-PRECISIONS = ("auto", "fp32", "tf32", "bf16", "fp16", "fp8")
+
+class Choice(str, Enum):
+    """A closed choice: a bad value fails at compose time naming the key and the choices.
+
+    A str, so code and JSON treat it as its value ("ddp" == Layout.ddp, json.dumps writes
+    "ddp"); member names equal values, which is how OmegaConf reads them from YAML.
+    """
+
+    def __str__(self) -> str:
+        return self.value
+
+    def __format__(self, spec: str) -> str:
+        return format(self.value, spec)
+
+
+class Precision(Choice):
+    auto = "auto"
+    fp32 = "fp32"
+    tf32 = "tf32"
+    bf16 = "bf16"
+    fp16 = "fp16"
+    fp8 = "fp8"
+
+
+class Fp8Backend(Choice):
+    auto = "auto"
+    te = "te"
+    torchao = "torchao"
+
+
+class Fp8Recipe(Choice):
+    current = "current"  # te
+    delayed = "delayed"  # te
+    tensorwise = "tensorwise"  # torchao
+    rowwise = "rowwise"  # torchao
+
+
+class LayoutName(Choice):
+    ddp = "ddp"
+    fsdp = "fsdp"
+    hsdp = "hsdp"
+    zero1 = "zero1"
+    zero2 = "zero2"
+    zero3 = "zero3"
+    tp = "tp"
+    tp_fsdp = "tp_fsdp"
+
+
+class ActivationCheckpoint(Choice):
+    none = "none"
+    full = "full"
+    selective = "selective"
+
+
+class ClusterName(Choice):
+    local = "local"
+    multinode = "multinode"
+    emulated = "emulated"
+    slurm = "slurm"
+
+
+class LinkKind(Choice):
+    nic = "nic"
+    nvlink = "nvlink"
+
+
+class LauncherName(Choice):
+    torchrun = "torchrun"
+    deepspeed = "deepspeed"
+    slurm = "slurm"
+
+
+class DeepSpeedRunner(Choice):
+    """DeepSpeed's --launcher choices (deepspeed/launcher/runner.py)."""
+
+    pdsh = "pdsh"
+    openmpi = "openmpi"
+    mvapich = "mvapich"
+    mpich = "mpich"
+    impi = "impi"
+    slurm = "slurm"
+
+
+class SweepName(Choice):
+    none = "none"
+    strong = "strong"
+    weak = "weak"
+
+
+class DataSource(Choice):
+    synthetic = "synthetic"
+    file = "file"
+
+
+class TokenDtype(Choice):
+    uint16 = "uint16"
+    uint32 = "uint32"
+
+
+class WandbMode(Choice):
+    offline = "offline"
+    online = "online"
+    disabled = "disabled"
+
+
+class ProjectMode(Choice):
+    runs = "runs"
+    comm = "comm"
+
+
+PRECISIONS = tuple(p.value for p in Precision)
 
 
 @dataclass
@@ -43,6 +154,9 @@ class GpuConfig:
     fp8: bool = False
     # Substrings of torch.cuda.get_device_name() that identify this part (gpu=auto).
     device_name_patterns: list[str] = field(default_factory=list)
+    # Words that, in a device name matching the patterns, mean another part ("PCIe", "NVL"):
+    # an "NVIDIA H800 PCIe" must not borrow the H800 SXM profile's peak.
+    device_name_excludes: list[str] = field(default_factory=list)
     # Total device memory in GiB, to tell apart parts that share a name (A100 40 vs 80 GB).
     memory_gib_range: list[float] | None = None
     source: str = ""
@@ -76,10 +190,10 @@ class Fp8Config:
     """How fp8 runs: which library, which scaling recipe, and which layers it pays for."""
 
     # auto: Transformer Engine when it imports, else torchao.
-    backend: str = "auto"
+    backend: Fp8Backend = Fp8Backend.auto
     # te: delayed or current; torchao: tensorwise or rowwise.
     # null: current (te), tensorwise (torchao).
-    recipe: str | None = None
+    recipe: Fp8Recipe | None = None
     # Linear layers narrower than this (min of in/out features) stay in bf16. Measured on an
     # H200 (shared reference anchors.md): torchao fp8 was 0.97x bf16 at d 2048 and 1.32x at
     # d 4096, so 4096 is the smallest width measured to gain.
@@ -90,7 +204,7 @@ class Fp8Config:
 class PrecisionConfig:
     """Numeric format of the matmuls; `auto` decides from the gpu profile and the machine."""
 
-    name: str = "auto"
+    name: Precision = Precision.auto
     fp8: Fp8Config = field(default_factory=Fp8Config)
     # fp16 dynamic loss scaling
     loss_scale_init: float = 65536.0
@@ -104,8 +218,7 @@ class ParallelConfig:
     world size = dp_replicate x dp_shard x tp; -1 means "the rest" (train/parallel/degrees.py).
     """
 
-    # ddp | fsdp | hsdp | zero1 | zero2 | zero3 | tp | tp_fsdp
-    name: str = "ddp"
+    name: LayoutName = LayoutName.ddp
     # Gradient bucket size: the unit DDP all-reduces in while backward runs; for zero* also
     # DeepSpeed's reduce / all-gather / prefetch bucket sizes (converted to elements).
     bucket_mb: float = 25.0
@@ -119,7 +232,7 @@ class ParallelConfig:
     # all-reduces become reduce-scatter + all-gather pairs (Korthikanti et al. 2022).
     sequence_parallel: bool = False
     # none | full (recompute every block in backward) | selective (every k-th block).
-    activation_checkpoint: str = "none"
+    activation_checkpoint: ActivationCheckpoint = ActivationCheckpoint.none
     # selective: checkpoint blocks k-1, 2k-1, ... (every k-th); trades memory for recompute.
     checkpoint_every: int = 2
     # zero*: keep optimizer state and fp32 master weights in host memory (ZeRO-Offload).
@@ -129,13 +242,18 @@ class ParallelConfig:
     # zero3: parameters smaller than this many elements stay whole on every rank (DeepSpeed's
     # default is 100000, which would leave a small model unpartitioned); 0 partitions all.
     zero3_persistence_threshold: int = 0
+    # fsdp/hsdp/tp_fsdp under bf16/fp16/fp8: the dtype gradients are reduce-scattered (and
+    # HSDP-all-reduced) in: fp32 (torchtitan's default: exact sums, twice the bytes of the
+    # 16-bit parameter all-gathers) or bf16 (half the bytes, rounding in the sum). fp32 runs
+    # reduce in fp32 whatever this says.
+    fsdp_reduce_dtype: str = "fp32"
 
 
 @dataclass
 class ClusterConfig:
     """Where the ranks run."""
 
-    name: str = "local"
+    name: ClusterName = ClusterName.local
     nodes: int = 1
     nproc_per_node: int = 2
     # CPU ranks: intra-op threads each rank may use (OMP_NUM_THREADS). One core per rank
@@ -163,23 +281,27 @@ class ClusterConfig:
     # cluster=emulated: set link_gbps so comm:compute matches this gpu profile (null: off).
     link_match_gpu: str | None = None
     # Which of that profile's links the emulated link stands for: `nic` or `nvlink`.
-    link_match: str = "nic"
-    # Filled in by the driver (cluster=emulated): the link it applied, for summary.json.
-    applied_link: dict[str, Any] | None = None
+    link_match: LinkKind = LinkKind.nic
 
 
 @dataclass
 class LauncherConfig:
     """How a run's ranks are started: torchrun, the deepspeed CLI, or an sbatch script."""
 
-    name: str = "torchrun"
+    name: LauncherName = LauncherName.torchrun
     # launcher=deepspeed: how the deepspeed CLI reaches the other nodes (its --launcher).
-    runner: str = "pdsh"
+    runner: DeepSpeedRunner = DeepSpeedRunner.pdsh
     # launcher=slurm: sbatch --partition / --account (null: the cluster's default).
     partition: str | None = None
     account: str | None = None
     # launcher=slurm: sbatch --time limit, Slurm's format ([D-]HH:MM:SS or minutes).
     time: str = "01:00:00"
+    # launcher=slurm: CPUs of the one task per node (torchrun and its ranks); null: the
+    # node's ranks x cluster.cpu_threads_per_rank (CPU) or x cpus_per_gpu (GPU).
+    cpus_per_task: int | None = None
+    # launcher=slurm on GPU nodes: CPU cores per GPU rank (data, compile workers, NCCL's
+    # proxy threads); HGX/DGX H100 nodes have 14 or more per GPU.
+    cpus_per_gpu: int = 8
 
 
 @dataclass
@@ -222,7 +344,7 @@ class CommConfig:
 class SweepConfig:
     """`none`: one run at cluster.*; `strong`/`weak`: one run per world size, then a report."""
 
-    name: str = "none"
+    name: SweepName = SweepName.none
     world_sizes: list[int] = field(default_factory=list)
 
 
@@ -230,9 +352,9 @@ class SweepConfig:
 class DataConfig:
     """`synthetic` tokens (nothing downloaded) or a memory-mapped token file."""
 
-    source: str = "synthetic"
+    source: DataSource = DataSource.synthetic
     path: str | None = None
-    dtype: str = "uint16"
+    dtype: TokenDtype = TokenDtype.uint16
 
 
 @dataclass
@@ -250,9 +372,63 @@ class TrainConfig:
 
 @dataclass
 class WandbConfig:
-    mode: str = "offline"
+    mode: WandbMode = WandbMode.offline
     project: str = "scaleprobe"
     entity: str | None = None
+
+
+@dataclass
+class ProfileConfig:
+    """Trace capture and the step breakdown (compute / exposed comm / idle) of a run."""
+
+    # Capture a torch.profiler trace of `steps` extra steps after the timed ones.
+    enabled: bool = False
+    # How many profiled steps follow the timed steps (never inside the timed window).
+    steps: int = 3
+    # Ranks that write trace_rank<k>.json.gz; null: rank 0 and the last rank.
+    ranks: list[int] | None = None
+    # Also run a few steps with gradient synchronisation skipped (a no-sync twin): exposed
+    # comm ~ step - twin step. Twin steps train nothing useful and are not timed figures.
+    twin: bool = False
+    twin_steps: int = 3
+
+
+@dataclass
+class ProjectConfig:
+    """`python -m launch.project`: projected scaling per GPU type from the performance model."""
+
+    # Profiles to project; empty: every profile in conf/gpu except auto and cpu.
+    gpus: list[str] = field(default_factory=list)
+    # Node counts to project (each node holds gpu.gpus_per_node devices).
+    nodes: list[int] = field(default_factory=lambda: [1, 2, 4, 8])
+    # runs: projected training steps; comm: projected collectives (the launch.comm sweep).
+    mode: ProjectMode = ProjectMode.runs
+    # A measured run dir: its achieved compute fraction (and comm.json's busbw) calibrate
+    # the projection of the same workload onto the other profiles.
+    calibrate: str | None = None
+    # comm.json from `python -m launch.comm`, for calibration of the collective model.
+    calibrate_comm: str | None = None
+    # User-supplied price per GPU-hour by profile name (no invented defaults).
+    price_per_gpu_hour: dict[str, float] = field(default_factory=dict)
+    # Exposed comm at or above this share of the step is labelled interconnect-bound.
+    interconnect_bound_share: float = 0.3
+    # Where projection.md/json/png go; null: the run dir.
+    out: str | None = None
+
+
+@dataclass
+class ResolvedConfig:
+    """Filled in by the driver for each launched run; a rank reads it, a user never sets it
+    (an override of resolved.* is refused)."""
+
+    # The sweep (or single run) this run belongs to: groups its runs in reports and wandb.
+    sweep_id: str | None = None
+    # gpu=auto: what was detected, and so which profile the run uses.
+    gpu_detected: str | None = None
+    # cluster=emulated: the link the driver applied (rate, qdisc, latency, link match).
+    applied_link: dict[str, Any] | None = None
+    # parallel=auto: the layout the performance model chose, and why.
+    layout_reason: str | None = None
 
 
 @dataclass
@@ -269,13 +445,14 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     wandb: WandbConfig = field(default_factory=WandbConfig)
+    profile: ProfileConfig = field(default_factory=ProfileConfig)
+    project: ProjectConfig = field(default_factory=ProjectConfig)
     name: str = "scaleprobe"
     run_dir: str = MISSING
     seed: int = 0
     dry_run: bool = False
     overwrite: bool = False
-    # Filled in by the driver for each launched run; a rank reads them, a user does not set them.
-    sweep_id: str | None = None
+    resolved: ResolvedConfig = field(default_factory=ResolvedConfig)
 
 
 def load_run_config(path: str | Path) -> RunConfig:

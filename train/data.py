@@ -1,14 +1,16 @@
 """Token batches: synthetic (nothing downloaded) or a memory-mapped token file.
 
-Every rank draws the same global batch for a step from a generator seeded by (seed, step),
-then takes its own rows. So the data a step sees depends only on the global batch, not on how
-it is split over ranks and micro-steps: 2 ranks x micro batch b see exactly the rows that
-1 rank x micro batch 2b sees, which is what makes layouts comparable loss for loss.
+Every row of a step's global batch has its own generator, seeded by (seed, step, global row
+index), and each rank draws only the rows it trains on. So the data a row holds depends only
+on (seed, step, row), not on the world size or the layout: 2 ranks x micro batch b see exactly
+the rows that 1 rank x micro batch 2b sees, which is what makes layouts comparable loss for
+loss, and no rank pays for rows another rank trains on (drawing the whole global batch on
+every rank made weak scaling look worse with N for reasons unrelated to communication).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -17,8 +19,11 @@ import torch
 TOKEN_DTYPES = {"uint16": np.uint16, "uint32": np.uint32}
 
 
-def _step_generator(seed: int, step: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed * 1_000_003 + step)
+def row_generator(seed: int, step: int, row: int) -> np.random.Generator:
+    """The generator of one row: independent streams for every (seed, step, row)."""
+    # SeedSequence mixes the three words (no collisions as with seed * K + step); it takes
+    # non-negative entropy only, so a negative seed is taken modulo 2**64.
+    return np.random.default_rng([seed % 2**64, step, row])
 
 
 class SyntheticTokens:
@@ -31,15 +36,24 @@ class SyntheticTokens:
 
     def __init__(self, vocab_size: int, seq_len: int, seed: int, zipf_exponent: float = 1.1):
         self.vocab_size, self.seq_len, self.seed = vocab_size, seq_len, seed
-        ranks = torch.arange(1, vocab_size + 1, dtype=torch.float64)
-        self.probs = ranks**-zipf_exponent / (ranks**-zipf_exponent).sum()
+        ranks = np.arange(1, vocab_size + 1, dtype=np.float64)
+        probs = ranks**-zipf_exponent / (ranks**-zipf_exponent).sum()
+        self.cdf = np.cumsum(probs)  # inverse-CDF sampling: one uniform draw per token
+
+    def rows(self, step: int, rows: Sequence[int]) -> torch.Tensor:
+        """(len(rows), seq_len+1) int64 tokens: the given rows of step's global batch."""
+        half = (self.seq_len + 2) // 2
+        uniform = np.empty((len(rows), half))
+        for i, row in enumerate(rows):
+            uniform[i] = row_generator(self.seed, step, row).random(half)
+        first = np.searchsorted(self.cdf, uniform, side="right").astype(np.int64)
+        # cdf[-1] can round below 1.0: a draw above it still gets the last token.
+        np.minimum(first, self.vocab_size - 1, out=first)
+        return torch.from_numpy(np.concatenate([first, first], axis=1)[:, : self.seq_len + 1])
 
     def global_batch(self, step: int, batch: int) -> torch.Tensor:
-        g = _step_generator(self.seed, step)
-        half = (self.seq_len + 2) // 2
-        first = torch.multinomial(self.probs, batch * half, replacement=True, generator=g)
-        first = first.view(batch, half)
-        return torch.cat([first, first], dim=1)[:, : self.seq_len + 1]
+        """Rows 0..batch-1 of step's global batch (what all ranks together draw)."""
+        return self.rows(step, range(batch))
 
 
 class TokenFile:
@@ -51,22 +65,74 @@ class TokenFile:
         if len(self.tokens) <= seq_len + 1:
             raise ValueError(f"{path}: {len(self.tokens)} tokens, need more than seq_len+1")
 
+    def rows(self, step: int, rows: Sequence[int]) -> torch.Tensor:
+        """(len(rows), seq_len+1) int64 tokens; each row's offset is drawn from its own seed."""
+        high = len(self.tokens) - self.seq_len - 1
+        out = np.empty((len(rows), self.seq_len + 1), dtype=np.int64)
+        for i, row in enumerate(rows):
+            offset = int(row_generator(self.seed, step, row).integers(0, high))
+            out[i] = self.tokens[offset : offset + self.seq_len + 1]
+        return torch.from_numpy(out)
+
     def global_batch(self, step: int, batch: int) -> torch.Tensor:
-        g = _step_generator(self.seed, step)
-        offsets = torch.randint(0, len(self.tokens) - self.seq_len - 1, (batch,), generator=g)
-        rows = [self.tokens[o : o + self.seq_len + 1].astype(np.int64) for o in offsets.tolist()]
-        return torch.from_numpy(np.stack(rows))
+        return self.rows(step, range(batch))
+
+
+def rank_row_indices(
+    *, dp_rank: int, dp_size: int, micro_batch: int, accum_steps: int
+) -> list[range]:
+    """Global row indices of each gradient-accumulation micro-step of this data-parallel rank.
+
+    Micro-step m covers rows [m*micro*dp, (m+1)*micro*dp) of the global batch; rank r takes
+    its micro_batch rows of that chunk. The same for every step.
+    """
+    chunk = micro_batch * dp_size
+    return [
+        range(m * chunk + dp_rank * micro_batch, m * chunk + (dp_rank + 1) * micro_batch)
+        for m in range(accum_steps)
+    ]
+
+
+def draw_rank_batches(
+    data: SyntheticTokens | TokenFile,
+    step: int,
+    *,
+    dp_rank: int,
+    dp_size: int,
+    micro_batch: int,
+    accum_steps: int,
+    pin: bool,
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(inputs, targets) of each micro-step of this rank at ``step``: only its own rows.
+
+    ``pin`` (CUDA ranks only): page-locked host tensors, so the step's non-blocking copies to
+    the device are really asynchronous. Inputs and targets are made contiguous before pinning:
+    a strided view would be staged through pageable memory on its way to the device.
+    """
+    micro_rows = rank_row_indices(
+        dp_rank=dp_rank, dp_size=dp_size, micro_batch=micro_batch, accum_steps=accum_steps
+    )
+    tokens = data.rows(step, [row for rows in micro_rows for row in rows])
+    batches = []
+    for chunk in tokens.split(micro_batch):
+        inputs, targets = chunk[:, :-1].contiguous(), chunk[:, 1:].contiguous()
+        if pin:
+            inputs, targets = inputs.pin_memory(), targets.pin_memory()
+        batches.append((inputs, targets))
+    return batches
 
 
 def rank_micro_batches(
     global_tokens: torch.Tensor, rank: int, dp_size: int, micro_batch: int
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """(inputs, targets) for each gradient-accumulation micro-step of this data-parallel rank.
+    """(inputs, targets) of this rank's micro-steps, sliced from a whole global batch.
 
-    Micro-step m covers rows [m*micro*dp, (m+1)*micro*dp) of the global batch; rank r takes
-    its micro_batch rows of that chunk.
+    The reference for draw_rank_batches (same rows, same order); the loop no longer uses it,
+    since it needs every rank to hold the whole global batch.
     """
-    chunk = micro_batch * dp_size
-    for first in range(0, global_tokens.shape[0], chunk):
-        rows = global_tokens[first + rank * micro_batch : first + (rank + 1) * micro_batch]
-        yield rows[:, :-1], rows[:, 1:]
+    accum_steps = global_tokens.shape[0] // (micro_batch * dp_size)
+    for rows in rank_row_indices(
+        dp_rank=rank, dp_size=dp_size, micro_batch=micro_batch, accum_steps=accum_steps
+    ):
+        chunk = global_tokens[rows.start : rows.stop]
+        yield chunk[:, :-1], chunk[:, 1:]

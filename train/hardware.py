@@ -62,7 +62,7 @@ def profile_mismatch(gpu: GpuConfig, device_type: str, device_name: str) -> str 
         return None
     if gpu.name == "cpu":
         return f"gpu=cpu was requested but this run is on {device_name}"
-    if not name_matches(gpu.device_name_patterns, device_name):
+    if not name_matches(gpu.device_name_patterns, device_name, gpu.device_name_excludes):
         return (
             f"gpu={gpu.name} was requested but the device is {device_name}: "
             f"MFU uses {gpu.name}'s peak"
@@ -70,6 +70,11 @@ def profile_mismatch(gpu: GpuConfig, device_type: str, device_name: str) -> str 
     return None
 
 
-def name_matches(patterns: list[str], device_name: str) -> bool:
-    """Whole words only: "H20" must not claim an "H200"."""
-    return any(re.search(rf"\b{re.escape(p)}\b", device_name) for p in patterns)
+def name_matches(patterns: list[str], device_name: str, excludes: list[str] = ()) -> bool:
+    """Whole words only: "H20" must not claim an "H200"; nor "H800" an "H800 PCIe" when the
+    profile excludes "PCIe" (another part with another peak)."""
+
+    def has(word: str) -> bool:
+        return re.search(rf"\b{re.escape(word)}\b", device_name, re.IGNORECASE) is not None
+
+    return any(has(p) for p in patterns) and not any(has(x) for x in excludes)

@@ -5,8 +5,10 @@ master weights (fp32 copies the optimizer steps when they are not the model's ow
 as in DeepSpeed's ZeRO). A DTensor counts its local shard only; a tensor listed twice counts
 once. Bytes count wherever they live: under ZeRO-Offload the optimizer state, master weights
 and gradients are in host memory and still count (the point of offload is where, not how
-much). Peak memory comes from the allocator (CUDA) or the process RSS (CPU), which on a CPU
-also holds the Python runtime and torch itself and so barely moves between layouts.
+much). Peak memory comes from the allocator (CUDA: allocated, and reserved, which adds the
+allocator's cache and fragmentation; NCCL's buffers and the CUDA context are in neither) or the
+process RSS (CPU), which on a CPU also holds the Python runtime and torch itself and so barely
+moves between layouts.
 """
 
 from __future__ import annotations
@@ -74,10 +76,20 @@ def max_over_ranks(values: dict[str, int]) -> dict[str, int]:
     return dict(zip(values, (int(v) for v in tensor.tolist()), strict=True))
 
 
-def memory_summary(held: HeldMemory, peak_bytes: int) -> dict[str, int]:
-    """summary.json's ``memory``: the busiest rank's bytes of each kind, then its peak."""
+def memory_summary(
+    held: HeldMemory, peak_bytes: int, peak_reserved_bytes: int | None = None
+) -> dict[str, int | None]:
+    """summary.json's ``memory``: the busiest rank's bytes of each kind, then its peaks.
+
+    ``peak_bytes`` is allocated memory on CUDA (RSS on CPU), ``peak_reserved_bytes`` what the
+    CUDA caching allocator held (None on CPU, and then recorded as null).
+    """
     values = {**asdict(held), "total_bytes": held.total_bytes, "peak_bytes": peak_bytes}
-    return max_over_ranks(values)
+    if peak_reserved_bytes is not None:  # the same on every rank: all CUDA or all CPU
+        values["peak_reserved_bytes"] = peak_reserved_bytes
+    summary: dict[str, int | None] = max_over_ranks(values)
+    summary.setdefault("peak_reserved_bytes", None)
+    return summary
 
 
 def _identity(tensor: torch.Tensor) -> tuple[int, int, torch.dtype]:

@@ -51,10 +51,25 @@ def mfu_figures(
 
 
 def peak_memory_bytes(device: torch.device) -> int:
-    """Peak allocated CUDA memory, or this process's peak RSS on CPU."""
+    """Peak allocated CUDA memory, or this process's peak RSS on CPU.
+
+    Allocated: the bytes of live tensors at their peak. It leaves out what the caching
+    allocator holds besides them (freed blocks kept for reuse, fragmentation: see
+    peak_memory_reserved_bytes) and everything outside the allocator (NCCL's buffers, the CUDA
+    context, cuDNN/cuBLAS handles), which nvidia-smi counts too.
+    """
     if device.type == "cuda":
         return int(torch.cuda.max_memory_allocated(device))
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024  # KiB on Linux
+
+
+def peak_memory_reserved_bytes(device: torch.device) -> int | None:
+    """Peak CUDA memory the caching allocator held: allocated plus its cached free blocks and
+    fragmentation, so what an out-of-memory comes from. NCCL's buffers and the CUDA context are
+    still outside it. None on CPU, where there is no such allocator (RSS is all there is)."""
+    if device.type == "cuda":
+        return int(torch.cuda.max_memory_reserved(device))
+    return None
 
 
 @dataclass

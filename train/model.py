@@ -10,13 +10,12 @@ a run and the ranks can report MFU without building (or sharding) a model.
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from train.config import ModelConfig
+from train.init import init_weights
 
 
 def _head_dim(cfg: ModelConfig) -> int:
@@ -41,6 +40,20 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     cos, sin = cos[:, None, :], sin[:, None, :]
     out = torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
     return out.type_as(x)
+
+
+class RMSNorm(nn.RMSNorm):
+    """nn.RMSNorm computed in float32 and returned in the input's dtype (as Llama's).
+
+    The same on every device: CUDA autocast may decompose rms_norm into fp32-listed ops and
+    return fp32 where CPU returns bf16. Under FSDP2's bf16 parameters the residual stream is
+    bf16, and so is what this returns (and what tensor parallelism then moves); with an fp32
+    stream (fp32 parameters, autocast) nothing changes.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weight = self.weight.float() if self.weight is not None else None
+        return F.rms_norm(x.float(), self.normalized_shape, weight, self.eps).type_as(x)
 
 
 class Attention(nn.Module):
@@ -92,9 +105,9 @@ class TransformerBlock(nn.Module):
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.attention_norm = nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps)
+        self.attention_norm = RMSNorm(cfg.d_model, eps=cfg.norm_eps)
         self.attention = Attention(cfg)
-        self.ffn_norm = nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps)
+        self.ffn_norm = RMSNorm(cfg.d_model, eps=cfg.norm_eps)
         self.feed_forward = FeedForward(cfg)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -103,7 +116,13 @@ class TransformerBlock(nn.Module):
 
 
 class Transformer(nn.Module):
-    def __init__(self, cfg: ModelConfig):
+    """The decoder. ``seed`` picks the initial weights (train/init.py: each parameter from its
+    own seed, so every layout starts from the same weights); None draws it from the global
+    torch RNG. Built under ``torch.device("meta")`` it holds shapes only, to be sharded and
+    then materialised (train/init.py materialize). ``init=False`` leaves the parameters as
+    constructed, for a caller that initialises them later (ZeRO-3's zero.Init)."""
+
+    def __init__(self, cfg: ModelConfig, *, seed: int | None = None, init: bool = True):
         super().__init__()
         if cfg.d_model % cfg.n_heads:
             raise ValueError(f"d_model {cfg.d_model} is not a multiple of n_heads {cfg.n_heads}")
@@ -116,7 +135,7 @@ class Transformer(nn.Module):
         self.cfg = cfg
         self.tok_embeddings = nn.Embedding(cfg.vocab_size, cfg.d_model)
         self.layers = nn.ModuleList(TransformerBlock(cfg) for _ in range(cfg.n_layers))
-        self.norm = nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps)
+        self.norm = RMSNorm(cfg.d_model, eps=cfg.norm_eps)
         self.output = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
         if cfg.tie_embeddings:
             self.output.weight = self.tok_embeddings.weight
@@ -125,30 +144,20 @@ class Transformer(nn.Module):
         cos, sin = rope_tables(_head_dim(cfg), cfg.max_seq_len, cfg.rope_theta)
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
-        self.init_weights()
+        if init:
+            self.init_weights(seed)
 
     @torch.no_grad()
-    def init_weights(self) -> None:
-        """GPT-2 init: N(0, 0.02) everywhere, residual projections (wo, w2) by 1/sqrt(2L).
+    def init_weights(self, seed: int | None = None) -> None:
+        """GPT-2 init: N(0, 0.02) everywhere, residual projections (wo, w2) by 1/sqrt(2L),
+        norms ones, rope tables recomputed (train/init.py). Meta parameters stay unfilled.
 
-        Each block adds two residual branches; scaling their output projections keeps the
-        residual stream's variance from growing with depth. Deterministic given the global
-        torch seed. Recomputes the rope tables too, so a model built on the meta device and
-        materialized with to_empty() is complete after calling this.
+        The same ``seed`` gives the same weights whatever wraps or shards the model; None
+        draws one from the global torch RNG (deterministic given torch.manual_seed).
         """
-        std, residual_std = 0.02, 0.02 / math.sqrt(2 * self.cfg.n_layers)
-        nn.init.normal_(self.tok_embeddings.weight, std=std)
-        for name, module in self.named_modules():
-            if isinstance(module, nn.Linear):
-                if module is self.output and self.cfg.tie_embeddings:
-                    continue  # shared with the embedding, already drawn
-                is_residual = name.endswith((".wo", ".w2"))
-                nn.init.normal_(module.weight, std=residual_std if is_residual else std)
-            elif isinstance(module, nn.RMSNorm):
-                module.reset_parameters()
-        cos, sin = rope_tables(_head_dim(self.cfg), self.cfg.max_seq_len, self.cfg.rope_theta)
-        self.rope_cos.copy_(cos)
-        self.rope_sin.copy_(sin)
+        if seed is None:
+            seed = int(torch.randint(0, 2**62, (), device="cpu"))
+        init_weights(self, self.cfg, seed)
 
     def forward(self, tokens: torch.Tensor, targets: torch.Tensor | None = None) -> torch.Tensor:
         """tokens [B, T] -> logits [B, T, vocab], or the mean cross-entropy if targets given."""

@@ -14,7 +14,17 @@ from train.config import Fp8Config, GpuConfig, ModelConfig
 from train.hardware import MachineProbe
 
 FP8_RECIPES = {"te": ("current", "delayed"), "torchao": ("tensorwise", "rowwise")}
-FP8_MIN_CAPABILITY = (8, 9)  # Ada and Hopper have fp8 tensor cores
+FP8_MIN_CAPABILITY = (8, 9)
+# fp8 GEMMs (cuBLASLt, TE, torch._scaled_mm) need every dimension, tokens included, a multiple
+# of 16.
+FP8_GEMM_MULTIPLE = 16  # Ada and Hopper have fp8 tensor cores
+# Parallel layouts (parallel.name) that cannot run fp8, and why: precision=auto resolves them to
+# bf16 instead of resolving fp8 that every rank would then refuse.
+FP8_LAYOUT_GAPS = {
+    **{f"zero{s}": f"parallel=zero{s} runs through DeepSpeed, which has no fp8" for s in (1, 2, 3)},
+    "tp": "parallel=tp needs fp8-aware tensor-parallel plans, which are not wired up",
+    "tp_fsdp": "parallel=tp_fsdp needs fp8-aware tensor-parallel plans, which are not wired up",
+}
 
 
 @dataclass(frozen=True)
@@ -103,9 +113,25 @@ def model_linear_shapes(model: ModelConfig) -> list[tuple[int, int]]:
 
 
 def resolve_precision(
-    requested: str, fp8: Fp8Config, gpu: GpuConfig, model: ModelConfig, probe: MachineProbe
+    requested: str,
+    fp8: Fp8Config,
+    gpu: GpuConfig,
+    model: ModelConfig,
+    probe: MachineProbe,
+    *,
+    layout: str | None = None,
+    tokens_per_micro_batch: int | None = None,
 ) -> PrecisionPlan:
-    """Turn the requested precision (or `auto`) into a plan for this profile and machine."""
+    """Turn the requested precision (or `auto`) into a plan for this profile, machine and
+    parallel layout (``layout`` is parallel.name).
+
+    ``tokens_per_micro_batch`` (micro_batch x seq_len) is each GEMM's row count: fp8 kernels
+    need a multiple of 16 there as in the weights, so auto keeps bf16 otherwise (an explicit
+    fp8 with such a shape is refused by the driver's validation).
+
+    ``layout=None`` means the caller does not know the layout; auto then cannot rule fp8 out
+    for it. Ranks always pass it.
+    """
     on_cpu = probe.compute_capability is None
     if requested != "auto":
         if requested != "fp8":
@@ -130,6 +156,16 @@ def resolve_precision(
     if probe.compute_capability < FP8_MIN_CAPABILITY:
         cc = ".".join(map(str, probe.compute_capability))
         return _plan("auto", "bf16", f"{bf16_reason}; compute capability {cc} < 8.9 has no fp8")
+    # Before the libraries: installing them would not make this layout run fp8.
+    if layout in FP8_LAYOUT_GAPS:
+        return _plan("auto", "bf16", f"{bf16_reason}; fp8 skipped: {FP8_LAYOUT_GAPS[layout]}")
+    if tokens_per_micro_batch is not None and tokens_per_micro_batch % FP8_GEMM_MULTIPLE:
+        return _plan(
+            "auto",
+            "bf16",
+            f"{bf16_reason}; fp8 skipped: micro_batch x seq_len = {tokens_per_micro_batch} is "
+            f"not a multiple of {FP8_GEMM_MULTIPLE}, which fp8 GEMMs need",
+        )
     if not (probe.te_available or probe.torchao_available):
         return _plan(
             "auto",
@@ -167,8 +203,18 @@ def _fp8_plan(
     )
 
 
-def prepare_model(model: nn.Module, plan: PrecisionPlan, device: torch.device) -> nn.Module:
-    """Swap eligible layers to fp8 before the model is wrapped for parallelism."""
+def prepare_model(
+    model: nn.Module,
+    plan: PrecisionPlan,
+    device: torch.device,
+    *,
+    fsdp_float8_all_gather: bool = False,
+) -> nn.Module:
+    """Swap eligible layers to fp8 before the model is wrapped for parallelism.
+
+    ``fsdp_float8_all_gather`` (torchao, tensorwise, FSDP2): FSDP gathers those layers'
+    weights in fp8 (train/parallel/build.py fsdp_float8_all_gather).
+    """
     if plan.resolved != "fp8":
         return model
     keep = fp8_module_filter(plan.fp8_min_dim)
@@ -180,6 +226,8 @@ def prepare_model(model: nn.Module, plan: PrecisionPlan, device: torch.device) -
         config = Float8LinearConfig.from_recipe_name(plan.fp8_recipe)
         if device.type != "cuda":
             config = dataclasses.replace(config, emulate=True)
+        if fsdp_float8_all_gather:
+            config = dataclasses.replace(config, enable_fsdp_float8_all_gather=True)
         return convert_to_float8_training(model, config=config, module_filter_fn=keep)
     return swap_to_te_linear(model, keep)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import statistics
 import time
 from pathlib import Path
 
@@ -12,10 +13,11 @@ import torch.distributed as dist
 from omegaconf import OmegaConf
 
 from train import distributed
-from train.cluster_record import cluster_record
+from train.breakdown import link_rate
+from train.cluster_record import cluster_record, gather_fabric_warnings
 from train.comm_volume import comm_bytes_per_step
 from train.config import RunConfig, load_run_config
-from train.data import SyntheticTokens, TokenFile, rank_micro_batches
+from train.data import SyntheticTokens, TokenFile, draw_rank_batches
 from train.hardware import probe_machine, profile_mismatch
 from train.memory import memory_summary
 from train.metrics import (
@@ -26,14 +28,16 @@ from train.metrics import (
     mfu_figures,
     model_tflops_per_device,
     peak_memory_bytes,
+    peak_memory_reserved_bytes,
     step_time_stats,
 )
-from train.model import Transformer, count_params, flops_per_token
-from train.parallel.build import build_layout
+from train.model import count_params, flops_per_token
+from train.parallel.build import build_layout, build_model, fsdp_float8_all_gather
 from train.parallel.checkpointing import recompute_flops_per_token
 from train.parallel.degrees import plan_layout
 from train.parallel.layout import Layout
 from train.precision import PrecisionPlan, peak_tflops_for, prepare_model, resolve_precision
+from train.profiling import StepFunctions, mark, profile_after_timed
 from train.tracking import WandbRun
 
 
@@ -51,28 +55,34 @@ def train_step(
     plan: PrecisionPlan,
     device: torch.device,
     grad_clip: float,
+    sync: bool = True,
 ) -> torch.Tensor:
-    """One optimizer step over accum_steps micro-batches; returns the mean loss (a tensor)."""
+    """One optimizer step over accum_steps micro-batches; returns the mean loss (a tensor).
+
+    ``sync=False`` is the no-sync twin (train/profiling.py): gradients are never reduced.
+    """
     loss_sum = torch.zeros((), device=device)
     for i, (inputs, targets) in enumerate(micro_batches):
         # Data-parallel layouts reduce gradients once per step, on the last micro-step.
-        with layout.gradient_sync(enabled=i == accum_steps - 1):
-            with layout.autocast(plan, device):
+        with layout.gradient_sync(enabled=sync and i == accum_steps - 1):
+            with mark("forward"), layout.autocast(plan, device):
                 loss = layout.model(
                     inputs.to(device, non_blocking=True), targets.to(device, non_blocking=True)
                 )
             scaled = loss / accum_steps
-            layout.backward(scaler.scale(scaled) if scaler else scaled)
+            with mark("backward"):
+                layout.backward(scaler.scale(scaled) if scaler else scaled)
         loss_sum += loss.detach()
-    if scaler:
-        scaler.unscale_(layout.optimizer)
-    layout.finish_gradients(grad_clip)  # clips to grad_clip (0: off), notes gradient bytes
-    if scaler:
-        scaler.step(layout.optimizer)  # skips the update when the gradients overflowed
-        scaler.update()
-    else:
-        layout.step()
-    layout.zero_grad()
+    with mark("optimizer"):
+        if scaler:
+            scaler.unscale_(layout.optimizer)
+        layout.finish_gradients(grad_clip)  # clips to grad_clip (0: off), notes gradient bytes
+        if scaler:
+            scaler.step(layout.optimizer)  # skips the update when the gradients overflowed
+            scaler.update()
+        else:
+            layout.step()
+        layout.zero_grad()
     return loss_sum / accum_steps
 
 
@@ -87,7 +97,7 @@ def mean_over_ranks(value: torch.Tensor) -> float:
 def config_digest(cfg: RunConfig) -> str:
     """Hash of what determines the workload (not where it was written or how wide it ran)."""
     content = OmegaConf.to_container(OmegaConf.structured(cfg))
-    for key in ("run_dir", "sweep_id", "dry_run", "overwrite", "wandb"):
+    for key in ("run_dir", "resolved", "dry_run", "overwrite", "wandb"):
         content.pop(key, None)
     content.pop("cluster", None)
     return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:12]
@@ -97,7 +107,7 @@ def run(config_path: str | Path) -> dict | None:
     config_path = Path(config_path)
     cfg = load_run_config(config_path)
     run_dir = config_path.parent
-    rank = distributed.init_distributed()
+    rank = distributed.init_distributed(cfg.fabric.nccl_env)
     try:
         summary = _run(cfg, run_dir, rank)
         # Leave together: a gloo rank that tears down while rank 0 still writes the summary
@@ -111,7 +121,15 @@ def run(config_path: str | Path) -> dict | None:
 
 def _run(cfg: RunConfig, run_dir: Path, rank: distributed.RankInfo) -> dict | None:
     probe = probe_machine(rank.device)
-    plan = resolve_precision(cfg.precision.name, cfg.precision.fp8, cfg.gpu, cfg.model, probe)
+    plan = resolve_precision(
+        cfg.precision.name,
+        cfg.precision.fp8,
+        cfg.gpu,
+        cfg.model,
+        probe,
+        layout=cfg.parallel.name,
+        tokens_per_micro_batch=cfg.train.micro_batch * cfg.train.seq_len,
+    )
     plan.apply_backend_flags()
     device_name = distributed.device_name(rank.device)
     gpu_warning = profile_mismatch(cfg.gpu, rank.device.type, device_name)
@@ -119,9 +137,14 @@ def _run(cfg: RunConfig, run_dir: Path, rank: distributed.RankInfo) -> dict | No
         print(f"precision: {plan.resolved} ({plan.reason})", flush=True)
         if gpu_warning:
             print(f"warning: {gpu_warning}", flush=True)
+    # NCCL_IB_HCA naming HCAs a node lacks silently turns InfiniBand into sockets: each node
+    # checks its own, rank 0 prints and records them all (fabric.warnings).
+    fabric_warnings = gather_fabric_warnings(local_rank=rank.local_rank, backend=rank.backend)
+    if rank.is_main:
+        for warning in fabric_warnings:
+            print(f"warning: {warning}", flush=True)
 
     torch.manual_seed(cfg.seed)
-    model = prepare_model(Transformer(cfg.model).to(rank.device), plan, rank.device)
     n_params = count_params(cfg.model)
     model_flops_per_token = flops_per_token(cfg.model, cfg.train.seq_len)
     layout_plan = plan_layout(cfg, rank.world_size, cfg.cluster.nproc_per_node)
@@ -130,6 +153,11 @@ def _run(cfg: RunConfig, run_dir: Path, rank: distributed.RankInfo) -> dict | No
         cfg.model, cfg.train.seq_len, len(layout_plan.checkpointed)
     )
     accum_steps = cfg.train.global_batch // (cfg.train.micro_batch * layout_plan.degrees.dp)
+    # Shapes only (meta device; zero3: partitioned by zero.Init) until the layout has sharded
+    # it: no rank builds the whole model. Weights depend on cfg.seed only (train/init.py).
+    model = build_model(cfg, layout_plan, plan.resolved, accum_steps, rank.device)
+    fp8_all_gather = fsdp_float8_all_gather(layout_plan, plan.fp8_backend, plan.fp8_recipe)
+    model = prepare_model(model, plan, rank.device, fsdp_float8_all_gather=fp8_all_gather)
     # torchao's fp8 casts are only fast once fused by the compiler.
     fp8_needs_compile = plan.fp8_backend == "torchao" and rank.device.type == "cuda"
     layout = build_layout(
@@ -140,6 +168,8 @@ def _run(cfg: RunConfig, run_dir: Path, rank: distributed.RankInfo) -> dict | No
         accum_steps,
         rank.device,
         compile_blocks=cfg.train.compile or fp8_needs_compile,
+        fp8_backend=plan.fp8_backend,
+        fp8_recipe=plan.fp8_recipe,
     )
     comm = comm_bytes_per_step(
         cfg.model,
@@ -149,6 +179,8 @@ def _run(cfg: RunConfig, run_dir: Path, rank: distributed.RankInfo) -> dict | No
         accum_steps,
         cfg.train.grad_clip > 0,
         plan.resolved,
+        fsdp_reduce_dtype=cfg.parallel.fsdp_reduce_dtype,
+        fp8_all_gather_min_dim=plan.fp8_min_dim if fp8_all_gather else None,
     )
     scaler = None
     # DeepSpeed scales fp16 losses inside its engine; a GradScaler on top would scale twice.
@@ -172,7 +204,7 @@ def _run(cfg: RunConfig, run_dir: Path, rank: distributed.RankInfo) -> dict | No
             cfg.wandb.entity,
             run_dir,
             run_dir.name,
-            cfg.sweep_id,
+            cfg.resolved.sweep_id,
             cfg.gpu.name,
             OmegaConf.to_container(OmegaConf.structured(cfg)),
         )
@@ -180,12 +212,21 @@ def _run(cfg: RunConfig, run_dir: Path, rank: distributed.RankInfo) -> dict | No
         torch.cuda.reset_peak_memory_stats(rank.device)
 
     loss_value = float("nan")
+    loop_started = time.perf_counter()
     for step in range(1, cfg.train.steps + 1):
-        started = time.perf_counter()
-        global_tokens = data.global_batch(step, cfg.train.global_batch)
-        batches = rank_micro_batches(
-            global_tokens, layout.dp_rank, layout.dp_size, cfg.train.micro_batch
+        # This rank's rows only, drawn before the clock starts: the step times training, not
+        # data generation. Drawn here rather than by a background thread, which would compete
+        # with the step for the same CPU cores; one step's rows are held at a time.
+        batches = draw_rank_batches(
+            data,
+            step,
+            dp_rank=layout.dp_rank,
+            dp_size=layout.dp_size,
+            micro_batch=cfg.train.micro_batch,
+            accum_steps=accum_steps,
+            pin=rank.device.type == "cuda",
         )
+        started = time.perf_counter()
         loss = train_step(
             layout, scaler, batches, accum_steps, plan, rank.device, cfg.train.grad_clip
         )
@@ -211,8 +252,58 @@ def _run(cfg: RunConfig, run_dir: Path, rank: distributed.RankInfo) -> dict | No
         tracker.log({k: v for k, v in record.__dict__.items() if k != "step"}, step=step)
         print(format_step_line(record, cfg.train.steps), flush=True)
 
+    timed_loop_s = time.perf_counter() - loop_started
     # Every rank takes part: the summary shows the busiest rank's bytes.
-    memory = memory_summary(layout.held_memory(), peak_memory_bytes(rank.device))
+    peak_bytes = peak_memory_bytes(rank.device)  # before the profiler adds its own
+    peak_reserved = peak_memory_reserved_bytes(rank.device)  # None on CPU
+    memory = memory_summary(layout.held_memory(), peak_bytes, peak_reserved)
+
+    # Where the step went (train/profiling.py): extra steps after the timed ones and after
+    # final_loss was taken, so neither changes; every rank runs them (they are collectives).
+    profiled = None
+    if cfg.profile.enabled or cfg.profile.twin:
+
+        def draw(step: int):
+            return draw_rank_batches(
+                data,
+                step,
+                dp_rank=layout.dp_rank,
+                dp_size=layout.dp_size,
+                micro_batch=cfg.train.micro_batch,
+                accum_steps=accum_steps,
+                pin=rank.device.type == "cuda",
+            )
+
+        def one_step(batches, sync: bool) -> torch.Tensor:
+            return train_step(
+                layout, scaler, batches, accum_steps, plan, rank.device, cfg.train.grad_clip, sync
+            )
+
+        gpu = cfg.gpu if rank.device.type == "cuda" else None
+        profiled = profile_after_timed(
+            cfg.profile,
+            StepFunctions(draw=draw, step=one_step, reduce_loss=mean_over_ranks),
+            rank=rank.rank,
+            world_size=rank.world_size,
+            first_step=cfg.train.steps + 1,
+            run_dir=run_dir,
+            device=rank.device,
+            layout_name=layout_plan.name,
+            timed_step_s=statistics.median(writer.timed_step_times()) if writer else None,
+            timed_loop_s=timed_loop_s,
+            comm_bytes=comm.as_dict(),
+            link=link_rate(
+                cluster_name=cfg.cluster.name,
+                applied_link=cfg.resolved.applied_link,
+                nodes=rank.nodes,
+                gpu_profile=None
+                if gpu is None
+                else {
+                    "nic_gbits_per_s_per_gpu": gpu.nic_gbits_per_s_per_gpu,
+                    "nvlink_gbytes_per_s_bidir": gpu.nvlink_gbytes_per_s_bidir,
+                },
+            ),
+        )
     if not rank.is_main:
         return None
     stats = step_time_stats(writer.timed_step_times())
@@ -220,7 +311,7 @@ def _run(cfg: RunConfig, run_dir: Path, rank: distributed.RankInfo) -> dict | No
     per_device = tokens_per_s / rank.world_size
     summary = {
         "run_name": run_dir.name,
-        "sweep": {"id": cfg.sweep_id, "name": cfg.sweep.name},
+        "sweep": {"id": cfg.resolved.sweep_id, "name": cfg.sweep.name},
         "world_size": rank.world_size,
         "nodes": rank.nodes,
         "nproc_per_node": rank.local_world_size,
@@ -250,13 +341,20 @@ def _run(cfg: RunConfig, run_dir: Path, rank: distributed.RankInfo) -> dict | No
         "gpu_warning": gpu_warning,
         "hardware_flops_per_token": hardware_flops_per_token,
         "hfu": mfu(hardware_flops_per_token, per_device, peak),
-        "peak_memory_bytes": peak_memory_bytes(rank.device),
+        # Allocated (live tensors; RSS on CPU), then reserved by the caching allocator (adds
+        # its cache and fragmentation; null on CPU). NCCL buffers are in neither.
+        "peak_memory_bytes": peak_bytes,
+        "peak_memory_reserved_bytes": peak_reserved,
         "memory": memory,  # per rank, bytes: params, grads, optimizer state, masters, peak
         "comm_bytes_per_step": comm.as_dict(),  # per rank, by collective kind
         "final_loss": loss_value,
+        # Profiled and twin steps (below) come after it and are not in any timed figure.
+        "final_loss_from": f"last timed step ({cfg.train.steps})",
+        **(profiled or {}),  # breakdown (per method), achieved_bandwidth, profile
         "torch_version": torch.__version__,
         "config_digest": config_digest(cfg),
-        **cluster_record(cfg, rank.device),  # "cluster" (link, restarts) and "fabric" (NCCL)
+        # "cluster" (link, restarts) and "fabric" (NCCL variables, warnings)
+        **cluster_record(cfg, rank.device, fabric_warnings=fabric_warnings),
     }
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     tracker.log_summary({k: v for k, v in summary.items() if not isinstance(v, dict)})

@@ -4,27 +4,50 @@ Order (as torchtitan): tensor parallel, then activation checkpointing, then per-
 compile, then the data-parallel wrapper (FSDP2, DDP or DeepSpeed) and its optimizer. Each
 step needs the one before: FSDP shards the DTensors TP made, and checkpointing wraps whole
 TP-sharded blocks, so its recompute replays their collectives.
+
+The model arrives on the meta device (``build_model``): TP, checkpointing and FSDP2 are
+applied to shapes, and only then does each rank allocate and initialise its own shards
+(train/init.py), before DDP, DeepSpeed or the optimizer needs real tensors. ZeRO-3 is the
+exception: its model is built partitioned, under deepspeed.zero.Init.
 """
 
 from __future__ import annotations
 
 import functools
+import os
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
 from train.config import RunConfig
+from train.init import init_weights, materialize
+from train.model import Transformer
 from train.parallel.checkpointing import apply_activation_checkpointing
 from train.parallel.ddp import apply_ddp
 from train.parallel.degrees import ZERO_STAGES, LayoutPlan
-from train.parallel.fsdp import apply_fsdp, fsdp_no_sync
+from train.parallel.fsdp import apply_fsdp, fsdp_no_sync, mixed_precision_policy
 from train.parallel.layout import Layout, TorchLayout, adamw
 from train.parallel.mesh import build_mesh, data_parallel_rank
 from train.parallel.tensor_parallel import apply_tensor_parallel
-from train.parallel.zero import build_zero_layout  # DeepSpeed itself is imported only there
+from train.parallel.zero import (  # DeepSpeed itself is imported only there
+    build_zero_layout,
+    deepspeed_config,
+    import_deepspeed,
+)
 
 FSDP_LAYOUTS = ("fsdp", "hsdp", "tp_fsdp")
+
+
+def build_model(
+    cfg: RunConfig, layout: LayoutPlan, precision: str, accum_steps: int, device: torch.device
+) -> Transformer:
+    """The model before it is placed: shapes only, on the meta device (``build_layout``
+    materialises each rank's shards), or for zero3 already partitioned and initialised."""
+    if layout.name == "zero3" and dist.is_initialized():
+        return zero3_model(cfg, precision, accum_steps, device)
+    with torch.device("meta"):
+        return Transformer(cfg.model)
 
 
 def build_layout(
@@ -35,22 +58,27 @@ def build_layout(
     accum_steps: int,
     device: torch.device,
     compile_blocks: bool = False,
+    fp8_backend: str | None = None,
+    fp8_recipe: str | None = None,
 ) -> Layout:
-    """Place ``model`` (a train.model.Transformer on ``device``) as ``layout`` says.
+    """Place ``model`` (a train.model.Transformer from ``build_model``) as ``layout`` says.
 
-    ``precision`` is the resolved one. Without a process group (a rank started by hand) the
-    model trains alone, unwrapped.
+    ``precision`` is the resolved one, ``fp8_backend``/``fp8_recipe`` the plan's when it is
+    fp8. Without a process group (a rank started by hand) the model trains alone, unwrapped.
     """
     degrees = layout.degrees
+    te_layers = precision == "fp8" and fp8_backend == "te"
     if layout.name in ZERO_STAGES:
-        apply_activation_checkpointing(model.layers, layout.checkpointed)
+        apply_activation_checkpointing(model.layers, layout.checkpointed, te_layers)
         _compile_blocks(model, compile_blocks)
+        _materialize(model, cfg, device)  # zero1/2 replicate the parameters: whole on each rank
         stage = ZERO_STAGES[layout.name]
         return build_zero_layout(model, cfg, stage, precision, accum_steps, device)
 
     if not dist.is_initialized():
-        apply_activation_checkpointing(model.layers, layout.checkpointed)
+        apply_activation_checkpointing(model.layers, layout.checkpointed, te_layers)
         _compile_blocks(model, compile_blocks)
+        _materialize(model, cfg, device)
         return TorchLayout(model, adamw(model, cfg.train, device), dp_rank=0, dp_size=1)
 
     mesh = build_mesh(degrees, device)
@@ -62,19 +90,65 @@ def build_layout(
                 "are not wired up; use bf16, or fp8 with ddp/fsdp"
             )
         apply_tensor_parallel(model, mesh["tp"], layout.sequence_parallel)
-    apply_activation_checkpointing(model.layers, layout.checkpointed)
+    apply_activation_checkpointing(model.layers, layout.checkpointed, te_layers)
     _compile_blocks(model, compile_blocks)
 
-    no_sync = None
+    no_sync = after_step = None
     if layout.name in FSDP_LAYOUTS:
         dp_dims = ("dp_replicate", "dp_shard") if degrees.dp_replicate > 1 else ("dp_shard",)
-        apply_fsdp(model, mesh[dp_dims])
+        policy = mixed_precision_policy(precision, cfg.parallel.fsdp_reduce_dtype)
+        apply_fsdp(model, mesh[dp_dims], policy)
         no_sync = functools.partial(fsdp_no_sync, model)
-    elif degrees.dp_replicate > 1:
+        if fsdp_float8_all_gather(layout, fp8_backend, fp8_recipe):
+            from torchao.float8 import precompute_float8_dynamic_scale_for_fsdp
+
+            # The fp8 weights' scales for the next all-gathers, from the updated weights:
+            # one all-reduce of all their amaxes, instead of one per weight per gather.
+            after_step = functools.partial(precompute_float8_dynamic_scale_for_fsdp, model)
+    _materialize(model, cfg, device)  # each rank its own TP/FSDP shards
+    if layout.name not in FSDP_LAYOUTS and degrees.dp_replicate > 1:
         model = apply_ddp(model, device, cfg.parallel.bucket_mb)
         no_sync = model.no_sync
     optimizer = adamw(model, cfg.train, device)
-    return TorchLayout(model, optimizer, data_parallel_rank(mesh, degrees), degrees.dp, no_sync)
+    dp_rank = data_parallel_rank(mesh, degrees)
+    return TorchLayout(model, optimizer, dp_rank, degrees.dp, no_sync, after_step=after_step)
+
+
+def fsdp_float8_all_gather(
+    layout: LayoutPlan, fp8_backend: str | None, fp8_recipe: str | None
+) -> bool:
+    """Whether FSDP2 gathers torchao's fp8 weights in fp8 (half the bytes of bf16): torchao
+    supports it for tensorwise scaling only, and only FSDP layouts gather weights at all."""
+    return (
+        layout.name in FSDP_LAYOUTS
+        and dist.is_initialized()
+        and fp8_backend == "torchao"
+        and fp8_recipe == "tensorwise"
+    )
+
+
+def zero3_model(
+    cfg: RunConfig, precision: str, accum_steps: int, device: torch.device
+) -> Transformer:
+    """ZeRO-3's model, built under deepspeed.zero.Init: each submodule is partitioned as soon
+    as it is constructed, so a rank never holds more than one submodule whole; then every
+    parameter is gathered once, given its layout-independent initial value, and partitioned
+    again (train/init.py)."""
+    if device.type == "cpu":
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")  # as build_zero_layout, before import
+    deepspeed = import_deepspeed()
+    config = deepspeed_config(cfg, 3, precision, cfg.train.micro_batch, accum_steps)
+    # Initialised after the context: inside it, tensor constructors are redirected to the
+    # accelerator and cast to the engine's dtype, which would change the drawn values.
+    with deepspeed.zero.Init(config_dict_or_path=config):
+        model = Transformer(cfg.model, init=False)
+    init_weights(model, cfg.model, cfg.seed)
+    return model
+
+
+def _materialize(model: nn.Module, cfg: RunConfig, device: torch.device) -> None:
+    if any(p.is_meta for p in model.parameters()):
+        materialize(model, cfg.model, cfg.seed, device)
 
 
 def _compile_blocks(model: nn.Module, enabled: bool) -> None:

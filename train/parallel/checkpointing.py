@@ -16,20 +16,37 @@ from train.config import ModelConfig
 
 class Checkpointed(nn.Module):
     """Runs ``block`` under torch.utils.checkpoint (non-reentrant: works with DTensor, FSDP2
-    and DeepSpeed's hooks, and with inputs that do not require grad)."""
+    and DeepSpeed's hooks, and with inputs that do not require grad).
 
-    def __init__(self, block: nn.Module):
+    ``te_layers``: the block holds Transformer Engine layers, so it is checkpointed with TE's
+    own ``checkpoint``, whose recompute re-enters TE's fp8 autocast (torch's would recompute
+    them in bf16, or fail under delayed scaling, whose amax history the recompute must not
+    update twice)."""
+
+    def __init__(self, block: nn.Module, te_layers: bool = False):
         super().__init__()
         self.block = block
+        self.te_layers = te_layers
 
     def forward(self, *args: torch.Tensor) -> torch.Tensor:
+        if self.te_layers:
+            import transformer_engine.pytorch as te
+
+            # TE 2.x: te.checkpoint(function, *args, use_reentrant=..., ...); its default is
+            # reentrant, which FSDP2 and DTensor do not support.
+            return te.checkpoint(self.block, *args, use_reentrant=False)
         return checkpoint(self.block, *args, use_reentrant=False)
 
 
-def apply_activation_checkpointing(layers: nn.ModuleList, indices: list[int]) -> None:
-    """Wrap the chosen blocks in place (after tensor parallelism, before FSDP/DDP/ZeRO)."""
+def apply_activation_checkpointing(
+    layers: nn.ModuleList, indices: list[int], te_layers: bool = False
+) -> None:
+    """Wrap the chosen blocks in place (after tensor parallelism, before FSDP/DDP/ZeRO).
+
+    ``te_layers``: the blocks hold Transformer Engine layers (fp8 through TE).
+    """
     for i in indices:
-        layers[i] = Checkpointed(layers[i])
+        layers[i] = Checkpointed(layers[i], te_layers)
 
 
 def recompute_flops_per_token(cfg: ModelConfig, seq_len: int, n_checkpointed: int) -> int:

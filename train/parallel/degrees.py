@@ -16,6 +16,11 @@ LAYOUTS = ("ddp", "fsdp", "hsdp", "zero1", "zero2", "zero3", "tp", "tp_fsdp")
 ZERO_STAGES = {"zero1": 1, "zero2": 2, "zero3": 3}
 ACTIVATION_CHECKPOINTING = ("none", "full", "selective")
 DEGREE_KEYS = ("dp_replicate", "dp_shard", "tp")
+# ZeRO-3 keeps a gathered parameter for reuse when it comes back within this many elements
+# (DeepSpeed's default, pinned in train/parallel/zero.py because train/comm_volume.py models it:
+# below it the forward's all-gather also serves backward). Here, not in zero.py, so that the
+# comm volume and the performance model read it without importing torch.
+ZERO3_MAX_REUSE_DISTANCE = 1_000_000_000
 
 # The degrees each layout may spread over more than one rank; the others must be 1. ZeRO
 # partitions over every data-parallel rank, which is dp_shard in this vocabulary.

@@ -5,6 +5,11 @@ is all-gathered before its forward, freed after it, all-gathered again for backw
 gradients reduce-scattered; the root stays gathered between its forward and backward, since
 backward needs it right away. On a 2-D mesh (dp_replicate, dp_shard) this is HSDP: shards
 inside dp_shard, gradients all-reduced across dp_replicate after the reduce-scatter.
+
+Under bf16/fp16/fp8 the units are gathered in the compute dtype (as torchtitan), so the
+all-gathers move 16-bit parameters and each block computes with them; gradients are
+reduce-scattered (and HSDP-all-reduced) in parallel.fsdp_reduce_dtype, fp32 by default. The
+fp32 shards remain the master weights the optimizer steps.
 """
 
 from __future__ import annotations
@@ -12,16 +17,42 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 
+import torch
 from torch import nn
 from torch.distributed.device_mesh import DeviceMesh
-from torch.distributed.fsdp import fully_shard
+from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+# Resolved precision -> the dtype FSDP2 gathers parameters in (fp8 layers left out of fp8 run
+# in bf16, and torchao's fp8 layers gather in fp8 only with its float8 all-gather).
+COMPUTE_DTYPES = {"bf16": torch.bfloat16, "fp8": torch.bfloat16, "fp16": torch.float16}
+REDUCE_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}  # parallel.fsdp_reduce_dtype
 
 
-def apply_fsdp(model: nn.Module, dp_mesh: DeviceMesh) -> None:
+def mixed_precision_policy(precision: str, reduce_dtype: str = "fp32") -> MixedPrecisionPolicy:
+    """FSDP2's policy for a resolved precision: none for fp32/tf32 (everything in fp32)."""
+    if reduce_dtype not in REDUCE_DTYPES:
+        raise ValueError(
+            f"parallel.fsdp_reduce_dtype: {reduce_dtype!r} is not one of {', '.join(REDUCE_DTYPES)}"
+        )
+    if precision not in COMPUTE_DTYPES:
+        return MixedPrecisionPolicy()
+    return MixedPrecisionPolicy(
+        param_dtype=COMPUTE_DTYPES[precision],
+        reduce_dtype=REDUCE_DTYPES[reduce_dtype],
+        # The blocks' inputs stay as they are: the residual stream is already in param_dtype
+        # (the embedding's output), and casting would round the fp32 rope tables to 16 bits.
+        cast_forward_inputs=False,
+    )
+
+
+def apply_fsdp(
+    model: nn.Module, dp_mesh: DeviceMesh, policy: MixedPrecisionPolicy | None = None
+) -> None:
     """Shard ``model`` in place: one unit per block, then the root."""
+    policy = policy or MixedPrecisionPolicy()
     for block in model.layers:
-        fully_shard(block, mesh=dp_mesh)
-    fully_shard(model, mesh=dp_mesh)
+        fully_shard(block, mesh=dp_mesh, mp_policy=policy)
+    fully_shard(model, mesh=dp_mesh, mp_policy=policy)
 
 
 @contextlib.contextmanager

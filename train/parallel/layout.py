@@ -89,10 +89,18 @@ class TorchLayout(Layout):
         dp_rank: int,
         dp_size: int,
         no_sync: Callable[[], AbstractContextManager] | None = None,
+        *,
+        after_step: Callable[[], None] | None = None,
     ):
         self.model, self.optimizer = model, optimizer
         self.dp_rank, self.dp_size = dp_rank, dp_size
         self._no_sync = no_sync  # skips the gradient reduction of a non-final micro-step
+        self._after_step = after_step  # e.g. torchao's fp8 scales for FSDP's fp8 all-gather
+
+    def step(self) -> None:
+        self.optimizer.step()
+        if self._after_step is not None:
+            self._after_step()
 
     def gradient_sync(self, enabled: bool) -> AbstractContextManager:
         if enabled or self._no_sync is None:

@@ -4,7 +4,8 @@ DeepSpeed owns more of the step than torch's wrappers: it casts the model to bf1
 (so the loop must not autocast on top), scales fp16 losses, clips gradients, keeps fp32 master
 weights in its optimizer wrapper, and knows where an accumulation ends. The loop's own client
 optimizer (torch AdamW, the same as every other layout) is what DeepSpeed steps, so layouts
-compare update for update.
+compare update for update; with the optimizer offloaded it is DeepSpeed's CPU Adam (the same
+update, computed on the host by its vectorised kernel).
 """
 
 from __future__ import annotations
@@ -20,15 +21,12 @@ from torch import nn
 
 from train.config import RunConfig
 from train.memory import HeldMemory, optimizer_state_tensors, tensor_bytes
+from train.parallel.degrees import ZERO3_MAX_REUSE_DISTANCE
 from train.parallel.layout import Layout, adamw
 
 INSTALL_HINT = "pip install -e .[deepspeed]"
 # What DeepSpeed's engine can run; fp8 is not one of them, tf32 is fp32 plus a backend flag.
 DEEPSPEED_PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
-# ZeRO-3 keeps a gathered parameter for reuse when it comes back within this many elements
-# (DeepSpeed's default, pinned here because train/comm_volume.py models it: below it the
-# forward's all-gather also serves backward).
-ZERO3_MAX_REUSE_DISTANCE = 1_000_000_000
 
 
 def import_deepspeed():
@@ -78,8 +76,9 @@ def deepspeed_config(
         "train_batch_size": cfg.train.global_batch,
         "gradient_clipping": cfg.train.grad_clip,
         "zero_optimization": zero,
-        # The client optimizer is torch AdamW, as in every other layout: allow it, also
-        # with offload (DeepSpeed would otherwise insist on its compiled CPU Adam).
+        # The client optimizer is torch AdamW, as in every other layout, or with offload
+        # DeepSpeed's CPU Adam (zero_client_optimizer); a CPU rank that could not build it
+        # falls back to torch AdamW, which these two flags let DeepSpeed accept.
         "zero_allow_untested_optimizer": True,
         "zero_force_ds_cpu_optimizer": False,
         "steps_per_print": 2**31 - 1,  # scaleprobe logs the steps
@@ -160,6 +159,47 @@ def _zero_master_weights(zero_optimizer) -> list[torch.Tensor]:
     return []
 
 
+def zero_client_optimizer(model: nn.Module, cfg: RunConfig, device: torch.device):
+    """torch AdamW, as in every layout; with the optimizer offloaded, DeepSpeed's CPU Adam
+    (same hyperparameters): torch's AdamW stepping on the host is far slower (25M fp32 params,
+    one thread of an AMD EPYC: 191 ms a step against 23 ms), so offload timings would measure
+    torch's CPU loop rather than ZeRO-Offload.
+
+    CPU Adam is a compiled op (JIT-built at first use when DeepSpeed was installed with
+    DS_BUILD_OPS=0). If it cannot be built, a CUDA rank stops with the reason; a CPU rank (tests,
+    dry runs) says so and falls back to torch AdamW.
+    """
+    reference = adamw(model, cfg.train, device)
+    if not cfg.parallel.offload_optimizer:
+        return reference
+    hyper = reference.defaults
+    try:
+        from deepspeed.ops.adam import DeepSpeedCPUAdam
+
+        return DeepSpeedCPUAdam(
+            model.parameters(),
+            lr=hyper["lr"],
+            betas=hyper["betas"],
+            eps=hyper["eps"],
+            weight_decay=hyper["weight_decay"],
+            adamw_mode=True,  # decoupled weight decay, as torch AdamW
+        )
+    except Exception as exc:  # noqa: BLE001 - a failed JIT build raises many kinds
+        reason = f"DeepSpeed's CPU Adam is not available ({type(exc).__name__}: {exc})"
+        if device.type == "cuda":
+            raise RuntimeError(
+                f"parallel.offload_optimizer: {reason}; build it with DS_BUILD_CPU_ADAM=1 "
+                "pip install deepspeed, or turn offload off"
+            ) from exc
+        if not dist.is_initialized() or dist.get_rank() == 0:
+            print(
+                f"warning: parallel.offload_optimizer: {reason}; torch AdamW steps on the CPU "
+                "instead, so offload timings are not ZeRO-Offload's",
+                flush=True,
+            )
+        return reference
+
+
 def build_zero_layout(
     model: nn.Module,
     cfg: RunConfig,
@@ -178,7 +218,7 @@ def build_zero_layout(
         # probe for GPUs (the launcher sets this too, a hand-started rank may not).
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
     deepspeed = import_deepspeed()
-    optimizer = adamw(model, cfg.train, device)
+    optimizer = zero_client_optimizer(model, cfg, device)
     config = deepspeed_config(cfg, stage, precision, cfg.train.micro_batch, accum_steps)
     engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=config)
     return DeepSpeedLayout(engine, dp_rank=dist.get_rank(), dp_size=dist.get_world_size())

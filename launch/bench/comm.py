@@ -1,0 +1,171 @@
+"""The collective benchmark job (``python -m launch.comm``): started like a training run.
+
+The same config tree and launch pipeline as ``python -m launch`` (cluster=local, emulated or
+multinode; launcher=torchrun, deepspeed or slurm), with ``python -m train.comm`` as the
+ranks. One run at cluster.nodes x cluster.nproc_per_node (sweeps do not apply); the
+comm.* keys set the ops and the size sweep. Writes RUN_DIR/comm.json (every point),
+comm.jsonl (progress) and comm.png, and prints busbw per size and op, nccl-tests style.
+
+    python -m launch.comm cluster.nproc_per_node=2 comm.max_bytes=16777216
+    python -m launch.comm cluster=emulated cluster.nodes=2 cluster.link_gbps=0.2 \\
+        comm.ops=[all_reduce]
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from launch.errors import ConfigError
+from launch.pipeline import Job
+from launch.plan import RunPlan
+from train.config import RunConfig
+
+# A size's few timed calls are bounded by seconds_per_size; these bound the counts and sizes
+# a typo could make hang (a 1 TiB message, a million warm-up calls).
+MAX_BYTES = 16 * 2**30
+MAX_WARMUP_ITERS = 1000
+MAX_ITERS = 100_000
+
+
+def validate_comm(cfg: RunConfig) -> None:
+    from train.comm import OPS
+
+    c = cfg.comm
+    unknown = [op for op in c.ops if op not in OPS]
+    if unknown or not c.ops:
+        raise ConfigError("comm.ops", f"{unknown or c.ops}: choose from {', '.join(OPS)}")
+    if c.min_bytes < 4:
+        raise ConfigError("comm.min_bytes", f"{c.min_bytes}: must be >= 4 (one fp32 element)")
+    if c.max_bytes < c.min_bytes:
+        raise ConfigError("comm.max_bytes", f"{c.max_bytes}: must be >= comm.min_bytes")
+    for key in ("seconds_per_op", "seconds_per_size"):
+        if getattr(c, key) <= 0:
+            raise ConfigError(f"comm.{key}", f"{getattr(c, key)}: must be > 0")
+    if c.max_bytes > MAX_BYTES:
+        raise ConfigError("comm.max_bytes", f"{c.max_bytes}: at most {MAX_BYTES} (16 GiB)")
+    if not 1 <= c.max_iters <= MAX_ITERS:
+        raise ConfigError("comm.max_iters", f"{c.max_iters}: must be 1..{MAX_ITERS}")
+    if not 0 <= c.warmup_iters <= MAX_WARMUP_ITERS:
+        raise ConfigError("comm.warmup_iters", f"{c.warmup_iters}: must be 0..{MAX_WARMUP_ITERS}")
+
+
+def one_run_one_batch(cfg: RunConfig) -> None:
+    """The benchmark is one run at cluster.nodes x cluster.nproc_per_node (no sweep).
+
+    It trains nothing: a batch of one micro batch per rank keeps the training checks (batch
+    divisibility) from refusing a world size that is fine for collectives.
+    """
+    cfg.sweep.name = "none"
+    cfg.train.global_batch = cfg.train.micro_batch * cfg.cluster.nodes * cfg.cluster.nproc_per_node
+
+
+def show_result(cfg: RunConfig, plan: RunPlan, result: dict, console: Console) -> None:
+    print_table(result, console)
+    path = plot(result, plan.run_dir / "comm.png")
+    console.print(f"results: {plan.run_dir / 'comm.json'}, {path}", soft_wrap=True)
+
+
+def human_bytes(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:g} {unit}" if unit == "B" else f"{n:.0f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def print_table(result: dict, console: Console | None = None) -> None:
+    """busbw (GB/s) per message size and op, one table per group scope."""
+    console = console or Console()
+    points = result["results"]
+    for scope in dict.fromkeys(p["scope"] for p in points):
+        mine = [p for p in points if p["scope"] == scope]
+        ops = list(dict.fromkeys(p["op"] for p in mine))
+        group_size = mine[0]["group_size"]
+        # Above the table rather than as its title: a title wraps to a narrow table's width.
+        console.print(f"[bold]{scope}[/], {group_size} ranks, {result['backend']}: busbw GB/s")
+        table = Table()
+        table.add_column("size", justify="right")
+        for op in ops:
+            table.add_column(op, justify="right")
+        by_size: dict[int, dict[str, dict]] = {}
+        for p in mine:
+            # Sizes are rounded to whole shares per op; the requested size keys the row.
+            by_size.setdefault(_row_key(p["bytes"]), {})[p["op"]] = p
+        for size in sorted(by_size):
+            row = [human_bytes(size)]
+            for op in ops:
+                p = by_size[size].get(op)
+                row.append(f"{p['busbw_gbytes_per_s']:.4f}" if p else "-")
+            table.add_row(*row)
+        console.print(table)
+    console.print("busbw = algbw (bytes / time) x nccl-tests' factor for the op and group size")
+    link = (result.get("cluster") or {}).get("link") or {}
+    if link.get("gbps"):
+        link_gbytes = link["gbps"] / 8
+        console.print(f"link: {link['gbps']:g} Gbit/s = {link_gbytes:.4f} GB/s per direction")
+        for p in largest_inter_node_points(points):
+            console.print(
+                f"  {p['scope']} {p['op']} at {human_bytes(p['bytes'])}: busbw "
+                f"{p['busbw_gbytes_per_s']:.4f} GB/s = "
+                f"{100 * p['busbw_gbytes_per_s'] / link_gbytes:.1f}% of the link"
+            )
+
+
+def largest_inter_node_points(points: list[dict]) -> list[dict]:
+    """Per op, the largest message measured across nodes: where busbw meets the link."""
+    across = [p for p in points if p["scope"] in ("inter-node", "world")]
+    largest: dict[tuple[str, str], dict] = {}
+    for p in across:
+        key = (p["scope"], p["op"])
+        if key not in largest or p["bytes"] > largest[key]["bytes"]:
+            largest[key] = p
+    return list(largest.values())
+
+
+def _row_key(nbytes: int) -> int:
+    """The power of two a point was asked for (its counted bytes are rounded down to it)."""
+    return 1 << max(0, round(math.log2(max(nbytes, 1))))
+
+
+def plot(result: dict, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    points = result["results"]
+    scopes = list(dict.fromkeys(p["scope"] for p in points))
+    fig, axes = plt.subplots(1, len(scopes), figsize=(6 * len(scopes), 4.5), squeeze=False)
+    link = (result.get("cluster") or {}).get("link") or {}
+    for ax, scope in zip(axes[0], scopes, strict=True):
+        mine = [p for p in points if p["scope"] == scope]
+        for op in dict.fromkeys(p["op"] for p in mine):
+            series = sorted((p["bytes"], p["busbw_gbytes_per_s"]) for p in mine if p["op"] == op)
+            ax.plot(*zip(*series, strict=True), marker="o", label=op)
+        if link.get("gbps") and scope != "intra-node":
+            ax.axhline(link["gbps"] / 8, color="grey", linestyle="--", label="link rate")
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("message size (bytes)")
+        ax.set_ylabel("busbw (GB/s)")
+        ax.set_title(f"{scope}, {mine[0]['group_size']} ranks ({result['backend']})")
+        ax.grid(True, alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+COMM = Job(
+    driver_module="launch.comm",
+    rank_module="train.comm",
+    progress_file="comm.jsonl",
+    result_file="comm.json",
+    adjust=one_run_one_batch,
+    validate=validate_comm,
+    on_result=show_result,
+)

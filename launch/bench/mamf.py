@@ -1,0 +1,202 @@
+"""``python -m launch.mamf``: the maximum achievable matmul TFLOP/s of this device, per precision.
+
+A datasheet peak is never reached: the best matmul over a sweep of shapes is the ceiling a
+training step can hope for (H100 SXM bf16 reaches about 80% of 989 TFLOP/s). Runs report
+`mfu_vs_measured` against it, and the cpu profile takes its peak from it instead of a guess.
+The result is cached per device (and per thread count on CPU) under
+$SCALEPROBE_CACHE_DIR/mamf/ (default ~/.cache/scaleprobe).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+GPU_SIZES = [2048, 4096, 6144, 8192, 10240, 12288, 16384]
+CPU_SIZES = [256, 512, 1024, 1536]
+QUICK_SIZES = [128, 256]
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("SCALEPROBE_CACHE_DIR", Path.home() / ".cache" / "scaleprobe"))
+
+
+def cache_path(device_name: str, cpu_threads: int | None) -> Path:
+    slug = re.sub(r"[^A-Za-z0-9]+", "_", device_name).strip("_").lower()
+    suffix = f"_{cpu_threads}threads" if cpu_threads else ""
+    return cache_dir() / "mamf" / f"{slug}{suffix}.json"
+
+
+def load_measured(device_name: str, cpu_threads: int | None) -> dict | None:
+    path = cache_path(device_name, cpu_threads)
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _timer(device):
+    import torch
+
+    if device.type == "cuda":
+
+        def timed(fn, iters):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            for _ in range(iters):
+                fn()
+            end.record()
+            torch.cuda.synchronize()
+            return start.elapsed_time(end) / 1e3 / iters
+    else:
+
+        def timed(fn, iters):
+            started = time.perf_counter()
+            for _ in range(iters):
+                fn()
+            return (time.perf_counter() - started) / iters
+
+    return timed
+
+
+def matmul_fn(precision: str, size: int, device):
+    """A closure doing one size^3 matmul in the given precision."""
+    import torch
+
+    if precision == "fp8":
+        a = torch.randn(size, size, device=device).to(torch.float8_e4m3fn)
+        b = torch.randn(size, size, device=device).to(torch.float8_e4m3fn).t()  # column-major
+        one = torch.tensor(1.0, device=device)
+        return lambda: torch._scaled_mm(a, b, scale_a=one, scale_b=one, out_dtype=torch.bfloat16)
+    dtype = {
+        "fp32": torch.float32,
+        "tf32": torch.float32,
+        "bf16": torch.bfloat16,
+        "fp16": torch.float16,
+    }[precision]
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
+    return lambda: a @ b
+
+
+def measure(precision: str, sizes: list[int], device, seconds_per_precision: float) -> dict:
+    """Best TFLOP/s over the sizes, each timed after a warm-up, within a time budget."""
+    import torch
+
+    torch.set_float32_matmul_precision("high" if precision == "tf32" else "highest")
+    timed = _timer(device)
+    best = {"tflops": 0.0, "size": None}
+    deadline = time.perf_counter() + seconds_per_precision
+    for size in sizes:
+        if time.perf_counter() > deadline:
+            break
+        fn = matmul_fn(precision, size, device)
+        fn()  # warm-up: kernel selection and first-touch
+        once = timed(fn, 1)
+        iters = max(3, min(50, int(0.2 / max(once, 1e-6))))
+        seconds = timed(fn, iters)
+        tflops = 2 * size**3 / seconds / 1e12
+        if tflops > best["tflops"]:
+            best = {"tflops": tflops, "size": size}
+    return best
+
+
+def default_precisions(device) -> list[str]:
+    import torch
+
+    if device.type != "cuda":
+        return ["fp32", "bf16"]
+    precisions = ["tf32", "bf16", "fp16"]
+    if torch.cuda.get_device_capability(device) >= (8, 9):
+        precisions.append("fp8")
+    return precisions
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m launch.mamf",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--precisions", help="comma list (default: fp32,bf16 on CPU; tf32,bf16,fp16[,fp8] on GPU)"
+    )
+    parser.add_argument("--sizes", help="comma list of square matmul sizes to try")
+    parser.add_argument("--quick", action="store_true", help="small sizes, a second or two")
+    parser.add_argument("--seconds", type=float, default=20.0, help="budget per precision")
+    parser.add_argument(
+        "--cpu-threads",
+        type=int,
+        default=1,
+        help="threads on CPU (one core per rank by default, as runs use)",
+    )
+    parser.add_argument("--out", type=Path, help="also write the JSON here")
+    args = parser.parse_args(argv)
+
+    import torch
+
+    from train.distributed import cpu_model_name
+
+    on_gpu = torch.cuda.is_available()
+    device = torch.device("cuda" if on_gpu else "cpu")
+    if not on_gpu:
+        torch.set_num_threads(args.cpu_threads)
+    device_name = torch.cuda.get_device_name() if on_gpu else cpu_model_name()
+    precisions = args.precisions.split(",") if args.precisions else default_precisions(device)
+    unknown = set(precisions) - {"fp32", "tf32", "bf16", "fp16", "fp8"}
+    if unknown:
+        print(
+            f"error: --precisions: unknown {sorted(unknown)}; choose from fp32, tf32, bf16, "
+            "fp16, fp8",
+            file=sys.stderr,
+        )
+        return 2
+    if args.sizes:
+        sizes = [int(x) for x in args.sizes.split(",")]
+    else:
+        sizes = QUICK_SIZES if args.quick else GPU_SIZES if on_gpu else CPU_SIZES
+
+    console = Console()
+    results = {}
+    with console.status("measuring matmul throughput") as status:
+        for precision in precisions:
+            status.update(f"measuring {precision} matmuls on {device_name}")
+            results[precision] = measure(precision, sizes, device, args.seconds)
+    record = {
+        "device_name": device_name,
+        "cpu_threads": None if on_gpu else args.cpu_threads,
+        "torch_version": torch.__version__,
+        "measured_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "sizes": sizes,
+        "best_tflops": {p: r["tflops"] for p, r in results.items()},
+        "best_size": {p: r["size"] for p, r in results.items()},
+    }
+    path = cache_path(device_name, record["cpu_threads"])
+    previous = load_measured(device_name, record["cpu_threads"])
+    if previous:  # keep precisions measured earlier and not re-measured now
+        record["best_tflops"] = {**previous.get("best_tflops", {}), **record["best_tflops"]}
+        record["best_size"] = {**previous.get("best_size", {}), **record["best_size"]}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record, indent=2) + "\n")
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(record, indent=2) + "\n")
+
+    table = Table(title=f"Achievable matmul TFLOP/s: {device_name}")
+    for column in ("precision", "best TFLOP/s", "at size"):
+        table.add_column(column, justify="right")
+    for precision, result in results.items():
+        table.add_row(precision, f"{result['tflops']:.3f}", str(result["size"]))
+    console.print(table)
+    console.print(f"saved {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,67 @@
+"""Bad input for multi-node launches: clusters, launchers, links and fabrics, before any start."""
+
+from __future__ import annotations
+
+from launch.cluster.emulated import MAX_NODES, check_requirements
+from launch.cluster.fabric import validate_fabric
+from launch.cluster.hosts import multinode_hosts
+from launch.conf_tree import group_choices
+from launch.errors import ConfigError
+from launch.launchers.deepspeed import validate_deepspeed
+from launch.launchers.slurm import validate_slurm
+from launch.plan import RunPlan
+from train.config import RunConfig
+
+# Which launchers each cluster can start ranks with.
+CLUSTER_LAUNCHERS = {
+    "local": ("torchrun", "deepspeed", "slurm"),
+    "multinode": ("torchrun", "deepspeed"),
+    "emulated": ("torchrun", "deepspeed"),
+    "slurm": ("slurm",),
+}
+
+
+def validate_launch(cfg: RunConfig, plans: list[RunPlan]) -> None:
+    c = cfg.cluster
+    allowed = CLUSTER_LAUNCHERS.get(c.name, ())
+    if cfg.launcher.name not in allowed:
+        raise ConfigError(
+            "launcher.name",
+            f"cluster={c.name} runs with launcher "
+            + " or ".join(allowed)
+            + f", not {cfg.launcher.name}",
+        )
+    if not 1 <= c.master_port <= 65535:
+        raise ConfigError("cluster.master_port", f"{c.master_port}: must be 1..65535")
+    if c.max_restarts < 0:
+        raise ConfigError("cluster.max_restarts", f"{c.max_restarts}: must be >= 0")
+    validate_fabric(cfg.fabric)
+    if cfg.launcher.name == "deepspeed":
+        validate_deepspeed(cfg)
+    if cfg.launcher.name == "slurm":
+        validate_slurm(cfg)
+    if c.name == "multinode":
+        multinode_hosts(cfg)  # host count, hostfile lines, duplicates, slots
+        if not 0 <= c.node_rank < c.nodes:
+            raise ConfigError("cluster.node_rank", f"{c.node_rank}: must be 0..{c.nodes - 1}")
+    if c.name == "emulated":
+        validate_emulated(cfg)
+
+
+def validate_emulated(cfg: RunConfig) -> None:
+    c = cfg.cluster
+    if c.nodes > MAX_NODES:
+        raise ConfigError("cluster.nodes", f"{c.nodes}: the emulated cluster holds {MAX_NODES}")
+    if c.link_gbps < 0:
+        raise ConfigError("cluster.link_gbps", f"{c.link_gbps}: must be >= 0 (0: unlimited)")
+    if c.link_latency_ms < 0:
+        raise ConfigError("cluster.link_latency_ms", f"{c.link_latency_ms}: must be >= 0")
+    if c.link_match_gpu is not None:
+        profiles = [g for g in group_choices("gpu") if g not in ("auto", "cpu")]
+        if c.link_match_gpu not in profiles:
+            raise ConfigError(
+                "cluster.link_match_gpu",
+                f"unknown gpu profile {c.link_match_gpu!r}; choose from: {', '.join(profiles)}",
+            )
+    if not cfg.dry_run:
+        check_requirements()  # root, ip, tc: only a real run needs them

@@ -1,0 +1,159 @@
+"""Run one planned run's node commands on this machine and show rank 0's progress."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import time
+from collections import deque
+from pathlib import Path
+
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+from launch.errors import RunFailed
+from launch.launchers.command import NodeCommand
+from launch.plan import RunPlan
+
+
+def progress_bar() -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]}"),
+        TextColumn("tok/s {task.fields[tokens_per_s]}"),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+    )
+
+
+class MetricsTail:
+    """Reads the step records rank 0 appends to metrics.jsonl, as they arrive."""
+
+    def __init__(self, path: Path):
+        self.path, self.offset = path, 0
+
+    def new_records(self) -> list[dict]:
+        if not self.path.exists():
+            return []
+        with self.path.open() as f:
+            if self.path.stat().st_size < self.offset:
+                self.offset = 0  # restarted ranks (cluster.max_restarts) begin a new file
+            f.seek(self.offset)
+            chunk = f.read()
+        complete = chunk[: chunk.rfind("\n") + 1]  # a line still being written waits
+        self.offset += len(complete)
+        records = []
+        for line in complete.splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                record = None
+            # A restart that truncated and refilled the file between two reads leaves the
+            # offset mid-line: skip the fragment (even one that parses), whole lines follow.
+            if isinstance(record, dict) and "step" in record:
+                records.append(record)
+        return records
+
+
+def log_tail(path: Path, lines: int = 25) -> str:
+    with path.open(errors="replace") as f:
+        return "".join(deque(f, maxlen=lines))
+
+
+def node_log_path(run_dir: Path, node_rank: int) -> Path:
+    return run_dir / ("launch.log" if node_rank == 0 else f"launch-node{node_rank}.log")
+
+
+def stop(procs: list[subprocess.Popen]) -> None:
+    """SIGTERM every node's process group (launcher and ranks), SIGKILL what outlives 30 s."""
+    for proc in procs:
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+    deadline = time.monotonic() + 30
+    for proc in procs:
+        try:
+            proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def run_nodes(
+    nodes: list[NodeCommand],
+    plan: RunPlan,
+    total_steps: int | None,
+    progress: Progress,
+    progress_file: str = "metrics.jsonl",
+    result_file: str = "summary.json",
+    require_result: bool = True,
+) -> dict | None:
+    """Start every node's command together, follow rank 0's metrics, return its summary.
+
+    One node on this machine (local), or all of them (the emulated cluster, each command
+    already wrapped in its namespace). When one node fails the others are stopped: their
+    torchrun would otherwise wait out the rendezvous timeout for a peer that never comes.
+    """
+    for stale in (progress_file, result_file):
+        (plan.run_dir / stale).unlink(missing_ok=True)
+    task = progress.add_task(plan.name, total=total_steps, loss="-", tokens_per_s="-")
+    tail = MetricsTail(plan.run_dir / progress_file)
+    procs: list[subprocess.Popen] = []
+    failed: tuple[NodeCommand, int] | None = None
+    with contextlib.ExitStack() as logs:
+        try:
+            for node in nodes:
+                log = logs.enter_context(node_log_path(plan.run_dir, node.node_rank).open("w"))
+                # Its own session, so Ctrl-C here can stop the launcher and every rank together.
+                procs.append(
+                    subprocess.Popen(
+                        node.argv,
+                        stdout=log,
+                        stderr=subprocess.STDOUT,
+                        env=node.popen_env(),
+                        start_new_session=True,
+                    )
+                )
+            while True:
+                codes = [proc.poll() for proc in procs]
+                for record in tail.new_records():
+                    fields = {}
+                    if "loss" in record:
+                        fields["loss"] = f"{record['loss']:.4f}"
+                    if "tokens_per_s" in record:
+                        fields["tokens_per_s"] = f"{record['tokens_per_s']:,.0f}"
+                    progress.update(task, completed=record["step"], **fields)
+                exits = zip(nodes, codes, strict=True)
+                failed = next(((n, code) for n, code in exits if code not in (None, 0)), None)
+                if failed or all(code is not None for code in codes):
+                    break
+                time.sleep(0.2)
+        finally:
+            stop(procs)  # Ctrl-C, a failed node, or nothing left to stop
+    if failed:
+        node, code = failed
+        log_path = node_log_path(plan.run_dir, node.node_rank)
+        raise RunFailed(
+            f"{plan.name}: node {node.node_rank} ({node.argv[0]}) exited with {code}; "
+            f"the end of {log_path}:\n" + log_tail(log_path)
+        )
+    summary_path = plan.run_dir / result_file
+    if not summary_path.exists():
+        if not require_result:
+            return None
+        log_path = node_log_path(plan.run_dir, 0)
+        raise RunFailed(f"{plan.name}: finished without {summary_path}; see {log_path}")
+    return json.loads(summary_path.read_text())

@@ -1,0 +1,154 @@
+"""launcher=slurm: an sbatch script per run, submitted with `sbatch` when it is on PATH.
+
+The script asks for `nodes` nodes with one task each; `srun` starts that task on every node,
+and the task is torchrun with a c10d rendezvous on the allocation's first node (from
+`scontrol show hostnames`). Values from the config are shell-quoted; `#SBATCH` lines (which
+sbatch parses itself, not a shell) only ever hold checked or sanitized values.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import shutil
+import subprocess
+from pathlib import Path
+
+from launch.errors import ConfigError, RunFailed
+from launch.launchers.torchrun import slurm_task_command
+from launch.plan import RunPlan
+from train.config import RunConfig
+
+SCRIPT_NAME = "job.sbatch"
+# Slurm's --time formats: minutes, MM:SS, HH:MM:SS, D-HH, D-HH:MM, D-HH:MM:SS.
+SLURM_TIME = re.compile(r"^(\d+-\d{1,2}(:\d{2}){0,2}|\d+(:\d{2}){0,2})$")
+# Partition and account names: what sbatch accepts unquoted on a directive line.
+SLURM_NAME = re.compile(r"^[A-Za-z0-9_.+-]+$")
+
+
+def refuse_gpu_auto(cfg: RunConfig) -> None:
+    """gpu=auto detects the machine the driver runs on: for sbatch that is a login node."""
+    if cfg.launcher.name == "slurm" and cfg.gpu.name == "auto":
+        raise ConfigError(
+            "gpu",
+            "gpu=auto with launcher=slurm would detect this login node, not the allocation's "
+            "GPUs; name the nodes' profile (gpu=h100_sxm, gpu=a800, ...)",
+        )
+
+
+def validate_slurm(cfg: RunConfig) -> None:
+    launcher = cfg.launcher
+    if not SLURM_TIME.match(str(launcher.time)):
+        raise ConfigError(
+            "launcher.time", f"{launcher.time!r} is not a Slurm time ([D-]HH:MM:SS or minutes)"
+        )
+    for key in ("partition", "account"):
+        value = getattr(launcher, key)
+        if value is not None and not SLURM_NAME.match(str(value)):
+            raise ConfigError(f"launcher.{key}", f"{value!r}: letters, digits, _ . + - only")
+    if cfg.cluster.name not in ("slurm", "local"):
+        raise ConfigError(
+            "cluster.name",
+            f"launcher=slurm takes its nodes from the allocation: use cluster=slurm "
+            f"(cluster.nodes, cluster.nproc_per_node), not cluster={cfg.cluster.name}",
+        )
+
+
+def job_name(name: str) -> str:
+    """The run name as a Slurm job name: anything but [A-Za-z0-9._-] becomes `_`."""
+    return re.sub(r"[^A-Za-z0-9._-]", "_", name)[:64] or "scaleprobe"
+
+
+def cpus_per_task(cfg: RunConfig, plan: RunPlan) -> int:
+    """CPUs for the one task per node (torchrun and all its ranks).
+
+    Without it Slurm may give the task one core, which torchrun, every rank, its data and
+    torch.compile's workers then share. CPU ranks get cpu_threads_per_rank each; GPU ranks
+    launcher.cpus_per_gpu each (a DGX/HGX node has 14 or more cores per GPU).
+    """
+    if cfg.launcher.cpus_per_task:
+        return cfg.launcher.cpus_per_task
+    per_rank = (
+        cfg.cluster.cpu_threads_per_rank if cfg.gpu.name == "cpu" else cfg.launcher.cpus_per_gpu
+    )
+    return plan.nproc_per_node * per_rank
+
+
+def sbatch_script(
+    cfg: RunConfig, plan: RunPlan, config_path: Path, module: str = "train", workdir: Path = None
+) -> str:
+    workdir = workdir or Path.cwd()
+    directives = [
+        f"--job-name={job_name(f'{cfg.name}-{plan.name}')}",
+        f"--nodes={plan.nodes}",
+        # One task per node: that task is torchrun, which starts the node's ranks.
+        "--ntasks-per-node=1",
+        f"--cpus-per-task={cpus_per_task(cfg, plan)}",
+    ]
+    if cfg.gpu.name != "cpu":
+        directives.append(f"--gpus-per-node={plan.nproc_per_node}")
+    directives.append(f"--time={cfg.launcher.time}")
+    if cfg.launcher.partition:
+        directives.append(f"--partition={cfg.launcher.partition}")
+    if cfg.launcher.account:
+        directives.append(f"--account={cfg.launcher.account}")
+
+    task = slurm_task_command(cfg, plan, config_path, module)
+    lines = [
+        "#!/bin/bash",
+        f"# scaleprobe {job_name(plan.name)}: {plan.nodes} node(s) x {plan.nproc_per_node} rank(s)",
+        *(f"#SBATCH {d}" for d in directives),
+        "set -euo pipefail",
+        f"cd {shlex.quote(str(workdir))}",
+        *task.export_lines(),
+        # Since Slurm 22.05 srun no longer inherits --cpus-per-task from sbatch.
+        'export SRUN_CPUS_PER_TASK="$SLURM_CPUS_PER_TASK"',
+        "# The rendezvous lives on the allocation's first node; torchrun there hosts it.",
+        'head_node=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)',
+        f"srun --nodes={plan.nodes} --ntasks-per-node=1 --kill-on-bad-exit=1 \\",
+        f"    {task.argv_line()}",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def sbatch_argv(script_path: Path) -> list[str]:
+    # --output here rather than on an #SBATCH line: an argv needs no quoting for any path.
+    output = script_path.parent / "slurm-%j.out"
+    return ["sbatch", "--parsable", f"--output={output}", str(script_path)]
+
+
+def write_script(cfg: RunConfig, plan: RunPlan, config_path: Path, module: str = "train") -> Path:
+    path = plan.run_dir / SCRIPT_NAME
+    path.write_text(sbatch_script(cfg, plan, config_path, module))
+    os.chmod(path, 0o755)
+    return path
+
+
+def sbatch_available() -> bool:
+    return shutil.which("sbatch") is not None
+
+
+def submit(script_path: Path) -> str:
+    """Submit the script; the job id."""
+    result = subprocess.run(sbatch_argv(script_path), capture_output=True, text=True, timeout=120)
+    if result.returncode != 0:
+        raise RunFailed(f"sbatch {script_path} failed: {result.stderr.strip()}")
+    return result.stdout.strip().split(";")[0]
+
+
+def submit_or_print(
+    cfg: RunConfig, plans: list[RunPlan], config_paths: dict[str, Path], module: str
+) -> int:
+    """launcher=slurm: write each run's sbatch script; print it (dry_run) or submit it."""
+    for plan in plans:
+        script = write_script(cfg, plan, config_paths[plan.name], module)
+        if cfg.dry_run:
+            print(f"# {plan.name}: {script}  (submit with: {shlex.join(sbatch_argv(script))})")
+            print(script.read_text())
+            continue
+        job_id = submit(script)
+        print(f"{plan.name}: submitted Slurm job {job_id} ({script})")
+    if not cfg.dry_run and cfg.sweep.name != "none":
+        print(f"when the jobs have finished: python -m launch.report {cfg.run_dir}")
+    return 0

@@ -1,0 +1,111 @@
+"""torchrun's argv, the one builder for local, multi-node and Slurm runs.
+
+- one node: `torchrun --standalone` (a private c10d rendezvous on a free local port);
+- several nodes: c10d rendezvous on the head, `is_host` said rather than guessed, each
+  node's fabric address as `--local-addr`;
+- Slurm: the same, with the head node and the job id expanded by the script's shell.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from launch.cluster.hosts import ClusterNode
+from launch.launchers.command import NodeCommand, ShellExpr, executable_beside_python
+from launch.launchers.environment import rank_environment
+from launch.plan import RunPlan
+from train.config import RunConfig
+
+
+def torchrun_argv(
+    cfg: RunConfig,
+    plan: RunPlan,
+    config_path: Path,
+    module: str,
+    *,
+    rendezvous: list[str],
+) -> list[str]:
+    """`torchrun <rendezvous> --nproc-per-node N --max-restarts R -m module --config PATH`."""
+    return [
+        executable_beside_python("torchrun"),
+        *rendezvous,
+        "--nproc-per-node",
+        str(plan.nproc_per_node),
+        "--max-restarts",
+        str(cfg.cluster.max_restarts),
+        "-m",
+        module,
+        "--config",
+        str(config_path),
+    ]
+
+
+def multinode_rendezvous(
+    plan: RunPlan, endpoint: str, run_id: str, node: ClusterNode | None = None, is_host=None
+) -> list[str]:
+    """c10d rendezvous arguments of one node of a multi-node run."""
+    args = [
+        "--nnodes",
+        str(plan.nodes),
+        "--rdzv-backend",
+        "c10d",
+        "--rdzv-endpoint",
+        endpoint,
+        "--rdzv-id",
+        run_id,
+    ]
+    if is_host is not None:
+        # Said, not guessed: torchrun's guess compares hostnames, which every node shares
+        # on an emulated cluster and which may not name the fabric interface on a real one.
+        args += ["--rdzv-conf", f"is_host={int(is_host)}"]
+    if node is not None and node.addr:
+        # How the others reach this node (its workers' MASTER_ADDR when it holds rank 0).
+        args += ["--local-addr", node.addr]
+    return args
+
+
+def torchrun_commands(
+    cfg: RunConfig,
+    plan: RunPlan,
+    config_path: Path,
+    nodes: list[ClusterNode] | None = None,
+    module: str = "train",
+) -> list[NodeCommand]:
+    """One command per node of the plan (`nodes` in node-rank order when plan.nodes > 1)."""
+    env = rank_environment(cfg)
+    if plan.nodes == 1:
+        rendezvous = ["--standalone", "--nnodes", "1"]
+        return [
+            NodeCommand(
+                0, torchrun_argv(cfg, plan, config_path, module, rendezvous=rendezvous), env
+            )
+        ]
+    head = nodes[0]
+    endpoint = f"{head.rendezvous_host}:{cfg.cluster.master_port}"
+    # The same id on every node, different for every run: the rendezvous of one run only.
+    run_id = hashlib.sha256(str(config_path).encode()).hexdigest()[:16]
+    return [
+        NodeCommand(
+            k,
+            torchrun_argv(
+                cfg,
+                plan,
+                config_path,
+                module,
+                rendezvous=multinode_rendezvous(plan, endpoint, run_id, node, is_host=k == 0),
+            ),
+            env,
+        )
+        for k, node in enumerate(nodes[: plan.nodes])
+    ]
+
+
+def slurm_task_command(
+    cfg: RunConfig, plan: RunPlan, config_path: Path, module: str
+) -> NodeCommand:
+    """The task srun starts on every node: torchrun, rendezvous on the allocation's head."""
+    endpoint = ShellExpr(f"$head_node:{cfg.cluster.master_port}")
+    rendezvous = multinode_rendezvous(plan, endpoint, ShellExpr("$SLURM_JOB_ID"))
+    argv = torchrun_argv(cfg, plan, config_path, module, rendezvous=rendezvous)
+    return NodeCommand(0, argv, rank_environment(cfg))

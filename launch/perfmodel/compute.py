@@ -1,0 +1,154 @@
+"""Compute time of one optimizer step on one rank: matmuls, attention, memory-bound work.
+
+- matmuls: 6 FLOPs per matmul parameter per token (2 forward, 4 backward), plus 2 per
+  parameter of each checkpointed block's replayed forward, at peak x the matmul fraction;
+  TP splits the block matrices, not the head (train/parallel: the head is replicated);
+- attention scores and values: 12 L H Q T per token (+ 4 H Q T per replayed block) at peak x
+  the attention fraction (FlashAttention's measured share);
+- memory-bound work at the achievable HBM rate: elementwise kernels per token, autocast's
+  weight casts and weight-gradient accumulation per micro-step, AdamW per step.
+fp8 runs the Linear layers precision.fp8.min_dim wide or wider at the fp8 peak, the rest in
+bf16 (train/precision.py's rule). The forward is a third of the block work, the backward two
+thirds (what overlap.py hides communication behind).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from launch.perfmodel import shapes
+from launch.perfmodel.hardware import PartRates
+from train.config import ModelConfig
+from train.parallel.degrees import ZERO_STAGES, LayoutPlan
+
+SIXTEEN_BIT = ("bf16", "fp16", "fp8")
+# Bytes per token per block that elementwise kernels stream, counted from train/model.py under
+# bf16 autocast (fp32 residual): forward 56 per d element (two norms read 4 + write 4 + cast
+# to 2, rope on q and k, two residual adds) and 10 per f element (silu, product); backward
+# about twice the forward. Scaled by width / 2 for fp32 runs.
+ELEMENTWISE_D = 168
+ELEMENTWISE_F = 30
+HEAD_BYTES_PER_VOCAB = 20  # logits, fp32 copy, log-softmax and its gradient
+# Autocast casts each fp32 weight to 16 bits every forward (read 4, write 2) and turns its
+# 16-bit weight gradient into the fp32 .grad (write 2, read 2, read+write 4): 18 bytes per
+# parameter per micro-step; fp32 runs only accumulate (8).
+WEIGHT_BYTES_PER_MICRO_STEP = {"sixteen": 18, "fp32": 8}
+# AdamW: read param, grad, two moments; write param and moments; read grad for the norm.
+OPTIMIZER_BYTES_PER_PARAM = 32
+
+
+@dataclass(frozen=True)
+class ComputeTime:
+    """Seconds of one optimizer step on one rank (every micro-step included)."""
+
+    matmul_s: float
+    attention_s: float
+    memory_s: float  # elementwise, weight casts, optimizer
+    forward_s: float  # the forward share of the above (one third of block work)
+    model_flops: float  # per rank per step, without recompute (MFU's numerator)
+    hardware_flops: float  # with recompute (HFU's)
+
+    @property
+    def total_s(self) -> float:
+        return self.matmul_s + self.attention_s + self.memory_s
+
+    @property
+    def backward_s(self) -> float:
+        return self.total_s - self.forward_s
+
+
+def fp8_share(m: ModelConfig, min_dim: int) -> float:
+    """Share of a block's matmul parameters in Linear layers fp8 runs (>= min_dim, % 16)."""
+    q = m.n_heads * shapes.head_dim(m)
+    kv = m.n_kv_heads * shapes.head_dim(m)
+    d, f = m.d_model, m.ffn_hidden
+    linears = [(d, q), (d, kv), (d, kv), (q, d), (d, f), (f, d), (d, f)]
+    eligible = sum(
+        i * o for i, o in linears if i % 16 == 0 and o % 16 == 0 and min(i, o) >= min_dim
+    )
+    return eligible / sum(i * o for i, o in linears)
+
+
+def matmul_rate(rates: PartRates, precision: str) -> float:
+    """Achievable matmul FLOP/s in ``precision`` (fp8: of the fp8 layers)."""
+    peak = rates.peak_tflops.get(precision) or rates.peak_tflops.get("bf16")
+    if not peak:
+        raise ValueError(f"{rates.name} has no {precision} peak")
+    return peak * 1e12 * rates.matmul_fraction
+
+
+def compute_time(
+    m: ModelConfig,
+    plan: LayoutPlan,
+    *,
+    micro_batch: int,
+    seq_len: int,
+    accum_steps: int,
+    precision: str,
+    rates: PartRates,
+    fp8_min_dim: int = 4096,
+) -> ComputeTime:
+    t = plan.degrees.tp
+    tokens = micro_batch * seq_len * accum_steps  # every rank of a TP group sees them all
+    n_ckpt = len(plan.checkpointed)
+    block = shapes.block_matmul_params(m, t)
+    head = shapes.head_matmul_params(m)
+    block_flops = 6 * m.n_layers * block + 2 * n_ckpt * block  # per token
+    head_flops = 6 * head
+    hq = m.n_heads * shapes.head_dim(m)
+    attention_flops = (12 * m.n_layers + 4 * n_ckpt) * hq * seq_len / t
+
+    width = "bf16" if precision == "fp8" else precision
+    bf16_rate = matmul_rate(rates, width)
+    if precision == "fp8":
+        share = fp8_share(m, fp8_min_dim)
+        fp8_rate = matmul_rate(rates, "fp8")
+        block_s = block_flops * (share / fp8_rate + (1 - share) / bf16_rate)
+    else:
+        block_s = block_flops / bf16_rate
+    matmul_s = tokens * (block_s + head_flops / bf16_rate)
+    attention_rate = (rates.peak_tflops.get(width) or 0) * 1e12 * rates.attention_fraction
+    attention_s = tokens * attention_flops / attention_rate if attention_rate else 0.0
+    memory_s = _memory_bound_s(m, plan, tokens, accum_steps, precision, rates)
+
+    model_flops = tokens * (
+        6 * m.n_layers * block + head_flops + 12 * m.n_layers * hq * seq_len / t
+    )
+    hardware_flops = tokens * (block_flops + head_flops + attention_flops)
+    # Forward: a third of each block's work; a replayed forward belongs to backward.
+    forward_s = (matmul_s + attention_s + memory_s) * m.n_layers / (3 * m.n_layers + n_ckpt)
+    return ComputeTime(matmul_s, attention_s, memory_s, forward_s, model_flops, hardware_flops)
+
+
+def _memory_bound_s(
+    m: ModelConfig, plan: LayoutPlan, tokens: int, accum: int, precision: str, rates: PartRates
+) -> float:
+    if not rates.hbm_gbytes_per_s:
+        return 0.0  # no memory bandwidth known (the CPU): left out, stated in the docs
+    t = plan.degrees.tp
+    half_width = (2 if precision in SIXTEEN_BIT else 4) / 2
+    n_ckpt = len(plan.checkpointed)
+    per_block = (ELEMENTWISE_D * m.d_model + ELEMENTWISE_F * m.ffn_hidden / t) * half_width
+    replay = per_block / 3 * n_ckpt  # a replayed forward
+    per_token = m.n_layers * per_block + replay + HEAD_BYTES_PER_VOCAB * m.vocab_size
+    local_params = shapes.count_params(m) if t == 1 else _tp_local_params(m, t)
+    if plan.name in ZERO_STAGES and precision in SIXTEEN_BIT:
+        weights = 0  # DeepSpeed runs the model in 16 bits: no per-micro-step casts
+    else:
+        key = "sixteen" if precision in SIXTEEN_BIT else "fp32"
+        weights = WEIGHT_BYTES_PER_MICRO_STEP[key] * local_params * accum
+    optimizer = OPTIMIZER_BYTES_PER_PARAM * local_params / max(1, _optimizer_split(plan))
+    return (tokens * per_token + weights + optimizer) / (rates.hbm_gbytes_per_s * 1e9)
+
+
+def _tp_local_params(m: ModelConfig, t: int) -> int:
+    return shapes.numel(shapes.block_param_shapes(m, t)) * m.n_layers + shapes.numel(
+        shapes.root_param_shapes(m)
+    )
+
+
+def _optimizer_split(plan: LayoutPlan) -> int:
+    """Ranks the optimizer step is split over (sharded layouts step their shard)."""
+    if plan.name in ("fsdp", "hsdp", "tp_fsdp") or plan.name in ZERO_STAGES:
+        return plan.degrees.dp_shard
+    return 1

@@ -1,0 +1,181 @@
+"""Memory per rank by layout: what it holds (train/memory.py's four kinds) and what it peaks at.
+
+Held bytes follow train/memory.py: each tensor once, local shards only, the busiest rank
+(rank 0 holds the rounded-up shard of every FSDP tensor), measured at the end of backward.
+Torch layouts (ddp, fsdp, hsdp, tp, tp_fsdp) keep fp32 parameters under autocast and AdamW
+steps them in place (no master copy; two fp32 moments and a 4-byte step counter per
+parameter tensor). DeepSpeed (zero1-3) runs the model in 16 bits under bf16/fp16 and keeps an
+fp32 master partition; stage 1 partitions the optimizer state, 2 also the gradients, 3 also
+the parameters (ZeRO paper, Rajbhandari et al. 2020).
+
+Peak adds what lives only during a step: activations saved for backward (counted per tensor
+of train/model.py's block, below), FSDP's gathered units, DDP's gradient buckets, and a
+reserve for the CUDA context, NCCL buffers and allocator fragmentation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from launch.perfmodel import shapes
+from train.config import ModelConfig
+from train.parallel.degrees import ZERO_STAGES, LayoutPlan
+
+SIXTEEN_BIT = ("bf16", "fp16", "fp8")
+# Not usable for tensors: CUDA context, cuBLAS workspaces and NCCL buffers (about 1-2 GB on
+# a Hopper node) plus allocator fragmentation. Assumed: 2 GiB + 5% of the device.
+RESERVED_BYTES = 2 * 2**30
+RESERVED_SHARE = 0.05
+ADAM_STEP_BYTES = 4  # torch AdamW's float32 step counter, one per parameter tensor
+FSDP_LAYOUTS = ("fsdp", "hsdp", "tp_fsdp")
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    param_bytes: int
+    grad_bytes: int
+    optimizer_state_bytes: int
+    master_weight_bytes: int
+    activation_bytes: int  # saved for backward at the peak (one micro-batch)
+    transient_bytes: int  # gathered FSDP units, DDP buckets
+    capacity_bytes: float | None  # usable device memory (None: unknown)
+
+    @property
+    def held_bytes(self) -> int:
+        """train/memory.py's total_bytes: parameters, gradients, optimizer state, masters."""
+        return (
+            self.param_bytes
+            + self.grad_bytes
+            + self.optimizer_state_bytes
+            + self.master_weight_bytes
+        )
+
+    @property
+    def peak_bytes(self) -> int:
+        return self.held_bytes + self.activation_bytes + self.transient_bytes
+
+    @property
+    def fits(self) -> bool:
+        return self.capacity_bytes is None or self.peak_bytes <= self.capacity_bytes
+
+    @property
+    def headroom_bytes(self) -> float | None:
+        return None if self.capacity_bytes is None else self.capacity_bytes - self.peak_bytes
+
+    def as_dict(self) -> dict:
+        return {
+            "param_bytes": self.param_bytes,
+            "grad_bytes": self.grad_bytes,
+            "optimizer_state_bytes": self.optimizer_state_bytes,
+            "master_weight_bytes": self.master_weight_bytes,
+            "total_bytes": self.held_bytes,
+            "activation_bytes": self.activation_bytes,
+            "transient_bytes": self.transient_bytes,
+            "peak_bytes": self.peak_bytes,
+            "capacity_bytes": self.capacity_bytes,
+            "fits": self.fits,
+        }
+
+
+def usable_bytes(hbm_bytes: float | None) -> float | None:
+    if not hbm_bytes:
+        return None
+    return hbm_bytes * (1 - RESERVED_SHARE) - RESERVED_BYTES
+
+
+def local_param_shapes(m: ModelConfig, plan: LayoutPlan) -> list[tuple[int, ...]]:
+    """Shapes one rank stores: TP splits the block matrices; FSDP splits dim 0 of every
+    tensor across dp_shard, rounded up (the busiest rank)."""
+    d = plan.degrees
+    local = shapes.block_param_shapes(m, d.tp) * m.n_layers + shapes.root_param_shapes(m)
+    if plan.name in FSDP_LAYOUTS and d.dp_shard > 1:
+        local = [(-(-s[0] // d.dp_shard), *s[1:]) for s in local]
+    return local
+
+
+def held_memory(m: ModelConfig, plan: LayoutPlan, precision: str) -> tuple[int, int, int, int]:
+    """(param, grad, optimizer state, master weight) bytes of the busiest rank."""
+    if plan.name in ZERO_STAGES:
+        return _zero_held(m, ZERO_STAGES[plan.name], plan.degrees.dp_shard, precision)
+    local = local_param_shapes(m, plan)
+    params = shapes.numel(local) * 4
+    optimizer = 2 * params + ADAM_STEP_BYTES * len(local)
+    return params, params, optimizer, 0
+
+
+def _zero_held(m: ModelConfig, stage: int, n: int, precision: str) -> tuple[int, int, int, int]:
+    width = 2 if precision in SIXTEEN_BIT else 4
+    total = shapes.count_params(m)
+    part = -(-total // n)
+    params = (part if stage == 3 else total) * width
+    grads = (total if stage == 1 else part) * width
+    optimizer = 2 * part * 4 + ADAM_STEP_BYTES  # one flat fp32 group per rank
+    return params, grads, optimizer, part * 4
+
+
+def activation_bytes(
+    m: ModelConfig, plan: LayoutPlan, micro_batch: int, seq_len: int, precision: str
+) -> int:
+    """Bytes saved for backward by one micro-batch, at the start of backward.
+
+    Per token of a block (train/model.py), with a = the matmul width, r = the residual
+    stream's (fp32 under autocast, the model's own width under DeepSpeed 16-bit): the two
+    norm inputs (2r d) and outputs cast for the matmuls (2a d); q, k, v after rope and GQA's
+    repeat, and the attention output (4a q); w1 and w3 outputs, silu(w1) and the product
+    (4a f). TP splits the head-wise and MLP terms; sequence parallelism also the norm terms.
+    A checkpointed block keeps its input only (r d), and backward rebuilds one block at a
+    time. The head adds the final norm (r d + a d), the logits (a V) and the fp32 log-softmax
+    and its input (8 V), unsplit under this project's TP.
+    """
+    t = plan.degrees.tp
+    a = 2 if precision in SIXTEEN_BIT else 4
+    r = a if plan.name in ZERO_STAGES else 4
+    q = m.n_heads * shapes.head_dim(m)
+    norm_split = t if plan.sequence_parallel and t > 1 else 1
+    full_block = (2 * r + 2 * a) * m.d_model / norm_split + (4 * a * q + 4 * a * m.ffn_hidden) / t
+    kept_input = r * m.d_model / norm_split
+    n_ckpt = len(plan.checkpointed)
+    per_token = (m.n_layers - n_ckpt) * full_block + n_ckpt * kept_input
+    if n_ckpt:
+        per_token += full_block  # the one block being recomputed
+    per_token += (r + a) * m.d_model + (a + 8) * m.vocab_size
+    return int(per_token * micro_batch * seq_len)
+
+
+def transient_bytes(m: ModelConfig, plan: LayoutPlan, precision: str) -> int:
+    """Buffers a step allocates besides the held tensors and activations."""
+    d = plan.degrees
+    if plan.name in FSDP_LAYOUTS and d.dp_shard > 1:
+        # Two gathered blocks (the running one, the prefetched one), the root (kept through
+        # the micro-step), and one block's unsharded gradients before its reduce-scatter.
+        block = shapes.numel(shapes.block_param_shapes(m, d.tp)) * 4
+        root = shapes.numel(shapes.root_param_shapes(m)) * 4
+        return 3 * block + root
+    if plan.name == "zero3" and d.dp_shard > 1:
+        width = 2 if precision in SIXTEEN_BIT else 4
+        return 3 * shapes.numel(shapes.block_param_shapes(m)) * width
+    if plan.name == "ddp" and d.dp_replicate > 1:
+        # DDP copies gradients into its bucket buffers (gradient_as_bucket_view=False).
+        return shapes.numel(local_param_shapes(m, plan)) * 4
+    return 0
+
+
+def estimate_memory(
+    m: ModelConfig,
+    plan: LayoutPlan,
+    *,
+    micro_batch: int,
+    seq_len: int,
+    precision: str,
+    hbm_bytes: float | None,
+) -> MemoryEstimate:
+    params, grads, optimizer, masters = held_memory(m, plan, precision)
+    return MemoryEstimate(
+        param_bytes=params,
+        grad_bytes=grads,
+        optimizer_state_bytes=optimizer,
+        master_weight_bytes=masters,
+        activation_bytes=activation_bytes(m, plan, micro_batch, seq_len, precision),
+        transient_bytes=transient_bytes(m, plan, precision),
+        capacity_bytes=usable_bytes(hbm_bytes),
+    )

@@ -1,0 +1,61 @@
+"""Parameters and FLOPs of the reference transformer, as pure arithmetic on ModelConfig.
+
+The same formulas as train/model.py (count_params, count_matmul_params, flops_per_token) and
+train/parallel/checkpointing.py (recompute_flops_per_token), which import torch; a unit test
+holds the two equal. Parameter shapes per rank come from train/comm_volume.py, the module
+that counts the bytes they move.
+"""
+
+from __future__ import annotations
+
+from train.comm_volume import _all_params, _block_params, _numel, _root_params
+from train.config import ModelConfig
+
+block_param_shapes = _block_params
+root_param_shapes = _root_params
+all_param_shapes = _all_params
+numel = _numel
+
+
+def head_dim(m: ModelConfig) -> int:
+    return m.d_model // m.n_heads
+
+
+def count_params(m: ModelConfig) -> int:
+    return numel(all_param_shapes(m))
+
+
+def block_matmul_params(m: ModelConfig, tp: int = 1) -> int:
+    """Matmul parameters of one block as one tensor-parallel rank holds them (no norms)."""
+    return numel([s for s in block_param_shapes(m, tp) if len(s) == 2])
+
+
+def head_matmul_params(m: ModelConfig) -> int:
+    return m.vocab_size * m.d_model
+
+
+def count_matmul_params(m: ModelConfig) -> int:
+    """count_params less the input embedding (a gather), a tied matrix counted as the head."""
+    embedding = 0 if m.tie_embeddings else m.vocab_size * m.d_model
+    return count_params(m) - embedding
+
+
+def attention_flops_per_token(m: ModelConfig, seq_len: int) -> int:
+    """Scores and values, forward and backward (PaLM appendix B: 12 L H Q T)."""
+    return 12 * m.n_layers * m.n_heads * head_dim(m) * seq_len
+
+
+def flops_per_token(m: ModelConfig, seq_len: int) -> int:
+    """Model FLOPs per token (6N + 12 L H Q T), as train.model.flops_per_token."""
+    return 6 * count_matmul_params(m) + attention_flops_per_token(m, seq_len)
+
+
+def recompute_flops_per_token(m: ModelConfig, seq_len: int, n_checkpointed: int) -> int:
+    """A checkpointed block's forward again: 2 x its matmul params + 4 H Q T."""
+    block_forward = 2 * block_matmul_params(m) + 4 * m.n_heads * head_dim(m) * seq_len
+    return n_checkpointed * block_forward
+
+
+def param_tensors(m: ModelConfig) -> int:
+    """How many parameter tensors the model has (each gets an AdamW step counter)."""
+    return len(all_param_shapes(m))

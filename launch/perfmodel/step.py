@@ -1,0 +1,295 @@
+"""One training step predicted: compute, each collective kind, exposed comm, throughput, MFU.
+
+step time = compute (matmuls + attention + memory-bound work) + exposed communication.
+tokens/s per device = tokens of the step / world size / step time. MFU = model FLOPs per
+token (6N + 12 L H Q T, no recompute) x tokens/s per device / the datasheet peak of the
+precision. Scaling efficiency = tokens/s per device / that of one device doing the same
+per-device work with no communication (weak scaling against a single-device base, the
+README's definition with base 1); a layout that replicates work (TP's head) or communicates
+loses against it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from launch.errors import ConfigError
+from launch.perfmodel import shapes
+from launch.perfmodel.compute import ComputeTime, compute_time
+from launch.perfmodel.hardware import PartRates, part_rates
+from launch.perfmodel.memory import MemoryEstimate, estimate_memory
+from launch.perfmodel.overlap import comm_time
+from launch.perfmodel.traffic import layout_transfers
+from train.config import RunConfig
+from train.parallel.degrees import Degrees, LayoutError, LayoutPlan, plan_layout
+
+
+@dataclass(frozen=True)
+class Prediction:
+    gpu: str
+    nodes: int
+    nproc_per_node: int
+    world_size: int
+    layout: dict
+    precision: str
+    micro_batch: int
+    accum_steps: int
+    tokens_per_step: int
+    compute: ComputeTime
+    comm_s: dict[str, float]
+    comm_by_role: dict[str, float]
+    exposed_comm_s: float
+    memory: MemoryEstimate
+    peak_tflops: float | None
+    base_tokens_per_s_per_device: float
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def compute_s(self) -> float:
+        return self.compute.total_s
+
+    @property
+    def step_time_s(self) -> float:
+        return self.compute.total_s + self.exposed_comm_s
+
+    @property
+    def tokens_per_s_per_device(self) -> float:
+        return self.tokens_per_step / self.world_size / self.step_time_s
+
+    @property
+    def mfu(self) -> float | None:
+        if not self.peak_tflops:
+            return None
+        flops = self.compute.model_flops / self.step_time_s
+        return flops / (self.peak_tflops * 1e12)
+
+    @property
+    def hfu(self) -> float | None:
+        if not self.peak_tflops:
+            return None
+        return self.compute.hardware_flops / self.step_time_s / (self.peak_tflops * 1e12)
+
+    @property
+    def scaling_efficiency(self) -> float:
+        return self.tokens_per_s_per_device / self.base_tokens_per_s_per_device
+
+    @property
+    def exposed_share(self) -> float:
+        return self.exposed_comm_s / self.step_time_s
+
+    @property
+    def fits(self) -> bool:
+        return self.memory.fits
+
+    def as_dict(self) -> dict:
+        """projection.json's run object (names other checks rely on: keep them)."""
+        return {
+            "gpu": self.gpu,
+            "nodes": self.nodes,
+            "nproc_per_node": self.nproc_per_node,
+            "world_size": self.world_size,
+            "layout": self.layout,
+            "precision": self.precision,
+            "micro_batch": self.micro_batch,
+            "grad_accum": self.accum_steps,
+            "tokens_per_step": self.tokens_per_step,
+            "step_time_s": self.step_time_s,
+            "compute_s": self.compute_s,
+            "compute_breakdown_s": {
+                "matmul": self.compute.matmul_s,
+                "attention": self.compute.attention_s,
+                "memory_bound": self.compute.memory_s,
+            },
+            "comm_s": dict(self.comm_s),
+            "comm_by_role_s": dict(self.comm_by_role),
+            "exposed_comm_s": self.exposed_comm_s,
+            "exposed_comm_share": self.exposed_share,
+            "tokens_per_s_per_device": self.tokens_per_s_per_device,
+            "mfu": self.mfu,
+            "hfu": self.hfu,
+            "memory_bytes_per_rank": self.memory.peak_bytes,
+            "memory": self.memory.as_dict(),
+            "fits": self.fits,
+            "scaling_efficiency": self.scaling_efficiency,
+            "notes": list(self.notes),
+        }
+
+
+def projected_precision(requested: str, gpu_name: str, has_fp8: bool) -> tuple[str, str]:
+    """(precision, reason) the model assumes. `auto` needs the machine's libraries to decide
+    fp8 (train/precision.py); without a machine the projection takes bf16 on a GPU and fp32 on
+    the CPU (no native bf16 on this project's reference CPU)."""
+    if requested == "auto":
+        if gpu_name == "cpu":
+            return "fp32", "auto on cpu: fp32 assumed (the run records what it resolved)"
+        return "bf16", f"auto on {gpu_name}: bf16 assumed (fp8 depends on installed libraries)"
+    if requested == "fp8" and not has_fp8:
+        return "bf16", f"fp8 requested but {gpu_name} has no fp8: bf16"
+    return requested, f"requested {requested}"
+
+
+def predict(
+    cfg: RunConfig,
+    plan: LayoutPlan,
+    *,
+    world_size: int,
+    nproc_per_node: int,
+    nodes: int,
+    global_batch: int,
+    precision: str,
+    rates: PartRates,
+) -> Prediction:
+    m, train = cfg.model, cfg.train
+    d = plan.degrees
+    per_dp = micro = train.micro_batch
+    if global_batch % (micro * d.dp):
+        raise ConfigError(
+            "train.global_batch",
+            f"{global_batch} sequences do not split into micro-batches of {micro} over "
+            f"{d.dp} data-parallel ranks",
+        )
+    accum = global_batch // (per_dp * d.dp)
+    compute = compute_time(
+        m,
+        plan,
+        micro_batch=micro,
+        seq_len=train.seq_len,
+        accum_steps=accum,
+        precision=precision,
+        rates=rates,
+        fp8_min_dim=cfg.precision.fp8.min_dim,
+    )
+    transfers = layout_transfers(
+        m,
+        plan,
+        micro_batch=micro,
+        seq_len=train.seq_len,
+        accum_steps=accum,
+        grad_clip=train.grad_clip > 0,
+        precision=precision,
+        nproc_per_node=nproc_per_node,
+    )
+    comm = comm_time(
+        transfers,
+        compute,
+        n_layers=m.n_layers,
+        accum_steps=accum,
+        bucket_bytes=int(cfg.parallel.bucket_mb * 2**20),
+        rates=rates,
+    )
+    memory = estimate_memory(
+        m,
+        plan,
+        micro_batch=micro,
+        seq_len=train.seq_len,
+        precision=precision,
+        hbm_bytes=rates.hbm_bytes,
+    )
+    tokens = global_batch * train.seq_len
+    base = _base_tokens_per_s(cfg, tokens / world_size, precision, rates)
+    peak = rates.peak_tflops.get(precision)
+    return Prediction(
+        gpu=rates.name,
+        nodes=nodes,
+        nproc_per_node=nproc_per_node,
+        world_size=world_size,
+        layout=plan.as_dict(),
+        precision=precision,
+        micro_batch=micro,
+        accum_steps=accum,
+        tokens_per_step=tokens,
+        compute=compute,
+        comm_s=comm.comm_s,
+        comm_by_role=comm.by_role,
+        exposed_comm_s=comm.exposed_s,
+        memory=memory,
+        peak_tflops=peak,
+        base_tokens_per_s_per_device=base,
+    )
+
+
+def _base_tokens_per_s(cfg: RunConfig, tokens_per_device: float, precision, rates) -> float:
+    """One device, no communication, the same per-device tokens (memory not checked)."""
+    one = LayoutPlan("ddp", Degrees(1, 1, 1), False, _checkpointed(cfg))
+    micro = cfg.train.micro_batch
+    sequences = tokens_per_device / cfg.train.seq_len
+    accum = max(1, round(sequences / micro))
+    t = compute_time(
+        cfg.model,
+        one,
+        micro_batch=micro,
+        seq_len=cfg.train.seq_len,
+        accum_steps=accum,
+        precision=precision,
+        rates=rates,
+        fp8_min_dim=cfg.precision.fp8.min_dim,
+    )
+    return micro * accum * cfg.train.seq_len / t.total_s
+
+
+def _checkpointed(cfg: RunConfig) -> list[int]:
+    from train.parallel.degrees import checkpointed_layers
+
+    p = cfg.parallel
+    return checkpointed_layers(p.activation_checkpoint, cfg.model.n_layers, p.checkpoint_every)
+
+
+def plan_for(cfg: RunConfig, world_size: int, nproc_per_node: int) -> LayoutPlan:
+    try:
+        return plan_layout(cfg, world_size, nproc_per_node)
+    except LayoutError as exc:
+        raise ConfigError(exc.key, exc.message) from None
+
+
+def predict_run(
+    cfg: RunConfig,
+    world_size: int,
+    nproc_per_node: int,
+    nodes: int,
+    *,
+    compute_tflops: float | None = None,
+    link_gbps: float | None = None,
+    precision: str | None = None,
+    intra_gbytes_per_s: float | None = None,
+) -> Prediction:
+    """The prediction for a run of ``cfg`` as it ran (its global batch, its layout), for the
+    report to set beside the measurement. ``precision``: the run's resolved one (summary.json
+    precision.resolved); ``compute_tflops``: the achievable matmul TFLOP/s of the device
+    (default: gpu.measured_peak_tflops, which the driver fills from launch.mamf's cache, else
+    the profile's peak x the generation's fraction); ``link_gbps``: the emulated link (default:
+    cluster.link_gbps when cluster=emulated)."""
+    if nodes <= 0:
+        raise ConfigError("cluster.nodes", f"{nodes}: must be >= 1")
+    if precision is None:
+        precision, _ = projected_precision(cfg.precision.name, cfg.gpu.name, cfg.gpu.fp8)
+    if link_gbps is None and cfg.cluster.name == "emulated" and cfg.cluster.link_gbps > 0:
+        link_gbps = cfg.cluster.link_gbps
+    width = "bf16" if precision == "fp8" else precision
+    rates = part_rates(
+        cfg.gpu,
+        compute_tflops=compute_tflops,
+        precision=width,
+        link_gbps=link_gbps,
+        intra_gbytes_per_s=intra_gbytes_per_s,
+    )
+    if not rates.peak_tflops.get(width):
+        raise ConfigError(
+            "gpu.measured_peak_tflops",
+            f"{cfg.gpu.name} has no {width} peak to predict compute from: run python -m "
+            "launch.mamf on this machine, or pass compute_tflops",
+        )
+    plan = plan_for(cfg, world_size, nproc_per_node)
+    return predict(
+        cfg,
+        plan,
+        world_size=world_size,
+        nproc_per_node=nproc_per_node,
+        nodes=nodes,
+        global_batch=cfg.train.global_batch,
+        precision=precision,
+        rates=rates,
+    )
+
+
+def model_flops_per_token(cfg: RunConfig) -> int:
+    return shapes.flops_per_token(cfg.model, cfg.train.seq_len)

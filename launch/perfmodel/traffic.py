@@ -1,0 +1,217 @@
+"""Which collectives a layout issues per optimizer step, how big, in which group, and when.
+
+The same counts as train/comm_volume.py (a unit test holds the per-kind sums equal to
+comm_bytes_per_step), itemised so each call can be timed on the links its group crosses and
+placed where it runs: behind backward (DDP buckets, FSDP units), ahead of the next unit
+(FSDP prefetch), or on the critical path (TP activations, DeepSpeed stage 1/2 reductions,
+which run with overlap_comm off, DeepSpeed's default for those stages).
+
+Groups follow train/parallel/mesh.py: the mesh is (dp_replicate, dp_shard, tp), rank-major,
+TP innermost, and nodes hold consecutive ranks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from launch.perfmodel import shapes
+from launch.perfmodel.collectives import group_geometry
+from train.comm_volume import GRAD_NORM_BYTES
+from train.config import ModelConfig
+from train.parallel.degrees import ZERO3_MAX_REUSE_DISTANCE, ZERO_STAGES, LayoutPlan
+
+# Where a transfer runs, which decides what hides it (overlap.py).
+BUCKETED_BACKWARD = "bucketed_backward"  # DDP: buckets all-reduced while backward runs
+UNIT_FORWARD = "unit_forward"  # FSDP/ZeRO-3 gathers, prefetched one unit ahead in forward
+UNIT_BACKWARD = "unit_backward"  # the same in backward, with the units' gradient reductions
+UNIT_BACKWARD_LAST = "unit_backward_last"  # gradient reductions: last micro-step only
+EXPOSED = "exposed"  # on the critical path
+
+
+@dataclass(frozen=True)
+class Transfer:
+    kind: str  # all_reduce | all_gather | reduce_scatter
+    role: str  # what it moves, for the report: gradients, parameters, activations, norm
+    nbytes: int  # nccl-tests size of one call
+    calls: int  # per optimizer step
+    ranks: int
+    per_node: int  # ranks of the group in one node
+    phase: str
+
+    @property
+    def total_bytes(self) -> int:
+        return self.nbytes * self.calls
+
+
+def layout_transfers(
+    m: ModelConfig,
+    plan: LayoutPlan,
+    *,
+    micro_batch: int,
+    seq_len: int,
+    accum_steps: int,
+    grad_clip: bool,
+    precision: str,
+    nproc_per_node: int,
+) -> list[Transfer]:
+    sixteen = precision in ("bf16", "fp16", "fp8")
+    width = 2 if sixteen and plan.name in ZERO_STAGES else 4
+    act_width = 2 if sixteen else 4
+    d = plan.degrees
+    g = nproc_per_node
+    tp_node = group_geometry(d.tp, 1, g)
+    shard_node = group_geometry(d.dp_shard, d.tp, g)
+    replica_node = group_geometry(d.dp_replicate, d.dp_shard * d.tp, g)
+    world_node = min(d.world, g)
+    out: list[Transfer] = []
+
+    if plan.name in ZERO_STAGES:
+        return _zero(m, ZERO_STAGES[plan.name], d.dp_shard, shard_node, accum_steps, width)
+    if d.tp > 1:
+        out += _tensor_parallel(
+            m, plan, micro_batch * seq_len * m.d_model * act_width, accum_steps, d.tp, tp_node
+        )
+    if plan.name in ("fsdp", "hsdp", "tp_fsdp"):
+        out += _fsdp(
+            m, d.dp_replicate, d.dp_shard, d.tp, accum_steps, width, shard_node, replica_node
+        )
+    elif d.dp_replicate > 1:
+        size = shapes.count_params(m) * width
+        out.append(
+            Transfer(
+                "all_reduce", "gradients", size, 1, d.dp_replicate, replica_node, BUCKETED_BACKWARD
+            )
+        )
+    if grad_clip and (d.dp_shard > 1 or d.tp > 1):
+        out.append(
+            Transfer("all_reduce", "grad norm", GRAD_NORM_BYTES, 1, d.world, world_node, EXPOSED)
+        )
+    return out
+
+
+def _tensor_parallel(m, plan, activation, accum, tp, per_node) -> list[Transfer]:
+    forwards = 2 * m.n_layers + len(plan.checkpointed)
+    backwards = 2 * m.n_layers
+    if not plan.sequence_parallel:
+        calls = (forwards + backwards) * accum
+        return [Transfer("all_reduce", "activations", activation, calls, tp, per_node, EXPOSED)]
+    return [
+        Transfer(
+            "all_gather",
+            "activations",
+            activation,
+            (forwards + backwards + 2) * accum,
+            tp,
+            per_node,
+            EXPOSED,
+        ),
+        Transfer(
+            "reduce_scatter",
+            "activations",
+            activation,
+            (forwards + backwards) * accum,
+            tp,
+            per_node,
+            EXPOSED,
+        ),
+        # The norm weights' partial gradients, once per step (fp32 master width).
+        Transfer(
+            "all_reduce", "norm gradients", m.d_model * 4, 2 * m.n_layers, tp, per_node, EXPOSED
+        ),
+    ]
+
+
+def _fsdp(m, replicate, shard, tp, accum, width, shard_node, replica_node) -> list[Transfer]:
+    block = shapes.numel(shapes.block_param_shapes(m, tp), pad_to=shard) * width
+    root = shapes.numel(shapes.root_param_shapes(m), pad_to=shard) * width
+    out = []
+    if shard > 1:
+        out += [
+            Transfer(
+                "all_gather",
+                "parameters",
+                block,
+                m.n_layers * accum,
+                shard,
+                shard_node,
+                UNIT_FORWARD,
+            ),
+            Transfer(
+                "all_gather",
+                "parameters",
+                block,
+                m.n_layers * accum,
+                shard,
+                shard_node,
+                UNIT_BACKWARD,
+            ),
+            Transfer("all_gather", "parameters", root, accum, shard, shard_node, EXPOSED),
+            Transfer(
+                "reduce_scatter",
+                "gradients",
+                block,
+                m.n_layers,
+                shard,
+                shard_node,
+                UNIT_BACKWARD_LAST,
+            ),
+            Transfer("reduce_scatter", "gradients", root, 1, shard, shard_node, EXPOSED),
+        ]
+    if replicate > 1:
+        # comm_volume counts the replicas' all-reduce as (L block + root) // shard bytes.
+        total = (m.n_layers * block + root) // width // shard * width
+        per_block = block // width // shard * width
+        rest = total - per_block * m.n_layers
+        out += [
+            Transfer(
+                "all_reduce",
+                "gradients",
+                per_block,
+                m.n_layers,
+                replicate,
+                replica_node,
+                UNIT_BACKWARD_LAST,
+            ),
+            Transfer("all_reduce", "gradients", rest, 1, replicate, replica_node, EXPOSED),
+        ]
+    return out
+
+
+def _zero(m, stage, n, per_node, accum, width) -> list[Transfer]:
+    if n == 1:
+        return []
+    numel = shapes.count_params(m)
+    params = numel * width
+    if stage in (1, 2):
+        reduce_calls = accum if stage == 2 else 1
+        return [
+            Transfer("all_reduce", "gradients", params, reduce_calls, n, per_node, EXPOSED),
+            Transfer("all_reduce", "grad norm", GRAD_NORM_BYTES, 1, n, per_node, EXPOSED),
+            Transfer("all_gather", "parameters", params, 1, n, per_node, EXPOSED),
+        ]
+    gathers = 1 if numel <= ZERO3_MAX_REUSE_DISTANCE else 2
+    block = shapes.numel(shapes.block_param_shapes(m)) * width
+    rest = params - block * m.n_layers
+    out = [
+        Transfer("all_gather", "parameters", block, m.n_layers * accum, n, per_node, UNIT_FORWARD),
+        Transfer("all_gather", "parameters", rest, gathers * accum, n, per_node, EXPOSED),
+        Transfer(
+            "reduce_scatter", "gradients", block, m.n_layers * accum, n, per_node, UNIT_BACKWARD
+        ),
+        Transfer("reduce_scatter", "gradients", rest, accum, n, per_node, EXPOSED),
+        Transfer("all_reduce", "grad norm", 2 * GRAD_NORM_BYTES, 1, n, per_node, EXPOSED),
+    ]
+    if gathers == 2:
+        out.append(
+            Transfer(
+                "all_gather", "parameters", block, m.n_layers * accum, n, per_node, UNIT_BACKWARD
+            )
+        )
+    return out
+
+
+def bytes_per_kind(transfers: list[Transfer]) -> dict[str, int]:
+    out = {"all_reduce": 0, "all_gather": 0, "reduce_scatter": 0}
+    for t in transfers:
+        out[t.kind] += t.total_bytes
+    return out

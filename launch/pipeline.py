@@ -1,0 +1,158 @@
+"""One launch pipeline for every job the driver starts (training runs, the comm benchmark).
+
+    prepare:  gpu=auto -> node defaults -> plan -> validate -> cluster set-up -> precision
+              outlook -> write config.yaml per run -> render every node's command
+    execute:  dry run (print) | submit (Slurm) | run here with progress -> the job's results
+
+Nothing is written before validation has passed, and a fix to any stage lands in both jobs.
+A `Job` says what differs: which module the ranks run, which files they write, and what
+the driver does with each result and with all of them.
+"""
+
+from __future__ import annotations
+
+import shlex
+import sys
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+from omegaconf import OmegaConf
+from rich.console import Console
+
+from launch.cluster.setup import ClusterSetup, set_up_cluster
+from launch.launchers import slurm
+from launch.launchers.command import NodeCommand
+from launch.launchers.local import progress_bar, run_nodes
+from launch.launchers.select import commands_run_here, launch_commands
+from launch.plan import RunPlan, config_for, plan_runs
+from launch.resolve import resolve_gpu, resolve_node_defaults, state_precision
+from launch.validate import validate
+from train.config import RunConfig
+
+
+@dataclass(frozen=True)
+class Job:
+    """What the ranks of a job run and what the driver does with what they write."""
+
+    driver_module: str  # `python -m <driver_module> [overrides]` starts it (command.sh)
+    rank_module: str  # `python -m <rank_module> --config RUN_DIR/config.yaml`
+    progress_file: str  # rank 0 appends a JSON line per step (or point) here
+    result_file: str  # rank 0 writes its result here when it is done
+    # Fix the config for this job before planning (the comm benchmark: one run, one batch).
+    adjust: Callable[[RunConfig], None] = lambda cfg: None
+    # Checks beyond the training ones; raise ConfigError.
+    validate: Callable[[RunConfig], None] = lambda cfg: None
+    # Steps a run takes (the progress bar's total), None when unknown.
+    total_steps: Callable[[RunConfig], int | None] = lambda cfg: None
+    # After each run here: (cfg, plan, result, console).
+    on_result: Callable[[RunConfig, RunPlan, dict, Console], None] = lambda *a: None
+    # After every run of the sweep finished here: (cfg, sweep_id, results, console).
+    on_all: Callable[[RunConfig, str, list[dict], Console], None] = lambda *a: None
+
+
+@dataclass
+class Prepared:
+    """A validated job, written to disk, with every node's command rendered."""
+
+    cfg: RunConfig
+    plans: list[RunPlan]
+    setup: ClusterSetup
+    sweep_id: str
+    config_paths: dict[str, Path] = field(default_factory=dict)
+    commands: dict[str, list[NodeCommand]] = field(default_factory=dict)
+
+
+def new_sweep_id(cfg: RunConfig) -> str:
+    # A random tail: two drivers started in the same second must not share an id.
+    return f"{cfg.name}-{datetime.now():%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:6]}"
+
+
+def write_run_config(cfg: RunConfig, plan: RunPlan, sweep_id: str) -> Path:
+    plan.run_dir.mkdir(parents=True, exist_ok=True)
+    path = plan.run_dir / "config.yaml"
+    path.write_text(OmegaConf.to_yaml(OmegaConf.structured(config_for(cfg, plan, sweep_id))))
+    return path
+
+
+def prepare(cfg: RunConfig, overrides: list[str], job: Job, console: Console) -> Prepared:
+    """Everything up to the start of the ranks; ConfigError before anything is written."""
+    slurm.refuse_gpu_auto(cfg)  # before detection: on a login node it would find the CPU
+    resolve_gpu(cfg, console)
+    resolve_node_defaults(cfg, overrides, console)
+    job.adjust(cfg)
+    plans = plan_runs(cfg)
+    validate(cfg, plans)
+    job.validate(cfg)
+    setup = set_up_cluster(cfg, plans, console)  # nodes, emulated links; ConfigError too
+    state_precision(cfg, setup, console)
+
+    root = Path(cfg.run_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    reproduce = shlex.join([sys.executable, "-m", job.driver_module, *overrides])
+    (root / "command.sh").write_text(f"#!/bin/sh\n# reproduces this run or sweep\n{reproduce}\n")
+    prepared = Prepared(cfg, plans, setup, new_sweep_id(cfg))
+    for plan in plans:
+        path = write_run_config(cfg, plan, prepared.sweep_id)
+        prepared.config_paths[plan.name] = path
+        if cfg.launcher.name != "slurm":
+            prepared.commands[plan.name] = launch_commands(cfg, plan, path, setup, job.rank_module)
+    return prepared
+
+
+def execute(prepared: Prepared, job: Job, console: Console) -> int:
+    """Print (dry run), submit (Slurm) or run every planned run here, with progress."""
+    cfg, plans = prepared.cfg, prepared.plans
+    if cfg.launcher.name == "slurm":
+        return slurm.submit_or_print(cfg, plans, prepared.config_paths, job.rank_module)
+    if cfg.dry_run:
+        print_commands(prepared)
+        return 0
+
+    results = []
+    # The emulated cluster's namespaces exist only inside this block, stopped or not.
+    with prepared.setup.running(), progress_bar() as progress:
+        for plan in plans:
+            here = commands_run_here(cfg, prepared.commands[plan.name])
+            if not here:
+                continue  # cluster=multinode: this node has no part in a smaller run
+            # On a real multi-node cluster rank 0 may write its result on another node.
+            result = run_nodes(
+                here,
+                plan,
+                job.total_steps(cfg),
+                progress,
+                progress_file=job.progress_file,
+                result_file=job.result_file,
+                require_result=len(here) == plan.nodes,
+            )
+            if result is None:
+                progress.console.print(
+                    f"{plan.name}: this node's ranks finished; {job.result_file} is on the "
+                    "node of rank 0"
+                )
+                continue
+            results.append(result)
+            job.on_result(cfg, plan, result, progress.console)
+    if len(results) == len(plans):
+        job.on_all(cfg, prepared.sweep_id, results, console)
+    return 0
+
+
+def print_commands(prepared: Prepared) -> None:
+    for plan in prepared.plans:
+        commands = prepared.commands[plan.name]
+        print(
+            f"# {plan.name}: world size {plan.world_size} = {plan.nodes} node(s) x "
+            f"{plan.nproc_per_node}, global batch {plan.global_batch}"
+        )
+        for node in commands:
+            if len(commands) > 1:
+                print(f"# node {node.node_rank}")
+            print(node.shell_line())
+
+
+def run_job(cfg: RunConfig, overrides: list[str], job: Job, console: Console) -> int:
+    return execute(prepare(cfg, overrides, job, console), job, console)

@@ -1,0 +1,51 @@
+"""``python -m launch.report DIR [DIR ...] [--out OUT]``: the scaling report of one or more sweeps.
+
+Reads the ``summary.json`` rank 0 wrote for each run, groups runs into series (same hardware,
+model, parallelism and precision) and writes ``report.md``, ``results.json`` and
+``scaling.png`` with the scaling efficiency of every world size against the series' smallest.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from rich.console import Console
+
+from launch.errors import ReportError
+from launch.report.console import print_table
+from launch.report.load import load_runs
+from launch.report.scaling import scaling_rows
+from launch.report.write import write_files
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m launch.report", description=__doc__)
+    parser.add_argument(
+        "dirs",
+        nargs="+",
+        type=Path,
+        metavar="DIR",
+        help="sweep dir (one sub-dir per run) or run dir (with summary.json)",
+    )
+    parser.add_argument(
+        "--out", type=Path, help="where to write the report; defaults to DIR when only one is given"
+    )
+    args = parser.parse_args(argv)
+    if args.out is None and len(args.dirs) > 1:
+        print("error: --out is required when several dirs are given", file=sys.stderr)
+        return 2
+    out = args.out or args.dirs[0]
+    try:
+        runs = load_runs(args.dirs)
+        rows = scaling_rows(runs)
+        paths = write_files(runs, rows, out)
+    except ReportError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    console = Console()
+    print_table(rows, console)
+    # soft_wrap: a path broken across lines cannot be copied.
+    console.print("report: " + ", ".join(str(p) for p in paths.values()), soft_wrap=True)
+    return 0

@@ -1,0 +1,103 @@
+"""report.md: one table per series with the scaling vocabulary spelt out under it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from launch.report.scaling import group_series
+
+SWEEP_KINDS = {
+    "strong": "strong scaling (fixed global batch)",
+    "weak": "weak scaling (fixed per-device batch)",
+    "none": "single runs (no sweep)",
+}
+
+
+def pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.1f}%"
+
+
+def _bytes(value: int | None) -> str:
+    if value is None:
+        return "n/a"
+    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if value >= size:
+            return f"{value / size:.2f} {unit}"
+    return f"{value} B"
+
+
+def layout_cells(row: dict[str, Any]) -> list[str]:
+    """Memory per rank (parameters, gradients, optimizer state + master weights, peak) and
+    communication per step; n/a for summaries written before layouts reported them."""
+    memory, comm = row.get("memory") or {}, row.get("comm_bytes_per_step") or {}
+    optimizer = None
+    if "optimizer_state_bytes" in memory:
+        optimizer = memory["optimizer_state_bytes"] + memory.get("master_weight_bytes", 0)
+    return [
+        _bytes(memory.get("param_bytes")),
+        _bytes(memory.get("grad_bytes")),
+        _bytes(optimizer),
+        _bytes(memory.get("peak_bytes")),
+        _bytes(comm.get("total")),
+    ]
+
+
+def _series_header(label: str, runs: list[dict[str, Any]]) -> list[str]:
+    first = runs[0]
+    kinds = sorted({r["sweep"]["name"] for r in runs})
+    kind = " + ".join(SWEEP_KINDS.get(k, k) for k in kinds)
+    lines = [
+        f"## {label}",
+        "",
+        f"{first.get('gpu_display_name') or first['gpu']} (device: "
+        f"{first.get('device_name') or 'unknown'}) · model {first['model']['name']} · "
+        f"{first['parallel']} · {first['precision']['resolved']} · {kind}",
+        "",
+        f"MFU is against the dense {first.get('mfu_peak_precision') or 'precision'} peak"
+        + (" (the bf16-peak figure is in results.json)" if "mfu_vs_bf16_peak" in first else "")
+        + ".",
+        "",
+    ]
+    # A profile that does not describe the device makes MFU meaningless: say so up front.
+    warnings = sorted({r["gpu_warning"] for r in runs if r.get("gpu_warning")})
+    lines += [f"> **warning:** {w}" for w in warnings] + ([""] if warnings else [])
+    return lines
+
+
+def markdown_report(runs: list[dict[str, Any]], rows: list[dict[str, Any]]) -> str:
+    lines = ["# Scaling report", ""]
+    for label, members in group_series(runs).items():
+        series_rows = [r for r in rows if r["series"] == label]
+        base = series_rows[0]
+        lines += _series_header(label, members)
+        lines += [
+            "| world size | nodes | tokens/s | tokens/s/device | step time (s) | MFU "
+            "| scaling efficiency | params/rank | grads/rank | optimizer/rank | peak memory "
+            "| comm/step |",
+            "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for row in series_rows:
+            size = f"{row['world_size']} †" if row["crosses_node_boundary"] else row["world_size"]
+            eff = row["scaling_efficiency"]
+            lines.append(
+                f"| {size} | {row['nodes']} | {row['tokens_per_s']:,.0f} "
+                f"| {row['tokens_per_s_per_device']:,.0f} | {row['step_time_median_s']:.3f} "
+                f"| {pct(row['mfu'])} | {pct(eff)} | " + " | ".join(layout_cells(row)) + " |"
+            )
+        lines += [
+            "",
+            "Scaling efficiency = (tokens/s at N ÷ N) ÷ (tokens/s at base ÷ base), base = world "
+            f"size {base['world_size']} ({base['nodes']} node(s)); 100% is perfect linear "
+            "scaling.",
+            "Memory is per rank (the busiest), from the tensors it holds: optimizer = Adam "
+            "state + fp32 master weights; peak is the allocator's (GPU) or the process RSS "
+            "(CPU). comm/step = bytes all-reduced + all-gathered + reduce-scattered per rank "
+            "per step, computed from the model and the layout (train/comm_volume.py).",
+        ]
+        if any(r["crosses_node_boundary"] for r in series_rows):
+            lines.append(
+                "† first world size that spans more nodes than the base: from here "
+                "gradients cross the network between nodes."
+            )
+        lines.append("")
+    return "\n".join(lines)

@@ -1,0 +1,80 @@
+"""Counting the bytes of collectives, for tests/integration/test_parallel.py (used by parallel_ranks.py).
+
+Collectives are seen in a TorchDispatchMode: every collective, whether issued from Python
+(FSDP2, DeepSpeed), from C++ (DDP's reducer) or as a functional collective (DTensor), is
+dispatched as a ``c10d`` or ``_c10d_functional`` op, so one wrapper sees them all. Sizes
+follow the accounting convention of train/comm_volume.py.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+# op name -> (kind, how its size is read from the op's arguments)
+SIZES = {
+    "c10d.allreduce_": ("all_reduce", lambda a: _nbytes(a[0])),
+    "c10d.allreduce_coalesced_": ("all_reduce", lambda a: _nbytes(a[0])),
+    "c10d._allgather_base_": ("all_gather", lambda a: _nbytes(a[0])),
+    "c10d.allgather_": ("all_gather", lambda a: _nbytes(a[0])),
+    "c10d.allgather_into_tensor_coalesced_": ("all_gather", lambda a: _nbytes(a[0])),
+    "c10d._reduce_scatter_base_": ("reduce_scatter", lambda a: _nbytes(a[1])),
+    "c10d.reduce_scatter_": ("reduce_scatter", lambda a: _nbytes(a[1])),
+    "c10d.reduce_scatter_tensor_coalesced_": ("reduce_scatter", lambda a: _nbytes(a[1])),
+    "_c10d_functional.all_reduce": ("all_reduce", lambda a: _nbytes(a[0])),
+    "_c10d_functional.all_reduce_": ("all_reduce", lambda a: _nbytes(a[0])),
+    "_c10d_functional.all_reduce_coalesced": ("all_reduce", lambda a: _nbytes(a[0])),
+    "_c10d_functional.all_gather_into_tensor": ("all_gather", lambda a: _nbytes(a[0]) * a[1]),
+    "_c10d_functional.all_gather_into_tensor_out": (
+        "all_gather",
+        lambda a: _nbytes(a[0]) * a[1],
+    ),
+    "_c10d_functional.reduce_scatter_tensor": ("reduce_scatter", lambda a: _nbytes(a[0])),
+}
+# Bookkeeping ops of functional collectives: they move nothing.
+NOT_COLLECTIVES = ("wait_tensor", "_wrap_tensor_autograd")
+
+
+def _nbytes(value) -> int:
+    if isinstance(value, torch.Tensor):
+        return value.numel() * value.element_size()
+    return sum(_nbytes(v) for v in value)
+
+
+class CollectiveBytes(TorchDispatchMode):
+    """Sums the bytes of the collectives dispatched while active, per kind."""
+
+    def __init__(self):
+        super().__init__()
+        self.bytes = Counter()
+        self.unknown: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.namespace in ("c10d", "_c10d_functional"):
+            name = f"{func.namespace}.{func._opname}"
+            if name in SIZES:
+                kind, size = SIZES[name]
+                self.bytes[kind] += size(args)
+            elif func._opname not in NOT_COLLECTIVES:
+                self.unknown.append(name)
+        return func(*args, **(kwargs or {}))
+
+
+class CountThirdStep:
+    """Stands in for worker.train_step: counts the collectives of its third call only.
+
+    The first two steps hold one-time set-up: FSDP2's lazy init in the first, DDP's bucket
+    rebuild (a broadcast of the bucket order from rank 0) in the second.
+    """
+
+    def __init__(self, train_step):
+        self.train_step, self.calls, self.counted = train_step, 0, None
+
+    def __call__(self, *args, **kwargs):
+        self.calls += 1
+        if self.calls != 3:
+            return self.train_step(*args, **kwargs)
+        with CollectiveBytes() as self.counted:
+            return self.train_step(*args, **kwargs)

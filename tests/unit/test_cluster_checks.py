@@ -1,0 +1,93 @@
+"""Bad multi-node input: one line naming the key, exit code 2, before anything is started."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+from rich.console import Console
+
+from launch.cluster import emulated
+from launch.errors import ConfigError
+from launch.cluster.setup import set_up_cluster
+from launch.plan import plan_runs
+from launch.validate import validate
+from tests.conftest import FAST, compose_run_config
+
+BAD = [
+    (
+        ["cluster=multinode", "cluster.hosts=[a,b,c]"],
+        "cluster.hosts: 3 host(s) for cluster.nodes=2",
+    ),
+    (["cluster=multinode", "cluster.hosts=[a,b]", "cluster.node_rank=2"], "cluster.node_rank: 2"),
+    (["cluster=slurm"], "launcher.name: cluster=slurm runs with launcher slurm, not torchrun"),
+    (["launcher=deepspeed", "cluster.max_restarts=1"], "cluster.max_restarts: the deepspeed"),
+    (
+        ["launcher=deepspeed", "launcher.runner=ssh"],
+        "launcher.runner: Invalid value 'ssh', expected one of [pdsh",
+    ),
+    (["launcher=slurm", "launcher.time=2h"], "launcher.time: '2h' is not a Slurm time"),
+    (["launcher=slurm", "launcher.partition='gpu;x'"], "launcher.partition: 'gpu;x': letters"),
+    (["fabric=pcie_eth", "+fabric.nccl_env.nccl_debug=INFO"], "fabric.nccl_env.nccl_debug"),
+    (["cluster=emulated", "cluster.link_gbps=-1"], "cluster.link_gbps: -1.0: must be >= 0"),
+    (
+        ["cluster=emulated", "cluster.link_match_gpu=h900"],
+        "cluster.link_match_gpu: unknown gpu profile 'h900'",
+    ),
+    (["cluster=emulated", "cluster.link_match=pcie"], "cluster.link_match: Invalid value 'pcie'"),
+]
+
+
+@pytest.mark.parametrize("overrides, message", BAD, ids=[" ".join(o) for o, _ in BAD])
+def test_bad_launch_input_names_the_key(overrides, message):
+    # Closed choices fail while composing (the schema's enums), the rest in validate.
+    with pytest.raises(ConfigError) as caught:
+        cfg = compose_run_config([*FAST, "sweep=none", "run_dir=/tmp/never", *overrides])
+        validate(cfg, plan_runs(cfg))
+    assert str(caught.value).startswith(message)
+    assert "\n" not in str(caught.value)
+
+
+def test_emulated_cluster_needs_root_ip_and_tc(monkeypatch):
+    monkeypatch.setattr(emulated.os, "geteuid", lambda: 1000)
+    with pytest.raises(ConfigError, match="cluster=emulated needs root"):
+        emulated.check_requirements()
+    monkeypatch.setattr(emulated.os, "geteuid", lambda: 0)
+    monkeypatch.setattr(emulated.shutil, "which", lambda tool: None if tool == "tc" else "/x")
+    with pytest.raises(ConfigError, match=r"needs tc \(package iproute2\)"):
+        emulated.check_requirements()
+
+
+def test_rendezvous_port_in_use_on_the_head(launch_cli, tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        cfg = compose_run_config(
+            [
+                *FAST,
+                "sweep=none",
+                "run_dir=/tmp/never",
+                "cluster=multinode",
+                "cluster.hosts=[a,b]",
+                "cluster.nproc_per_node=1",
+                f"cluster.master_port={port}",
+            ]
+        )
+        with pytest.raises(ConfigError, match=f"cluster.master_port: port {port} is in use"):
+            set_up_cluster(cfg, plan_runs(cfg), Console())
+        # Through the CLI: one line, exit 2, nothing written.
+        result = launch_cli(
+            *FAST,
+            "sweep=none",
+            "cluster=multinode",
+            "cluster.hosts=[a,b]",
+            "cluster.nproc_per_node=1",
+            f"cluster.master_port={port}",
+            f"run_dir={tmp_path / 'run'}",
+        )
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"error: cluster.master_port: port {port} is in use on this machine"
+    )
+    assert not (tmp_path / "run").exists()

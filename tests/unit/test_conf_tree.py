@@ -1,0 +1,105 @@
+"""Every gpu x model x precision composes against the schema; the validator judges each."""
+
+import itertools
+
+import pytest
+from omegaconf import OmegaConf
+
+from launch.conf_tree import group_choices, load_gpu_profile
+from launch.errors import ConfigError
+from launch.plan import plan_runs
+from launch.validate import validate
+from tests.conftest import compose_run_config
+
+GPUS = [g for g in group_choices("gpu") if g != "auto"]
+MODELS = group_choices("model")
+PRECISIONS = group_choices("precision")
+
+
+def test_the_groups_hold_the_documented_names():
+    assert set(GPUS) == {
+        "a100_40g",
+        "a100_80g",
+        "a800",
+        "h100_sxm",
+        "h100_pcie",
+        "h800",
+        "h800_pcie",
+        "h20",
+        "h200",
+        "h200_nvl",
+        "l40s",
+        "cpu",
+    }
+    assert set(MODELS) == {
+        "tiny",
+        "gpt_125m",
+        "gpt_350m",
+        "gpt_1_3b",
+        "llama_7b",
+        "llama_13b",
+        "llama_70b",
+        "d4096_l4",
+    }
+    assert {"auto", "fp32", "tf32", "bf16"} <= set(PRECISIONS)
+
+
+def test_every_combination_composes_and_validates(tmp_path):
+    # Hydra composes each group choice once (about 0.1 s each); the 385 combinations are then
+    # merged under the same schema with OmegaConf, which is what Hydra's composition does for
+    # groups that do not refer to each other.
+    base = OmegaConf.structured(compose_run_config([f"run_dir={tmp_path}", "sweep=none"]))
+    nodes = {
+        group: {
+            name: OmegaConf.structured(
+                getattr(compose_run_config([f"{group}={name}", f"run_dir={tmp_path}"]), group)
+            )
+            for name in names
+        }
+        for group, names in (("gpu", GPUS), ("model", MODELS), ("precision", PRECISIONS))
+    }
+    for gpu, model, precision in itertools.product(GPUS, MODELS, PRECISIONS):
+        merged = OmegaConf.merge(
+            base,
+            {
+                "gpu": nodes["gpu"][gpu],
+                "model": nodes["model"][model],
+                "precision": nodes["precision"][precision],
+            },
+        )
+        cfg = OmegaConf.to_object(merged)
+        assert (cfg.gpu.name, cfg.model.name, cfg.precision.name) == (gpu, model, precision)
+        if precision == "fp8" and not cfg.gpu.fp8:
+            with pytest.raises(ConfigError, match="^precision: fp8 needs FP8 tensor cores"):
+                validate(cfg, plan_runs(cfg))
+            continue
+        validate(cfg, plan_runs(cfg))
+        # The same combination with a sequence longer than the model allows is refused.
+        cfg.train.seq_len = cfg.model.max_seq_len + 1
+        with pytest.raises(ConfigError, match="^train.seq_len: "):
+            validate(cfg, plan_runs(cfg))
+
+
+def test_profiles_carry_sourced_numbers():
+    h100, h800 = load_gpu_profile("h100_sxm"), load_gpu_profile("h800")
+    # Export-restricted: same compute, NVLink cut from 900 to 400 GB/s.
+    assert h800.peak_tflops.bf16 == h100.peak_tflops.bf16 == 989.4
+    assert (h100.nvlink_gbytes_per_s_bidir, h800.nvlink_gbytes_per_s_bidir) == (900, 400)
+    assert load_gpu_profile("a800").nvlink_gbytes_per_s_bidir == 400
+    assert h100.verified and not h800.verified
+    for name in GPUS:
+        assert load_gpu_profile(name).source, name
+    # The CPU's peak is measured or null, never invented.
+    assert load_gpu_profile("cpu").peak_tflops.bf16 is None
+
+
+def test_model_shapes_are_the_published_ones():
+    cfg = compose_run_config(["model=llama_70b", "run_dir=/tmp/x"])
+    m = cfg.model
+    assert (m.n_layers, m.d_model, m.n_heads, m.n_kv_heads, m.ffn_hidden) == (
+        80,
+        8192,
+        64,
+        8,
+        28672,
+    )
