@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
+
 from launch.app import compose
 from launch.conf_tree import load_gpu_profile
 from train.config import RunConfig
@@ -55,3 +58,24 @@ def launch_cli(tmp_path):
         return run_launch(list(args), tmp_path, timeout)
 
     return run
+
+
+def pytest_configure(config):
+    """One temporary cache for the whole run (and every process it starts): the user's
+    ~/.cache/scaleprobe (a measured matmul ceiling, say) must not change what tests see."""
+    config.scaleprobe_cache = tempfile.mkdtemp(prefix="scaleprobe-test-cache-")
+    os.environ["SCALEPROBE_CACHE_DIR"] = config.scaleprobe_cache
+    os.environ["WANDB_MODE"] = "disabled"
+
+
+def pytest_unconfigure(config):
+    shutil.rmtree(getattr(config, "scaleprobe_cache", ""), ignore_errors=True)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Markers from where a test lives and what it uses (tests/README.md)."""
+    for item in items:
+        if "integration" in Path(str(item.fspath)).parts:
+            item.add_marker(pytest.mark.integration)
+        if "launch_cli" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.cli)

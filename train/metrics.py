@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import json
 import resource
 import statistics
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 
 import torch
 
@@ -85,24 +83,36 @@ class StepRecord:
     timed: bool
     loss_scale: float | None = None  # fp16 only: halves on a step skipped for overflow
 
-
-@dataclass
-class MetricsWriter:
-    """Appends one JSON line per step to metrics.jsonl and keeps the timed steps."""
-
-    path: Path
-    records: list[StepRecord] = field(default_factory=list)
-
-    def __post_init__(self):
-        self.path.write_text("")
-
-    def log(self, record: StepRecord) -> None:
-        self.records.append(record)
-        with self.path.open("a") as f:
-            f.write(json.dumps(record.__dict__) + "\n")
-
-    def timed_step_times(self) -> list[float]:
-        return [r.step_time_s for r in self.records if r.timed]
+    @classmethod
+    def measured(
+        cls,
+        *,
+        step: int,
+        loss: float,
+        step_time_s: float,
+        tokens_per_step: int,
+        world_size: int,
+        flops_per_token: float,
+        peak_tflops: float | None,
+        memory_bytes: int,
+        timed: bool,
+        loss_scale: float | None = None,
+    ) -> StepRecord:
+        """Every derived figure of a step, computed once here for all sinks."""
+        tokens_per_s = tokens_per_step / step_time_s
+        per_device = tokens_per_s / world_size
+        return cls(
+            step=step,
+            loss=loss,
+            step_time_s=step_time_s,
+            tokens_per_s=tokens_per_s,
+            tokens_per_s_per_device=per_device,
+            model_tflops_per_device=model_tflops_per_device(flops_per_token, per_device),
+            mfu=mfu(flops_per_token, per_device, peak_tflops),
+            memory_bytes=memory_bytes,
+            timed=timed,
+            loss_scale=loss_scale,
+        )
 
 
 def step_time_stats(step_times: list[float]) -> dict:

@@ -21,9 +21,7 @@ from train.data import SyntheticTokens, TokenFile, draw_rank_batches
 from train.hardware import probe_machine, profile_mismatch
 from train.memory import memory_summary
 from train.metrics import (
-    MetricsWriter,
     StepRecord,
-    format_step_line,
     mfu,
     mfu_figures,
     model_tflops_per_device,
@@ -38,6 +36,8 @@ from train.parallel.degrees import plan_layout
 from train.parallel.layout import Layout
 from train.precision import PrecisionPlan, peak_tflops_for, prepare_model, resolve_precision
 from train.profiling import StepFunctions, mark, profile_after_timed
+from train.sinks import MetricsSinks
+from train.summary import RunSummary
 from train.tracking import WandbRun
 
 
@@ -195,8 +195,7 @@ def _run(cfg: RunConfig, run_dir: Path, rank: distributed.RankInfo) -> dict | No
     tokens_per_step = cfg.train.global_batch * cfg.train.seq_len
     peak = peak_tflops_for(cfg.gpu, plan.resolved)
 
-    writer = MetricsWriter(run_dir / "metrics.jsonl") if rank.is_main else None
-    tracker = None
+    sinks = None  # rank 0 only
     if rank.is_main:
         tracker = WandbRun(
             cfg.wandb.mode,
@@ -208,6 +207,7 @@ def _run(cfg: RunConfig, run_dir: Path, rank: distributed.RankInfo) -> dict | No
             cfg.gpu.name,
             OmegaConf.to_container(OmegaConf.structured(cfg)),
         )
+        sinks = MetricsSinks(run_dir=run_dir, total_steps=cfg.train.steps, tracker=tracker)
     if rank.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(rank.device)
 
@@ -232,25 +232,22 @@ def _run(cfg: RunConfig, run_dir: Path, rank: distributed.RankInfo) -> dict | No
         )
         loss_value = mean_over_ranks(loss)  # also waits for the device: the step is done
         step_time = time.perf_counter() - started
-        if not rank.is_main:
+        if sinks is None:
             continue
-        tokens_per_s = tokens_per_step / step_time
-        per_device = tokens_per_s / rank.world_size
-        record = StepRecord(
-            step=step,
-            loss=loss_value,
-            step_time_s=step_time,
-            tokens_per_s=tokens_per_s,
-            tokens_per_s_per_device=per_device,
-            model_tflops_per_device=model_tflops_per_device(model_flops_per_token, per_device),
-            mfu=mfu(model_flops_per_token, per_device, peak),
-            memory_bytes=peak_memory_bytes(rank.device),
-            timed=step > cfg.train.warmup_steps,
-            loss_scale=scaler.get_scale() if scaler else None,
+        sinks.log_step(
+            StepRecord.measured(
+                step=step,
+                loss=loss_value,
+                step_time_s=step_time,
+                tokens_per_step=tokens_per_step,
+                world_size=rank.world_size,
+                flops_per_token=model_flops_per_token,
+                peak_tflops=peak,
+                memory_bytes=peak_memory_bytes(rank.device),
+                timed=step > cfg.train.warmup_steps,
+                loss_scale=scaler.get_scale() if scaler else None,
+            )
         )
-        writer.log(record)
-        tracker.log({k: v for k, v in record.__dict__.items() if k != "step"}, step=step)
-        print(format_step_line(record, cfg.train.steps), flush=True)
 
     timed_loop_s = time.perf_counter() - loop_started
     # Every rank takes part: the summary shows the busiest rank's bytes.
@@ -289,7 +286,7 @@ def _run(cfg: RunConfig, run_dir: Path, rank: distributed.RankInfo) -> dict | No
             run_dir=run_dir,
             device=rank.device,
             layout_name=layout_plan.name,
-            timed_step_s=statistics.median(writer.timed_step_times()) if writer else None,
+            timed_step_s=statistics.median(sinks.timed_step_times()) if sinks else None,
             timed_loop_s=timed_loop_s,
             comm_bytes=comm.as_dict(),
             link=link_rate(
@@ -306,10 +303,10 @@ def _run(cfg: RunConfig, run_dir: Path, rank: distributed.RankInfo) -> dict | No
         )
     if not rank.is_main:
         return None
-    stats = step_time_stats(writer.timed_step_times())
+    stats = step_time_stats(sinks.timed_step_times())
     tokens_per_s = tokens_per_step / stats["median"]
     per_device = tokens_per_s / rank.world_size
-    summary = {
+    fields = {
         "run_name": run_dir.name,
         "sweep": {"id": cfg.resolved.sweep_id, "name": cfg.sweep.name},
         "world_size": rank.world_size,
@@ -332,7 +329,7 @@ def _run(cfg: RunConfig, run_dir: Path, rank: distributed.RankInfo) -> dict | No
         "micro_batch": cfg.train.micro_batch,
         "grad_accum": accum_steps,
         "tokens_per_step": tokens_per_step,
-        "timed_steps": len(writer.timed_step_times()),
+        "timed_steps": len(sinks.timed_step_times()),
         "tokens_per_s": tokens_per_s,
         "tokens_per_s_per_device": per_device,
         "step_time_s": stats,
@@ -356,7 +353,6 @@ def _run(cfg: RunConfig, run_dir: Path, rank: distributed.RankInfo) -> dict | No
         # "cluster" (link, restarts) and "fabric" (NCCL variables, warnings)
         **cluster_record(cfg, rank.device, fabric_warnings=fabric_warnings),
     }
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    tracker.log_summary({k: v for k, v in summary.items() if not isinstance(v, dict)})
-    tracker.finish()
-    return summary
+    summary = RunSummary(**fields)
+    sinks.log_summary(summary, run_dir / "summary.json")
+    return summary.to_dict()

@@ -13,7 +13,7 @@ use NVLink. Nothing lives in the host's namespace: the addresses, the veths and 
 exist only inside namespaces created here, and deleting the namespaces removes them all.
 
 Namespaces are named ``scaleprobe-<driver pid>-<tag>-...``, so a later run (or
-``python -m launch.emulated --cleanup``) can remove what a killed driver left behind.
+``python -m launch.cluster.emulated --cleanup``) can remove what a killed driver left behind.
 """
 
 from __future__ import annotations
@@ -153,7 +153,6 @@ class EmulatedCluster:
     tag: str = field(default_factory=lambda: f"{os.getpid()}-{secrets.token_hex(2)}")
     created: list[str] = field(default_factory=list)
     latency_applied: bool = False
-    _previous_sigterm: object = None
 
     @property
     def switch_ns(self) -> str:
@@ -194,11 +193,7 @@ class EmulatedCluster:
     # -- lifecycle ---------------------------------------------------------------------------
 
     def __enter__(self) -> EmulatedCluster:
-        # SIGTERM (a scheduler, `kill`) takes the same cleanup path as Ctrl-C.
-        try:
-            self._previous_sigterm = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
-        except ValueError:  # not the main thread: the caller owns signals
-            self._previous_sigterm = None
+        # SIGTERM and SIGHUP unwind like Ctrl-C (launch/app.py), so __exit__ always runs.
         try:
             self.create()
         except BaseException:
@@ -208,8 +203,6 @@ class EmulatedCluster:
 
     def __exit__(self, *exc) -> None:
         self.destroy()
-        if self._previous_sigterm is not None:
-            signal.signal(signal.SIGTERM, self._previous_sigterm)
 
     def create(self) -> None:
         if not 1 <= self.nodes <= MAX_NODES:
@@ -258,13 +251,9 @@ class EmulatedCluster:
         self.created.clear()
 
 
-def _raise_keyboard_interrupt(signum, frame):
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m launch.emulated",
+        prog="python -m launch.cluster.emulated",
         description="Manage the emulated cluster's network namespaces.",
     )
     parser.add_argument(

@@ -87,8 +87,9 @@ def deepspeed_commands(
     cfg: RunConfig,
     plan: RunPlan,
     config_path: Path,
-    nodes: list[ClusterNode] | None = None,
-    module: str = "train",
+    *,
+    nodes: list[ClusterNode],
+    module: str,
     per_node: bool = False,
 ) -> list[NodeCommand]:
     """The deepspeed line(s): one for the head node, or one per node when per_node."""

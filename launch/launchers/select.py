@@ -28,7 +28,12 @@ def launch_commands(
     if cfg.launcher.name == "deepspeed":
         write_launch_files(cfg, plan, setup.nodes)
         commands = deepspeed_commands(
-            cfg, plan, config_path, setup.nodes, module, per_node=setup.emulated is not None
+            cfg,
+            plan,
+            config_path,
+            nodes=setup.nodes,
+            module=module,
+            per_node=setup.emulated is not None,
         )
     else:
         commands = torchrun_commands(cfg, plan, config_path, setup.nodes, module)

@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from launch.errors import ConfigError
 from launch.perfmodel.hardware import (
     RING_BASE_US,
     TREE_BANDWIDTH_SHARE,
@@ -84,10 +85,15 @@ def group_links(rates: PartRates, ranks: int, per_node: int) -> GroupLinks:
     if intra is not None:
         limits.append(intra.gbytes_per_s)
     elif per_node > 1:
-        raise ValueError(f"{rates.name}: no link between the ranks of a node")
+        raise ConfigError(
+            "gpu.nvlink_gbytes_per_s_bidir", f"{rates.name}: no link between the ranks of a node"
+        )
     if nodes > 1:
         if inter is None:
-            raise ValueError(f"{rates.name}: no link between nodes (no NIC rate in the profile)")
+            raise ConfigError(
+                "gpu.nic_gbits_per_s_per_gpu",
+                f"{rates.name} has no NIC rate: it cannot be projected across nodes",
+            )
         egress = per_node * inter.gbytes_per_s
         if rates.inter_node_cap_gbytes_per_s:
             egress = min(egress, rates.inter_node_cap_gbytes_per_s)

@@ -87,7 +87,9 @@ def compute_time(
     precision: str,
     rates: PartRates,
     fp8_min_dim: int = 4096,
+    optimizer_split: int | None = None,
 ) -> ComputeTime:
+    """``optimizer_split``: ranks the AdamW step is split over (default: the layout's)."""
     t = plan.degrees.tp
     tokens = micro_batch * seq_len * accum_steps  # every rank of a TP group sees them all
     n_ckpt = len(plan.checkpointed)
@@ -109,7 +111,8 @@ def compute_time(
     matmul_s = tokens * (block_s + head_flops / bf16_rate)
     attention_rate = (rates.peak_tflops.get(width) or 0) * 1e12 * rates.attention_fraction
     attention_s = tokens * attention_flops / attention_rate if attention_rate else 0.0
-    memory_s = _memory_bound_s(m, plan, tokens, accum_steps, precision, rates)
+    split = optimizer_split or layout_optimizer_split(plan)
+    memory_s = _memory_bound_s(m, plan, tokens, accum_steps, precision, rates, split)
 
     model_flops = tokens * (
         6 * m.n_layers * block + head_flops + 12 * m.n_layers * hq * seq_len / t
@@ -121,7 +124,13 @@ def compute_time(
 
 
 def _memory_bound_s(
-    m: ModelConfig, plan: LayoutPlan, tokens: int, accum: int, precision: str, rates: PartRates
+    m: ModelConfig,
+    plan: LayoutPlan,
+    tokens: int,
+    accum: int,
+    precision: str,
+    rates: PartRates,
+    optimizer_split: int,
 ) -> float:
     if not rates.hbm_gbytes_per_s:
         return 0.0  # no memory bandwidth known (the CPU): left out, stated in the docs
@@ -132,12 +141,15 @@ def _memory_bound_s(
     replay = per_block / 3 * n_ckpt  # a replayed forward
     per_token = m.n_layers * per_block + replay + HEAD_BYTES_PER_VOCAB * m.vocab_size
     local_params = shapes.count_params(m) if t == 1 else _tp_local_params(m, t)
-    if plan.name in ZERO_STAGES and precision in SIXTEEN_BIT:
-        weights = 0  # DeepSpeed runs the model in 16 bits: no per-micro-step casts
+    sharded_16bit = plan.name in ("fsdp", "hsdp", "tp_fsdp") and plan.degrees.dp_shard > 1
+    if precision in SIXTEEN_BIT and (plan.name in ZERO_STAGES or sharded_16bit):
+        # DeepSpeed runs the model in 16 bits, FSDP2 casts the shard before gathering it:
+        # no per-micro-step casts of whole weights.
+        weights = 0
     else:
         key = "sixteen" if precision in SIXTEEN_BIT else "fp32"
         weights = WEIGHT_BYTES_PER_MICRO_STEP[key] * local_params * accum
-    optimizer = OPTIMIZER_BYTES_PER_PARAM * local_params / max(1, _optimizer_split(plan))
+    optimizer = OPTIMIZER_BYTES_PER_PARAM * local_params / max(1, optimizer_split)
     return (tokens * per_token + weights + optimizer) / (rates.hbm_gbytes_per_s * 1e9)
 
 
@@ -147,7 +159,7 @@ def _tp_local_params(m: ModelConfig, t: int) -> int:
     )
 
 
-def _optimizer_split(plan: LayoutPlan) -> int:
+def layout_optimizer_split(plan: LayoutPlan) -> int:
     """Ranks the optimizer step is split over (sharded layouts step their shard)."""
     if plan.name in ("fsdp", "hsdp", "tp_fsdp") or plan.name in ZERO_STAGES:
         return plan.degrees.dp_shard

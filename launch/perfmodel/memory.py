@@ -148,8 +148,10 @@ def transient_bytes(m: ModelConfig, plan: LayoutPlan, precision: str) -> int:
     if plan.name in FSDP_LAYOUTS and d.dp_shard > 1:
         # Two gathered blocks (the running one, the prefetched one), the root (kept through
         # the micro-step), and one block's unsharded gradients before its reduce-scatter.
-        block = shapes.numel(shapes.block_param_shapes(m, d.tp)) * 4
-        root = shapes.numel(shapes.root_param_shapes(m)) * 4
+        # FSDP2 gathers in the compute dtype (train/parallel/fsdp.py's mixed precision).
+        width = 2 if precision in SIXTEEN_BIT else 4
+        block = shapes.numel(shapes.block_param_shapes(m, d.tp)) * width
+        root = shapes.numel(shapes.root_param_shapes(m)) * width
         return 3 * block + root
     if plan.name == "zero3" and d.dp_shard > 1:
         width = 2 if precision in SIXTEEN_BIT else 4

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from launch.errors import ConfigError
 from launch.perfmodel import shapes
-from launch.perfmodel.compute import ComputeTime, compute_time
+from launch.perfmodel.compute import ComputeTime, compute_time, layout_optimizer_split
 from launch.perfmodel.hardware import PartRates, part_rates
 from launch.perfmodel.memory import MemoryEstimate, estimate_memory
 from launch.perfmodel.overlap import comm_time
@@ -168,6 +168,7 @@ def predict(
         grad_clip=train.grad_clip > 0,
         precision=precision,
         nproc_per_node=nproc_per_node,
+        fsdp_reduce_dtype=cfg.parallel.fsdp_reduce_dtype,
     )
     comm = comm_time(
         transfers,
@@ -186,7 +187,8 @@ def predict(
         hbm_bytes=rates.hbm_bytes,
     )
     tokens = global_batch * train.seq_len
-    base = _base_tokens_per_s(cfg, tokens / world_size, precision, rates)
+    split = layout_optimizer_split(plan)
+    base = _base_tokens_per_s(cfg, tokens / world_size, precision, rates, split)
     peak = rates.peak_tflops.get(precision)
     return Prediction(
         gpu=rates.name,
@@ -208,8 +210,11 @@ def predict(
     )
 
 
-def _base_tokens_per_s(cfg: RunConfig, tokens_per_device: float, precision, rates) -> float:
-    """One device, no communication, the same per-device tokens (memory not checked)."""
+def _base_tokens_per_s(
+    cfg: RunConfig, tokens_per_device: float, precision: str, rates: PartRates, split: int
+) -> float:
+    """One device, no communication, the same per-device tokens, the optimizer step split
+    as the layout splits it (sharding it is not a scaling gain); memory not checked."""
     one = LayoutPlan("ddp", Degrees(1, 1, 1), False, _checkpointed(cfg))
     micro = cfg.train.micro_batch
     sequences = tokens_per_device / cfg.train.seq_len

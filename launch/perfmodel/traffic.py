@@ -16,7 +16,6 @@ from dataclasses import dataclass
 
 from launch.perfmodel import shapes
 from launch.perfmodel.collectives import group_geometry
-from train.comm_volume import GRAD_NORM_BYTES
 from train.config import ModelConfig
 from train.parallel.degrees import ZERO3_MAX_REUSE_DISTANCE, ZERO_STAGES, LayoutPlan
 
@@ -43,6 +42,11 @@ class Transfer:
         return self.nbytes * self.calls
 
 
+GRAD_NORM_BYTES = 4  # the global gradient norm's float32 scalar (train/comm_volume.py)
+GRADIENT_BYTES = 4  # torch layouts keep fp32 parameters, so fp32 gradients
+FSDP_LAYOUTS = ("fsdp", "hsdp", "tp_fsdp")
+
+
 def layout_transfers(
     m: ModelConfig,
     plan: LayoutPlan,
@@ -53,30 +57,45 @@ def layout_transfers(
     grad_clip: bool,
     precision: str,
     nproc_per_node: int,
+    fsdp_reduce_dtype: str = "fp32",
 ) -> list[Transfer]:
+    """The widths follow train/comm_volume.py: DDP reduces fp32 gradients; FSDP2 gathers in
+    the compute dtype and reduces in ``fsdp_reduce_dtype``; DeepSpeed moves 16 bits under
+    bf16/fp16; TP's activations by what they carry (see tp_widths). Not modelled: torchao's
+    float8 all-gather (fp8 with FSDP), which comm_volume counts when it is on."""
     sixteen = precision in ("bf16", "fp16", "fp8")
-    width = 2 if sixteen and plan.name in ZERO_STAGES else 4
-    act_width = 2 if sixteen else 4
     d = plan.degrees
     g = nproc_per_node
     tp_node = group_geometry(d.tp, 1, g)
     shard_node = group_geometry(d.dp_shard, d.tp, g)
     replica_node = group_geometry(d.dp_replicate, d.dp_shard * d.tp, g)
     world_node = min(d.world, g)
+    fsdp = plan.name in FSDP_LAYOUTS
     out: list[Transfer] = []
 
     if plan.name in ZERO_STAGES:
+        width = 2 if sixteen else 4
         return _zero(m, ZERO_STAGES[plan.name], d.dp_shard, shard_node, accum_steps, width)
     if d.tp > 1:
+        widths = tp_widths(sixteen, fsdp_16bit_params=fsdp and sixteen)
         out += _tensor_parallel(
-            m, plan, micro_batch * seq_len * m.d_model * act_width, accum_steps, d.tp, tp_node
+            m, plan, micro_batch * seq_len * m.d_model, widths, accum_steps, d.tp, tp_node
         )
-    if plan.name in ("fsdp", "hsdp", "tp_fsdp"):
+    if fsdp:
+        gather = 2 if sixteen else 4
+        reduce = 2 if sixteen and fsdp_reduce_dtype == "bf16" else 4
         out += _fsdp(
-            m, d.dp_replicate, d.dp_shard, d.tp, accum_steps, width, shard_node, replica_node
+            m,
+            d.dp_replicate,
+            d.dp_shard,
+            d.tp,
+            accum_steps,
+            (gather, reduce),
+            shard_node,
+            replica_node,
         )
     elif d.dp_replicate > 1:
-        size = shapes.count_params(m) * width
+        size = shapes.count_params(m) * GRADIENT_BYTES
         out.append(
             Transfer(
                 "all_reduce", "gradients", size, 1, d.dp_replicate, replica_node, BUCKETED_BACKWARD
@@ -89,43 +108,57 @@ def layout_transfers(
     return out
 
 
-def _tensor_parallel(m, plan, activation, accum, tp, per_node) -> list[Transfer]:
+def tp_widths(sixteen: bool, *, fsdp_16bit_params: bool) -> tuple[int, int, int]:
+    """(matmul output, norm output, residual stream) bytes per element of TP's activation
+    collectives (train/comm_volume.py _tp_widths): fp32 everywhere in fp32 runs; under autocast
+    with fp32 parameters only the matmul outputs are 16-bit; under FSDP2's 16-bit parameters
+    (tp_fsdp) everything is."""
+    if not sixteen:
+        return 4, 4, 4
+    if fsdp_16bit_params:
+        return 2, 2, 2
+    return 2, 4, 4
+
+
+def _tensor_parallel(m, plan, elements, widths, accum, tp, per_node) -> list[Transfer]:
+    matmul_out, norm_out, stream = widths
     forwards = 2 * m.n_layers + len(plan.checkpointed)
     backwards = 2 * m.n_layers
+
+    def transfer(kind: str, width: int, calls: int) -> Transfer:
+        return Transfer(kind, "activations", elements * width, calls, tp, per_node, EXPOSED)
+
     if not plan.sequence_parallel:
-        calls = (forwards + backwards) * accum
-        return [Transfer("all_reduce", "activations", activation, calls, tp, per_node, EXPOSED)]
+        return [
+            transfer("all_reduce", matmul_out, forwards * accum),
+            transfer("all_reduce", norm_out, backwards * accum),
+        ]
     return [
+        transfer("all_gather", norm_out, forwards * accum),
+        transfer("all_gather", matmul_out, backwards * accum),
+        transfer("all_gather", stream, 2 * accum),
+        transfer("reduce_scatter", matmul_out, forwards * accum),
+        transfer("reduce_scatter", norm_out, backwards * accum),
+        # The norm weights' partial gradients, once per step (fp32).
         Transfer(
-            "all_gather",
-            "activations",
-            activation,
-            (forwards + backwards + 2) * accum,
+            "all_reduce",
+            "norm gradients",
+            m.d_model * GRADIENT_BYTES,
+            2 * m.n_layers,
             tp,
             per_node,
             EXPOSED,
-        ),
-        Transfer(
-            "reduce_scatter",
-            "activations",
-            activation,
-            (forwards + backwards) * accum,
-            tp,
-            per_node,
-            EXPOSED,
-        ),
-        # The norm weights' partial gradients, once per step (fp32 master width).
-        Transfer(
-            "all_reduce", "norm gradients", m.d_model * 4, 2 * m.n_layers, tp, per_node, EXPOSED
         ),
     ]
 
 
-def _fsdp(m, replicate, shard, tp, accum, width, shard_node, replica_node) -> list[Transfer]:
-    block = shapes.numel(shapes.block_param_shapes(m, tp), pad_to=shard) * width
-    root = shapes.numel(shapes.root_param_shapes(m), pad_to=shard) * width
+def _fsdp(m, replicate, shard, tp, accum, widths, shard_node, replica_node) -> list[Transfer]:
+    gather, reduce = widths
+    block_numel = shapes.numel(shapes.block_param_shapes(m, tp), pad_to=shard)
+    root_numel = shapes.numel(shapes.root_param_shapes(m), pad_to=shard)
     out = []
     if shard > 1:
+        block, root = block_numel * gather, root_numel * gather
         out += [
             Transfer(
                 "all_gather",
@@ -149,18 +182,20 @@ def _fsdp(m, replicate, shard, tp, accum, width, shard_node, replica_node) -> li
             Transfer(
                 "reduce_scatter",
                 "gradients",
-                block,
+                block_numel * reduce,
                 m.n_layers,
                 shard,
                 shard_node,
                 UNIT_BACKWARD_LAST,
             ),
-            Transfer("reduce_scatter", "gradients", root, 1, shard, shard_node, EXPOSED),
+            Transfer(
+                "reduce_scatter", "gradients", root_numel * reduce, 1, shard, shard_node, EXPOSED
+            ),
         ]
     if replicate > 1:
-        # comm_volume counts the replicas' all-reduce as (L block + root) // shard bytes.
-        total = (m.n_layers * block + root) // width // shard * width
-        per_block = block // width // shard * width
+        # comm_volume counts the replicas' all-reduce as (L block + root) // shard elements.
+        total = (m.n_layers * block_numel + root_numel) // shard * reduce
+        per_block = block_numel // shard * reduce
         rest = total - per_block * m.n_layers
         out += [
             Transfer(

@@ -37,6 +37,9 @@ def main(argv: list[str] | None = None) -> int:
         print("error: --out is required when several dirs are given", file=sys.stderr)
         return 2
     out = args.out or args.dirs[0]
+    if out.exists() and not out.is_dir():
+        print(f"error: --out: {out} is a file; give a directory", file=sys.stderr)
+        return 2
     try:
         runs = load_runs(args.dirs)
         rows = scaling_rows(runs)

@@ -2,41 +2,23 @@
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
 from launch.errors import ReportError
+from train.summary import RunSummary, SummaryError
 
 SUMMARY = "summary.json"
 
 
-REQUIRED_KEYS = (
-    "world_size",
-    "nodes",
-    "nproc_per_node",
-    "gpu",
-    "model",
-    "parallel",
-    "precision",
-    "tokens_per_s",
-    "tokens_per_s_per_device",
-    "step_time_s",
-    "mfu",
-    "sweep",
-)
-
-
 def _read_summary(path: Path) -> dict[str, Any]:
+    """One run's summary, read through its type (train/summary.py): a wrong schema version,
+    a missing key or a world size of 0 is one line naming the file, never a traceback."""
     try:
-        summary = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ReportError(f"{path}: unreadable summary ({exc})") from None
-    missing = [key for key in REQUIRED_KEYS if key not in summary]
-    if missing:
-        raise ReportError(f"{path}: summary lacks {', '.join(missing)}")
-    return summary
+        return RunSummary.read(path).to_dict()
+    except SummaryError as exc:
+        raise ReportError(str(exc)) from None
 
 
 def _summary_paths(directory: Path) -> list[Path]:

@@ -13,17 +13,21 @@ import time
 import pytest
 from rich.progress import Progress
 
-from launch.launchers.command import NodeCommand
+from launch.app import Stopped, _raise_stopped
 from launch.cluster.emulated import NAME_PREFIX, EmulatedCluster, list_namespaces
-from launch.plan import RunPlan
 from launch.errors import RunFailed
+from launch.launchers.command import NodeCommand
 from launch.launchers.local import run_nodes
+from launch.plan import RunPlan
 from tests.conftest import FAST, cli_env, run_launch
 
-pytestmark = pytest.mark.skipif(
-    os.geteuid() != 0 or not (shutil.which("ip") and shutil.which("tc")),
-    reason="the emulated cluster needs root, ip and tc (network namespaces, tc tbf)",
-)
+pytestmark = [
+    pytest.mark.root,
+    pytest.mark.skipif(
+        os.geteuid() != 0 or not (shutil.which("ip") and shutil.which("tc")),
+        reason="the emulated cluster needs root, ip and tc (network namespaces, tc tbf)",
+    ),
+]
 LINK_GBPS = 0.2
 
 
@@ -117,9 +121,14 @@ def test_namespaces_go_after_a_failed_run_ctrl_c_and_sigterm(tmp_path):
     with pytest.raises(KeyboardInterrupt), EmulatedCluster(2, LINK_GBPS):
         raise KeyboardInterrupt  # Ctrl-C
     assert our_namespaces() == []
-    with pytest.raises(KeyboardInterrupt), EmulatedCluster(2, LINK_GBPS):
-        os.kill(os.getpid(), signal.SIGTERM)  # `kill`, a scheduler's time limit
-        time.sleep(5)
+    # The driver's handler (launch/app.py): SIGTERM unwinds like Ctrl-C.
+    previous = signal.signal(signal.SIGTERM, _raise_stopped)
+    try:
+        with pytest.raises(Stopped), EmulatedCluster(2, LINK_GBPS):
+            os.kill(os.getpid(), signal.SIGTERM)  # `kill`, a scheduler's time limit
+            time.sleep(5)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     assert our_namespaces() == []
 
 
@@ -130,7 +139,7 @@ def test_cleanup_removes_namespaces_of_killed_drivers():
     subprocess.run(["ip", "netns", "add", stale], check=True)
     try:
         result = subprocess.run(
-            [sys.executable, "-m", "launch.emulated", "--cleanup"],
+            [sys.executable, "-m", "launch.cluster.emulated", "--cleanup"],
             capture_output=True,
             text=True,
             timeout=60,

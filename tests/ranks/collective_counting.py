@@ -1,4 +1,5 @@
-"""Counting the bytes of collectives, for tests/integration/test_parallel.py (used by parallel_ranks.py).
+"""Counting the bytes of collectives, for tests/integration/test_parallel.py (used by
+parallel_ranks.py).
 
 Collectives are seen in a TorchDispatchMode: every collective, whether issued from Python
 (FSDP2, DeepSpeed), from C++ (DDP's reducer) or as a functional collective (DTensor), is

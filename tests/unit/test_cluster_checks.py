@@ -8,8 +8,8 @@ import pytest
 from rich.console import Console
 
 from launch.cluster import emulated
-from launch.errors import ConfigError
 from launch.cluster.setup import set_up_cluster
+from launch.errors import ConfigError
 from launch.plan import plan_runs
 from launch.validate import validate
 from tests.conftest import FAST, compose_run_config

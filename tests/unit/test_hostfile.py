@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from launch.errors import ConfigError
 from launch.cluster.hosts import format_hostfile, multinode_hosts, parse_hostfile
+from launch.errors import ConfigError
 from tests.conftest import compose_run_config
 
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from launch.cluster.link_match import matched_link_gbps
 from launch.conf_tree import load_gpu_profile
 from launch.errors import ConfigError
-from launch.cluster.link_match import matched_link_gbps
 
 
 def test_link_rate_scales_by_cpu_over_gpu_flops():

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from launch.launchers import deepspeed, slurm, torchrun
 from launch.cluster.hosts import multinode_hosts
+from launch.launchers import deepspeed, slurm, torchrun
 from launch.plan import plan_runs
 from tests.conftest import compose_run_config
 
@@ -79,7 +79,9 @@ def test_deepspeed_hostfile_command_golden(tmp_path):
     cfg = multinode_cfg("launcher=deepspeed", "launcher.runner=openmpi", "cluster.max_restarts=0")
     (plan,) = plan_runs(cfg)
     nodes = multinode_hosts(cfg)
-    (line,) = deepspeed.deepspeed_commands(cfg, plan, plan.run_dir / "config.yaml", nodes)
+    (line,) = deepspeed.deepspeed_commands(
+        cfg, plan, plan.run_dir / "config.yaml", nodes=nodes, module="train"
+    )
     env_file = deepspeed.env_command(cfg).dotenv()
     check_golden("deepspeed_multinode.txt", line.shell_line() + "\n")
     check_golden("deepspeed_env.txt", env_file)

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from launch.report import ReportError, load_runs, main, scaling_rows, write_report
+from train.summary import SCHEMA_VERSION
 
 SIZES = [1, 2, 4, 8, 16]
 H100 = "h100_sxm · gpt_1_3b · ddp · bf16"
@@ -19,6 +20,7 @@ H800 = "h800 · gpt_1_3b · ddp · bf16"
 def summary(gpu: str, world_size: int, per_device: float, mfu: float | None) -> dict:
     nproc = min(world_size, 8)
     return {
+        "schema_version": SCHEMA_VERSION,
         "run_name": f"ws{world_size}",
         "sweep": {"id": "20261127-181500-ab12", "name": "weak"},
         "world_size": world_size,

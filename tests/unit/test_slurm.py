@@ -6,8 +6,8 @@ import pytest
 from rich.console import Console
 
 from launch.cluster.setup import set_up_cluster
-from launch.launchers import slurm
 from launch.errors import ConfigError
+from launch.launchers import slurm
 from launch.plan import plan_runs
 from tests.conftest import FAST, compose_run_config, run_launch
 

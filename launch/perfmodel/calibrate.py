@@ -1,0 +1,116 @@
+"""Calibration: a measured run (and a comm benchmark) corrects the model before projecting.
+
+- compute: the run's measured step time over the model's prediction for that same run (its
+  config.yaml, layout, precision, the machine's profile) gives a scale; the compute rates
+  (matmul, attention, memory-bound) of every projected profile are multiplied by it. The
+  discrepancy is put on compute because a calibration run is meant to be compute-dominated
+  (one node); a run with much exposed comm calibrates less well, and the scale says so.
+- links: comm.json's busbw at its largest all-reduce over the model's busbw for the same
+  group gives a scale for the link rates (intra-node for an intra-node scope, NIC for an
+  inter-node one).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from launch.errors import ConfigError
+from launch.perfmodel.collectives import collective_time
+from launch.perfmodel.hardware import Link, PartRates, part_rates
+from launch.perfmodel.step import predict_run
+from train.config import RunConfig, load_run_config
+
+
+@dataclass(frozen=True)
+class Calibration:
+    compute_scale: float = 1.0
+    intra_scale: float = 1.0
+    inter_scale: float = 1.0
+    workload: RunConfig | None = None  # the measured run's config (its model, batch, layout)
+    source: str = ""
+
+    def apply(self, rates: PartRates) -> PartRates:
+        def scaled(link: Link | None, factor: float) -> Link | None:
+            if link is None or factor == 1.0:
+                return link
+            return dataclasses.replace(link, gbytes_per_s=link.gbytes_per_s * factor)
+
+        hbm = rates.hbm_gbytes_per_s
+        return dataclasses.replace(
+            rates,
+            matmul_fraction=rates.matmul_fraction * self.compute_scale,
+            attention_fraction=rates.attention_fraction * self.compute_scale,
+            hbm_gbytes_per_s=hbm * self.compute_scale if hbm else hbm,
+            intra=scaled(rates.intra, self.intra_scale),
+            pcie=scaled(rates.pcie, self.intra_scale),
+            inter=scaled(rates.inter, self.inter_scale),
+        )
+
+
+def load_calibration(run_dir: str | None, comm_json: str | None) -> Calibration:
+    if not run_dir and not comm_json:
+        return Calibration()
+    compute_scale, workload, notes = 1.0, None, []
+    if run_dir:
+        path = Path(run_dir)
+        summary_path = path / "summary.json"
+        if not summary_path.is_file():
+            raise ConfigError("project.calibrate", f"{run_dir} has no summary.json (not a run dir)")
+        summary = json.loads(summary_path.read_text())
+        config_path = path / "config.yaml"
+        if not config_path.is_file():
+            raise ConfigError("project.calibrate", f"{run_dir} has no config.yaml")
+        workload = load_run_config(config_path)
+        measured = (summary.get("step_time_s") or {}).get("median")
+        if not measured:
+            raise ConfigError("project.calibrate", f"{summary_path} has no step_time_s.median")
+        resolved = (summary.get("precision") or {}).get("resolved")
+        predicted = predict_run(
+            workload,
+            summary["world_size"],
+            summary["nproc_per_node"],
+            summary["nodes"],
+            precision=resolved,
+        )
+        compute_scale = predicted.step_time_s / measured
+        notes.append(
+            f"compute x{compute_scale:.2f} (measured step {measured:.4g} s, predicted "
+            f"{predicted.step_time_s:.4g} s, {workload.gpu.name})"
+        )
+    intra_scale = inter_scale = 1.0
+    if comm_json:
+        intra_scale, inter_scale, note = _link_scales(comm_json, workload)
+        notes.append(note)
+    return Calibration(compute_scale, intra_scale, inter_scale, workload, "; ".join(notes))
+
+
+def _link_scales(comm_json: str, workload: RunConfig | None) -> tuple[float, float, str]:
+    path = Path(comm_json)
+    if not path.is_file():
+        raise ConfigError("project.calibrate_comm", f"{comm_json} does not exist")
+    record = json.loads(path.read_text())
+    config_path = path.parent / "config.yaml"
+    cfg = load_run_config(config_path) if config_path.is_file() else workload
+    if cfg is None:
+        raise ConfigError("project.calibrate_comm", f"no config.yaml beside {comm_json}")
+    link = cfg.cluster.link_gbps if cfg.cluster.name == "emulated" else None
+    rates = part_rates(cfg.gpu, link_gbps=link or None)
+    scales = {"intra-node": 1.0, "inter-node": 1.0}
+    per_node = record.get("nproc_per_node", 1)
+    for scope in scales:
+        points = [
+            p for p in record.get("results", []) if p["op"] == "all_reduce" and p["scope"] == scope
+        ]
+        if not points:
+            continue
+        largest = max(points, key=lambda p: p["bytes"])
+        group_per_node = per_node if scope == "intra-node" else 1
+        model = collective_time(
+            "all_reduce", largest["bytes"], largest["group_size"], group_per_node, rates
+        )
+        scales[scope] = largest["busbw_gbytes_per_s"] / model.achieved_busbw_gbytes_per_s
+    note = f"links: intra x{scales['intra-node']:.2f}, inter x{scales['inter-node']:.2f}"
+    return scales["intra-node"], scales["inter-node"], note

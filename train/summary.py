@@ -1,0 +1,145 @@
+"""summary.json: the typed record of one run, written by rank 0 and read by the report.
+
+A dataclass, so the worker cannot forget a key the report needs and the report knows what
+it reads. `schema_version` changes when a key is renamed or its meaning changes; a summary of
+another version is refused with what to do, never read with guessed meanings.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+SCHEMA_VERSION = 2  # 1: before `schema_version` existed (scaleprobe 0.1, issues 2-5)
+
+
+class SummaryError(ValueError):
+    """A summary.json this scaleprobe cannot read: names the file and what is wrong."""
+
+
+@dataclass
+class RunSummary:
+    # What every report row needs: a summary without one of these is refused.
+    sweep: dict[str, Any]  # id, name
+    world_size: int
+    nodes: int
+    nproc_per_node: int
+    gpu: str  # profile name
+    model: dict[str, Any]  # name, params, flops_per_token
+    parallel: str  # layout name
+    precision: dict[str, Any]  # requested, resolved, reason (+ fp8 backend, recipe)
+    tokens_per_s: float
+    tokens_per_s_per_device: float
+    step_time_s: dict[str, float]  # median, min, max over the timed steps
+    # MFU against the dense peak of the precision in use; null when the peak is unknown.
+    mfu: float | None
+    # The rest: written by every run of this schema, optional for a reader.
+    run_name: str = ""
+    gpu_display_name: str | None = None
+    device_name: str | None = None
+    backend: str | None = None  # nccl | gloo
+    layout: dict[str, Any] | None = None  # degrees, checkpointed blocks, sequence parallel
+    seq_len: int | None = None
+    global_batch: int | None = None
+    micro_batch: int | None = None
+    grad_accum: int | None = None
+    tokens_per_step: int | None = None
+    timed_steps: int | None = None
+    model_tflops_per_device: float | None = None
+    peak_tflops: float | None = None
+    mfu_peak_precision: str | None = None
+    measured_peak_tflops: float | None = None
+    mfu_vs_measured: float | None = None
+    mfu_vs_bf16_peak: float | None = None  # fp8 runs
+    mfu_vs_fp8_peak: float | None = None  # fp8 runs
+    gpu_warning: str | None = None
+    hardware_flops_per_token: float | None = None
+    hfu: float | None = None
+    # Allocated (live tensors; RSS on CPU) and reserved by the caching allocator (null on CPU).
+    peak_memory_bytes: int | None = None
+    peak_memory_reserved_bytes: int | None = None
+    memory: dict[str, int] | None = None  # busiest rank: params, grads, optimizer, peaks
+    comm_bytes_per_step: dict[str, int] | None = None  # per rank, by collective kind
+    final_loss: float | None = None
+    final_loss_from: str | None = None
+    torch_version: str | None = None
+    config_digest: str | None = None  # what determines the workload
+    cluster: dict[str, Any] | None = None  # name, launcher, restarts, emulated link
+    fabric: dict[str, Any] | None = None  # NCCL variables, warnings, topology
+    breakdown: dict[str, Any] | None = None  # profile.enabled / profile.twin
+    achieved_bandwidth: dict[str, Any] | None = None
+    profile: dict[str, Any] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)  # keys this version does not know
+    schema_version: int = SCHEMA_VERSION
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data.update(data.pop("extra"))
+        return data
+
+    def write(self, path: Path) -> None:
+        # Strict JSON: a NaN (a diverged loss) becomes null rather than an invalid token.
+        text = json.dumps(_finite(self.to_dict()), indent=2, allow_nan=False)
+        Path(path).write_text(text + "\n")
+
+    @classmethod
+    def from_dict(cls, data: Any, source: str = "summary") -> RunSummary:
+        if not isinstance(data, dict):
+            raise SummaryError(f"{source}: not a JSON object")
+        version = data.get("schema_version", 1)
+        if version != SCHEMA_VERSION:
+            raise SummaryError(
+                f"{source}: summary schema {version}, this scaleprobe reads {SCHEMA_VERSION}; "
+                "rerun that point (python -m launch ...) or report it with the scaleprobe "
+                "that wrote it"
+            )
+        names = {f.name for f in dataclasses.fields(cls)} - {"extra"}
+        missing = [f.name for f in dataclasses.fields(cls) if _required(f) and f.name not in data]
+        if missing:
+            raise SummaryError(f"{source}: summary lacks {', '.join(missing)}")
+        known = {k: v for k, v in data.items() if k in names}
+        summary = cls(**known, extra={k: v for k, v in data.items() if k not in names})
+        summary.check(source)
+        return summary
+
+    @classmethod
+    def read(cls, path: Path) -> RunSummary:
+        try:
+            data = json.loads(Path(path).read_text())
+        except (OSError, ValueError) as exc:
+            raise SummaryError(f"{path}: unreadable summary ({exc})") from None
+        return cls.from_dict(data, str(path))
+
+    def check(self, source: str) -> None:
+        """The numbers a report divides by or plots: present, of the right kind, in range."""
+        for name in ("world_size", "nodes", "nproc_per_node"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise SummaryError(f"{source}: {name} is {value!r}, expected an integer >= 1")
+        for name in ("tokens_per_s", "tokens_per_s_per_device"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not value > 0:
+                raise SummaryError(f"{source}: {name} is {value!r}, expected a number > 0")
+        median = (
+            (self.step_time_s or {}).get("median") if isinstance(self.step_time_s, dict) else None
+        )
+        if not isinstance(median, (int, float)) or not median > 0:
+            raise SummaryError(f"{source}: step_time_s.median is {median!r}, expected > 0")
+
+
+def _required(f: dataclasses.Field) -> bool:
+    return f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
