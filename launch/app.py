@@ -12,24 +12,17 @@ from __future__ import annotations
 import signal
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 from rich.console import Console
 
 from launch.conf_tree import GROUPS, conf_dir, group_choices, register_schema
-from launch.errors import ConfigError, LaunchError
+from launch.errors import ConfigError, LaunchError, Stopped
 from train.config import RunConfig
 
 # The node the driver fills (train/config.py ResolvedConfig): never an option.
 DRIVER_FILLED = "resolved"
 Command = Callable[[RunConfig, list[str], Console], int]
-
-
-class Stopped(BaseException):
-    """A signal asked the driver to stop; raised where it was, so cleanup runs on the way out."""
-
-    def __init__(self, signum: int):
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
 
 
 def _raise_stopped(signum, frame):
@@ -41,8 +34,10 @@ def precheck(argv: list[str]) -> None:
     from hydra._internal.utils import get_args_parser
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    overrides = get_args_parser().parse_args(argv).overrides
-    parsed = OverridesParser.create().parse_overrides(overrides)
+    args = get_args_parser().parse_args(argv)
+    parsed = OverridesParser.create().parse_overrides(args.overrides)
+    if args.multirun:
+        refuse_shared_run_dir(parsed)
     single_values = []
     for override in parsed:
         key = override.key_or_group
@@ -64,7 +59,47 @@ def precheck(argv: list[str]) -> None:
                     )
         prefix = "+" if override.is_add() else "~" if override.is_delete() else ""
         single_values.append(f"{prefix}{key}={values[0]}" if values else f"{prefix}{key}")
+    cfg = compose([o for o in single_values if not o.startswith("+")])
+    for override in parsed:
+        if override.is_add():
+            refuse_unknown_addition(override.key_or_group, cfg)
     compose(single_values)
+
+
+def refuse_shared_run_dir(parsed) -> None:
+    """A multirun whose jobs would all write one fixed run_dir: refused before job 0 runs."""
+    for override in parsed:
+        if override.key_or_group != "run_dir" or override.is_sweep_override():
+            continue
+        value = override.get_value_element_as_str()
+        if "${" not in value:
+            raise ConfigError(
+                "run_dir",
+                f"{value}: every job of a multirun would write there; leave run_dir unset "
+                "(one dir per job under hydra.sweep.dir) or use ${hydra:runtime.output_dir}",
+            )
+
+
+def refuse_unknown_addition(key: str, cfg: RunConfig) -> None:
+    """`+key=value` adds keys only to the open maps of the schema (fabric.nccl_env, ...): a
+    `+train.stpes=5` would otherwise be ignored without a word."""
+    import dataclasses
+    import difflib
+
+    parent_path, _, name = key.rpartition(".")
+    parent = cfg
+    for part in filter(None, parent_path.split(".")):
+        parent = parent.get(part) if isinstance(parent, dict) else getattr(parent, part, None)
+    if isinstance(parent, dict):
+        return  # an open map: any key may be added
+    if dataclasses.is_dataclass(parent):
+        known = [f.name for f in dataclasses.fields(parent)]
+        close = difflib.get_close_matches(name, known, n=1)
+        hint = (
+            f"; did you mean {parent_path + '.' if parent_path else ''}{close[0]}?" if close else ""
+        )
+        raise ConfigError(key, f"is not a key of the config{hint}")
+    raise ConfigError(key, "cannot be added here: its parent is not a map of the config")
 
 
 def compose(overrides: list[str]) -> RunConfig:
@@ -99,6 +134,19 @@ def _full_key(exc: Exception) -> str | None:
 
 def _first_line(exc: Exception) -> str:
     return str(exc).splitlines()[0]
+
+
+def remove_if_empty(output_dir: Path) -> None:
+    """Hydra makes its output dir before the job runs: when nothing went there (an explicit
+    run_dir, a refused input) leave no empty runs/DATE/TIME behind, nor its empty parents."""
+    stop = Path.cwd().resolve()
+    path = output_dir.resolve()
+    while path != stop and stop in path.parents:
+        try:
+            path.rmdir()  # only ever removes an empty directory
+        except OSError:
+            return
+        path = path.parent
 
 
 def fail(exc: LaunchError) -> None:
@@ -136,6 +184,7 @@ def run_app(command: Command) -> None:
         finally:
             for s, handler in previous.items():
                 signal.signal(s, handler)
+            remove_if_empty(Path(HydraConfig.get().runtime.output_dir))
         if code:
             sys.exit(code)
 

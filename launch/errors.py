@@ -32,6 +32,21 @@ class RunFailed(LaunchError):
 
     exit_code = EXIT_RUN_FAILED
 
+    def __init__(self, message: str, *, returncode: int | None = None, log_tail: str = ""):
+        super().__init__(message)
+        self.returncode, self.log_tail = returncode, log_tail
+
+
+class Stopped(BaseException):
+    """SIGTERM or SIGHUP: raised where the driver was, so every cleanup runs on the way out
+    (a BaseException, like KeyboardInterrupt, so no `except Exception` swallows it)."""
+
+    def __init__(self, signum: int):
+        import signal
+
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
 
 class ReportError(LaunchError):
     """Input the report cannot use (a missing dir, an unreadable or older summary)."""

@@ -5,6 +5,9 @@
     execute:  dry run (print) | submit (Slurm) | run here with progress -> the job's results
 
 Nothing is written before validation has passed, and a fix to any stage lands in both jobs.
+A failed run is recorded (launch/rundir.py) and the sweep goes on unless
+sweep.stop_on_failure; `resume=true` runs only the points not finished with this workload;
+Ctrl-C, SIGTERM or SIGHUP stop every rank and the job still writes what it has.
 A `Job` says what differs: which module the ranks run, which files they write, and what
 the driver does with each result and with all of them.
 """
@@ -23,12 +26,20 @@ from omegaconf import OmegaConf
 from rich.console import Console
 
 from launch.cluster.setup import ClusterSetup, set_up_cluster
+from launch.errors import RunFailed, Stopped
 from launch.launchers import slurm
 from launch.launchers.command import NodeCommand
 from launch.launchers.local import progress_bar, run_nodes
 from launch.launchers.select import commands_run_here, launch_commands
 from launch.plan import RunPlan, config_for, plan_runs
 from launch.resolve import resolve_gpu, resolve_node_defaults, state_precision
+from launch.rundir import (
+    FAILED,
+    finished_points,
+    previous_sweep_id,
+    record_failure,
+    take_run_dir,
+)
 from launch.validate import validate
 from train.config import RunConfig
 
@@ -49,7 +60,8 @@ class Job:
     total_steps: Callable[[RunConfig], int | None] = lambda cfg: None
     # After each run here: (cfg, plan, result, console).
     on_result: Callable[[RunConfig, RunPlan, dict, Console], None] = lambda *a: None
-    # After every run of the sweep finished here: (cfg, sweep_id, results, console).
+    # After the runs (all, or those finished before a failure or a stop): (cfg, sweep_id,
+    # results, console).
     on_all: Callable[[RunConfig, str, list[dict], Console], None] = lambda *a: None
 
 
@@ -61,8 +73,12 @@ class Prepared:
     plans: list[RunPlan]
     setup: ClusterSetup
     sweep_id: str
+    resume_command: str = ""
     config_paths: dict[str, Path] = field(default_factory=dict)
     commands: dict[str, list[NodeCommand]] = field(default_factory=dict)
+    # resume=true: points whose summary.json already holds this workload (kept untouched).
+    finished: dict[str, dict] = field(default_factory=dict)
+    lock: object = None  # the open lock file (launch/rundir.py), held until the driver exits
 
 
 def new_sweep_id(cfg: RunConfig) -> str:
@@ -90,11 +106,22 @@ def prepare(cfg: RunConfig, overrides: list[str], job: Job, console: Console) ->
     state_precision(cfg, setup, console)
 
     root = Path(cfg.run_dir)
+    finished = finished_points(cfg, plans) if cfg.resume else {}
     root.mkdir(parents=True, exist_ok=True)
-    reproduce = shlex.join([sys.executable, "-m", job.driver_module, *overrides])
-    (root / "command.sh").write_text(f"#!/bin/sh\n# reproduces this run or sweep\n{reproduce}\n")
-    prepared = Prepared(cfg, plans, setup, new_sweep_id(cfg))
+    prepared = Prepared(cfg, plans, setup, "", lock=take_run_dir(root), finished=finished)
+    prepared.sweep_id = (cfg.resume and previous_sweep_id(plans)) or new_sweep_id(cfg)
+    kept = [o for o in overrides if o.split("=", 1)[0] not in ("run_dir", "resume")]
+    again = ["python", "-m", job.driver_module, *kept, f"run_dir={root}", "resume=true"]
+    prepared.resume_command = shlex.join(again)
+    if not (cfg.resume and (root / "command.sh").exists()):
+        reproduce = shlex.join([sys.executable, "-m", job.driver_module, *overrides])
+        (root / "command.sh").write_text(
+            f"#!/bin/sh\n# reproduces this run or sweep\n{reproduce}\n"
+        )
     for plan in plans:
+        if plan.name in finished:
+            continue  # its files stay as they are
+        (plan.run_dir / FAILED).unlink(missing_ok=True)
         path = write_run_config(cfg, plan, prepared.sweep_id)
         prepared.config_paths[plan.name] = path
         if cfg.launcher.name != "slurm":
@@ -111,34 +138,66 @@ def execute(prepared: Prepared, job: Job, console: Console) -> int:
         print_commands(prepared)
         return 0
 
-    results = []
-    # The emulated cluster's namespaces exist only inside this block, stopped or not.
-    with prepared.setup.running(), progress_bar() as progress:
-        for plan in plans:
-            here = commands_run_here(cfg, prepared.commands[plan.name])
-            if not here:
-                continue  # cluster=multinode: this node has no part in a smaller run
-            # On a real multi-node cluster rank 0 may write its result on another node.
-            result = run_nodes(
-                here,
-                plan,
-                job.total_steps(cfg),
-                progress,
-                progress_file=job.progress_file,
-                result_file=job.result_file,
-                require_result=len(here) == plan.nodes,
-            )
-            if result is None:
-                progress.console.print(
-                    f"{plan.name}: this node's ranks finished; {job.result_file} is on the "
-                    "node of rank 0"
-                )
-                continue
-            results.append(result)
-            job.on_result(cfg, plan, result, progress.console)
-    if len(results) == len(plans):
-        job.on_all(cfg, prepared.sweep_id, results, console)
+    results = list(prepared.finished.values())
+    for name in prepared.finished:
+        console.print(f"{name}: finished earlier with this same workload; kept")
+    failures: list[str] = []
+    try:
+        # The emulated cluster's namespaces exist only inside this block, stopped or not.
+        with prepared.setup.running(), progress_bar() as progress:
+            for plan in plans:
+                if plan.name in prepared.finished:
+                    continue
+                try:
+                    result = run_point(prepared, job, plan, progress)
+                except RunFailed as exc:
+                    progress.console.print(str(exc), markup=False, highlight=False)
+                    failures.append(str(record_failure(plan, exc)))
+                    if cfg.sweep.stop_on_failure:
+                        break
+                    continue
+                if result is not None:
+                    results.append(result)
+                    job.on_result(cfg, plan, result, progress.console)
+    except (KeyboardInterrupt, Stopped):
+        # Every rank is stopped by now (run_nodes). Keep what finished, say how to go on.
+        finish(prepared, job, results, console)
+        raise
+    finish(prepared, job, results, console)
+    if failures:
+        raise RunFailed(f"{len(failures)} of {len(plans)} run(s) failed: " + ", ".join(failures))
     return 0
+
+
+def run_point(prepared: Prepared, job: Job, plan: RunPlan, progress) -> dict | None:
+    """One planned run on this machine: its result, or None where rank 0 is on another node."""
+    cfg = prepared.cfg
+    here = commands_run_here(cfg, prepared.commands[plan.name])
+    if not here:
+        return None  # cluster=multinode: this node has no part in a smaller run
+    # On a real multi-node cluster rank 0 may write its result on another node.
+    result = run_nodes(
+        here,
+        plan,
+        job.total_steps(cfg),
+        progress,
+        progress_file=job.progress_file,
+        result_file=job.result_file,
+        require_result=len(here) == plan.nodes,
+    )
+    if result is None:
+        progress.console.print(
+            f"{plan.name}: this node's ranks finished; {job.result_file} is on the node of rank 0"
+        )
+    return result
+
+
+def finish(prepared: Prepared, job: Job, results: list[dict], console: Console) -> None:
+    """The job's report over what finished, and how to run what did not."""
+    if results:
+        job.on_all(prepared.cfg, prepared.sweep_id, results, console)
+    if len(prepared.plans) > 1 and len(results) < len(prepared.plans):
+        console.print(f"to run the remaining points: {prepared.resume_command}", soft_wrap=True)
 
 
 def print_commands(prepared: Prepared) -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib.util
+import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +17,7 @@ from train.config import RunConfig
 from train.data import TOKEN_DTYPES
 from train.hardware import module_imports
 from train.parallel.degrees import ZERO_STAGES, LayoutError, plan_layout
-from train.precision import FP8_GEMM_MULTIPLE, FP8_RECIPES
+from train.precision import FP8_GEMM_MULTIPLE, FP8_RECIPES, fp8_eligible, model_linear_shapes
 from train.profiling import profile_errors
 
 
@@ -30,8 +32,7 @@ def validate(cfg: RunConfig, plans: list[RunPlan]) -> None:
     validate_parallel(cfg, plans)
     if cfg.data.source == "file":
         validate_token_file(cfg)
-    for plan in plans:
-        validate_run_dir(plan.run_dir, cfg.overwrite)
+    validate_run_dirs(cfg, plans)
 
 
 def validate_model(cfg: RunConfig) -> None:
@@ -71,6 +72,14 @@ def validate_precision(cfg: RunConfig) -> None:
         raise ConfigError("precision.fp8.min_dim", f"{fp8.min_dim}: must be >= 16")
     if cfg.precision.name != "fp8":
         return
+    if not any(fp8_eligible(*shape, fp8.min_dim) for shape in model_linear_shapes(cfg.model)):
+        # The run would be bf16 throughout; labelling it fp8 (and taking MFU against the fp8
+        # peak) would claim what did not happen.
+        raise ConfigError(
+            "precision.fp8.min_dim",
+            f"no Linear layer of model {cfg.model.name} is {fp8.min_dim} wide (multiples of 16): "
+            "nothing would run in fp8; lower precision.fp8.min_dim or use precision=bf16",
+        )
     tokens = cfg.train.micro_batch * cfg.train.seq_len
     if tokens % FP8_GEMM_MULTIPLE:
         raise ConfigError(
@@ -117,6 +126,12 @@ def validate_train(cfg: RunConfig) -> None:
         )
     if t.micro_batch < 1:
         raise ConfigError("train.micro_batch", f"{t.micro_batch}: must be >= 1")
+    if t.global_batch < 1:
+        raise ConfigError("train.global_batch", f"{t.global_batch}: must be >= 1")
+    for key in ("lr", "weight_decay", "grad_clip"):
+        value = getattr(t, key)
+        if not math.isfinite(value) or value < 0:
+            raise ConfigError(f"train.{key}", f"{value}: must be a finite number >= 0")
 
 
 def validate_cluster(cfg: RunConfig, plans: list[RunPlan]) -> None:
@@ -124,9 +139,28 @@ def validate_cluster(cfg: RunConfig, plans: list[RunPlan]) -> None:
     for key in ("nodes", "nproc_per_node", "cpu_threads_per_rank"):
         if getattr(c, key) < 1:
             raise ConfigError(f"cluster.{key}", f"{getattr(c, key)}: must be >= 1")
+    validate_cpu_share(cfg, plans)
     if c.name == "local" and c.nodes != 1:
         raise ConfigError("cluster.nodes", f"{c.nodes}: cluster=local has exactly 1 node")
     validate_launch(cfg, plans)  # hosts, hostfile, launcher, emulated links, fabric
+
+
+def validate_cpu_share(cfg: RunConfig, plans: list[RunPlan]) -> None:
+    """CPU ranks stand for devices only with a core each: more threads than this machine has
+    cores measure contention under a "one core per rank" label."""
+    c = cfg.cluster
+    if cfg.gpu.name != "cpu" or c.name not in ("local", "emulated") or c.allow_oversubscribe:
+        return
+    cores = len(os.sched_getaffinity(0))
+    # The emulated cluster runs every node here; a local run its one node.
+    threads = max(plan.world_size for plan in plans) * c.cpu_threads_per_rank
+    if threads > cores:
+        raise ConfigError(
+            "cluster.cpu_threads_per_rank",
+            f"{threads} rank thread(s) on {cores} core(s) measure contention, not devices; "
+            "use fewer ranks or threads, or cluster.allow_oversubscribe=true (figures are "
+            "then marked oversubscribed)",
+        )
 
 
 def validate_parallel(cfg: RunConfig, plans: list[RunPlan]) -> None:
@@ -203,18 +237,59 @@ def validate_token_file(cfg: RunConfig) -> None:
     n_tokens = size // dtype.itemsize
     if n_tokens <= cfg.train.seq_len + 1:
         raise ConfigError("data.path", f"{d.path}: {n_tokens} tokens, need > seq_len+1")
-    # A wrong dtype reads garbage ids; the head of the file is enough to catch it cheaply.
-    head = np.memmap(path, dtype=dtype, mode="r")[: 1 << 20]
-    if int(head.max()) >= cfg.model.vocab_size:
+    # A wrong dtype or a file for another tokenizer: look across the whole file (windows
+    # spread from head to tail), not only its first million tokens.
+    tokens = np.memmap(path, dtype=dtype, mode="r")
+    sample = sampled_tokens(tokens)
+    if int(sample.max()) >= cfg.model.vocab_size:
         raise ConfigError(
             "data.dtype",
-            f"{d.path} read as {d.dtype} has token id {int(head.max())} >= vocab_size "
+            f"{d.path} read as {d.dtype} has token id {int(sample.max())} >= vocab_size "
             f"{cfg.model.vocab_size}: wrong dtype or wrong model",
         )
-
-
-def validate_run_dir(run_dir: Path, overwrite: bool) -> None:
-    if (run_dir / "summary.json").exists() and not overwrite:
+    if d.dtype == "uint16" and looks_like_uint32(sample):
         raise ConfigError(
-            "run_dir", f"{run_dir} already holds a finished run; pick another or set overwrite=true"
+            "data.dtype",
+            f"{d.path} looks like uint32 tokens read as uint16 (every second uint16 is 0, the "
+            "high half of a small id): use data.dtype=uint32",
         )
+
+
+SAMPLE_WINDOWS, SAMPLE_WINDOW_TOKENS = 64, 1 << 16
+
+
+def sampled_tokens(tokens: np.ndarray) -> np.ndarray:
+    """Up to 64 windows of 64Ki tokens evenly spread over the file, the last one at its end."""
+    n = len(tokens)
+    if n <= SAMPLE_WINDOWS * SAMPLE_WINDOW_TOKENS:
+        return np.asarray(tokens)
+    starts = np.linspace(0, n - SAMPLE_WINDOW_TOKENS, SAMPLE_WINDOWS).astype(np.int64)
+    return np.concatenate([tokens[s : s + SAMPLE_WINDOW_TOKENS] for s in starts])
+
+
+def looks_like_uint32(as_uint16: np.ndarray) -> bool:
+    """Little-endian uint32 ids below 65536 read as uint16: the odd halves are all zero."""
+    even, odd = as_uint16[0::2], as_uint16[1::2]
+    if len(odd) < 64:
+        return False
+    return bool(np.mean(odd == 0) > 0.9 and np.mean(even == 0) < 0.5)
+
+
+def validate_run_dirs(cfg: RunConfig, plans: list[RunPlan]) -> None:
+    """A run dir that exists is kept: a finished run is refused unless the user says what to do
+    with it (resume the sweep, or overwrite it)."""
+    if not str(cfg.run_dir).strip():
+        raise ConfigError("run_dir", "is empty; give a directory (or leave it unset)")
+    if cfg.resume and cfg.overwrite:
+        raise ConfigError(
+            "resume", "resume=true keeps finished runs, overwrite=true replaces them: choose one"
+        )
+    if cfg.resume:
+        return  # launch/rundir.py checks there is a sweep to resume
+    for plan in plans:
+        if (plan.run_dir / "summary.json").exists() and not cfg.overwrite:
+            raise ConfigError(
+                "run_dir",
+                f"{plan.run_dir} already holds a finished run; resume=true runs only the "
+                "missing points, overwrite=true runs them all again, or pick another run_dir",
+            )

@@ -34,6 +34,8 @@ def cluster_record(
         # Restarts rank 0's torchrun made after failures on its node (a restart forced by
         # another node's failure re-forms the group without counting here).
         "restart_count": int(os.environ.get("TORCHELASTIC_RESTART_COUNT", 0)),
+        # CPU ranks sharing cores (cluster.allow_oversubscribe): contention, not devices.
+        "oversubscribed": device.type == "cpu" and oversubscribed(cfg),
     }
     if c.name == "emulated":
         cluster["link"] = (
@@ -155,3 +157,11 @@ def _read(path: Path) -> str | None:
         return path.read_text().strip()
     except OSError:
         return None
+
+
+def oversubscribed(cfg: RunConfig) -> bool:
+    """This node's CPU rank threads outnumber its cores."""
+    local_ranks = int(os.environ.get("LOCAL_WORLD_SIZE", cfg.cluster.nproc_per_node))
+    nodes_here = cfg.cluster.nodes if cfg.cluster.name == "emulated" else 1
+    threads = local_ranks * nodes_here * cfg.cluster.cpu_threads_per_rank
+    return threads > len(os.sched_getaffinity(0))

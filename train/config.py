@@ -259,6 +259,9 @@ class ClusterConfig:
     # CPU ranks: intra-op threads each rank may use (OMP_NUM_THREADS). One core per rank
     # makes a CPU rank behave like one device, so per-device throughput compares across N.
     cpu_threads_per_rank: int = 1
+    # CPU ranks x threads above this machine's cores measure contention, not devices: refused
+    # unless allowed, and then every figure is marked oversubscribed.
+    allow_oversubscribe: bool = False
     master_addr: str = "127.0.0.1"
     # Rendezvous port on the head node (torchrun c10d, deepspeed --master_port, Slurm).
     master_port: int = 29500
@@ -346,6 +349,8 @@ class SweepConfig:
 
     name: SweepName = SweepName.none
     world_sizes: list[int] = field(default_factory=list)
+    # A failed point is recorded (exit code, last log lines) and the sweep goes on, unless set.
+    stop_on_failure: bool = False
 
 
 @dataclass
@@ -452,7 +457,37 @@ class RunConfig:
     seed: int = 0
     dry_run: bool = False
     overwrite: bool = False
+    # Continue the sweep in run_dir: run only the points without a summary.json of this same
+    # workload (config digest); finished points are kept untouched.
+    resume: bool = False
     resolved: ResolvedConfig = field(default_factory=ResolvedConfig)
+
+
+# Not part of the workload: where it was written, how it was started, how wide it ran.
+DIGEST_EXCLUDES = (
+    "run_dir",
+    "resolved",
+    "dry_run",
+    "overwrite",
+    "resume",
+    "wandb",
+    "cluster",
+    "project",
+)
+
+
+def config_digest(cfg: RunConfig) -> str:
+    """Hash of what determines the workload (not where it was written or how wide it ran)."""
+    import hashlib
+    import json
+
+    content = OmegaConf.to_container(OmegaConf.structured(cfg), enum_to_str=True)
+    for key in DIGEST_EXCLUDES:
+        content.pop(key, None)
+    # A matmul ceiling measured later (launch.mamf) changes MFU's denominator, not the work.
+    for key in ("measured_peak_tflops", "measured_source", "peak_tflops"):
+        content["gpu"].pop(key, None)
+    return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:12]
 
 
 def load_run_config(path: str | Path) -> RunConfig:

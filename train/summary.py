@@ -83,7 +83,7 @@ class RunSummary:
 
     def write(self, path: Path) -> None:
         # Strict JSON: a NaN (a diverged loss) becomes null rather than an invalid token.
-        text = json.dumps(_finite(self.to_dict()), indent=2, allow_nan=False)
+        text = json.dumps(finite_json(self.to_dict()), indent=2, allow_nan=False)
         Path(path).write_text(text + "\n")
 
     @classmethod
@@ -135,11 +135,11 @@ def _required(f: dataclasses.Field) -> bool:
     return f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
 
 
-def _finite(value: Any) -> Any:
+def finite_json(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
+        return {k: finite_json(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
+        return [finite_json(v) for v in value]
     return value

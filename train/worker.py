@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import statistics
 import time
 from pathlib import Path
@@ -16,7 +14,7 @@ from train import distributed
 from train.breakdown import link_rate
 from train.cluster_record import cluster_record, gather_fabric_warnings
 from train.comm_volume import comm_bytes_per_step
-from train.config import RunConfig, load_run_config
+from train.config import RunConfig, config_digest, load_run_config
 from train.data import SyntheticTokens, TokenFile, draw_rank_batches
 from train.hardware import probe_machine, profile_mismatch
 from train.memory import memory_summary
@@ -92,15 +90,6 @@ def mean_over_ranks(value: torch.Tensor) -> float:
         dist.all_reduce(value)  # SUM: gloo has no AVG
         value /= dist.get_world_size()
     return float(value)
-
-
-def config_digest(cfg: RunConfig) -> str:
-    """Hash of what determines the workload (not where it was written or how wide it ran)."""
-    content = OmegaConf.to_container(OmegaConf.structured(cfg))
-    for key in ("run_dir", "resolved", "dry_run", "overwrite", "wandb"):
-        content.pop(key, None)
-    content.pop("cluster", None)
-    return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:12]
 
 
 def run(config_path: str | Path) -> dict | None:

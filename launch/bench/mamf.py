@@ -38,7 +38,33 @@ def cache_path(device_name: str, cpu_threads: int | None) -> Path:
 
 def load_measured(device_name: str, cpu_threads: int | None) -> dict | None:
     path = cache_path(device_name, cpu_threads)
-    return json.loads(path.read_text()) if path.is_file() else None
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text())
+    except ValueError:
+        record = None
+    if not isinstance(record, dict) or not isinstance(record.get("best_tflops"), dict):
+        # A truncated or foreign file must not stop every run: ignore it, say where it is.
+        print(f"warning: ignoring unreadable matmul cache {path}", file=sys.stderr)
+        return None
+    return record
+
+
+def merge_measurements(previous: dict, new: dict) -> dict:
+    """Per precision, the new figure unless it is a quick one and the cached one is not
+    (a --quick run must not lower a full measurement: later MFU would read too high);
+    precisions measured earlier and not now are kept."""
+    merged = {**new, **{k: dict(previous.get(k) or {}) for k in ("best_tflops", "best_size")}}
+    merged["quick"] = dict(previous.get("quick") or {})
+    for precision, tflops in new["best_tflops"].items():
+        had_full = precision in merged["best_tflops"] and not merged["quick"].get(precision)
+        if new["quick"][precision] and had_full:
+            continue
+        merged["best_tflops"][precision] = tflops
+        merged["best_size"][precision] = new["best_size"][precision]
+        merged["quick"][precision] = new["quick"][precision]
+    return merged
 
 
 def _timer(device):
@@ -176,12 +202,13 @@ def main(argv: list[str] | None = None) -> int:
         "sizes": sizes,
         "best_tflops": {p: r["tflops"] for p, r in results.items()},
         "best_size": {p: r["size"] for p, r in results.items()},
+        # Small sizes only: a lower ceiling than a full sweep, so it never replaces one.
+        "quick": {p: bool(args.quick or args.sizes) for p in results},
     }
     path = cache_path(device_name, record["cpu_threads"])
     previous = load_measured(device_name, record["cpu_threads"])
-    if previous:  # keep precisions measured earlier and not re-measured now
-        record["best_tflops"] = {**previous.get("best_tflops", {}), **record["best_tflops"]}
-        record["best_size"] = {**previous.get("best_size", {}), **record["best_size"]}
+    if previous:
+        record = merge_measurements(previous, record)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(record, indent=2) + "\n")
     if args.out:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import subprocess
 import time
@@ -70,6 +71,29 @@ class MetricsTail:
 def log_tail(path: Path, lines: int = 25) -> str:
     with path.open(errors="replace") as f:
         return "".join(deque(f, maxlen=lines))
+
+
+# The launcher's own traceback and footer after a rank failed: frames of these files.
+LAUNCHER_FRAMES = ("torch/distributed/run.py", "torch/distributed/elastic", "deepspeed/launcher")
+
+
+def failing_rank_lines(path: Path, lines: int = 20) -> str:
+    """The end of the first traceback a rank printed, rather than torchrun's generic footer
+    ("ChildFailedError ... To enable traceback see ..."), which says nothing about why; the
+    log's last lines when no rank traceback is found."""
+    text = path.read_text(errors="replace").splitlines()
+    # torchrun prefixes each line a rank prints with "[rankN]:".
+    bodies = [re.sub(r"^\[rank\d+\]: ?", "", line) for line in text]
+    for start, body in enumerate(bodies):
+        if not body.startswith("Traceback (most recent call last)"):
+            continue
+        end = start + 1
+        while end < len(bodies) and bodies[end].startswith((" ", "\t")):
+            end += 1
+        block = text[start : end + 1]  # the frames and the exception line after them
+        if not any(frame in line for line in block for frame in LAUNCHER_FRAMES):
+            return "\n".join(block[-lines:]) + "\n"
+    return log_tail(path, lines)
 
 
 def node_log_path(run_dir: Path, node_rank: int) -> Path:
@@ -146,9 +170,12 @@ def run_nodes(
     if failed:
         node, code = failed
         log_path = node_log_path(plan.run_dir, node.node_rank)
+        lines = failing_rank_lines(log_path)
         raise RunFailed(
             f"{plan.name}: node {node.node_rank} ({node.argv[0]}) exited with {code}; "
-            f"the end of {log_path}:\n" + log_tail(log_path)
+            f"from {log_path}:\n" + lines,
+            returncode=code,
+            log_tail=lines,
         )
     summary_path = plan.run_dir / result_file
     if not summary_path.exists():

@@ -120,7 +120,7 @@ def choose_layout(
                 smallest = (pred.memory.peak_bytes, f"{_label(name, degrees)}, checkpoint {ckpt}")
     if not fitting:
         need = f"{smallest[0] / 2**30:.1f} GiB per rank ({smallest[1]})" if smallest else "?"
-        capacity = rates.hbm_bytes / 2**30 if rates.hbm_bytes else float("nan")
+        capacity = rates.hbm_bytes / 1e9 if rates.hbm_bytes else float("nan")
         raise ConfigError(
             "parallel",
             f"no layout of {cfg.model.name} fits {world_size} x {cfg.gpu.name} "

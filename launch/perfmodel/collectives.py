@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from launch.errors import ConfigError
 from launch.perfmodel.hardware import (
     RING_BASE_US,
+    RING_STEP_US,
     TREE_BANDWIDTH_SHARE,
     TREE_BASE_US,
     TREE_STEP_US,
@@ -140,7 +141,7 @@ def _ring_latency(op: str, ranks: int, nodes: int, links: GroupLinks) -> float:
 def _tree_latency(per_node: int, nodes: int, links: GroupLinks) -> float:
     intra = TREE_STEP_US.get(links.intra.kind, 0.0) * 1e-6 if links.intra else 0.0
     net = TREE_STEP_US["net"] * 1e-6
-    if links.inter is not None and links.inter.step_latency_s > net:
+    if links.inter is not None and links.inter.step_latency_s > RING_STEP_US["net"] * 1e-6:
         net = links.inter.step_latency_s  # gloo over TCP: its own hop latency
     return TREE_BASE_US * 1e-6 + 2 * ((per_node - 1) * intra + math.log2(nodes) * net)
 

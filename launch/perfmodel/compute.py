@@ -141,8 +141,8 @@ def _memory_bound_s(
     replay = per_block / 3 * n_ckpt  # a replayed forward
     per_token = m.n_layers * per_block + replay + HEAD_BYTES_PER_VOCAB * m.vocab_size
     local_params = shapes.count_params(m) if t == 1 else _tp_local_params(m, t)
-    sharded_16bit = plan.name in ("fsdp", "hsdp", "tp_fsdp") and plan.degrees.dp_shard > 1
-    if precision in SIXTEEN_BIT and (plan.name in ZERO_STAGES or sharded_16bit):
+    fsdp = plan.name in ("fsdp", "hsdp", "tp_fsdp")
+    if precision in SIXTEEN_BIT and (plan.name in ZERO_STAGES or fsdp):
         # DeepSpeed runs the model in 16 bits, FSDP2 casts the shard before gathering it:
         # no per-micro-step casts of whole weights.
         weights = 0

@@ -20,6 +20,8 @@ GENERATION = {
     "a800": "ampere",
     "h100_sxm": "hopper",
     "h100_pcie": "hopper",
+    "h800_pcie": "hopper",
+    "h200_nvl": "hopper",
     "h800": "hopper",
     "h200": "hopper",
     "h20": "hopper",
@@ -55,9 +57,10 @@ NIC_FRACTION = 0.90
 PCIE_FRACTION = 0.75
 # PCIe per direction, x16: Gen4 32 GB/s, Gen5 64 GB/s (shared reference gpus.md column "PCIe").
 PCIE_GBYTES_PER_S = {"ampere": 32.0, "hopper": 64.0, "ada": 32.0}
-# Ranks the NVLink of a part joins: NVSwitch parts the whole node; the H100 PCIe's NVLink is
-# a bridge between pairs (profile source), so a larger group in its node runs over PCIe.
-NVLINK_SPAN = {"h100_pcie": 2}
+# Ranks the NVLink of a part joins: NVSwitch parts the whole node; the PCIe cards' NVLink is
+# a bridge (profile sources: H100/H800 PCIe pairs; H200 NVL 2- or 4-way, 2 taken), so a
+# larger group in the node runs over PCIe.
+NVLINK_SPAN = {"h100_pcie": 2, "h800_pcie": 2, "h200_nvl": 2}
 
 # NCCL's latency model (src/graph/tuning.cc, Simple protocol for the ring, LL128 for the
 # tree): microseconds of base latency per collective and per step on each kind of link.

@@ -297,7 +297,7 @@ def _run_cells(row: dict, first_multi: bool) -> list[str]:
         ]
     label = []
     if first_multi:
-        label.append("| node boundary")
+        label.append("crosses node boundary")
     if row.get("interconnect_bound"):
         label.append("interconnect-bound")
     if not row["fits"]:

@@ -188,7 +188,7 @@ def predict(
     )
     tokens = global_batch * train.seq_len
     split = layout_optimizer_split(plan)
-    base = _base_tokens_per_s(cfg, tokens / world_size, precision, rates, split)
+    base = _base_tokens_per_s(cfg, plan, tokens / world_size, precision, rates, split)
     peak = rates.peak_tflops.get(precision)
     return Prediction(
         gpu=rates.name,
@@ -211,11 +211,19 @@ def predict(
 
 
 def _base_tokens_per_s(
-    cfg: RunConfig, tokens_per_device: float, precision: str, rates: PartRates, split: int
+    cfg: RunConfig,
+    plan: LayoutPlan,
+    tokens_per_device: float,
+    precision: str,
+    rates: PartRates,
+    split: int,
 ) -> float:
     """One device, no communication, the same per-device tokens, the optimizer step split
     as the layout splits it (sharding it is not a scaling gain); memory not checked."""
-    one = LayoutPlan("ddp", Degrees(1, 1, 1), False, _checkpointed(cfg))
+    # The same kind of layout on one rank (FSDP2 and DeepSpeed handle 16-bit weights their
+    # own way), no TP, the same checkpointing.
+    name = "ddp" if plan.name in ("ddp", "tp") else plan.name
+    one = LayoutPlan(name, Degrees(1, 1, 1), False, list(plan.checkpointed))
     micro = cfg.train.micro_batch
     sequences = tokens_per_device / cfg.train.seq_len
     accum = max(1, round(sequences / micro))
@@ -228,15 +236,9 @@ def _base_tokens_per_s(
         precision=precision,
         rates=rates,
         fp8_min_dim=cfg.precision.fp8.min_dim,
+        optimizer_split=split,
     )
     return micro * accum * cfg.train.seq_len / t.total_s
-
-
-def _checkpointed(cfg: RunConfig) -> list[int]:
-    from train.parallel.degrees import checkpointed_layers
-
-    p = cfg.parallel
-    return checkpointed_layers(p.activation_checkpoint, cfg.model.n_layers, p.checkpoint_every)
 
 
 def plan_for(cfg: RunConfig, world_size: int, nproc_per_node: int) -> LayoutPlan:

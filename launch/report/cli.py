@@ -17,7 +17,7 @@ from launch.errors import ReportError
 from launch.report.console import print_table
 from launch.report.load import load_runs
 from launch.report.scaling import scaling_rows
-from launch.report.write import write_files
+from launch.report.write import failed_in, write_files
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         runs = load_runs(args.dirs)
         rows = scaling_rows(runs)
-        paths = write_files(runs, rows, out)
+        paths = write_files(runs, rows, out, failed_in(args.dirs))
     except ReportError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

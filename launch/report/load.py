@@ -42,6 +42,22 @@ def _series_key(run: dict[str, Any]) -> str:
     return " · ".join(parts)
 
 
+def _workload(run: dict[str, Any]) -> tuple:
+    """What must match for runs to share one scaling curve: sequence length and the batch the
+    sweep holds fixed (per device for weak scaling, global for strong), and the sweep itself
+    (a sweep re-run by hand with other world sizes is another curve, not more points)."""
+    sweep = run.get("sweep") or {}
+    tokens = run.get("tokens_per_step")
+    fixed = tokens / run["world_size"] if tokens and sweep.get("name") == "weak" else tokens
+    return (run.get("seq_len"), fixed, sweep.get("name"), sweep.get("id"))
+
+
+def _workload_label(run: dict[str, Any]) -> str:
+    seq, fixed, kind, sweep_id = _workload(run)
+    batch = f"{fixed:g} tokens/step{' per device' if kind == 'weak' else ''}" if fixed else ""
+    return ", ".join(p for p in (f"seq {seq}" if seq else "", batch, f"sweep {sweep_id}") if p)
+
+
 def load_runs(dirs: list[Path]) -> list[dict[str, Any]]:
     """Every run under ``dirs`` (run dirs or sweep dirs), each with a ``series`` label."""
     # The same dir named twice (``out`` and ``./out``) would double every row.
@@ -58,6 +74,17 @@ def load_runs(dirs: list[Path]) -> list[dict[str, Any]]:
             runs.append(run)
         per_dir.append(runs)
 
+    # Runs of one label but another workload (seq_len, batch, another sweep in the same dir)
+    # are separate curves, never merged into one efficiency.
+    workloads: dict[str, set[tuple]] = defaultdict(set)
+    for runs in per_dir:
+        for run in runs:
+            workloads[_series_key(run)].add(_workload(run))
+    for runs in per_dir:
+        for run in runs:
+            if len(workloads[_series_key(run)]) > 1:
+                run["series_detail"] = _workload_label(run)
+
     # A label found in several input dirs would merge two sweeps into one curve: suffix the
     # dir name, or the whole path where two inputs share a name.
     dirs_per_label: dict[str, set[int]] = defaultdict(set)
@@ -70,6 +97,10 @@ def load_runs(dirs: list[Path]) -> list[dict[str, Any]]:
         suffix = names[index] if names.count(names[index]) == 1 else str(inputs[index])
         for run in runs:
             label = _series_key(run)
-            run["series"] = f"{label} ({suffix})" if len(dirs_per_label[label]) > 1 else label
+            if run.get("series_detail"):
+                label = f"{label} [{run['series_detail']}]"
+            run["series"] = (
+                f"{label} ({suffix})" if len(dirs_per_label[_series_key(run)]) > 1 else label
+            )
             out.append(run)
     return out

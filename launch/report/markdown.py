@@ -60,6 +60,11 @@ def _series_header(label: str, runs: list[dict[str, Any]]) -> list[str]:
     ]
     # A profile that does not describe the device makes MFU meaningless: say so up front.
     warnings = sorted({r["gpu_warning"] for r in runs if r.get("gpu_warning")})
+    if any((r.get("cluster") or {}).get("oversubscribed") for r in runs):
+        warnings.append(
+            "oversubscribed: CPU rank threads outnumbered the cores, so these figures measure "
+            "contention as well as communication"
+        )
     lines += [f"> **warning:** {w}" for w in warnings] + ([""] if warnings else [])
     return lines
 

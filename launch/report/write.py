@@ -11,16 +11,25 @@ from launch.report.load import load_runs
 from launch.report.markdown import markdown_report
 from launch.report.plot import plot_scaling
 from launch.report.scaling import scaling_rows
+from launch.rundir import failed_points
+from train.summary import finite_json
 
 
 def write_report(dirs: list[Path], out_dir: Path) -> dict[str, Path]:
     """Write report.md, results.json and scaling.png into ``out_dir``; return their paths."""
     runs = load_runs(dirs)
-    return write_files(runs, scaling_rows(runs), out_dir)
+    return write_files(runs, scaling_rows(runs), out_dir, failed_in(dirs))
+
+
+def failed_in(dirs: list[Path]) -> list[dict[str, Any]]:
+    return [point for d in dirs for point in failed_points(Path(d))]
 
 
 def write_files(
-    runs: list[dict[str, Any]], rows: list[dict[str, Any]], out_dir: Path
+    runs: list[dict[str, Any]],
+    rows: list[dict[str, Any]],
+    out_dir: Path,
+    failed: list[dict[str, Any]] = (),
 ) -> dict[str, Path]:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -35,12 +44,35 @@ def write_files(
     if profiled:
         section = where_the_time_went(runs)
         markdown = markdown.rstrip("\n") + "\n\n" + "\n".join(section) + "\n"
+    markdown += failed_section(failed)
     paths["markdown"].write_text(markdown)
     series = list(dict.fromkeys(r["series"] for r in rows))
-    paths["json"].write_text(json.dumps({"series": series, "rows": rows}, indent=2) + "\n")
+    results = finite_json({"series": series, "rows": rows, "failed": list(failed)})
+    # Strict JSON: a NaN (a diverged loss) is null, never an invalid token.
+    paths["json"].write_text(json.dumps(results, indent=2, allow_nan=False) + "\n")
     plot_scaling(rows, paths["plot"])
     if profiled:
         breakdown_png = plot_breakdown(breakdown_rows(runs), out_dir / "breakdown.png")
         if breakdown_png:
             paths["breakdown"] = breakdown_png
     return paths
+
+
+def failed_section(failed: list[dict[str, Any]]) -> str:
+    """Points that failed: listed with their exit code and the failing rank's last line."""
+    if not failed:
+        return ""
+    lines = [
+        "",
+        "## Failed points",
+        "",
+        "| run | world size | exit code | last line | record |",
+        "|---|---:|---:|---|---|",
+    ]
+    for point in failed:
+        last = (point.get("last_lines") or [""])[-1].replace("|", "\\|")
+        lines.append(
+            f"| {point.get('name')} | {point.get('world_size')} | {point.get('exit_code')} "
+            f"| `{last}` | {point['path']} |"
+        )
+    return "\n".join(lines) + "\n"

@@ -13,9 +13,9 @@ import time
 import pytest
 from rich.progress import Progress
 
-from launch.app import Stopped, _raise_stopped
+from launch.app import _raise_stopped
 from launch.cluster.emulated import NAME_PREFIX, EmulatedCluster, list_namespaces
-from launch.errors import RunFailed
+from launch.errors import RunFailed, Stopped
 from launch.launchers.command import NodeCommand
 from launch.launchers.local import run_nodes
 from launch.plan import RunPlan

@@ -142,7 +142,11 @@ def test_write_report(sweep: Path, tmp_path: Path):
 
     results = json.loads(paths["json"].read_text())
     expected = scaling_rows(load_runs(dirs))
-    assert results == {"series": [H100, H800], "rows": json.loads(json.dumps(expected))}
+    assert results == {
+        "series": [H100, H800],
+        "rows": json.loads(json.dumps(expected)),
+        "failed": [],
+    }
 
     png = paths["plot"].read_bytes()
     assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 10_000

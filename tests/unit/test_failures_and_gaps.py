@@ -1,0 +1,140 @@
+"""What a hostile but realistic user hit (issue 12): each refused in one line, before anything
+starts, or kept from corrupting results."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from launch.bench import mamf
+from launch.errors import ConfigError, RunFailed
+from launch.plan import plan_runs
+from launch.report import load_runs, write_report
+from launch.rundir import record_failure, take_run_dir
+from launch.validate import validate
+from tests.conftest import FAST, compose_run_config
+from tests.unit.test_report import summary
+
+
+def validated(*overrides: str):
+    cfg = compose_run_config([*FAST, "sweep=none", "run_dir=/tmp/never-written", *overrides])
+    validate(cfg, plan_runs(cfg))
+    return cfg
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["train.global_batch=0"], "train.global_batch: 0: must be >= 1"),
+        (["train.lr=nan"], "train.lr: nan: must be a finite number >= 0"),
+        (["cluster.nproc_per_node=64"], "cluster.cpu_threads_per_rank: 64 rank thread(s) on"),
+        (["precision=fp8", "gpu=h100_sxm"], "precision.fp8.min_dim: no Linear layer of model tiny"),
+        (["resume=true", "overwrite=true"], "resume: resume=true keeps finished runs"),
+    ],
+)
+def test_bad_input_refused_before_anything_runs(overrides, message):
+    with pytest.raises(ConfigError) as caught:
+        validated(*overrides)
+    assert str(caught.value).startswith(message) and "\n" not in str(caught.value)
+
+
+def test_oversubscription_is_allowed_only_when_asked():
+    cfg = validated(
+        "cluster.nproc_per_node=64", "train.global_batch=128", "cluster.allow_oversubscribe=true"
+    )
+    assert cfg.cluster.allow_oversubscribe
+
+
+def token_config(path, dtype="uint16", vocab=2048):
+    return [
+        "data.source=file",
+        f"data.path={path}",
+        f"data.dtype={dtype}",
+        f"model.vocab_size={vocab}",
+        "train.seq_len=32",
+    ]
+
+
+def test_a_bad_token_id_after_the_first_million_is_found(tmp_path):
+    tokens = np.arange(3_000_000, dtype=np.uint16) % 2048
+    tokens[-5] = 4000  # past vocab_size, near the end of the file
+    tokens.tofile(tmp_path / "t.bin")
+    with pytest.raises(ConfigError, match="^data.dtype: .* token id 4000 >= vocab_size 2048"):
+        validated(*token_config(tmp_path / "t.bin"))
+
+
+def test_uint32_tokens_read_as_uint16_are_detected(tmp_path):
+    (np.arange(100_000, dtype=np.uint32) % 2048).tofile(tmp_path / "t.bin")
+    with pytest.raises(ConfigError, match="^data.dtype: .* looks like uint32"):
+        validated(*token_config(tmp_path / "t.bin"))
+    validated(*token_config(tmp_path / "t.bin", dtype="uint32"))
+
+
+def test_a_run_dir_is_taken_by_one_driver_at_a_time(tmp_path):
+    held = take_run_dir(tmp_path)
+    with pytest.raises(ConfigError, match=rf"^run_dir: {tmp_path} is in use .*pid {os.getpid()}"):
+        take_run_dir(tmp_path)
+    held.close()  # the driver exits: the lock goes with it
+    take_run_dir(tmp_path).close()
+
+
+def test_resume_needs_a_sweep_to_resume(tmp_path):
+    from launch.rundir import finished_points
+
+    cfg = compose_run_config([*FAST, f"run_dir={tmp_path}", "resume=true"])
+    with pytest.raises(ConfigError, match="^resume: .* holds no run or sweep"):
+        finished_points(cfg, plan_runs(cfg))
+
+
+def test_a_quick_measurement_never_replaces_a_full_one():
+    full = {
+        "best_tflops": {"bf16": 0.02, "fp32": 0.09},
+        "best_size": {"bf16": 1024, "fp32": 1024},
+        "quick": {"bf16": False, "fp32": False},
+    }
+    quick = {"best_tflops": {"bf16": 0.01}, "best_size": {"bf16": 256}, "quick": {"bf16": True}}
+    merged = mamf.merge_measurements(full, quick)
+    assert merged["best_tflops"] == {"bf16": 0.02, "fp32": 0.09}
+    better = {"best_tflops": {"bf16": 0.03}, "best_size": {"bf16": 2048}, "quick": {"bf16": False}}
+    assert mamf.merge_measurements(full, better)["best_tflops"]["bf16"] == 0.03
+
+
+def test_a_truncated_cache_is_ignored(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("SCALEPROBE_CACHE_DIR", str(tmp_path))
+    path = mamf.cache_path("some cpu", 1)
+    path.parent.mkdir(parents=True)
+    path.write_text('{"best_tflops": {"fp3')
+    assert mamf.load_measured("some cpu", 1) is None
+    assert "ignoring unreadable matmul cache" in capsys.readouterr().err
+
+
+def write_run(root, name, **changes):
+    data = {**summary("h100_sxm", int(name[2:]), 3000.0, 0.4), **changes}
+    (root / name).mkdir(parents=True)
+    (root / name / "summary.json").write_text(json.dumps(data))
+
+
+def test_runs_of_another_workload_never_share_a_curve(tmp_path):
+    write_run(tmp_path, "ws1")
+    write_run(tmp_path, "ws2")
+    # Left over from an earlier sweep with another sequence length: its own curve.
+    write_run(tmp_path, "ws4", seq_len=512, sweep={"id": "older", "name": "weak"})
+    series = {run["series"] for run in load_runs([tmp_path])}
+    assert len(series) == 2 and any("seq 512" in s and "sweep older" in s for s in series)
+
+
+def test_failed_points_are_listed_in_the_report(tmp_path):
+    write_run(tmp_path, "ws1")
+    plan = plan_runs(compose_run_config([*FAST, f"run_dir={tmp_path}", "sweep.world_sizes=[1,2]"]))[
+        1
+    ]
+    plan.run_dir.mkdir()
+    exc = RunFailed("ws2: node 0 exited with 1", returncode=1, log_tail="ValueError: boom\n")
+    record_failure(plan, exc)
+    paths = write_report([tmp_path], tmp_path)
+    report = paths["markdown"].read_text()
+    assert "## Failed points" in report and "`ValueError: boom`" in report
+    assert json.loads(paths["json"].read_text())["failed"][0]["exit_code"] == 1

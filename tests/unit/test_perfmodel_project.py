@@ -1,0 +1,227 @@
+"""The projection: the mission check, projection.json's interface, bad input, speed."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+from rich.console import Console
+
+from launch.errors import ConfigError
+from launch.perfmodel.calibrate import load_calibration
+from launch.perfmodel.hardware import part_rates
+from launch.perfmodel.project import project_runs, projected_profiles, run_projection
+from launch.perfmodel.step import plan_for, predict, predict_run
+from tests.conftest import compose_run_config
+
+RUN_KEYS = {
+    "gpu",
+    "nodes",
+    "nproc_per_node",
+    "world_size",
+    "layout",
+    "step_time_s",
+    "compute_s",
+    "comm_s",
+    "exposed_comm_s",
+    "tokens_per_s_per_device",
+    "mfu",
+    "memory_bytes_per_rank",
+    "fits",
+    "scaling_efficiency",
+}
+COLLECTIVE_KEYS = {
+    "gpu",
+    "op",
+    "bytes",
+    "ranks",
+    "nodes",
+    "time_s",
+    "algbw_gbytes_per_s",
+    "busbw_gbytes_per_s",
+}
+
+
+def efficiency(gpu, model, layout, nodes, per_node=8, *extra):
+    cfg = compose_run_config(
+        [f"gpu={gpu}", f"model={model}", f"parallel={layout}", "run_dir=/unused", *extra]
+    )
+    world = per_node * nodes
+    plan = plan_for(cfg, world, per_node)
+    batch = cfg.train.global_batch * world
+    pred = predict(
+        cfg,
+        plan,
+        world_size=world,
+        nproc_per_node=per_node,
+        nodes=nodes,
+        global_batch=batch,
+        precision="bf16",
+        rates=part_rates(cfg.gpu),
+    )
+    return pred.scaling_efficiency
+
+
+LLAMA = ["train.seq_len=4096", "train.micro_batch=1"]
+
+
+@pytest.mark.parametrize(("cut", "full"), [("h800", "h100_sxm"), ("a800", "a100_80g")])
+def test_export_parts_lose_where_nvlink_carries_the_step_and_not_where_the_nic_does(cut, full):
+    def loss(layout, nodes, per_node, *extra):
+        return 1 - efficiency(cut, "llama_7b", layout, nodes, per_node, *extra) / efficiency(
+            full, "llama_7b", layout, nodes, per_node, *extra
+        )
+
+    tp = loss("tp", 1, 8, *LLAMA, "train.global_batch=1")  # TP 8: NVLink on the critical path
+    fsdp = loss("fsdp", 1, 8, *LLAMA, "train.global_batch=2")  # gathers over NVLink
+    # The NIC alone: one GPU per node, its gradients all-reduced across 4 nodes.
+    nic = loss("ddp", 4, 1, *LLAMA, "train.global_batch=1")
+    assert tp > 0.05
+    assert fsdp > 0
+    assert abs(nic) < 1e-9
+    assert tp > fsdp > abs(nic)
+
+
+def test_multi_node_ddp_at_a_real_batch_loses_about_the_same():
+    args = ["train.seq_len=2048", "train.micro_batch=4", "train.global_batch=8"]
+    h100 = efficiency("h100_sxm", "gpt_1_3b", "ddp", 4, 8, *args)
+    h800 = efficiency("h800", "gpt_1_3b", "ddp", 4, 8, *args)
+    assert abs(h100 - h800) < 0.01
+
+
+def projection_cfg(tmp_path, *extra):
+    return compose_run_config(
+        [
+            "model=gpt_1_3b",
+            "train.seq_len=2048",
+            "train.micro_batch=4",
+            "train.global_batch=8",
+            f"run_dir={tmp_path}",
+            *extra,
+        ]
+    )
+
+
+def test_projection_writes_its_files_with_the_interface_keys(tmp_path):
+    cfg = projection_cfg(
+        tmp_path,
+        "project.gpus=[h100_sxm,h800]",
+        "project.nodes=[1,2]",
+        "+project.price_per_gpu_hour.h100_sxm=2.5",
+    )
+    assert run_projection(cfg, Console(record=True, width=200)) == 0
+    record = json.loads((tmp_path / "projection.json").read_text())
+    assert len(record["runs"]) == 4
+    for run in record["runs"]:
+        assert RUN_KEYS <= set(run)
+        assert {"name", "dp_replicate", "dp_shard", "tp"} <= set(run["layout"])
+        assert set(run["comm_s"]) == {"all_reduce", "all_gather", "reduce_scatter"}
+        assert run["step_time_s"] >= run["compute_s"]
+    priced = [r for r in record["runs"] if r["gpu"] == "h100_sxm"]
+    assert all(r["tokens_per_dollar"] > 0 for r in priced)
+    assert (tmp_path / "projection.png").stat().st_size > 0
+    assert "node boundary" in (tmp_path / "projection.md").read_text()
+
+
+def test_comm_mode_projects_collectives(tmp_path):
+    cfg = projection_cfg(
+        tmp_path,
+        "project.mode=comm",
+        "project.gpus=[a100_80g]",
+        "project.nodes=[1,2]",
+        "comm.max_bytes=4096",
+    )
+    run_projection(cfg, Console(record=True))
+    rows = json.loads((tmp_path / "projection.json").read_text())["collectives"]
+    assert rows and all(COLLECTIVE_KEYS <= set(r) for r in rows)
+    assert {r["ranks"] for r in rows} == {8, 16}
+
+
+def test_all_profiles_at_four_node_counts_take_well_under_a_second(tmp_path):
+    cfg = projection_cfg(tmp_path, "parallel=fsdp")
+    profiles = projected_profiles([])
+    started = time.perf_counter()
+    rows = project_runs(cfg, profiles)
+    assert time.perf_counter() - started < 0.5
+    assert len(rows) == 4 * len(profiles)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "key"),
+    [
+        (["project.gpus=[h100_sxm,b300]"], "project.gpus"),
+        (["project.nodes=[1,0]"], "project.nodes"),
+        (["project.mode=bogus"], "project.mode"),
+        (
+            ["+project.price_per_gpu_hour.a800=1.0", "project.gpus=[h100_sxm]"],
+            "project.price_per_gpu_hour",
+        ),
+        (["model=llama_70b", "parallel=ddp", "project.gpus=[a100_40g]"], "parallel"),
+    ],
+)
+def test_bad_input_names_the_key(tmp_path, overrides, key):
+    with pytest.raises(ConfigError) as err:  # at compose time (typed keys) or when projecting
+        run_projection(projection_cfg(tmp_path, *overrides), Console(record=True))
+    assert err.value.key == key
+    if key == "parallel":
+        assert "GiB per rank" in str(err.value)
+
+
+def test_calibration_dir_without_a_summary_is_refused(tmp_path):
+    with pytest.raises(ConfigError, match="project.calibrate: .*summary.json"):
+        load_calibration(str(tmp_path), None)
+
+
+def test_calibration_scales_compute_by_measured_over_predicted(tmp_path):
+    cfg = compose_run_config(
+        [
+            "gpu=h100_sxm",
+            "model=gpt_125m",
+            "parallel=ddp",
+            "train.seq_len=1024",
+            "train.micro_batch=4",
+            "train.global_batch=32",
+            "cluster.nproc_per_node=8",
+            f"run_dir={tmp_path}",
+        ]
+    )
+    from omegaconf import OmegaConf
+
+    (tmp_path / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
+    predicted = predict_run(cfg, 8, 8, 1, precision="bf16").step_time_s
+    summary = {
+        "world_size": 8,
+        "nproc_per_node": 8,
+        "nodes": 1,
+        "precision": {"resolved": "bf16"},
+        "step_time_s": {"median": 2 * predicted},
+    }
+    (tmp_path / "summary.json").write_text(json.dumps(summary))
+    calibration = load_calibration(str(tmp_path), None)
+    assert calibration.compute_scale == pytest.approx(0.5)
+    slower = calibration.apply(part_rates(cfg.gpu))
+    assert slower.matmul_fraction == pytest.approx(part_rates(cfg.gpu).matmul_fraction / 2)
+
+
+def test_predict_run_on_the_cpu_uses_the_given_ceiling_and_the_emulated_link():
+    cfg = compose_run_config(
+        [
+            "model=tiny",
+            "cluster=emulated",
+            "cluster.link_gbps=0.2",
+            "cluster.nodes=2",
+            "cluster.nproc_per_node=1",
+            "train.seq_len=64",
+            "train.micro_batch=2",
+            "train.global_batch=4",
+            "run_dir=/unused",
+        ]
+    )
+    with pytest.raises(ConfigError, match="launch.mamf"):
+        predict_run(cfg, 2, 1, 2, precision="fp32")
+    fast = predict_run(cfg, 2, 1, 2, compute_tflops=0.088, precision="fp32")
+    slow = predict_run(cfg, 2, 1, 2, compute_tflops=0.088, precision="fp32", link_gbps=0.02)
+    assert fast.compute_s == pytest.approx(slow.compute_s)
+    assert slow.exposed_comm_s > 5 * fast.exposed_comm_s > 0
+    assert fast.mfu is not None and 0 < fast.mfu <= 1
