@@ -32,7 +32,12 @@ from launch.launchers.command import NodeCommand
 from launch.launchers.local import progress_bar, run_nodes
 from launch.launchers.select import commands_run_here, launch_commands
 from launch.plan import RunPlan, config_for, plan_runs
-from launch.resolve import resolve_gpu, resolve_node_defaults, state_precision
+from launch.resolve import (
+    resolve_gpu,
+    resolve_layouts,
+    resolve_node_defaults,
+    state_precision,
+)
 from launch.rundir import (
     FAILED,
     finished_points,
@@ -99,7 +104,7 @@ def prepare(cfg: RunConfig, overrides: list[str], job: Job, console: Console) ->
     resolve_gpu(cfg, console)
     resolve_node_defaults(cfg, overrides, console)
     job.adjust(cfg)
-    plans = plan_runs(cfg)
+    plans = resolve_layouts(cfg, plan_runs(cfg), console)
     validate(cfg, plans)
     job.validate(cfg)
     setup = set_up_cluster(cfg, plans, console)  # nodes, emulated links; ConfigError too

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from launch.errors import ConfigError
-from train.config import RunConfig
+from train.config import ParallelConfig, RunConfig
 
 
 @dataclass(frozen=True)
@@ -18,6 +18,9 @@ class RunPlan:
     nproc_per_node: int
     global_batch: int
     run_dir: Path
+    # parallel=auto: the layout chosen for this run, and why (launch/resolve.py).
+    parallel: ParallelConfig | None = None
+    layout_reason: str | None = None
 
 
 def plan_runs(cfg: RunConfig) -> list[RunPlan]:
@@ -81,4 +84,7 @@ def config_for(cfg: RunConfig, plan: RunPlan, sweep_id: str) -> RunConfig:
     run_cfg.train.global_batch = plan.global_batch
     run_cfg.run_dir = str(plan.run_dir)
     run_cfg.resolved.sweep_id = sweep_id
+    if plan.parallel is not None:
+        run_cfg.parallel = copy.deepcopy(plan.parallel)
+        run_cfg.resolved.layout_reason = plan.layout_reason
     return run_cfg

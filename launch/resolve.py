@@ -221,3 +221,30 @@ def nodes_outlook(cfg: RunConfig) -> str:
         f"{with_lib.resolved} where Transformer Engine or torchao imports on the nodes, else "
         f"{without.resolved}; {where}: {with_lib.reason}"
     )
+
+
+def resolve_layouts(cfg: RunConfig, plans: list, console: Console) -> list:
+    """parallel=auto: the performance model's best layout for each run, said with its reason
+    (the same question `python -m launch.project` answers for parts not at hand)."""
+    if cfg.parallel.name != "auto":
+        return plans
+    import dataclasses
+
+    from launch.perfmodel.choose import choose_layout
+
+    chosen = []
+    for plan in plans:
+        choice = choose_layout(
+            cfg, plan.world_size, plan.nproc_per_node, plan.nodes, global_batch=plan.global_batch
+        )
+        parallel = copy.deepcopy(cfg.parallel)
+        parallel.name = choice.name
+        parallel.dp_replicate = choice.degrees.dp_replicate
+        parallel.dp_shard = choice.degrees.dp_shard
+        parallel.tp = choice.degrees.tp
+        parallel.activation_checkpoint = choice.activation_checkpoint
+        console.print(
+            f"layout: auto -> {choice.name} at world size {plan.world_size} ({choice.reason})"
+        )
+        chosen.append(dataclasses.replace(plan, parallel=parallel, layout_reason=choice.reason))
+    return chosen

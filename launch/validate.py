@@ -12,7 +12,7 @@ import numpy as np
 from launch.cluster.checks import validate_launch
 from launch.conf_tree import group_choices, load_gpu_profile
 from launch.errors import ConfigError
-from launch.plan import RunPlan
+from launch.plan import RunPlan, config_for
 from train.config import RunConfig
 from train.data import TOKEN_DTYPES
 from train.hardware import module_imports
@@ -25,7 +25,8 @@ def validate(cfg: RunConfig, plans: list[RunPlan]) -> None:
     """Every rule a value's type cannot say (closed choices are enums in the schema)."""
     validate_model(cfg)
     # Before the fp8 backend checks: a layout that cannot run a precision at all says so first.
-    validate_layout_precision(cfg)
+    if cfg.parallel.name != "auto":
+        validate_layout_precision(cfg)
     validate_precision(cfg)
     validate_train(cfg)
     validate_cluster(cfg, plans)
@@ -166,13 +167,15 @@ def validate_cpu_share(cfg: RunConfig, plans: list[RunPlan]) -> None:
 def validate_parallel(cfg: RunConfig, plans: list[RunPlan]) -> None:
     """Degrees against each run's world size, tensor-parallel splits, offload, batch split."""
     for plan in plans:
+        run_cfg = config_for(cfg, plan, "")  # parallel=auto: the layout chosen for this run
+        validate_layout_precision(run_cfg)
         try:
-            layout = plan_layout(cfg, plan.world_size, plan.nproc_per_node)
+            layout = plan_layout(run_cfg, plan.world_size, plan.nproc_per_node)
         except LayoutError as exc:
             raise ConfigError(exc.key, exc.message) from None
         # Each optimizer step splits the global batch into micro batches, one per
         # data-parallel rank per accumulation step (the ranks of a TP group share theirs).
-        for key, reason in profile_errors(cfg.profile, plan.world_size, cfg.parallel.name):
+        for key, reason in profile_errors(cfg.profile, plan.world_size, run_cfg.parallel.name):
             raise ConfigError(key, reason)
         dp = layout.degrees.dp
         if plan.global_batch % (cfg.train.micro_batch * dp):

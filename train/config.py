@@ -52,6 +52,7 @@ class Fp8Recipe(Choice):
 
 
 class LayoutName(Choice):
+    auto = "auto"  # the driver picks one of the others per run (launch/perfmodel/choose.py)
     ddp = "ddp"
     fsdp = "fsdp"
     hsdp = "hsdp"

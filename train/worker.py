@@ -307,7 +307,12 @@ def _run(cfg: RunConfig, run_dir: Path, rank: distributed.RankInfo) -> dict | No
         "backend": rank.backend,
         "precision": plan.as_dict(),
         "parallel": cfg.parallel.name,
-        "layout": layout_plan.as_dict(),
+        "layout": {
+            **layout_plan.as_dict(),
+            "resolved": layout_plan.name,
+            # parallel=auto: the performance model's reason (launch/perfmodel/choose.py).
+            "reason": cfg.resolved.layout_reason or f"requested parallel={layout_plan.name}",
+        },
         "model": {
             "name": cfg.model.name,
             "params": n_params,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from launch.report.predicted import predicted_section
 from launch.report.scaling import group_series
 
 SWEEP_KINDS = {
@@ -89,6 +90,8 @@ def markdown_report(runs: list[dict[str, Any]], rows: list[dict[str, Any]]) -> s
                 f"| {row['tokens_per_s_per_device']:,.0f} | {row['step_time_median_s']:.3f} "
                 f"| {pct(row['mfu'])} | {pct(eff)} | " + " | ".join(layout_cells(row)) + " |"
             )
+        if any(r.get("predicted") for r in series_rows):
+            lines += predicted_section(series_rows)
         lines += [
             "",
             "Scaling efficiency = (tokens/s at N ÷ N) ÷ (tokens/s at base ÷ base), base = world "

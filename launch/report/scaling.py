@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from launch.report.predicted import predicted_for
+
 
 def group_series(runs: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
     series: dict[str, list[dict[str, Any]]] = {}
@@ -49,6 +51,8 @@ def scaling_rows(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
                     "comm_bytes_per_step": run.get("comm_bytes_per_step"),
                     "hfu": run.get("hfu"),
                     "crosses_node_boundary": crosses,
+                    # The performance model's step for this run (launch/report/predicted.py).
+                    "predicted": predicted_for(run) if "run_dir" in run else None,
                     "sweep": run["sweep"]["name"],
                     "run_dir": run["run_dir"],
                 }

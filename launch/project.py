@@ -1,0 +1,22 @@
+"""``python -m launch.project [overrides]``: projected scaling per GPU type (launch/perfmodel/).
+
+    python -m launch.project model=llama_7b parallel=auto project.gpus=[h100_sxm,h800,a100_80g,a800]
+    python -m launch.project project.mode=comm project.nodes=[1,2]
+    python -m launch.project project.calibrate=runs/DATE/TIME/ws1   # from a measured run
+
+Writes projection.md, projection.json and projection.png into project.out (or the run dir)
+and prints the table; pure arithmetic, no rank starts.
+"""
+
+from __future__ import annotations
+
+from launch.app import run_app
+from launch.perfmodel.project import run_projection
+
+
+def main() -> None:
+    run_app(lambda cfg, overrides, console: run_projection(cfg, console))
+
+
+if __name__ == "__main__":
+    main()
