@@ -24,11 +24,11 @@ from train.profiling import profile_errors
 def validate(cfg: RunConfig, plans: list[RunPlan]) -> None:
     """Every rule a value's type cannot say (closed choices are enums in the schema)."""
     validate_model(cfg)
+    validate_train(cfg)  # the shapes first: precision checks below multiply them
     # Before the fp8 backend checks: a layout that cannot run a precision at all says so first.
     if cfg.parallel.name != "auto":
         validate_layout_precision(cfg)
     validate_precision(cfg)
-    validate_train(cfg)
     validate_cluster(cfg, plans)
     validate_parallel(cfg, plans)
     if cfg.data.source == "file":
@@ -73,6 +73,31 @@ def validate_precision(cfg: RunConfig) -> None:
         raise ConfigError("precision.fp8.min_dim", f"{fp8.min_dim}: must be >= 16")
     if cfg.precision.name != "fp8":
         return
+    if not cfg.gpu.fp8:
+        with_fp8 = [n for n in group_choices("gpu") if n != "auto" and load_gpu_profile(n).fp8]
+        raise ConfigError(
+            "precision",
+            f"fp8 needs FP8 tensor cores, which gpu={cfg.gpu.name} lacks; profiles with FP8: "
+            + ", ".join(with_fp8),
+        )
+    if fp8.backend == "te" and not module_imports("transformer_engine.pytorch"):
+        raise ConfigError(
+            "precision.fp8.backend",
+            "te: transformer_engine does not import here; pip install -e '.[te]' on a CUDA "
+            "machine, or use precision.fp8.backend=torchao",
+        )
+    te_instead = fp8.backend == "auto" and module_imports("transformer_engine.pytorch")
+    if (
+        fp8.backend in ("torchao", "auto")
+        and not module_imports("torchao.float8")
+        and not te_instead
+    ):
+        raise ConfigError(
+            "precision.fp8.backend",
+            f"{fp8.backend}: torchao does not import here; pip install -e '.[fp8]'"
+            + (" or '.[te]'" if fp8.backend == "auto" else ""),
+        )
+
     if not any(fp8_eligible(*shape, fp8.min_dim) for shape in model_linear_shapes(cfg.model)):
         # The run would be bf16 throughout; labelling it fp8 (and taking MFU against the fp8
         # peak) would claim what did not happen.
@@ -87,27 +112,6 @@ def validate_precision(cfg: RunConfig) -> None:
             "train.micro_batch",
             f"precision=fp8 needs micro_batch x seq_len (each GEMM's rows) to be a multiple of "
             f"{FP8_GEMM_MULTIPLE}; {cfg.train.micro_batch} x {cfg.train.seq_len} = {tokens}",
-        )
-    if not cfg.gpu.fp8:
-        with_fp8 = [n for n in group_choices("gpu") if n != "auto" and load_gpu_profile(n).fp8]
-        raise ConfigError(
-            "precision",
-            f"fp8 needs FP8 tensor cores, which gpu={cfg.gpu.name} lacks; profiles with FP8: "
-            + ", ".join(with_fp8),
-        )
-    if fp8.backend == "te" and not module_imports("transformer_engine.pytorch"):
-        raise ConfigError(
-            "precision.fp8.backend",
-            "te: transformer_engine does not import here; pip install -e '.[te]' on a CUDA "
-            "machine, or use precision.fp8.backend=torchao",
-        )
-    if fp8.backend in ("torchao", "auto") and not module_imports("torchao.float8"):
-        if fp8.backend == "auto" and module_imports("transformer_engine.pytorch"):
-            return
-        raise ConfigError(
-            "precision.fp8.backend",
-            f"{fp8.backend}: torchao does not import here; pip install -e '.[fp8]'"
-            + (" or '.[te]'" if fp8.backend == "auto" else ""),
         )
 
 

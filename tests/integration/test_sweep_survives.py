@@ -1,0 +1,72 @@
+"""A sweep stopped by SIGTERM keeps its finished points, stops every rank, writes a partial
+report and says how to resume; `resume=true` runs only what is missing (issue 12)."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+from tests.conftest import FAST, cli_env
+from tests.ranks.processes import rank_pids
+
+SWEEP = [
+    *FAST,
+    "precision=fp32",
+    "sweep=weak",
+    "sweep.world_sizes=[1,2,3]",
+    "cluster.nproc_per_node=3",
+    "cluster.allow_oversubscribe=true",  # 3 ranks on this 2-core machine
+    "train.steps=4",
+    "train.warmup_steps=1",
+    "train.seq_len=32",
+    "train.global_batch=2",
+    "train.micro_batch=2",
+]
+
+
+def test_sigterm_keeps_finished_points_and_resume_runs_the_rest(tmp_path):
+    root = tmp_path / "sweep"
+    argv = [sys.executable, "-m", "launch", *SWEEP, f"run_dir={root}"]
+    driver = subprocess.Popen(
+        argv,
+        cwd=tmp_path,
+        env=cli_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 180
+    while not (root / "ws2" / "metrics.jsonl").exists():  # ws1 finished, ws2 running
+        assert driver.poll() is None and time.monotonic() < deadline, driver.communicate()
+        time.sleep(0.1)
+    driver.send_signal(signal.SIGTERM)  # what a scheduler's time limit sends
+    out, err = driver.communicate(timeout=120)
+    assert driver.returncode == 128 + signal.SIGTERM, err
+    assert "stopped by SIGTERM" in err and "Traceback" not in err
+    assert rank_pids(root / "ws2" / "config.yaml") == {}  # no rank outlives the driver
+    assert "resume=true" in " ".join(out.split())
+    partial = json.loads((root / "results.json").read_text())
+    assert [row["world_size"] for row in partial["rows"]] == [1]
+
+    first = root / "ws1" / "summary.json"
+    kept_mtime = first.stat().st_mtime_ns
+    resumed = subprocess.run(
+        [*argv, "resume=true"],
+        cwd=tmp_path,
+        env=cli_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "ws1: finished earlier with this same workload; kept" in " ".join(resumed.stdout.split())
+    assert first.stat().st_mtime_ns == kept_mtime
+    rows = json.loads((root / "results.json").read_text())["rows"]
+    assert [row["world_size"] for row in rows] == [1, 2, 3]
+    sweep_ids = {
+        json.loads((root / f"ws{n}" / "summary.json").read_text())["sweep"]["id"] for n in (1, 2, 3)
+    }
+    assert len(sweep_ids) == 1  # one sweep, resumed
