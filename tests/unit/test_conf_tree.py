@@ -10,6 +10,7 @@ from launch.errors import ConfigError
 from launch.plan import plan_runs
 from launch.validate import validate
 from tests.conftest import compose_run_config
+from train.precision import fp8_eligible, model_linear_shapes
 
 GPUS = [g for g in group_choices("gpu") if g != "auto"]
 MODELS = group_choices("model")
@@ -71,6 +72,14 @@ def test_every_combination_composes_and_validates(tmp_path):
         assert (cfg.gpu.name, cfg.model.name, cfg.precision.name) == (gpu, model, precision)
         if precision == "fp8" and not cfg.gpu.fp8:
             with pytest.raises(ConfigError, match="^precision: fp8 needs FP8 tensor cores"):
+                validate(cfg, plan_runs(cfg))
+            continue
+        shapes = model_linear_shapes(cfg.model)
+        if precision == "fp8" and not any(
+            fp8_eligible(*s, cfg.precision.fp8.min_dim) for s in shapes
+        ):
+            # No layer wide enough: a run labelled fp8 would be bf16 throughout.
+            with pytest.raises(ConfigError, match="^precision.fp8.min_dim: no Linear layer"):
                 validate(cfg, plan_runs(cfg))
             continue
         validate(cfg, plan_runs(cfg))
