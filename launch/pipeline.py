@@ -15,6 +15,7 @@ the driver does with each result and with all of them.
 from __future__ import annotations
 
 import shlex
+import shutil
 import sys
 import uuid
 from collections.abc import Callable
@@ -46,6 +47,7 @@ from launch.rundir import (
     take_run_dir,
 )
 from launch.validate import validate
+from train.checkpoint import checkpoint_root, latest_complete
 from train.config import RunConfig
 
 
@@ -127,6 +129,9 @@ def prepare(cfg: RunConfig, overrides: list[str], job: Job, console: Console) ->
         if plan.name in finished:
             continue  # its files stay as they are
         (plan.run_dir / FAILED).unlink(missing_ok=True)
+        if cfg.overwrite and not cfg.checkpoint.dir:
+            # The run is replaced: its own checkpoints must not resume it.
+            shutil.rmtree(plan.run_dir / "checkpoints", ignore_errors=True)
         path = write_run_config(cfg, plan, prepared.sweep_id)
         prepared.config_paths[plan.name] = path
         if cfg.launcher.name != "slurm":
@@ -181,6 +186,9 @@ def run_point(prepared: Prepared, job: Job, plan: RunPlan, progress) -> dict | N
     if not here:
         return None  # cluster=multinode: this node has no part in a smaller run
     # On a real multi-node cluster rank 0 may write its result on another node.
+    # A point that resumes from its checkpoint appends to the steps it already logged.
+    root = checkpoint_root(config_for(cfg, plan, ""), plan.run_dir)
+    resumes = cfg.checkpoint.every > 0 and latest_complete(root) is not None
     result = run_nodes(
         here,
         plan,
@@ -189,6 +197,7 @@ def run_point(prepared: Prepared, job: Job, plan: RunPlan, progress) -> dict | N
         progress_file=job.progress_file,
         result_file=job.result_file,
         require_result=len(here) == plan.nodes,
+        keep_progress=resumes,
     )
     if result is None:
         progress.console.print(

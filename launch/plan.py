@@ -84,6 +84,9 @@ def config_for(cfg: RunConfig, plan: RunPlan, sweep_id: str) -> RunConfig:
     run_cfg.train.global_batch = plan.global_batch
     run_cfg.run_dir = str(plan.run_dir)
     run_cfg.resolved.sweep_id = sweep_id
+    if run_cfg.checkpoint.dir:
+        # Ranks may run elsewhere (another cwd, another node): an absolute path.
+        run_cfg.checkpoint.dir = str(Path(run_cfg.checkpoint.dir).resolve())
     if plan.parallel is not None:
         run_cfg.parallel = copy.deepcopy(plan.parallel)
         run_cfg.resolved.layout_reason = plan.layout_reason

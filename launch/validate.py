@@ -13,6 +13,7 @@ from launch.cluster.checks import validate_launch
 from launch.conf_tree import group_choices, load_gpu_profile
 from launch.errors import ConfigError
 from launch.plan import RunPlan, config_for
+from train.checkpoint import checkpoint_errors
 from train.config import RunConfig
 from train.data import TOKEN_DTYPES
 from train.hardware import module_imports
@@ -23,6 +24,7 @@ from train.profiling import profile_errors
 
 def validate(cfg: RunConfig, plans: list[RunPlan]) -> None:
     """Every rule a value's type cannot say (closed choices are enums in the schema)."""
+    validate_run_dirs(cfg, plans)  # first: a finished run is kept, whatever else is asked
     validate_model(cfg)
     validate_train(cfg)  # the shapes first: precision checks below multiply them
     # Before the fp8 backend checks: a layout that cannot run a precision at all says so first.
@@ -33,7 +35,6 @@ def validate(cfg: RunConfig, plans: list[RunPlan]) -> None:
     validate_parallel(cfg, plans)
     if cfg.data.source == "file":
         validate_token_file(cfg)
-    validate_run_dirs(cfg, plans)
 
 
 def validate_model(cfg: RunConfig) -> None:
@@ -181,6 +182,11 @@ def validate_parallel(cfg: RunConfig, plans: list[RunPlan]) -> None:
         # data-parallel rank per accumulation step (the ranks of a TP group share theirs).
         for key, reason in profile_errors(cfg.profile, plan.world_size, run_cfg.parallel.name):
             raise ConfigError(key, reason)
+        for key, reason in checkpoint_errors(run_cfg):
+            # overwrite=true removes the run's own checkpoints (RUN_DIR/checkpoints) before it
+            # starts: what is in them then does not matter.
+            if not (cfg.overwrite and key == "checkpoint.dir" and not cfg.checkpoint.dir):
+                raise ConfigError(key, reason)
         dp = layout.degrees.dp
         if plan.global_batch % (cfg.train.micro_batch * dp):
             raise ConfigError(

@@ -15,12 +15,19 @@ setup (DDP's initial broadcast, TP's distribution of weights) and the loss all-r
 rank 0 logs.
 
 Exact in fp32 for ddp, fsdp, hsdp, tp (with and without sequence parallelism and activation
-checkpointing) and DeepSpeed 0.19.8's zero1-3: tests/test_parallel.py counts the bytes of
-every collective during real 2-rank steps and compares them with these (hsdp 2x2, tp_fsdp
-2x2 with and without SP, fsdp and zero3 at 4 ranks matched too, checked by hand). Two parts
-are models rather than checked counts: above 1e9 parameters ZeRO-3 is assumed to gather
-everything twice per micro-step (see _zero), and under autocast TP's activations are counted
-at the compute dtype's width although some backward collectives may run in fp32.
+checkpointing) and DeepSpeed 0.19.8's zero1-3: tests/integration/test_parallel.py counts the
+bytes of every collective during real 2-rank steps and compares them with these (hsdp 2x2,
+tp_fsdp 2x2 with and without SP, fsdp and zero3 at 4 ranks matched too, checked by hand).
+Exact under bf16 autocast on 2 CPU ranks for fsdp (fp32 and bf16 reduce), hsdp, tp, tp + SP
+and tp_fsdp + SP with checkpointing (tests/integration/test_meta_init_and_16bit_bytes.py):
+FSDP2 gathers in the compute dtype and reduces in parallel.fsdp_reduce_dtype; TP moves
+16-bit matmul outputs but fp32 norm outputs and residual stream, except under tp_fsdp, whose
+16-bit parameters make the whole stream 16-bit. fp16 follows the same rules, unchecked.
+Models rather than checked counts: above 1e9 parameters ZeRO-3 is assumed to gather
+everything twice per micro-step (see _zero); torchao's fp8 all-gather (1 byte for fp8
+linears, one amax all-reduce per step) is not counted on CPU ranks; and these dtypes were
+counted on CPU, where autocast's op lists differ from CUDA's (train/model.py's RMSNorm pins
+the one difference that would move bytes).
 """
 
 from __future__ import annotations
@@ -41,28 +48,36 @@ class CommVolume:
     all_reduce: int = 0
     all_gather: int = 0
     reduce_scatter: int = 0
+    # Point-to-point (pipeline activations forward, their gradients back): the bytes this
+    # rank sends; each transfer is counted once, at its sender (train/pipeline_volume.py).
+    send_recv: int = 0
 
     def __add__(self, other: CommVolume) -> CommVolume:
         return CommVolume(
             self.all_reduce + other.all_reduce,
             self.all_gather + other.all_gather,
             self.reduce_scatter + other.reduce_scatter,
+            self.send_recv + other.send_recv,
         )
 
     def __mul__(self, times: int) -> CommVolume:
         return CommVolume(
-            self.all_reduce * times, self.all_gather * times, self.reduce_scatter * times
+            self.all_reduce * times,
+            self.all_gather * times,
+            self.reduce_scatter * times,
+            self.send_recv * times,
         )
 
     @property
     def total(self) -> int:
-        return self.all_reduce + self.all_gather + self.reduce_scatter
+        return self.all_reduce + self.all_gather + self.reduce_scatter + self.send_recv
 
     def as_dict(self) -> dict[str, int]:
         return {
             "all_reduce": self.all_reduce,
             "all_gather": self.all_gather,
             "reduce_scatter": self.reduce_scatter,
+            "send_recv": self.send_recv,
             "total": self.total,
         }
 
@@ -90,6 +105,18 @@ def comm_bytes_per_step(
     """
     sixteen_bit = precision in ("bf16", "fp16", "fp8")
     d = layout.degrees
+    if layout.pipeline is not None:  # pp, pp_fsdp
+        from train.pipeline_volume import pipeline_volume  # it imports this module
+
+        return pipeline_volume(
+            model,
+            layout,
+            rows_per_rank=micro_batch * accum_steps,
+            seq_len=seq_len,
+            sixteen_bit=sixteen_bit,
+            grad_clip=grad_clip,
+            fsdp_reduce_dtype=fsdp_reduce_dtype,
+        )
     if layout.name in ZERO_STAGES:
         width = 2 if sixteen_bit else 4
         return _zero(model, ZERO_STAGES[layout.name], d.dp_shard, accum_steps, width)
@@ -220,21 +247,27 @@ def _tp_per_micro_step(
     outputs); with SP an all-gather of the norm's output before attention and MLP and a
     reduce-scatter of the matmul output after each. Backward mirrors forward: without SP the
     all-reduces carry the gradients of the norms' outputs, with SP the all-gathers carry the
-    matmul outputs' gradients and the reduce-scatters the norm outputs'. A checkpointed block
-    replays its forward collectives during backward. With SP two more all-gathers of the
-    residual stream: the last block's output before the final norm (forward) and the first
-    block's input gradient (backward).
+    matmul outputs' gradients and the reduce-scatters the norm outputs'. With SP two more
+    all-gathers of the residual stream: the last block's output before the final norm
+    (forward) and the first block's input gradient (backward).
+
+    A checkpointed block replays its forward during backward, but torch's non-reentrant
+    checkpoint stops the replay once the last tensor backward needs is recomputed, before
+    the block's final collective (after w2, whose output nothing saved depends on): so a
+    replay costs one all-reduce (after wo) without SP, and with SP both all-gathers and one
+    reduce-scatter.
     """
-    forwards = 2 * m.n_layers + len(layout.checkpointed)  # forward passes' collective pairs
-    backwards = 2 * m.n_layers
+    n_ckpt = len(layout.checkpointed)
+    per_pass = 2 * m.n_layers  # collectives (or pairs, with SP) per forward or backward pass
     if not layout.sequence_parallel:
-        return CommVolume(
-            all_reduce=(forwards * widths.matmul_out + backwards * widths.norm_out) * activation
-        )
+        all_reduce = (per_pass + n_ckpt) * widths.matmul_out + per_pass * widths.norm_out
+        return CommVolume(all_reduce=all_reduce * activation)
+    all_gather = (
+        (per_pass + 2 * n_ckpt) * widths.norm_out + per_pass * widths.matmul_out + 2 * widths.stream
+    )
+    reduce_scatter = (per_pass + n_ckpt) * widths.matmul_out + per_pass * widths.norm_out
     return CommVolume(
-        all_gather=(forwards * widths.norm_out + backwards * widths.matmul_out + 2 * widths.stream)
-        * activation,
-        reduce_scatter=(forwards * widths.matmul_out + backwards * widths.norm_out) * activation,
+        all_gather=all_gather * activation, reduce_scatter=reduce_scatter * activation
     )
 
 

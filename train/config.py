@@ -61,6 +61,18 @@ class LayoutName(Choice):
     zero3 = "zero3"
     tp = "tp"
     tp_fsdp = "tp_fsdp"
+    pp = "pp"  # pipeline stages across ranks, DDP within a stage group (train/parallel/pipeline.py)
+    pp_fsdp = "pp_fsdp"  # pipeline stages across ranks, FSDP2 within a stage group
+
+
+class PipelineSchedule(Choice):
+    """torch.distributed.pipelining's schedules, by the class each value builds."""
+
+    gpipe = "gpipe"  # ScheduleGPipe: all forwards, then all backwards
+    one_f_one_b = "one_f_one_b"  # Schedule1F1B
+    interleaved_one_f_one_b = "interleaved_one_f_one_b"  # ScheduleInterleaved1F1B
+    interleaved_zero_bubble = "interleaved_zero_bubble"  # ScheduleInterleavedZeroBubble (ZB1P)
+    zero_bubble_v = "zero_bubble_v"  # ScheduleZBVZeroBubble: exactly 2 stages per rank, V-shaped
 
 
 class ActivationCheckpoint(Choice):
@@ -118,6 +130,11 @@ class WandbMode(Choice):
     offline = "offline"
     online = "online"
     disabled = "disabled"
+
+
+class ReduceDtype(Choice):
+    fp32 = "fp32"
+    bf16 = "bf16"
 
 
 class ProjectMode(Choice):
@@ -216,7 +233,8 @@ class PrecisionConfig:
 class ParallelConfig:
     """How the model and the batch are spread over ranks (conf/parallel/<name>.yaml).
 
-    world size = dp_replicate x dp_shard x tp; -1 means "the rest" (train/parallel/degrees.py).
+    world size = pp x dp_replicate x dp_shard x tp; -1 means "the rest"
+    (train/parallel/degrees.py).
     """
 
     name: LayoutName = LayoutName.ddp
@@ -229,6 +247,17 @@ class ParallelConfig:
     dp_shard: int = 1
     # Ranks that split every attention and MLP matmul (tp, tp_fsdp).
     tp: int = 1
+    # Pipeline stage groups (pp, pp_fsdp): each holds a contiguous run of blocks and passes
+    # activations forward and their gradients back to its neighbours. Outermost mesh dim.
+    pp: int = 1
+    # pp*: the order microbatches go through the stages (train/parallel/pipeline_plan.py).
+    pp_schedule: PipelineSchedule = PipelineSchedule.one_f_one_b
+    # pp*: microbatches per step (the gradient accumulation); -1: global_batch / (micro_batch
+    # x data-parallel size), one per train.micro_batch. Another value re-splits each
+    # data-parallel rank's rows into this many equal microbatches.
+    pp_microbatches: int = -1
+    # pp*: model chunks per rank; interleaved schedules need >= 2, zero_bubble_v exactly 2.
+    pp_stages_per_rank: int = 1
     # tp: also split the norms and residual stream along the sequence, so the activation
     # all-reduces become reduce-scatter + all-gather pairs (Korthikanti et al. 2022).
     sequence_parallel: bool = False
@@ -247,7 +276,7 @@ class ParallelConfig:
     # HSDP-all-reduced) in: fp32 (torchtitan's default: exact sums, twice the bytes of the
     # 16-bit parameter all-gathers) or bf16 (half the bytes, rounding in the sum). fp32 runs
     # reduce in fp32 whatever this says.
-    fsdp_reduce_dtype: str = "fp32"
+    fsdp_reduce_dtype: ReduceDtype = ReduceDtype.fp32
 
 
 @dataclass
@@ -377,6 +406,27 @@ class TrainConfig:
 
 
 @dataclass
+class CheckpointConfig:
+    """Saving a run's state as it trains, and resuming from it (train/checkpoint.py).
+
+    Model, optimizer, loss scaler and step go through torch.distributed.checkpoint (sharded:
+    each rank writes its own part) or, for zero*, DeepSpeed's own checkpoint. Saves happen
+    between steps, outside every timed figure.
+    """
+
+    # Save every N steps; 0: never save and never resume (short benchmark runs).
+    every: int = 0
+    # Where the step_000012/ folders go; null: RUN_DIR/checkpoints. A run resumes from the
+    # latest complete checkpoint here (one with its marker and every file the marker lists).
+    dir: str | None = None
+    # Write in a background thread (torch.distributed.checkpoint.async_save): the loop only
+    # waits for the copy to host memory. zero* layouts save synchronously whatever this says.
+    async_save: bool = False
+    # Complete checkpoints kept: the last K; older ones are removed after each save.
+    keep: int = 2
+
+
+@dataclass
 class WandbConfig:
     mode: WandbMode = WandbMode.offline
     project: str = "scaleprobe"
@@ -452,6 +502,7 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     wandb: WandbConfig = field(default_factory=WandbConfig)
     profile: ProfileConfig = field(default_factory=ProfileConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     project: ProjectConfig = field(default_factory=ProjectConfig)
     name: str = "scaleprobe"
     run_dir: str = MISSING
@@ -474,6 +525,8 @@ DIGEST_EXCLUDES = (
     "wandb",
     "cluster",
     "project",
+    # Saves happen between steps, outside the timed figures: the same workload.
+    "checkpoint",
 )
 
 

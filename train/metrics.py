@@ -82,6 +82,10 @@ class StepRecord:
     memory_bytes: int
     timed: bool
     loss_scale: float | None = None  # fp16 only: halves on a step skipped for overflow
+    # Run by an attempt after a restart (torchrun's) or a resume from a checkpoint.
+    after_restart: bool = False
+    # This step had already run before the failure; this line is its run again.
+    repeated: bool = False
 
     @classmethod
     def measured(
@@ -97,6 +101,8 @@ class StepRecord:
         memory_bytes: int,
         timed: bool,
         loss_scale: float | None = None,
+        after_restart: bool = False,
+        repeated: bool = False,
     ) -> StepRecord:
         """Every derived figure of a step, computed once here for all sinks."""
         tokens_per_s = tokens_per_step / step_time_s
@@ -112,6 +118,8 @@ class StepRecord:
             memory_bytes=memory_bytes,
             timed=timed,
             loss_scale=loss_scale,
+            after_restart=after_restart,
+            repeated=repeated,
         )
 
 
@@ -126,7 +134,7 @@ def step_time_stats(step_times: list[float]) -> dict:
 def format_step_line(r: StepRecord, total_steps: int) -> str:
     """One torchtitan-style log line per step."""
     mfu_text = f"{100 * r.mfu:.1f}%" if r.mfu is not None else "n/a"
-    warm = "" if r.timed else "  (warm-up)"
+    warm = ("" if r.timed else "  (warm-up)") + ("  (repeated)" if r.repeated else "")
     return (
         f"step {r.step:>4}/{total_steps}  loss {r.loss:8.4f}  "
         f"memory {r.memory_bytes / 2**30:6.2f}GiB  tps {r.tokens_per_s:,.0f}  "

@@ -24,6 +24,10 @@ FP8_LAYOUT_GAPS = {
     **{f"zero{s}": f"parallel=zero{s} runs through DeepSpeed, which has no fp8" for s in (1, 2, 3)},
     "tp": "parallel=tp needs fp8-aware tensor-parallel plans, which are not wired up",
     "tp_fsdp": "parallel=tp_fsdp needs fp8-aware tensor-parallel plans, which are not wired up",
+    **{
+        name: f"parallel={name} has no fp8 inside pipeline stages (not wired up)"
+        for name in ("pp", "pp_fsdp")
+    },
 }
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import os
 import statistics
 import time
 from pathlib import Path
@@ -12,6 +14,7 @@ from omegaconf import OmegaConf
 
 from train import distributed
 from train.breakdown import link_rate
+from train.checkpoint import Checkpointer
 from train.cluster_record import cluster_record, gather_fabric_warnings
 from train.comm_volume import comm_bytes_per_step
 from train.config import RunConfig, config_digest, load_run_config
@@ -59,6 +62,8 @@ def train_step(
 
     ``sync=False`` is the no-sync twin (train/profiling.py): gradients are never reduced.
     """
+    if layout.runs_whole_step:  # a pipeline: its schedule runs every micro-batch
+        return layout.train_step(micro_batches, plan, device, grad_clip)
     loss_sum = torch.zeros((), device=device)
     for i, (inputs, targets) in enumerate(micro_batches):
         # Data-parallel layouts reduce gradients once per step, on the last micro-step.
@@ -180,6 +185,22 @@ def _run(cfg: RunConfig, run_dir: Path, rank: distributed.RankInfo) -> dict | No
             growth_interval=cfg.precision.loss_scale_growth_interval,
         )
 
+    # Resumes from the latest complete checkpoint (train/checkpoint.py): the loop starts after it.
+    checkpoints = Checkpointer(
+        cfg,
+        run_dir,
+        layout=layout,
+        layout_plan=layout_plan,
+        scaler=scaler,
+        precision=plan.resolved,
+        rank=rank.rank,
+        world_size=rank.world_size,
+        device=rank.device,
+    )
+    start_step = checkpoints.resume()
+    restart_count = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", 0))
+    after_restart = restart_count > 0 or checkpoints.resumed_from_step is not None
+
     data = build_data(cfg)
     tokens_per_step = cfg.train.global_batch * cfg.train.seq_len
     peak = peak_tflops_for(cfg.gpu, plan.resolved)
@@ -196,13 +217,15 @@ def _run(cfg: RunConfig, run_dir: Path, rank: distributed.RankInfo) -> dict | No
             cfg.gpu.name,
             OmegaConf.to_container(OmegaConf.structured(cfg)),
         )
-        sinks = MetricsSinks(run_dir=run_dir, total_steps=cfg.train.steps, tracker=tracker)
+        sinks = MetricsSinks(
+            run_dir=run_dir, total_steps=cfg.train.steps, tracker=tracker, resume=after_restart
+        )
     if rank.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(rank.device)
 
     loss_value = float("nan")
     loop_started = time.perf_counter()
-    for step in range(1, cfg.train.steps + 1):
+    for step in range(start_step + 1, cfg.train.steps + 1):
         # This rank's rows only, drawn before the clock starts: the step times training, not
         # data generation. Drawn here rather than by a background thread, which would compete
         # with the step for the same CPU cores; one step's rows are held at a time.
@@ -221,24 +244,27 @@ def _run(cfg: RunConfig, run_dir: Path, rank: distributed.RankInfo) -> dict | No
         )
         loss_value = mean_over_ranks(loss)  # also waits for the device: the step is done
         step_time = time.perf_counter() - started
-        if sinks is None:
-            continue
-        sinks.log_step(
-            StepRecord.measured(
-                step=step,
-                loss=loss_value,
-                step_time_s=step_time,
-                tokens_per_step=tokens_per_step,
-                world_size=rank.world_size,
-                flops_per_token=model_flops_per_token,
-                peak_tflops=peak,
-                memory_bytes=peak_memory_bytes(rank.device),
-                timed=step > cfg.train.warmup_steps,
-                loss_scale=scaler.get_scale() if scaler else None,
+        if sinks is not None:
+            sinks.log_step(
+                StepRecord.measured(
+                    step=step,
+                    loss=loss_value,
+                    step_time_s=step_time,
+                    tokens_per_step=tokens_per_step,
+                    world_size=rank.world_size,
+                    flops_per_token=model_flops_per_token,
+                    peak_tflops=peak,
+                    memory_bytes=peak_memory_bytes(rank.device),
+                    timed=step > cfg.train.warmup_steps,
+                    loss_scale=scaler.get_scale() if scaler else None,
+                    after_restart=after_restart,
+                    repeated=step in sinks.earlier_steps,
+                )
             )
-        )
+        checkpoints.after_step(step)  # every rank: saves are collective; outside the step time
 
-    timed_loop_s = time.perf_counter() - loop_started
+    timed_loop_s = time.perf_counter() - loop_started - checkpoints.waited_s
+    checkpoint_record = checkpoints.finish()  # an async save in flight completes here
     # Every rank takes part: the summary shows the busiest rank's bytes.
     peak_bytes = peak_memory_bytes(rank.device)  # before the profiler adds its own
     peak_reserved = peak_memory_reserved_bytes(rank.device)  # None on CPU
@@ -292,6 +318,9 @@ def _run(cfg: RunConfig, run_dir: Path, rank: distributed.RankInfo) -> dict | No
         )
     if not rank.is_main:
         return None
+    if math.isnan(loss_value) and sinks.records:
+        # Resumed at the last step (a restart after the final save): its loss was logged.
+        loss_value = sinks.records[-1].loss
     stats = step_time_stats(sinks.timed_step_times())
     tokens_per_s = tokens_per_step / stats["median"]
     per_device = tokens_per_s / rank.world_size
@@ -338,7 +367,11 @@ def _run(cfg: RunConfig, run_dir: Path, rank: distributed.RankInfo) -> dict | No
         "peak_memory_reserved_bytes": peak_reserved,
         "memory": memory,  # per rank, bytes: params, grads, optimizer state, masters, peak
         "comm_bytes_per_step": comm.as_dict(),  # per rank, by collective kind
+        "pipeline": layout.pipeline_summary,  # pp layouts: schedule, stages, bubble, memory
         "final_loss": loss_value,
+        # Saves (seconds, bytes, GB/s per rank and job) and the step resumed from; null: off.
+        "checkpoint": checkpoint_record,
+        "repeated_steps": sinks.repeated_steps(),  # run again after a restart
         # Profiled and twin steps (below) come after it and are not in any timed figure.
         "final_loss_from": f"last timed step ({cfg.train.steps})",
         **(profiled or {}),  # breakdown (per method), achieved_bandwidth, profile

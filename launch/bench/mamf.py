@@ -133,6 +133,158 @@ def measure(precision: str, sizes: list[int], device, seconds_per_precision: flo
     return best
 
 
+# --- The host at the model's own shapes (the cpu profile's compute in launch/perfmodel/host.py):
+# GEMMs and attention of a workload, elementwise kernels' latency and streaming bandwidth.
+# Each figure is the median of HOST_REPEATS timed loops (the cores are shared: one loop can
+# land on a busy moment), the spread kept beside it.
+HOST_REPEATS = 5
+# Elementwise c = a + b over these element counts: t(n) = latency + 12 n / bandwidth.
+STREAM_ELEMENTS = [1, 1024, 16384, 131072, 1048576, 4194304]
+
+
+def host_cache_path(device_name: str, cpu_threads: int) -> Path:
+    return cache_path(device_name, cpu_threads).with_name(
+        cache_path(device_name, cpu_threads).stem + "_host.json"
+    )
+
+
+def load_host(device_name: str, cpu_threads: int) -> dict | None:
+    path = host_cache_path(device_name, cpu_threads)
+    try:
+        record = json.loads(path.read_text()) if path.is_file() else None
+    except ValueError:
+        record = None
+    if record is not None and not isinstance(record.get("memory"), dict):
+        print(f"warning: ignoring unreadable host cache {path}", file=sys.stderr)
+        return None
+    return record
+
+
+def _loop(fn, seconds: float) -> tuple:
+    """A closure timing ``iters`` calls of ``fn`` (iters sized to ~``seconds``) per call."""
+    fn()
+    started = time.perf_counter()
+    fn()
+    once = max(time.perf_counter() - started, 1e-7)
+    iters = max(1, min(2000, int(seconds / once)))
+
+    def timed() -> float:
+        started = time.perf_counter()
+        for _ in range(iters):
+            fn()
+        return (time.perf_counter() - started) / iters
+
+    return timed
+
+
+def _interleaved_medians(loops: dict, seconds: float = 0.03) -> tuple[dict, dict]:
+    """Per key, the median of HOST_REPEATS timings taken in interleaved passes over every
+    key (a burst of load from a neighbour then hits one sample of many keys, not every
+    sample of one), and the spread (max / min - 1)."""
+    timers = {key: _loop(fn, seconds) for key, fn in loops.items()}
+    samples = {key: [] for key in loops}
+    for _ in range(HOST_REPEATS):
+        for key, timed in timers.items():
+            samples[key].append(timed())
+    medians, spread = {}, {}
+    for key, times in samples.items():
+        times.sort()
+        medians[key], spread[key] = times[len(times) // 2], times[-1] / times[0] - 1
+    return medians, spread
+
+
+def measure_host(
+    gemms: list[tuple[int, int, int]],
+    attention: list[tuple[int, int, int, int]],
+    *,
+    cpu_threads: int = 1,
+) -> dict:
+    """fp32 seconds of each GEMM (M, K, N) and of each SDPA forward + backward (batch, heads,
+    seq, head_dim; causal, as train/model.py), and the elementwise latency and bandwidth."""
+    import torch
+
+    torch.set_num_threads(cpu_threads)
+    loops = {}
+    for m, k, n in gemms:
+        a, b = torch.randn(m, k), torch.randn(k, n)
+        loops[f"{m}x{k}x{n}"] = lambda a=a, b=b: a @ b
+    sdpa_keys = []
+    for shape in attention:
+        q, k, v = (torch.randn(*shape, requires_grad=True) for _ in range(3))
+        grad = torch.randn(*shape)
+
+        def fwd_bwd(q=q, k=k, v=v, grad=grad):
+            out = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+            out.backward(grad)
+
+        key = "x".join(str(x) for x in shape)
+        loops[key] = fwd_bwd
+        sdpa_keys.append(key)
+    for n in STREAM_ELEMENTS:
+        a, b, c = torch.randn(n), torch.randn(n), torch.empty(n)
+        loops[f"add_{n}"] = lambda a=a, b=b, c=c: torch.add(a, b, out=c)
+    medians, spread = _interleaved_medians(loops)
+    points = [(12 * n, medians[f"add_{n}"]) for n in STREAM_ELEMENTS]
+    latency, bandwidth = _fit_alpha_beta(points)
+    return {
+        "gemm_s": {f"{m}x{k}x{n}": medians[f"{m}x{k}x{n}"] for m, k, n in gemms},
+        "sdpa_s": {key: medians[key] for key in sdpa_keys},
+        "memory": {
+            "kernel_latency_s": latency,
+            "gbytes_per_s": bandwidth / 1e9,
+            "points": [{"bytes": b, "time_s": t} for b, t in points],
+        },
+        "relative_spread": spread,
+    }
+
+
+def _fit_alpha_beta(points: list[tuple[int, float]]) -> tuple[float, float]:
+    """t = alpha + bytes / beta by least squares on relative error (small and large sizes
+    weigh alike); alpha floored at 0."""
+    sw = sx = sy = sxx = sxy = 0.0
+    for x, t in points:
+        w = 1 / (t * t)
+        sw, sx, sy, sxx, sxy = sw + w, sx + w * x, sy + w * t, sxx + w * x * x, sxy + w * x * t
+    slope = (sw * sxy - sx * sy) / (sw * sxx - sx * sx)
+    alpha = max(0.0, (sy - slope * sx) / sw)
+    return alpha, 1 / slope
+
+
+def ensure_host(model, micro_batch: int, seq_len: int, tps: list[int], cpu_threads: int = 1):
+    """The host record with every shape of ``model`` at (micro_batch, seq_len) for each TP
+    degree in ``tps``: measured and cached now for the shapes it lacks (a few seconds)."""
+    import torch
+
+    from launch.perfmodel import host
+    from train.distributed import cpu_model_name
+
+    torch.set_num_threads(cpu_threads)
+    device_name = cpu_model_name()
+    record = load_host(device_name, cpu_threads) or {"gemm_s": {}, "sdpa_s": {}}
+    tokens = micro_batch * seq_len
+    gemms = sorted({g for t in tps for g in host.step_gemms(model, tokens, t)})
+    attention = sorted({host.attention_shape(model, micro_batch, seq_len, t) for t in tps})
+    gemms = [g for g in gemms if host.gemm_key(*g) not in record["gemm_s"]]
+    attention = [a for a in attention if host.sdpa_key(*a) not in record["sdpa_s"]]
+    if not gemms and not attention and "memory" in record:
+        return record
+    new = measure_host(gemms, attention, cpu_threads=cpu_threads)
+    record["gemm_s"].update(new["gemm_s"])
+    record["sdpa_s"].update(new["sdpa_s"])
+    record["relative_spread"] = {**record.get("relative_spread", {}), **new["relative_spread"]}
+    record["memory"] = new["memory"]
+    record.update(
+        device_name=device_name,
+        cpu_threads=cpu_threads,
+        torch_version=torch.__version__,
+        measured_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    )
+    path = host_cache_path(device_name, cpu_threads)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record, indent=2) + "\n")
+    return record
+
+
 def default_precisions(device) -> list[str]:
     import torch
 
@@ -163,7 +315,25 @@ def main(argv: list[str] | None = None) -> int:
         help="threads on CPU (one core per rank by default, as runs use)",
     )
     parser.add_argument("--out", type=Path, help="also write the JSON here")
+    parser.add_argument(
+        "--host-shapes",
+        type=Path,
+        metavar="CONFIG_YAML",
+        help="CPU: measure the GEMM / attention shapes of a run's config.yaml (tp 1 and its "
+        "own), elementwise latency and bandwidth, for the performance model; cached",
+    )
     args = parser.parse_args(argv)
+    if args.host_shapes:
+        from train.config import load_run_config
+
+        cfg = load_run_config(args.host_shapes)
+        tps = sorted({1, 2, max(1, cfg.parallel.tp)})
+        record = ensure_host(
+            cfg.model, cfg.train.micro_batch, cfg.train.seq_len, tps, args.cpu_threads
+        )
+        print(json.dumps({k: record[k] for k in ("gemm_s", "sdpa_s", "memory")}, indent=2))
+        print(f"saved {host_cache_path(record['device_name'], args.cpu_threads)}")
+        return 0
 
     import torch
 

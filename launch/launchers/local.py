@@ -124,6 +124,7 @@ def run_nodes(
     progress_file: str = "metrics.jsonl",
     result_file: str = "summary.json",
     require_result: bool = True,
+    keep_progress: bool = False,
 ) -> dict | None:
     """Start every node's command together, follow rank 0's metrics, return its summary.
 
@@ -131,7 +132,8 @@ def run_nodes(
     already wrapped in its namespace). When one node fails the others are stopped: their
     torchrun would otherwise wait out the rendezvous timeout for a peer that never comes.
     """
-    for stale in (progress_file, result_file):
+    # A stale result never passes for this run's; progress is kept when the run resumes.
+    for stale in (result_file,) if keep_progress else (progress_file, result_file):
         (plan.run_dir / stale).unlink(missing_ok=True)
     task = progress.add_task(plan.name, total=total_steps, loss="-", tokens_per_s="-")
     tail = MetricsTail(plan.run_dir / progress_file)

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 from launch.errors import ConfigError
 from launch.perfmodel.hardware import (
+    GLOO_EMULATED_ALPHA_S,
     RING_BASE_US,
     RING_STEP_US,
     TREE_BANDWIDTH_SHARE,
@@ -111,6 +112,8 @@ def collective_time(
     if ranks <= 1 or nbytes <= 0:
         return CollectiveTime(op, nbytes, ranks, nodes, 0.0, "none", 0.0)
     links = group_links(rates, ranks, per_node)
+    if rates.gloo is not None and op in rates.gloo:
+        return _gloo_time(op, nbytes, ranks, nodes, per_node, factor, links, rates)
     beta = factor * nbytes / links.busbw_bytes_per_s
     if op == "all_to_all" and nodes > 1:
         # Each rank sends (n - per_node)/n of its buffer off-node, the rest over NVLink.
@@ -126,6 +129,30 @@ def collective_time(
         if tree < ring:
             best, algorithm = tree, "tree"
     return CollectiveTime(op, nbytes, ranks, nodes, best, algorithm, links.busbw_bytes_per_s / 1e9)
+
+
+def _gloo_time(
+    op: str,
+    nbytes: int,
+    ranks: int,
+    nodes: int,
+    per_node: int,
+    factor: float,
+    links: GroupLinks,
+    rates: PartRates,
+) -> CollectiveTime:
+    """CPU ranks (gloo over TCP): alpha + bus bytes / busbw, both measured per op on loopback
+    (hardware.GLOO_LOOPBACK); across the emulated link its rate x TCP goodput and its own
+    measured alpha (hardware.GLOO_EMULATED_ALPHA_S), the loopback's added where the group
+    also has several ranks in a node."""
+    cost = rates.gloo[op]
+    busbw = cost.busbw_gbytes_per_s * 1e9 if per_node > 1 else math.inf
+    alpha = cost.alpha_s if per_node > 1 else 0.0
+    if nodes > 1:
+        busbw = min(busbw, links.busbw_bytes_per_s)
+        alpha += GLOO_EMULATED_ALPHA_S
+    time_s = alpha + factor * nbytes / busbw
+    return CollectiveTime(op, nbytes, ranks, nodes, time_s, "gloo", busbw / 1e9)
 
 
 def _ring_latency(op: str, ranks: int, nodes: int, links: GroupLinks) -> float:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 from launch.perfmodel import shapes
 from launch.perfmodel.hardware import PartRates
+from launch.perfmodel.host import OPTIMIZER_KERNELS_PER_TENSOR, host_micro_step
 from train.config import ModelConfig
 from train.parallel.degrees import ZERO_STAGES, LayoutPlan
 
@@ -112,7 +113,11 @@ def compute_time(
     attention_rate = (rates.peak_tflops.get(width) or 0) * 1e12 * rates.attention_fraction
     attention_s = tokens * attention_flops / attention_rate if attention_rate else 0.0
     split = optimizer_split or layout_optimizer_split(plan)
-    memory_s = _memory_bound_s(m, plan, tokens, accum_steps, precision, rates, split)
+    if rates.host is not None:
+        return _host_compute_time(m, plan, micro_batch, seq_len, accum_steps, rates, split)
+    memory_s = _memory_bound_s(
+        m, plan, tokens, accum_steps, precision, split, rates.hbm_gbytes_per_s
+    )
 
     model_flops = tokens * (
         6 * m.n_layers * block + head_flops + 12 * m.n_layers * hq * seq_len / t
@@ -129,11 +134,11 @@ def _memory_bound_s(
     tokens: int,
     accum: int,
     precision: str,
-    rates: PartRates,
     optimizer_split: int,
+    gbytes_per_s: float | None,
 ) -> float:
-    if not rates.hbm_gbytes_per_s:
-        return 0.0  # no memory bandwidth known (the CPU): left out, stated in the docs
+    if not gbytes_per_s:
+        return 0.0  # no memory bandwidth known: left out, stated in the docs
     t = plan.degrees.tp
     half_width = (2 if precision in SIXTEEN_BIT else 4) / 2
     n_ckpt = len(plan.checkpointed)
@@ -150,7 +155,41 @@ def _memory_bound_s(
         key = "sixteen" if precision in SIXTEEN_BIT else "fp32"
         weights = WEIGHT_BYTES_PER_MICRO_STEP[key] * local_params * accum
     optimizer = OPTIMIZER_BYTES_PER_PARAM * local_params / max(1, optimizer_split)
-    return (tokens * per_token + weights + optimizer) / (rates.hbm_gbytes_per_s * 1e9)
+    return (tokens * per_token + weights + optimizer) / (gbytes_per_s * 1e9)
+
+
+def _host_compute_time(
+    m: ModelConfig,
+    plan: LayoutPlan,
+    micro_batch: int,
+    seq_len: int,
+    accum: int,
+    rates: PartRates,
+    split: int,
+) -> ComputeTime:
+    """The cpu profile: kernel times measured at this workload's shapes (perfmodel/host.py)."""
+    host = rates.host
+    t, n_ckpt = plan.degrees.tp, len(plan.checkpointed)
+    micro = host_micro_step(
+        m, host, micro_batch=micro_batch, seq_len=seq_len, tp=t, n_checkpointed=n_ckpt
+    )
+    tokens = micro_batch * seq_len * accum
+    streamed = _memory_bound_s(m, plan, tokens, accum, "fp32", split, host.memory_gbytes_per_s)
+    optimizer_kernels = OPTIMIZER_KERNELS_PER_TENSOR * shapes.param_tensors(m)
+    memory_s = micro.kernels_s * accum + streamed + optimizer_kernels * host.kernel_latency_s
+    matmul_s, attention_s = micro.gemm_s * accum, micro.attention_s * accum
+    forward_s = (micro.gemm_s + micro.attention_s + micro.kernels_s) * accum * micro.forward_share
+    forward_s += streamed * m.n_layers / (3 * m.n_layers + n_ckpt)
+    hq = m.n_heads * shapes.head_dim(m)
+    block = shapes.block_matmul_params(m, t)
+    head_flops = 6 * shapes.head_matmul_params(m)
+    attention_flops = (12 * m.n_layers + 4 * n_ckpt) * hq * seq_len / t
+    model_flops = tokens * (
+        6 * m.n_layers * block + head_flops + 12 * m.n_layers * hq * seq_len / t
+    )
+    hardware_flops = tokens * (6 * m.n_layers * block + 2 * n_ckpt * block + head_flops)
+    hardware_flops += tokens * attention_flops
+    return ComputeTime(matmul_s, attention_s, memory_s, forward_s, model_flops, hardware_flops)
 
 
 def _tp_local_params(m: ModelConfig, t: int) -> int:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from launch.perfmodel.host import HostRates
 from train.config import GpuConfig
 
 # Generation of each profile: the measured fractions below are per generation.
@@ -70,13 +71,48 @@ TREE_BASE_US = 4.4
 TREE_STEP_US = {"nvlink": 1.2, "pcie": 1.9, "net": 8.5}
 TREE_BANDWIDTH_SHARE = 0.9  # NCCL: tree busbw = 0.9 x ring's (tuning.cc "busBw*.9")
 
-# CPU ranks talk through gloo over TCP. Inside a node that is loopback; its rate and
-# per-step latency are not datasheet figures: assumed here, and replaced by a comm.json
-# (project.calibrate_comm) or a measured link where one is given.
-LOOPBACK_GBYTES_PER_S = 2.0
-GLOO_STEP_US = 50.0
-# TCP goodput through a tc tbf rate limit: about 0.95 of the configured rate (assumed).
-EMULATED_LINK_FRACTION = 0.95
+# CPU ranks talk through gloo over TCP; NCCL's latency model does not apply. Measured on this
+# project's reference host (2-core AMD EPYC, torch 2.13 CPU, 2 ranks on one node), 3 runs of
+#   python -m launch.comm sweep=none comm.ops=[all_reduce,all_gather,reduce_scatter]
+#     comm.max_bytes=8388608 comm.seconds_per_op=6 comm.seconds_per_size=0.3
+# median time per size, then t = alpha + bus bytes / busbw fitted over 1 KiB..8 MiB (least
+# squares on relative error). Per op: (alpha s, busbw GB/s). A comm.json of another host
+# replaces them (project.calibrate_comm).
+GLOO_LOOPBACK = {
+    "all_reduce": (475e-6, 1.81),
+    "all_gather": (323e-6, 0.83),
+    "reduce_scatter": (1333e-6, 1.03),
+}
+GLOO_LOOPBACK_SOURCE = "gloo on loopback, measured with launch.comm on the reference host"
+# The emulated cluster's link: TCP over a veth pair shaped by tc tbf. Goodput: the tbf counts
+# whole Ethernet frames (1514 bytes at MTU 1500) of which TCP carries MSS 1448 (20 IP + 32 TCP
+# with timestamps + 14 Ethernet bytes of headers): 1448 / 1514 = 0.956 of the configured rate.
+# Latency of one gloo collective across it: 1.7 ms, the median time of launch.comm's 1-4 KiB
+# all-reduces at 200 and 20 Mbit/s (cluster=emulated cluster.nodes=2 cluster.nproc_per_node=1;
+# size-independent there, so it is alpha, not bandwidth).
+TCP_GOODPUT = 1448 / 1514
+EMULATED_LINK_FRACTION = TCP_GOODPUT
+GLOO_EMULATED_ALPHA_S = 1.7e-3
+# Kept for a loopback link given only a measured busbw (intra_gbytes_per_s).
+LOOPBACK_GBYTES_PER_S = GLOO_LOOPBACK["all_reduce"][1]
+GLOO_STEP_US = GLOO_LOOPBACK["all_reduce"][0] * 1e6 / 2  # 2 ring steps for 2 ranks
+
+
+@dataclass(frozen=True)
+class GlooCost:
+    """One gloo collective: a fixed latency and a bus bandwidth (alpha-beta)."""
+
+    alpha_s: float
+    busbw_gbytes_per_s: float
+    source: str
+
+
+def gloo_loopback() -> dict[str, GlooCost]:
+    return {
+        op: GlooCost(alpha, busbw, GLOO_LOOPBACK_SOURCE)
+        for op, (alpha, busbw) in GLOO_LOOPBACK.items()
+    }
+
 
 GIB = 2**30
 
@@ -111,6 +147,10 @@ class PartRates:
     # What all ranks of one node together can send across nodes, when that is less than
     # ranks x inter (an emulated node's single link); None: each rank has its own NIC.
     inter_node_cap_gbytes_per_s: float | None = None
+    # The cpu profile: kernel times measured at the workload's shapes (perfmodel/host.py).
+    host: HostRates | None = None
+    # Gloo's measured alpha-beta per collective on loopback / the emulated link (CPU ranks).
+    gloo: dict[str, GlooCost] | None = None
 
     def link_inside(self, group_ranks_in_node: int) -> Link | None:
         if self.intra is not None and group_ranks_in_node <= self.intra_span:
@@ -125,11 +165,13 @@ def part_rates(
     precision: str = "bf16",
     link_gbps: float | None = None,
     intra_gbytes_per_s: float | None = None,
+    host: HostRates | None = None,
 ) -> PartRates:
     """The rates of ``gpu``. ``compute_tflops``: an achievable matmul rate that replaces the
     datasheet peak x fraction (a launch.mamf measurement, or a calibration); ``link_gbps``:
     the inter-node link per node in Gbit/s (the emulated cluster's ``cluster.link_gbps``);
-    ``intra_gbytes_per_s``: a measured busbw inside a node."""
+    ``intra_gbytes_per_s``: a measured busbw inside a node; ``host``: the cpu profile's
+    kernel times measured at the workload's shapes (compute is then itemised over them)."""
     generation = GENERATION.get(gpu.name)
     peaks = {p: getattr(gpu.peak_tflops, p) for p in ("fp32", "tf32", "bf16", "fp16", "fp8")}
     matmul = MATMUL_FRACTION.get(generation, DEFAULT_MATMUL_FRACTION)
@@ -164,6 +206,8 @@ def part_rates(
         pcie=_pcie_link(gpu, generation),
         inter=_inter_link(gpu, link_gbps),
         inter_node_cap_gbytes_per_s=link_gbps / 8 * EMULATED_LINK_FRACTION if link_gbps else None,
+        host=host if gpu.name == "cpu" else None,
+        gloo=gloo_loopback() if gpu.name == "cpu" and not intra_gbytes_per_s else None,
     )
 
 

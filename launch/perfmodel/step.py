@@ -17,6 +17,7 @@ from launch.errors import ConfigError
 from launch.perfmodel import shapes
 from launch.perfmodel.compute import ComputeTime, compute_time, layout_optimizer_split
 from launch.perfmodel.hardware import PartRates, part_rates
+from launch.perfmodel.host import HostRates
 from launch.perfmodel.memory import MemoryEstimate, estimate_memory
 from launch.perfmodel.overlap import comm_time
 from launch.perfmodel.traffic import layout_transfers
@@ -139,6 +140,11 @@ def predict(
     precision: str,
     rates: PartRates,
 ) -> Prediction:
+    if plan.pipeline is not None:  # the report then says why instead of a wrong number
+        raise ConfigError(
+            "parallel.name",
+            f"the performance model does not know pipeline layouts yet (parallel={plan.name})",
+        )
     m, train = cfg.model, cfg.train
     d = plan.degrees
     per_dp = micro = train.micro_batch
@@ -258,13 +264,15 @@ def predict_run(
     link_gbps: float | None = None,
     precision: str | None = None,
     intra_gbytes_per_s: float | None = None,
+    host: HostRates | None = None,
 ) -> Prediction:
     """The prediction for a run of ``cfg`` as it ran (its global batch, its layout), for the
     report to set beside the measurement. ``precision``: the run's resolved one (summary.json
     precision.resolved); ``compute_tflops``: the achievable matmul TFLOP/s of the device
     (default: gpu.measured_peak_tflops, which the driver fills from launch.mamf's cache, else
     the profile's peak x the generation's fraction); ``link_gbps``: the emulated link (default:
-    cluster.link_gbps when cluster=emulated)."""
+    cluster.link_gbps when cluster=emulated); ``host``: the cpu profile's kernel times measured
+    at this workload's shapes (launch.mamf --host-shapes), which itemise its compute."""
     if nodes <= 0:
         raise ConfigError("cluster.nodes", f"{nodes}: must be >= 1")
     if precision is None:
@@ -278,6 +286,7 @@ def predict_run(
         precision=width,
         link_gbps=link_gbps,
         intra_gbytes_per_s=intra_gbytes_per_s,
+        host=host,
     )
     if not rates.peak_tflops.get(width):
         raise ConfigError(

@@ -133,8 +133,11 @@ def _tensor_parallel(m, plan, elements, widths, accum, tp, per_node) -> list[Tra
             transfer("all_reduce", matmul_out, forwards * accum),
             transfer("all_reduce", norm_out, backwards * accum),
         ]
+    # With SP a checkpointed block's replay runs both all-gathers (not one), as counted in
+    # train/comm_volume.py: the replay stops before the block's last collective only.
+    sp_gathers = 2 * m.n_layers + 2 * len(plan.checkpointed)
     return [
-        transfer("all_gather", norm_out, forwards * accum),
+        transfer("all_gather", norm_out, sp_gathers * accum),
         transfer("all_gather", matmul_out, backwards * accum),
         transfer("all_gather", stream, 2 * accum),
         transfer("reduce_scatter", matmul_out, forwards * accum),
@@ -246,7 +249,8 @@ def _zero(m, stage, n, per_node, accum, width) -> list[Transfer]:
 
 
 def bytes_per_kind(transfers: list[Transfer]) -> dict[str, int]:
-    out = {"all_reduce": 0, "all_gather": 0, "reduce_scatter": 0}
+    # send_recv: pipeline point-to-point (train/comm_volume.py); no layout here has any yet.
+    out = {"all_reduce": 0, "all_gather": 0, "reduce_scatter": 0, "send_recv": 0}
     for t in transfers:
         out[t.kind] += t.total_bytes
     return out

@@ -92,6 +92,7 @@ def markdown_report(runs: list[dict[str, Any]], rows: list[dict[str, Any]]) -> s
             )
         if any(r.get("predicted") for r in series_rows):
             lines += predicted_section(series_rows)
+        lines += checkpoint_section(members)
         lines += [
             "",
             "Scaling efficiency = (tokens/s at N ÷ N) ÷ (tokens/s at base ÷ base), base = world "
@@ -109,3 +110,34 @@ def markdown_report(runs: list[dict[str, Any]], rows: list[dict[str, Any]]) -> s
             )
         lines.append("")
     return "\n".join(lines)
+
+
+def checkpoint_section(runs: list[dict[str, Any]]) -> list[str]:
+    """Checkpoint bandwidth per world size: writing state scales (or not) like training."""
+    rows = []
+    for run in sorted(runs, key=lambda r: r["world_size"]):
+        saves = ((run.get("checkpoint") or {}).get("saves")) or []
+        if not saves:
+            continue
+        job = [s["gbytes_per_s_job"] for s in saves if s.get("gbytes_per_s_job")]
+        per_rank = [r for s in saves for r in s.get("gbytes_per_s_per_rank") or [] if r]
+        rows.append(
+            f"| {run['world_size']} | {len(saves)} | {_bytes(saves[-1].get('bytes'))} "
+            f"| {_median(per_rank)} | {_median(job)} |"
+        )
+    if not rows:
+        return []
+    return [
+        "",
+        "Checkpoint saves (torch.distributed.checkpoint or DeepSpeed; median over the saves):",
+        "",
+        "| world size | saves | bytes per save | GB/s per rank | GB/s job |",
+        "|---:|---:|---:|---:|---:|",
+        *rows,
+    ]
+
+
+def _median(values: list[float]) -> str:
+    import statistics
+
+    return f"{statistics.median(values):.3f}" if values else "n/a"

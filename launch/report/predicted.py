@@ -2,8 +2,11 @@
 
 The run's own config.yaml says what ran (layout, batch, precision resolved on its device);
 the cpu profile's compute rate is the measured matmul ceiling (launch.mamf) the driver put
-there, the emulated cluster's link its configured rate. Where the model has nothing to go
-on (a cpu run without a measured ceiling) the row says why instead of guessing.
+there, the emulated cluster's link its configured rate. A cpu run's compute is itemised over
+kernel times measured at its own shapes (launch.mamf --host-shapes, cached): read from the
+cache, or measured now (a few seconds) when the report runs on the host the run ran on. Where
+the model has nothing to go on (a cpu run without a measured ceiling) the row says why
+instead of guessing.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ def predicted_for(run: dict[str, Any]) -> dict[str, Any] | None:
             run["nproc_per_node"],
             run["nodes"],
             precision=run["precision"]["resolved"],
+            host=host_rates_for(cfg, run),
         )
     except ConfigError as exc:
         return {"unavailable": str(exc)}
@@ -43,6 +47,32 @@ def predicted_for(run: dict[str, Any]) -> dict[str, Any] | None:
         "exposed_comm_s": prediction.exposed_comm_s,
         "measured_over_predicted": measured / prediction.step_time_s,
     }
+
+
+def host_rates_for(cfg, run: dict[str, Any]):
+    """The cpu profile's measured kernel times for this run's shapes, or None (a GPU run, an
+    fp32-less ceiling, or a run from another host whose measurement is not cached here)."""
+    from launch.bench import mamf
+    from launch.perfmodel.host import HostRates
+    from launch.perfmodel.step import plan_for
+
+    ceiling = cfg.gpu.measured_peak_tflops.fp32
+    if cfg.gpu.name != "cpu" or not ceiling or run["precision"]["resolved"] != "fp32":
+        return None
+    threads = cfg.cluster.cpu_threads_per_rank
+    tp = plan_for(cfg, run["world_size"], run["nproc_per_node"]).degrees.tp
+    record = mamf.load_host(run.get("device_name") or "", threads)
+    rates = HostRates.from_record(record, ceiling * 1e12) if record else None
+    if rates is None or rates.missing(cfg.model, cfg.train.micro_batch, cfg.train.seq_len, tp):
+        from train.distributed import cpu_model_name
+
+        if cpu_model_name() != run.get("device_name"):
+            return rates  # another host's run: the ceiling stands in for what is missing
+        record = mamf.ensure_host(
+            cfg.model, cfg.train.micro_batch, cfg.train.seq_len, sorted({1, tp}), threads
+        )
+        rates = HostRates.from_record(record, ceiling * 1e12)
+    return rates
 
 
 def predicted_section(rows: list[dict[str, Any]]) -> list[str]:

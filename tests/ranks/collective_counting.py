@@ -33,9 +33,11 @@ SIZES = {
         lambda a: _nbytes(a[0]) * a[1],
     ),
     "_c10d_functional.reduce_scatter_tensor": ("reduce_scatter", lambda a: _nbytes(a[0])),
+    # Point-to-point (pipelines): counted at the sender, as train/comm_volume.py does.
+    "c10d.send": ("send_recv", lambda a: _nbytes(a[0])),
 }
-# Bookkeeping ops of functional collectives: they move nothing.
-NOT_COLLECTIVES = ("wait_tensor", "_wrap_tensor_autograd")
+# Bookkeeping ops of functional collectives move nothing; a receive mirrors a counted send.
+NOT_COLLECTIVES = ("wait_tensor", "_wrap_tensor_autograd", "recv_", "recv_any_source_")
 
 
 def _nbytes(value) -> int:

@@ -16,7 +16,7 @@ BAD_OVERRIDES = [
     (["gpu=h900"], "gpu: unknown gpu 'h900'; choose from: a100_40g"),
     (["model=gpt_9b"], "model: unknown model 'gpt_9b'; choose from:"),
     (["precision=fp4"], "precision: unknown precision 'fp4'; choose from:"),
-    (["parallel=pp"], "parallel: unknown parallel 'pp'; choose from:"),
+    (["parallel=pipeline"], "parallel: unknown parallel 'pipeline'; choose from:"),
     (["train.stpes=3"], "train.stpes: Key 'stpes' not in 'TrainConfig'"),
     (["train.steps=many"], "train.steps: Value 'many' of type 'str' could not be converted"),
     (

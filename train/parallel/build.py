@@ -81,6 +81,12 @@ def build_layout(
         _materialize(model, cfg, device)
         return TorchLayout(model, adamw(model, cfg.train, device), dp_rank=0, dp_size=1)
 
+    if layout.pipeline is not None:  # pp, pp_fsdp: stages driven by a schedule
+        from train.parallel.pipeline import build_pipeline_layout
+
+        return build_pipeline_layout(
+            model, cfg, layout, precision, device, compile_blocks=compile_blocks
+        )
     mesh = build_mesh(degrees, device)
     if degrees.tp > 1:
         # The driver refuses an explicit fp8 here; precision=auto can still resolve to it.
@@ -137,6 +143,9 @@ def zero3_model(
     if device.type == "cpu":
         os.environ.setdefault("DS_ACCELERATOR", "cpu")  # as build_zero_layout, before import
     deepspeed = import_deepspeed()
+    # deepspeed.comm adopts the process group torchrun set up (deepspeed.initialize does
+    # this later; zero.Init needs it now, or it sees a world of one and rejects the batch).
+    deepspeed.init_distributed(dist_backend=dist.get_backend())
     config = deepspeed_config(cfg, 3, precision, cfg.train.micro_batch, accum_steps)
     # Initialised after the context: inside it, tensor constructors are redirected to the
     # accelerator and cast to the engine's dtype, which would change the drawn values.

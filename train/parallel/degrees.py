@@ -1,4 +1,4 @@
-"""The layout a config asks for, as numbers: world size = dp_replicate x dp_shard x tp
+"""The layout a config asks for, as numbers: world size = pp x dp_replicate x dp_shard x tp
 (-1 means "the rest"), which blocks are checkpointed, and whether the model can be split so.
 
 Pure arithmetic on the config (no torch), used by the driver (validation, before any rank
@@ -11,11 +11,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from train.config import ModelConfig, ParallelConfig, RunConfig
+from train.parallel.pipeline_plan import PipelinePlan, plan_pipeline
 
-LAYOUTS = ("ddp", "fsdp", "hsdp", "zero1", "zero2", "zero3", "tp", "tp_fsdp")
+LAYOUTS = ("ddp", "fsdp", "hsdp", "zero1", "zero2", "zero3", "tp", "tp_fsdp", "pp", "pp_fsdp")
+PIPELINE_LAYOUTS = ("pp", "pp_fsdp")
 ZERO_STAGES = {"zero1": 1, "zero2": 2, "zero3": 3}
 ACTIVATION_CHECKPOINTING = ("none", "full", "selective")
-DEGREE_KEYS = ("dp_replicate", "dp_shard", "tp")
+DEGREE_KEYS = ("pp", "dp_replicate", "dp_shard", "tp")
 # ZeRO-3 keeps a gathered parameter for reuse when it comes back within this many elements
 # (DeepSpeed's default, pinned in train/parallel/zero.py because train/comm_volume.py models it:
 # below it the forward's all-gather also serves backward). Here, not in zero.py, so that the
@@ -33,6 +35,22 @@ FREE_DEGREES = {
     "zero3": ("dp_shard",),
     "tp": ("tp",),
     "tp_fsdp": ("dp_replicate", "dp_shard", "tp"),
+    # Pipeline stages, and inside a stage group DDP (pp) or FSDP2 (pp_fsdp).
+    "pp": ("pp", "dp_replicate"),
+    "pp_fsdp": ("pp", "dp_shard"),
+}
+# Why a layout cannot take a degree, where "only spreads over ..." would not say.
+DEGREE_REFUSALS = {
+    **{
+        (z, "pp"): "pipeline stages with DeepSpeed ZeRO are not wired up (its engine owns the "
+        "backward a pipeline schedule must drive); use parallel=pp or parallel=pp_fsdp"
+        for z in ZERO_STAGES
+    },
+    **{
+        (name, "tp"): "tensor parallel inside a pipeline stage is not wired up (the stage "
+        "boundary would carry DTensor activations); use parallel=tp_fsdp or pp alone"
+        for name in PIPELINE_LAYOUTS
+    },
 }
 
 
@@ -49,6 +67,7 @@ class Degrees:
     dp_replicate: int  # model replicas; gradients all-reduced between them
     dp_shard: int  # ranks that split parameters, gradients and optimizer state (FSDP/ZeRO)
     tp: int  # ranks that split each layer's matmuls (tensor parallel)
+    pp: int = 1  # pipeline stage groups (outermost): each holds a contiguous run of blocks
 
     @property
     def dp(self) -> int:
@@ -57,7 +76,7 @@ class Degrees:
 
     @property
     def world(self) -> int:
-        return self.dp * self.tp
+        return self.dp * self.tp * self.pp
 
 
 def resolve_degrees(p: ParallelConfig, world_size: int, nproc_per_node: int) -> Degrees:
@@ -75,6 +94,8 @@ def resolve_degrees(p: ParallelConfig, world_size: int, nproc_per_node: int) -> 
     for key, value in values.items():
         if value == 0 or value < -1:
             raise LayoutError(f"parallel.{key}", f"{value}: must be >= 1, or -1 for the rest")
+        if value != 1 and (p.name, key) in DEGREE_REFUSALS:
+            raise LayoutError(f"parallel.{key}", f"{value}: {DEGREE_REFUSALS[p.name, key]}")
         if value != 1 and key not in FREE_DEGREES[p.name]:
             raise LayoutError(
                 f"parallel.{key}",
@@ -112,7 +133,8 @@ def resolve_degrees(p: ParallelConfig, world_size: int, nproc_per_node: int) -> 
         key = next((k for k in reversed(DEGREE_KEYS) if values[k] > 1), "dp_replicate")
         raise LayoutError(
             f"parallel.{key}",
-            f"dp_replicate {degrees.dp_replicate} x dp_shard {degrees.dp_shard} x tp "
+            (f"pp {degrees.pp} x " if degrees.pp != 1 else "")
+            + f"dp_replicate {degrees.dp_replicate} x dp_shard {degrees.dp_shard} x tp "
             f"{degrees.tp} = {degrees.world}, but the world size is {world_size}",
         )
     return degrees
@@ -126,10 +148,12 @@ class LayoutPlan:
     degrees: Degrees
     sequence_parallel: bool
     checkpointed: list[int]  # block indices under activation checkpointing
+    pipeline: PipelinePlan | None = None  # pp, pp_fsdp: stages, schedule, microbatches
 
     def as_dict(self) -> dict:
         return {
             "name": self.name,
+            "pp": self.degrees.pp,
             "dp_replicate": self.degrees.dp_replicate,
             "dp_shard": self.degrees.dp_shard,
             "tp": self.degrees.tp,
@@ -171,7 +195,36 @@ def plan_layout(cfg: RunConfig, world_size: int, nproc_per_node: int) -> LayoutP
     checkpointed = checkpointed_layers(
         p.activation_checkpoint, cfg.model.n_layers, p.checkpoint_every
     )
-    return LayoutPlan(p.name, degrees, p.sequence_parallel, checkpointed)
+    pipeline = check_pipeline(cfg, degrees) if p.name in PIPELINE_LAYOUTS else None
+    return LayoutPlan(p.name, degrees, p.sequence_parallel, checkpointed, pipeline)
+
+
+def check_pipeline(cfg: RunConfig, degrees: Degrees) -> PipelinePlan:
+    """What a pipeline layout needs beyond its degrees (train/parallel/pipeline_plan.py)."""
+    if degrees.pp > 1 and cfg.model.tie_embeddings:
+        raise LayoutError(
+            "model.tie_embeddings",
+            f"model {cfg.model.name} ties its embedding to its head, which a pipeline puts on "
+            "the first and last stages; the shared gradient across stages is not wired up",
+        )
+    if cfg.precision.name in ("fp8", "fp16"):
+        reason = {
+            "fp8": "fp8 inside pipeline stages is not wired up (the zero-bubble schedules split "
+            "backward into input and weight parts, which fp8 linears have not been checked "
+            "under); use bf16",
+            "fp16": "fp16 loss scaling would have to scale the loss inside the schedule's "
+            "backward, which is not wired up; use bf16",
+        }[str(cfg.precision.name)]
+        raise LayoutError("precision.name", f"{cfg.precision.name}: {reason}")
+    if cfg.profile.twin:
+        raise LayoutError(
+            "profile.twin",
+            "the no-sync twin step is not defined for a pipeline (its schedule reduces "
+            "gradients inside the step); use profile.enabled alone",
+        )
+    rows_per_rank = cfg.train.global_batch // degrees.dp
+    accum_steps = max(1, rows_per_rank // cfg.train.micro_batch)
+    return plan_pipeline(cfg.parallel, cfg.model, degrees.pp, rows_per_rank, accum_steps)
 
 
 def checkpointed_layers(mode: str, n_layers: int, every: int) -> list[int]:

@@ -55,6 +55,11 @@ class Layout:
     # True when the engine scales fp16 losses itself, so the loop must not add a GradScaler.
     scales_loss: bool = False
     grad_bytes: int = 0  # noted by finish_gradients, the moment every gradient exists
+    # True when the layout runs a whole step itself (``train_step``): a pipeline's schedule
+    # drives every micro-batch's forward and backward (train/parallel/pipeline.py).
+    runs_whole_step: bool = False
+    # pp layouts: summary.json's ``pipeline`` (schedule, stages, bubble, memory per stage).
+    pipeline_summary: dict | None = None
 
     def autocast(self, plan, device: torch.device) -> AbstractContextManager:
         return plan.autocast(device)

@@ -1,7 +1,8 @@
-"""The device mesh of a layout: dims (dp_replicate, dp_shard, tp), rank-major in that order.
+"""The device mesh of a layout: dims (pp, dp_replicate, dp_shard, tp), rank-major in that order.
 
 TP is the innermost dim, so a TP group is made of consecutive ranks: on a cluster those share
-a node and talk over NVLink, and only the data-parallel dims cross the NIC.
+a node and talk over NVLink, and only the data-parallel dims cross the NIC. The pipeline dim
+is outermost: its neighbours are the farthest apart, and they exchange the least.
 """
 
 from __future__ import annotations
@@ -11,18 +12,19 @@ from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 
 from train.parallel.degrees import Degrees
 
-DIMS = ("dp_replicate", "dp_shard", "tp")
+DIMS = ("pp", "dp_replicate", "dp_shard", "tp")
 
 
 def build_mesh(degrees: Degrees, device: torch.device) -> DeviceMesh:
-    shape = (degrees.dp_replicate, degrees.dp_shard, degrees.tp)
+    shape = (degrees.pp, degrees.dp_replicate, degrees.dp_shard, degrees.tp)
     return init_device_mesh(device.type, shape, mesh_dim_names=DIMS)
 
 
 def data_parallel_rank(mesh: DeviceMesh, degrees: Degrees) -> int:
     """Which slice of the global batch this rank trains on: its place among the dp ranks.
 
-    Ranks of one TP group share a coordinate here, so they see the same rows.
+    Ranks of one TP group, or of one pipeline, share a coordinate here, so they see the same
+    rows.
     """
-    replica, shard, _ = mesh.get_coordinate()
+    _, replica, shard, _ = mesh.get_coordinate()
     return replica * degrees.dp_shard + shard

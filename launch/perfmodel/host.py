@@ -1,0 +1,148 @@
+"""The CPU host as the model sees it: measured kernel times at the model's own shapes.
+
+On a GPU the model takes datasheet peaks times published achievable fractions. The host CPU
+has no datasheet the model could trust (clock, vector width and cache all vary), and at this
+project's CPU sizes (tiny model, one core per rank) a step is not one big matmul: GEMMs of a
+few hundred rows run far from the square-matrix ceiling, attention is a separate kernel, and
+hundreds of small elementwise kernels each pay a dispatch latency. So for the cpu profile the
+compute time is itemised over what was measured on this machine (``python -m launch.mamf
+--host-shapes``, cached beside the ceiling; launch/bench/mamf.py measure_host):
+
+- each GEMM the step runs, by shape: forward (tokens, in, out), input gradient (tokens, out,
+  in), weight gradient (out, tokens, in), per Linear of a block (TP: its shard) and the head;
+- scaled-dot-product attention forward + backward at (micro batch, heads, seq, head dim);
+- memory-bound work as kernels x a measured per-kernel latency + bytes / a measured
+  streaming bandwidth (an alpha-beta model of elementwise kernels).
+
+Kernel counts are counted, not fitted: torch.profiler over train/model.py on torch 2.13 CPU
+(fp32) runs 136 forward and 237 backward elementwise / reduction kernels for the tiny model's
+4 blocks and head (view-like ops and no-op ``to`` excluded), i.e. about 32 and 57 per block
+with the head's few folded in, and AdamW (foreach falls back to per-tensor kernels on CPU) 9
+per parameter tensor. docs/performance-model.md has the command.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from launch.perfmodel import shapes
+from train.config import ModelConfig
+
+FORWARD_KERNELS_PER_BLOCK = 34  # 136 / 4 blocks: norms, rope, residual adds, silu, head's few
+BACKWARD_KERNELS_PER_BLOCK = 59  # 237 / 4
+OPTIMIZER_KERNELS_PER_TENSOR = 9  # 351 / 39 parameter tensors
+
+
+def gemm_key(m: int, k: int, n: int) -> str:
+    return f"{m}x{k}x{n}"
+
+
+def sdpa_key(batch: int, heads: int, seq: int, head_dim: int) -> str:
+    return f"{batch}x{heads}x{seq}x{head_dim}"
+
+
+def linear_shapes(m: ModelConfig, tp: int) -> list[tuple[int, int]]:
+    """(in, out) of each Linear of one block as a TP rank holds it (train/model.py order)."""
+    hd = shapes.head_dim(m)
+    q, kv, f, d = m.n_heads * hd // tp, m.n_kv_heads * hd // tp, m.ffn_hidden // tp, m.d_model
+    return [(d, q), (d, kv), (d, kv), (q, d), (d, f), (f, d), (d, f)]
+
+
+def gemms_of_linear(tokens: int, fan_in: int, fan_out: int) -> list[tuple[int, int, int]]:
+    """(M, K, N) of the three GEMMs of one Linear per micro-step: y = x W^T, dx = dy W,
+    dW = dy^T x."""
+    return [(tokens, fan_in, fan_out), (tokens, fan_out, fan_in), (fan_out, tokens, fan_in)]
+
+
+def step_gemms(m: ModelConfig, tokens: int, tp: int) -> list[tuple[int, int, int]]:
+    """Every distinct GEMM shape of one micro-step (blocks and head), for measurement."""
+    out = []
+    for fan_in, fan_out in [*linear_shapes(m, tp), (m.d_model, m.vocab_size)]:
+        out += gemms_of_linear(tokens, fan_in, fan_out)
+    return sorted(set(out))
+
+
+def attention_shape(m: ModelConfig, micro_batch: int, seq_len: int, tp: int) -> tuple:
+    return (micro_batch, m.n_heads // tp, seq_len, shapes.head_dim(m))
+
+
+@dataclass(frozen=True)
+class HostRates:
+    """Measured on this host, one rank's threads (launch.mamf --host-shapes)."""
+
+    gemm_s: dict[str, float]  # gemm_key -> seconds of one fp32 GEMM
+    sdpa_s: dict[str, float]  # sdpa_key -> seconds of forward + backward
+    kernel_latency_s: float  # one small elementwise kernel, dispatch included
+    memory_gbytes_per_s: float  # streaming bandwidth of one core
+    matmul_flops: float  # the launch.mamf ceiling: for a shape not measured
+    source: str
+
+    def gemm_time(self, m: int, k: int, n: int) -> float:
+        measured = self.gemm_s.get(gemm_key(m, k, n))
+        return measured if measured is not None else 2 * m * k * n / self.matmul_flops
+
+    def sdpa_time(self, shape: tuple, attention_flops: float) -> float:
+        measured = self.sdpa_s.get(sdpa_key(*shape))
+        return measured if measured is not None else attention_flops / self.matmul_flops
+
+    def missing(self, m: ModelConfig, micro_batch: int, seq_len: int, tp: int) -> list[str]:
+        """Shapes of this workload with no measurement (the ceiling stands in for them)."""
+        tokens = micro_batch * seq_len
+        keys = [gemm_key(*g) for g in step_gemms(m, tokens, tp)]
+        keys.append(sdpa_key(*attention_shape(m, micro_batch, seq_len, tp)))
+        return [k for k in keys if k not in self.gemm_s and k not in self.sdpa_s]
+
+    @classmethod
+    def from_record(cls, record: dict, matmul_flops: float) -> HostRates:
+        return cls(
+            gemm_s=dict(record.get("gemm_s") or {}),
+            sdpa_s=dict(record.get("sdpa_s") or {}),
+            kernel_latency_s=record["memory"]["kernel_latency_s"],
+            memory_gbytes_per_s=record["memory"]["gbytes_per_s"],
+            matmul_flops=matmul_flops,
+            source=f"launch.mamf --host-shapes on {record.get('device_name', '?')}, "
+            f"{record.get('measured_at', '?')}",
+        )
+
+
+@dataclass(frozen=True)
+class HostMicroStep:
+    """Seconds of one micro-step's forward + backward on one rank, itemised."""
+
+    gemm_s: float
+    attention_s: float
+    kernels_s: float  # elementwise kernels' latency
+    forward_share: float  # of gemm + attention + kernels
+
+
+def host_micro_step(
+    m: ModelConfig,
+    host: HostRates,
+    *,
+    micro_batch: int,
+    seq_len: int,
+    tp: int,
+    n_checkpointed: int,
+) -> HostMicroStep:
+    """GEMMs and attention at their measured times; a replayed (checkpointed) block runs its
+    forward GEMMs, attention forward (a third of forward + backward) and kernels again."""
+    tokens = micro_batch * seq_len
+    forward = backward = 0.0
+    for fan_in, fan_out in linear_shapes(m, tp):
+        fwd, dx, dw = gemms_of_linear(tokens, fan_in, fan_out)
+        forward += host.gemm_time(*fwd) * (m.n_layers + n_checkpointed) / m.n_layers
+        backward += host.gemm_time(*dx) + host.gemm_time(*dw)
+    forward, backward = forward * m.n_layers, backward * m.n_layers
+    fwd, dx, dw = gemms_of_linear(tokens, m.d_model, m.vocab_size)
+    head_forward, head_backward = host.gemm_time(*fwd), host.gemm_time(*dx) + host.gemm_time(*dw)
+    shape = attention_shape(m, micro_batch, seq_len, tp)
+    flops = 12 * m.n_heads // tp * shapes.head_dim(m) * seq_len * tokens  # one block, fwd+bwd
+    attention = host.sdpa_time(shape, flops) * (m.n_layers + n_checkpointed / 3)
+    kernels = host.kernel_latency_s * (
+        (FORWARD_KERNELS_PER_BLOCK + BACKWARD_KERNELS_PER_BLOCK) * m.n_layers
+        + FORWARD_KERNELS_PER_BLOCK * n_checkpointed
+    )
+    gemm = forward + backward + head_forward + head_backward
+    total = gemm + attention + kernels
+    forward_part = forward + head_forward + attention / 3 + kernels / 3
+    return HostMicroStep(gemm, attention, kernels, forward_part / total if total else 0.0)

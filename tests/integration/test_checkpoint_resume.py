@@ -1,0 +1,104 @@
+"""A rank killed mid-run restarts through torchrun and the run resumes from its last complete
+checkpoint: the final loss equals an uninterrupted run's, bitwise (fp32 on CPU).
+
+Bitwise because nothing differs between the two runs' arithmetic: the data of a step depends
+on (seed, step, row) only, nothing in a step is random, the checkpoint holds the fp32
+parameters and the optimizer state exactly, and with 2 ranks a reduction adds two numbers,
+which gives the same result in either order.
+
+One layout per path of train/checkpoint.py: DDP (torch.distributed.checkpoint, synchronous),
+FSDP (DCP's async_save, sharded), ZeRO-2 (DeepSpeed's save_checkpoint / load_checkpoint).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import cli_env
+from tests.ranks.processes import kill_rank, wait_for_steps
+
+STEPS, EVERY, KILL_AFTER = 20, 5, 12
+# Tiny and fp32; 8 rows per rank make a step ~30 ms here, so the kill lands mid-run.
+RUN = [
+    "model=tiny",
+    "model.n_layers=2",
+    "wandb.mode=disabled",
+    f"train.steps={STEPS}",
+    "train.warmup_steps=2",
+    "train.seq_len=32",
+    "train.micro_batch=8",
+    "train.global_batch=16",
+    "gpu=cpu",
+    "sweep=none",
+    "cluster.nproc_per_node=2",
+    "precision=fp32",
+]
+LAYOUTS = {
+    "ddp": ["parallel=ddp"],
+    "fsdp": ["parallel=fsdp", "checkpoint.async_save=true"],
+    "zero2": ["parallel=zero2"],
+}
+
+
+def launch(run_dir, *overrides) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "launch", *RUN, *overrides, f"run_dir={run_dir}"],
+        cwd=run_dir.parent,
+        env=cli_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def finish(driver: subprocess.Popen, run_dir) -> dict:
+    try:
+        output, _ = driver.communicate(timeout=240)
+    finally:
+        driver.kill()
+    assert driver.returncode == 0, output[-3000:]
+    return json.loads((run_dir / "summary.json").read_text())
+
+
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+def test_a_killed_rank_resumes_from_the_checkpoint_and_ends_with_the_same_loss(tmp_path, layout):
+    if layout == "zero2":
+        pytest.importorskip("deepspeed")
+    baseline = finish(launch(tmp_path / "whole", *LAYOUTS[layout]), tmp_path / "whole")
+
+    run_dir = tmp_path / "killed"
+    driver = launch(
+        run_dir, *LAYOUTS[layout], f"checkpoint.every={EVERY}", "cluster.max_restarts=1"
+    )
+    try:
+        wait_for_steps(run_dir / "metrics.jsonl", KILL_AFTER)
+        kill_rank(run_dir / "config.yaml", 1)  # SIGKILL: like an OOM kill or a crash
+    except BaseException:
+        driver.kill()
+        raise
+    summary = finish(driver, run_dir)
+
+    assert summary["final_loss"] == baseline["final_loss"]  # bitwise
+    assert summary["cluster"]["restart_count"] == 1
+    resumed = summary["checkpoint"]["resumed_from_step"]
+    assert resumed is not None and resumed % EVERY == 0 and resumed >= 10
+    lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    first = {x["step"]: x for x in lines if not x["after_restart"]}
+    again = [x for x in lines if x["after_restart"]]
+    killed_at = max(first)
+    assert killed_at >= KILL_AFTER
+    # The second attempt starts after the checkpoint and runs every later step once.
+    assert [x["step"] for x in again] == list(range(resumed + 1, STEPS + 1))
+    repeated = [x["step"] for x in again if x["repeated"]]
+    assert repeated == list(range(resumed + 1, killed_at + 1)) == summary["repeated_steps"]
+    for x in again:
+        if x["repeated"]:
+            assert x["loss"] == first[x["step"]]["loss"]  # the same step, the same loss
+    assert summary["timed_steps"] == STEPS - 2  # each step once, warm-up excluded
+    saves = summary["checkpoint"]["saves"]
+    assert [s["step"] for s in saves] == list(range(resumed + EVERY, STEPS + 1, EVERY))
+    assert all(s["bytes"] > 0 and len(s["bytes_per_rank"]) == 2 for s in saves)

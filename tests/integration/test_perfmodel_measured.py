@@ -1,0 +1,38 @@
+"""Predicted beside measured on 2 local CPU ranks, within a loose bound (the cores are shared,
+so the bound is wide: this checks the model is in the right range, not the benchmark's 20%)."""
+
+import json
+
+from launch.bench import mamf
+from launch.report.predicted import predicted_for
+
+
+def test_ddp_step_on_two_local_ranks_is_predicted_within_a_loose_bound(
+    tmp_path, monkeypatch, launch_cli
+):
+    monkeypatch.setenv("SCALEPROBE_CACHE_DIR", str(tmp_path / "cache"))
+    assert mamf.main(["--quick", "--precisions", "fp32", "--seconds", "3"]) == 0
+    run_dir = tmp_path / "run"
+    result = launch_cli(
+        "model=tiny",
+        "wandb.mode=disabled",
+        "sweep=none",
+        "gpu=cpu",
+        "precision=fp32",
+        "parallel=ddp",
+        "cluster.nproc_per_node=2",
+        "train.steps=8",
+        "train.warmup_steps=2",
+        "train.seq_len=64",
+        "train.micro_batch=2",
+        "train.global_batch=4",
+        f"run_dir={run_dir}",
+    )
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((run_dir / "summary.json").read_text())
+    summary["run_dir"] = str(run_dir)
+    # Measures this run's GEMM / attention shapes now (the same host), then predicts.
+    predicted = predicted_for(summary)
+    assert predicted and "unavailable" not in predicted, predicted
+    assert list((tmp_path / "cache" / "mamf").glob("*_host.json"))
+    assert 0.5 < predicted["measured_over_predicted"] < 2.5, predicted

@@ -1,0 +1,184 @@
+"""Pipeline layouts (parallel=pp, pp_fsdp) train loss for loss like one rank with the same
+global batch, send exactly the bytes train/pipeline_volume.py computes for each rank, and
+report their stages, bubble and memory in summary.json.
+
+One torchrun start of 2 ranks runs every schedule (tests/ranks/pipeline_ranks.py); one of 4
+ranks runs pp with 2 replicas and pp_fsdp with 2 shards per stage. The model has 5 blocks, so
+the stages are uneven (2 stages: 3 + 2 blocks; 4 stages: 2 + 1 + 1 + 1). Global batch 8,
+micro batch 2: 4 microbatches per step (2 under 2 data-parallel ranks).
+
+Tolerance: relative 1e-4 of the loss (~7.6 falling to ~7.0 over 5 fp32 steps), the issue's
+target. A pipeline computes the same ops on the same rows as one rank; what differs is the
+order of sums: gradients accumulate microbatch by microbatch inside the schedule and are scaled
+by 1/microbatches after, rather than summed from losses already divided, and the gradient
+norm adds per-stage partial sums. Observed: 0 (gpipe, 1F1B, ZB-V, pp_fsdp) to 1.3e-7
+relative (interleaved); bf16 (not held to this tolerance) 5.5e-5.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from launch.pipeline import write_run_config
+from launch.plan import plan_runs
+from tests.conftest import REPO, cli_env, compose_run_config
+from train.parallel.degrees import plan_layout
+from train.pipeline_volume import pipeline_volume_per_rank
+from train.worker import run
+
+COMMON = [
+    "model=tiny",
+    "model.n_layers=5",  # uneven: 3 + 2 blocks on 2 stages, 2 + 1 + 1 + 1 on 4
+    "wandb.mode=disabled",
+    "sweep=none",
+    "precision=fp32",
+    "train.steps=5",
+    "train.warmup_steps=1",
+    "train.seq_len=32",
+    "train.micro_batch=2",
+    "train.global_batch=8",
+]
+TWO = ["parallel.pp_stages_per_rank=2"]
+TWO_RANKS = {
+    "gpipe": ["parallel=pp", "parallel.pp_schedule=gpipe"],
+    "one_f_one_b": ["parallel=pp", "parallel.activation_checkpoint=full"],
+    # 2 microbatches of 4 rows instead of 4 of 2: the schedule re-splits the same rows.
+    "one_f_one_b_m2": ["parallel=pp", "parallel.pp_microbatches=2"],
+    "interleaved_one_f_one_b": ["parallel=pp", "parallel.pp_schedule=interleaved_one_f_one_b"]
+    + TWO,
+    "interleaved_zero_bubble": ["parallel=pp", "parallel.pp_schedule=interleaved_zero_bubble"]
+    + TWO,
+    "zero_bubble_v": [
+        "parallel=pp",
+        "parallel.pp_schedule=zero_bubble_v",
+        "parallel.activation_checkpoint=selective",
+    ]
+    + TWO,
+    "pp_fsdp": ["parallel=pp_fsdp"],
+}
+FOUR_RANKS = {
+    "pp_replicas": ["parallel=pp", "parallel.pp=2", "parallel.dp_replicate=2"],
+    "pp_fsdp_4": ["parallel=pp_fsdp", "parallel.activation_checkpoint=full"],
+}
+BF16 = {"one_f_one_b_bf16": ["parallel=pp", "precision=bf16"]}
+TOLERANCE = 1e-4  # relative; see the module docstring
+
+
+def losses(run_dir):
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    return [json.loads(line)["loss"] for line in lines]
+
+
+def config(root, name, overrides, nproc):
+    cfg = compose_run_config(
+        [*COMMON, *overrides, f"cluster.nproc_per_node={nproc}", f"run_dir={root / name}"]
+    )
+    return cfg, write_run_config(cfg, plan_runs(cfg)[0], "test")
+
+
+def torchrun(root, nproc, paths):
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node"]
+        + [str(nproc), "-m", "tests.ranks.pipeline_ranks", str(root), *map(str, paths)],
+        cwd=REPO,
+        env=cli_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return json.loads((root / "counted.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pipeline")
+    saved = {k: os.environ.pop(k) for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK") if k in os.environ}
+    try:  # the reference: one rank in-process, no process group
+        run(config(root, "one_rank", ["parallel=ddp"], 1)[1])
+    finally:
+        os.environ.update(saved)
+    cfgs, counted = {}, {}
+    for nproc, group in ((2, {**TWO_RANKS, **BF16}), (4, FOUR_RANKS)):
+        sub = root / f"ranks{nproc}"
+        sub.mkdir()
+        written = {n: config(sub, n, o, nproc) for n, o in group.items()}
+        cfgs.update({n: (cfg, nproc) for n, (cfg, _) in written.items()})
+        counted.update(torchrun(sub, nproc, [p for _, p in written.values()]))
+    summaries = {
+        n: json.loads((root / f"ranks{nproc}" / n / "summary.json").read_text())
+        for n, (_, nproc) in cfgs.items()
+    }
+    return root, cfgs, counted, summaries
+
+
+@pytest.mark.parametrize("name", [*TWO_RANKS, *FOUR_RANKS])
+def test_pipeline_matches_one_rank_loss_for_loss(runs, name):
+    root, cfgs, _, summaries = runs
+    reference = losses(root / "one_rank")
+    got = losses(root / f"ranks{cfgs[name][1]}" / name)
+    assert len(got) == len(reference) == 5
+    assert reference[-1] < reference[0] - 0.2  # it trains
+    assert got == pytest.approx(reference, rel=TOLERANCE, abs=0)
+    assert summaries[name]["layout"]["pp"] == 2
+
+
+def test_bf16_pipeline_trains_close_to_fp32(runs):
+    root, _, _, summaries = runs
+    assert summaries["one_f_one_b_bf16"]["precision"]["resolved"] == "bf16"
+    got, reference = losses(root / "ranks2" / "one_f_one_b_bf16"), losses(root / "one_rank")
+    assert got[-1] < got[0] - 0.2
+    assert got == pytest.approx(reference, abs=0.02)  # bf16 matmuls round; the stream is fp32
+
+
+@pytest.mark.parametrize("name", [*TWO_RANKS, *FOUR_RANKS, *BF16])
+def test_every_rank_sends_the_bytes_of_the_formula(runs, name):
+    _, cfgs, counted, summaries = runs
+    cfg, nproc = cfgs[name]
+    layout = plan_layout(cfg, nproc, nproc)
+    rows = cfg.train.global_batch // layout.degrees.dp
+    expected = pipeline_volume_per_rank(
+        cfg.model,
+        layout,
+        rows_per_rank=rows,
+        seq_len=cfg.train.seq_len,
+        sixteen_bit=cfg.precision.name == "bf16",
+        grad_clip=cfg.train.grad_clip > 0,
+    )
+    pp_size = layout.degrees.pp
+    for rank, seen in enumerate(counted[name]):
+        assert seen["unknown"] == []
+        # Mesh (pp, dp_replicate, dp_shard): the pipeline rank is the outermost coordinate.
+        want = expected[rank // (nproc // pp_size)].as_dict()
+        assert seen["bytes"] == {k: v for k, v in want.items() if k != "total" and v}, rank
+    busiest = max(expected, key=lambda v: v.total).as_dict()
+    assert summaries[name]["comm_bytes_per_step"] == busiest
+    assert busiest["send_recv"] > 0
+
+
+def test_summary_reports_stages_bubble_and_memory_per_stage(runs):
+    _, _, _, s = runs
+    p = s["one_f_one_b"]["pipeline"]
+    assert p["schedule"] == "one_f_one_b" and p["torch_schedule"] == "Schedule1F1B"
+    assert p["layers_per_stage"] == [3, 2] and p["microbatches"] == 4
+    assert p["predicted_bubble"] == pytest.approx(1 / 5)  # (p-1)/(m+p-1), p=2, m=4
+    assert s["one_f_one_b_m2"]["pipeline"]["predicted_bubble"] == pytest.approx(1 / 3)
+    interleaved = s["interleaved_one_f_one_b"]["pipeline"]
+    assert interleaved["layers_per_stage"] == [2, 1, 1, 1]
+    assert interleaved["stage_ranks"] == [0, 1, 0, 1]
+    assert s["zero_bubble_v"]["pipeline"]["stage_ranks"] == [0, 1, 1, 0]
+    # The first stage (embedding + 3 blocks) holds more than the last (2 blocks + head).
+    held = p["held_bytes_per_pp_rank"]
+    assert held[0] > held[1] > 0
+    assert s["one_f_one_b"]["memory"]["total_bytes"] == max(held)
+    # FSDP over 2 ranks per stage halves what each holds; replicas hold it whole.
+    sharded = s["pp_fsdp_4"]["pipeline"]["held_bytes_per_pp_rank"]
+    whole = s["pp_replicas"]["pipeline"]["held_bytes_per_pp_rank"]
+    assert whole == held
+    for half, full in zip(sharded, whole, strict=True):
+        assert half / full == pytest.approx(0.5, rel=0.01)

@@ -1,0 +1,93 @@
+"""The cpu profile's parts of the performance model against hand-computed values: gloo's
+alpha-beta collectives (loopback, emulated link), the itemised micro-step over measured kernel
+times, and the alpha-beta fit of launch.mamf's elementwise measurement."""
+
+import pytest
+
+from launch.bench.mamf import _fit_alpha_beta
+from launch.perfmodel import hardware, host
+from launch.perfmodel.collectives import collective_time
+from launch.perfmodel.hardware import part_rates
+from launch.perfmodel.host import HostRates, host_micro_step, step_gemms
+from tests.conftest import compose_run_config
+
+
+def _cpu(*overrides: str):
+    return compose_run_config(["model=tiny", "gpu=cpu", "run_dir=/unused", *overrides])
+
+
+def test_gloo_on_loopback_is_alpha_plus_bus_bytes_over_the_measured_busbw():
+    rates = part_rates(_cpu().gpu, compute_tflops=0.1, precision="fp32")
+    nbytes = 4 * 2**20
+    alpha, busbw = hardware.GLOO_LOOPBACK["all_reduce"]
+    # 2 ranks: all-reduce bus factor 2(n-1)/n = 1.
+    expected = alpha + nbytes / (busbw * 1e9)
+    got = collective_time("all_reduce", nbytes, 2, 2, rates)
+    assert got.time_s == pytest.approx(expected)
+    alpha, busbw = hardware.GLOO_LOOPBACK["all_gather"]
+    got = collective_time("all_gather", nbytes, 2, 2, rates)
+    assert got.time_s == pytest.approx(alpha + 0.5 * nbytes / (busbw * 1e9))
+
+
+def test_gloo_across_the_emulated_link_runs_at_the_rate_times_tcp_goodput():
+    rates = part_rates(_cpu().gpu, compute_tflops=0.1, precision="fp32", link_gbps=0.2)
+    nbytes = 8 * 2**20
+    link = 0.2e9 / 8 * 1448 / 1514  # 23.91 MB/s of payload through 25 MB/s of frames
+    got = collective_time("all_reduce", nbytes, 2, 1, rates)
+    assert got.time_s == pytest.approx(hardware.GLOO_EMULATED_ALPHA_S + nbytes / link)
+    assert got.busbw_gbytes_per_s == pytest.approx(link / 1e9)
+
+
+def _flat_host(flops: float, sdpa_s: float, latency: float) -> HostRates:
+    return HostRates(
+        gemm_s={},
+        sdpa_s={"4x4x128x32": sdpa_s},
+        kernel_latency_s=latency,
+        memory_gbytes_per_s=10.0,
+        matmul_flops=flops,
+        source="test",
+    )
+
+
+def test_micro_step_sums_every_gemm_the_attention_and_the_kernels():
+    m = _cpu().model  # tiny: d 128, 4 heads, 2 kv heads, ffn 384, vocab 2048, 4 layers
+    rates = _flat_host(1e11, 2e-3, 5e-6)
+    step = host_micro_step(m, rates, micro_batch=4, seq_len=128, tp=1, n_checkpointed=0)
+    tokens = 512
+    block = 128 * 128 * 2 + 128 * 64 * 2 + 3 * 128 * 384  # wq, wo, wk, wv, w1-3
+    flops = 6 * tokens * (4 * block + 128 * 2048)  # three GEMMs of 2 M K N per Linear
+    assert step.gemm_s == pytest.approx(flops / 1e11)
+    assert step.attention_s == pytest.approx(4 * 2e-3)
+    kernels = (host.FORWARD_KERNELS_PER_BLOCK + host.BACKWARD_KERNELS_PER_BLOCK) * 4
+    assert step.kernels_s == pytest.approx(kernels * 5e-6)
+    assert 0.3 < step.forward_share < 0.4  # a third of GEMMs, attention and kernels
+
+
+def test_a_measured_shape_replaces_the_ceiling_and_tp_halves_the_block_shapes():
+    m = _cpu().model
+    shapes_tp2 = step_gemms(m, 512, 2)
+    assert (512, 128, 64) in shapes_tp2  # wq's column shard: 4 heads x 32 / 2
+    assert (512, 192, 128) in shapes_tp2  # w2's row shard: ffn 384 / 2
+    assert (2048, 512, 128) in shapes_tp2  # the head is not split
+    slow = HostRates({"512x128x64": 1.0}, {}, 0.0, 10.0, 1e11, "test")
+    assert slow.gemm_time(512, 128, 64) == 1.0
+    assert slow.gemm_time(512, 128, 32) == pytest.approx(2 * 512 * 128 * 32 / 1e11)
+
+
+def test_cpu_compute_uses_the_host_measurement_when_given():
+    cfg = _cpu("train.micro_batch=4", "train.seq_len=128", "train.global_batch=8")
+    from launch.perfmodel.step import predict_run
+
+    rates = _flat_host(1e11, 2e-3, 5e-6)
+    with_host = predict_run(cfg, 2, 2, 1, compute_tflops=0.1, precision="fp32", host=rates)
+    step = host_micro_step(cfg.model, rates, micro_batch=4, seq_len=128, tp=1, n_checkpointed=0)
+    assert with_host.compute.matmul_s == pytest.approx(step.gemm_s)
+    assert with_host.compute.attention_s == pytest.approx(step.attention_s)
+    assert with_host.compute.memory_s > step.kernels_s  # + optimizer kernels + streamed bytes
+
+
+def test_alpha_beta_fit_recovers_latency_and_bandwidth():
+    points = [(b, 3e-6 + b / 20e9) for b in (12, 12_288, 196_608, 1_572_864, 12_582_912)]
+    alpha, beta = _fit_alpha_beta(points)
+    assert alpha == pytest.approx(3e-6, rel=1e-6)
+    assert beta == pytest.approx(20e9, rel=1e-6)

@@ -1,0 +1,261 @@
+"""Pipeline parallelism (parallel=pp, pp_fsdp) with torch.distributed.pipelining.
+
+The reference transformer is cut by blocks into ``pp x pp_stages_per_rank`` stages
+(train/parallel/pipeline_plan.py: the first stages get one more block when the count is
+uneven); the embedding runs on the first stage, the final norm, head and loss on the last.
+Each stage keeps its parameters' names (``layers.3.attention.wq``), so every rank initialises
+them exactly as one rank would (train/init.py). Inside a stage group the stage is wrapped in
+FSDP2 (pp_fsdp, across parallel.dp_shard; torch's PipelineStage reduces its gradients on the
+last microbatch's backward only), or replicated (pp, across parallel.dp_replicate): gradients
+are all-reduced in flat buckets of parallel.bucket_mb after the schedule. Not DDP itself: in
+torch 2.13 a DDP-wrapped stage fails its bucket rebuild ("rebuilt parameter indices size is
+not same as original model parameters size"), the first step's shape inference having run a
+backward of its own; the price is that the all-reduce does not overlap the backward.
+
+A step is one ``schedule.step``: the schedule runs every microbatch's forward and backward
+(the gradient accumulation), scaling gradients by 1/microbatches so they equal the mean
+loss's, as train/worker.py's loop does. The loss exists on the last stage only; it is summed
+over the pipeline so every rank returns it (4 bytes, counted as an all-reduce).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
+from torch.distributed.fsdp import fully_shard
+from torch.distributed.pipelining import PipelineStage
+from torch.distributed.pipelining import schedules as torch_schedules
+from torch.distributed.tensor import DTensor
+
+from train.config import RunConfig
+from train.init import materialize
+from train.memory import HeldMemory, optimizer_param_tensors, optimizer_state_tensors, tensor_bytes
+from train.model import Transformer
+from train.parallel.checkpointing import Checkpointed
+from train.parallel.degrees import LayoutPlan
+from train.parallel.fsdp import mixed_precision_policy
+from train.parallel.layout import Layout, adamw
+from train.parallel.mesh import build_mesh, data_parallel_rank
+from train.parallel.pipeline_plan import SINGLE_STAGE, TORCH_SCHEDULES, PipelinePlan
+from train.profiling import mark
+
+
+class TransformerStage(nn.Module):
+    """A contiguous run of blocks of a Transformer, with the embedding on the first stage and
+    the final norm and head on the last. Takes tokens (first stage) or the residual stream;
+    returns the stream, or logits (last stage)."""
+
+    def __init__(self, model: Transformer, layer_ids: range, *, first: bool, last: bool):
+        super().__init__()
+        self.tok_embeddings = model.tok_embeddings if first else None
+        # Keyed by the block's index in the whole model, so parameter names match it.
+        self.layers = nn.ModuleDict({str(i): model.layers[i] for i in layer_ids})
+        self.norm = model.norm if last else None
+        self.output = model.output if last else None
+        self.register_buffer("rope_cos", model.rope_cos, persistent=False)
+        self.register_buffer("rope_sin", model.rope_sin, persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.tok_embeddings(x) if self.tok_embeddings is not None else x
+        seq_len = h.shape[1]
+        cos, sin = self.rope_cos[:seq_len], self.rope_sin[:seq_len]
+        for layer in self.layers.values():
+            h = layer(h, cos, sin)
+        if self.output is None:
+            return h
+        return self.output(self.norm(h))
+
+
+def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """The loss of train/model.py's Transformer.forward, on the last stage's logits."""
+    return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
+
+
+def build_pipeline_layout(
+    model: Transformer,
+    cfg: RunConfig,
+    layout: LayoutPlan,
+    precision: str,
+    device: torch.device,
+    *,
+    compile_blocks: bool = False,
+) -> PipelineLayout:
+    """This rank's stages of ``model`` (on the meta device, from build_model), materialised,
+    wrapped for their stage group, and the schedule that drives them."""
+    if precision in ("fp8", "fp16"):  # precision=auto never resolves fp8 here (precision.py)
+        raise ValueError(f"precision.name: {precision} is not supported with parallel=pp*")
+    plan, degrees = layout.pipeline, layout.degrees
+    mesh = build_mesh(degrees, device)
+    pp_rank = mesh["pp"].get_local_rank()
+    pp_group = mesh["pp"].get_group()
+    modules, stages = [], []
+    for s in plan.stages_of(pp_rank):
+        ids = plan.layer_ids(s)
+        module = TransformerStage(model, ids, first=s == 0, last=s == plan.stages - 1)
+        for i in (i for i in layout.checkpointed if i in ids):
+            module.layers[str(i)] = Checkpointed(module.layers[str(i)])
+        if compile_blocks:
+            for block in module.layers.values():
+                block.compile()
+        if layout.name == "pp_fsdp":
+            policy = mixed_precision_policy(precision, cfg.parallel.fsdp_reduce_dtype)
+            # Not resharded after forward: gathered once per step, not once per microbatch
+            # (the stage keeps them gathered until the last microbatch's backward).
+            for block in module.layers.values():
+                fully_shard(
+                    block, mesh=mesh["dp_shard"], mp_policy=policy, reshard_after_forward=False
+                )
+            fully_shard(
+                module, mesh=mesh["dp_shard"], mp_policy=policy, reshard_after_forward=False
+            )
+        materialize(module, cfg.model, cfg.seed, device)
+        modules.append(module)
+        stages.append(PipelineStage(module, s, plan.stages, device, group=pp_group))
+    schedule_class = getattr(torch_schedules, TORCH_SCHEDULES[plan.schedule])
+    schedule = schedule_class(
+        stages[0] if plan.schedule in SINGLE_STAGE else stages,
+        n_microbatches=plan.microbatches,
+        loss_fn=cross_entropy,
+        scale_grads=True,  # gradients of the mean over microbatches, as the worker's loop
+    )
+    held = nn.ModuleList(modules)
+    return PipelineLayout(
+        model=held,
+        optimizer=adamw(held, cfg.train, device),
+        schedule=schedule,
+        plan=plan,
+        pp_rank=pp_rank,
+        pp_group=pp_group,
+        dp_rank=data_parallel_rank(mesh, degrees),
+        dp_size=degrees.dp,
+        # Ranks holding identical gradients: pp's replicas (FSDP's shards are distinct).
+        replicas=degrees.dp_replicate,
+        replica_group=mesh["dp_replicate"].get_group() if degrees.dp_replicate > 1 else None,
+        bucket_bytes=int(cfg.parallel.bucket_mb * 2**20),
+    )
+
+
+class PipelineLayout(Layout):
+    """This rank's pipeline stages, their optimizer and schedule; runs whole steps."""
+
+    runs_whole_step = True
+
+    def __init__(
+        self,
+        *,
+        model: nn.ModuleList,
+        optimizer: torch.optim.Optimizer,
+        schedule,
+        plan: PipelinePlan,
+        pp_rank: int,
+        pp_group: dist.ProcessGroup,
+        dp_rank: int,
+        dp_size: int,
+        replicas: int,
+        replica_group: dist.ProcessGroup | None = None,
+        bucket_bytes: int = 25 * 2**20,
+    ):
+        self.model, self.optimizer, self.schedule, self.plan = model, optimizer, schedule, plan
+        self.pp_rank, self.pp_group = pp_rank, pp_group
+        self.dp_rank, self.dp_size, self.replicas = dp_rank, dp_size, replicas
+        self.replica_group, self.bucket_bytes = replica_group, bucket_bytes
+        local = plan.stages_of(pp_rank)
+        self.has_first, self.has_last = 0 in local, plan.stages - 1 in local
+        self.pipeline_summary = plan.as_dict()
+
+    def train_step(self, micro_batches, precision_plan, device, grad_clip: float):
+        """One optimizer step over this data-parallel rank's rows; the mean loss on every
+        rank. The schedule re-splits the rows into plan.microbatches equal microbatches."""
+        inputs = torch.cat([x for x, _ in micro_batches]).to(device, non_blocking=True)
+        targets = torch.cat([y for _, y in micro_batches]).to(device, non_blocking=True)
+        losses: list[torch.Tensor] = []
+        args = (inputs,) if self.has_first else ()
+        with mark("pipeline"), self.autocast(precision_plan, device):
+            self.schedule.step(*args, target=targets if self.has_last else None, losses=losses)
+        loss = torch.zeros((), device=device, dtype=torch.float32)
+        if self.has_last:
+            loss = torch.stack([x.detach().float() for x in losses]).mean()
+        if self.plan.pp > 1:  # SUM: only the last stage's is non-zero
+            dist.all_reduce(loss, group=self.pp_group)
+        with mark("optimizer"):
+            self.finish_gradients(grad_clip)
+            self.step()
+            self.zero_grad()
+        return loss
+
+    def finish_gradients(self, max_norm: float) -> None:
+        params = [p for p in self.model.parameters() if p.grad is not None]
+        if self.replica_group is not None:
+            average_over_replicas([p.grad for p in params], self.replica_group, self.bucket_bytes)
+        self.grad_bytes = tensor_bytes(p.grad for p in params)
+        if max_norm > 0:
+            clip_pipeline_grad_norm_(params, max_norm, self.replicas)
+
+    def held_memory(self) -> HeldMemory:
+        """This rank's bytes; also gathers every pipeline rank's into the summary (called
+        on every rank at the same point of the run)."""
+        params = list(self.model.parameters())
+        held = HeldMemory(
+            param_bytes=tensor_bytes(params),
+            grad_bytes=self.grad_bytes,
+            optimizer_state_bytes=tensor_bytes(optimizer_state_tensors(self.optimizer)),
+            master_weight_bytes=tensor_bytes(optimizer_param_tensors(self.optimizer), params),
+        )
+        # On the parameters' device: NCCL gathers CUDA tensors only.
+        device = params[0].device if params else torch.device("cpu")
+        mine = torch.tensor([held.total_bytes], dtype=torch.int64, device=device)
+        everyone = [torch.zeros_like(mine) for _ in range(self.plan.pp)]
+        dist.all_gather(everyone, mine, group=self.pp_group)
+        self.pipeline_summary = {
+            **self.plan.as_dict(),
+            # Parameters, gradients, optimizer state of each pipeline rank (its stages).
+            "held_bytes_per_pp_rank": [int(t) for t in everyone],
+        }
+        return held
+
+
+def average_over_replicas(
+    grads: list[torch.Tensor], group: dist.ProcessGroup, bucket_bytes: int
+) -> None:
+    """Replace each gradient by its mean over the replicas (as DDP): one all-reduce per flat
+    bucket of about ``bucket_bytes``, grouped by dtype."""
+    buckets: list[list[torch.Tensor]] = []
+    size = 0
+    for grad in grads:
+        if not buckets or size >= bucket_bytes or buckets[-1][0].dtype != grad.dtype:
+            buckets.append([])
+            size = 0
+        buckets[-1].append(grad)
+        size += grad.numel() * grad.element_size()
+    replicas = dist.get_world_size(group)
+    for bucket in buckets:
+        flat = _flatten_dense_tensors(bucket)
+        dist.all_reduce(flat, group=group)  # SUM: gloo has no AVG
+        flat /= replicas
+        for grad, reduced in zip(bucket, _unflatten_dense_tensors(flat, bucket), strict=True):
+            grad.copy_(reduced)
+
+
+def clip_pipeline_grad_norm_(params: list[nn.Parameter], max_norm: float, replicas: int):
+    """Clip to the global L2 norm over every stage: each rank adds the squares of the
+    gradients it holds (FSDP's shards, or a DDP replica's share, divided by the number of
+    replicas), one float32 all-reduce over all ranks, then the formula of
+    torch.nn.utils.clip_grad_norm_ (as train/parallel/layout.py)."""
+    device = params[0].device if params else torch.device("cpu")
+    squares = torch.zeros((), dtype=torch.float32, device=device)
+    for p in params:
+        local = p.grad.to_local() if isinstance(p.grad, DTensor) else p.grad
+        squares += local.detach().float().pow(2).sum()
+    squares /= replicas
+    if dist.get_world_size() > 1:
+        dist.all_reduce(squares)
+    total_norm = squares.sqrt()
+    clip_coef = torch.clamp(max_norm / (total_norm + 1e-6), max=1.0)
+    with torch.no_grad():
+        for p in params:
+            local = p.grad.to_local() if isinstance(p.grad, DTensor) else p.grad
+            local.mul_(clip_coef.to(local.dtype))
+    return total_norm
