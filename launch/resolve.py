@@ -235,7 +235,11 @@ def resolve_layouts(cfg: RunConfig, plans: list, console: Console) -> list:
     chosen = []
     for plan in plans:
         choice = choose_layout(
-            cfg, plan.world_size, plan.nproc_per_node, plan.nodes, global_batch=plan.global_batch
+            cfg,
+            world_size=plan.world_size,
+            nproc_per_node=plan.nproc_per_node,
+            nodes=plan.nodes,
+            global_batch=plan.global_batch,
         )
         parallel = copy.deepcopy(cfg.parallel)
         parallel.name = choice.name

@@ -68,13 +68,7 @@ def load_calibration(run_dir: str | None, comm_json: str | None) -> Calibration:
         if not measured:
             raise ConfigError("project.calibrate", f"{summary_path} has no step_time_s.median")
         resolved = (summary.get("precision") or {}).get("resolved")
-        predicted = predict_run(
-            workload,
-            summary["world_size"],
-            summary["nproc_per_node"],
-            summary["nodes"],
-            precision=resolved,
-        )
+        predicted = predict_run(workload, summary, precision=resolved)
         compute_scale = predicted.step_time_s / measured
         notes.append(
             f"compute x{compute_scale:.2f} (measured step {measured:.4g} s, predicted "

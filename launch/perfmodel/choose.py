@@ -78,10 +78,10 @@ def candidate_degrees(
 
 def choose_layout(
     cfg: RunConfig,
+    *,
     world_size: int,
     nproc_per_node: int,
     nodes: int,
-    *,
     precision: str | None = None,
     rates: PartRates | None = None,
     global_batch: int | None = None,

@@ -63,18 +63,13 @@ class MemoryEstimate:
         return None if self.capacity_bytes is None else self.capacity_bytes - self.peak_bytes
 
     def as_dict(self) -> dict:
-        return {
-            "param_bytes": self.param_bytes,
-            "grad_bytes": self.grad_bytes,
-            "optimizer_state_bytes": self.optimizer_state_bytes,
-            "master_weight_bytes": self.master_weight_bytes,
-            "total_bytes": self.held_bytes,
-            "activation_bytes": self.activation_bytes,
-            "transient_bytes": self.transient_bytes,
-            "peak_bytes": self.peak_bytes,
-            "capacity_bytes": self.capacity_bytes,
-            "fits": self.fits,
-        }
+        # The names of train/memory.py's summary (total_bytes: what the rank holds), then the rest.
+        names = ("param_bytes", "grad_bytes", "optimizer_state_bytes", "master_weight_bytes")
+        out = {name: getattr(self, name) for name in names}
+        out["total_bytes"] = self.held_bytes
+        for name in ("activation_bytes", "transient_bytes", "peak_bytes", "capacity_bytes", "fits"):
+            out[name] = getattr(self, name)
+        return out
 
 
 def usable_bytes(hbm_bytes: float | None) -> float | None:

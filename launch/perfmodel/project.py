@@ -152,22 +152,12 @@ def project_runs(
 
 
 def _predict_one(cfg, world, per_node, nodes, batch, precision, rates):
+    shape = {"world_size": world, "nproc_per_node": per_node, "nodes": nodes}
     if cfg.parallel.name == "auto":
-        choice = choose_layout(
-            cfg, world, per_node, nodes, precision=precision, rates=rates, global_batch=batch
-        )
+        choice = choose_layout(cfg, **shape, precision=precision, rates=rates, global_batch=batch)
         return choice.prediction, choice.reason
     plan = plan_for(cfg, world, per_node)
-    pred = predict(
-        cfg,
-        plan,
-        world_size=world,
-        nproc_per_node=per_node,
-        nodes=nodes,
-        global_batch=batch,
-        precision=precision,
-        rates=rates,
-    )
+    pred = predict(cfg, plan, **shape, global_batch=batch, precision=precision, rates=rates)
     return pred, f"parallel={cfg.parallel.name} as configured"
 
 
@@ -211,16 +201,19 @@ def project_collectives(
             ranks = nodes * per_node
             for op in cfg.comm.ops:
                 for nbytes in sizes:
+                    point = {
+                        "gpu": gpu.name,
+                        "op": op,
+                        "bytes": nbytes,
+                        "ranks": ranks,
+                        "nodes": nodes,
+                    }
                     try:
                         t = collective_time(op, nbytes, ranks, per_node, rates)
                     except ConfigError as exc:
                         rows.append(
                             {
-                                "gpu": gpu.name,
-                                "op": op,
-                                "bytes": nbytes,
-                                "ranks": ranks,
-                                "nodes": nodes,
+                                **point,
                                 "time_s": None,
                                 "algbw_gbytes_per_s": None,
                                 "busbw_gbytes_per_s": None,
@@ -230,11 +223,7 @@ def project_collectives(
                         break
                     rows.append(
                         {
-                            "gpu": gpu.name,
-                            "op": op,
-                            "bytes": nbytes,
-                            "ranks": ranks,
-                            "nodes": nodes,
+                            **point,
                             "time_s": t.time_s,
                             "algorithm": t.algorithm,
                             "algbw_gbytes_per_s": t.algbw_gbytes_per_s,

@@ -11,6 +11,7 @@ loses against it.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from launch.errors import ConfigError
@@ -256,9 +257,7 @@ def plan_for(cfg: RunConfig, world_size: int, nproc_per_node: int) -> LayoutPlan
 
 def predict_run(
     cfg: RunConfig,
-    world_size: int,
-    nproc_per_node: int,
-    nodes: int,
+    ran: Mapping[str, int],
     *,
     compute_tflops: float | None = None,
     link_gbps: float | None = None,
@@ -267,12 +266,14 @@ def predict_run(
     host: HostRates | None = None,
 ) -> Prediction:
     """The prediction for a run of ``cfg`` as it ran (its global batch, its layout), for the
-    report to set beside the measurement. ``precision``: the run's resolved one (summary.json
+    report to set beside the measurement. ``ran``: where it ran (summary.json's world_size,
+    nproc_per_node and nodes). ``precision``: the run's resolved one (summary.json
     precision.resolved); ``compute_tflops``: the achievable matmul TFLOP/s of the device
     (default: gpu.measured_peak_tflops, which the driver fills from launch.mamf's cache, else
     the profile's peak x the generation's fraction); ``link_gbps``: the emulated link (default:
     cluster.link_gbps when cluster=emulated); ``host``: the cpu profile's kernel times measured
     at this workload's shapes (launch.mamf --host-shapes), which itemise its compute."""
+    world_size, nproc_per_node, nodes = (ran[k] for k in ("world_size", "nproc_per_node", "nodes"))
     if nodes <= 0:
         raise ConfigError("cluster.nodes", f"{nodes}: must be >= 1")
     if precision is None:

@@ -162,25 +162,12 @@ def _fsdp(m, replicate, shard, tp, accum, widths, shard_node, replica_node) -> l
     out = []
     if shard > 1:
         block, root = block_numel * gather, root_numel * gather
+        # Each block is gathered for its forward and again for its backward.
         out += [
-            Transfer(
-                "all_gather",
-                "parameters",
-                block,
-                m.n_layers * accum,
-                shard,
-                shard_node,
-                UNIT_FORWARD,
-            ),
-            Transfer(
-                "all_gather",
-                "parameters",
-                block,
-                m.n_layers * accum,
-                shard,
-                shard_node,
-                UNIT_BACKWARD,
-            ),
+            Transfer("all_gather", "parameters", block, m.n_layers * accum, shard, shard_node, when)
+            for when in (UNIT_FORWARD, UNIT_BACKWARD)
+        ]
+        out += [
             Transfer("all_gather", "parameters", root, accum, shard, shard_node, EXPOSED),
             Transfer(
                 "reduce_scatter",

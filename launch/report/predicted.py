@@ -30,9 +30,7 @@ def predicted_for(run: dict[str, Any]) -> dict[str, Any] | None:
         cfg = load_run_config(config)
         prediction = predict_run(
             cfg,
-            run["world_size"],
-            run["nproc_per_node"],
-            run["nodes"],
+            run,
             precision=run["precision"]["resolved"],
             host=host_rates_for(cfg, run),
         )

@@ -22,7 +22,13 @@ def choose(gpu: str, model: str, nodes: int, *extra: str):
     )
     world = cfg.gpu.gpus_per_node * nodes
     batch = cfg.train.global_batch * world
-    return choose_layout(cfg, world, cfg.gpu.gpus_per_node, nodes, global_batch=batch)
+    return choose_layout(
+        cfg,
+        world_size=world,
+        nproc_per_node=cfg.gpu.gpus_per_node,
+        nodes=nodes,
+        global_batch=batch,
+    )
 
 
 @pytest.mark.parametrize(

@@ -79,7 +79,13 @@ def test_cpu_compute_uses_the_host_measurement_when_given():
     from launch.perfmodel.step import predict_run
 
     rates = _flat_host(1e11, 2e-3, 5e-6)
-    with_host = predict_run(cfg, 2, 2, 1, compute_tflops=0.1, precision="fp32", host=rates)
+    with_host = predict_run(
+        cfg,
+        {"world_size": 2, "nproc_per_node": 2, "nodes": 1},
+        compute_tflops=0.1,
+        precision="fp32",
+        host=rates,
+    )
     step = host_micro_step(cfg.model, rates, micro_batch=4, seq_len=128, tp=1, n_checkpointed=0)
     assert with_host.compute.matmul_s == pytest.approx(step.gemm_s)
     assert with_host.compute.attention_s == pytest.approx(step.attention_s)

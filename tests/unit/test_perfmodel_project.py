@@ -189,7 +189,9 @@ def test_calibration_scales_compute_by_measured_over_predicted(tmp_path):
     from omegaconf import OmegaConf
 
     (tmp_path / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
-    predicted = predict_run(cfg, 8, 8, 1, precision="bf16").step_time_s
+    predicted = predict_run(
+        cfg, {"world_size": 8, "nproc_per_node": 8, "nodes": 1}, precision="bf16"
+    ).step_time_s
     summary = {
         "world_size": 8,
         "nproc_per_node": 8,
@@ -219,9 +221,20 @@ def test_predict_run_on_the_cpu_uses_the_given_ceiling_and_the_emulated_link():
         ]
     )
     with pytest.raises(ConfigError, match="launch.mamf"):
-        predict_run(cfg, 2, 1, 2, precision="fp32")
-    fast = predict_run(cfg, 2, 1, 2, compute_tflops=0.088, precision="fp32")
-    slow = predict_run(cfg, 2, 1, 2, compute_tflops=0.088, precision="fp32", link_gbps=0.02)
+        predict_run(cfg, {"world_size": 2, "nproc_per_node": 1, "nodes": 2}, precision="fp32")
+    fast = predict_run(
+        cfg,
+        {"world_size": 2, "nproc_per_node": 1, "nodes": 2},
+        compute_tflops=0.088,
+        precision="fp32",
+    )
+    slow = predict_run(
+        cfg,
+        {"world_size": 2, "nproc_per_node": 1, "nodes": 2},
+        compute_tflops=0.088,
+        precision="fp32",
+        link_gbps=0.02,
+    )
     assert fast.compute_s == pytest.approx(slow.compute_s)
     assert slow.exposed_comm_s > 5 * fast.exposed_comm_s > 0
     assert fast.mfu is not None and 0 < fast.mfu <= 1
