@@ -35,4 +35,6 @@ def test_ddp_step_on_two_local_ranks_is_predicted_within_a_loose_bound(
     predicted = predicted_for(summary)
     assert predicted and "unavailable" not in predicted, predicted
     assert list((tmp_path / "cache" / "mamf").glob("*_host.json"))
-    assert 0.5 < predicted["measured_over_predicted"] < 2.5, predicted
+    # Observed 0.8-2.9 on this 2-core machine shared with other work (docs/performance-model.md):
+    # the bound catches a model off by an order of magnitude, not the benchmark's 20%.
+    assert 0.33 < predicted["measured_over_predicted"] < 4.0, predicted
