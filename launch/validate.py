@@ -178,6 +178,7 @@ def validate_parallel(cfg: RunConfig, plans: list[RunPlan]) -> None:
             layout = plan_layout(run_cfg, plan.world_size, plan.nproc_per_node)
         except LayoutError as exc:
             raise ConfigError(exc.key, exc.message) from None
+        validate_fits(run_cfg, layout)
         # Each optimizer step splits the global batch into micro batches, one per
         # data-parallel rank per accumulation step (the ranks of a TP group share theirs).
         for key, reason in profile_errors(cfg.profile, plan.world_size, run_cfg.parallel.name):
@@ -194,6 +195,28 @@ def validate_parallel(cfg: RunConfig, plans: list[RunPlan]) -> None:
                 f"{plan.global_batch} (at world size {plan.world_size}) is not divisible by "
                 f"micro_batch {cfg.train.micro_batch} x data-parallel size {dp}",
             )
+
+
+def validate_fits(cfg: RunConfig, layout) -> None:
+    """A model whose parameters, gradients and optimizer state alone exceed the part's memory
+    under this layout cannot run: refused here, not by an out-of-memory error on every rank
+    after minutes of start-up. Activations are left out (the estimate is then a floor), so
+    nothing that could fit is refused."""
+    if not cfg.gpu.hbm_gb or layout.pipeline is not None:
+        return
+    from launch.perfmodel.memory import held_memory
+
+    resolved = "bf16" if cfg.precision.name in ("auto", "fp8") else str(cfg.precision.name)
+    held = sum(held_memory(cfg.model, layout, resolved))
+    capacity = cfg.gpu.hbm_gb * 1e9
+    if held > capacity:
+        raise ConfigError(
+            "parallel",
+            f"{cfg.model.name} under parallel={cfg.parallel.name} holds {held / 1e9:.0f} GB per "
+            f"rank in parameters, gradients and optimizer state alone, more than "
+            f"{cfg.gpu.name}'s {cfg.gpu.hbm_gb:g} GB; shard it over more ranks (parallel=fsdp or "
+            "zero3, more nodes) or pick a smaller model",
+        )
 
 
 def validate_layout_precision(cfg: RunConfig) -> None:

@@ -82,7 +82,12 @@ def test_every_combination_composes_and_validates(tmp_path):
             with pytest.raises(ConfigError, match="^precision.fp8.min_dim: no Linear layer"):
                 validate(cfg, plan_runs(cfg))
             continue
-        validate(cfg, plan_runs(cfg))
+        try:
+            validate(cfg, plan_runs(cfg))
+        except ConfigError as exc:
+            # 7B+ held whole by every rank (ddp) can exceed a part's memory: refused early.
+            assert model.startswith("llama") and " GB per rank in parameters" in str(exc), exc
+            continue
         # The same combination with a sequence longer than the model allows is refused.
         cfg.train.seq_len = cfg.model.max_seq_len + 1
         with pytest.raises(ConfigError, match="^train.seq_len: "):

@@ -33,6 +33,10 @@ def validated(*overrides: str):
         (["cluster.nproc_per_node=64"], "cluster.cpu_threads_per_rank: 64 rank thread(s) on"),
         (["precision=fp8", "gpu=h100_sxm"], "precision.fp8.min_dim: no Linear layer of model tiny"),
         (["resume=true", "overwrite=true"], "resume: resume=true keeps finished runs"),
+        (
+            ["gpu=h100_sxm", "model=llama_70b", "cluster.nproc_per_node=2", "precision=bf16"],
+            "parallel: llama_70b under parallel=ddp holds 1104 GB per rank",
+        ),
     ],
 )
 def test_bad_input_refused_before_anything_runs(overrides, message):
