@@ -201,7 +201,8 @@ def test_a_dry_run_for_gpu_nodes_says_the_nodes_decide(launch_cli, tmp_path):
         "model=llama_7b",
         "parallel=fsdp",
         "sweep=none",
-        "cluster.nproc_per_node=1",
+        "cluster.nproc_per_node=2",  # llama_7b's state needs 2 ranks of 80 GB under fsdp
+        "train.micro_batch=2",
         "train.global_batch=4",
         "dry_run=true",
         f"run_dir={tmp_path / 'dry'}",
