@@ -36,6 +36,10 @@ from dataclasses import dataclass
 
 from train.config import ModelConfig
 from train.parallel.degrees import ZERO3_MAX_REUSE_DISTANCE, ZERO_STAGES, LayoutPlan
+from train.param_shapes import all_param_shapes as _all_params
+from train.param_shapes import block_param_shapes as _block_params
+from train.param_shapes import numel as _numel
+from train.param_shapes import root_param_shapes as _root_params
 from train.precision import fp8_eligible
 
 GRAD_NORM_BYTES = 4  # the global gradient norm's float32 scalar
@@ -168,39 +172,6 @@ class FsdpWidths:
     gather: int  # bytes per element of the parameter all-gathers
     reduce: int  # of the gradient reduce-scatters and HSDP all-reduces
     fp8_min_dim: int | None = None  # float8 all-gather of the linears at least this wide
-
-
-# -- parameter shapes, as train/model.py builds them ------------------------------------------
-
-
-def _block_params(m: ModelConfig, tp: int = 1) -> list[tuple[int, ...]]:
-    """A block's parameter shapes as one tensor-parallel rank holds them (Linear: out, in)."""
-    hd = m.d_model // m.n_heads
-    q, kv, f = m.n_heads * hd // tp, m.n_kv_heads * hd // tp, m.ffn_hidden // tp
-    d = m.d_model
-    return [(d,), (q, d), (kv, d), (kv, d), (d, q), (d,), (f, d), (d, f), (f, d)]
-
-
-def _root_params(m: ModelConfig) -> list[tuple[int, ...]]:
-    """Embedding, final norm and head (one matrix when tied)."""
-    head = [] if m.tie_embeddings else [(m.vocab_size, m.d_model)]
-    return [(m.vocab_size, m.d_model), (m.d_model,), *head]
-
-
-def _all_params(m: ModelConfig) -> list[tuple[int, ...]]:
-    return _block_params(m) * m.n_layers + _root_params(m)
-
-
-def _numel(shapes: list[tuple[int, ...]], pad_to: int = 1) -> int:
-    """Elements of ``shapes``, each dim 0 padded to a multiple of ``pad_to`` (FSDP's shards)."""
-    total = 0
-    for shape in shapes:
-        rows = -(-shape[0] // pad_to) * pad_to
-        rest = 1
-        for dim in shape[1:]:
-            rest *= dim
-        total += rows * rest
-    return total
 
 
 # -- per layout -------------------------------------------------------------------------------
