@@ -62,7 +62,8 @@ def launch_cli(tmp_path):
 
 def pytest_configure(config):
     """One temporary cache for the whole run (and every process it starts): the user's
-    ~/.cache/scaleprobe (a measured matmul ceiling, say) must not change what tests see."""
+    own scaleprobe cache in their home (a measured matmul ceiling, say) must not change what
+    tests see."""
     config.scaleprobe_cache = tempfile.mkdtemp(prefix="scaleprobe-test-cache-")
     os.environ["SCALEPROBE_CACHE_DIR"] = config.scaleprobe_cache
     os.environ["WANDB_MODE"] = "disabled"
