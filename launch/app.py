@@ -18,9 +18,9 @@ from rich.console import Console
 
 from launch.conf_tree import GROUPS, conf_dir, group_choices, register_schema
 from launch.errors import ConfigError, LaunchError, Stopped
-from train.config import RunConfig
+from train.spec.config import RunConfig
 
-# The node the driver fills (train/config.py ResolvedConfig): never an option.
+# The node the driver fills (train/spec/config.py ResolvedConfig): never an option.
 DRIVER_FILLED = "resolved"
 Command = Callable[[RunConfig, list[str], Console], int]
 

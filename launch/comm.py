@@ -1,8 +1,8 @@
 """``python -m launch.comm [overrides]``: the collective benchmark, started like a training run.
 
 The same config tree and launch pipeline as ``python -m launch`` (cluster=local, emulated or
-multinode; launcher=torchrun, deepspeed or slurm), with ``python -m train.comm`` as the
-ranks; the comm.* keys set the ops and the size sweep (launch/bench/comm.py).
+multinode; launcher=torchrun, deepspeed or slurm), with ``python -m train.bench.collectives`` as the
+ranks; the comm.* keys set the ops and the size sweep (launch/bench/comm_job.py).
 
     python -m launch.comm cluster.nproc_per_node=2 comm.max_bytes=16777216
     python -m launch.comm cluster=emulated cluster.nodes=2 cluster.link_gbps=0.2 \\
@@ -12,7 +12,7 @@ ranks; the comm.* keys set the ops and the size sweep (launch/bench/comm.py).
 from __future__ import annotations
 
 from launch.app import run_app
-from launch.bench.comm import COMM
+from launch.bench.comm_job import COMM
 from launch.pipeline import run_job
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from hydra.core.config_store import ConfigStore
 from omegaconf import OmegaConf
 
-from train.config import GpuConfig, RunConfig
+from train.spec.config import GpuConfig, RunConfig
 
 GROUPS = ("gpu", "model", "precision", "parallel", "cluster", "launcher", "fabric", "sweep")
 

@@ -1,7 +1,7 @@
 """``python -m launch.mamf``: the maximum achievable matmul TFLOP/s of this device, per precision
-(launch/bench/mamf.py); runs then report MFU against it as well as against the datasheet."""
+(launch/bench/matmul_ceiling.py); runs then report MFU against it as well as against the datasheet."""
 
-from launch.bench.mamf import main
+from launch.bench.matmul_ceiling import main
 
 if __name__ == "__main__":
     raise SystemExit(main())

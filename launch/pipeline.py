@@ -47,8 +47,8 @@ from launch.rundir import (
     take_run_dir,
 )
 from launch.validate import validate
-from train.checkpoint import checkpoint_root, latest_complete
-from train.config import RunConfig
+from train.checkpoint.checkpointer import checkpoint_root, latest_complete
+from train.spec.config import RunConfig
 
 
 @dataclass(frozen=True)

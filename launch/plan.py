@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from launch.errors import ConfigError
-from train.config import ParallelConfig, RunConfig
+from train.spec.config import ParallelConfig, RunConfig
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ and prints the table; pure arithmetic, no rank starts.
 from __future__ import annotations
 
 from launch.app import run_app
-from launch.perfmodel.project import run_projection
+from launch.perfmodel.projection import run_projection
 
 
 def main() -> None:

@@ -16,8 +16,8 @@ import warnings
 from rich.console import Console
 
 from launch.conf_tree import group_choices, load_gpu_profile
-from train.config import GpuConfig, PeakTflops, RunConfig
-from train.hardware import MachineProbe, name_matches, profile_mismatch
+from train.runtime.machine import MachineProbe, name_matches, profile_mismatch
+from train.spec.config import GpuConfig, PeakTflops, RunConfig
 
 # Loggers that print import-time noise (missing optional kernels) on a machine without them.
 NOISY_LOGGERS = ("torchao", "torch._inductor", "torch.utils._pytree", "triton")
@@ -70,7 +70,7 @@ def local_device_name() -> tuple[str, str]:
     """(device type, device name) of the machine the driver runs on."""
     import torch
 
-    from train.distributed import cpu_model_name
+    from train.runtime.distributed import cpu_model_name
 
     if torch.cuda.is_available():
         return "cuda", torch.cuda.get_device_name(0)
@@ -84,7 +84,7 @@ def with_measured_peaks(gpu: GpuConfig, cpu_threads: int) -> tuple[GpuConfig, st
     MFU from a number that was measured rather than invented. A peak the user set (on the
     command line or in the profile) is never replaced: the cache fills only what is unset.
     """
-    from launch.bench.mamf import cache_path, load_measured
+    from launch.bench.matmul_ceiling import cache_path, load_measured
 
     device_type, device_name = local_device_name()
     if profile_mismatch(gpu, device_type, device_name):
@@ -156,7 +156,7 @@ def resolve_node_defaults(cfg: RunConfig, overrides: list[str], console: Console
 
 
 def precision_on(cfg: RunConfig, probe: MachineProbe):
-    from train.precision import resolve_precision
+    from train.runtime.numerics import resolve_precision
 
     return resolve_precision(
         cfg.precision.name,
@@ -180,7 +180,7 @@ def state_precision(cfg: RunConfig, setup, console: Console) -> None:
     with quiet_third_party():
         import torch
 
-        from train.hardware import probe_machine
+        from train.runtime.machine import probe_machine
 
         device_type, device_name = local_device_name()
         mismatch = profile_mismatch(cfg.gpu, device_type, device_name)

@@ -20,7 +20,7 @@ from omegaconf import OmegaConf
 
 from launch.errors import ConfigError, RunFailed
 from launch.plan import RunPlan, config_for
-from train.config import RunConfig, config_digest
+from train.spec.config import RunConfig, config_digest
 
 FAILED = "failed.json"
 LOCK = ".scaleprobe.lock"

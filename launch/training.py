@@ -9,7 +9,7 @@ from rich.console import Console
 from launch import report
 from launch.pipeline import Job
 from launch.plan import RunPlan
-from train.config import RunConfig
+from train.spec.config import RunConfig
 
 
 def print_run(cfg: RunConfig, plan: RunPlan, summary: dict, console: Console) -> None:
@@ -40,7 +40,7 @@ def log_scaling_to_wandb(cfg: RunConfig, sweep_id: str, rows: list[dict], root: 
         return
     import wandb
 
-    from train.tracking import WandbRun
+    from train.measure.tracking import WandbRun
 
     columns = [
         "world_size",

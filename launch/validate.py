@@ -13,13 +13,13 @@ from launch.cluster.checks import validate_launch
 from launch.conf_tree import group_choices, load_gpu_profile
 from launch.errors import ConfigError
 from launch.plan import RunPlan, config_for
-from train.checkpoint import checkpoint_errors
-from train.config import RunConfig
-from train.data import TOKEN_DTYPES
-from train.hardware import module_imports
-from train.parallel.degrees import ZERO_STAGES, LayoutError, plan_layout
-from train.precision import FP8_GEMM_MULTIPLE, FP8_RECIPES, fp8_eligible, model_linear_shapes
-from train.profiling import profile_errors
+from train.checkpoint.checkpointer import checkpoint_errors
+from train.measure.profiling import profile_errors
+from train.runtime.data import TOKEN_DTYPES
+from train.runtime.machine import module_imports
+from train.runtime.numerics import FP8_GEMM_MULTIPLE, FP8_RECIPES, fp8_eligible, model_linear_shapes
+from train.spec.config import RunConfig
+from train.spec.degrees import ZERO_STAGES, LayoutError, plan_layout
 
 
 def validate(cfg: RunConfig, plans: list[RunPlan]) -> None:

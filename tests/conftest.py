@@ -13,7 +13,7 @@ import pytest
 
 from launch.app import compose
 from launch.conf_tree import load_gpu_profile
-from train.config import RunConfig
+from train.spec.config import RunConfig
 
 REPO = Path(__file__).resolve().parent.parent
 # Fast settings for the tiny model on CPU: enough steps to time, few enough to stay quick.

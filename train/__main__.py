@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from train.worker import run
+from train.runtime.worker import run
 
 
 def main() -> None:

@@ -10,7 +10,7 @@ from launch.errors import ConfigError
 from launch.launchers.deepspeed import validate_deepspeed
 from launch.launchers.slurm import validate_slurm
 from launch.plan import RunPlan
-from train.config import RunConfig
+from train.spec.config import RunConfig
 
 # Which launchers each cluster can start ranks with.
 CLUSTER_LAUNCHERS = {

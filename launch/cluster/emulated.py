@@ -180,7 +180,7 @@ class EmulatedCluster:
         return NodeCommand(command.node_rank, argv, env)
 
     def applied_link(self) -> dict:
-        """What summary.json records about the link (see train/cluster_record.py)."""
+        """What summary.json records about the link (see train/measure/cluster_record.py)."""
         return {
             "gbps": self.link_gbps,
             "latency_ms": self.latency_ms if self.latency_applied else 0.0,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 from launch.errors import ConfigError
-from train.config import FabricConfig
+from train.spec.config import FabricConfig
 
 NCCL_NAME = re.compile(r"^NCCL_[A-Z0-9_]+$")
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from launch.errors import ConfigError
-from train.config import RunConfig
+from train.spec.config import RunConfig
 
 HOSTFILE_LINE = re.compile(r"^(?P<host>[A-Za-z0-9_.:\[\]-]+)\s+slots=(?P<slots>[1-9][0-9]*)$")
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 import time
 
 from launch.errors import ConfigError
-from train.config import GpuConfig
+from train.spec.config import GpuConfig
 
 
 def per_gpu_link_gbps(profile: GpuConfig, link: str) -> float:
@@ -55,8 +55,8 @@ def matched_link_gbps(
 
 def cpu_flops_per_rank(threads: int) -> tuple[float, str]:
     """A rank's fp32 FLOP/s: `python -m launch.mamf`'s cached ceiling, else a 1 s measurement."""
-    from launch.bench.mamf import cache_path, load_measured
-    from train.distributed import cpu_model_name
+    from launch.bench.matmul_ceiling import cache_path, load_measured
+    from train.runtime.distributed import cpu_model_name
 
     device_name = cpu_model_name()
     measured = load_measured(device_name, threads)

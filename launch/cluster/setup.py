@@ -18,7 +18,7 @@ from launch.conf_tree import load_gpu_profile
 from launch.errors import ConfigError
 from launch.launchers import slurm
 from launch.plan import RunPlan
-from train.config import RunConfig
+from train.spec.config import RunConfig
 
 
 @dataclass

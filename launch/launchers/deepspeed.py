@@ -7,7 +7,7 @@ emulated cluster, where there is no ssh, each node runs its share itself with
 The ranks are the same ``python -m train --config ...`` as under torchrun (`--no_local_rank`:
 they take LOCAL_RANK from the environment, not from a `--local_rank` argument; under the MPI
 and slurm runners, which set no RANK/LOCAL_RANK, from OMPI_/PMI_/SLURM_ variables, see
-train/distributed.py).
+train/runtime/distributed.py).
 
 Two traps of DeepSpeed 0.19's runners, handled here:
 - the MPI runners (openmpi, mpich, impi, mvapich) refuse `--num_nodes/--num_gpus` ("does not
@@ -29,7 +29,7 @@ from launch.errors import ConfigError
 from launch.launchers.command import NodeCommand, executable_beside_python
 from launch.launchers.environment import rank_environment
 from launch.plan import RunPlan
-from train.config import RunConfig
+from train.spec.config import RunConfig
 
 HOSTFILE = "hostfile"
 ENV_FILE = ".deepspeed_env"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from launch.cluster.fabric import fabric_environment
-from train.config import RunConfig
+from train.spec.config import RunConfig
 
 
 def rank_environment(cfg: RunConfig) -> dict[str, str]:

@@ -18,7 +18,7 @@ from launch.launchers.command import NodeCommand
 from launch.launchers.deepspeed import deepspeed_commands, write_launch_files
 from launch.launchers.torchrun import torchrun_commands
 from launch.plan import RunPlan
-from train.config import RunConfig
+from train.spec.config import RunConfig
 
 
 def launch_commands(

@@ -18,7 +18,7 @@ from pathlib import Path
 from launch.errors import ConfigError, RunFailed
 from launch.launchers.torchrun import slurm_task_command
 from launch.plan import RunPlan
-from train.config import RunConfig
+from train.spec.config import RunConfig
 
 SCRIPT_NAME = "job.sbatch"
 # Slurm's --time formats: minutes, MM:SS, HH:MM:SS, D-HH, D-HH:MM, D-HH:MM:SS.

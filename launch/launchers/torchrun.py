@@ -15,7 +15,7 @@ from launch.cluster.hosts import ClusterNode
 from launch.launchers.command import NodeCommand, ShellExpr, executable_beside_python
 from launch.launchers.environment import rank_environment
 from launch.plan import RunPlan
-from train.config import RunConfig
+from train.spec.config import RunConfig
 
 
 def torchrun_argv(

@@ -21,7 +21,7 @@ from launch.errors import ConfigError
 from launch.perfmodel.collectives import collective_time
 from launch.perfmodel.hardware import Link, PartRates, part_rates
 from launch.perfmodel.step import predict_run
-from train.config import RunConfig, load_run_config
+from train.spec.config import RunConfig, load_run_config
 
 
 @dataclass(frozen=True)

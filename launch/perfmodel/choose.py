@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from launch.errors import ConfigError
 from launch.perfmodel.hardware import PartRates, part_rates
 from launch.perfmodel.step import Prediction, predict, projected_precision
-from train.config import RunConfig
-from train.parallel.degrees import (
+from train.spec.config import RunConfig
+from train.spec.degrees import (
     Degrees,
     LayoutError,
     LayoutPlan,

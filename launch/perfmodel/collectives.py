@@ -40,7 +40,7 @@ OPS = ("all_reduce", "all_gather", "reduce_scatter", "all_to_all", "broadcast")
 
 
 def bus_factor(op: str, n: int) -> float:
-    """nccl-tests' busbw factor (train/comm.py BUS_FACTORS)."""
+    """nccl-tests' busbw factor (train/bench/collectives.py BUS_FACTORS)."""
     if op == "all_reduce":
         return 2 * (n - 1) / n
     if op in ("all_gather", "reduce_scatter", "all_to_all"):

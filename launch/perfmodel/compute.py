@@ -8,7 +8,7 @@
 - memory-bound work at the achievable HBM rate: elementwise kernels per token, autocast's
   weight casts and weight-gradient accumulation per micro-step, AdamW per step.
 fp8 runs the Linear layers precision.fp8.min_dim wide or wider at the fp8 peak, the rest in
-bf16 (train/precision.py's rule). The forward is a third of the block work, the backward two
+bf16 (train/runtime/numerics.py's rule). The forward is a third of the block work, the backward two
 thirds (what overlap.py hides communication behind).
 """
 
@@ -19,11 +19,11 @@ from dataclasses import dataclass
 from launch.perfmodel import shapes
 from launch.perfmodel.hardware import PartRates
 from launch.perfmodel.host import OPTIMIZER_KERNELS_PER_TENSOR, host_micro_step
-from train.config import ModelConfig
-from train.parallel.degrees import ZERO_STAGES, LayoutPlan
+from train.spec.config import ModelConfig
+from train.spec.degrees import ZERO_STAGES, LayoutPlan
 
 SIXTEEN_BIT = ("bf16", "fp16", "fp8")
-# Bytes per token per block that elementwise kernels stream, counted from train/model.py under
+# Bytes per token per block that elementwise kernels stream, counted from train/model/transformer.py under
 # bf16 autocast (fp32 residual): forward 56 per d element (two norms read 4 + write 4 + cast
 # to 2, rope on q and k, two residual adds) and 10 per f element (silu, product); backward
 # about twice the forward. Scaled by width / 2 for fp32 runs.

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from launch.perfmodel.host import HostRates
-from train.config import GpuConfig
+from train.spec.config import GpuConfig
 
 # Generation of each profile: the measured fractions below are per generation.
 GENERATION = {

@@ -6,7 +6,7 @@ project's CPU sizes (tiny model, one core per rank) a step is not one big matmul
 few hundred rows run far from the square-matrix ceiling, attention is a separate kernel, and
 hundreds of small elementwise kernels each pay a dispatch latency. So for the cpu profile the
 compute time is itemised over what was measured on this machine (``python -m launch.mamf
---host-shapes``, cached beside the ceiling; launch/bench/mamf.py measure_host):
+--host-shapes``, cached beside the ceiling; launch/bench/matmul_ceiling.py measure_host):
 
 - each GEMM the step runs, by shape: forward (tokens, in, out), input gradient (tokens, out,
   in), weight gradient (out, tokens, in), per Linear of a block (TP: its shard) and the head;
@@ -14,7 +14,7 @@ compute time is itemised over what was measured on this machine (``python -m lau
 - memory-bound work as kernels x a measured per-kernel latency + bytes / a measured
   streaming bandwidth (an alpha-beta model of elementwise kernels).
 
-Kernel counts are counted, not fitted: torch.profiler over train/model.py on torch 2.13 CPU
+Kernel counts are counted, not fitted: torch.profiler over train/model/transformer.py on torch 2.13 CPU
 (fp32) runs 136 forward and 237 backward elementwise / reduction kernels for the tiny model's
 4 blocks and head (view-like ops and no-op ``to`` excluded), i.e. about 32 and 57 per block
 with the head's few folded in, and AdamW (foreach falls back to per-tensor kernels on CPU) 9
@@ -26,7 +26,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from launch.perfmodel import shapes
-from train.config import ModelConfig
+from train.spec.config import ModelConfig
 
 FORWARD_KERNELS_PER_BLOCK = 34  # 136 / 4 blocks: norms, rope, residual adds, silu, head's few
 BACKWARD_KERNELS_PER_BLOCK = 59  # 237 / 4
@@ -42,7 +42,7 @@ def sdpa_key(batch: int, heads: int, seq: int, head_dim: int) -> str:
 
 
 def linear_shapes(m: ModelConfig, tp: int) -> list[tuple[int, int]]:
-    """(in, out) of each Linear of one block as a TP rank holds it (train/model.py order)."""
+    """(in, out) of each Linear of one block as a TP rank holds it (train/model/transformer.py order)."""
     hd = shapes.head_dim(m)
     q, kv, f, d = m.n_heads * hd // tp, m.n_kv_heads * hd // tp, m.ffn_hidden // tp, m.d_model
     return [(d, q), (d, kv), (d, kv), (q, d), (d, f), (f, d), (d, f)]

@@ -1,6 +1,6 @@
-"""Memory per rank by layout: what it holds (train/memory.py's four kinds) and what it peaks at.
+"""Memory per rank by layout: what it holds (train/measure/held_memory.py's four kinds) and what it peaks at.
 
-Held bytes follow train/memory.py: each tensor once, local shards only, the busiest rank
+Held bytes follow train/measure/held_memory.py: each tensor once, local shards only, the busiest rank
 (rank 0 holds the rounded-up shard of every FSDP tensor), measured at the end of backward.
 Torch layouts (ddp, fsdp, hsdp, tp, tp_fsdp) keep fp32 parameters under autocast and AdamW
 steps them in place (no master copy; two fp32 moments and a 4-byte step counter per
@@ -9,7 +9,7 @@ fp32 master partition; stage 1 partitions the optimizer state, 2 also the gradie
 the parameters (ZeRO paper, Rajbhandari et al. 2020).
 
 Peak adds what lives only during a step: activations saved for backward (counted per tensor
-of train/model.py's block, below), FSDP's gathered units, DDP's gradient buckets, and a
+of train/model/transformer.py's block, below), FSDP's gathered units, DDP's gradient buckets, and a
 reserve for the CUDA context, NCCL buffers and allocator fragmentation.
 """
 
@@ -18,8 +18,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from launch.perfmodel import shapes
-from train.config import ModelConfig
-from train.parallel.degrees import ZERO_STAGES, LayoutPlan
+from train.spec.config import ModelConfig
+from train.spec.degrees import ZERO_STAGES, LayoutPlan
 
 SIXTEEN_BIT = ("bf16", "fp16", "fp8")
 # Not usable for tensors: CUDA context, cuBLAS workspaces and NCCL buffers (about 1-2 GB on
@@ -42,7 +42,7 @@ class MemoryEstimate:
 
     @property
     def held_bytes(self) -> int:
-        """train/memory.py's total_bytes: parameters, gradients, optimizer state, masters."""
+        """train/measure/held_memory.py's total_bytes: parameters, gradients, optimizer state, masters."""
         return (
             self.param_bytes
             + self.grad_bytes
@@ -63,7 +63,7 @@ class MemoryEstimate:
         return None if self.capacity_bytes is None else self.capacity_bytes - self.peak_bytes
 
     def as_dict(self) -> dict:
-        # The names of train/memory.py's summary (total_bytes: what the rank holds), then the rest.
+        # The names of train/measure/held_memory.py's summary (total_bytes: what the rank holds), then the rest.
         names = ("param_bytes", "grad_bytes", "optimizer_state_bytes", "master_weight_bytes")
         out = {name: getattr(self, name) for name in names}
         out["total_bytes"] = self.held_bytes
@@ -113,7 +113,7 @@ def activation_bytes(
 ) -> int:
     """Bytes saved for backward by one micro-batch, at the start of backward.
 
-    Per token of a block (train/model.py), with a = the matmul width, r = the residual
+    Per token of a block (train/model/transformer.py), with a = the matmul width, r = the residual
     stream's (fp32 under autocast, the model's own width under DeepSpeed 16-bit): the two
     norm inputs (2r d) and outputs cast for the matmuls (2a d); q, k, v after rope and GQA's
     repeat, and the attention output (4a q); w1 and w3 outputs, silu(w1) and the product

@@ -1,14 +1,14 @@
 """Parameters and FLOPs of the reference transformer, as pure arithmetic on ModelConfig.
 
-The same formulas as train/model.py (count_params, count_matmul_params, flops_per_token),
-train/parallel/checkpointing.py (recompute_flops_per_token), which import torch; unit tests
-hold them equal. The parameter shapes per rank are train/param_shapes.py's (torch-free).
+The same formulas as train/model/transformer.py (count_params, count_matmul_params, flops_per_token),
+train/parallel/activation_checkpoint.py (recompute_flops_per_token), which import torch; unit tests
+hold them equal. The parameter shapes per rank are train/spec/shapes.py's (torch-free).
 """
 
 from __future__ import annotations
 
-from train.config import ModelConfig
-from train.param_shapes import (  # noqa: F401 - re-exported: the model reads shapes.* here
+from train.spec.config import ModelConfig
+from train.spec.shapes import (  # noqa: F401 - re-exported: the model reads shapes.* here
     all_param_shapes,
     block_param_shapes,
     numel,
@@ -45,7 +45,7 @@ def attention_flops_per_token(m: ModelConfig, seq_len: int) -> int:
 
 
 def flops_per_token(m: ModelConfig, seq_len: int) -> int:
-    """Model FLOPs per token (6N + 12 L H Q T), as train.model.flops_per_token."""
+    """Model FLOPs per token (6N + 12 L H Q T), as train.model.transformer.flops_per_token."""
     return 6 * count_matmul_params(m) + attention_flops_per_token(m, seq_len)
 
 

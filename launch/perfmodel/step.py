@@ -22,8 +22,8 @@ from launch.perfmodel.host import HostRates
 from launch.perfmodel.memory import MemoryEstimate, estimate_memory
 from launch.perfmodel.overlap import comm_time
 from launch.perfmodel.traffic import layout_transfers
-from train.config import RunConfig
-from train.parallel.degrees import Degrees, LayoutError, LayoutPlan, plan_layout
+from train.spec.config import RunConfig
+from train.spec.degrees import Degrees, LayoutError, LayoutPlan, plan_layout
 
 
 @dataclass(frozen=True)
@@ -119,7 +119,7 @@ class Prediction:
 
 def projected_precision(requested: str, gpu_name: str, has_fp8: bool) -> tuple[str, str]:
     """(precision, reason) the model assumes. `auto` needs the machine's libraries to decide
-    fp8 (train/precision.py); without a machine the projection takes bf16 on a GPU and fp32 on
+    fp8 (train/runtime/numerics.py); without a machine the projection takes bf16 on a GPU and fp32 on
     the CPU (no native bf16 on this project's reference CPU)."""
     if requested == "auto":
         if gpu_name == "cpu":

@@ -1,6 +1,6 @@
 """Which collectives a layout issues per optimizer step, how big, in which group, and when.
 
-The same counts as train/comm_volume.py (a unit test holds the per-kind sums equal to
+The same counts as train/spec/traffic.py (a unit test holds the per-kind sums equal to
 comm_bytes_per_step), itemised so each call can be timed on the links its group crosses and
 placed where it runs: behind backward (DDP buckets, FSDP units), ahead of the next unit
 (FSDP prefetch), or on the critical path (TP activations, DeepSpeed stage 1/2 reductions,
@@ -16,8 +16,8 @@ from dataclasses import dataclass
 
 from launch.perfmodel import shapes
 from launch.perfmodel.collectives import group_geometry
-from train.config import ModelConfig
-from train.parallel.degrees import ZERO3_MAX_REUSE_DISTANCE, ZERO_STAGES, LayoutPlan
+from train.spec.config import ModelConfig
+from train.spec.degrees import ZERO3_MAX_REUSE_DISTANCE, ZERO_STAGES, LayoutPlan
 
 # Where a transfer runs, which decides what hides it (overlap.py).
 BUCKETED_BACKWARD = "bucketed_backward"  # DDP: buckets all-reduced while backward runs
@@ -42,7 +42,7 @@ class Transfer:
         return self.nbytes * self.calls
 
 
-GRAD_NORM_BYTES = 4  # the global gradient norm's float32 scalar (train/comm_volume.py)
+GRAD_NORM_BYTES = 4  # the global gradient norm's float32 scalar (train/spec/traffic.py)
 GRADIENT_BYTES = 4  # torch layouts keep fp32 parameters, so fp32 gradients
 FSDP_LAYOUTS = ("fsdp", "hsdp", "tp_fsdp")
 
@@ -59,7 +59,7 @@ def layout_transfers(
     nproc_per_node: int,
     fsdp_reduce_dtype: str = "fp32",
 ) -> list[Transfer]:
-    """The widths follow train/comm_volume.py: DDP reduces fp32 gradients; FSDP2 gathers in
+    """The widths follow train/spec/traffic.py: DDP reduces fp32 gradients; FSDP2 gathers in
     the compute dtype and reduces in ``fsdp_reduce_dtype``; DeepSpeed moves 16 bits under
     bf16/fp16; TP's activations by what they carry (see tp_widths). Not modelled: torchao's
     float8 all-gather (fp8 with FSDP), which comm_volume counts when it is on."""
@@ -110,7 +110,7 @@ def layout_transfers(
 
 def tp_widths(sixteen: bool, *, fsdp_16bit_params: bool) -> tuple[int, int, int]:
     """(matmul output, norm output, residual stream) bytes per element of TP's activation
-    collectives (train/comm_volume.py _tp_widths): fp32 everywhere in fp32 runs; under autocast
+    collectives (train/spec/traffic.py _tp_widths): fp32 everywhere in fp32 runs; under autocast
     with fp32 parameters only the matmul outputs are 16-bit; under FSDP2's 16-bit parameters
     (tp_fsdp) everything is."""
     if not sixteen:
@@ -134,7 +134,7 @@ def _tensor_parallel(m, plan, elements, widths, accum, tp, per_node) -> list[Tra
             transfer("all_reduce", norm_out, backwards * accum),
         ]
     # With SP a checkpointed block's replay runs both all-gathers (not one), as counted in
-    # train/comm_volume.py: the replay stops before the block's last collective only.
+    # train/spec/traffic.py: the replay stops before the block's last collective only.
     sp_gathers = 2 * m.n_layers + 2 * len(plan.checkpointed)
     return [
         transfer("all_gather", norm_out, sp_gathers * accum),
@@ -236,7 +236,7 @@ def _zero(m, stage, n, per_node, accum, width) -> list[Transfer]:
 
 
 def bytes_per_kind(transfers: list[Transfer]) -> dict[str, int]:
-    # send_recv: pipeline point-to-point (train/comm_volume.py); no layout here has any yet.
+    # send_recv: pipeline point-to-point (train/spec/traffic.py); no layout here has any yet.
     out = {"all_reduce": 0, "all_gather": 0, "reduce_scatter": 0, "send_recv": 0}
     for t in transfers:
         out[t.kind] += t.total_bytes

@@ -1,7 +1,7 @@
 """The report's "Where the time went" section: per world size, compute / exposed comm / other
 from each measurement that ran (trace, twin, HTA), and a label with the rule that decided it.
 
-Input: the summary.json dicts of a sweep (their ``breakdown`` key, train/breakdown.py).
+Input: the summary.json dicts of a sweep (their ``breakdown`` key, train/measure/trace_breakdown.py).
 A run without a usable breakdown says "breakdown unavailable (why)", never a made-up share.
 """
 
@@ -194,7 +194,7 @@ def where_the_time_went(runs: list[dict]) -> list[str]:
     lines += [
         "",
         "trace: interval arithmetic over the profiled steps' torch.profiler events "
-        "(train/breakdown.py; profiled steps run after the timed ones and run slower under "
+        "(train/measure/trace_breakdown.py; profiled steps run after the timed ones and run slower under "
         "the profiler, so shares are of the profiled step); hta: Holistic Trace Analysis on "
         "GPU traces; twin: a synchronised step minus a step with gradient sync skipped, "
         "run in alternating pairs after the timed steps (no-sync twin: trains nothing "

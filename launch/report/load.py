@@ -7,13 +7,13 @@ from pathlib import Path
 from typing import Any
 
 from launch.errors import ReportError
-from train.summary import RunSummary, SummaryError
+from train.measure.summary import RunSummary, SummaryError
 
 SUMMARY = "summary.json"
 
 
 def _read_summary(path: Path) -> dict[str, Any]:
-    """One run's summary, read through its type (train/summary.py): a wrong schema version,
+    """One run's summary, read through its type (train/measure/summary.py): a wrong schema version,
     a missing key or a world size of 0 is one line naming the file, never a traceback."""
     try:
         return RunSummary.read(path).to_dict()

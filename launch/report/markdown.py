@@ -101,7 +101,7 @@ def markdown_report(runs: list[dict[str, Any]], rows: list[dict[str, Any]]) -> s
             "Memory is per rank (the busiest), from the tensors it holds: optimizer = Adam "
             "state + fp32 master weights; peak is the allocator's (GPU) or the process RSS "
             "(CPU). comm/step = bytes all-reduced + all-gathered + reduce-scattered per rank "
-            "per step, computed from the model and the layout (train/comm_volume.py).",
+            "per step, computed from the model and the layout (train/spec/traffic.py).",
         ]
         if any(r["crosses_node_boundary"] for r in series_rows):
             lines.append(

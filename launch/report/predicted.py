@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from launch.errors import ConfigError
-from train.config import load_run_config
+from train.spec.config import load_run_config
 
 
 def predicted_for(run: dict[str, Any]) -> dict[str, Any] | None:
@@ -50,7 +50,7 @@ def predicted_for(run: dict[str, Any]) -> dict[str, Any] | None:
 def host_rates_for(cfg, run: dict[str, Any]):
     """The cpu profile's measured kernel times for this run's shapes, or None (a GPU run, an
     fp32-less ceiling, or a run from another host whose measurement is not cached here)."""
-    from launch.bench import mamf
+    from launch.bench import matmul_ceiling as mamf
     from launch.perfmodel.host import HostRates
     from launch.perfmodel.step import plan_for
 
@@ -62,7 +62,7 @@ def host_rates_for(cfg, run: dict[str, Any]):
     record = mamf.load_host(run.get("device_name") or "", threads)
     rates = HostRates.from_record(record, ceiling * 1e12) if record else None
     if rates is None or rates.missing(cfg.model, cfg.train.micro_batch, cfg.train.seq_len, tp):
-        from train.distributed import cpu_model_name
+        from train.runtime.distributed import cpu_model_name
 
         if cpu_model_name() != run.get("device_name"):
             return rates  # another host's run: the ceiling stands in for what is missing

@@ -12,7 +12,7 @@ from launch.report.markdown import markdown_report
 from launch.report.plot import plot_scaling
 from launch.report.scaling import scaling_rows
 from launch.rundir import failed_points
-from train.summary import finite_json
+from train.measure.summary import finite_json
 
 
 def write_report(dirs: list[Path], out_dir: Path) -> dict[str, Path]:

@@ -6,7 +6,7 @@ on (seed, step, row) only, nothing in a step is random, the checkpoint holds the
 parameters and the optimizer state exactly, and with 2 ranks a reduction adds two numbers,
 which gives the same result in either order.
 
-One layout per path of train/checkpoint.py: DDP (torch.distributed.checkpoint, synchronous),
+One layout per path of train/checkpoint/checkpointer.py: DDP (torch.distributed.checkpoint, synchronous),
 FSDP (DCP's async_save, sharded), ZeRO-2 (DeepSpeed's save_checkpoint / load_checkpoint).
 """
 

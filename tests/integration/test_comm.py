@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from tests.conftest import cli_env
-from train.comm import BUS_FACTORS, collective, message_sizes, scopes
-from train.distributed import RankInfo
+from train.bench.collectives import BUS_FACTORS, collective, message_sizes, scopes
+from train.runtime.distributed import RankInfo
 
 # nccl-tests PERFORMANCE.md, written out for n = 2 rather than taken from the code under test.
 FACTORS_AT_2 = {

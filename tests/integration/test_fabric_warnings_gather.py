@@ -12,7 +12,7 @@ def _rank(rank: int, tmp: str) -> None:
     import os
     from pathlib import Path
 
-    from train.cluster_record import gather_fabric_warnings
+    from train.measure.cluster_record import gather_fabric_warnings
 
     dist.init_process_group("gloo", init_method=f"file://{tmp}/store", rank=rank, world_size=2)
     try:

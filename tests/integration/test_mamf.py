@@ -1,6 +1,6 @@
 import json
 
-from launch.bench import mamf
+from launch.bench import matmul_ceiling as mamf
 
 
 def test_mamf_writes_its_file_and_the_next_run_reads_it(tmp_path, monkeypatch, launch_cli):

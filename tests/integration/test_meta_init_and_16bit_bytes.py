@@ -5,7 +5,7 @@
   weights a plain model gets from the same seed;
 - under bf16 autocast, the bytes of every collective (FSDP2's bf16 all-gathers and fp32 or
   bf16 reduce-scatters, TP's fp32 and bf16 activation collectives) equal
-  train/comm_volume.py's, per kind.
+  train/spec/traffic.py's, per kind.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ import pytest
 from omegaconf import OmegaConf
 
 from tests.conftest import REPO, cli_env, compose_run_config
-from train.comm_volume import comm_bytes_per_step
-from train.parallel.degrees import plan_layout
+from train.spec.degrees import plan_layout
+from train.spec.traffic import comm_bytes_per_step
 
 pytest.importorskip("deepspeed")
 

@@ -1,6 +1,6 @@
 """Every parallel layout at 2 ranks trains loss for loss like one rank with the same global
 batch, holds the memory its sharding promises, communicates exactly the bytes
-train/comm_volume.py computes, and reports all of it in summary.json.
+train/spec/traffic.py computes, and reports all of it in summary.json.
 
 One torchrun start runs all the torch layouts and zero2/zero3 (tests/ranks/parallel_ranks.py), and
 counts the bytes of every collective of each run's third step; zero1 runs through the
@@ -34,8 +34,8 @@ import pytest
 from launch.pipeline import write_run_config
 from launch.plan import plan_runs
 from tests.conftest import REPO, cli_env, compose_run_config
-from train.model import count_params
-from train.worker import run
+from train.model.transformer import count_params
+from train.runtime.worker import run
 
 pytest.importorskip("deepspeed")
 
@@ -219,7 +219,7 @@ def test_tp_sharded_block_output_equals_the_whole_block(runs):
 
 @pytest.mark.parametrize("name", list(TWO_RANKS))
 def test_computed_comm_bytes_equal_counted_bytes_per_kind(runs, name):
-    """Exact: sizes are integers and nothing is estimated (convention: train/comm_volume.py).
+    """Exact: sizes are integers and nothing is estimated (convention: train/spec/traffic.py).
 
     Covers ddp, fsdp and tp as the issue asks, and also hsdp, sequence parallelism,
     activation checkpointing (whose recompute replays TP's forward collectives but not

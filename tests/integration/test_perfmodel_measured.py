@@ -3,7 +3,7 @@ so the bound is wide: this checks the model is in the right range, not the bench
 
 import json
 
-from launch.bench import mamf
+from launch.bench import matmul_ceiling as mamf
 from launch.report.predicted import predicted_for
 
 

@@ -1,5 +1,5 @@
 """Pipeline layouts (parallel=pp, pp_fsdp) train loss for loss like one rank with the same
-global batch, send exactly the bytes train/pipeline_volume.py computes for each rank, and
+global batch, send exactly the bytes train/spec/stage_traffic.py computes for each rank, and
 report their stages, bubble and memory in summary.json.
 
 One torchrun start of 2 ranks runs every schedule (tests/ranks/pipeline_ranks.py); one of 4
@@ -27,9 +27,9 @@ import pytest
 from launch.pipeline import write_run_config
 from launch.plan import plan_runs
 from tests.conftest import REPO, cli_env, compose_run_config
-from train.parallel.degrees import plan_layout
-from train.pipeline_volume import pipeline_volume_per_rank
-from train.worker import run
+from train.runtime.worker import run
+from train.spec.degrees import plan_layout
+from train.spec.stage_traffic import pipeline_volume_per_rank
 
 COMMON = [
     "model=tiny",

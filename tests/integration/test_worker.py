@@ -9,7 +9,7 @@ import pytest
 from launch.pipeline import write_run_config
 from launch.plan import plan_runs
 from tests.conftest import FAST, compose_run_config
-from train.worker import run
+from train.runtime.worker import run
 
 
 def losses(run_dir):

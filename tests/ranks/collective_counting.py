@@ -4,7 +4,7 @@ parallel_ranks.py).
 Collectives are seen in a TorchDispatchMode: every collective, whether issued from Python
 (FSDP2, DeepSpeed), from C++ (DDP's reducer) or as a functional collective (DTensor), is
 dispatched as a ``c10d`` or ``_c10d_functional`` op, so one wrapper sees them all. Sizes
-follow the accounting convention of train/comm_volume.py.
+follow the accounting convention of train/spec/traffic.py.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ SIZES = {
         lambda a: _nbytes(a[0]) * a[1],
     ),
     "_c10d_functional.reduce_scatter_tensor": ("reduce_scatter", lambda a: _nbytes(a[0])),
-    # Point-to-point (pipelines): counted at the sender, as train/comm_volume.py does.
+    # Point-to-point (pipelines): counted at the sender, as train/spec/traffic.py does.
     "c10d.send": ("send_recv", lambda a: _nbytes(a[0])),
 }
 # Bookkeeping ops of functional collectives move nothing; a receive mirrors a counted send.

@@ -24,12 +24,12 @@ import torch.distributed as dist
 from torch.distributed.tensor import DTensor
 
 from tests.ranks.collective_counting import CountThirdStep
-from train import distributed, worker
-from train.config import RunConfig, load_run_config
-from train.init import canonical_name
-from train.model import Transformer
+from train.model.transformer import Transformer
+from train.model.weights import canonical_name
 from train.parallel.build import build_layout, build_model
-from train.parallel.degrees import Degrees, LayoutPlan, plan_layout
+from train.runtime import distributed, worker
+from train.spec.config import RunConfig, load_run_config
+from train.spec.degrees import Degrees, LayoutPlan, plan_layout
 
 
 def rss_bytes() -> int:

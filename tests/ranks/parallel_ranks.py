@@ -23,10 +23,10 @@ from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.tensor.parallel import parallelize_module
 
 from tests.ranks.collective_counting import CountThirdStep
-from train import distributed, worker
-from train.config import ModelConfig, load_run_config
-from train.model import Transformer
+from train.model.transformer import Transformer
 from train.parallel.tensor_parallel import block_plan
+from train.runtime import distributed, worker
+from train.spec.config import ModelConfig, load_run_config
 
 
 def main(out_dir: Path, config_paths: list[Path]) -> None:

@@ -17,8 +17,8 @@ from pathlib import Path
 import torch.distributed as dist
 
 from tests.ranks.collective_counting import CountThirdStep
-from train import distributed, worker
-from train.config import load_run_config
+from train.runtime import distributed, worker
+from train.spec.config import load_run_config
 
 
 def main(out_dir: Path, config_paths: list[Path]) -> None:

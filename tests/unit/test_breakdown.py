@@ -1,4 +1,4 @@
-"""Step breakdown by interval arithmetic on hand-made traces (train/breakdown.py)."""
+"""Step breakdown by interval arithmetic on hand-made traces (train/measure/trace_breakdown.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from train.breakdown import (
+from train.measure.trace_breakdown import (
     TraceError,
     TraceEvent,
     achieved_bandwidth,

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from tests.conftest import compose_run_config
-from train.checkpoint import (
+from train.checkpoint.checkpointer import (
     MARKER,
     Checkpointer,
     checkpoint_errors,
@@ -18,11 +18,11 @@ from train.checkpoint import (
     latest_complete,
     step_dir_name,
 )
-from train.data import SyntheticTokens
-from train.metrics import StepRecord
+from train.measure.metrics import StepRecord
+from train.measure.sinks import MetricsSinks
 from train.parallel.build import build_layout, build_model
-from train.parallel.degrees import plan_layout
-from train.sinks import MetricsSinks
+from train.runtime.data import SyntheticTokens
+from train.spec.degrees import plan_layout
 
 SMALL = [
     "model=tiny",

@@ -1,4 +1,4 @@
-"""The communication-volume model (train/comm_volume.py) on its own, from the model shape.
+"""The communication-volume model (train/spec/traffic.py) on its own, from the model shape.
 
 That these numbers equal the bytes of the collectives counted during real 2-rank steps, per
 kind, is checked on the layout runs of tests/test_parallel.py.
@@ -6,9 +6,9 @@ kind, is checked on the layout runs of tests/test_parallel.py.
 
 from __future__ import annotations
 
-from train.comm_volume import CommVolume, comm_bytes_per_step
-from train.config import ModelConfig
-from train.parallel.degrees import Degrees, LayoutPlan
+from train.spec.config import ModelConfig
+from train.spec.degrees import Degrees, LayoutPlan
+from train.spec.traffic import CommVolume, comm_bytes_per_step
 
 TINY = ModelConfig(
     name="tiny",
@@ -20,7 +20,7 @@ TINY = ModelConfig(
     vocab_size=2048,
     max_seq_len=256,
 )
-PARAMS = 1_311_872  # train.model.count_params(TINY)
+PARAMS = 1_311_872  # train.model.transformer.count_params(TINY)
 
 
 def layout(name, dp_replicate=1, dp_shard=1, tp=1, sp=False, checkpointed=()):

@@ -10,7 +10,7 @@ from launch.errors import ConfigError
 from launch.plan import plan_runs
 from launch.validate import validate
 from tests.conftest import compose_run_config
-from train.precision import fp8_eligible, model_linear_shapes
+from train.runtime.numerics import fp8_eligible, model_linear_shapes
 
 GPUS = [g for g in group_choices("gpu") if g != "auto"]
 MODELS = group_choices("model")

@@ -1,7 +1,7 @@
 import numpy as np
 import torch
 
-from train.data import SyntheticTokens, TokenFile, rank_micro_batches
+from train.runtime.data import SyntheticTokens, TokenFile, rank_micro_batches
 
 
 def rows_seen(global_tokens, world_size, micro_batch):

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from train.data import (
+from train.runtime.data import (
     SyntheticTokens,
     TokenFile,
     draw_rank_batches,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from train import distributed
+from train.runtime import distributed
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ import os
 import numpy as np
 import pytest
 
-from launch.bench import mamf
+from launch.bench import matmul_ceiling as mamf
 from launch.errors import ConfigError, RunFailed
 from launch.plan import plan_runs
 from launch.report import load_runs, write_report

@@ -13,9 +13,9 @@ from launch.plan import plan_runs
 from launch.resolve import resolve_node_defaults, with_measured_peaks
 from launch.validate import validate
 from tests.conftest import FAST, compose_run_config
-from train import distributed
-from train.hardware import MachineProbe, profile_mismatch
-from train.precision import resolve_precision
+from train.runtime import distributed
+from train.runtime.machine import MachineProbe, profile_mismatch
+from train.runtime.numerics import resolve_precision
 
 
 def test_mpi_and_slurm_runners_ranks_come_from_their_variables():
@@ -178,8 +178,8 @@ def test_on_a_gpu_node_the_defaults_use_its_gpus(monkeypatch, overrides, nproc, 
 def test_an_explicit_peak_wins_over_the_measured_cache(monkeypatch, tmp_path):
     import json
 
-    from launch.bench import mamf
-    from train.distributed import cpu_model_name
+    from launch.bench import matmul_ceiling as mamf
+    from train.runtime.distributed import cpu_model_name
 
     monkeypatch.setenv("SCALEPROBE_CACHE_DIR", str(tmp_path))
     path = mamf.cache_path(cpu_model_name(), 1)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from train import cluster_record
-from train.cluster_record import gather_fabric_warnings, ib_hca_warning
+from train.measure import cluster_record
+from train.measure.cluster_record import gather_fabric_warnings, ib_hca_warning
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from train.memory import (
+from train.measure.held_memory import (
     HeldMemory,
     memory_summary,
     optimizer_param_tensors,

@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from train.config import ModelConfig
-from train.model import Transformer, count_matmul_params, count_params, flops_per_token
+from train.model.transformer import Transformer, count_matmul_params, count_params, flops_per_token
+from train.spec.config import ModelConfig
 
 # Tied with GQA (4 query heads share 2 kv heads), and untied multi-head (n_kv == n_heads).
 TIED_GQA = ModelConfig(

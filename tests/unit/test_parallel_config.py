@@ -12,17 +12,17 @@ from launch.errors import ConfigError
 from launch.plan import plan_runs
 from launch.validate import validate
 from tests.conftest import compose_run_config
-from train.config import ParallelConfig
-from train.model import flops_per_token
-from train.parallel.checkpointing import recompute_flops_per_token
-from train.parallel.degrees import (
+from train.model.transformer import flops_per_token
+from train.parallel.activation_checkpoint import recompute_flops_per_token
+from train.parallel.zero import deepspeed_config, import_deepspeed
+from train.spec.config import ParallelConfig
+from train.spec.degrees import (
     Degrees,
     LayoutError,
     checkpointed_layers,
     plan_layout,
     resolve_degrees,
 )
-from train.parallel.zero import deepspeed_config, import_deepspeed
 
 
 @pytest.mark.parametrize(

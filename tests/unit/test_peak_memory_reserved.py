@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from train.memory import HeldMemory, memory_summary
-from train.metrics import peak_memory_bytes, peak_memory_reserved_bytes
+from train.measure.held_memory import HeldMemory, memory_summary
+from train.measure.metrics import peak_memory_bytes, peak_memory_reserved_bytes
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda", 0)
 

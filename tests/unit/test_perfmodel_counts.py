@@ -1,5 +1,5 @@
-"""The model's counts equal the project's own: FLOPs and parameters (train/model.py), bytes per
-collective kind (train/comm_volume.py), held memory (train/memory.py's semantics)."""
+"""The model's counts equal the project's own: FLOPs and parameters (train/model/transformer.py), bytes per
+collective kind (train/spec/traffic.py), held memory (train/measure/held_memory.py's semantics)."""
 
 from __future__ import annotations
 
@@ -13,13 +13,13 @@ from omegaconf import OmegaConf
 from launch.perfmodel import memory, shapes
 from launch.perfmodel.traffic import bytes_per_kind, layout_transfers
 from tests.conftest import REPO
-from train.comm_volume import _all_params, comm_bytes_per_step
-from train.config import ModelConfig, TrainConfig
-from train.memory import optimizer_state_tensors, tensor_bytes
-from train.model import Transformer, count_matmul_params, count_params, flops_per_token
-from train.parallel.checkpointing import recompute_flops_per_token
-from train.parallel.degrees import Degrees, LayoutPlan, checkpointed_layers
+from train.measure.held_memory import optimizer_state_tensors, tensor_bytes
+from train.model.transformer import Transformer, count_matmul_params, count_params, flops_per_token
+from train.parallel.activation_checkpoint import recompute_flops_per_token
 from train.parallel.layout import adamw
+from train.spec.config import ModelConfig, TrainConfig
+from train.spec.degrees import Degrees, LayoutPlan, checkpointed_layers
+from train.spec.traffic import _all_params, comm_bytes_per_step
 
 MODELS = ["tiny", "gpt_125m", "gpt_1_3b", "llama_7b", "llama_70b"]
 
@@ -89,7 +89,7 @@ def test_tp_groups_stay_in_a_node_and_replicas_cross_nodes():
 
 
 def test_held_memory_of_one_rank_equals_the_tensors():
-    """ddp on one rank: the tensors a real model and AdamW hold (train/memory.py)."""
+    """ddp on one rank: the tensors a real model and AdamW hold (train/measure/held_memory.py)."""
     m = model("tiny")
     torch.manual_seed(0)
     net = Transformer(m)
@@ -129,7 +129,7 @@ def test_checkpointing_and_sequence_parallelism_shrink_activations():
 
 def test_the_model_needs_no_torch():
     code = (
-        "import sys; import launch.perfmodel.project, launch.perfmodel.choose, "
+        "import sys; import launch.perfmodel.projection, launch.perfmodel.choose, "
         "launch.perfmodel.calibrate; assert 'torch' not in sys.modules, 'torch imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)

@@ -4,7 +4,7 @@ times, and the alpha-beta fit of launch.mamf's elementwise measurement."""
 
 import pytest
 
-from launch.bench.mamf import _fit_alpha_beta
+from launch.bench.matmul_ceiling import _fit_alpha_beta
 from launch.perfmodel import hardware, host
 from launch.perfmodel.collectives import collective_time
 from launch.perfmodel.hardware import part_rates

@@ -11,7 +11,7 @@ from rich.console import Console
 from launch.errors import ConfigError
 from launch.perfmodel.calibrate import load_calibration
 from launch.perfmodel.hardware import part_rates
-from launch.perfmodel.project import project_runs, projected_profiles, run_projection
+from launch.perfmodel.projection import project_runs, projected_profiles, run_projection
 from launch.perfmodel.step import plan_for, predict, predict_run
 from tests.conftest import compose_run_config
 

@@ -10,9 +10,9 @@ from launch.errors import ConfigError
 from launch.plan import plan_runs
 from launch.validate import validate
 from tests.conftest import compose_run_config
-from train.comm_volume import comm_bytes_per_step
-from train.parallel.degrees import plan_layout
-from train.parallel.pipeline_plan import PipelinePlan, split_layers, stage_ranks
+from train.spec.degrees import plan_layout
+from train.spec.stages import PipelinePlan, split_layers, stage_ranks
+from train.spec.traffic import comm_bytes_per_step
 
 
 @pytest.mark.parametrize(

@@ -12,11 +12,11 @@ from launch.errors import ConfigError
 from launch.plan import plan_runs
 from launch.validate import validate
 from tests.conftest import compose_run_config
-from train.config import Fp8Config, ModelConfig
-from train.hardware import MachineProbe
-from train.metrics import mfu_figures
-from train.model import Transformer
-from train.precision import fp8_module_filter, prepare_model, resolve_precision
+from train.measure.metrics import mfu_figures
+from train.model.transformer import Transformer
+from train.runtime.machine import MachineProbe
+from train.runtime.numerics import fp8_module_filter, prepare_model, resolve_precision
+from train.spec.config import Fp8Config, ModelConfig
 
 PROFILES = [g for g in group_choices("gpu") if g != "auto"]
 WIDE = ModelConfig(
@@ -112,7 +112,7 @@ def test_mfu_by_hand_for_bf16_and_fp8():
 
 def test_fp16_loss_scaling_skips_an_overflowing_step_and_goes_on():
     from train.parallel.layout import TorchLayout
-    from train.worker import train_step
+    from train.runtime.worker import train_step
 
     torch.manual_seed(0)
     cfg = compose_run_config(["run_dir=/tmp/x", "train.seq_len=16"])

@@ -7,9 +7,9 @@ import itertools
 import pytest
 
 from launch.conf_tree import group_choices, load_gpu_profile
-from train.config import Fp8Config, ModelConfig
-from train.hardware import MachineProbe
-from train.precision import FP8_LAYOUT_GAPS, resolve_precision
+from train.runtime.machine import MachineProbe
+from train.runtime.numerics import FP8_LAYOUT_GAPS, resolve_precision
+from train.spec.config import Fp8Config, ModelConfig
 
 PROFILES = [g for g in group_choices("gpu") if g != "auto"]
 LAYOUTS = group_choices("parallel")

@@ -1,9 +1,9 @@
-"""profile.* checks (train/profiling.py) the driver and the rank share."""
+"""profile.* checks (train/measure/profiling.py) the driver and the rank share."""
 
 from __future__ import annotations
 
-from train.config import ProfileConfig
-from train.profiling import profile_errors, profiled_ranks
+from train.measure.profiling import profile_errors, profiled_ranks
+from train.spec.config import ProfileConfig
 
 
 def test_default_ranks_are_rank_zero_and_the_last():

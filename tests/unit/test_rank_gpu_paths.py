@@ -11,15 +11,15 @@ import types
 import pytest
 import torch
 
-from train.comm_volume import comm_bytes_per_step
-from train.config import ModelConfig, RunConfig, TrainConfig
-from train.init import canonical_name, materialize
-from train.model import Transformer
+from train.model.transformer import Transformer
+from train.model.weights import canonical_name, materialize
 from train.parallel import build as build_module
 from train.parallel.build import build_layout, build_model, fsdp_float8_all_gather
-from train.parallel.degrees import Degrees, LayoutPlan
 from train.parallel.fsdp import mixed_precision_policy
-from train.precision import PrecisionPlan, prepare_model
+from train.runtime.numerics import PrecisionPlan, prepare_model
+from train.spec.config import ModelConfig, RunConfig, TrainConfig
+from train.spec.degrees import Degrees, LayoutPlan
+from train.spec.traffic import comm_bytes_per_step
 
 CPU = torch.device("cpu")
 SMALL = ModelConfig(

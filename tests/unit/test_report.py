@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from launch.report import ReportError, load_runs, main, scaling_rows, write_report
-from train.summary import SCHEMA_VERSION
+from train.measure.summary import SCHEMA_VERSION
 
 SIZES = [1, 2, 4, 8, 16]
 H100 = "h100_sxm · gpt_1_3b · ddp · bf16"

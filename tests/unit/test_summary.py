@@ -10,7 +10,7 @@ import pytest
 
 from launch.report import main
 from tests.unit.test_report import summary as report_summary
-from train.summary import SCHEMA_VERSION, RunSummary, SummaryError
+from train.measure.summary import SCHEMA_VERSION, RunSummary, SummaryError
 
 
 def test_round_trip_keeps_every_key_and_writes_strict_json(tmp_path):

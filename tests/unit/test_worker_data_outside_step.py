@@ -8,8 +8,8 @@ import types
 from omegaconf import OmegaConf
 
 from tests.conftest import FAST, compose_run_config
-from train import data as data_module
-from train import worker
+from train.runtime import data as data_module
+from train.runtime import worker
 
 
 def test_batches_are_drawn_before_the_step_clock_starts(tmp_path, monkeypatch):

@@ -7,7 +7,7 @@ TP-sharded blocks, so its recompute replays their collectives.
 
 The model arrives on the meta device (``build_model``): TP, checkpointing and FSDP2 are
 applied to shapes, and only then does each rank allocate and initialise its own shards
-(train/init.py), before DDP, DeepSpeed or the optimizer needs real tensors. ZeRO-3 is the
+(train/model/weights.py), before DDP, DeepSpeed or the optimizer needs real tensors. ZeRO-3 is the
 exception: its model is built partitioned, under deepspeed.zero.Init.
 """
 
@@ -20,12 +20,10 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from train.config import RunConfig
-from train.init import init_weights, materialize
-from train.model import Transformer
-from train.parallel.checkpointing import apply_activation_checkpointing
+from train.model.transformer import Transformer
+from train.model.weights import init_weights, materialize
+from train.parallel.activation_checkpoint import apply_activation_checkpointing
 from train.parallel.ddp import apply_ddp
-from train.parallel.degrees import ZERO_STAGES, LayoutPlan
 from train.parallel.fsdp import apply_fsdp, fsdp_no_sync, mixed_precision_policy
 from train.parallel.layout import Layout, TorchLayout, adamw
 from train.parallel.mesh import build_mesh, data_parallel_rank
@@ -35,6 +33,8 @@ from train.parallel.zero import (  # DeepSpeed itself is imported only there
     deepspeed_config,
     import_deepspeed,
 )
+from train.spec.config import RunConfig
+from train.spec.degrees import ZERO_STAGES, LayoutPlan
 
 FSDP_LAYOUTS = ("fsdp", "hsdp", "tp_fsdp")
 
@@ -61,7 +61,7 @@ def build_layout(
     fp8_backend: str | None = None,
     fp8_recipe: str | None = None,
 ) -> Layout:
-    """Place ``model`` (a train.model.Transformer from ``build_model``) as ``layout`` says.
+    """Place ``model`` (a train.model.transformer.Transformer from ``build_model``) as ``layout`` says.
 
     ``precision`` is the resolved one, ``fp8_backend``/``fp8_recipe`` the plan's when it is
     fp8. Without a process group (a rank started by hand) the model trains alone, unwrapped.
@@ -82,7 +82,7 @@ def build_layout(
         return TorchLayout(model, adamw(model, cfg.train, device), dp_rank=0, dp_size=1)
 
     if layout.pipeline is not None:  # pp, pp_fsdp: stages driven by a schedule
-        from train.parallel.pipeline import build_pipeline_layout
+        from train.parallel.pipeline_stages import build_pipeline_layout
 
         return build_pipeline_layout(
             model, cfg, layout, precision, device, compile_blocks=compile_blocks
@@ -139,7 +139,7 @@ def zero3_model(
     """ZeRO-3's model, built under deepspeed.zero.Init: each submodule is partitioned as soon
     as it is constructed, so a rank never holds more than one submodule whole; then every
     parameter is gathered once, given its layout-independent initial value, and partitioned
-    again (train/init.py)."""
+    again (train/model/weights.py)."""
     if device.type == "cpu":
         os.environ.setdefault("DS_ACCELERATOR", "cpu")  # as build_zero_layout, before import
     deepspeed = import_deepspeed()
@@ -161,7 +161,7 @@ def _materialize(model: nn.Module, cfg: RunConfig, device: torch.device) -> None
 
 
 def _compile_blocks(model: nn.Module, enabled: bool) -> None:
-    # Block by block, in place: module names stay as train/model.py has them, and a graph
+    # Block by block, in place: module names stay as train/model/transformer.py has them, and a graph
     # break in one block does not cost the others their compilation.
     if enabled:
         for block in model.layers:

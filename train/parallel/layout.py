@@ -19,13 +19,13 @@ import torch.distributed as dist
 from torch import nn
 from torch.distributed.tensor import DTensor
 
-from train.config import TrainConfig
-from train.memory import (
+from train.measure.held_memory import (
     HeldMemory,
     optimizer_param_tensors,
     optimizer_state_tensors,
     tensor_bytes,
 )
+from train.spec.config import TrainConfig
 
 
 def adamw(model: nn.Module, train: TrainConfig, device: torch.device) -> torch.optim.AdamW:
@@ -56,7 +56,7 @@ class Layout:
     scales_loss: bool = False
     grad_bytes: int = 0  # noted by finish_gradients, the moment every gradient exists
     # True when the layout runs a whole step itself (``train_step``): a pipeline's schedule
-    # drives every micro-batch's forward and backward (train/parallel/pipeline.py).
+    # drives every micro-batch's forward and backward (train/parallel/pipeline_stages.py).
     runs_whole_step: bool = False
     # pp layouts: summary.json's ``pipeline`` (schedule, stages, bubble, memory per stage).
     pipeline_summary: dict | None = None

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 
-from train.parallel.degrees import Degrees
+from train.spec.degrees import Degrees
 
 DIMS = ("pp", "dp_replicate", "dp_shard", "tp")
 

@@ -29,7 +29,7 @@ from torch.distributed.tensor.parallel import (
 
 
 def block_plan(sequence_parallel: bool) -> dict:
-    """The plan for one TransformerBlock, keyed by the module names in train/model.py."""
+    """The plan for one TransformerBlock, keyed by the module names in train/model/transformer.py."""
     # Between blocks the residual stream is whole (Replicate) or split along the sequence.
     stream = Shard(1) if sequence_parallel else Replicate()
     plan = {
@@ -55,7 +55,7 @@ def block_plan(sequence_parallel: bool) -> dict:
 
 
 def apply_tensor_parallel(model: nn.Module, tp_mesh: DeviceMesh, sequence_parallel: bool):
-    """Shard ``model`` (a train.model.Transformer) in place over ``tp_mesh``."""
+    """Shard ``model`` (a train.model.transformer.Transformer) in place over ``tp_mesh``."""
     for block in model.layers:
         parallelize_module(block, tp_mesh, block_plan(sequence_parallel))
     if sequence_parallel:

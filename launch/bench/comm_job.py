@@ -1,7 +1,7 @@
 """The collective benchmark job (``python -m launch.comm``): started like a training run.
 
 The same config tree and launch pipeline as ``python -m launch`` (cluster=local, emulated or
-multinode; launcher=torchrun, deepspeed or slurm), with ``python -m train.comm`` as the
+multinode; launcher=torchrun, deepspeed or slurm), with ``python -m train.bench.collectives`` as the
 ranks. One run at cluster.nodes x cluster.nproc_per_node (sweeps do not apply); the
 comm.* keys set the ops and the size sweep. Writes RUN_DIR/comm.json (every point),
 comm.jsonl (progress) and comm.png, and prints busbw per size and op, nccl-tests style.
@@ -22,7 +22,7 @@ from rich.table import Table
 from launch.errors import ConfigError
 from launch.pipeline import Job
 from launch.plan import RunPlan
-from train.config import RunConfig
+from train.spec.config import RunConfig
 
 # A size's few timed calls are bounded by seconds_per_size; these bound the counts and sizes
 # a typo could make hang (a 1 TiB message, a million warm-up calls).
@@ -32,7 +32,7 @@ MAX_ITERS = 100_000
 
 
 def validate_comm(cfg: RunConfig) -> None:
-    from train.comm import OPS
+    from train.bench.collectives import OPS
 
     c = cfg.comm
     unknown = [op for op in c.ops if op not in OPS]
@@ -162,7 +162,7 @@ def plot(result: dict, path: Path) -> Path:
 
 COMM = Job(
     driver_module="launch.comm",
-    rank_module="train.comm",
+    rank_module="train.bench.collectives",
     progress_file="comm.jsonl",
     result_file="comm.json",
     adjust=one_run_one_batch,

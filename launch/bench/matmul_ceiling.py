@@ -200,7 +200,7 @@ def measure_host(
     cpu_threads: int = 1,
 ) -> dict:
     """fp32 seconds of each GEMM (M, K, N) and of each SDPA forward + backward (batch, heads,
-    seq, head_dim; causal, as train/model.py), and the elementwise latency and bandwidth."""
+    seq, head_dim; causal, as train/model/transformer.py), and the elementwise latency and bandwidth."""
     import torch
 
     torch.set_num_threads(cpu_threads)
@@ -256,7 +256,7 @@ def ensure_host(model, micro_batch: int, seq_len: int, tps: list[int], cpu_threa
     import torch
 
     from launch.perfmodel import host
-    from train.distributed import cpu_model_name
+    from train.runtime.distributed import cpu_model_name
 
     torch.set_num_threads(cpu_threads)
     device_name = cpu_model_name()
@@ -324,7 +324,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     if args.host_shapes:
-        from train.config import load_run_config
+        from train.spec.config import load_run_config
 
         cfg = load_run_config(args.host_shapes)
         tps = sorted({1, 2, max(1, cfg.parallel.tp)})
@@ -337,7 +337,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from train.distributed import cpu_model_name
+    from train.runtime.distributed import cpu_model_name
 
     on_gpu = torch.cuda.is_available()
     device = torch.device("cuda" if on_gpu else "cpu")

@@ -1,10 +1,10 @@
 """The reference transformer's parameter shapes per rank, as pure arithmetic on ModelConfig
-(no torch): what train/model.py builds, for the byte counts (train/comm_volume.py) and the
+(no torch): what train/model/transformer.py builds, for the byte counts (train/spec/traffic.py) and the
 performance model (launch/perfmodel/), which must agree."""
 
 from __future__ import annotations
 
-from train.config import ModelConfig
+from train.spec.config import ModelConfig
 
 
 def block_param_shapes(m: ModelConfig, tp: int = 1) -> list[tuple[int, ...]]:

@@ -4,7 +4,7 @@ The timed steps are never profiled: ``profile_after_timed`` runs once the timed 
 final_loss) is done. It runs ``profile.steps`` more real steps under torch.profiler on the
 ranks in ``profile.ranks`` (every rank runs them: they are collectives), writes
 ``trace_rank<k>.json.gz`` into the run dir (opens in Perfetto), and reads the breakdown back
-from that file (train/breakdown.py). With ``profile.twin`` it then runs ``profile.twin_steps``
+from that file (train/measure/trace_breakdown.py). With ``profile.twin`` it then runs ``profile.twin_steps``
 pairs of a synchronised step and a step with gradient synchronisation skipped: exposed
 comm ≈ synchronised step − twin step. Twin
 steps still update the model (with unsynchronised gradients) so that a twin step does the
@@ -25,7 +25,7 @@ import torch
 import torch.distributed as dist
 from torch.profiler import ProfilerActivity, profile, record_function
 
-from train.breakdown import (
+from train.measure.trace_breakdown import (
     LOSS_MARK,
     TraceError,
     achieved_bandwidth,
@@ -37,7 +37,7 @@ from train.breakdown import (
     twin_breakdown,
     twin_refusal,
 )
-from train.config import ProfileConfig
+from train.spec.config import ProfileConfig
 
 _marks_on = False  # record_function marks only inside the profiled window: none while timed
 
@@ -76,7 +76,7 @@ def profile_errors(
 
 @dataclass
 class StepFunctions:
-    """What one step is, handed in by the training loop (train/worker.py)."""
+    """What one step is, handed in by the training loop (train/runtime/worker.py)."""
 
     draw: Callable[[int], Any]  # step number -> this rank's micro-batches
     step: Callable[[Any, bool], torch.Tensor]  # (batches, sync) -> mean loss of the step

@@ -1,10 +1,10 @@
 """Pipeline parallelism (parallel=pp, pp_fsdp) with torch.distributed.pipelining.
 
 The reference transformer is cut by blocks into ``pp x pp_stages_per_rank`` stages
-(train/parallel/pipeline_plan.py: the first stages get one more block when the count is
+(train/spec/stages.py: the first stages get one more block when the count is
 uneven); the embedding runs on the first stage, the final norm, head and loss on the last.
 Each stage keeps its parameters' names (``layers.3.attention.wq``), so every rank initialises
-them exactly as one rank would (train/init.py). Inside a stage group the stage is wrapped in
+them exactly as one rank would (train/model/weights.py). Inside a stage group the stage is wrapped in
 FSDP2 (pp_fsdp, across parallel.dp_shard; torch's PipelineStage reduces its gradients on the
 last microbatch's backward only), or replicated (pp, across parallel.dp_replicate): gradients
 are all-reduced in flat buckets of parallel.bucket_mb after the schedule. Not DDP itself: in
@@ -14,7 +14,7 @@ backward of its own; the price is that the all-reduce does not overlap the backw
 
 A step is one ``schedule.step``: the schedule runs every microbatch's forward and backward
 (the gradient accumulation), scaling gradients by 1/microbatches so they equal the mean
-loss's, as train/worker.py's loop does. The loss exists on the last stage only; it is summed
+loss's, as train/runtime/worker.py's loop does. The loss exists on the last stage only; it is summed
 over the pipeline so every rank returns it (4 bytes, counted as an all-reduce).
 """
 
@@ -30,17 +30,22 @@ from torch.distributed.pipelining import PipelineStage
 from torch.distributed.pipelining import schedules as torch_schedules
 from torch.distributed.tensor import DTensor
 
-from train.config import RunConfig
-from train.init import materialize
-from train.memory import HeldMemory, optimizer_param_tensors, optimizer_state_tensors, tensor_bytes
-from train.model import Transformer
-from train.parallel.checkpointing import Checkpointed
-from train.parallel.degrees import LayoutPlan
+from train.measure.held_memory import (
+    HeldMemory,
+    optimizer_param_tensors,
+    optimizer_state_tensors,
+    tensor_bytes,
+)
+from train.measure.profiling import mark
+from train.model.transformer import Transformer
+from train.model.weights import materialize
+from train.parallel.activation_checkpoint import Checkpointed
 from train.parallel.fsdp import mixed_precision_policy
 from train.parallel.layout import Layout, adamw
 from train.parallel.mesh import build_mesh, data_parallel_rank
-from train.parallel.pipeline_plan import SINGLE_STAGE, TORCH_SCHEDULES, PipelinePlan
-from train.profiling import mark
+from train.spec.config import RunConfig
+from train.spec.degrees import LayoutPlan
+from train.spec.stages import SINGLE_STAGE, TORCH_SCHEDULES, PipelinePlan
 
 
 class TransformerStage(nn.Module):
@@ -70,7 +75,7 @@ class TransformerStage(nn.Module):
 
 
 def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """The loss of train/model.py's Transformer.forward, on the last stage's logits."""
+    """The loss of train/model/transformer.py's Transformer.forward, on the last stage's logits."""
     return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
 
 

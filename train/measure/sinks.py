@@ -1,5 +1,5 @@
 """Rank 0's outputs behind one call: metrics.jsonl, wandb and the console line per step, then
-summary.json. The loop hands each step's record (train/metrics.py StepRecord) to
+summary.json. The loop hands each step's record (train/measure/metrics.py StepRecord) to
 `MetricsSinks.log_step` once; adding an output means adding it here, not in the loop."""
 
 from __future__ import annotations
@@ -8,9 +8,9 @@ import dataclasses
 import json
 from pathlib import Path
 
-from train.metrics import StepRecord, format_step_line
-from train.summary import RunSummary
-from train.tracking import WandbRun
+from train.measure.metrics import StepRecord, format_step_line
+from train.measure.summary import RunSummary
+from train.measure.tracking import WandbRun
 
 
 class MetricsSinks:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
-from train.config import GpuConfig
+from train.spec.config import GpuConfig
 
 
 def model_tflops_per_device(flops_per_token: float, tokens_per_s_per_device: float) -> float:

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import torch
 
-from train.config import GpuConfig
+from train.spec.config import GpuConfig
 
 
 @dataclass(frozen=True)

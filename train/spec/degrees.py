@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from train.config import ModelConfig, ParallelConfig, RunConfig
-from train.parallel.pipeline_plan import PipelinePlan, plan_pipeline
+from train.spec.config import ModelConfig, ParallelConfig, RunConfig
+from train.spec.stages import PipelinePlan, plan_pipeline
 
 LAYOUTS = ("ddp", "fsdp", "hsdp", "zero1", "zero2", "zero3", "tp", "tp_fsdp", "pp", "pp_fsdp")
 PIPELINE_LAYOUTS = ("pp", "pp_fsdp")
@@ -19,7 +19,7 @@ ZERO_STAGES = {"zero1": 1, "zero2": 2, "zero3": 3}
 ACTIVATION_CHECKPOINTING = ("none", "full", "selective")
 DEGREE_KEYS = ("pp", "dp_replicate", "dp_shard", "tp")
 # ZeRO-3 keeps a gathered parameter for reuse when it comes back within this many elements
-# (DeepSpeed's default, pinned in train/parallel/zero.py because train/comm_volume.py models it:
+# (DeepSpeed's default, pinned in train/parallel/zero.py because train/spec/traffic.py models it:
 # below it the forward's all-gather also serves backward). Here, not in zero.py, so that the
 # comm volume and the performance model read it without importing torch.
 ZERO3_MAX_REUSE_DISTANCE = 1_000_000_000
@@ -200,7 +200,7 @@ def plan_layout(cfg: RunConfig, world_size: int, nproc_per_node: int) -> LayoutP
 
 
 def check_pipeline(cfg: RunConfig, degrees: Degrees) -> PipelinePlan:
-    """What a pipeline layout needs beyond its degrees (train/parallel/pipeline_plan.py)."""
+    """What a pipeline layout needs beyond its degrees (train/spec/stages.py)."""
     if degrees.pp > 1 and cfg.model.tie_embeddings:
         raise LayoutError(
             "model.tie_embeddings",

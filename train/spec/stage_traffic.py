@@ -1,4 +1,4 @@
-"""Communication volume per step of a pipeline layout (pp, pp_fsdp), in train/comm_volume.py's
+"""Communication volume per step of a pipeline layout (pp, pp_fsdp), in train/spec/traffic.py's
 convention: bytes per rank per optimizer step, per kind; the busiest pipeline rank's.
 
 - send_recv: the activations a stage sends to the next stage's rank and the gradients it
@@ -18,10 +18,10 @@ convention: bytes per rank per optimizer step, per kind; the busiest pipeline ra
 
 from __future__ import annotations
 
-from train.comm_volume import GRAD_NORM_BYTES, GRADIENT_BYTES, CommVolume, _block_params, _numel
-from train.config import ModelConfig
-from train.parallel.degrees import LayoutPlan
-from train.parallel.pipeline_plan import PipelinePlan
+from train.spec.config import ModelConfig
+from train.spec.degrees import LayoutPlan
+from train.spec.stages import PipelinePlan
+from train.spec.traffic import GRAD_NORM_BYTES, GRADIENT_BYTES, CommVolume, _block_params, _numel
 
 LOSS_BYTES = 4  # the loss's float32 scalar
 

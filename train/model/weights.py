@@ -1,7 +1,7 @@
 """Weight initialisation that gives the same weights whatever the layout.
 
 Every parameter is drawn whole, on the CPU, from a generator seeded by (seed, its name in
-train/model.py), and each rank keeps only its own shard of it. So one rank, DDP, FSDP2,
+train/model/transformer.py), and each rank keeps only its own shard of it. So one rank, DDP, FSDP2,
 tensor parallelism and ZeRO-3 start from identical weights, and a model built on the meta
 device (sharded before any memory is spent on it) never holds more than one full parameter
 at a time on a rank: llama_70b's fp32 weights (~276 GB) are never built whole.
@@ -21,16 +21,16 @@ import torch
 from torch import nn
 from torch.distributed.tensor import DTensor, distribute_tensor
 
-from train.config import ModelConfig
+from train.spec.config import ModelConfig
 
 STD = 0.02
 # Wrapper modules that add a level to parameter names: activation checkpointing
-# (train/parallel/checkpointing.py), torch.compile, torch's own checkpoint wrapper.
+# (train/parallel/activation_checkpoint.py), torch.compile, torch's own checkpoint wrapper.
 _WRAPPER_LEVELS = re.compile(r"(^|\.)(block|_orig_mod|_checkpoint_wrapped_module)\.")
 
 
 def canonical_name(name: str) -> str:
-    """The parameter's name in a bare train.model.Transformer (wrapper levels removed)."""
+    """The parameter's name in a bare train.model.transformer.Transformer (wrapper levels removed)."""
     while True:
         stripped = _WRAPPER_LEVELS.sub(r"\1", name)
         if stripped == name:
@@ -72,7 +72,9 @@ def init_weights(model: nn.Module, cfg: ModelConfig, seed: int) -> None:
         full = full_parameter(name, _global_shape(param), cfg, seed)
         _copy_into(param, full)
         del full  # before the next one is drawn: at most one whole parameter at a time
-    from train.model import rope_tables  # here: train.model imports this module
+    from train.model.transformer import (
+        rope_tables,  # here: train.model.transformer imports this module
+    )
 
     for module in model.modules():
         if hasattr(module, "rope_cos") and not module.rope_cos.is_meta:

@@ -2,8 +2,8 @@
 what the schedule demands of the microbatch count, and the bubble it predicts.
 
 Read by the driver (validation, before any rank starts: LayoutError names the key), by the
-ranks (train/parallel/pipeline.py builds the stages from it) and by the comm volume
-(train/pipeline_volume.py), so all three agree on the split.
+ranks (train/parallel/pipeline_stages.py builds the stages from it) and by the comm volume
+(train/spec/stage_traffic.py), so all three agree on the split.
 
 Schedules (parallel.pp_schedule -> torch.distributed.pipelining.schedules class):
   gpipe -> ScheduleGPipe, one_f_one_b -> Schedule1F1B (1 stage per rank);
@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from train.config import ModelConfig, ParallelConfig
+from train.spec.config import ModelConfig, ParallelConfig
 
 TORCH_SCHEDULES = {
     "gpipe": "ScheduleGPipe",
@@ -115,7 +115,7 @@ def plan_pipeline(
     """The pipeline of ``p`` at degree ``pp``; LayoutError naming the key when the schedule,
     the model or the batch cannot take it. ``rows_per_rank``: one data-parallel rank's share
     of the global batch; ``accum_steps``: rows_per_rank / train.micro_batch."""
-    from train.parallel.degrees import LayoutError  # degrees imports this module
+    from train.spec.degrees import LayoutError  # degrees imports this module
 
     schedule, v = str(p.pp_schedule), p.pp_stages_per_rank
     if v < 1:

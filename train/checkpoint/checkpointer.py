@@ -8,7 +8,7 @@ with its size, and the shape of the run that wrote it (model, layout, degrees, w
 precision), so a run of another shape is refused before anything is loaded. A folder without
 the marker, or whose files do not match it (a shard lost or cut short), is never loaded.
 
-The data position is the step: batches are drawn per (seed, step, row) (train/data.py), and
+The data position is the step: batches are drawn per (seed, step, row) (train/runtime/data.py), and
 nothing else in a step draws random numbers (no dropout), so no RNG state is saved.
 """
 
@@ -27,8 +27,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from train.config import RunConfig
-from train.parallel.degrees import ZERO_STAGES, LayoutError, LayoutPlan, plan_layout
+from train.spec.config import RunConfig
+from train.spec.degrees import ZERO_STAGES, LayoutError, LayoutPlan, plan_layout
 
 MARKER = "complete.json"
 STEP_DIR = re.compile(r"^step_(\d+)$")

@@ -1,4 +1,4 @@
-"""One rank of the collective benchmark: ``python -m train.comm --config RUN_DIR/config.yaml``.
+"""One rank of the collective benchmark: ``python -m train.bench.collectives --config RUN_DIR/config.yaml``.
 
 Times all_reduce, all_gather, reduce_scatter, all_to_all and broadcast over doubling message
 sizes, in the groups that matter on a cluster: all ranks, the ranks of one node (NVLink on a
@@ -20,9 +20,9 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from train import distributed
-from train.cluster_record import cluster_record
-from train.config import RunConfig, load_run_config
+from train.measure.cluster_record import cluster_record
+from train.runtime import distributed
+from train.spec.config import RunConfig, load_run_config
 
 ELEMENT = torch.float32
 ELEMENT_BYTES = 4
@@ -118,7 +118,9 @@ def run(config_path: str | Path) -> None:
     run_dir = config_path.parent
     rank = distributed.init_distributed(cfg.fabric.nccl_env)
     if not dist.is_initialized():
-        raise SystemExit("python -m train.comm needs torchrun (or another launcher): RANK unset")
+        raise SystemExit(
+            "python -m train.bench.collectives needs torchrun (or another launcher): RANK unset"
+        )
     try:
         benchmark(cfg, run_dir, rank)
         dist.barrier()
@@ -192,7 +194,7 @@ def benchmark(cfg: RunConfig, run_dir: Path, rank: distributed.RankInfo) -> None
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m train.comm", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m train.bench.collectives", description=__doc__)
     parser.add_argument("--config", required=True, help="resolved config.yaml from the driver")
     run(parser.parse_args().config)
 

@@ -359,7 +359,7 @@ def trace_breakdown(per_rank: dict[int, list[dict]], errors: dict[int, str]) -> 
     own median step and steps follow, and the ranks whose trace failed."""
     out: dict = {
         "method": "trace",
-        "how": "interval arithmetic over torch.profiler events (train/breakdown.py); per "
+        "how": "interval arithmetic over torch.profiler events (train/measure/trace_breakdown.py); per "
         "step the profiled rank with the least exposed comm, then the step with the median "
         "exposed comm",
         "ranks": {},

@@ -12,16 +12,10 @@ import torch
 import torch.distributed as dist
 from omegaconf import OmegaConf
 
-from train import distributed
-from train.breakdown import link_rate
-from train.checkpoint import Checkpointer
-from train.cluster_record import cluster_record, gather_fabric_warnings
-from train.comm_volume import comm_bytes_per_step
-from train.config import RunConfig, config_digest, load_run_config
-from train.data import SyntheticTokens, TokenFile, draw_rank_batches
-from train.hardware import probe_machine, profile_mismatch
-from train.memory import memory_summary
-from train.metrics import (
+from train.checkpoint.checkpointer import Checkpointer
+from train.measure.cluster_record import cluster_record, gather_fabric_warnings
+from train.measure.held_memory import memory_summary
+from train.measure.metrics import (
     StepRecord,
     mfu,
     mfu_figures,
@@ -30,16 +24,22 @@ from train.metrics import (
     peak_memory_reserved_bytes,
     step_time_stats,
 )
-from train.model import count_params, flops_per_token
+from train.measure.profiling import StepFunctions, mark, profile_after_timed
+from train.measure.sinks import MetricsSinks
+from train.measure.summary import RunSummary
+from train.measure.trace_breakdown import link_rate
+from train.measure.tracking import WandbRun
+from train.model.transformer import count_params, flops_per_token
+from train.parallel.activation_checkpoint import recompute_flops_per_token
 from train.parallel.build import build_layout, build_model, fsdp_float8_all_gather
-from train.parallel.checkpointing import recompute_flops_per_token
-from train.parallel.degrees import plan_layout
 from train.parallel.layout import Layout
-from train.precision import PrecisionPlan, peak_tflops_for, prepare_model, resolve_precision
-from train.profiling import StepFunctions, mark, profile_after_timed
-from train.sinks import MetricsSinks
-from train.summary import RunSummary
-from train.tracking import WandbRun
+from train.runtime import distributed
+from train.runtime.data import SyntheticTokens, TokenFile, draw_rank_batches
+from train.runtime.machine import probe_machine, profile_mismatch
+from train.runtime.numerics import PrecisionPlan, peak_tflops_for, prepare_model, resolve_precision
+from train.spec.config import RunConfig, config_digest, load_run_config
+from train.spec.degrees import plan_layout
+from train.spec.traffic import comm_bytes_per_step
 
 
 def build_data(cfg: RunConfig):
@@ -60,7 +60,7 @@ def train_step(
 ) -> torch.Tensor:
     """One optimizer step over accum_steps micro-batches; returns the mean loss (a tensor).
 
-    ``sync=False`` is the no-sync twin (train/profiling.py): gradients are never reduced.
+    ``sync=False`` is the no-sync twin (train/measure/profiling.py): gradients are never reduced.
     """
     if layout.runs_whole_step:  # a pipeline: its schedule runs every micro-batch
         return layout.train_step(micro_batches, plan, device, grad_clip)
@@ -148,7 +148,7 @@ def _run(cfg: RunConfig, run_dir: Path, rank: distributed.RankInfo) -> dict | No
     )
     accum_steps = cfg.train.global_batch // (cfg.train.micro_batch * layout_plan.degrees.dp)
     # Shapes only (meta device; zero3: partitioned by zero.Init) until the layout has sharded
-    # it: no rank builds the whole model. Weights depend on cfg.seed only (train/init.py).
+    # it: no rank builds the whole model. Weights depend on cfg.seed only (train/model/weights.py).
     model = build_model(cfg, layout_plan, plan.resolved, accum_steps, rank.device)
     fp8_all_gather = fsdp_float8_all_gather(layout_plan, plan.fp8_backend, plan.fp8_recipe)
     model = prepare_model(model, plan, rank.device, fsdp_float8_all_gather=fp8_all_gather)
@@ -185,7 +185,7 @@ def _run(cfg: RunConfig, run_dir: Path, rank: distributed.RankInfo) -> dict | No
             growth_interval=cfg.precision.loss_scale_growth_interval,
         )
 
-    # Resumes from the latest complete checkpoint (train/checkpoint.py): the loop starts after it.
+    # Resumes from the latest complete checkpoint (train/checkpoint/checkpointer.py): the loop starts after it.
     checkpoints = Checkpointer(
         cfg,
         run_dir,
@@ -270,7 +270,7 @@ def _run(cfg: RunConfig, run_dir: Path, rank: distributed.RankInfo) -> dict | No
     peak_reserved = peak_memory_reserved_bytes(rank.device)  # None on CPU
     memory = memory_summary(layout.held_memory(), peak_bytes, peak_reserved)
 
-    # Where the step went (train/profiling.py): extra steps after the timed ones and after
+    # Where the step went (train/measure/profiling.py): extra steps after the timed ones and after
     # final_loss was taken, so neither changes; every rank runs them (they are collectives).
     profiled = None
     if cfg.profile.enabled or cfg.profile.twin:

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from train.config import RunConfig
+from train.spec.config import RunConfig
 
 IB_SYSFS = Path("/sys/class/infiniband")
 

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from train.config import ModelConfig
+from train.spec.config import ModelConfig
 
 
 class Checkpointed(nn.Module):
@@ -53,7 +53,7 @@ def recompute_flops_per_token(cfg: ModelConfig, seq_len: int, n_checkpointed: in
     """Extra FLOPs per token from re-running the forward of ``n_checkpointed`` blocks.
 
     A block's forward is 2 FLOPs per matmul parameter plus a third of the attention term of
-    train.model.flops_per_token (4 * H * Q * T of its 12 * H * Q * T per layer).
+    train.model.transformer.flops_per_token (4 * H * Q * T of its 12 * H * Q * T per layer).
     """
     head_dim = cfg.d_model // cfg.n_heads
     attention_params = 2 * cfg.d_model * head_dim * (cfg.n_heads + cfg.n_kv_heads)

@@ -61,7 +61,7 @@ class LayoutName(Choice):
     zero3 = "zero3"
     tp = "tp"
     tp_fsdp = "tp_fsdp"
-    pp = "pp"  # pipeline stages across ranks, DDP within a stage group (train/parallel/pipeline.py)
+    pp = "pp"  # pipeline stages across ranks, DDP within a stage group (train/parallel/pipeline_stages.py)
     pp_fsdp = "pp_fsdp"  # pipeline stages across ranks, FSDP2 within a stage group
 
 
@@ -234,7 +234,7 @@ class ParallelConfig:
     """How the model and the batch are spread over ranks (conf/parallel/<name>.yaml).
 
     world size = pp x dp_replicate x dp_shard x tp; -1 means "the rest"
-    (train/parallel/degrees.py).
+    (train/spec/degrees.py).
     """
 
     name: LayoutName = LayoutName.ddp
@@ -250,7 +250,7 @@ class ParallelConfig:
     # Pipeline stage groups (pp, pp_fsdp): each holds a contiguous run of blocks and passes
     # activations forward and their gradients back to its neighbours. Outermost mesh dim.
     pp: int = 1
-    # pp*: the order microbatches go through the stages (train/parallel/pipeline_plan.py).
+    # pp*: the order microbatches go through the stages (train/spec/stages.py).
     pp_schedule: PipelineSchedule = PipelineSchedule.one_f_one_b
     # pp*: microbatches per step (the gradient accumulation); -1: global_batch / (micro_batch
     # x data-parallel size), one per train.micro_batch. Another value re-splits each
@@ -407,7 +407,7 @@ class TrainConfig:
 
 @dataclass
 class CheckpointConfig:
-    """Saving a run's state as it trains, and resuming from it (train/checkpoint.py).
+    """Saving a run's state as it trains, and resuming from it (train/checkpoint/checkpointer.py).
 
     Model, optimizer, loss scaler and step go through torch.distributed.checkpoint (sharded:
     each rank writes its own part) or, for zero*, DeepSpeed's own checkpoint. Saves happen

@@ -24,7 +24,7 @@ from launch.perfmodel.choose import choose_layout
 from launch.perfmodel.collectives import OPS, bus_factor, collective_time
 from launch.perfmodel.hardware import part_rates
 from launch.perfmodel.step import plan_for, predict, projected_precision
-from train.config import GpuConfig, RunConfig
+from train.spec.config import GpuConfig, RunConfig
 
 MODES = ("runs", "comm")
 COST_TOKENS = 1e9  # the cost column: dollars per billion tokens

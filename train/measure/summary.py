@@ -65,13 +65,13 @@ class RunSummary:
     memory: dict[str, int] | None = None  # busiest rank: params, grads, optimizer, peaks
     comm_bytes_per_step: dict[str, int] | None = None  # per rank, by collective kind
     # pp layouts: schedule, stages, microbatches, layers per stage, predicted bubble, and the
-    # bytes each pipeline rank holds (train/parallel/pipeline_plan.py, pipeline.py).
+    # bytes each pipeline rank holds (train/spec/stages.py, pipeline.py).
     pipeline: dict[str, Any] | None = None
     final_loss: float | None = None
     # checkpoint.every > 0: every, dir, async_save, keep, format, resumed_from_step, and per
     # save of this attempt: step, seconds, bytes, bytes/seconds/GB/s per rank, GB/s of the job
     # (GB = 1e9 bytes; async: seconds until written, overlapping the steps after it), and
-    # blocking_seconds (what the loop waited). train/checkpoint.py; null when off.
+    # blocking_seconds (what the loop waited). train/checkpoint/checkpointer.py; null when off.
     checkpoint: dict[str, Any] | None = None
     # Steps run more than once: before a failure and again after the restart (metrics.jsonl
     # holds both lines, marked `repeated`; timed figures use the latest).

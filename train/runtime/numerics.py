@@ -10,8 +10,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from train.config import Fp8Config, GpuConfig, ModelConfig
-from train.hardware import MachineProbe
+from train.runtime.machine import MachineProbe
+from train.spec.config import Fp8Config, GpuConfig, ModelConfig
 
 FP8_RECIPES = {"te": ("current", "delayed"), "torchao": ("tensorwise", "rowwise")}
 FP8_MIN_CAPABILITY = (8, 9)

@@ -26,7 +26,7 @@ FSDP2 gathers in the compute dtype and reduces in parallel.fsdp_reduce_dtype; TP
 Models rather than checked counts: above 1e9 parameters ZeRO-3 is assumed to gather
 everything twice per micro-step (see _zero); torchao's fp8 all-gather (1 byte for fp8
 linears, one amax all-reduce per step) is not counted on CPU ranks; and these dtypes were
-counted on CPU, where autocast's op lists differ from CUDA's (train/model.py's RMSNorm pins
+counted on CPU, where autocast's op lists differ from CUDA's (train/model/transformer.py's RMSNorm pins
 the one difference that would move bytes).
 """
 
@@ -34,13 +34,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from train.config import ModelConfig
-from train.parallel.degrees import ZERO3_MAX_REUSE_DISTANCE, ZERO_STAGES, LayoutPlan
-from train.param_shapes import all_param_shapes as _all_params
-from train.param_shapes import block_param_shapes as _block_params
-from train.param_shapes import numel as _numel
-from train.param_shapes import root_param_shapes as _root_params
-from train.precision import fp8_eligible
+from train.runtime.numerics import fp8_eligible
+from train.spec.config import ModelConfig
+from train.spec.degrees import ZERO3_MAX_REUSE_DISTANCE, ZERO_STAGES, LayoutPlan
+from train.spec.shapes import all_param_shapes as _all_params
+from train.spec.shapes import block_param_shapes as _block_params
+from train.spec.shapes import numel as _numel
+from train.spec.shapes import root_param_shapes as _root_params
 
 GRAD_NORM_BYTES = 4  # the global gradient norm's float32 scalar
 GRADIENT_BYTES = 4  # torch layouts keep fp32 parameters, so fp32 gradients, under autocast
@@ -53,7 +53,7 @@ class CommVolume:
     all_gather: int = 0
     reduce_scatter: int = 0
     # Point-to-point (pipeline activations forward, their gradients back): the bytes this
-    # rank sends; each transfer is counted once, at its sender (train/pipeline_volume.py).
+    # rank sends; each transfer is counted once, at its sender (train/spec/stage_traffic.py).
     send_recv: int = 0
 
     def __add__(self, other: CommVolume) -> CommVolume:
@@ -110,7 +110,7 @@ def comm_bytes_per_step(
     sixteen_bit = precision in ("bf16", "fp16", "fp8")
     d = layout.degrees
     if layout.pipeline is not None:  # pp, pp_fsdp
-        from train.pipeline_volume import pipeline_volume  # it imports this module
+        from train.spec.stage_traffic import pipeline_volume  # it imports this module
 
         return pipeline_volume(
             model,
@@ -159,7 +159,7 @@ def _tp_widths(sixteen_bit: bool, *, fsdp_16bit_params: bool) -> TpWidths:
     and the norms' outputs stay fp32 (DTensor redistributes them before autocast casts the
     matmul inputs, so their backward gradients are fp32 too); only the matmuls' outputs are
     16-bit. Under FSDP2's 16-bit parameters (tp_fsdp) the embedding's output, hence the whole
-    stream, is 16-bit, and the norms return their input's dtype (train/model.py RMSNorm)."""
+    stream, is 16-bit, and the norms return their input's dtype (train/model/transformer.py RMSNorm)."""
     if not sixteen_bit:
         return TpWidths(4, 4, 4)
     if fsdp_16bit_params:

@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from train.config import ModelConfig
-from train.init import init_weights
+from train.model.weights import init_weights
+from train.spec.config import ModelConfig
 
 
 def _head_dim(cfg: ModelConfig) -> int:
@@ -116,10 +116,10 @@ class TransformerBlock(nn.Module):
 
 
 class Transformer(nn.Module):
-    """The decoder. ``seed`` picks the initial weights (train/init.py: each parameter from its
+    """The decoder. ``seed`` picks the initial weights (train/model/weights.py: each parameter from its
     own seed, so every layout starts from the same weights); None draws it from the global
     torch RNG. Built under ``torch.device("meta")`` it holds shapes only, to be sharded and
-    then materialised (train/init.py materialize). ``init=False`` leaves the parameters as
+    then materialised (train/model/weights.py materialize). ``init=False`` leaves the parameters as
     constructed, for a caller that initialises them later (ZeRO-3's zero.Init)."""
 
     def __init__(self, cfg: ModelConfig, *, seed: int | None = None, init: bool = True):
@@ -150,7 +150,7 @@ class Transformer(nn.Module):
     @torch.no_grad()
     def init_weights(self, seed: int | None = None) -> None:
         """GPT-2 init: N(0, 0.02) everywhere, residual projections (wo, w2) by 1/sqrt(2L),
-        norms ones, rope tables recomputed (train/init.py). Meta parameters stay unfilled.
+        norms ones, rope tables recomputed (train/model/weights.py). Meta parameters stay unfilled.
 
         The same ``seed`` gives the same weights whatever wraps or shards the model; None
         draws one from the global torch RNG (deterministic given torch.manual_seed).
