@@ -17,7 +17,7 @@ from pathlib import Path
 from rich.console import Console
 
 from launch.conf_tree import GROUPS, conf_dir, group_choices, register_schema
-from launch.errors import ConfigError, LaunchError, Stopped
+from launch.errors import USER_ERRORS, ConfigError, LaunchError, Stopped
 from train.spec.config import RunConfig
 
 # The node the driver fills (train/spec/config.py ResolvedConfig): never an option.
@@ -149,7 +149,7 @@ def remove_if_empty(output_dir: Path) -> None:
         path = path.parent
 
 
-def fail(exc: LaunchError) -> None:
+def fail(exc: LaunchError | ConfigError) -> None:
     print(f"error: {exc}", file=sys.stderr)
     sys.exit(exc.exit_code)
 
@@ -163,7 +163,7 @@ def run_app(command: Command) -> None:
     register_schema()
     try:
         precheck(sys.argv[1:])
-    except LaunchError as exc:
+    except USER_ERRORS as exc:
         fail(exc)
 
     @hydra.main(config_path=str(conf_dir()), config_name="config", version_base=None)
@@ -172,7 +172,7 @@ def run_app(command: Command) -> None:
         try:
             cfg = OmegaConf.to_object(dict_cfg)
             code = command(cfg, list(HydraConfig.get().overrides.task), Console())
-        except LaunchError as exc:
+        except USER_ERRORS as exc:
             fail(exc)
         except (KeyboardInterrupt, Stopped) as exc:
             name = exc.args[0] if isinstance(exc, Stopped) else "SIGINT"

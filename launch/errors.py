@@ -7,24 +7,18 @@ the user can fix or for a run that failed for a reason already reported.
 
 from __future__ import annotations
 
-EXIT_CONFIG_ERROR = 2
+from train.spec.errors import EXIT_CONFIG_ERROR, ConfigError
+
 EXIT_RUN_FAILED = 1
+# Bad input (train/spec/errors.py ConfigError, raised by the driver and the ranks alike) and
+# every LaunchError: what a command prints as one line and exits with.
+__all__ = ["ConfigError", "LaunchError", "ReportError", "RunFailed", "Stopped", "USER_ERRORS"]
 
 
 class LaunchError(Exception):
     """Base: a message meant for the user and the exit code the command ends with."""
 
     exit_code: int = EXIT_RUN_FAILED
-
-
-class ConfigError(LaunchError):
-    """Bad input, caught before any worker starts or anything is written: names the key."""
-
-    exit_code = EXIT_CONFIG_ERROR
-
-    def __init__(self, key: str, message: str):
-        super().__init__(f"{key}: {message}")
-        self.key = key
 
 
 class RunFailed(LaunchError):
@@ -52,3 +46,6 @@ class ReportError(LaunchError):
     """Input the report cannot use (a missing dir, an unreadable or older summary)."""
 
     exit_code = EXIT_CONFIG_ERROR
+
+
+USER_ERRORS = (LaunchError, ConfigError)

@@ -47,7 +47,7 @@ from launch.rundir import (
     take_run_dir,
 )
 from launch.validate import validate
-from train.checkpoint.checkpointer import checkpoint_root, latest_complete
+from train.checkpoint.markers import checkpoint_root, latest_complete
 from train.spec.config import RunConfig
 
 

@@ -16,8 +16,9 @@ import warnings
 from rich.console import Console
 
 from launch.conf_tree import group_choices, load_gpu_profile
-from train.runtime.machine import MachineProbe, name_matches, profile_mismatch
 from train.spec.config import GpuConfig, PeakTflops, RunConfig
+from train.spec.devices import MachineProbe, name_matches, profile_mismatch
+from train.spec.precision import resolve_precision
 
 # Loggers that print import-time noise (missing optional kernels) on a machine without them.
 NOISY_LOGGERS = ("torchao", "torch._inductor", "torch.utils._pytree", "triton")
@@ -156,15 +157,13 @@ def resolve_node_defaults(cfg: RunConfig, overrides: list[str], console: Console
 
 
 def precision_on(cfg: RunConfig, probe: MachineProbe):
-    from train.runtime.numerics import resolve_precision
-
     return resolve_precision(
         cfg.precision.name,
         cfg.precision.fp8,
         cfg.gpu,
         cfg.model,
         probe,
-        layout=cfg.parallel.name,
+        layout_name=cfg.parallel.name,
         tokens_per_micro_batch=cfg.train.micro_batch * cfg.train.seq_len,
     )
 

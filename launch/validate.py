@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib.util
-import math
 import os
 from pathlib import Path
 
@@ -11,67 +10,57 @@ import numpy as np
 
 from launch.cluster.checks import validate_launch
 from launch.conf_tree import group_choices, load_gpu_profile
-from launch.errors import ConfigError
+from launch.perfmodel.memory import held_memory
 from launch.plan import RunPlan, config_for
-from train.checkpoint.checkpointer import checkpoint_errors
-from train.measure.profiling import profile_errors
-from train.runtime.data import TOKEN_DTYPES
-from train.runtime.machine import module_imports
-from train.runtime.numerics import FP8_GEMM_MULTIPLE, FP8_RECIPES, fp8_eligible, model_linear_shapes
+from train.checkpoint.markers import check_checkpoint_dir
+from train.spec.catalog import layout
+from train.spec.checks import (
+    check_model,
+    check_fp8_settings,
+    check_fp8_shapes,
+    check_run,
+    check_train,
+    layout_precision_refusal,
+)
 from train.spec.config import RunConfig
-from train.spec.degrees import ZERO_STAGES, LayoutError, plan_layout
+from train.spec.degrees import LayoutPlan
+from train.spec.devices import module_imports
+from train.spec.errors import ConfigError
 
 
 def validate(cfg: RunConfig, plans: list[RunPlan]) -> None:
-    """Every rule a value's type cannot say (closed choices are enums in the schema)."""
+    """Every rule a value's type cannot say (closed choices are enums in the schema): the
+    run's own rules (train/spec/checks.py, which each rank checks again) for every planned
+    run, and what only the driver can see: run dirs, hosts, libraries, files, memory."""
     validate_run_dirs(cfg, plans)  # first: a finished run is kept, whatever else is asked
-    validate_model(cfg)
-    validate_train(cfg)  # the shapes first: precision checks below multiply them
-    # Before the fp8 backend checks: a layout that cannot run a precision at all says so first.
+    check_model(cfg.model)
+    check_train(cfg)
+    # A layout that cannot run a precision at all says so before the fp8 details.
     if cfg.parallel.name != "auto":
-        validate_layout_precision(cfg)
-    validate_precision(cfg)
+        validate_engine(cfg)
+    check_fp8_settings(cfg)
+    validate_fp8_libraries(cfg)
+    check_fp8_shapes(cfg)
     validate_cluster(cfg, plans)
-    validate_parallel(cfg, plans)
+    for plan in plans:
+        run_cfg = config_for(cfg, plan, "")  # parallel=auto: the layout chosen for this run
+        validate_engine(run_cfg)
+        checked = check_run(run_cfg, plan.world_size, plan.nproc_per_node)
+        validate_fits(run_cfg, checked.layout)
+        try:
+            check_checkpoint_dir(run_cfg)
+        except ConfigError as exc:
+            # overwrite=true removes the run's own checkpoints (RUN_DIR/checkpoints) before it
+            # starts: what is in them then does not matter.
+            if not (cfg.overwrite and exc.key == "checkpoint.dir" and not cfg.checkpoint.dir):
+                raise
     if cfg.data.source == "file":
         validate_token_file(cfg)
 
 
-def validate_model(cfg: RunConfig) -> None:
-    m = cfg.model
-    for key in (
-        "n_layers",
-        "d_model",
-        "n_heads",
-        "n_kv_heads",
-        "ffn_hidden",
-        "vocab_size",
-        "max_seq_len",
-    ):
-        if getattr(m, key) < 1:
-            raise ConfigError(f"model.{key}", f"{getattr(m, key)}: must be >= 1")
-    if m.d_model % m.n_heads:
-        raise ConfigError("model.n_heads", f"d_model {m.d_model} is not divisible by {m.n_heads}")
-    if m.n_heads % m.n_kv_heads:
-        raise ConfigError(
-            "model.n_kv_heads",
-            f"n_heads {m.n_heads} is not divisible by n_kv_heads {m.n_kv_heads}",
-        )
-    if (m.d_model // m.n_heads) % 2:
-        raise ConfigError("model.n_heads", "head dim d_model/n_heads must be even for RoPE")
-
-
-def validate_precision(cfg: RunConfig) -> None:
+def validate_fp8_libraries(cfg: RunConfig) -> None:
+    """An explicit fp8 needs fp8 tensor cores in the profile and an fp8 library here."""
     fp8 = cfg.precision.fp8
-    if fp8.backend != "auto" and fp8.recipe is not None:
-        recipes = FP8_RECIPES[fp8.backend]
-        if fp8.recipe not in recipes:
-            raise ConfigError(
-                "precision.fp8.recipe",
-                f"{fp8.recipe} is not a {fp8.backend} recipe; choose from: {', '.join(recipes)}",
-            )
-    if fp8.min_dim < 16:
-        raise ConfigError("precision.fp8.min_dim", f"{fp8.min_dim}: must be >= 16")
     if cfg.precision.name != "fp8":
         return
     if not cfg.gpu.fp8:
@@ -98,46 +87,6 @@ def validate_precision(cfg: RunConfig) -> None:
             f"{fp8.backend}: torchao does not import here; pip install -e '.[fp8]'"
             + (" or '.[te]'" if fp8.backend == "auto" else ""),
         )
-
-    if not any(fp8_eligible(*shape, fp8.min_dim) for shape in model_linear_shapes(cfg.model)):
-        # The run would be bf16 throughout; labelling it fp8 (and taking MFU against the fp8
-        # peak) would claim what did not happen.
-        raise ConfigError(
-            "precision.fp8.min_dim",
-            f"no Linear layer of model {cfg.model.name} is {fp8.min_dim} wide (multiples of 16): "
-            "nothing would run in fp8; lower precision.fp8.min_dim or use precision=bf16",
-        )
-    tokens = cfg.train.micro_batch * cfg.train.seq_len
-    if tokens % FP8_GEMM_MULTIPLE:
-        raise ConfigError(
-            "train.micro_batch",
-            f"precision=fp8 needs micro_batch x seq_len (each GEMM's rows) to be a multiple of "
-            f"{FP8_GEMM_MULTIPLE}; {cfg.train.micro_batch} x {cfg.train.seq_len} = {tokens}",
-        )
-
-
-def validate_train(cfg: RunConfig) -> None:
-    t = cfg.train
-    if t.steps <= 0:
-        raise ConfigError("train.steps", f"{t.steps}: must be > 0")
-    if not 0 <= t.warmup_steps < t.steps:
-        raise ConfigError(
-            "train.warmup_steps", f"{t.warmup_steps}: must be >= 0 and < train.steps ({t.steps})"
-        )
-    if not 1 <= t.seq_len <= cfg.model.max_seq_len:
-        raise ConfigError(
-            "train.seq_len",
-            f"{t.seq_len}: must be between 1 and model {cfg.model.name}'s max_seq_len "
-            f"{cfg.model.max_seq_len}",
-        )
-    if t.micro_batch < 1:
-        raise ConfigError("train.micro_batch", f"{t.micro_batch}: must be >= 1")
-    if t.global_batch < 1:
-        raise ConfigError("train.global_batch", f"{t.global_batch}: must be >= 1")
-    for key in ("lr", "weight_decay", "grad_clip"):
-        value = getattr(t, key)
-        if not math.isfinite(value) or value < 0:
-            raise ConfigError(f"train.{key}", f"{value}: must be a finite number >= 0")
 
 
 def validate_cluster(cfg: RunConfig, plans: list[RunPlan]) -> None:
@@ -169,43 +118,13 @@ def validate_cpu_share(cfg: RunConfig, plans: list[RunPlan]) -> None:
         )
 
 
-def validate_parallel(cfg: RunConfig, plans: list[RunPlan]) -> None:
-    """Degrees against each run's world size, tensor-parallel splits, offload, batch split."""
-    for plan in plans:
-        run_cfg = config_for(cfg, plan, "")  # parallel=auto: the layout chosen for this run
-        validate_layout_precision(run_cfg)
-        try:
-            layout = plan_layout(run_cfg, plan.world_size, plan.nproc_per_node)
-        except LayoutError as exc:
-            raise ConfigError(exc.key, exc.message) from None
-        validate_fits(run_cfg, layout)
-        # Each optimizer step splits the global batch into micro batches, one per
-        # data-parallel rank per accumulation step (the ranks of a TP group share theirs).
-        for key, reason in profile_errors(cfg.profile, plan.world_size, run_cfg.parallel.name):
-            raise ConfigError(key, reason)
-        for key, reason in checkpoint_errors(run_cfg):
-            # overwrite=true removes the run's own checkpoints (RUN_DIR/checkpoints) before it
-            # starts: what is in them then does not matter.
-            if not (cfg.overwrite and key == "checkpoint.dir" and not cfg.checkpoint.dir):
-                raise ConfigError(key, reason)
-        dp = layout.degrees.dp
-        if plan.global_batch % (cfg.train.micro_batch * dp):
-            raise ConfigError(
-                "train.global_batch",
-                f"{plan.global_batch} (at world size {plan.world_size}) is not divisible by "
-                f"micro_batch {cfg.train.micro_batch} x data-parallel size {dp}",
-            )
-
-
-def validate_fits(cfg: RunConfig, layout) -> None:
+def validate_fits(cfg: RunConfig, layout: LayoutPlan) -> None:
     """A model whose parameters, gradients and optimizer state alone exceed the part's memory
     under this layout cannot run: refused here, not by an out-of-memory error on every rank
     after minutes of start-up. Activations are left out (the estimate is then a floor), so
     nothing that could fit is refused."""
     if not cfg.gpu.hbm_gb or layout.pipeline is not None:
         return
-    from launch.perfmodel.memory import held_memory
-
     resolved = "bf16" if cfg.precision.name in ("auto", "fp8") else str(cfg.precision.name)
     held = sum(held_memory(cfg.model, layout, resolved))
     capacity = cfg.gpu.hbm_gb * 1e9
@@ -219,33 +138,17 @@ def validate_fits(cfg: RunConfig, layout) -> None:
         )
 
 
-def validate_layout_precision(cfg: RunConfig) -> None:
-    """Precisions a layout's engine cannot run, and DeepSpeed itself for zero*."""
-    name, precision = cfg.parallel.name, cfg.precision.name
-    if name in ZERO_STAGES:
-        if precision == "fp8":
-            raise ConfigError(
-                "precision.name",
-                f"fp8: DeepSpeed's engine runs fp32, bf16 or fp16, so parallel={name} cannot; "
-                "use precision=bf16, or fp8 with parallel=fsdp",
-            )
-        if precision == "fp16" and cfg.gpu.name == "cpu":
-            raise ConfigError(
-                "precision.name",
-                f"fp16: DeepSpeed's CPU accelerator has no fp16, so parallel={name} cannot "
-                "run it on gpu=cpu; use precision=bf16 or fp32",
-            )
-        # find_spec, not an import: importing DeepSpeed here would cost seconds per launch.
-        if importlib.util.find_spec("deepspeed") is None:
-            raise ConfigError(
-                "parallel.name",
-                f"{name} needs DeepSpeed, which is not installed: pip install -e .[deepspeed]",
-            )
-    if precision == "fp8" and name in ("tp", "tp_fsdp"):
+def validate_engine(cfg: RunConfig) -> None:
+    """The layout's engine can run the requested precision, and is installed (DeepSpeed)."""
+    refusal = layout_precision_refusal(cfg)
+    if refusal:
+        raise ConfigError("precision.name", f"{cfg.precision.name}: {refusal}")
+    # find_spec, not an import: importing DeepSpeed here would cost seconds per launch.
+    if layout(cfg.parallel.name).deepspeed and importlib.util.find_spec("deepspeed") is None:
         raise ConfigError(
-            "precision.name",
-            f"fp8 with parallel={name} needs fp8-aware tensor-parallel plans, which are not "
-            "wired up; use precision=bf16, or fp8 with parallel=ddp or fsdp",
+            "parallel.name",
+            f"{cfg.parallel.name} needs DeepSpeed, which is not installed: "
+            "pip install -e .[deepspeed]",
         )
 
 
@@ -256,7 +159,7 @@ def validate_token_file(cfg: RunConfig) -> None:
     path = Path(d.path)
     if not path.is_file():
         raise ConfigError("data.path", f"{d.path}: no such file")
-    dtype = np.dtype(TOKEN_DTYPES[d.dtype])
+    dtype = np.dtype(str(d.dtype))  # uint16 | uint32
     size = path.stat().st_size
     if size == 0:
         raise ConfigError("data.path", f"{d.path}: file is empty")

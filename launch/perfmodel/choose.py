@@ -17,14 +17,9 @@ from dataclasses import dataclass
 from launch.errors import ConfigError
 from launch.perfmodel.hardware import PartRates, part_rates
 from launch.perfmodel.step import Prediction, predict, projected_precision
+from train.spec.catalog import ROWS
 from train.spec.config import RunConfig
-from train.spec.degrees import (
-    Degrees,
-    LayoutError,
-    LayoutPlan,
-    check_tensor_parallel,
-    checkpointed_layers,
-)
+from train.spec.degrees import Degrees, LayoutPlan, check_tensor_parallel, checkpointed_layers
 
 TP_MARGIN = 0.05  # TP must predict at least 5% more tokens/s per device to be chosen
 # Within this share of the best, the simpler layout (candidate order: ddp, fsdp, hsdp, tp,
@@ -56,23 +51,29 @@ class Choice:
 def candidate_degrees(
     cfg: RunConfig, world: int, per_node: int, nodes: int, rates: PartRates
 ) -> list[tuple[str, Degrees]]:
-    out = [("ddp", Degrees(world, 1, 1))]
-    if world > 1:
-        out.append(("fsdp", Degrees(1, world, 1)))
-    if nodes > 1 and per_node > 1:
-        out.append(("hsdp", Degrees(nodes, per_node, 1)))
+    """Each catalog row that parallel=auto considers, at the degrees its row proposes; TP
+    degrees only over NVLink inside one node, dividing heads, kv heads and MLP width."""
     nvlink = rates.intra is not None and rates.intra.kind == "nvlink"
-    for tp in TP_DEGREES:
-        if not nvlink or tp > min(per_node, rates.intra_span) or world % tp:
+    out = []
+    for row in ROWS:
+        if row.auto_degrees is None:
             continue
-        try:
-            check_tensor_parallel(cfg.model, tp, cfg.train.seq_len, False)
-        except LayoutError:
-            continue
-        if tp == world:
-            out.append(("tp", Degrees(1, 1, tp)))
-        else:
-            out.append(("tp_fsdp", Degrees(1, world // tp, tp)))
+        tps = [1]
+        if row.tensor_parallel:
+            tps = [tp for tp in TP_DEGREES if nvlink and tp <= min(per_node, rates.intra_span)]
+        for tp in tps:
+            values = row.auto_degrees(world, per_node, nodes, tp)
+            if values is None:
+                continue
+            degrees = Degrees(**{"dp_replicate": 1, "dp_shard": 1, "tp": 1, **values})
+            if degrees.world != world:
+                continue
+            if degrees.tp > 1:
+                try:
+                    check_tensor_parallel(cfg.model, degrees.tp, cfg.train.seq_len, False)
+                except ConfigError:
+                    continue
+            out.append((row.name.value, degrees))
     return out
 
 

@@ -35,19 +35,9 @@ from launch.perfmodel.hardware import (
     Link,
     PartRates,
 )
+from train.spec.bus import COLLECTIVES, bus_factor
 
-OPS = ("all_reduce", "all_gather", "reduce_scatter", "all_to_all", "broadcast")
-
-
-def bus_factor(op: str, n: int) -> float:
-    """nccl-tests' busbw factor (train/bench/collectives.py BUS_FACTORS)."""
-    if op == "all_reduce":
-        return 2 * (n - 1) / n
-    if op in ("all_gather", "reduce_scatter", "all_to_all"):
-        return (n - 1) / n
-    if op == "broadcast":
-        return 1.0
-    raise ValueError(f"unknown collective {op!r}; one of {', '.join(OPS)}")
+OPS = COLLECTIVES
 
 
 @dataclass(frozen=True)

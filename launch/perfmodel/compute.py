@@ -16,13 +16,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from launch.perfmodel import shapes
 from launch.perfmodel.hardware import PartRates
 from launch.perfmodel.host import OPTIMIZER_KERNELS_PER_TENSOR, host_micro_step
+from train.spec import shapes
 from train.spec.config import ModelConfig
-from train.spec.degrees import ZERO_STAGES, LayoutPlan
+from train.spec.degrees import LayoutPlan
+from train.spec.precision import SIXTEEN_BIT, fp8_eligible
 
-SIXTEEN_BIT = ("bf16", "fp16", "fp8")
 # Bytes per token per block that elementwise kernels stream, counted from train/model/transformer.py under
 # bf16 autocast (fp32 residual): forward 56 per d element (two norms read 4 + write 4 + cast
 # to 2, rope on q and k, two residual adds) and 10 per f element (silu, product); backward
@@ -59,15 +59,12 @@ class ComputeTime:
 
 
 def fp8_share(m: ModelConfig, min_dim: int) -> float:
-    """Share of a block's matmul parameters in Linear layers fp8 runs (>= min_dim, % 16)."""
-    q = m.n_heads * shapes.head_dim(m)
-    kv = m.n_kv_heads * shapes.head_dim(m)
-    d, f = m.d_model, m.ffn_hidden
-    linears = [(d, q), (d, kv), (d, kv), (q, d), (d, f), (f, d), (d, f)]
+    """Share of a block's matmul parameters in Linear layers fp8 runs (train/spec/precision.py)."""
+    linears = shapes.block_linears(m)
     eligible = sum(
-        i * o for i, o in linears if i % 16 == 0 and o % 16 == 0 and min(i, o) >= min_dim
+        lin.params for lin in linears if fp8_eligible(lin.in_features, lin.out_features, min_dim)
     )
-    return eligible / sum(i * o for i, o in linears)
+    return eligible / sum(lin.params for lin in linears)
 
 
 def matmul_rate(rates: PartRates, precision: str) -> float:
@@ -146,8 +143,8 @@ def _memory_bound_s(
     replay = per_block / 3 * n_ckpt  # a replayed forward
     per_token = m.n_layers * per_block + replay + HEAD_BYTES_PER_VOCAB * m.vocab_size
     local_params = shapes.count_params(m) if t == 1 else _tp_local_params(m, t)
-    fsdp = plan.name in ("fsdp", "hsdp", "tp_fsdp")
-    if precision in SIXTEEN_BIT and (plan.name in ZERO_STAGES or fsdp):
+    row = plan.row
+    if precision in SIXTEEN_BIT and (row.deepspeed or row.shards_parameters):
         # DeepSpeed runs the model in 16 bits, FSDP2 casts the shard before gathering it:
         # no per-micro-step casts of whole weights.
         weights = 0
@@ -200,6 +197,4 @@ def _tp_local_params(m: ModelConfig, t: int) -> int:
 
 def layout_optimizer_split(plan: LayoutPlan) -> int:
     """Ranks the optimizer step is split over (sharded layouts step their shard)."""
-    if plan.name in ("fsdp", "hsdp", "tp_fsdp") or plan.name in ZERO_STAGES:
-        return plan.degrees.dp_shard
-    return 1
+    return plan.row.optimizer_split(plan.degrees.dp_shard)

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from launch.perfmodel import shapes
+from train.spec import shapes
 from train.spec.config import ModelConfig
 
 FORWARD_KERNELS_PER_BLOCK = 34  # 136 / 4 blocks: norms, rope, residual adds, silu, head's few
@@ -41,13 +41,6 @@ def sdpa_key(batch: int, heads: int, seq: int, head_dim: int) -> str:
     return f"{batch}x{heads}x{seq}x{head_dim}"
 
 
-def linear_shapes(m: ModelConfig, tp: int) -> list[tuple[int, int]]:
-    """(in, out) of each Linear of one block as a TP rank holds it (train/model/transformer.py order)."""
-    hd = shapes.head_dim(m)
-    q, kv, f, d = m.n_heads * hd // tp, m.n_kv_heads * hd // tp, m.ffn_hidden // tp, m.d_model
-    return [(d, q), (d, kv), (d, kv), (q, d), (d, f), (f, d), (d, f)]
-
-
 def gemms_of_linear(tokens: int, fan_in: int, fan_out: int) -> list[tuple[int, int, int]]:
     """(M, K, N) of the three GEMMs of one Linear per micro-step: y = x W^T, dx = dy W,
     dW = dy^T x."""
@@ -57,7 +50,8 @@ def gemms_of_linear(tokens: int, fan_in: int, fan_out: int) -> list[tuple[int, i
 def step_gemms(m: ModelConfig, tokens: int, tp: int) -> list[tuple[int, int, int]]:
     """Every distinct GEMM shape of one micro-step (blocks and head), for measurement."""
     out = []
-    for fan_in, fan_out in [*linear_shapes(m, tp), (m.d_model, m.vocab_size)]:
+    linears = [(lin.in_features, lin.out_features) for lin in shapes.block_linears(m, tp)]
+    for fan_in, fan_out in [*linears, (m.d_model, m.vocab_size)]:
         out += gemms_of_linear(tokens, fan_in, fan_out)
     return sorted(set(out))
 
@@ -128,8 +122,8 @@ def host_micro_step(
     forward GEMMs, attention forward (a third of forward + backward) and kernels again."""
     tokens = micro_batch * seq_len
     forward = backward = 0.0
-    for fan_in, fan_out in linear_shapes(m, tp):
-        fwd, dx, dw = gemms_of_linear(tokens, fan_in, fan_out)
+    for lin in shapes.block_linears(m, tp):
+        fwd, dx, dw = gemms_of_linear(tokens, lin.in_features, lin.out_features)
         forward += host.gemm_time(*fwd) * (m.n_layers + n_checkpointed) / m.n_layers
         backward += host.gemm_time(*dx) + host.gemm_time(*dw)
     forward, backward = forward * m.n_layers, backward * m.n_layers

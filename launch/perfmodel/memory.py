@@ -17,17 +17,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from launch.perfmodel import shapes
+from train.spec import shapes
+from train.spec.catalog import GradientSync
 from train.spec.config import ModelConfig
-from train.spec.degrees import ZERO_STAGES, LayoutPlan
+from train.spec.degrees import LayoutPlan
+from train.spec.precision import SIXTEEN_BIT
 
-SIXTEEN_BIT = ("bf16", "fp16", "fp8")
 # Not usable for tensors: CUDA context, cuBLAS workspaces and NCCL buffers (about 1-2 GB on
 # a Hopper node) plus allocator fragmentation. Assumed: 2 GiB + 5% of the device.
 RESERVED_BYTES = 2 * 2**30
 RESERVED_SHARE = 0.05
 ADAM_STEP_BYTES = 4  # torch AdamW's float32 step counter, one per parameter tensor
-FSDP_LAYOUTS = ("fsdp", "hsdp", "tp_fsdp")
 
 
 @dataclass(frozen=True)
@@ -83,15 +83,15 @@ def local_param_shapes(m: ModelConfig, plan: LayoutPlan) -> list[tuple[int, ...]
     tensor across dp_shard, rounded up (the busiest rank)."""
     d = plan.degrees
     local = shapes.block_param_shapes(m, d.tp) * m.n_layers + shapes.root_param_shapes(m)
-    if plan.name in FSDP_LAYOUTS and d.dp_shard > 1:
+    if plan.row.shards_parameters and d.dp_shard > 1:
         local = [(-(-s[0] // d.dp_shard), *s[1:]) for s in local]
     return local
 
 
 def held_memory(m: ModelConfig, plan: LayoutPlan, precision: str) -> tuple[int, int, int, int]:
     """(param, grad, optimizer state, master weight) bytes of the busiest rank."""
-    if plan.name in ZERO_STAGES:
-        return _zero_held(m, ZERO_STAGES[plan.name], plan.degrees.dp_shard, precision)
+    if plan.row.deepspeed:
+        return _zero_held(m, plan.row.zero_stage, plan.degrees.dp_shard, precision)
     local = local_param_shapes(m, plan)
     params = shapes.numel(local) * 4
     optimizer = 2 * params + ADAM_STEP_BYTES * len(local)
@@ -124,7 +124,7 @@ def activation_bytes(
     """
     t = plan.degrees.tp
     a = 2 if precision in SIXTEEN_BIT else 4
-    r = a if plan.name in ZERO_STAGES else 4
+    r = a if plan.row.deepspeed else 4
     q = m.n_heads * shapes.head_dim(m)
     norm_split = t if plan.sequence_parallel and t > 1 else 1
     full_block = (2 * r + 2 * a) * m.d_model / norm_split + (4 * a * q + 4 * a * m.ffn_hidden) / t
@@ -140,7 +140,8 @@ def activation_bytes(
 def transient_bytes(m: ModelConfig, plan: LayoutPlan, precision: str) -> int:
     """Buffers a step allocates besides the held tensors and activations."""
     d = plan.degrees
-    if plan.name in FSDP_LAYOUTS and d.dp_shard > 1:
+    row = plan.row
+    if row.shards_parameters and d.dp_shard > 1:
         # Two gathered blocks (the running one, the prefetched one), the root (kept through
         # the micro-step), and one block's unsharded gradients before its reduce-scatter.
         # FSDP2 gathers in the compute dtype (train/parallel/fsdp.py's mixed precision).
@@ -148,10 +149,10 @@ def transient_bytes(m: ModelConfig, plan: LayoutPlan, precision: str) -> int:
         block = shapes.numel(shapes.block_param_shapes(m, d.tp)) * width
         root = shapes.numel(shapes.root_param_shapes(m)) * width
         return 3 * block + root
-    if plan.name == "zero3" and d.dp_shard > 1:
+    if row.zero_stage == 3 and d.dp_shard > 1:
         width = 2 if precision in SIXTEEN_BIT else 4
         return 3 * shapes.numel(shapes.block_param_shapes(m)) * width
-    if plan.name == "ddp" and d.dp_replicate > 1:
+    if row.gradient_sync is GradientSync.replicate and d.dp_replicate > 1:
         # DDP copies gradients into its bucket buffers (gradient_as_bucket_view=False).
         return shapes.numel(local_param_shapes(m, plan)) * 4
     return 0

@@ -20,13 +20,11 @@ from dataclasses import dataclass
 from launch.perfmodel.collectives import collective_time
 from launch.perfmodel.compute import ComputeTime
 from launch.perfmodel.hardware import PartRates
-from launch.perfmodel.traffic import (
-    BUCKETED_BACKWARD,
-    UNIT_BACKWARD,
-    UNIT_BACKWARD_LAST,
-    UNIT_FORWARD,
-    Transfer,
-)
+from train.spec.degrees import Degrees
+from train.spec.traffic import Collective, Phase
+
+BUCKETED_BACKWARD, UNIT_FORWARD = Phase.bucketed_backward, Phase.unit_forward
+UNIT_BACKWARD, UNIT_BACKWARD_LAST = Phase.unit_backward, Phase.unit_backward_last
 
 
 @dataclass(frozen=True)
@@ -37,9 +35,11 @@ class CommTime:
 
 
 def comm_time(
-    transfers: list[Transfer],
+    collectives: list[Collective],
     compute: ComputeTime,
     *,
+    degrees: Degrees,
+    nproc_per_node: int,
     n_layers: int,
     accum_steps: int,
     bucket_bytes: int,
@@ -50,8 +50,10 @@ def comm_time(
     phase_s: dict[str, float] = {}
     exposed = 0.0
     one_call: dict[str, float] = {}
-    for t in transfers:
-        single = collective_time(t.kind, t.nbytes, t.ranks, t.per_node, rates).time_s
+    for t in collectives:
+        ranks = degrees.size(t.group)
+        per_node = degrees.ranks_per_node(t.group, nproc_per_node)
+        single = collective_time(t.kind, t.nbytes, ranks, per_node, rates).time_s
         total = single * t.calls
         per_kind[t.kind] += total
         by_role[t.role] = by_role.get(t.role, 0.0) + total
@@ -61,7 +63,7 @@ def comm_time(
             if t.phase == BUCKETED_BACKWARD:
                 bucket = min(bucket_bytes, t.nbytes)
                 one_call["last_bucket"] = collective_time(
-                    t.kind, bucket, t.ranks, t.per_node, rates
+                    t.kind, bucket, ranks, per_node, rates
                 ).time_s
         else:
             exposed += total

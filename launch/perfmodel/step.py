@@ -15,15 +15,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from launch.errors import ConfigError
-from launch.perfmodel import shapes
 from launch.perfmodel.compute import ComputeTime, compute_time, layout_optimizer_split
 from launch.perfmodel.hardware import PartRates, part_rates
 from launch.perfmodel.host import HostRates
 from launch.perfmodel.memory import MemoryEstimate, estimate_memory
 from launch.perfmodel.overlap import comm_time
-from launch.perfmodel.traffic import layout_transfers
+from train.spec import shapes
 from train.spec.config import RunConfig
-from train.spec.degrees import Degrees, LayoutError, LayoutPlan, plan_layout
+from train.spec.degrees import Degrees, LayoutPlan, plan_layout
+from train.spec.traffic import StepShape, step_collectives
 
 
 @dataclass(frozen=True)
@@ -166,20 +166,23 @@ def predict(
         rates=rates,
         fp8_min_dim=cfg.precision.fp8.min_dim,
     )
-    transfers = layout_transfers(
+    collectives = step_collectives(
         m,
         plan,
-        micro_batch=micro,
-        seq_len=train.seq_len,
-        accum_steps=accum,
-        grad_clip=train.grad_clip > 0,
-        precision=precision,
-        nproc_per_node=nproc_per_node,
-        fsdp_reduce_dtype=cfg.parallel.fsdp_reduce_dtype,
+        StepShape(
+            micro_batch=micro,
+            seq_len=train.seq_len,
+            accum_steps=accum,
+            grad_clip=train.grad_clip > 0,
+            precision=precision,
+            fsdp_reduce_dtype=cfg.parallel.fsdp_reduce_dtype,
+        ),
     )
     comm = comm_time(
-        transfers,
+        collectives,
         compute,
+        degrees=d,
+        nproc_per_node=nproc_per_node,
         n_layers=m.n_layers,
         accum_steps=accum,
         bucket_bytes=int(cfg.parallel.bucket_mb * 2**20),
@@ -229,8 +232,7 @@ def _base_tokens_per_s(
     as the layout splits it (sharding it is not a scaling gain); memory not checked."""
     # The same kind of layout on one rank (FSDP2 and DeepSpeed handle 16-bit weights their
     # own way), no TP, the same checkpointing.
-    name = "ddp" if plan.name in ("ddp", "tp") else plan.name
-    one = LayoutPlan(name, Degrees(1, 1, 1), False, list(plan.checkpointed))
+    one = LayoutPlan(plan.row.single_rank.value, Degrees(1, 1, 1), False, list(plan.checkpointed))
     micro = cfg.train.micro_batch
     sequences = tokens_per_device / cfg.train.seq_len
     accum = max(1, round(sequences / micro))
@@ -249,10 +251,7 @@ def _base_tokens_per_s(
 
 
 def plan_for(cfg: RunConfig, world_size: int, nproc_per_node: int) -> LayoutPlan:
-    try:
-        return plan_layout(cfg, world_size, nproc_per_node)
-    except LayoutError as exc:
-        raise ConfigError(exc.key, exc.message) from None
+    return plan_layout(cfg, world_size, nproc_per_node)
 
 
 def predict_run(

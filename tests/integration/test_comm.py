@@ -10,8 +10,9 @@ import pytest
 import torch
 
 from tests.conftest import cli_env
-from train.bench.collectives import BUS_FACTORS, collective, message_sizes, scopes
+from train.bench.collectives import collective, message_sizes, scopes
 from train.runtime.distributed import RankInfo
+from train.spec.bus import BUS_FACTORS
 
 # nccl-tests PERFORMANCE.md, written out for n = 2 rather than taken from the code under test.
 FACTORS_AT_2 = {

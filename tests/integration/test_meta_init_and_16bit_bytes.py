@@ -19,7 +19,7 @@ from omegaconf import OmegaConf
 
 from tests.conftest import REPO, cli_env, compose_run_config
 from train.spec.degrees import plan_layout
-from train.spec.traffic import comm_bytes_per_step
+from train.spec.traffic import StepShape, comm_bytes_per_step
 
 pytest.importorskip("deepspeed")
 
@@ -120,8 +120,8 @@ def test_bf16_counted_bytes_equal_computed_bytes(result, name):
     # ... and 16-bit changed what moves: fewer bytes than the same layout in fp32, except
     # HSDP over 1-rank shards, whose only collective reduces gradients (in fp32).
     plan = plan_layout(cfg, 2, 2)
-    args = (cfg.model, plan, 2, 32, summary["grad_accum"], cfg.train.grad_clip > 0)
-    fp32 = comm_bytes_per_step(*args, "fp32")
+    shape = StepShape(2, 32, summary["grad_accum"], cfg.train.grad_clip > 0, "fp32")
+    fp32 = comm_bytes_per_step(cfg.model, plan, shape)
     if name == "hsdp":
         assert sum(measured.values()) == fp32.total
     else:

@@ -34,8 +34,8 @@ import pytest
 from launch.pipeline import write_run_config
 from launch.plan import plan_runs
 from tests.conftest import REPO, cli_env, compose_run_config
-from train.model.transformer import count_params
 from train.runtime.worker import run
+from train.spec.shapes import count_params
 
 pytest.importorskip("deepspeed")
 

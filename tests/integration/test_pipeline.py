@@ -1,5 +1,5 @@
 """Pipeline layouts (parallel=pp, pp_fsdp) train loss for loss like one rank with the same
-global batch, send exactly the bytes train/spec/stage_traffic.py computes for each rank, and
+global batch, send exactly the bytes train/spec/traffic.py computes for each rank, and
 report their stages, bubble and memory in summary.json.
 
 One torchrun start of 2 ranks runs every schedule (tests/ranks/pipeline_ranks.py); one of 4
@@ -29,7 +29,7 @@ from launch.plan import plan_runs
 from tests.conftest import REPO, cli_env, compose_run_config
 from train.runtime.worker import run
 from train.spec.degrees import plan_layout
-from train.spec.stage_traffic import pipeline_volume_per_rank
+from train.spec.traffic import CommVolume, StepShape, step_collectives
 
 COMMON = [
     "model=tiny",
@@ -142,14 +142,17 @@ def test_every_rank_sends_the_bytes_of_the_formula(runs, name):
     cfg, nproc = cfgs[name]
     layout = plan_layout(cfg, nproc, nproc)
     rows = cfg.train.global_batch // layout.degrees.dp
-    expected = pipeline_volume_per_rank(
-        cfg.model,
-        layout,
-        rows_per_rank=rows,
+    shape = StepShape(
+        micro_batch=rows,
         seq_len=cfg.train.seq_len,
-        sixteen_bit=cfg.precision.name == "bf16",
+        accum_steps=1,
         grad_clip=cfg.train.grad_clip > 0,
+        precision=str(cfg.precision.name),
     )
+    expected = [
+        CommVolume.of(step_collectives(cfg.model, layout, shape, pp_rank=r))
+        for r in range(layout.degrees.pp)
+    ]
     pp_size = layout.degrees.pp
     for rank, seen in enumerate(counted[name]):
         assert seen["unknown"] == []

@@ -20,9 +20,9 @@ from train.measure.trace_breakdown import (
     subtract,
     trace_breakdown,
     twin_breakdown,
-    twin_refusal,
     union,
 )
+from train.spec.catalog import Feature, layout
 
 MAIN, GLOO = 100, 200
 
@@ -152,10 +152,10 @@ def test_twin_exposed_comm_and_refusals_for_layouts_that_cannot_skip_comm():
     assert out["exposed_comm_s"] == pytest.approx(0.3)
     assert out["exposed_comm_share"] == pytest.approx(0.3)
     assert out["compute_s"] is None
-    for layout in ("tp", "tp_fsdp", "zero1", "zero2", "zero3"):
-        assert twin_refusal(layout)
-    for layout in ("ddp", "fsdp", "hsdp"):
-        assert twin_refusal(layout) is None
+    for name in ("tp", "tp_fsdp", "zero1", "zero2", "zero3"):
+        assert layout(name).refusal(Feature.twin)
+    for name in ("ddp", "fsdp", "hsdp"):
+        assert layout(name).refusal(Feature.twin) is None
 
 
 def test_achieved_bandwidth_is_bytes_over_time_with_the_ring_factor():

@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from tests.conftest import compose_run_config
-from train.checkpoint.checkpointer import (
+from train.checkpoint.checkpointer import Checkpointer
+from train.checkpoint.markers import (
     MARKER,
-    Checkpointer,
-    checkpoint_errors,
+    check_checkpoint_dir,
     complete_marker,
     latest_complete,
     step_dir_name,
@@ -22,7 +22,9 @@ from train.measure.metrics import StepRecord
 from train.measure.sinks import MetricsSinks
 from train.parallel.build import build_layout, build_model
 from train.runtime.data import SyntheticTokens
+from train.spec.checks import check_checkpoint_settings, check_layout_features
 from train.spec.degrees import plan_layout
+from train.spec.errors import ConfigError
 
 SMALL = [
     "model=tiny",
@@ -116,6 +118,18 @@ def write_marker(root, step, shape):
     (folder / MARKER).write_text(
         json.dumps({"step": step, "shape": shape, "files": {"__0_0.distcp": 1}})
     )
+
+
+def checkpoint_errors(cfg) -> list[tuple[str, str]]:
+    """What the driver says of a run's checkpoint settings, its layout and its directory."""
+    nproc = cfg.cluster.nproc_per_node
+    try:
+        check_checkpoint_settings(cfg)
+        check_layout_features(cfg, plan_layout(cfg, cfg.cluster.nodes * nproc, nproc))
+        check_checkpoint_dir(cfg)
+    except ConfigError as exc:
+        return [(exc.key, exc.message)]
+    return []
 
 
 def test_a_checkpoint_of_another_shape_is_refused_by_the_driver_and_the_rank(tmp_path):

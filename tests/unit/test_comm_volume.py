@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from train.spec.config import ModelConfig
 from train.spec.degrees import Degrees, LayoutPlan
-from train.spec.traffic import CommVolume, comm_bytes_per_step
+from train.spec.traffic import CommVolume, StepShape, comm_bytes_per_step
 
 TINY = ModelConfig(
     name="tiny",
@@ -28,45 +28,45 @@ def layout(name, dp_replicate=1, dp_shard=1, tp=1, sp=False, checkpointed=()):
 
 
 def test_ddp_all_reduces_every_gradient_once_per_step():
-    volume = comm_bytes_per_step(TINY, layout("ddp", dp_replicate=8), 2, 64, 4, True)
+    volume = comm_bytes_per_step(TINY, layout("ddp", dp_replicate=8), StepShape(2, 64, 4, True))
     assert volume == CommVolume(all_reduce=4 * PARAMS)  # no grad-norm: nothing is sharded
 
 
 def test_fsdp_gathers_blocks_twice_and_root_once_per_micro_step():
-    volume = comm_bytes_per_step(TINY, layout("fsdp", dp_shard=2), 2, 64, 3, False)
+    volume = comm_bytes_per_step(TINY, layout("fsdp", dp_shard=2), StepShape(2, 64, 3, False))
     block = 196_864  # weights of one block
     root = PARAMS - 4 * block
     assert volume.all_gather == 4 * 3 * (2 * 4 * block + root)
     assert volume.reduce_scatter == 4 * PARAMS
     # Over 2 nodes of 2 ranks each shard is all-reduced across the replicas.
-    hsdp = comm_bytes_per_step(TINY, layout("hsdp", 2, 2), 2, 64, 1, True)
+    hsdp = comm_bytes_per_step(TINY, layout("hsdp", 2, 2), StepShape(2, 64, 1, True))
     assert hsdp.all_reduce == 4 * PARAMS // 2 + 4
 
 
 def test_shards_are_padded_like_fsdp2():
     odd = ModelConfig(**{**TINY.__dict__, "vocab_size": 2049})
-    volume = comm_bytes_per_step(odd, layout("fsdp", dp_shard=2), 1, 8, 1, False)
+    volume = comm_bytes_per_step(odd, layout("fsdp", dp_shard=2), StepShape(1, 8, 1, False))
     # 2049 embedding and head rows become 2050 on each side of the all-gather.
-    even = comm_bytes_per_step(TINY, layout("fsdp", dp_shard=2), 1, 8, 1, False)
+    even = comm_bytes_per_step(TINY, layout("fsdp", dp_shard=2), StepShape(1, 8, 1, False))
     assert volume.reduce_scatter - even.reduce_scatter == 4 * 2 * 2 * 128
 
 
 def test_tp_volume_scales_with_activations_not_parameters():
-    small = comm_bytes_per_step(TINY, layout("tp", tp=2), 1, 64, 1, False)
-    large = comm_bytes_per_step(TINY, layout("tp", tp=2), 4, 64, 1, False)
+    small = comm_bytes_per_step(TINY, layout("tp", tp=2), StepShape(1, 64, 1, False))
+    large = comm_bytes_per_step(TINY, layout("tp", tp=2), StepShape(4, 64, 1, False))
     assert small.all_reduce == 4 * 4 * 64 * 128 * 4  # 4 all-reduces x 4 layers x [1,64,128]
     assert large.all_reduce == 4 * small.all_reduce
     # bf16 autocast halves the forward all-reduces (matmul outputs); the backward ones carry
     # gradients of the fp32 norm outputs and stay fp32 (counted on 2 ranks in
     # tests/integration/test_meta_init_and_16bit_bytes.py).
-    assert comm_bytes_per_step(TINY, layout("tp", tp=2), 1, 64, 1, False, "bf16") == (
+    assert comm_bytes_per_step(TINY, layout("tp", tp=2), StepShape(1, 64, 1, False, "bf16")) == (
         CommVolume(all_reduce=small.all_reduce // 4 + small.all_reduce // 2)
     )
 
 
 def test_zero_stages_as_deepspeed_runs_them():
     z1, z2, z3 = (
-        comm_bytes_per_step(TINY, layout(f"zero{s}", dp_shard=4), 2, 64, 2, False)
+        comm_bytes_per_step(TINY, layout(f"zero{s}", dp_shard=4), StepShape(2, 64, 2, False))
         for s in (1, 2, 3)
     )
     grads = 4 * PARAMS
@@ -74,9 +74,11 @@ def test_zero_stages_as_deepspeed_runs_them():
     assert z2 == CommVolume(all_reduce=2 * grads + 4, all_gather=grads)  # every micro-step
     assert z3 == CommVolume(all_reduce=8, all_gather=2 * grads, reduce_scatter=2 * grads)
     # DeepSpeed runs bf16 models in bf16: half the bytes.
-    bf16 = comm_bytes_per_step(TINY, layout("zero1", dp_shard=4), 2, 64, 2, False, "bf16")
+    bf16 = comm_bytes_per_step(
+        TINY, layout("zero1", dp_shard=4), StepShape(2, 64, 2, False, "bf16")
+    )
     assert bf16.all_gather == z1.all_gather // 2
     # Beyond DeepSpeed's reuse distance ZeRO-3 gathers again for backward.
     big = ModelConfig(**{**TINY.__dict__, "n_layers": 6000})  # 1.18e9 parameters
-    z3_big = comm_bytes_per_step(big, layout("zero3", dp_shard=4), 2, 64, 1, False)
+    z3_big = comm_bytes_per_step(big, layout("zero3", dp_shard=4), StepShape(2, 64, 1, False))
     assert z3_big.all_gather == 2 * z3_big.reduce_scatter

@@ -10,7 +10,7 @@ from launch.errors import ConfigError
 from launch.plan import plan_runs
 from launch.validate import validate
 from tests.conftest import compose_run_config
-from train.runtime.numerics import fp8_eligible, model_linear_shapes
+from train.spec.precision import fp8_linear_count
 
 GPUS = [g for g in group_choices("gpu") if g != "auto"]
 MODELS = group_choices("model")
@@ -74,10 +74,7 @@ def test_every_combination_composes_and_validates(tmp_path):
             with pytest.raises(ConfigError, match="^precision: fp8 needs FP8 tensor cores"):
                 validate(cfg, plan_runs(cfg))
             continue
-        shapes = model_linear_shapes(cfg.model)
-        if precision == "fp8" and not any(
-            fp8_eligible(*s, cfg.precision.fp8.min_dim) for s in shapes
-        ):
+        if precision == "fp8" and not fp8_linear_count(cfg.model, cfg.precision.fp8.min_dim):
             # No layer wide enough: a run labelled fp8 would be bf16 throughout.
             with pytest.raises(ConfigError, match="^precision.fp8.min_dim: no Linear layer"):
                 validate(cfg, plan_runs(cfg))

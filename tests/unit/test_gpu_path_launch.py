@@ -14,8 +14,8 @@ from launch.resolve import resolve_node_defaults, with_measured_peaks
 from launch.validate import validate
 from tests.conftest import FAST, compose_run_config
 from train.runtime import distributed
-from train.runtime.machine import MachineProbe, profile_mismatch
-from train.runtime.numerics import resolve_precision
+from train.spec.devices import MachineProbe, profile_mismatch
+from train.spec.precision import resolve_precision
 
 
 def test_mpi_and_slurm_runners_ranks_come_from_their_variables():
@@ -108,7 +108,7 @@ def test_fp8_needs_token_counts_that_are_multiples_of_16():
         cfg.gpu,
         cfg.model,
         hopper,
-        layout="fsdp",
+        layout_name="fsdp",
         tokens_per_micro_batch=3 * 65,
     )
     assert plan.resolved == "bf16" and "not a multiple of 16" in plan.reason
@@ -118,7 +118,7 @@ def test_fp8_needs_token_counts_that_are_multiples_of_16():
         cfg.gpu,
         cfg.model,
         hopper,
-        layout="fsdp",
+        layout_name="fsdp",
         tokens_per_micro_batch=4 * 64,
     )
     assert plan.resolved == "fp8"

@@ -1,6 +1,6 @@
 from launch.conf_tree import load_gpu_profile
 from launch.resolve import unknown_profile
-from train.runtime.machine import name_matches, profile_mismatch
+from train.spec.devices import name_matches, profile_mismatch
 
 
 def test_profile_mismatch_warnings():

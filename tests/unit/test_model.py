@@ -1,4 +1,5 @@
-"""The model: parameter/FLOP counts against hand arithmetic, and the properties training needs."""
+"""The model: the spec's parameter/FLOP counts against hand arithmetic, the built model against
+the spec's shapes (train/spec/shapes.py), and the properties training needs."""
 
 from __future__ import annotations
 
@@ -7,8 +8,9 @@ import math
 import pytest
 import torch
 
-from train.model.transformer import Transformer, count_matmul_params, count_params, flops_per_token
+from train.model.transformer import Transformer
 from train.spec.config import ModelConfig
+from train.spec.shapes import all_param_shapes, count_matmul_params, count_params, flops_per_token
 
 # Tied with GQA (4 query heads share 2 kv heads), and untied multi-head (n_kv == n_heads).
 TIED_GQA = ModelConfig(
@@ -59,6 +61,8 @@ def test_count_params_by_hand():
 def test_count_params_matches_model(cfg):
     model = build(cfg)
     assert count_params(cfg) == sum(p.numel() for p in model.parameters())
+    # The one source of shapes is the spec: the model builds exactly those, in order.
+    assert [tuple(p.shape) for p in model.parameters()] == all_param_shapes(cfg)
     # Rope tables are derived from the config: neither parameters nor checkpointed.
     assert not any("rope" in k for k in model.state_dict())
 

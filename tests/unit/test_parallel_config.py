@@ -12,17 +12,15 @@ from launch.errors import ConfigError
 from launch.plan import plan_runs
 from launch.validate import validate
 from tests.conftest import compose_run_config
-from train.model.transformer import flops_per_token
-from train.parallel.activation_checkpoint import recompute_flops_per_token
 from train.parallel.zero import deepspeed_config, import_deepspeed
 from train.spec.config import ParallelConfig
 from train.spec.degrees import (
     Degrees,
-    LayoutError,
     checkpointed_layers,
     plan_layout,
     resolve_degrees,
 )
+from train.spec.shapes import flops_per_token, recompute_flops_per_token
 
 
 @pytest.mark.parametrize(
@@ -66,7 +64,7 @@ def test_degrees_with_minus_one_for_the_rest(layout, world, per_node, expected):
     ],
 )
 def test_degrees_that_do_not_fit(layout, world, key, message):
-    with pytest.raises(LayoutError) as err:
+    with pytest.raises(ConfigError) as err:
         resolve_degrees(layout, world, world)
     assert err.value.key == key and message in err.value.message
 
@@ -157,9 +155,18 @@ BAD_LAYOUTS = [
         ["parallel.activation_checkpoint=some"],
         "parallel.activation_checkpoint: Invalid value 'some'",
     ),
-    (["parallel=zero3", "precision=fp8"], "precision.name: fp8: DeepSpeed's engine runs fp32"),
-    (["parallel=zero1", "precision=fp16"], "precision.name: fp16: DeepSpeed's CPU accelerator"),
-    (["parallel=tp", "precision=fp8", "gpu=h100_sxm"], "precision.name: fp8 with parallel=tp"),
+    (
+        ["parallel=zero3", "precision=fp8"],
+        "precision.name: fp8: parallel=zero3 runs through DeepSpeed, which has no fp8",
+    ),
+    (
+        ["parallel=zero1", "precision=fp16"],
+        "precision.name: fp16: parallel=zero1 runs through DeepSpeed, whose CPU accelerator",
+    ),
+    (
+        ["parallel=tp", "precision=fp8", "gpu=h100_sxm"],
+        "precision.name: fp8: parallel=tp needs fp8-aware",
+    ),
     (
         ["parallel=tp", "train.global_batch=6", "train.micro_batch=4"],
         "train.global_batch: 6 (at world size 2) is not divisible by micro_batch 4 x "

@@ -12,7 +12,7 @@ from launch.validate import validate
 from tests.conftest import compose_run_config
 from train.spec.degrees import plan_layout
 from train.spec.stages import PipelinePlan, split_layers, stage_ranks
-from train.spec.traffic import comm_bytes_per_step
+from train.spec.traffic import StepShape, comm_bytes_per_step
 
 
 @pytest.mark.parametrize(
@@ -77,16 +77,16 @@ def test_send_recv_bytes_follow_the_formula():
         "parallel=pp", "model=tiny", "parallel.pp=4", "train.micro_batch=2", world=4
     )
     rows, seq, d = 8, 64, cfg.model.d_model
-    volume = comm_bytes_per_step(cfg.model, layout, 2, seq, 4, grad_clip=True)
+    volume = comm_bytes_per_step(cfg.model, layout, StepShape(2, seq, 4, grad_clip=True))
     # The busiest rank is a middle stage: activations forward and gradients back, fp32.
     assert volume.send_recv == 2 * rows * seq * d * 4
     assert volume.all_reduce == 4 + 4  # the loss to every stage, the gradient norm
     assert volume.total == volume.send_recv + 8
     # Microbatch count does not change the bytes: they split the same rows.
-    assert comm_bytes_per_step(cfg.model, layout, 1, seq, 8, True) == volume
+    assert comm_bytes_per_step(cfg.model, layout, StepShape(1, seq, 8, True)) == volume
     # Under pp_fsdp's bf16 parameters the stream, hence what is sent, is 16-bit.
     cfg, layout = layout_for("parallel=pp_fsdp", "model=tiny", "parallel.pp=2", world=2)
-    bf16 = comm_bytes_per_step(cfg.model, layout, 2, seq, 4, True, "bf16")
+    bf16 = comm_bytes_per_step(cfg.model, layout, StepShape(2, seq, 4, True, "bf16"))
     assert bf16.send_recv == rows * seq * d * 2
 
 
@@ -127,8 +127,14 @@ BAD = [
         "parallel.tp: 2: tensor parallel inside a pipeline stage is not wired up",
     ),
     (["parallel=pp", "model=gpt_125m"], "model.tie_embeddings: model gpt_125m ties"),
-    (["parallel=pp", "model=tiny", "precision=fp16"], "precision.name: fp16: fp16 loss scaling"),
-    (["parallel=pp", "model=tiny", "profile.twin=true"], "profile.twin: the no-sync twin"),
+    (
+        ["parallel=pp", "model=tiny", "precision=fp16"],
+        "precision.name: fp16: parallel=pp would have to scale the fp16 loss",
+    ),
+    (
+        ["parallel=pp", "model=tiny", "profile.twin=true"],
+        "profile.twin: parallel=pp reduces gradients inside its schedule",
+    ),
 ]
 
 

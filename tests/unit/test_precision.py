@@ -14,9 +14,10 @@ from launch.validate import validate
 from tests.conftest import compose_run_config
 from train.measure.metrics import mfu_figures
 from train.model.transformer import Transformer
-from train.runtime.machine import MachineProbe
-from train.runtime.numerics import fp8_module_filter, prepare_model, resolve_precision
+from train.runtime.numerics import fp8_module_filter, prepare_model
 from train.spec.config import Fp8Config, ModelConfig
+from train.spec.devices import MachineProbe
+from train.spec.precision import resolve_precision
 
 PROFILES = [g for g in group_choices("gpu") if g != "auto"]
 WIDE = ModelConfig(
@@ -75,7 +76,7 @@ def test_explicit_choices_are_kept():
     for name in ("fp32", "tf32", "bf16", "fp16"):
         assert resolve_precision(name, Fp8Config(), gpu, NARROW, probe).resolved == name
     fp16 = resolve_precision("fp16", Fp8Config(), gpu, NARROW, probe)
-    assert fp16.loss_scaling and fp16.autocast_dtype == torch.float16
+    assert fp16.loss_scaling and fp16.autocast_dtype == "fp16"
     fp8 = resolve_precision("fp8", Fp8Config(recipe="rowwise"), gpu, WIDE, probe)
     assert (fp8.fp8_backend, fp8.fp8_recipe) == ("torchao", "rowwise")
     cpu_tf32 = resolve_precision(

@@ -7,9 +7,10 @@ import itertools
 import pytest
 
 from launch.conf_tree import group_choices, load_gpu_profile
-from train.runtime.machine import MachineProbe
-from train.runtime.numerics import FP8_LAYOUT_GAPS, resolve_precision
+from train.spec.catalog import CATALOG, Feature
 from train.spec.config import Fp8Config, ModelConfig
+from train.spec.devices import MachineProbe
+from train.spec.precision import resolve_precision
 
 PROFILES = [g for g in group_choices("gpu") if g != "auto"]
 LAYOUTS = group_choices("parallel")
@@ -51,9 +52,9 @@ def expected_auto(profile, layout, te, torchao, capability, cpu_bf16, model):
 
 
 def test_every_layout_of_conf_is_classified():
-    # A new layout in conf/parallel must be placed: either it runs fp8 or FP8_LAYOUT_GAPS says
+    # A new layout in conf/parallel must be placed: either it runs fp8 or the catalog says
     # why not: the five the issue names, and the pipelines (fp8 refused inside stages).
-    assert set(FP8_LAYOUT_GAPS) == NO_FP8_LAYOUTS
+    assert {n for n, row in CATALOG.items() if row.refusal(Feature.fp8)} == NO_FP8_LAYOUTS
     assert NO_FP8_LAYOUTS < set(LAYOUTS)
     assert {"ddp", "fsdp", "hsdp"} <= set(LAYOUTS) - NO_FP8_LAYOUTS
 
@@ -70,7 +71,7 @@ def test_auto_table_over_every_profile_and_layout(profile):
         (WIDE, NARROW),
     ):
         probe = MachineProbe(te, torchao, capability, cpu_bf16 and capability is None)
-        plan = resolve_precision("auto", Fp8Config(), gpu, model, probe, layout=layout)
+        plan = resolve_precision("auto", Fp8Config(), gpu, model, probe, layout_name=layout)
         case = (profile, layout, te, torchao, capability, cpu_bf16, model.name)
         assert (plan.resolved, plan.fp8_backend) == expected_auto(
             profile, layout, te, torchao, capability, cpu_bf16, model
@@ -87,12 +88,10 @@ def test_zero_reason_names_deepspeed():
         load_gpu_profile("h100_sxm"),
         WIDE,
         MachineProbe(True, True, HOPPER, False),
-        layout="zero2",
+        layout_name="zero2",
     )
     assert plan.resolved == "bf16"
-    assert plan.reason.endswith(
-        "fp8 skipped: parallel=zero2 runs through DeepSpeed, which has no fp8"
-    )
+    assert "fp8 skipped: parallel=zero2 runs through DeepSpeed, which has no fp8" in plan.reason
 
 
 def test_an_explicit_request_is_not_rewritten_by_the_layout():
@@ -103,6 +102,6 @@ def test_an_explicit_request_is_not_rewritten_by_the_layout():
         load_gpu_profile("h100_sxm"),
         WIDE,
         MachineProbe(True, True, HOPPER, False),
-        layout="zero2",
+        layout_name="zero2",
     )
     assert plan.resolved == "fp8"

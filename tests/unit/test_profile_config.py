@@ -1,15 +1,24 @@
-"""profile.* checks (train/measure/profiling.py) the driver and the rank share."""
+"""profile.* checks (train/spec/checks.py) the driver and the rank share."""
 
 from __future__ import annotations
 
-from train.measure.profiling import profile_errors, profiled_ranks
+from train.spec.checks import check_profile, profiled_ranks
 from train.spec.config import ProfileConfig
+from train.spec.errors import ConfigError
 
 
 def test_default_ranks_are_rank_zero_and_the_last():
     assert profiled_ranks(ProfileConfig(), 4) == [0, 3]
     assert profiled_ranks(ProfileConfig(), 1) == [0]
     assert profiled_ranks(ProfileConfig(ranks=[2, 2, 1]), 4) == [1, 2]
+
+
+def profile_errors(profile: ProfileConfig, world: int, layout: str) -> list[tuple[str, str]]:
+    try:
+        check_profile(profile, world, layout)
+    except ConfigError as exc:
+        return [(exc.key, exc.message)]
+    return []
 
 
 def test_bad_profile_settings_name_their_key():

@@ -16,10 +16,11 @@ from train.model.weights import canonical_name, materialize
 from train.parallel import build as build_module
 from train.parallel.build import build_layout, build_model, fsdp_float8_all_gather
 from train.parallel.fsdp import mixed_precision_policy
-from train.runtime.numerics import PrecisionPlan, prepare_model
+from train.runtime.numerics import prepare_model
 from train.spec.config import ModelConfig, RunConfig, TrainConfig
 from train.spec.degrees import Degrees, LayoutPlan
-from train.spec.traffic import comm_bytes_per_step
+from train.spec.precision import PrecisionPlan
+from train.spec.traffic import StepShape, comm_bytes_per_step
 
 CPU = torch.device("cpu")
 SMALL = ModelConfig(
@@ -114,20 +115,27 @@ def test_fsdp_policy_per_precision():
 
 def test_fsdp_bytes_gather_at_param_dtype_reduce_at_reduce_dtype():
     fsdp = plan("fsdp", dp_shard=2)
-    fp32 = comm_bytes_per_step(TINY, fsdp, 2, 64, 3, False)
-    bf16 = comm_bytes_per_step(TINY, fsdp, 2, 64, 3, False, "bf16")
+    fp32 = comm_bytes_per_step(TINY, fsdp, StepShape(2, 64, 3, False))
+    bf16 = comm_bytes_per_step(TINY, fsdp, StepShape(2, 64, 3, False, "bf16"))
     assert bf16.all_gather * 2 == fp32.all_gather
     assert bf16.reduce_scatter == fp32.reduce_scatter  # reduced in fp32 by default
-    low = comm_bytes_per_step(TINY, fsdp, 2, 64, 3, False, "bf16", fsdp_reduce_dtype="bf16")
+    low = comm_bytes_per_step(
+        TINY, fsdp, StepShape(2, 64, 3, False, "bf16", fsdp_reduce_dtype="bf16")
+    )
     assert low.reduce_scatter * 2 == fp32.reduce_scatter
     # fp32 runs reduce in fp32 whatever the field says.
-    assert comm_bytes_per_step(TINY, fsdp, 2, 64, 3, False, fsdp_reduce_dtype="bf16") == fp32
+    assert (
+        comm_bytes_per_step(TINY, fsdp, StepShape(2, 64, 3, False, fsdp_reduce_dtype="bf16"))
+        == fp32
+    )
 
 
 def test_fp8_all_gather_bytes_model():
     fsdp = plan("fsdp", dp_shard=2)
-    bf16 = comm_bytes_per_step(TINY, fsdp, 2, 64, 1, False, "fp8")
-    fp8 = comm_bytes_per_step(TINY, fsdp, 2, 64, 1, False, "fp8", fp8_all_gather_min_dim=128)
+    bf16 = comm_bytes_per_step(TINY, fsdp, StepShape(2, 64, 1, False, "fp8"))
+    fp8 = comm_bytes_per_step(
+        TINY, fsdp, StepShape(2, 64, 1, False, "fp8", fp8_all_gather_min_dim=128)
+    )
     # wq, wo, w1, w2, w3 are >= 128 wide; wk and wv (64 outputs: 2 kv heads) stay bf16.
     fp8_linears = 2 * 128 * 128 + 3 * 128 * 384
     # Gathered twice per block per micro-step, one byte less per element.
@@ -137,8 +145,8 @@ def test_fp8_all_gather_bytes_model():
 
 def test_tp_sequence_parallel_checkpoint_replay_bytes():
     """A replay stops before the block's last reduce-scatter (non-reentrant early stop)."""
-    base = comm_bytes_per_step(TINY, plan("tp", sp=True, tp=2), 1, 64, 1, False)
-    ckpt = comm_bytes_per_step(TINY, plan("tp", [1, 3], sp=True, tp=2), 1, 64, 1, False)
+    base = comm_bytes_per_step(TINY, plan("tp", sp=True, tp=2), StepShape(1, 64, 1, False))
+    ckpt = comm_bytes_per_step(TINY, plan("tp", [1, 3], sp=True, tp=2), StepShape(1, 64, 1, False))
     activation = 64 * 128 * 4
     assert ckpt.all_gather - base.all_gather == 2 * 2 * activation
     assert ckpt.reduce_scatter - base.reduce_scatter == 2 * activation
@@ -190,7 +198,7 @@ def test_torchao_float8_all_gather_switch(monkeypatch):
     assert not fsdp_float8_all_gather(fsdp, "te", "current")
 
     fp8 = PrecisionPlan(
-        "fp8", "fp8", "test", torch.bfloat16, True, False, "torchao", "tensorwise", 64
+        "fp8", "fp8", "test", fp8_backend="torchao", fp8_recipe="tensorwise", fp8_min_dim=64
     )
     with torch.device("meta"):
         model = Transformer(SMALL)

@@ -22,20 +22,13 @@ import torch.distributed as dist
 
 from train.measure.cluster_record import cluster_record
 from train.runtime import distributed
+from train.spec.bus import COLLECTIVES, bus_factor
 from train.spec.config import RunConfig, load_run_config
 
 ELEMENT = torch.float32
 ELEMENT_BYTES = 4
 
-# nccl-tests' bus-bandwidth factors for a group of n ranks.
-BUS_FACTORS: dict[str, Callable[[int], float]] = {
-    "all_reduce": lambda n: 2 * (n - 1) / n,
-    "all_gather": lambda n: (n - 1) / n,
-    "reduce_scatter": lambda n: (n - 1) / n,
-    "all_to_all": lambda n: (n - 1) / n,
-    "broadcast": lambda n: 1.0,
-}
-OPS = tuple(BUS_FACTORS)
+OPS = COLLECTIVES
 
 
 def message_sizes(min_bytes: int, max_bytes: int) -> list[int]:
@@ -170,8 +163,8 @@ def benchmark(cfg: RunConfig, run_dir: Path, rank: distributed.RankInfo) -> None
                     "iters": iters,
                     "time_s": seconds,
                     "algbw_gbytes_per_s": algbw,
-                    "bus_factor": BUS_FACTORS[op](n),
-                    "busbw_gbytes_per_s": algbw * BUS_FACTORS[op](n),
+                    "bus_factor": bus_factor(op, n),
+                    "busbw_gbytes_per_s": algbw * bus_factor(op, n),
                 }
                 results.append(point)
                 step += 1

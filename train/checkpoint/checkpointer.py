@@ -1,23 +1,16 @@
-"""Checkpoints of a run: saved every N steps, resumed from the latest complete one.
+"""The rank's side of checkpoints: save every N steps, resume from the latest complete save.
 
 CHECKPOINT_DIR/step_000012/ holds one save: torch.distributed.checkpoint's files (each rank
 writes its own ``__<rank>_<i>.distcp``, the coordinator ``.metadata``) for the torch layouts,
-or DeepSpeed's own files for zero*. A save is complete only once rank 0 has written
-``complete.json`` into it, after every rank's part is on disk. The marker lists every file
-with its size, and the shape of the run that wrote it (model, layout, degrees, world size,
-precision), so a run of another shape is refused before anything is loaded. A folder without
-the marker, or whose files do not match it (a shard lost or cut short), is never loaded.
+or DeepSpeed's own files for zero*. Rank 0 writes ``complete.json`` once every rank's part is
+on disk (train/checkpoint/markers.py); only such a save is ever loaded.
 
-The data position is the step: batches are drawn per (seed, step, row) (train/runtime/data.py), and
-nothing else in a step draws random numbers (no dropout), so no RNG state is saved.
+The data position is the step: batches are drawn per (seed, step, row) (train/runtime/data.py),
+and nothing else in a step draws random numbers (no dropout), so no RNG state is saved.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
-import os
-import re
 import shutil
 import time
 from dataclasses import dataclass
@@ -26,212 +19,25 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
-from train.spec.config import RunConfig
-from train.spec.degrees import ZERO_STAGES, LayoutError, LayoutPlan, plan_layout
-
-MARKER = "complete.json"
-STEP_DIR = re.compile(r"^step_(\d+)$")
-# Which rank wrote a file: DCP's __<rank>_<i>.distcp, DeepSpeed's zero_pp_rank_<rank>_*;
-# anything else (DCP's .metadata, DeepSpeed's mp_rank_00_model_states.pt) is rank 0's.
-RANK_FILES = (re.compile(r"^__(\d+)_\d+\.distcp$"), re.compile(r"^zero_pp_rank_(\d+)_"))
-# Tried and failed: each pipeline rank's optimizer names other parameters, and resuming lost
-# their param_groups' hyperparameters (KeyError 'betas' in the first step after the load).
-PIPELINE_REFUSAL = (
-    "pipeline layouts are not checkpointed yet (their per-stage optimizer state does not "
-    "resume through torch.distributed.checkpoint); set checkpoint.every=0"
+from train.checkpoint.markers import (
+    MARKER,
+    checkpoint_root,
+    keep_last,
+    latest_complete,
+    refusal,
+    run_shape,
+    save_record,
+    shape_differences,
+    step_dir_name,
+    step_dirs,
+    write_marker,
 )
-UNSUPPORTED_LAYOUTS = {"pp": PIPELINE_REFUSAL, "pp_fsdp": PIPELINE_REFUSAL}
-GB = 1e9  # checkpoint bandwidth in GB/s: 10^9 bytes, as storage is quoted
-
-
-def step_dir_name(step: int) -> str:
-    return f"step_{step:06d}"
-
-
-def checkpoint_root(cfg: RunConfig, run_dir: str | Path) -> Path:
-    """checkpoint.dir, or RUN_DIR/checkpoints when it is null."""
-    return Path(cfg.checkpoint.dir) if cfg.checkpoint.dir else Path(run_dir) / "checkpoints"
-
-
-# --- Finding complete checkpoints (no torch.distributed: the driver calls these too) ---------
-
-
-@dataclass(frozen=True)
-class FoundCheckpoint:
-    step: int
-    path: Path
-    marker: dict[str, Any]
-
-
-def step_dirs(root: Path) -> list[tuple[int, Path]]:
-    """Every step_NNNNNN folder under ``root``, oldest first (complete or not)."""
-    if not root.is_dir():
-        return []
-    found = []
-    for entry in root.iterdir():
-        match = STEP_DIR.match(entry.name)
-        if match and entry.is_dir():
-            found.append((int(match.group(1)), entry))
-    return sorted(found)
-
-
-def complete_marker(step_dir: Path) -> dict[str, Any] | None:
-    """The marker of a complete checkpoint, or None: no marker, an unreadable one, or a file
-    it lists missing or of another size (a shard lost, or cut short by a full disk)."""
-    try:
-        marker = json.loads((step_dir / MARKER).read_text())
-    except (OSError, ValueError):
-        return None
-    files = marker.get("files") if isinstance(marker, dict) else None
-    if not isinstance(files, dict) or not files:
-        return None
-    for name, size in files.items():
-        try:
-            if (step_dir / name).stat().st_size != size:
-                return None
-        except OSError:
-            return None
-    return marker
-
-
-def latest_complete(root: Path) -> FoundCheckpoint | None:
-    for step, path in reversed(step_dirs(root)):
-        marker = complete_marker(path)
-        if marker is not None:
-            return FoundCheckpoint(step, path, marker)
-    return None
-
-
-def run_shape(
-    cfg: RunConfig,
-    *,
-    layout: LayoutPlan | None,
-    world_size: int,
-    precision: str | None,
-) -> dict[str, Any]:
-    """What a checkpoint must share with the run that loads it. None values are unknown (the
-    driver before precision=auto is resolved) and are not compared."""
-    model = dataclasses.asdict(cfg.model)
-    for key in ("name", "source"):  # labels, not shapes
-        model.pop(key, None)
-    degrees = None
-    if layout is not None:
-        degrees = {
-            k: v
-            for k, v in layout.as_dict().items()
-            if k in ("pp", "dp_replicate", "dp_shard", "tp")
-        }
-        if layout.pipeline is not None:  # which blocks a rank holds, and so its keys
-            degrees["pp_stages_per_rank"] = cfg.parallel.pp_stages_per_rank
-    return {
-        "model": model,
-        "layout": None if layout is None else str(layout.name),
-        "degrees": degrees,
-        "world_size": world_size,
-        "precision": None if precision is None else str(precision),
-    }
-
-
-def shape_differences(saved: dict[str, Any], expected: dict[str, Any]) -> list[str]:
-    """``key there -> here`` for each known value of ``expected`` that ``saved`` does not share."""
-    differences = []
-    for key, want in expected.items():
-        if want is None:
-            continue
-        have = saved.get(key)
-        if isinstance(want, dict) and isinstance(have, dict):
-            for sub in sorted(set(want) | set(have)):
-                if want.get(sub) != have.get(sub):
-                    differences.append(
-                        f"{key}.{sub} {have.get(sub)!r} there, {want.get(sub)!r} here"
-                    )
-        elif have != want:
-            differences.append(f"{key} {have!r} there, {want!r} here")
-    return differences
-
-
-def refusal(found: FoundCheckpoint, differences: list[str]) -> str:
-    return (
-        f"{found.path} was saved by a run of another shape ({'; '.join(differences)}); it is "
-        "not loaded: point checkpoint.dir elsewhere or remove that checkpoint"
-    )
-
-
-def checkpoint_errors(cfg: RunConfig) -> list[tuple[str, str]]:
-    """(key, reason) for each checkpoint setting this run cannot use; [] when it can.
-
-    For the driver's validation, on each run's own config (its run_dir, cluster size and
-    layout as written to its config.yaml), before anything is written. Reads the checkpoint
-    dir but never changes it, and needs no process group.
-    """
-    c, steps = cfg.checkpoint, cfg.train.steps
-    errors: list[tuple[str, str]] = []
-    if c.every < 0:
-        errors.append(("checkpoint.every", f"{c.every}: must be >= 0 (0: no checkpoints)"))
-    elif c.every > steps:
-        errors.append(
-            (
-                "checkpoint.every",
-                f"{c.every} is more than train.steps ({steps}): no checkpoint would be saved",
-            )
-        )
-    if c.keep < 1:
-        errors.append(("checkpoint.keep", f"{c.keep}: must be >= 1 (the last K are kept)"))
-    if c.every > 0 and str(cfg.parallel.name) in UNSUPPORTED_LAYOUTS:
-        errors.append(("checkpoint.every", UNSUPPORTED_LAYOUTS[str(cfg.parallel.name)]))
-    if c.every <= 0 or errors:
-        return errors  # off (the dir is never used), or the settings already fail
-    root = checkpoint_root(cfg, cfg.run_dir)
-    unwritable = unwritable_reason(root)
-    if unwritable:
-        return [("checkpoint.dir", unwritable)]
-    found = latest_complete(root)
-    if found is None:
-        return []
-    world_size = cfg.cluster.nodes * cfg.cluster.nproc_per_node
-    try:
-        layout = plan_layout(cfg, world_size, cfg.cluster.nproc_per_node)
-    except LayoutError:
-        layout = None  # the layout's own check reports it
-    if layout is not None and str(layout.name) == "auto":
-        layout = None  # chosen per run later: compared by the rank
-    precision = str(cfg.precision.name)
-    expected = run_shape(
-        cfg,
-        layout=layout,
-        world_size=world_size,
-        precision=None if precision in ("auto", "fp8") else precision,  # the rank resolves these
-    )
-    differences = shape_differences(found.marker.get("shape") or {}, expected)
-    if differences:
-        return [("checkpoint.dir", refusal(found, differences))]
-    if found.step >= steps:
-        return [
-            (
-                "checkpoint.dir",
-                f"{found.path} is at step {found.step} and train.steps is {steps}: nothing is "
-                "left to run; raise train.steps, or point checkpoint.dir elsewhere",
-            )
-        ]
-    return []
-
-
-def unwritable_reason(root: Path) -> str | None:
-    """Why checkpoints cannot be written under ``root`` (created if missing), or None."""
-    if root.exists() and not root.is_dir():
-        return f"{root} is not a directory"
-    existing = root
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if not existing.is_dir():
-        return f"{root}: {existing} is not a directory"
-    if not os.access(existing, os.W_OK | os.X_OK):
-        return f"{root}: {existing} is not writable"
-    return None
-
-
-# --- The rank side: save, resume, keep the last K -------------------------------------------
+from train.spec.config import RunConfig
+from train.spec.degrees import LayoutPlan
+from train.spec.errors import ConfigError
 
 
 @dataclass
@@ -269,9 +75,7 @@ class Checkpointer:
         self.root = checkpoint_root(cfg, run_dir)
         self.layout, self.scaler = layout, scaler
         self.rank, self.world_size, self.device = rank, world_size, device
-        if self.enabled and str(layout_plan.name) in UNSUPPORTED_LAYOUTS:
-            raise ValueError(f"checkpoint.every: {UNSUPPORTED_LAYOUTS[str(layout_plan.name)]}")
-        self.deepspeed = str(layout_plan.name) in ZERO_STAGES
+        self.deepspeed = layout_plan.row.deepspeed
         self.async_save = c.async_save and not self.deepspeed
         self.shape = run_shape(cfg, layout=layout_plan, world_size=world_size, precision=precision)
         self.resumed_from_step: int | None = None
@@ -304,7 +108,7 @@ class Checkpointer:
         if found is not None:
             differences = shape_differences(found.marker.get("shape") or {}, self.shape)
             if differences:
-                raise ValueError(f"checkpoint.dir: {refusal(found, differences)}")
+                raise ConfigError("checkpoint.dir", refusal(found, differences))
             if self.deepspeed:
                 self._load_deepspeed(found.path)
             else:
@@ -321,9 +125,6 @@ class Checkpointer:
         return start
 
     def _load_torch(self, path: Path) -> None:
-        import torch.distributed.checkpoint as dcp
-        from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
-
         # Placeholders of this rank's shapes and shards; DCP fills them from the files.
         model_state, optimizer_state = get_state_dict(self.layout.model, self.layout.optimizer)
         state: dict[str, Any] = {"model": model_state, "optimizer": optimizer_state}
@@ -374,8 +175,6 @@ class Checkpointer:
             )
         else:
             state = self._torch_state(step)
-            import torch.distributed.checkpoint as dcp
-
             if self.async_save:
                 future = dcp.async_save(state, checkpoint_id=str(path), process_group=self._group)
                 future = getattr(future, "upload_completion", future)
@@ -393,8 +192,6 @@ class Checkpointer:
             self._mark_complete(step, path)
 
     def _torch_state(self, step: int) -> dict[str, Any]:
-        from torch.distributed.checkpoint.state_dict import get_state_dict
-
         model_state, optimizer_state = get_state_dict(self.layout.model, self.layout.optimizer)
         state: dict[str, Any] = {"model": model_state, "optimizer": optimizer_state, "step": step}
         if self.scaler is not None:
@@ -430,23 +227,9 @@ class Checkpointer:
             "files": files,
             "saved_at": time.time(),
         }
-        # Written whole or not at all: a marker cut short is no marker.
-        partial = path / (MARKER + ".partial")
-        partial.write_text(json.dumps(marker, indent=2) + "\n")
-        os.replace(partial, path / MARKER)
+        write_marker(path, marker)
         self.markers[step] = marker
-        self._keep_last()
-
-    def _keep_last(self) -> None:
-        """Rank 0: remove every step folder older than the last ``keep`` complete ones."""
-        dirs = step_dirs(self.root)
-        complete = [step for step, path in dirs if complete_marker(path) is not None]
-        if len(complete) < self.keep:
-            return
-        oldest_kept = complete[-self.keep]
-        for step, path in dirs:
-            if step < oldest_kept:
-                shutil.rmtree(path, ignore_errors=True)
+        keep_last(self.root, self.keep)
 
     # -- after the loop --
 
@@ -459,7 +242,12 @@ class Checkpointer:
         if not self.is_main:
             return None
         saves = [
-            save_record(timing.step, self.markers.get(timing.step), seconds[i], timing)
+            save_record(
+                timing.step,
+                self.markers.get(timing.step),
+                seconds[i],
+                timing.blocking_seconds,
+            )
             for i, timing in enumerate(self.timings)
         ]
         return {
@@ -482,43 +270,6 @@ class Checkpointer:
             mine = mine.to(device)
             dist.all_reduce(mine)  # SUM of rows that are zero except each rank's own entry
         return mine.cpu().tolist()
-
-
-def save_record(
-    step: int, marker: dict | None, seconds_per_rank: list[float], timing: SaveTiming
-) -> dict[str, Any]:
-    """summary.json's figures of one save: bytes and GB/s per rank and for the job."""
-    world = len(seconds_per_rank)
-    bytes_per_rank = [0] * world
-    for name, size in ((marker or {}).get("files") or {}).items():
-        bytes_per_rank[min(file_rank(name), world - 1)] += size
-    job_seconds = max(seconds_per_rank)  # the save is complete when the slowest rank is
-    total = sum(bytes_per_rank)
-    return {
-        "step": step,
-        "seconds": job_seconds,
-        "seconds_per_rank": seconds_per_rank,
-        "blocking_seconds": timing.blocking_seconds,  # rank 0's
-        "bytes": total,
-        "bytes_per_rank": bytes_per_rank,
-        "gbytes_per_s_per_rank": [
-            _rate(b, s) for b, s in zip(bytes_per_rank, seconds_per_rank, strict=True)
-        ],
-        "gbytes_per_s_job": _rate(total, job_seconds),
-    }
-
-
-def file_rank(relative_name: str) -> int:
-    name = Path(relative_name).name
-    for pattern in RANK_FILES:
-        match = pattern.match(name)
-        if match:
-            return int(match.group(1))
-    return 0
-
-
-def _rate(n_bytes: int, seconds: float) -> float | None:
-    return n_bytes / seconds / GB if seconds > 0 else None
 
 
 def _barrier() -> None:

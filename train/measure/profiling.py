@@ -35,8 +35,8 @@ from train.measure.trace_breakdown import (
     load_trace,
     trace_breakdown,
     twin_breakdown,
-    twin_refusal,
 )
+from train.spec.checks import profiled_ranks
 from train.spec.config import ProfileConfig
 
 _marks_on = False  # record_function marks only inside the profiled window: none while timed
@@ -45,33 +45,6 @@ _marks_on = False  # record_function marks only inside the profiled window: none
 def mark(name: str) -> contextlib.AbstractContextManager:
     """A named range in the trace (forward, backward, optimizer) while profiling; else nothing."""
     return record_function(name) if _marks_on else contextlib.nullcontext()
-
-
-def profiled_ranks(profile_cfg: ProfileConfig, world_size: int) -> list[int]:
-    """``profile.ranks``, or rank 0 and the last rank."""
-    if profile_cfg.ranks is not None:
-        return sorted(set(profile_cfg.ranks))
-    return sorted({0, world_size - 1})
-
-
-def profile_errors(
-    profile_cfg: ProfileConfig, world_size: int, layout_name: str
-) -> list[tuple[str, str]]:
-    """What is wrong with ``profile.*`` for this run: (key, reason) pairs, for the driver's
-    ConfigError (launch validation) and the rank's ValueError alike."""
-    errors = []
-    if profile_cfg.enabled and profile_cfg.steps < 1:
-        errors.append(("profile.steps", f"{profile_cfg.steps}: the profiled window needs >= 1"))
-    unknown = [r for r in profile_cfg.ranks or [] if not 0 <= r < world_size]
-    if profile_cfg.enabled and unknown:
-        errors.append(("profile.ranks", f"{unknown} not in 0..{world_size - 1} (world size)"))
-    if profile_cfg.twin:
-        if profile_cfg.twin_steps < 1:
-            errors.append(("profile.twin_steps", f"{profile_cfg.twin_steps}: needs >= 1"))
-        reason = twin_refusal(layout_name)
-        if reason:
-            errors.append(("profile.twin", f"parallel={layout_name} cannot skip comm: {reason}"))
-    return errors
 
 
 @dataclass
@@ -100,10 +73,6 @@ def profile_after_timed(
 ) -> dict | None:
     """Run the profiled window and the twin on every rank; rank 0 gets summary.json's
     ``breakdown``, ``achieved_bandwidth`` and ``profile`` keys (other ranks: None)."""
-    errors = profile_errors(profile_cfg, world_size, layout_name)
-    if errors:
-        key, reason = errors[0]
-        raise ValueError(f"{key}: {reason}")
     local: dict[str, Any] = {"rank": rank}
     step = first_step
     if profile_cfg.enabled:

@@ -17,7 +17,7 @@ hand-made traces). What counts as what:
 Per step: overlapped = comm ∩ compute, exposed = comm − compute, idle = step − (compute ∪
 comm), so compute + exposed + idle is the step window exactly.
 
-The no-sync twin, a second measurement, lives here too (``twin_breakdown``, ``twin_refusal``).
+The no-sync twin, a second measurement, lives here too (``twin_breakdown``; which layouts can run it: train/spec/catalog.py).
 """
 
 from __future__ import annotations
@@ -29,6 +29,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from train.spec.bus import bus_factor
+from train.spec.catalog import layout
+
 Interval = tuple[float, float]  # (start, end), microseconds like the trace
 
 STEP_MARK = re.compile(r"^step#(\d+)$")  # record_function name of each profiled step
@@ -39,28 +42,6 @@ NCCL_KINDS = {
     "allreduce": "all_reduce",
     "allgather": "all_gather",
     "reducescatter": "reduce_scatter",
-}
-# Layouts whose communication is more than gradient sync, so skipping the sync leaves comm in.
-TWIN_REFUSALS = {
-    "tp": "tp all-reduces activations inside every block's forward and backward; no_sync "
-    "cannot skip them",
-    "tp_fsdp": "tp_fsdp all-reduces activations inside every block (tensor parallel); no_sync "
-    "cannot skip them",
-    "zero1": "zero1 is DeepSpeed's engine, which has no switch to skip its gradient reduction",
-    "zero2": "zero2 is DeepSpeed's engine, which reduces gradients at every micro-step with no "
-    "switch to skip it",
-    "zero3": "zero3 gathers parameters in every forward and backward; DeepSpeed has no switch "
-    "to skip its collectives",
-}
-# What the twin removes per layout that it accepts.
-TWIN_SKIPS = {
-    "ddp": "the gradient all-reduce (all of DDP's step comm)",
-    # FSDP2 without sync keeps unsharded gradients and leaves the sharded ones empty, so the
-    # twin's optimizer step has nothing to update: its exposed comm is an upper bound.
-    "fsdp": "the gradient reduce-scatter and the optimizer update (no sharded gradients to "
-    "step); FSDP's parameter all-gathers still run",
-    "hsdp": "the gradient reduce-scatter, the replica all-reduce and the optimizer update; "
-    "parameter all-gathers still run",
 }
 
 
@@ -374,11 +355,6 @@ def trace_breakdown(per_rank: dict[int, list[dict]], errors: dict[int, str]) -> 
     return out
 
 
-def twin_refusal(layout_name: str) -> str | None:
-    """Why ``profile.twin`` cannot run on this layout, or None when it can."""
-    return TWIN_REFUSALS.get(layout_name)
-
-
 def twin_breakdown(
     layout_name: str,
     *,
@@ -400,7 +376,7 @@ def twin_breakdown(
         "method": "twin",
         "how": "median synchronised step minus the median no-sync twin step (each the "
         "slowest rank's), run in alternating pairs after the timed steps",
-        "skips": TWIN_SKIPS.get(layout_name, "gradient synchronisation"),
+        "skips": layout(layout_name).twin_skips,
         "step_s": step_s,
         "timed_step_s": timed_step_s,
         "twin_step_s": twin_step,
@@ -467,12 +443,6 @@ def hta_breakdown(trace_dir: str | Path, profiled_steps: int) -> dict:
 
 # -- achieved bandwidth ------------------------------------------------------------------------
 
-BUS_FACTORS = {  # bus bytes per byte of buffer for a ring over n ranks (nccl-tests' busbw)
-    "all_reduce": lambda n: 2 * (n - 1) / n,
-    "all_gather": lambda n: (n - 1) / n,
-    "reduce_scatter": lambda n: (n - 1) / n,
-}
-
 
 def link_rate(
     *, cluster_name: str, applied_link: dict | None, nodes: int, gpu_profile: dict | None
@@ -504,7 +474,7 @@ def achieved_bandwidth(
     rank to arrive, so both are lower bounds on what the link carried while busy.
     """
     kinds = {}
-    for kind, factor in BUS_FACTORS.items():
+    for kind in ("all_reduce", "all_gather", "reduce_scatter"):
         size = comm_bytes.get(kind, 0)
         times = [t for per_kind in seconds_by_kind.values() for t in per_kind.get(kind, [])]
         times = [t for t in times if t > 0]
@@ -512,7 +482,7 @@ def achieved_bandwidth(
             continue
         seconds = sorted(times)[(len(times) - 1) // 2]
         algbw = size / seconds / 1e9
-        busbw = algbw * factor(group_size) if group_size > 1 else None
+        busbw = algbw * bus_factor(kind, group_size) if group_size > 1 else None
         kinds[kind] = {
             "bytes_per_step": size,
             "seconds_per_step": seconds,

@@ -4,8 +4,8 @@ Written to be read in one sitting (nanoGPT / torchtitan style). Module names are
 the interface: tensor-parallel plans and fp8 filters select submodules by fully-qualified
 name (``layers.0.attention.wq``, ``layers.0.feed_forward.w2``, ``output``, ...).
 
-Also here: parameter and FLOP counts computed from the config alone, so the driver can plan
-a run and the ranks can report MFU without building (or sharding) a model.
+Parameter counts and FLOPs come from the config alone (train/spec/shapes.py), which this
+model builds exactly (tests/unit/test_model.py).
 """
 
 from __future__ import annotations
@@ -14,32 +14,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from train.model.rope import apply_rope, rope_tables
 from train.model.weights import init_weights
+from train.spec.checks import check_model
 from train.spec.config import ModelConfig
-
-
-def _head_dim(cfg: ModelConfig) -> int:
-    return cfg.d_model // cfg.n_heads
-
-
-def rope_tables(head_dim: int, max_seq_len: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos and sin of the rotary angles, each [max_seq_len, head_dim // 2], in float32."""
-    inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
-    angles = torch.outer(torch.arange(max_seq_len, dtype=torch.float32), inv_freq)
-    return angles.cos(), angles.sin()
-
-
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate x [B, T, heads, head_dim] by position; cos/sin are [T, head_dim // 2].
-
-    Pairs are (i, i + head_dim/2) ("rotate half"), not interleaved: the two conventions are
-    equivalent up to a fixed permutation of wq/wk, and halves need no complex dtype.
-    """
-    # In float32 even under autocast: bf16 angles lose whole radians at long positions.
-    x1, x2 = x.float().chunk(2, dim=-1)
-    cos, sin = cos[:, None, :], sin[:, None, :]
-    out = torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
-    return out.type_as(x)
+from train.spec.shapes import head_dim
 
 
 class RMSNorm(nn.RMSNorm):
@@ -59,7 +38,7 @@ class RMSNorm(nn.RMSNorm):
 class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.head_dim = _head_dim(cfg)
+        self.head_dim = head_dim(cfg)
         kv_dim = cfg.n_kv_heads * self.head_dim
         self.wq = nn.Linear(cfg.d_model, cfg.n_heads * self.head_dim, bias=False)
         self.wk = nn.Linear(cfg.d_model, kv_dim, bias=False)
@@ -124,14 +103,7 @@ class Transformer(nn.Module):
 
     def __init__(self, cfg: ModelConfig, *, seed: int | None = None, init: bool = True):
         super().__init__()
-        if cfg.d_model % cfg.n_heads:
-            raise ValueError(f"d_model {cfg.d_model} is not a multiple of n_heads {cfg.n_heads}")
-        if cfg.n_heads % cfg.n_kv_heads:
-            raise ValueError(
-                f"n_heads {cfg.n_heads} is not a multiple of n_kv_heads {cfg.n_kv_heads}"
-            )
-        if _head_dim(cfg) % 2:
-            raise ValueError(f"head_dim {_head_dim(cfg)} must be even for rotary embeddings")
+        check_model(cfg)  # the driver's rules: a shape it would refuse is refused here too
         self.cfg = cfg
         self.tok_embeddings = nn.Embedding(cfg.vocab_size, cfg.d_model)
         self.layers = nn.ModuleList(TransformerBlock(cfg) for _ in range(cfg.n_layers))
@@ -141,7 +113,7 @@ class Transformer(nn.Module):
             self.output.weight = self.tok_embeddings.weight
         # Non-persistent: derived from the config, so kept out of checkpoints and the
         # optimizer; buffers still follow .to(device) and DDP/FSDP need not sync them.
-        cos, sin = rope_tables(_head_dim(cfg), cfg.max_seq_len, cfg.rope_theta)
+        cos, sin = rope_tables(head_dim(cfg), cfg.max_seq_len, cfg.rope_theta)
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
         if init:
@@ -173,41 +145,3 @@ class Transformer(nn.Module):
             return logits
         # float32 softmax: a bf16/fp16 log-sum-exp over a 50k vocab is visibly inexact.
         return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
-
-
-def count_params(cfg: ModelConfig) -> int:
-    """Trainable parameters of Transformer(cfg), a tied embedding/output matrix counted once.
-
-    Equals ``sum(p.numel() for p in Transformer(cfg).parameters())``; rope tables are buffers.
-    """
-    d, hd = cfg.d_model, _head_dim(cfg)
-    attention = 2 * d * cfg.n_heads * hd + 2 * d * cfg.n_kv_heads * hd  # wq, wo + wk, wv
-    feed_forward = 3 * d * cfg.ffn_hidden
-    norms = 2 * d
-    embedding = cfg.vocab_size * d
-    output = 0 if cfg.tie_embeddings else cfg.vocab_size * d
-    return cfg.n_layers * (attention + feed_forward + norms) + d + embedding + output
-
-
-def count_matmul_params(cfg: ModelConfig) -> int:
-    """Parameters that take part in matmuls: count_params less the input embedding table.
-
-    An embedding lookup is a gather, not a matmul. When tied, the shared matrix is still
-    counted once, as the output head (which is a matmul). Norm weights are included; they are
-    negligible. Same convention as torchtitan.
-    """
-    embedding = 0 if cfg.tie_embeddings else cfg.vocab_size * cfg.d_model
-    return count_params(cfg) - embedding
-
-
-def flops_per_token(cfg: ModelConfig, seq_len: int) -> int:
-    """Model FLOPs per token for one forward + backward pass, without recomputation.
-
-    6 * N for the matmuls (2 forward, 4 backward per parameter, N = count_matmul_params:
-    input embedding excluded, a tied matrix counted once as the output head) plus
-    12 * L * H * Q * T for attention scores and values (PaLM, Chowdhery et al. 2022,
-    appendix B; Q = head_dim, T = seq_len). As in PaLM and torchtitan the attention term is
-    not halved for the causal mask. MFU from this number ignores activation recomputation.
-    """
-    attention = 12 * cfg.n_layers * cfg.n_heads * _head_dim(cfg) * seq_len
-    return 6 * count_matmul_params(cfg) + attention

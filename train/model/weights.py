@@ -21,7 +21,9 @@ import torch
 from torch import nn
 from torch.distributed.tensor import DTensor, distribute_tensor
 
+from train.model.rope import rope_tables
 from train.spec.config import ModelConfig
+from train.spec.shapes import head_dim
 
 STD = 0.02
 # Wrapper modules that add a level to parameter names: activation checkpointing
@@ -72,13 +74,9 @@ def init_weights(model: nn.Module, cfg: ModelConfig, seed: int) -> None:
         full = full_parameter(name, _global_shape(param), cfg, seed)
         _copy_into(param, full)
         del full  # before the next one is drawn: at most one whole parameter at a time
-    from train.model.transformer import (
-        rope_tables,  # here: train.model.transformer imports this module
-    )
-
     for module in model.modules():
         if hasattr(module, "rope_cos") and not module.rope_cos.is_meta:
-            cos, sin = rope_tables(cfg.d_model // cfg.n_heads, cfg.max_seq_len, cfg.rope_theta)
+            cos, sin = rope_tables(head_dim(cfg), cfg.max_seq_len, cfg.rope_theta)
             module.rope_cos.copy_(cos)
             module.rope_sin.copy_(sin)
 

@@ -11,8 +11,6 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from train.spec.config import ModelConfig
-
 
 class Checkpointed(nn.Module):
     """Runs ``block`` under torch.utils.checkpoint (non-reentrant: works with DTensor, FSDP2
@@ -47,16 +45,3 @@ def apply_activation_checkpointing(
     """
     for i in indices:
         layers[i] = Checkpointed(layers[i], te_layers)
-
-
-def recompute_flops_per_token(cfg: ModelConfig, seq_len: int, n_checkpointed: int) -> int:
-    """Extra FLOPs per token from re-running the forward of ``n_checkpointed`` blocks.
-
-    A block's forward is 2 FLOPs per matmul parameter plus a third of the attention term of
-    train.model.transformer.flops_per_token (4 * H * Q * T of its 12 * H * Q * T per layer).
-    """
-    head_dim = cfg.d_model // cfg.n_heads
-    attention_params = 2 * cfg.d_model * head_dim * (cfg.n_heads + cfg.n_kv_heads)
-    mlp_params = 3 * cfg.d_model * cfg.ffn_hidden
-    block_forward = 2 * (attention_params + mlp_params) + 4 * cfg.n_heads * head_dim * seq_len
-    return n_checkpointed * block_forward

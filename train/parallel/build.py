@@ -27,6 +27,7 @@ from train.parallel.ddp import apply_ddp
 from train.parallel.fsdp import apply_fsdp, fsdp_no_sync, mixed_precision_policy
 from train.parallel.layout import Layout, TorchLayout, adamw
 from train.parallel.mesh import build_mesh, data_parallel_rank
+from train.parallel.pipeline_stages import build_pipeline_layout
 from train.parallel.tensor_parallel import apply_tensor_parallel
 from train.parallel.zero import (  # DeepSpeed itself is imported only there
     build_zero_layout,
@@ -34,9 +35,7 @@ from train.parallel.zero import (  # DeepSpeed itself is imported only there
     import_deepspeed,
 )
 from train.spec.config import RunConfig
-from train.spec.degrees import ZERO_STAGES, LayoutPlan
-
-FSDP_LAYOUTS = ("fsdp", "hsdp", "tp_fsdp")
+from train.spec.degrees import LayoutPlan
 
 
 def build_model(
@@ -44,7 +43,7 @@ def build_model(
 ) -> Transformer:
     """The model before it is placed: shapes only, on the meta device (``build_layout``
     materialises each rank's shards), or for zero3 already partitioned and initialised."""
-    if layout.name == "zero3" and dist.is_initialized():
+    if layout.row.zero_stage == 3 and dist.is_initialized():
         return zero3_model(cfg, precision, accum_steps, device)
     with torch.device("meta"):
         return Transformer(cfg.model)
@@ -68,12 +67,12 @@ def build_layout(
     """
     degrees = layout.degrees
     te_layers = precision == "fp8" and fp8_backend == "te"
-    if layout.name in ZERO_STAGES:
+    row = layout.row
+    if row.deepspeed:
         apply_activation_checkpointing(model.layers, layout.checkpointed, te_layers)
         _compile_blocks(model, compile_blocks)
         _materialize(model, cfg, device)  # zero1/2 replicate the parameters: whole on each rank
-        stage = ZERO_STAGES[layout.name]
-        return build_zero_layout(model, cfg, stage, precision, accum_steps, device)
+        return build_zero_layout(model, cfg, row.zero_stage, precision, accum_steps, device)
 
     if not dist.is_initialized():
         apply_activation_checkpointing(model.layers, layout.checkpointed, te_layers)
@@ -82,25 +81,17 @@ def build_layout(
         return TorchLayout(model, adamw(model, cfg.train, device), dp_rank=0, dp_size=1)
 
     if layout.pipeline is not None:  # pp, pp_fsdp: stages driven by a schedule
-        from train.parallel.pipeline_stages import build_pipeline_layout
-
         return build_pipeline_layout(
             model, cfg, layout, precision, device, compile_blocks=compile_blocks
         )
     mesh = build_mesh(degrees, device)
     if degrees.tp > 1:
-        # The driver refuses an explicit fp8 here; precision=auto can still resolve to it.
-        if precision == "fp8":
-            raise ValueError(
-                "precision.name: fp8 with tensor parallelism needs fp8-aware TP plans, which "
-                "are not wired up; use bf16, or fp8 with ddp/fsdp"
-            )
         apply_tensor_parallel(model, mesh["tp"], layout.sequence_parallel)
     apply_activation_checkpointing(model.layers, layout.checkpointed, te_layers)
     _compile_blocks(model, compile_blocks)
 
     no_sync = after_step = None
-    if layout.name in FSDP_LAYOUTS:
+    if row.shards_parameters:
         dp_dims = ("dp_replicate", "dp_shard") if degrees.dp_replicate > 1 else ("dp_shard",)
         policy = mixed_precision_policy(precision, cfg.parallel.fsdp_reduce_dtype)
         apply_fsdp(model, mesh[dp_dims], policy)
@@ -112,7 +103,7 @@ def build_layout(
             # one all-reduce of all their amaxes, instead of one per weight per gather.
             after_step = functools.partial(precompute_float8_dynamic_scale_for_fsdp, model)
     _materialize(model, cfg, device)  # each rank its own TP/FSDP shards
-    if layout.name not in FSDP_LAYOUTS and degrees.dp_replicate > 1:
+    if not row.shards_parameters and degrees.dp_replicate > 1:
         model = apply_ddp(model, device, cfg.parallel.bucket_mb)
         no_sync = model.no_sync
     optimizer = adamw(model, cfg.train, device)
@@ -126,7 +117,7 @@ def fsdp_float8_all_gather(
     """Whether FSDP2 gathers torchao's fp8 weights in fp8 (half the bytes of bf16): torchao
     supports it for tensorwise scaling only, and only FSDP layouts gather weights at all."""
     return (
-        layout.name in FSDP_LAYOUTS
+        layout.row.shards_parameters
         and dist.is_initialized()
         and fp8_backend == "torchao"
         and fp8_recipe == "tensorwise"

@@ -25,6 +25,7 @@ from train.measure.held_memory import (
     optimizer_state_tensors,
     tensor_bytes,
 )
+from train.runtime.numerics import autocast
 from train.spec.config import TrainConfig
 
 
@@ -62,7 +63,7 @@ class Layout:
     pipeline_summary: dict | None = None
 
     def autocast(self, plan, device: torch.device) -> AbstractContextManager:
-        return plan.autocast(device)
+        return autocast(plan, device)
 
     def gradient_sync(self, enabled: bool) -> AbstractContextManager:
         """Context for one micro-step; ``enabled`` on the last, where gradients are reduced."""

@@ -10,14 +10,12 @@ from __future__ import annotations
 import torch
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 
-from train.spec.degrees import Degrees
-
-DIMS = ("pp", "dp_replicate", "dp_shard", "tp")
+from train.spec.degrees import MESH_DIMS, Degrees
 
 
 def build_mesh(degrees: Degrees, device: torch.device) -> DeviceMesh:
-    shape = (degrees.pp, degrees.dp_replicate, degrees.dp_shard, degrees.tp)
-    return init_device_mesh(device.type, shape, mesh_dim_names=DIMS)
+    shape = tuple(getattr(degrees, dim) for dim in MESH_DIMS)
+    return init_device_mesh(device.type, shape, mesh_dim_names=MESH_DIMS)
 
 
 def data_parallel_rank(mesh: DeviceMesh, degrees: Degrees) -> int:

@@ -105,7 +105,7 @@ def build_pipeline_layout(
         if compile_blocks:
             for block in module.layers.values():
                 block.compile()
-        if layout.name == "pp_fsdp":
+        if layout.row.shards_parameters:
             policy = mixed_precision_policy(precision, cfg.parallel.fsdp_reduce_dtype)
             # Not resharded after forward: gathered once per step, not once per microbatch
             # (the stage keeps them gathered until the last microbatch's backward).

@@ -22,7 +22,7 @@ from torch import nn
 from train.measure.held_memory import HeldMemory, optimizer_state_tensors, tensor_bytes
 from train.parallel.layout import Layout, adamw
 from train.spec.config import RunConfig
-from train.spec.degrees import ZERO3_MAX_REUSE_DISTANCE
+from train.spec.traffic import ZERO3_MAX_REUSE_DISTANCE
 
 INSTALL_HINT = "pip install -e .[deepspeed]"
 # What DeepSpeed's engine can run; fp8 is not one of them, tf32 is fp32 plus a backend flag.

@@ -16,8 +16,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-TOKEN_DTYPES = {"uint16": np.uint16, "uint32": np.uint32}
-
 
 def row_generator(seed: int, step: int, row: int) -> np.random.Generator:
     """The generator of one row: independent streams for every (seed, step, row)."""
@@ -60,7 +58,7 @@ class TokenFile:
     """Windows of seq_len+1 tokens at random offsets of a flat .bin token file (nanoGPT format)."""
 
     def __init__(self, path: str | Path, dtype: str, seq_len: int, seed: int):
-        self.tokens = np.memmap(path, dtype=TOKEN_DTYPES[dtype], mode="r")
+        self.tokens = np.memmap(path, dtype=np.dtype(str(dtype)), mode="r")
         self.seq_len, self.seed = seq_len, seed
         if len(self.tokens) <= seq_len + 1:
             raise ValueError(f"{path}: {len(self.tokens)} tokens, need more than seq_len+1")

@@ -29,17 +29,18 @@ from train.measure.sinks import MetricsSinks
 from train.measure.summary import RunSummary
 from train.measure.trace_breakdown import link_rate
 from train.measure.tracking import WandbRun
-from train.model.transformer import count_params, flops_per_token
-from train.parallel.activation_checkpoint import recompute_flops_per_token
 from train.parallel.build import build_layout, build_model, fsdp_float8_all_gather
 from train.parallel.layout import Layout
 from train.runtime import distributed
 from train.runtime.data import SyntheticTokens, TokenFile, draw_rank_batches
-from train.runtime.machine import probe_machine, profile_mismatch
-from train.runtime.numerics import PrecisionPlan, peak_tflops_for, prepare_model, resolve_precision
+from train.runtime.machine import probe_machine
+from train.runtime.numerics import apply_backend_flags, prepare_model
+from train.spec.checks import check_run
 from train.spec.config import RunConfig, config_digest, load_run_config
-from train.spec.degrees import plan_layout
-from train.spec.traffic import comm_bytes_per_step
+from train.spec.devices import profile_mismatch
+from train.spec.precision import PrecisionPlan, peak_tflops_for, resolve_precision
+from train.spec.shapes import count_params, flops_per_token, recompute_flops_per_token
+from train.spec.traffic import StepShape, comm_bytes_per_step
 
 
 def build_data(cfg: RunConfig):
@@ -121,10 +122,10 @@ def _run(cfg: RunConfig, run_dir: Path, rank: distributed.RankInfo) -> dict | No
         cfg.gpu,
         cfg.model,
         probe,
-        layout=cfg.parallel.name,
+        layout_name=cfg.parallel.name,
         tokens_per_micro_batch=cfg.train.micro_batch * cfg.train.seq_len,
     )
-    plan.apply_backend_flags()
+    apply_backend_flags(plan)
     device_name = distributed.device_name(rank.device)
     gpu_warning = profile_mismatch(cfg.gpu, rank.device.type, device_name)
     if rank.is_main:
@@ -141,12 +142,14 @@ def _run(cfg: RunConfig, run_dir: Path, rank: distributed.RankInfo) -> dict | No
     torch.manual_seed(cfg.seed)
     n_params = count_params(cfg.model)
     model_flops_per_token = flops_per_token(cfg.model, cfg.train.seq_len)
-    layout_plan = plan_layout(cfg, rank.world_size, cfg.cluster.nproc_per_node)
+    # The driver's rules again, on the config this rank was given (one source: train/spec).
+    checked = check_run(cfg, rank.world_size, cfg.cluster.nproc_per_node)
+    layout_plan = checked.layout
     # HFU also counts the second forward of every checkpointed block; MFU does not.
     hardware_flops_per_token = model_flops_per_token + recompute_flops_per_token(
         cfg.model, cfg.train.seq_len, len(layout_plan.checkpointed)
     )
-    accum_steps = cfg.train.global_batch // (cfg.train.micro_batch * layout_plan.degrees.dp)
+    accum_steps = checked.batch.accum_steps
     # Shapes only (meta device; zero3: partitioned by zero.Init) until the layout has sharded
     # it: no rank builds the whole model. Weights depend on cfg.seed only (train/model/weights.py).
     model = build_model(cfg, layout_plan, plan.resolved, accum_steps, rank.device)
@@ -168,13 +171,15 @@ def _run(cfg: RunConfig, run_dir: Path, rank: distributed.RankInfo) -> dict | No
     comm = comm_bytes_per_step(
         cfg.model,
         layout_plan,
-        cfg.train.micro_batch,
-        cfg.train.seq_len,
-        accum_steps,
-        cfg.train.grad_clip > 0,
-        plan.resolved,
-        fsdp_reduce_dtype=cfg.parallel.fsdp_reduce_dtype,
-        fp8_all_gather_min_dim=plan.fp8_min_dim if fp8_all_gather else None,
+        StepShape(
+            micro_batch=cfg.train.micro_batch,
+            seq_len=cfg.train.seq_len,
+            accum_steps=accum_steps,
+            grad_clip=cfg.train.grad_clip > 0,
+            precision=plan.resolved,
+            fsdp_reduce_dtype=cfg.parallel.fsdp_reduce_dtype,
+            fp8_all_gather_min_dim=plan.fp8_min_dim if fp8_all_gather else None,
+        ),
     )
     scaler = None
     # DeepSpeed scales fp16 losses inside its engine; a GradScaler on top would scale twice.

@@ -1,7 +1,7 @@
 """A pipeline as numbers (no torch): which blocks each stage holds, which rank runs each stage,
 what the schedule demands of the microbatch count, and the bubble it predicts.
 
-Read by the driver (validation, before any rank starts: LayoutError names the key), by the
+Read by the driver (validation, before any rank starts: ConfigError names the key), by the
 ranks (train/parallel/pipeline_stages.py builds the stages from it) and by the comm volume
 (train/spec/stage_traffic.py), so all three agree on the split.
 
@@ -18,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from train.spec.config import ModelConfig, ParallelConfig
+from train.spec.errors import ConfigError
 
 TORCH_SCHEDULES = {
     "gpipe": "ScheduleGPipe",
@@ -112,49 +113,47 @@ def stage_ranks(schedule: str, pp: int, stages_per_rank: int) -> list[int]:
 def plan_pipeline(
     p: ParallelConfig, model: ModelConfig, pp: int, rows_per_rank: int, accum_steps: int
 ) -> PipelinePlan:
-    """The pipeline of ``p`` at degree ``pp``; LayoutError naming the key when the schedule,
+    """The pipeline of ``p`` at degree ``pp``; ConfigError naming the key when the schedule,
     the model or the batch cannot take it. ``rows_per_rank``: one data-parallel rank's share
     of the global batch; ``accum_steps``: rows_per_rank / train.micro_batch."""
-    from train.spec.degrees import LayoutError  # degrees imports this module
-
     schedule, v = str(p.pp_schedule), p.pp_stages_per_rank
     if v < 1:
-        raise LayoutError("parallel.pp_stages_per_rank", f"{v}: must be >= 1")
+        raise ConfigError("parallel.pp_stages_per_rank", f"{v}: must be >= 1")
     if schedule in SINGLE_STAGE and v != 1:
-        raise LayoutError(
+        raise ConfigError(
             "parallel.pp_stages_per_rank",
             f"{v}: pp_schedule={schedule} runs one stage per rank; use an interleaved schedule "
             "(interleaved_one_f_one_b, interleaved_zero_bubble) for more",
         )
     if schedule in INTERLEAVED and v < 2:
-        raise LayoutError(
+        raise ConfigError(
             "parallel.pp_stages_per_rank",
             f"{v}: pp_schedule={schedule} interleaves several stages per rank; set >= 2, or "
             "use one_f_one_b",
         )
     if schedule in V_SHAPED and v != 2:
-        raise LayoutError(
+        raise ConfigError(
             "parallel.pp_stages_per_rank", f"{v}: pp_schedule={schedule} needs exactly 2"
         )
     stages = pp * v
     if stages > model.n_layers:
         key = "parallel.pp" if pp > model.n_layers else "parallel.pp_stages_per_rank"
-        raise LayoutError(
+        raise ConfigError(
             key,
             f"pp {pp} x pp_stages_per_rank {v} = {stages} stages, more than the "
             f"{model.n_layers} blocks of model {model.name}: a stage needs at least one block",
         )
     m = accum_steps if p.pp_microbatches == -1 else p.pp_microbatches
     if m < 1:
-        raise LayoutError("parallel.pp_microbatches", f"{m}: must be >= 1, or -1 for the default")
+        raise ConfigError("parallel.pp_microbatches", f"{m}: must be >= 1, or -1 for the default")
     if rows_per_rank % m:
-        raise LayoutError(
+        raise ConfigError(
             "parallel.pp_microbatches",
             f"{m} does not divide the {rows_per_rank} rows of the global batch that each "
             "data-parallel rank trains on per step (train.global_batch / data-parallel size)",
         )
     if schedule == "one_f_one_b" and m < stages:
-        raise LayoutError(
+        raise ConfigError(
             "parallel.pp_microbatches",
             f"{m} microbatches, fewer than the {stages} stages: 1F1B needs at least one per "
             "stage (raise train.global_batch or pp_microbatches, or use gpipe)",
@@ -162,7 +161,7 @@ def plan_pipeline(
     if schedule in INTERLEAVED:
         rounds = max(1, m // pp)
         if m % rounds:
-            raise LayoutError(
+            raise ConfigError(
                 "parallel.pp_microbatches",
                 f"{m}: pp_schedule={schedule} runs microbatches in rounds of pp={pp}; use a "
                 f"multiple of {rounds}, or fewer than {2 * pp}",

@@ -1,148 +1,181 @@
-"""Communication volume per step implied by a layout, computed from the model and the layout.
+"""The collectives a layout issues per optimizer step: what, how big, in which group, when.
 
-Accounting convention: bytes per rank per optimizer step (every micro-step of the gradient
-accumulation included), summed per collective kind, where each collective call counts
+One function, ``step_collectives``, itemises them; the ranks' byte accounting
+(``comm_bytes_per_step``, summary.json's ``comm_bytes_per_step``), the breakdown's achieved
+bandwidth and the performance model (launch/perfmodel/) all read it.
 
-- all_reduce: the size of the tensor each rank reduces (its input, equal to its output);
-- all_gather: the size of the gathered result, the whole tensor (group size x each input);
-- reduce_scatter: the size of the input, the whole tensor (group size x each output).
+Accounting convention: each call's ``nbytes`` is nccl-tests' "size" of one call on one rank:
 
-These are the buffer sizes nccl-tests calls "size". The bytes a rank actually sends over its
-links ("bus bytes") follow from them for a group of n ranks: size x 2(n-1)/n for all-reduce,
-size x (n-1)/n for all-gather and reduce-scatter. A collective over a group of one rank is
-never issued and counts nothing. Not counted, because they are not part of a step: one-time
-setup (DDP's initial broadcast, TP's distribution of weights) and the loss all-reduce that
-rank 0 logs.
+- all_reduce: the tensor each rank reduces (its input, equal to its output);
+- all_gather: the gathered result, the whole tensor (group size x each input);
+- reduce_scatter: the input, the whole tensor (group size x each output);
+- send_recv (pipeline activations forward, their gradients back): the bytes this rank sends;
+  each transfer is counted once, at its sender; a boundary between two stages of one rank
+  moves nothing.
+
+Summed per kind over a step's calls (every micro-step of the gradient accumulation included)
+these are summary.json's ``comm_bytes_per_step``. The bytes a rank moves over its links ("bus
+bytes") follow for a group of n ranks through train/spec/bus.py. A collective over a group
+of one rank is never issued and counts nothing. Not counted, because they are not part of a
+step: one-time set-up (DDP's initial broadcast, the distribution of weights) and the loss
+all-reduce that rank 0 logs.
 
 Exact in fp32 for ddp, fsdp, hsdp, tp (with and without sequence parallelism and activation
-checkpointing) and DeepSpeed 0.19.8's zero1-3: tests/integration/test_parallel.py counts the
-bytes of every collective during real 2-rank steps and compares them with these (hsdp 2x2,
-tp_fsdp 2x2 with and without SP, fsdp and zero3 at 4 ranks matched too, checked by hand).
-Exact under bf16 autocast on 2 CPU ranks for fsdp (fp32 and bf16 reduce), hsdp, tp, tp + SP
-and tp_fsdp + SP with checkpointing (tests/integration/test_meta_init_and_16bit_bytes.py):
-FSDP2 gathers in the compute dtype and reduces in parallel.fsdp_reduce_dtype; TP moves
-16-bit matmul outputs but fp32 norm outputs and residual stream, except under tp_fsdp, whose
-16-bit parameters make the whole stream 16-bit. fp16 follows the same rules, unchecked.
-Models rather than checked counts: above 1e9 parameters ZeRO-3 is assumed to gather
-everything twice per micro-step (see _zero); torchao's fp8 all-gather (1 byte for fp8
-linears, one amax all-reduce per step) is not counted on CPU ranks; and these dtypes were
-counted on CPU, where autocast's op lists differ from CUDA's (train/model/transformer.py's RMSNorm pins
-the one difference that would move bytes).
+checkpointing), DeepSpeed 0.19.8's zero1-3 and the pipelines: tests/integration count every
+collective of real 2- and 4-rank steps and compare them with these. Exact under bf16
+autocast on CPU ranks for fsdp (fp32 and bf16 reduce), hsdp, tp, tp + SP and tp_fsdp + SP
+with checkpointing: FSDP2 gathers in the compute dtype and reduces in
+parallel.fsdp_reduce_dtype; TP moves 16-bit matmul outputs but fp32 norm outputs and residual
+stream, except under tp_fsdp, whose 16-bit parameters make the whole stream 16-bit. fp16
+follows the same rules, unchecked. Models rather than checked counts: above
+ZERO3_MAX_REUSE_DISTANCE parameters ZeRO-3 is taken to gather everything twice per
+micro-step; torchao's fp8 all-gather (1 byte for fp8 linears, one amax all-reduce per step)
+runs only on CUDA.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from enum import Enum
 
-from train.runtime.numerics import fp8_eligible
+from train.spec.catalog import GradientSync
 from train.spec.config import ModelConfig
-from train.spec.degrees import ZERO3_MAX_REUSE_DISTANCE, ZERO_STAGES, LayoutPlan
-from train.spec.shapes import all_param_shapes as _all_params
-from train.spec.shapes import block_param_shapes as _block_params
-from train.spec.shapes import numel as _numel
-from train.spec.shapes import root_param_shapes as _root_params
+from train.spec.degrees import MESH_DIMS, LayoutPlan
+from train.spec.precision import SIXTEEN_BIT, fp8_eligible
+from train.spec.shapes import block_linears, block_param_shapes, numel, root_param_shapes
+from train.spec.stages import PipelinePlan
 
 GRAD_NORM_BYTES = 4  # the global gradient norm's float32 scalar
+LOSS_BYTES = 4  # a pipeline's loss, float32, from the last stage to the others
 GRADIENT_BYTES = 4  # torch layouts keep fp32 parameters, so fp32 gradients, under autocast
-FSDP_LAYOUTS = ("fsdp", "hsdp", "tp_fsdp")
+# ZeRO-3 keeps a gathered parameter for reuse when it comes back within this many elements
+# (DeepSpeed's default, pinned in train/parallel/zero.py because the accounting models it:
+# below it the forward's all-gather also serves backward).
+ZERO3_MAX_REUSE_DISTANCE = 1_000_000_000
+KINDS = ("all_reduce", "all_gather", "reduce_scatter", "send_recv")
+WORLD = MESH_DIMS  # a group spanning every mesh dim: all ranks
+
+
+class Phase(str, Enum):
+    """Where in the step a collective runs, which decides what can hide it."""
+
+    bucketed_backward = "bucketed_backward"  # DDP: buckets all-reduced while backward runs
+    unit_forward = "unit_forward"  # FSDP/ZeRO-3 gathers, prefetched one unit ahead
+    unit_backward = "unit_backward"  # the same in backward, beside the gradient reductions
+    unit_backward_last = "unit_backward_last"  # gradient reductions, last micro-step only
+    pipeline = "pipeline"  # stage-to-stage sends, inside the schedule
+    exposed = "exposed"  # on the critical path
+
+
+@dataclass(frozen=True)
+class Collective:
+    kind: str  # all_reduce | all_gather | reduce_scatter | send_recv
+    role: str  # what it moves: gradients, parameters, activations, norm gradients, ...
+    nbytes: int  # nccl-tests size of one call (send_recv: the bytes sent)
+    calls: int  # per optimizer step
+    group: tuple[str, ...]  # the mesh dims the group spans (train/spec/degrees.py MESH_DIMS)
+    phase: Phase
+
+    @property
+    def total_bytes(self) -> int:
+        return self.nbytes * self.calls
 
 
 @dataclass(frozen=True)
 class CommVolume:
+    """Bytes per rank per optimizer step, by collective kind."""
+
     all_reduce: int = 0
     all_gather: int = 0
     reduce_scatter: int = 0
-    # Point-to-point (pipeline activations forward, their gradients back): the bytes this
-    # rank sends; each transfer is counted once, at its sender (train/spec/stage_traffic.py).
     send_recv: int = 0
 
-    def __add__(self, other: CommVolume) -> CommVolume:
-        return CommVolume(
-            self.all_reduce + other.all_reduce,
-            self.all_gather + other.all_gather,
-            self.reduce_scatter + other.reduce_scatter,
-            self.send_recv + other.send_recv,
-        )
-
-    def __mul__(self, times: int) -> CommVolume:
-        return CommVolume(
-            self.all_reduce * times,
-            self.all_gather * times,
-            self.reduce_scatter * times,
-            self.send_recv * times,
-        )
+    @classmethod
+    def of(cls, collectives: list[Collective]) -> CommVolume:
+        sums = dict.fromkeys(KINDS, 0)
+        for c in collectives:
+            sums[c.kind] += c.total_bytes
+        return cls(**sums)
 
     @property
     def total(self) -> int:
-        return self.all_reduce + self.all_gather + self.reduce_scatter + self.send_recv
+        return sum(getattr(self, f.name) for f in fields(self))
 
     def as_dict(self) -> dict[str, int]:
-        return {
-            "all_reduce": self.all_reduce,
-            "all_gather": self.all_gather,
-            "reduce_scatter": self.reduce_scatter,
-            "send_recv": self.send_recv,
-            "total": self.total,
-        }
+        return {**{f.name: getattr(self, f.name) for f in fields(self)}, "total": self.total}
 
 
-def comm_bytes_per_step(
-    model: ModelConfig,
-    layout: LayoutPlan,
-    micro_batch: int,
-    seq_len: int,
-    accum_steps: int,
-    grad_clip: bool,
-    precision: str = "fp32",
-    *,
-    fsdp_reduce_dtype: str = "fp32",
-    fp8_all_gather_min_dim: int | None = None,
-) -> CommVolume:
-    """Bytes per rank per optimizer step of ``layout`` (see the module docstring).
+@dataclass(frozen=True)
+class StepShape:
+    """What a step moves besides the layout: the batch, the dtypes, clipping."""
 
-    ``precision`` is the resolved one. Under bf16/fp16/fp8 the dtypes that travel are:
-    DDP gradients fp32 (fp32 master weights under autocast); DeepSpeed parameters and
-    gradients 16-bit (it runs the model itself in 16 bits); FSDP2 all-gathers in the compute
-    dtype and reduces in ``fsdp_reduce_dtype`` (train/parallel/fsdp.py). ``fp8_all_gather_min_dim``
-    (torchao fp8 with FSDP's float8 all-gather): linears this wide gather in fp8, and their
-    scales cost one all-reduce per step. TP's activations: see ``_tp_widths``.
-    """
-    sixteen_bit = precision in ("bf16", "fp16", "fp8")
-    d = layout.degrees
-    if layout.pipeline is not None:  # pp, pp_fsdp
-        from train.spec.stage_traffic import pipeline_volume  # it imports this module
+    micro_batch: int
+    seq_len: int
+    accum_steps: int
+    grad_clip: bool
+    precision: str = "fp32"  # the resolved one
+    fsdp_reduce_dtype: str = "fp32"
+    # torchao fp8 with FSDP's float8 all-gather: linears this wide gather in 1 byte.
+    fp8_all_gather_min_dim: int | None = None
 
-        return pipeline_volume(
-            model,
-            layout,
-            rows_per_rank=micro_batch * accum_steps,
-            seq_len=seq_len,
-            sixteen_bit=sixteen_bit,
-            grad_clip=grad_clip,
-            fsdp_reduce_dtype=fsdp_reduce_dtype,
-        )
-    if layout.name in ZERO_STAGES:
-        width = 2 if sixteen_bit else 4
-        return _zero(model, ZERO_STAGES[layout.name], d.dp_shard, accum_steps, width)
-    fsdp = layout.name in FSDP_LAYOUTS
-    volume = CommVolume()
+    @property
+    def sixteen_bit(self) -> bool:
+        return self.precision in SIXTEEN_BIT
+
+    @property
+    def gather_width(self) -> int:
+        """FSDP2 gathers in the compute dtype."""
+        return 2 if self.sixteen_bit else 4
+
+    @property
+    def reduce_width(self) -> int:
+        return 2 if self.sixteen_bit and self.fsdp_reduce_dtype == "bf16" else 4
+
+
+def comm_bytes_per_step(model: ModelConfig, layout: LayoutPlan, shape: StepShape) -> CommVolume:
+    """Bytes per rank per optimizer step of ``layout``, per kind (see the module docstring)."""
+    return CommVolume.of(step_collectives(model, layout, shape))
+
+
+def step_collectives(
+    model: ModelConfig, layout: LayoutPlan, shape: StepShape, *, pp_rank: int | None = None
+) -> list[Collective]:
+    """Every collective one rank issues per optimizer step. Pipelines differ by rank:
+    ``pp_rank`` picks one, None the busiest (the most bytes)."""
+    row, d = layout.row, layout.degrees
+    if layout.pipeline is not None:
+        per_rank = [_pipeline(model, layout, shape, r) for r in range(layout.pipeline.pp)]
+        if pp_rank is not None:
+            return per_rank[pp_rank]
+        return max(per_rank, key=lambda cs: CommVolume.of(cs).total)
+    if row.zero_stage is not None:
+        return _zero(model, row.zero_stage, d.dp_shard, shape)
+    out: list[Collective] = []
     if d.tp > 1:
-        activation = micro_batch * seq_len * model.d_model
-        widths = _tp_widths(sixteen_bit, fsdp_16bit_params=fsdp and sixteen_bit)
-        volume += _tensor_parallel(model, layout, GRADIENT_BYTES)
-        volume += _tp_per_micro_step(model, layout, activation, widths) * accum_steps
-    if fsdp:
-        widths = FsdpWidths(
-            gather=2 if sixteen_bit else 4,
-            reduce=2 if sixteen_bit and fsdp_reduce_dtype == "bf16" else 4,
-            fp8_min_dim=fp8_all_gather_min_dim,
+        out += _tensor_parallel(model, layout, shape)
+    if row.shards_parameters:
+        out += _fsdp(model, layout, shape)
+    elif d.dp_replicate > 1:  # DDP: the whole model's fp32 gradients, bucketed in backward
+        size = numel(_model_shapes(model)) * GRADIENT_BYTES
+        out.append(
+            Collective(
+                "all_reduce", "gradients", size, 1, ("dp_replicate",), Phase.bucketed_backward
+            )
         )
-        volume += _fsdp(model, d.dp_replicate, d.dp_shard, d.tp, accum_steps, widths)
-    elif d.dp_replicate > 1:  # ddp
-        volume += CommVolume(all_reduce=_numel(_all_params(model)) * GRADIENT_BYTES)
-    if grad_clip and (d.dp_shard > 1 or d.tp > 1):
-        volume += CommVolume(all_reduce=GRAD_NORM_BYTES)
-    return volume
+    if shape.grad_clip and (d.dp_shard > 1 or d.tp > 1):
+        out.append(_grad_norm(GRAD_NORM_BYTES))
+    return out
+
+
+def _grad_norm(nbytes: int) -> Collective:
+    return Collective("all_reduce", "grad norm", nbytes, 1, WORLD, Phase.exposed)
+
+
+def _model_shapes(m: ModelConfig) -> list[tuple[int, ...]]:
+    return block_param_shapes(m) * m.n_layers + root_param_shapes(m)
+
+
+# -- tensor parallel --------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -154,12 +187,12 @@ class TpWidths:
     stream: int  # the residual stream between blocks, and its gradient
 
 
-def _tp_widths(sixteen_bit: bool, *, fsdp_16bit_params: bool) -> TpWidths:
+def tp_widths(sixteen_bit: bool, *, fsdp_16bit_params: bool) -> TpWidths:
     """fp32: everything 4 bytes. Under autocast with fp32 parameters (tp) the residual stream
     and the norms' outputs stay fp32 (DTensor redistributes them before autocast casts the
     matmul inputs, so their backward gradients are fp32 too); only the matmuls' outputs are
     16-bit. Under FSDP2's 16-bit parameters (tp_fsdp) the embedding's output, hence the whole
-    stream, is 16-bit, and the norms return their input's dtype (train/model/transformer.py RMSNorm)."""
+    stream, is 16-bit, and the norms return their input's dtype (the model's RMSNorm)."""
     if not sixteen_bit:
         return TpWidths(4, 4, 4)
     if fsdp_16bit_params:
@@ -167,52 +200,8 @@ def _tp_widths(sixteen_bit: bool, *, fsdp_16bit_params: bool) -> TpWidths:
     return TpWidths(matmul_out=2, norm_out=4, stream=4)
 
 
-@dataclass(frozen=True)
-class FsdpWidths:
-    gather: int  # bytes per element of the parameter all-gathers
-    reduce: int  # of the gradient reduce-scatters and HSDP all-reduces
-    fp8_min_dim: int | None = None  # float8 all-gather of the linears at least this wide
-
-
-# -- per layout -------------------------------------------------------------------------------
-
-
-def _fsdp(m: ModelConfig, replicate: int, shard: int, tp: int, accum: int, widths: FsdpWidths):
-    """FSDP2 units: one per block (gathered for forward and again for backward), and the root
-    (gathered once per micro-step: it is not freed between its forward and backward).
-    Gradients are reduce-scattered once per step (no_sync on earlier micro-steps), then, on a
-    2-D mesh, each shard is all-reduced across the replicas. With torchao's float8 all-gather
-    the fp8 linears gather in 1 byte, and their scales are all-reduced once per step
-    (precompute_float8_dynamic_scale_for_fsdp: one float32 amax per fp8 linear)."""
-    block_shapes, root_shapes = _block_params(m, tp), _root_params(m)
-    block, root = _numel(block_shapes, pad_to=shard), _numel(root_shapes, pad_to=shard)
-    volume = CommVolume()
-    if shard > 1:
-        gathered_block = block * widths.gather
-        n_fp8 = 0
-        if widths.fp8_min_dim is not None:
-            fp8 = [
-                s
-                for s in block_shapes
-                if len(s) == 2 and fp8_eligible(s[1], s[0], widths.fp8_min_dim)
-            ]
-            n_fp8 = len(fp8) * m.n_layers
-            gathered_block -= _numel(fp8, pad_to=shard) * (widths.gather - 1)
-        gathered = (2 * m.n_layers * gathered_block + root * widths.gather) * accum
-        volume += CommVolume(
-            all_reduce=n_fp8 * GRAD_NORM_BYTES,
-            all_gather=gathered,
-            reduce_scatter=(m.n_layers * block + root) * widths.reduce,
-        )
-    if replicate > 1:
-        volume += CommVolume(all_reduce=(m.n_layers * block + root) // shard * widths.reduce)
-    return volume
-
-
-def _tp_per_micro_step(
-    m: ModelConfig, layout: LayoutPlan, activation: int, widths: TpWidths
-) -> CommVolume:
-    """Activation collectives of one micro-step (each [micro_batch, seq_len, d_model] elements).
+def _tensor_parallel(m: ModelConfig, layout: LayoutPlan, shape: StepShape) -> list[Collective]:
+    """Activation collectives, each [micro_batch, seq_len, d_model] elements, per micro-step.
 
     Per block, forward: without SP one all-reduce after wo and one after w2 (of the matmul
     outputs); with SP an all-gather of the norm's output before attention and MLP and a
@@ -220,7 +209,9 @@ def _tp_per_micro_step(
     all-reduces carry the gradients of the norms' outputs, with SP the all-gathers carry the
     matmul outputs' gradients and the reduce-scatters the norm outputs'. With SP two more
     all-gathers of the residual stream: the last block's output before the final norm
-    (forward) and the first block's input gradient (backward).
+    (forward) and the first block's input gradient (backward), and once per step the norm
+    weights' partial gradients are all-reduced (fp32: FSDP2 returns them in the parameters'
+    own dtype).
 
     A checkpointed block replays its forward during backward, but torch's non-reentrant
     checkpoint stops the replay once the last tensor backward needs is recomputed, before
@@ -228,51 +219,216 @@ def _tp_per_micro_step(
     replay costs one all-reduce (after wo) without SP, and with SP both all-gathers and one
     reduce-scatter.
     """
-    n_ckpt = len(layout.checkpointed)
-    per_pass = 2 * m.n_layers  # collectives (or pairs, with SP) per forward or backward pass
+    widths = tp_widths(shape.sixteen_bit, fsdp_16bit_params=layout.row.shards_parameters)
+    elements = shape.micro_batch * shape.seq_len * m.d_model
+    accum, n_ckpt, passes = shape.accum_steps, len(layout.checkpointed), 2 * m.n_layers
+
+    def activations(kind: str, width: int, calls: int) -> Collective:
+        return Collective(kind, "activations", elements * width, calls, ("tp",), Phase.exposed)
+
     if not layout.sequence_parallel:
-        all_reduce = (per_pass + n_ckpt) * widths.matmul_out + per_pass * widths.norm_out
-        return CommVolume(all_reduce=all_reduce * activation)
-    all_gather = (
-        (per_pass + 2 * n_ckpt) * widths.norm_out + per_pass * widths.matmul_out + 2 * widths.stream
-    )
-    reduce_scatter = (per_pass + n_ckpt) * widths.matmul_out + per_pass * widths.norm_out
-    return CommVolume(
-        all_gather=all_gather * activation, reduce_scatter=reduce_scatter * activation
-    )
+        return [
+            activations("all_reduce", widths.matmul_out, (passes + n_ckpt) * accum),
+            activations("all_reduce", widths.norm_out, passes * accum),
+        ]
+    norm_grads = m.d_model * GRADIENT_BYTES
+    return [
+        activations("all_gather", widths.norm_out, (passes + 2 * n_ckpt) * accum),
+        activations("all_gather", widths.matmul_out, passes * accum),
+        activations("all_gather", widths.stream, 2 * accum),
+        activations("reduce_scatter", widths.matmul_out, (passes + n_ckpt) * accum),
+        activations("reduce_scatter", widths.norm_out, passes * accum),
+        Collective("all_reduce", "norm gradients", norm_grads, passes, ("tp",), Phase.exposed),
+    ]
 
 
-def _tensor_parallel(m: ModelConfig, layout: LayoutPlan, width: int) -> CommVolume:
-    """Once per step: with SP, the two norm weights of every block are replicated but their
-    gradients partial, so each is all-reduced (train/parallel/layout.py). The gradients are
-    fp32 (FSDP2 returns them in the parameters' own dtype)."""
-    if not layout.sequence_parallel:
-        return CommVolume()
-    return CommVolume(all_reduce=2 * m.n_layers * m.d_model * width)
+# -- FSDP2 ------------------------------------------------------------------------------------
 
 
-def _zero(m: ModelConfig, stage: int, n: int, accum: int, width: int) -> CommVolume:
-    """DeepSpeed's collectives, as counted with DeepSpeed 0.19.8 (fp32, 2 and 4 ranks).
+def _fsdp(m: ModelConfig, layout: LayoutPlan, shape: StepShape) -> list[Collective]:
+    """FSDP2 units: one per block (gathered for forward and again for backward), and the root
+    (gathered once per micro-step: it is not freed between its forward and backward).
+    Gradients are reduce-scattered once per step (no_sync on earlier micro-steps), then, on a
+    2-D mesh, each shard is all-reduced across the replicas. With torchao's float8 all-gather
+    the fp8 linears gather in 1 byte, and their scales cost one all-reduce of all their
+    amaxes per step (precompute_float8_dynamic_scale_for_fsdp)."""
+    d, accum = layout.degrees, shape.accum_steps
+    shard, replicate = d.dp_shard, d.dp_replicate
+    block = numel(block_param_shapes(m, d.tp), pad_to=shard)
+    root = numel(root_param_shapes(m), pad_to=shard)
+    out = []
+    if shard > 1:
+        gathered_block, n_fp8 = block * shape.gather_width, 0
+        if shape.fp8_all_gather_min_dim is not None:
+            fp8 = [
+                lin.shape
+                for lin in block_linears(m, d.tp)
+                if fp8_eligible(lin.in_features, lin.out_features, shape.fp8_all_gather_min_dim)
+            ]
+            n_fp8 = len(fp8) * m.n_layers
+            gathered_block -= numel(fp8, pad_to=shard) * (shape.gather_width - 1)
+        group = ("dp_shard",)
+        out += [
+            Collective("all_gather", "parameters", gathered_block, m.n_layers * accum, group, when)
+            for when in (Phase.unit_forward, Phase.unit_backward)
+        ]
+        out += [
+            Collective(
+                "all_gather", "parameters", root * shape.gather_width, accum, group, Phase.exposed
+            ),
+            Collective(
+                "reduce_scatter",
+                "gradients",
+                block * shape.reduce_width,
+                m.n_layers,
+                group,
+                Phase.unit_backward_last,
+            ),
+            Collective(
+                "reduce_scatter", "gradients", root * shape.reduce_width, 1, group, Phase.exposed
+            ),
+        ]
+        if n_fp8:
+            out.append(
+                Collective(
+                    "all_reduce", "fp8 scales", n_fp8 * GRAD_NORM_BYTES, 1, group, Phase.exposed
+                )
+            )
+    if replicate > 1:  # each rank's shard, all-reduced across the replicas
+        group = ("dp_replicate",)
+        out += [
+            Collective(
+                "all_reduce",
+                "gradients",
+                block // shard * shape.reduce_width,
+                m.n_layers,
+                group,
+                Phase.unit_backward_last,
+            ),
+            Collective(
+                "all_reduce",
+                "gradients",
+                root // shard * shape.reduce_width,
+                1,
+                group,
+                Phase.exposed,
+            ),
+        ]
+    return out
+
+
+# -- DeepSpeed ZeRO ---------------------------------------------------------------------------
+
+
+def _zero(m: ModelConfig, stage: int, n: int, shape: StepShape) -> list[Collective]:
+    """DeepSpeed's collectives, as counted with DeepSpeed 0.19.8 (fp32, 2 and 4 ranks), in the
+    width it runs the model in (16 bits under bf16/fp16).
 
     Stages 1 and 2 all-reduce the whole gradients (each rank then keeps its partition):
-    stage 1 once per step, stage 2 at every micro-step; both all-gather the updated
-    parameters once per step. Stage 3 all-gathers the parameters once per micro-step and
-    keeps them for backward while the model is within stage3_max_reuse_distance (pinned in
-    train/parallel/zero.py; a larger model is gathered again for backward, the ZeRO paper's
-    2x, approximated here as all of it), so a checkpointed block's replay gathers nothing;
-    it reduce-scatters gradients at every micro-step. DeepSpeed takes the gradient norm
-    whether it clips or not: one float32 all-reduce per step (stage 3: two).
+    stage 1 once per step, stage 2 at every micro-step (both with overlap_comm off, DeepSpeed's
+    default for them: on the critical path); both all-gather the updated parameters once per
+    step. Stage 3 all-gathers each block's parameters once per micro-step and keeps them for
+    backward while the model is within ZERO3_MAX_REUSE_DISTANCE (a larger model is gathered
+    again for backward, the ZeRO paper's 2x, approximated here as all of it), so a
+    checkpointed block's replay gathers nothing; it reduce-scatters gradients at every
+    micro-step. DeepSpeed takes the gradient norm whether it clips or not: one float32
+    all-reduce per step (stage 3: two).
     """
     if n == 1:
-        return CommVolume()
-    numel = _numel(_all_params(m))
-    params = numel * width
+        return []
+    width = 2 if shape.sixteen_bit else 4
+    accum, group = shape.accum_steps, ("dp_shard",)
+    total = numel(_model_shapes(m))
+    params = total * width
     if stage in (1, 2):
-        reduced = params * (accum if stage == 2 else 1)
-        return CommVolume(all_reduce=reduced + GRAD_NORM_BYTES, all_gather=params)
-    gathers = 1 if numel <= ZERO3_MAX_REUSE_DISTANCE else 2
-    return CommVolume(
-        all_reduce=2 * GRAD_NORM_BYTES,
-        all_gather=gathers * params * accum,
-        reduce_scatter=params * accum,
-    )
+        reduce_calls = accum if stage == 2 else 1
+        return [
+            Collective("all_reduce", "gradients", params, reduce_calls, group, Phase.exposed),
+            Collective("all_reduce", "grad norm", GRAD_NORM_BYTES, 1, group, Phase.exposed),
+            Collective("all_gather", "parameters", params, 1, group, Phase.exposed),
+        ]
+    gathers = 1 if total <= ZERO3_MAX_REUSE_DISTANCE else 2
+    block = numel(block_param_shapes(m)) * width
+    rest = params - block * m.n_layers
+    blocks = m.n_layers * accum
+    out = [
+        Collective("all_gather", "parameters", block, blocks, group, Phase.unit_forward),
+        Collective("all_gather", "parameters", rest, gathers * accum, group, Phase.exposed),
+        Collective("reduce_scatter", "gradients", block, blocks, group, Phase.unit_backward),
+        Collective("reduce_scatter", "gradients", rest, accum, group, Phase.exposed),
+        Collective("all_reduce", "grad norm", 2 * GRAD_NORM_BYTES, 1, group, Phase.exposed),
+    ]
+    if gathers == 2:
+        out.append(
+            Collective("all_gather", "parameters", block, blocks, group, Phase.unit_backward)
+        )
+    return out
+
+
+# -- pipelines --------------------------------------------------------------------------------
+
+
+def stage_param_shapes(m: ModelConfig, plan: PipelinePlan, stage: int) -> list[tuple[int, ...]]:
+    """Parameter shapes of one stage: its blocks, plus the embedding (first) or the final norm
+    and head (last)."""
+    shapes = block_param_shapes(m) * plan.layers_per_stage[stage]
+    if stage == 0:
+        shapes = [(m.vocab_size, m.d_model), *shapes]
+    if stage == plan.stages - 1:
+        shapes = [*shapes, (m.d_model,), (m.vocab_size, m.d_model)]
+    return shapes
+
+
+def _pipeline(m: ModelConfig, layout: LayoutPlan, shape: StepShape, r: int) -> list[Collective]:
+    """Pipeline rank ``r`` (every rank of its stage group moves the same):
+
+    - send_recv: the activations its stages send to the next stage's rank and the gradients
+      they send back, each [rows, seq_len, d_model] over a step's microbatches (so independent
+      of how many microbatches: they split the same rows). Width: the residual stream's, fp32
+      except under pp_fsdp's 16-bit parameters (the embedding's output, hence the stream).
+    - the loss (float32) from the last stage to the others, every step (the loop logs it from
+      rank 0, which may hold no last stage); the gradient norm when clipping.
+    - pp with dp_replicate > 1: DDP's all-reduce of the stage's fp32 gradients, once per step
+      (PipelineStage reduces on the last microbatch's backward only).
+    - pp_fsdp with dp_shard > 1: each stage's units gathered once per step (not resharded after
+      forward, nor after backward until the last microbatch) and their gradients
+      reduce-scattered once, in fsdp's widths, dims padded to the shard count.
+    """
+    plan, d = layout.pipeline, layout.degrees
+    fsdp = layout.row.gradient_sync is GradientSync.shard
+    stream = 2 if fsdp and shape.sixteen_bit else 4
+    # A data-parallel rank's rows, split into the schedule's microbatches.
+    rows = shape.micro_batch * shape.accum_steps // plan.microbatches
+    activation = rows * shape.seq_len * m.d_model * stream
+    sends = plan.sends_per_microbatch(r) * plan.microbatches
+    out = [Collective("send_recv", "activations", activation, sends, ("pp",), Phase.pipeline)]
+    if plan.pp > 1:
+        out.append(Collective("all_reduce", "loss", LOSS_BYTES, 1, ("pp",), Phase.exposed))
+    if shape.grad_clip and d.world > 1:
+        out.append(_grad_norm(GRAD_NORM_BYTES))
+    shapes = [s for stage in plan.stages_of(r) for s in stage_param_shapes(m, plan, stage)]
+    if not fsdp and d.dp_replicate > 1:
+        size = numel(shapes) * GRADIENT_BYTES
+        out.append(Collective("all_reduce", "gradients", size, 1, ("dp_replicate",), Phase.exposed))
+    if fsdp and d.dp_shard > 1:
+        padded = numel(shapes, pad_to=d.dp_shard)
+        group = ("dp_shard",)
+        out += [
+            Collective(
+                "all_gather",
+                "parameters",
+                padded * shape.gather_width,
+                1,
+                group,
+                Phase.unit_forward,
+            ),
+            Collective(
+                "reduce_scatter",
+                "gradients",
+                padded * shape.reduce_width,
+                1,
+                group,
+                Phase.unit_backward_last,
+            ),
+        ]
+    return [c for c in out if c.calls]

@@ -1,0 +1,195 @@
+"""Every rule a config must meet that its types cannot say, as one function of the config and
+the world it runs in.
+
+The driver calls ``check_run`` for each planned run before anything is written
+(launch/validate.py adds what only the driver can see: files, hosts, installed libraries);
+each rank calls it again on the config.yaml it was given, so a rank started by hand or by
+another tool refuses the same inputs with the same one-line ConfigError.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from train.spec.catalog import Feature, layout
+from train.spec.config import ModelConfig, ProfileConfig, RunConfig
+from train.spec.degrees import BatchPlan, LayoutPlan, plan_batch, plan_layout
+from train.spec.errors import ConfigError
+from train.spec.precision import FP8_GEMM_MULTIPLE, FP8_RECIPES, fp8_linear_count
+
+
+@dataclass(frozen=True)
+class CheckedRun:
+    """A config that passed every rule at this world size: its layout and batch split."""
+
+    layout: LayoutPlan
+    batch: BatchPlan
+
+
+def check_run(cfg: RunConfig, world_size: int, nproc_per_node: int) -> CheckedRun:
+    """ConfigError naming the key for the first rule ``cfg`` breaks at this world size."""
+    check_model(cfg.model)
+    check_train(cfg)
+    check_precision(cfg)
+    refusal = layout_precision_refusal(cfg)
+    if refusal:
+        raise ConfigError("precision.name", f"{cfg.precision.name}: {refusal}")
+    layout_plan = plan_layout(cfg, world_size, nproc_per_node)
+    check_layout_features(cfg, layout_plan)
+    batch = plan_batch(
+        cfg.train.global_batch, cfg.train.micro_batch, layout_plan.degrees.dp, world_size
+    )
+    check_profile(cfg.profile, world_size, layout_plan.name)
+    check_checkpoint_settings(cfg)
+    return CheckedRun(layout_plan, batch)
+
+
+def check_model(m: ModelConfig) -> None:
+    for key in (
+        "n_layers",
+        "d_model",
+        "n_heads",
+        "n_kv_heads",
+        "ffn_hidden",
+        "vocab_size",
+        "max_seq_len",
+    ):
+        if getattr(m, key) < 1:
+            raise ConfigError(f"model.{key}", f"{getattr(m, key)}: must be >= 1")
+    if m.d_model % m.n_heads:
+        raise ConfigError("model.n_heads", f"d_model {m.d_model} is not divisible by {m.n_heads}")
+    if m.n_heads % m.n_kv_heads:
+        raise ConfigError(
+            "model.n_kv_heads",
+            f"n_heads {m.n_heads} is not divisible by n_kv_heads {m.n_kv_heads}",
+        )
+    if (m.d_model // m.n_heads) % 2:
+        raise ConfigError("model.n_heads", "head dim d_model/n_heads must be even for RoPE")
+
+
+def check_train(cfg: RunConfig) -> None:
+    t = cfg.train
+    if t.steps <= 0:
+        raise ConfigError("train.steps", f"{t.steps}: must be > 0")
+    if not 0 <= t.warmup_steps < t.steps:
+        raise ConfigError(
+            "train.warmup_steps", f"{t.warmup_steps}: must be >= 0 and < train.steps ({t.steps})"
+        )
+    if not 1 <= t.seq_len <= cfg.model.max_seq_len:
+        raise ConfigError(
+            "train.seq_len",
+            f"{t.seq_len}: must be between 1 and model {cfg.model.name}'s max_seq_len "
+            f"{cfg.model.max_seq_len}",
+        )
+    if t.micro_batch < 1:
+        raise ConfigError("train.micro_batch", f"{t.micro_batch}: must be >= 1")
+    if t.global_batch < 1:
+        raise ConfigError("train.global_batch", f"{t.global_batch}: must be >= 1")
+    for key in ("lr", "weight_decay", "grad_clip"):
+        value = getattr(t, key)
+        if not math.isfinite(value) or value < 0:
+            raise ConfigError(f"train.{key}", f"{value}: must be a finite number >= 0")
+
+
+def check_precision(cfg: RunConfig) -> None:
+    """The fp8 settings, and what an explicit fp8 needs of the shapes (whether the part has
+    fp8 and a library imports is the machine's business: launch/validate.py)."""
+    check_fp8_settings(cfg)
+    check_fp8_shapes(cfg)
+
+
+def check_fp8_settings(cfg: RunConfig) -> None:
+    fp8 = cfg.precision.fp8
+    if fp8.backend != "auto" and fp8.recipe is not None:
+        recipes = FP8_RECIPES[fp8.backend]
+        if fp8.recipe not in recipes:
+            raise ConfigError(
+                "precision.fp8.recipe",
+                f"{fp8.recipe} is not a {fp8.backend} recipe; choose from: {', '.join(recipes)}",
+            )
+    if fp8.min_dim < 16:
+        raise ConfigError("precision.fp8.min_dim", f"{fp8.min_dim}: must be >= 16")
+
+
+def check_fp8_shapes(cfg: RunConfig) -> None:
+    """An explicit fp8 needs a layer wide enough and GEMM rows in multiples of 16."""
+    fp8 = cfg.precision.fp8
+    if cfg.precision.name != "fp8":
+        return
+    if not fp8_linear_count(cfg.model, fp8.min_dim):
+        # The run would be bf16 throughout; labelling it fp8 (and taking MFU against the fp8
+        # peak) would claim what did not happen.
+        raise ConfigError(
+            "precision.fp8.min_dim",
+            f"no Linear layer of model {cfg.model.name} is {fp8.min_dim} wide (multiples of 16): "
+            "nothing would run in fp8; lower precision.fp8.min_dim or use precision=bf16",
+        )
+    tokens = cfg.train.micro_batch * cfg.train.seq_len
+    if tokens % FP8_GEMM_MULTIPLE:
+        raise ConfigError(
+            "train.micro_batch",
+            f"precision=fp8 needs micro_batch x seq_len (each GEMM's rows) to be a multiple of "
+            f"{FP8_GEMM_MULTIPLE}; {cfg.train.micro_batch} x {cfg.train.seq_len} = {tokens}",
+        )
+
+
+def layout_precision_refusal(cfg: RunConfig) -> str | None:
+    """Why the layout's engine cannot run the requested precision, or None."""
+    row, precision = layout(cfg.parallel.name), str(cfg.precision.name)
+    if precision == "fp8":
+        te = cfg.precision.fp8.backend == "te"
+        return row.refusal(Feature.fp8_te if te else Feature.fp8)
+    if precision == "fp16":
+        if cfg.gpu.name == "cpu" and row.refusal(Feature.fp16_on_cpu):
+            return row.refusal(Feature.fp16_on_cpu)
+        return row.refusal(Feature.fp16)
+    return None
+
+
+def check_layout_features(cfg: RunConfig, plan: LayoutPlan) -> None:
+    """What the run asks of its layout (beyond precision) that the layout's row refuses."""
+    row = plan.row
+    if cfg.model.tie_embeddings and plan.degrees.pp > 1 and row.refusal(Feature.tied_embeddings):
+        raise ConfigError(
+            "model.tie_embeddings",
+            f"model {cfg.model.name} ties its embedding to its head, and "
+            f"{row.refusal(Feature.tied_embeddings)}",
+        )
+
+
+def profiled_ranks(profile: ProfileConfig, world_size: int) -> list[int]:
+    """``profile.ranks``, or rank 0 and the last rank."""
+    if profile.ranks is not None:
+        return sorted(set(profile.ranks))
+    return sorted({0, world_size - 1})
+
+
+def check_profile(profile: ProfileConfig, world_size: int, layout_name: str) -> None:
+    if profile.enabled and profile.steps < 1:
+        raise ConfigError("profile.steps", f"{profile.steps}: the profiled window needs >= 1")
+    unknown = [r for r in profile.ranks or [] if not 0 <= r < world_size]
+    if profile.enabled and unknown:
+        raise ConfigError("profile.ranks", f"{unknown} not in 0..{world_size - 1} (world size)")
+    if profile.twin and profile.twin_steps < 1:
+        raise ConfigError("profile.twin_steps", f"{profile.twin_steps}: needs >= 1")
+    refusal = layout(layout_name).refusal(Feature.twin)
+    if profile.twin and refusal:
+        raise ConfigError("profile.twin", f"{refusal}: its comm cannot be skipped")
+
+
+def check_checkpoint_settings(cfg: RunConfig) -> None:
+    """checkpoint.* against the run (the directory's contents: train/checkpoint/markers.py)."""
+    c, steps = cfg.checkpoint, cfg.train.steps
+    if c.every < 0:
+        raise ConfigError("checkpoint.every", f"{c.every}: must be >= 0 (0: no checkpoints)")
+    if c.every > steps:
+        raise ConfigError(
+            "checkpoint.every",
+            f"{c.every} is more than train.steps ({steps}): no checkpoint would be saved",
+        )
+    if c.keep < 1:
+        raise ConfigError("checkpoint.keep", f"{c.keep}: must be >= 1 (the last K are kept)")
+    refusal = layout(cfg.parallel.name).refusal(Feature.checkpoint)
+    if c.every > 0 and refusal:
+        raise ConfigError("checkpoint.every", refusal)

@@ -1,0 +1,68 @@
+"""What a machine has and which gpu profile describes it, without importing torch: the
+record a rank's probe fills (train/runtime/machine.py), import checks for the optional
+libraries, and device-name matching (gpu=auto, profile mismatch warnings)."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import re
+from dataclasses import dataclass
+
+from train.spec.config import GpuConfig
+
+
+@dataclass(frozen=True)
+class MachineProbe:
+    te_available: bool
+    torchao_available: bool
+    compute_capability: tuple[int, int] | None  # None without CUDA
+    cpu_native_bf16: bool
+
+
+def module_imports(name: str) -> bool:
+    """True when the module imports (find_spec alone misses broken installs)."""
+    if importlib.util.find_spec(name.split(".")[0]) is None:
+        return False
+    try:
+        importlib.import_module(name)
+    except Exception:  # noqa: BLE001 - any import failure means "not usable here"
+        return False
+    return True
+
+
+def cpu_has_native_bf16() -> bool:
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line for line in f if line.startswith("flags")), "").split()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def profile_mismatch(gpu: GpuConfig, device_type: str, device_name: str) -> str | None:
+    """A warning when the requested profile does not describe this device, else None."""
+    if gpu.name == "unknown":
+        return f"no gpu profile matches {device_name!r}: MFU is null"
+    if device_type == "cpu":
+        if gpu.name != "cpu":
+            return f"gpu={gpu.name} was requested but this run is on CPU ({device_name})"
+        return None
+    if gpu.name == "cpu":
+        return f"gpu=cpu was requested but this run is on {device_name}"
+    if not name_matches(gpu.device_name_patterns, device_name, gpu.device_name_excludes):
+        return (
+            f"gpu={gpu.name} was requested but the device is {device_name}: "
+            f"MFU uses {gpu.name}'s peak"
+        )
+    return None
+
+
+def name_matches(patterns: list[str], device_name: str, excludes: list[str] = ()) -> bool:
+    """Whole words only: "H20" must not claim an "H200"; nor "H800" an "H800 PCIe" when the
+    profile excludes "PCIe" (another part with another peak)."""
+
+    def has(word: str) -> bool:
+        return re.search(rf"\b{re.escape(word)}\b", device_name, re.IGNORECASE) is not None
+
+    return any(has(p) for p in patterns) and not any(has(x) for x in excludes)

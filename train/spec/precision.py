@@ -1,0 +1,188 @@
+"""Which numeric format a run uses, decided without torch: the rules of `precision=auto`, which
+layers fp8 may take, and the peak MFU is measured against.
+
+Ranks decide on their own device (train/runtime/machine.py fills the MachineProbe); the
+driver asks the same function what they will pick, here or on nodes it cannot see
+(launch/resolve.py). The torch half (autocast, backend flags, the fp8 layer swap) is
+train/runtime/numerics.py.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from train.spec.catalog import Feature, layout
+from train.spec.config import Fp8Config, GpuConfig, ModelConfig
+from train.spec.devices import MachineProbe
+from train.spec.shapes import block_linears
+
+FP8_RECIPES = {"te": ("current", "delayed"), "torchao": ("tensorwise", "rowwise")}
+FP8_MIN_CAPABILITY = (8, 9)  # Ada and Hopper have fp8 tensor cores
+# fp8 GEMMs (cuBLASLt, TE, torch._scaled_mm) need every dimension, tokens included, a multiple
+# of 16.
+FP8_GEMM_MULTIPLE = 16
+# The dtype autocast runs matmuls in, by resolved precision (None: no autocast). fp8 runs the
+# layers it leaves out (the head, narrow layers) under bf16 autocast.
+AUTOCAST = {"bf16": "bf16", "fp16": "fp16", "fp8": "bf16"}
+SIXTEEN_BIT = ("bf16", "fp16", "fp8")
+
+
+@dataclass(frozen=True)
+class PrecisionPlan:
+    requested: str
+    resolved: str  # fp32 | tf32 | bf16 | fp16 | fp8
+    reason: str
+    fp8_backend: str | None = None  # te | torchao
+    fp8_recipe: str | None = None
+    fp8_min_dim: int = 0
+
+    @property
+    def autocast_dtype(self) -> str | None:
+        return AUTOCAST.get(self.resolved)
+
+    @property
+    def allow_tf32(self) -> bool:
+        """Matmuls left in fp32 use TF32 tensor cores, except in fp32 runs, which keep full
+        precision as the correctness reference."""
+        return self.resolved != "fp32"
+
+    @property
+    def loss_scaling(self) -> bool:
+        return self.resolved == "fp16"
+
+    @property
+    def sixteen_bit(self) -> bool:
+        return self.resolved in SIXTEEN_BIT
+
+    def as_dict(self) -> dict:
+        out = {"requested": self.requested, "resolved": self.resolved, "reason": self.reason}
+        if self.resolved == "fp8":
+            out.update(
+                fp8_backend=self.fp8_backend,
+                fp8_recipe=self.fp8_recipe,
+                fp8_min_dim=self.fp8_min_dim,
+            )
+        return out
+
+
+def fp8_eligible(in_features: int, out_features: int, min_dim: int) -> bool:
+    """fp8 kernels need dimensions that are multiples of 16, and only pay on wide layers."""
+    return (
+        in_features % FP8_GEMM_MULTIPLE == 0
+        and out_features % FP8_GEMM_MULTIPLE == 0
+        and min(in_features, out_features) >= min_dim
+    )
+
+
+def fp8_linear_count(model: ModelConfig, min_dim: int) -> int:
+    """Linear layers per block that fp8 runs (the head never)."""
+    return sum(
+        fp8_eligible(lin.in_features, lin.out_features, min_dim) for lin in block_linears(model)
+    )
+
+
+def peak_tflops_for(gpu: GpuConfig, resolved: str) -> float | None:
+    """The profile's dense peak for the format the matmuls actually run in (None if unknown)."""
+    return getattr(gpu.peak_tflops, resolved, None)
+
+
+def resolve_precision(
+    requested: str,
+    fp8: Fp8Config,
+    gpu: GpuConfig,
+    model: ModelConfig,
+    probe: MachineProbe,
+    *,
+    layout_name: str | None = None,
+    tokens_per_micro_batch: int | None = None,
+) -> PrecisionPlan:
+    """Turn the requested precision (or `auto`) into a plan for this profile, machine and
+    parallel layout (``layout_name`` is parallel.name).
+
+    ``tokens_per_micro_batch`` (micro_batch x seq_len) is each GEMM's row count: fp8 kernels
+    need a multiple of 16 there as in the weights, so auto keeps bf16 otherwise (an explicit
+    fp8 with such a shape is refused by the driver's validation).
+
+    ``layout_name=None`` means the caller does not know the layout; auto then cannot rule fp8
+    out for it. Ranks always pass it.
+    """
+    on_cpu = probe.compute_capability is None
+    if requested != "auto":
+        if requested != "fp8":
+            reason = f"requested {requested}"
+            if requested == "tf32" and on_cpu:
+                reason += " (TF32 is a no-op on CPU: matmuls run in fp32)"
+            return PrecisionPlan(requested, requested, reason)
+        return _fp8_plan(requested, fp8, model, probe, reason_prefix="requested fp8")
+    if on_cpu:  # whatever the profile says, the matmuls run on this CPU
+        if probe.cpu_native_bf16:
+            return PrecisionPlan(
+                "auto", "bf16", "auto on cpu: native bf16 (avx512_bf16/amx), bf16 autocast"
+            )
+        # Measured on an AVX2-only EPYC: bf16 autocast ran the tiny model 9x slower than fp32.
+        return PrecisionPlan(
+            "auto", "fp32", "auto on cpu: no native bf16 (avx512_bf16/amx), fp32 is faster"
+        )
+    bf16 = f"auto on {gpu.name}: bf16 autocast over fp32 master weights, TF32 elsewhere"
+    if not gpu.fp8:
+        return PrecisionPlan("auto", "bf16", bf16)
+    skipped = _why_not_fp8(fp8, model, probe, layout_name, tokens_per_micro_batch)
+    if skipped:
+        return PrecisionPlan("auto", "bf16", f"{bf16}; {skipped}")
+    return _fp8_plan("auto", fp8, model, probe, reason_prefix=f"auto on {gpu.name}")
+
+
+def _why_not_fp8(
+    fp8: Fp8Config,
+    model: ModelConfig,
+    probe: MachineProbe,
+    layout_name: str | None,
+    tokens: int | None,
+) -> str | None:
+    """Why auto keeps bf16 on a GPU with fp8 tensor cores, or None when fp8 runs."""
+    if probe.compute_capability < FP8_MIN_CAPABILITY:
+        cc = ".".join(map(str, probe.compute_capability))
+        return f"compute capability {cc} < 8.9 has no fp8"
+    # Before the libraries: installing them would not make this layout run fp8.
+    known = layout_name is not None and layout_name != "auto"
+    refusal = layout(layout_name).refusal(Feature.fp8) if known else None
+    if refusal:
+        return f"fp8 skipped: {refusal}"
+    if tokens is not None and tokens % FP8_GEMM_MULTIPLE:
+        return (
+            f"fp8 skipped: micro_batch x seq_len = {tokens} is not a multiple of "
+            f"{FP8_GEMM_MULTIPLE}, which fp8 GEMMs need"
+        )
+    if not (probe.te_available or probe.torchao_available):
+        return "fp8 skipped: neither Transformer Engine nor torchao imports (pip install -e .[fp8])"
+    if not fp8_linear_count(model, fp8.min_dim):
+        return (
+            f"fp8 skipped: no layer of {model.name} is {fp8.min_dim} wide "
+            "(precision.fp8.min_dim), fp8 would not pay"
+        )
+    return None
+
+
+def _fp8_plan(
+    requested: str, fp8: Fp8Config, model: ModelConfig, probe: MachineProbe, reason_prefix: str
+) -> PrecisionPlan:
+    backend = fp8.backend
+    if backend == "auto":
+        backend = "te" if probe.te_available else "torchao"
+    recipe = fp8.recipe or FP8_RECIPES[backend][0]
+    eligible = fp8_linear_count(model, fp8.min_dim)
+    total = len(block_linears(model))
+    reason = (
+        f"{reason_prefix}: fp8 via {backend} ({recipe}) on {eligible} of {total} linears per "
+        f"block (min_dim {fp8.min_dim}), bf16 for the rest and the head"
+    )
+    if backend == "torchao" and probe.compute_capability is None:
+        reason += "; emulated on CPU (torchao emulate=True: numerics only, no speed-up)"
+    return PrecisionPlan(
+        requested,
+        "fp8",
+        reason,
+        fp8_backend=str(backend),
+        fp8_recipe=str(recipe),
+        fp8_min_dim=fp8.min_dim,
+    )
