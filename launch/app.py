@@ -9,11 +9,15 @@ dropped ssh session) unwind like Ctrl-C, so every process the driver started is 
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 from rich.console import Console
 
 from launch.conf_tree import GROUPS, conf_dir, group_choices, register_schema
@@ -59,9 +63,11 @@ def precheck(argv: list[str]) -> None:
                     )
         prefix = "+" if override.is_add() else "~" if override.is_delete() else ""
         single_values.append(f"{prefix}{key}={values[0]}" if values else f"{prefix}{key}")
-    cfg = compose([o for o in single_values if not o.startswith("+")])
-    for override in parsed:
-        if override.is_add():
+    additions = [o for o in parsed if o.is_add()]
+    if additions:
+        # `+key` adds only to the schema's open maps: checked against the config without them.
+        cfg = compose([o for o in single_values if not o.startswith("+")])
+        for override in additions:
             refuse_unknown_addition(override.key_or_group, cfg)
     compose(single_values)
 
@@ -83,9 +89,6 @@ def refuse_shared_run_dir(parsed) -> None:
 def refuse_unknown_addition(key: str, cfg: RunConfig) -> None:
     """`+key=value` adds keys only to the open maps of the schema (fabric.nccl_env, ...): a
     `+train.stpes=5` would otherwise be ignored without a word."""
-    import dataclasses
-    import difflib
-
     parent_path, _, name = key.rpartition(".")
     parent = cfg
     for part in filter(None, parent_path.split(".")):
@@ -107,8 +110,6 @@ def compose(overrides: list[str]) -> RunConfig:
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.errors import HydraException
-    from omegaconf import OmegaConf
-    from omegaconf.errors import OmegaConfBaseException
 
     register_schema()
     try:
@@ -158,7 +159,6 @@ def run_app(command: Command) -> None:
     """Check the command line, compose the config with Hydra, run `command` on it."""
     import hydra
     from hydra.core.hydra_config import HydraConfig
-    from omegaconf import DictConfig, OmegaConf
 
     register_schema()
     try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import importlib.resources
 from functools import cache
 from pathlib import Path
@@ -23,7 +24,10 @@ def conf_dir() -> Path:
     return Path(str(importlib.resources.files("launch") / "conf"))
 
 
+@functools.cache
 def register_schema() -> None:
+    """The typed schema as Hydra's `base_config` (once per process: every compose needs it,
+    and storing it again costs a quarter of a compose)."""
     ConfigStore.instance().store(name="base_config", node=RunConfig)
 
 

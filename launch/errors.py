@@ -7,10 +7,12 @@ the user can fix or for a run that failed for a reason already reported.
 
 from __future__ import annotations
 
-from train.spec.errors import EXIT_CONFIG_ERROR, ConfigError
+import signal
+
+from train.spec.config_error import EXIT_CONFIG_ERROR, ConfigError
 
 EXIT_RUN_FAILED = 1
-# Bad input (train/spec/errors.py ConfigError, raised by the driver and the ranks alike) and
+# Bad input (train/spec/config_error.py ConfigError, raised by the driver and the ranks alike) and
 # every LaunchError: what a command prints as one line and exits with.
 __all__ = ["ConfigError", "LaunchError", "ReportError", "RunFailed", "Stopped", "USER_ERRORS"]
 
@@ -36,8 +38,6 @@ class Stopped(BaseException):
     (a BaseException, like KeyboardInterrupt, so no `except Exception` swallows it)."""
 
     def __init__(self, signum: int):
-        import signal
-
         super().__init__(signal.Signals(signum).name)
         self.signum = signum
 

@@ -14,6 +14,7 @@ the driver does with each result and with all of them.
 
 from __future__ import annotations
 
+import json
 import shlex
 import shutil
 import sys
@@ -30,8 +31,9 @@ from launch.cluster.setup import ClusterSetup, set_up_cluster
 from launch.errors import RunFailed, Stopped
 from launch.launchers import slurm
 from launch.launchers.command import NodeCommand
-from launch.launchers.local import progress_bar, run_nodes
-from launch.launchers.select import commands_run_here, launch_commands
+from launch.launchers.local import MetricsTail, failing_rank_lines, progress_bar, run_nodes
+from launch.launchers.select import commands_run_here, driver_node_rank, launch_commands
+from launch.launchers.slurm_jobs import exit_code, follow, record_jobs, refuse_active_jobs
 from launch.plan import RunPlan, config_for, plan_runs
 from launch.resolve import (
     resolve_gpu,
@@ -41,6 +43,7 @@ from launch.resolve import (
 )
 from launch.rundir import (
     FAILED,
+    config_name,
     finished_points,
     previous_sweep_id,
     record_failure,
@@ -93,9 +96,9 @@ def new_sweep_id(cfg: RunConfig) -> str:
     return f"{cfg.name}-{datetime.now():%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:6]}"
 
 
-def write_run_config(cfg: RunConfig, plan: RunPlan, sweep_id: str) -> Path:
+def write_run_config(cfg: RunConfig, plan: RunPlan, sweep_id: str, name="config.yaml") -> Path:
     plan.run_dir.mkdir(parents=True, exist_ok=True)
-    path = plan.run_dir / "config.yaml"
+    path = plan.run_dir / name
     path.write_text(OmegaConf.to_yaml(OmegaConf.structured(config_for(cfg, plan, sweep_id))))
     return path
 
@@ -112,43 +115,53 @@ def prepare(cfg: RunConfig, overrides: list[str], job: Job, console: Console) ->
     setup = set_up_cluster(cfg, plans, console)  # nodes, emulated links; ConfigError too
     state_precision(cfg, setup, console)
 
-    root = Path(cfg.run_dir)
-    finished = finished_points(cfg, plans) if cfg.resume else {}
+    root, node = Path(cfg.run_dir), driver_node_rank(cfg)
+    finished = finished_points(cfg, plans, node) if cfg.resume else {}
     root.mkdir(parents=True, exist_ok=True)
-    prepared = Prepared(cfg, plans, setup, "", lock=take_run_dir(root), finished=finished)
+    prepared = Prepared(cfg, plans, setup, "", lock=take_run_dir(root, node), finished=finished)
+    if node == 0:
+        refuse_active_jobs(root)  # Slurm jobs an earlier driver left running there
     prepared.sweep_id = (cfg.resume and previous_sweep_id(plans)) or new_sweep_id(cfg)
     kept = [o for o in overrides if o.split("=", 1)[0] not in ("run_dir", "resume")]
     again = ["python", "-m", job.driver_module, *kept, f"run_dir={root}", "resume=true"]
     prepared.resume_command = shlex.join(again)
-    if not (cfg.resume and (root / "command.sh").exists()):
+    if node == 0 and not (cfg.resume and (root / "command.sh").exists()):
         reproduce = shlex.join([sys.executable, "-m", job.driver_module, *overrides])
         (root / "command.sh").write_text(
             f"#!/bin/sh\n# reproduces this run or sweep\n{reproduce}\n"
         )
-    for plan in plans:
-        if plan.name in finished:
+    write_run_files(prepared, job, node)
+    return prepared
+
+
+def write_run_files(prepared: Prepared, job: Job, node: int) -> None:
+    """Each point's config (and launch files); node k > 0 writes only its own files."""
+    cfg, setup = prepared.cfg, prepared.setup
+    for plan in prepared.plans:
+        if plan.name in prepared.finished:
             continue  # its files stay as they are
-        (plan.run_dir / FAILED).unlink(missing_ok=True)
-        if cfg.overwrite and not cfg.checkpoint.dir:
-            # The run is replaced: its own checkpoints must not resume it.
-            shutil.rmtree(plan.run_dir / "checkpoints", ignore_errors=True)
-        path = write_run_config(cfg, plan, prepared.sweep_id)
+        if node == 0:
+            (plan.run_dir / FAILED).unlink(missing_ok=True)
+            if cfg.overwrite and not cfg.checkpoint.dir:
+                # The run is replaced: its own checkpoints must not resume it.
+                shutil.rmtree(plan.run_dir / "checkpoints", ignore_errors=True)
+        path = write_run_config(cfg, plan, prepared.sweep_id, config_name(node))
         prepared.config_paths[plan.name] = path
         if cfg.launcher.name != "slurm":
             prepared.commands[plan.name] = launch_commands(cfg, plan, path, setup, job.rank_module)
-    return prepared
 
 
 def execute(prepared: Prepared, job: Job, console: Console) -> int:
     """Print (dry run), submit (Slurm) or run every planned run here, with progress."""
     cfg, plans = prepared.cfg, prepared.plans
     if cfg.launcher.name == "slurm":
-        return slurm.submit_or_print(cfg, plans, prepared.config_paths, job.rank_module)
+        return run_on_slurm(prepared, job, console)
     if cfg.dry_run:
         print_commands(prepared)
         return 0
 
     results = list(prepared.finished.values())
+    done = set(prepared.finished)
     for name in prepared.finished:
         console.print(f"{name}: finished earlier with this same workload; kept")
     failures: list[str] = []
@@ -162,18 +175,22 @@ def execute(prepared: Prepared, job: Job, console: Console) -> int:
                     result = run_point(prepared, job, plan, progress)
                 except RunFailed as exc:
                     progress.console.print(str(exc), markup=False, highlight=False)
-                    failures.append(str(record_failure(plan, exc)))
+                    if driver_node_rank(cfg) == 0:  # node k > 0 writes only its own files
+                        failures.append(str(record_failure(plan, exc)))
+                    else:
+                        failures.append(f"{plan.name} (node {driver_node_rank(cfg)})")
                     if cfg.sweep.stop_on_failure:
                         break
                     continue
+                done.add(plan.name)  # here, or its result is on the node of rank 0
                 if result is not None:
                     results.append(result)
                     job.on_result(cfg, plan, result, progress.console)
     except (KeyboardInterrupt, Stopped):
         # Every rank is stopped by now (run_nodes). Keep what finished, say how to go on.
-        finish(prepared, job, results, console)
+        finish(prepared, job, results, console, done)
         raise
-    finish(prepared, job, results, console)
+    finish(prepared, job, results, console, done)
     if failures:
         raise RunFailed(f"{len(failures)} of {len(plans)} run(s) failed: " + ", ".join(failures))
     return 0
@@ -197,7 +214,9 @@ def run_point(prepared: Prepared, job: Job, plan: RunPlan, progress) -> dict | N
         progress_file=job.progress_file,
         result_file=job.result_file,
         require_result=len(here) == plan.nodes,
-        keep_progress=resumes,
+        # node k > 0 on a shared run dir: rank 0's files are not its to clear.
+        keep_progress=resumes or driver_node_rank(cfg) > 0,
+        keep_result=driver_node_rank(cfg) > 0,
     )
     if result is None:
         progress.console.print(
@@ -206,12 +225,108 @@ def run_point(prepared: Prepared, job: Job, plan: RunPlan, progress) -> dict | N
     return result
 
 
-def finish(prepared: Prepared, job: Job, results: list[dict], console: Console) -> None:
+def run_on_slurm(prepared: Prepared, job: Job, console: Console) -> int:
+    """launcher=slurm: print the scripts (dry run), or submit them and, with launcher.wait,
+    follow the jobs to their end (holding the run dir) and write the job's report."""
+    cfg, root = prepared.cfg, Path(prepared.cfg.run_dir)
+    todo = [plan for plan in prepared.plans if plan.name not in prepared.finished]
+    if cfg.dry_run:
+        slurm.print_scripts(cfg, todo, prepared.config_paths, job.rank_module)
+        return 0
+    jobs = slurm.submit_all(cfg, todo, prepared.config_paths, job.rank_module)
+    record_jobs(root, jobs)
+    if not slurm.waits(cfg):
+        report = f"python -m launch.report {root}" if cfg.sweep.name != "none" else ""
+        console.print(
+            f"submitted job(s) {' '.join(jobs.values())}; "
+            + (f"when they have finished: {report}" if report else "follow with squeue"),
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
+        return 0
+    try:
+        states = follow_jobs(prepared, job, jobs, console)
+    except (KeyboardInterrupt, Stopped):
+        console.print(
+            f"the Slurm jobs go on ({' '.join(jobs.values())}): scancel stops them; "
+            f"python -m launch.report {root} when they have ended",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
+        raise
+    return collect_slurm_results(prepared, job, jobs, states, console)
+
+
+def follow_jobs(prepared: Prepared, job: Job, jobs: dict[str, str], console: Console) -> dict:
+    """The jobs' progress line (state, and rank 0's last step) until all have ended."""
+    total = job.total_steps(prepared.cfg)
+    tails = {p.name: MetricsTail(p.run_dir / job.progress_file) for p in prepared.plans}
+    steps: dict[str, int] = {}
+
+    def step_of(name: str) -> str:
+        for record in tails[name].new_records():
+            steps[name] = record["step"]
+        return f" step {steps[name]}/{total or '?'}" if name in steps else ""
+
+    def show(line: str) -> None:
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
+
+    return follow(jobs, show, step_of)
+
+
+def collect_slurm_results(
+    prepared: Prepared, job: Job, jobs: dict[str, str], states: dict, console: Console
+) -> int:
+    """After the jobs: each run's result, or its failure recorded; then the report."""
+    cfg = prepared.cfg
+    results, failures = list(prepared.finished.values()), []
+    done = set(prepared.finished)
+    for plan in prepared.plans:
+        if plan.name not in jobs:
+            continue
+        path = plan.run_dir / job.result_file
+        if path.is_file():
+            result = json.loads(path.read_text())
+            results.append(result)
+            done.add(plan.name)
+            job.on_result(cfg, plan, result, console)
+            continue
+        job_id, state = jobs[plan.name], states[plan.name]
+        output = slurm.output_path(plan, job_id)
+        lines = failing_rank_lines(output) if output.is_file() else ""
+        code = state.exit_code if state.exit_code is not None else exit_code(job_id)
+        exc = RunFailed(
+            f"{plan.name}: Slurm job {job_id} ended {state.state} without {path.name}; "
+            f"from {output}:\n{lines}",
+            returncode=code,
+            log_tail=lines,
+        )
+        console.print(str(exc), markup=False, highlight=False)
+        failures.append(str(record_failure(plan, exc)))
+    finish(prepared, job, results, console, done)
+    if failures:
+        raise RunFailed(
+            f"{len(failures)} of {len(prepared.plans)} run(s) failed: " + ", ".join(failures)
+        )
+    return 0
+
+
+def finish(
+    prepared: Prepared, job: Job, results: list[dict], console: Console, done: set[str]
+) -> None:
     """The job's report over what finished, and how to run what did not."""
     if results:
         job.on_all(prepared.cfg, prepared.sweep_id, results, console)
-    if len(prepared.plans) > 1 and len(results) < len(prepared.plans):
-        console.print(f"to run the remaining points: {prepared.resume_command}", soft_wrap=True)
+    if len(prepared.plans) > 1 and len(done) < len(prepared.plans):
+        # markup=False: rich would read `cluster.hosts=[n1,n2]` as a markup tag and drop it.
+        console.print(
+            f"to run the remaining points: {prepared.resume_command}",
+            soft_wrap=True,
+            markup=False,
+            highlight=False,
+        )
 
 
 def print_commands(prepared: Prepared) -> None:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
 from launch.errors import ConfigError
 from train.spec.config import ParallelConfig, RunConfig
+from train.spec.degrees import BatchRule, resolve_degrees
 
 
 @dataclass(frozen=True)
@@ -24,8 +26,12 @@ class RunPlan:
 
 
 def plan_runs(cfg: RunConfig) -> list[RunPlan]:
+    """One run (sweep=none) or one per world size, each with its nodes and global batch."""
     root = Path(cfg.run_dir)
     cluster = cfg.cluster
+    for key in ("nodes", "nproc_per_node"):
+        if getattr(cluster, key) < 1:
+            raise ConfigError(f"cluster.{key}", f"{getattr(cluster, key)}: must be >= 1")
     if cfg.sweep.name == "none":
         world_size = cluster.nodes * cluster.nproc_per_node
         return [
@@ -42,7 +48,6 @@ def plan_runs(cfg: RunConfig) -> list[RunPlan]:
         raise ConfigError("sweep.world_sizes", f"sweep={cfg.sweep.name} needs a non-empty list")
     if any(ws < 1 for ws in cfg.sweep.world_sizes):
         raise ConfigError("sweep.world_sizes", f"{cfg.sweep.world_sizes}: sizes must be >= 1")
-    base = min(cfg.sweep.world_sizes)
     plans = []
     for world_size in sorted(set(cfg.sweep.world_sizes)):
         # Fill a node before using the next one: that is how a job meets the NIC on a cluster.
@@ -59,20 +64,20 @@ def plan_runs(cfg: RunConfig) -> list[RunPlan]:
                 f"world size {world_size} needs {nodes} nodes of {nproc} ranks; "
                 f"cluster.nodes={cluster.nodes}",
             )
-        global_batch = cfg.train.global_batch
-        if cfg.sweep.name == "weak":
-            # train.global_batch is the batch at the smallest world size; per device it stays.
-            if (global_batch * world_size) % base:
-                raise ConfigError(
-                    "sweep.world_sizes",
-                    f"weak scaling needs world sizes that are multiples of the smallest ({base})",
-                )
-            global_batch = global_batch * world_size // base
-        plans.append(
-            RunPlan(
-                f"ws{world_size}", world_size, nodes, nproc, global_batch, root / f"ws{world_size}"
-            )
+        name = f"ws{world_size}"
+        plans.append(RunPlan(name, world_size, nodes, nproc, cfg.train.global_batch, root / name))
+    if cfg.sweep.name == "weak" and cfg.parallel.name != "auto":
+        # parallel=auto: the batch follows each run's chosen layout (launch/resolve.py).
+        degrees = {
+            p.name: resolve_degrees(cfg.parallel, p.world_size, p.nproc_per_node) for p in plans
+        }
+        rule = BatchRule.weak_from(
+            cfg.train.global_batch, degrees[plans[0].name], plans[0].world_size
         )
+        plans = [
+            dataclasses.replace(p, global_batch=rule.global_batch_for(degrees[p.name]))
+            for p in plans
+        ]
     return plans
 
 

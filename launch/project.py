@@ -10,8 +10,24 @@ and prints the table; pure arithmetic, no rank starts.
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from rich.console import Console
+
 from launch.app import run_app
-from launch.perfmodel.projection import run_projection
+from launch.perfmodel.projection import projection_record
+from launch.report.projected import projection_table, write_projection
+from train.spec.config import RunConfig
+
+
+def run_projection(cfg: RunConfig, console: Console) -> int:
+    """launch/perfmodel/ computes the record, launch/report/ writes and prints it."""
+    record = projection_record(cfg)
+    out = Path(cfg.project.out or cfg.run_dir)
+    write_projection(record, out)
+    console.print(projection_table(record))
+    console.print(f"wrote {out / 'projection.md'}, projection.json, projection.png")
+    return 0
 
 
 def main() -> None:

@@ -10,15 +10,25 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import logging
 import warnings
 
 from rich.console import Console
 
+from launch.bench.cache import cache_path, load_measured
 from launch.conf_tree import group_choices, load_gpu_profile
+from launch.perfmodel.choose import choose_layout
 from train.spec.config import GpuConfig, PeakTflops, RunConfig
-from train.spec.devices import MachineProbe, name_matches, profile_mismatch
-from train.spec.precision import resolve_precision
+from train.spec.degrees import BatchRule
+from train.spec.devices import (
+    MachineProbe,
+    cpu_model_name,
+    machine_probe,
+    name_matches,
+    profile_mismatch,
+)
+from train.spec.precision import precision_for_run
 
 # Loggers that print import-time noise (missing optional kernels) on a machine without them.
 NOISY_LOGGERS = ("torchao", "torch._inductor", "torch.utils._pytree", "triton")
@@ -54,7 +64,7 @@ def unknown_profile(device_name: str) -> GpuConfig:
 
 def detect_local() -> tuple[GpuConfig, str]:
     """(profile, what was detected) for the machine the driver runs on."""
-    import torch
+    import torch  # the driver imports torch only to look at this machine's device
 
     if not torch.cuda.is_available():
         return load_gpu_profile("cpu"), "no CUDA device: cpu"
@@ -69,9 +79,7 @@ def detect_local() -> tuple[GpuConfig, str]:
 
 def local_device_name() -> tuple[str, str]:
     """(device type, device name) of the machine the driver runs on."""
-    import torch
-
-    from train.runtime.distributed import cpu_model_name
+    import torch  # the driver imports torch only to look at this machine's device
 
     if torch.cuda.is_available():
         return "cuda", torch.cuda.get_device_name(0)
@@ -85,8 +93,6 @@ def with_measured_peaks(gpu: GpuConfig, cpu_threads: int) -> tuple[GpuConfig, st
     MFU from a number that was measured rather than invented. A peak the user set (on the
     command line or in the profile) is never replaced: the cache fills only what is unset.
     """
-    from launch.bench.matmul_ceiling import cache_path, load_measured
-
     device_type, device_name = local_device_name()
     if profile_mismatch(gpu, device_type, device_name):
         return gpu, None
@@ -139,7 +145,7 @@ def resolve_node_defaults(cfg: RunConfig, overrides: list[str], console: Console
     if cfg.cluster.name != "local" or cfg.launcher.name == "slurm" or cfg.gpu.name == "cpu":
         return
     with quiet_third_party():
-        import torch
+        import torch  # the driver imports torch only to look at this machine's device
 
         gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
     if not gpus:
@@ -156,18 +162,6 @@ def resolve_node_defaults(cfg: RunConfig, overrides: list[str], console: Console
         console.print(f"this node has {gpus} GPU(s): " + ", ".join(changed))
 
 
-def precision_on(cfg: RunConfig, probe: MachineProbe):
-    return resolve_precision(
-        cfg.precision.name,
-        cfg.precision.fp8,
-        cfg.gpu,
-        cfg.model,
-        probe,
-        layout_name=cfg.parallel.name,
-        tokens_per_micro_batch=cfg.train.micro_batch * cfg.train.seq_len,
-    )
-
-
 def state_precision(cfg: RunConfig, setup, console: Console) -> None:
     """Say what precision the ranks will run in, and from what, before they start.
 
@@ -177,9 +171,7 @@ def state_precision(cfg: RunConfig, setup, console: Console) -> None:
     with and without an fp8 library there, instead of what this machine would.
     """
     with quiet_third_party():
-        import torch
-
-        from train.runtime.machine import probe_machine
+        import torch  # the driver imports torch only to look at this machine's device
 
         device_type, device_name = local_device_name()
         mismatch = profile_mismatch(cfg.gpu, device_type, device_name)
@@ -191,7 +183,8 @@ def state_precision(cfg: RunConfig, setup, console: Console) -> None:
                 console.print(
                     "[yellow]warning:[/] precision=tf32 on cpu is a no-op: matmuls run in fp32"
                 )
-            plan = precision_on(cfg, probe_machine(torch.device(device_type)))
+            capability = torch.cuda.get_device_capability(0) if device_type == "cuda" else None
+            plan = precision_for_run(cfg, machine_probe(device_type, capability))
             console.print(f"precision: {cfg.precision.name} -> {plan.resolved} ({plan.reason})")
             return
     if mismatch and cfg.launcher.name != "slurm" and cfg.cluster.name in ("local", "emulated"):
@@ -210,7 +203,7 @@ def nodes_outlook(cfg: RunConfig) -> str:
             compute_capability=capability,
             cpu_native_bf16=False,
         )
-        return precision_on(cfg, probe)
+        return precision_for_run(cfg, probe)
 
     with_lib, without = on_nodes(True), on_nodes(False)
     where = f"decided on the nodes ({cfg.gpu.name}, not this machine)"
@@ -227,19 +220,19 @@ def resolve_layouts(cfg: RunConfig, plans: list, console: Console) -> list:
     (the same question `python -m launch.project` answers for parts not at hand)."""
     if cfg.parallel.name != "auto":
         return plans
-    import dataclasses
-
-    from launch.perfmodel.choose import choose_layout
-
     chosen = []
+    batch = BatchRule(global_batch=cfg.train.global_batch)  # the smallest run's, and strong's
     for plan in plans:
         choice = choose_layout(
             cfg,
             world_size=plan.world_size,
             nproc_per_node=plan.nproc_per_node,
             nodes=plan.nodes,
-            global_batch=plan.global_batch,
+            batch=batch,
         )
+        if cfg.sweep.name == "weak" and batch.rows_per_dp_rank is None:
+            # Weak scaling keeps the smallest run's sequences per data-parallel rank.
+            batch = BatchRule.weak_from(cfg.train.global_batch, choice.degrees, plan.world_size)
         parallel = copy.deepcopy(cfg.parallel)
         parallel.name = choice.name
         parallel.dp_replicate = choice.degrees.dp_replicate
@@ -249,5 +242,12 @@ def resolve_layouts(cfg: RunConfig, plans: list, console: Console) -> list:
         console.print(
             f"layout: auto -> {choice.name} at world size {plan.world_size} ({choice.reason})"
         )
-        chosen.append(dataclasses.replace(plan, parallel=parallel, layout_reason=choice.reason))
+        chosen.append(
+            dataclasses.replace(
+                plan,
+                global_batch=batch.global_batch_for(choice.degrees),
+                parallel=parallel,
+                layout_reason=choice.reason,
+            )
+        )
     return chosen

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
 from rich.console import Console
 
 from launch import report
+from launch.bench.host_kernels import cache_run_kernels
 from launch.pipeline import Job
 from launch.plan import RunPlan
+from train.measure.tracking import WandbRun
 from train.spec.config import RunConfig
 
 
@@ -27,20 +32,31 @@ def report_sweep(cfg: RunConfig, sweep_id: str, summaries: list[dict], console: 
     if cfg.sweep.name == "none":
         return
     root = Path(cfg.run_dir)
-    paths = report.write_report([root], root)
-    rows = report.scaling_rows(report.load_runs([root]))
-    report.print_table(rows, console)
+    paths, rows = write_sweep_report([root], root, console)
     log_scaling_to_wandb(cfg, sweep_id, rows, root)
     console.print("report: " + ", ".join(str(p) for p in paths.values()), soft_wrap=True)
+
+
+def write_sweep_report(
+    dirs: list[Path], out: Path, console: Console
+) -> tuple[dict[str, Path], list[dict]]:
+    """The report of the runs under ``dirs`` written into ``out`` and its table printed. The
+    report only reads kernel times (rendering never measures): the cpu runs that ran on this
+    host have their shapes measured here first, for it to predict their steps from."""
+    runs = report.load_runs(dirs)
+    if cache_run_kernels(runs):
+        console.print("measured this host's kernel times at the runs' shapes (launch.mamf cache)")
+    rows = report.scaling_rows(runs)
+    paths = report.write_files(runs, rows, out, report.failed_in(dirs))
+    report.print_table(rows, console)
+    return paths, rows
 
 
 def log_scaling_to_wandb(cfg: RunConfig, sweep_id: str, rows: list[dict], root: Path) -> None:
     """The sweep's scaling table and efficiency curve, grouped with its runs in wandb."""
     if cfg.wandb.mode == "disabled":
         return
-    import wandb
-
-    from train.measure.tracking import WandbRun
+    import wandb  # here: seconds to import, and most sweeps log nothing to it
 
     columns = [
         "world_size",
@@ -66,6 +82,33 @@ def log_scaling_to_wandb(cfg: RunConfig, sweep_id: str, rows: list[dict], root: 
     line = wandb.plot.line(table, "world_size", "scaling_efficiency", title=title)
     run.log({"scaling_table": table, "scaling_efficiency": line})
     run.finish()
+
+
+class MultirunReport(Callback):
+    """A Hydra multirun (local, or Slurm jobs through submitit) ends with one report over
+    every job's runs at the multirun root (hydra.sweep.dir); each job's own report stays."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        root = Path(config.hydra.sweep.dir)
+        jobs = sorted(d for d in root.glob("*") if d.is_dir() and _holds_summaries(d))
+        if not jobs:
+            return  # dry runs, launch.comm / launch.project multiruns: nothing to compare
+        console = Console()
+        try:
+            paths, _ = write_sweep_report(jobs, root, console)
+        except report.ReportError as exc:
+            console.print(f"multirun report: {exc}", markup=False, highlight=False)
+            return
+        console.print(
+            "multirun report: " + ", ".join(str(p) for p in paths.values()),
+            soft_wrap=True,
+            markup=False,
+            highlight=False,
+        )
+
+
+def _holds_summaries(job_dir: Path) -> bool:
+    return (job_dir / "summary.json").is_file() or any(job_dir.glob("*/summary.json"))
 
 
 TRAINING = Job(

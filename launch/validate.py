@@ -13,24 +13,24 @@ from launch.conf_tree import group_choices, load_gpu_profile
 from launch.perfmodel.memory import held_memory
 from launch.plan import RunPlan, config_for
 from train.checkpoint.markers import check_checkpoint_dir
-from train.spec.catalog import layout
-from train.spec.checks import (
-    check_model,
+from train.spec.catalog import Feature, layout
+from train.spec.config import RunConfig
+from train.spec.config_error import ConfigError
+from train.spec.degrees import LayoutPlan
+from train.spec.devices import module_imports
+from train.spec.rules import (
     check_fp8_settings,
     check_fp8_shapes,
+    check_model,
     check_run,
     check_train,
     layout_precision_refusal,
 )
-from train.spec.config import RunConfig
-from train.spec.degrees import LayoutPlan
-from train.spec.devices import module_imports
-from train.spec.errors import ConfigError
 
 
 def validate(cfg: RunConfig, plans: list[RunPlan]) -> None:
     """Every rule a value's type cannot say (closed choices are enums in the schema): the
-    run's own rules (train/spec/checks.py, which each rank checks again) for every planned
+    run's own rules (train/spec/rules.py, which each rank checks again) for every planned
     run, and what only the driver can see: run dirs, hosts, libraries, files, memory."""
     validate_run_dirs(cfg, plans)  # first: a finished run is kept, whatever else is asked
     check_model(cfg.model)
@@ -76,7 +76,11 @@ def validate_fp8_libraries(cfg: RunConfig) -> None:
             "te: transformer_engine does not import here; pip install -e '.[te]' on a CUDA "
             "machine, or use precision.fp8.backend=torchao",
         )
-    te_instead = fp8.backend == "auto" and module_imports("transformer_engine.pytorch")
+    # auto takes TE where it imports and the layout can run it (train/spec/precision.py).
+    te_usable = cfg.parallel.name == "auto" or not layout(cfg.parallel.name).refusal(Feature.fp8_te)
+    te_instead = (
+        fp8.backend == "auto" and te_usable and module_imports("transformer_engine.pytorch")
+    )
     if (
         fp8.backend in ("torchao", "auto")
         and not module_imports("torchao.float8")

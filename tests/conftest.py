@@ -1,19 +1,26 @@
-"""Shared helpers: compose configs like the driver does, and run the CLI as a user would."""
+"""Shared helpers: compose configs like the driver does, run the CLI as a user would (a real
+`python -m launch` process, or the same entry in this process when only its answer matters),
+and start ranks the way the integration tests do."""
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import json
+import logging
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
+import types
 from pathlib import Path
 
 import pytest
 
 from launch.app import compose
-from launch.conf_tree import load_gpu_profile
-from train.spec.config import RunConfig
+from launch.conf_tree import group_choices, load_gpu_profile
+from train.spec.config import ModelConfig, RunConfig
 
 REPO = Path(__file__).resolve().parent.parent
 # Fast settings for the tiny model on CPU: enough steps to time, few enough to stay quick.
@@ -26,6 +33,48 @@ FAST = [
     "train.micro_batch=2",
     "train.global_batch=4",
 ]
+# Layouts against one rank, loss for loss (tests/integration/test_parallel.py, test_pipeline.py):
+# the tiny model in fp32, 5 steps of global batch 8 in micro-batches of 2.
+LOSS_FOR_LOSS = [
+    "model=tiny",
+    "wandb.mode=disabled",
+    "sweep=none",
+    "precision=fp32",
+    "train.steps=5",
+    "train.warmup_steps=1",
+    "train.seq_len=32",
+    "train.micro_batch=2",
+    "train.global_batch=8",
+]
+# conf/model/tiny.yaml as a typed config, for tests that build shapes without composing.
+TINY = ModelConfig(
+    name="tiny",
+    n_layers=4,
+    d_model=128,
+    n_heads=4,
+    n_kv_heads=2,
+    ffn_hidden=384,
+    vocab_size=2048,
+    max_seq_len=256,
+)
+# Two 2-layer shapes for the precision rules: llama-7b's widths (WIDE) and a 2048-wide model
+# (NARROW) whose Linear layers are too narrow for fp8 to pay.
+WIDE = dataclasses.replace(
+    TINY, name="wide", n_layers=2, d_model=4096, n_heads=32, n_kv_heads=8, ffn_hidden=11008,
+    vocab_size=32000, max_seq_len=2048,
+)  # fmt: skip
+NARROW = dataclasses.replace(
+    TINY, name="narrow", n_layers=2, d_model=2048, n_heads=16, n_kv_heads=16, ffn_hidden=5632,
+    vocab_size=50304, max_seq_len=2048,
+)  # fmt: skip
+# CUDA compute capabilities: Hopper has fp8 tensor cores, Ampere does not.
+HOPPER, AMPERE = (9, 0), (8, 0)
+GPU_PROFILES = [g for g in group_choices("gpu") if g != "auto"]  # conf/gpu, bar `auto`
+
+
+def model_config(**changes) -> ModelConfig:
+    """TINY with some fields changed: a test's own shape, naming only what differs."""
+    return dataclasses.replace(TINY, **changes)
 
 
 def compose_run_config(overrides: list[str]) -> RunConfig:
@@ -41,23 +90,215 @@ def cli_env() -> dict[str, str]:
     return {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled", "HYDRA_FULL_ERROR": "0"}
 
 
-def run_launch(args: list[str], cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
+def run_command(
+    argv: list[str], cwd: Path = REPO, timeout: float = 300, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    """A child process with cli_env() (plus `env`), its output captured as text."""
     return subprocess.run(
-        [sys.executable, "-m", "launch", *args],
+        argv,
         cwd=cwd,
-        env=cli_env(),
+        env={**cli_env(), **(env or {})},
         capture_output=True,
         text=True,
         timeout=timeout,
     )
 
 
+def run_module(
+    module: str, args: list[str], cwd: Path = REPO, timeout: float = 300
+) -> subprocess.CompletedProcess:
+    """`python -m MODULE ARGS` with this interpreter (sys.executable)."""
+    return run_command([sys.executable, "-m", module, *args], cwd, timeout)
+
+
+def run_launch(args: list[str], cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
+    """`python -m launch ARGS` as a process, as a user runs it."""
+    return run_module("launch", args, cwd, timeout)
+
+
 @pytest.fixture
 def launch_cli(tmp_path):
+    """`python -m launch` as a process in tmp_path (marker `cli`): for what only a process
+    shows (its exit status and every byte on stderr) and for runs that start ranks."""
+
     def run(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
         return run_launch(list(args), tmp_path, timeout)
 
     return run
+
+
+@dataclasses.dataclass
+class CliResult:
+    """What a test reads of a finished `python -m launch`: the fields of CompletedProcess."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+@pytest.fixture
+def launch_in_process(tmp_path, monkeypatch, capfd):
+    """The entry `python -m launch` runs (launch/__main__.py: Hydra, the checks, a dry run),
+    called in this process with tmp_path as the working directory: the same exit code, stdout
+    and stderr for a refused input or a dry run, without starting Python and importing torch
+    again (~2.5 s a call). Hydra's global state and the logging it configures are put back
+    after each call. Runs that start ranks go through `launch_cli`; test_cli_entry.py holds
+    the process path to the same answers."""
+    import launch.__main__ as entry
+
+    def run(*args: str) -> CliResult:
+        capfd.readouterr()  # only this call's output
+        with monkeypatch.context() as call, restored_hydra_and_logging():
+            call.chdir(tmp_path)
+            call.setattr(sys, "argv", [entry.__file__, *args])
+            for key, value in cli_env().items():
+                if os.environ.get(key) != value:
+                    call.setenv(key, value)
+            try:
+                entry.main()
+                code = 0
+            except SystemExit as exc:
+                code = exit_status(exc)
+        out, err = capfd.readouterr()
+        return CliResult(code, out, err)
+
+    return run
+
+
+def exit_status(exc: SystemExit) -> int:
+    """The status the interpreter would exit with (sys.exit(None) -> 0, a message -> 1)."""
+    if exc.code is None:
+        return 0
+    if isinstance(exc.code, int):
+        return exc.code
+    print(exc.code, file=sys.stderr)  # what the interpreter prints for sys.exit("...")
+    return 1
+
+
+class restored_hydra_and_logging:
+    """Hydra keeps its state in singletons (hydra/extra/pytest_plugin.py restores them the
+    same way; its plugin registry is kept, not rediscovered) and configures the root logger
+    for the job; the driver may set environment variables for the processes it starts: all
+    are as before when the block ends."""
+
+    def __enter__(self):
+        from hydra.core.plugins import Plugins
+        from hydra.core.singleton import Singleton
+
+        self.plugins = Singleton._instances.get(Plugins)
+        self.state = Singleton.get_state()
+        root = logging.getLogger()
+        self.logging = (root.handlers[:], root.level)
+        self.environ = dict(os.environ)
+        return self
+
+    def __exit__(self, *exc_info):
+        from hydra.core.plugins import Plugins
+        from hydra.core.singleton import Singleton
+        from omegaconf.basecontainer import BaseContainer
+
+        Singleton._instances = self.state["instances"]
+        if self.plugins is not None:
+            Singleton._instances[Plugins] = self.plugins
+        BaseContainer._resolvers = self.state["omegaconf_resolvers"]
+        root = logging.getLogger()
+        root.handlers[:], level = self.logging
+        root.setLevel(level)
+        os.environ.clear()
+        os.environ.update(self.environ)
+        return False
+
+
+def losses(run_dir: Path) -> list[float]:
+    """Every step's loss of a run, from its metrics.jsonl."""
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    return [json.loads(line)["loss"] for line in lines]
+
+
+def validated(overrides: list[str]) -> RunConfig:
+    """compose_run_config, then the driver's checks (launch/validate.py) on every planned run:
+    a refused input raises its ConfigError."""
+    from launch.plan import plan_runs
+    from launch.validate import validate
+
+    cfg = compose_run_config(overrides)
+    validate(cfg, plan_runs(cfg))
+    return cfg
+
+
+def rank_config(run_dir: Path, overrides: list[str]) -> tuple[RunConfig, Path]:
+    """Compose, plan and write RUN_DIR/config.yaml as the driver does for its first run: the
+    composed config and the path a rank reads (`python -m train --config PATH`)."""
+    from launch.pipeline import write_run_config
+    from launch.plan import plan_runs
+
+    cfg = compose_run_config([*overrides, f"run_dir={run_dir}"])
+    return cfg, write_run_config(cfg, plan_runs(cfg)[0], "test")
+
+
+def run_one_rank_here(config_path: Path) -> None:
+    """The worker's run in this process, as one rank without a process group (the
+    reference the multi-rank layouts are compared with)."""
+    from train.runtime.worker import run
+
+    distributed = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
+    saved = {k: os.environ.pop(k) for k in distributed if k in os.environ}
+    try:
+        run(config_path)
+    finally:
+        os.environ.update(saved)
+
+
+def torchrun(nproc: int, module: str, *args: str, timeout: float = 600) -> None:
+    """`torchrun --standalone --nproc-per-node N -m MODULE ARGS` from the repo (a rank helper
+    under tests/ranks); fails the test with the tail of its output."""
+    standalone = ["--standalone", "--nproc-per-node", str(nproc)]
+    result = run_module("torch.distributed.run", [*standalone, "-m", module, *args], REPO, timeout)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+
+
+def launch_process(args: list[str], cwd: Path, *, merge_stderr: bool = True) -> subprocess.Popen:
+    """`python -m launch ARGS` started in the background, for a test that acts on the run
+    while it goes (kills a rank, sends SIGTERM); stderr joins stdout unless merge_stderr is
+    false."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "launch", *args],
+        cwd=cwd,
+        env=cli_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT if merge_stderr else subprocess.PIPE,
+        text=True,
+    )
+
+
+@contextlib.contextmanager
+def running_driver(args: list[str], cwd: Path, *, merge_stderr: bool = True):
+    """launch_process as a block: the driver is killed when the block ends, however it ends
+    (a failed wait or assertion must not leave it running)."""
+    driver = launch_process(args, cwd, merge_stderr=merge_stderr)
+    try:
+        yield driver
+    finally:
+        driver.kill()
+
+
+def finish(driver: subprocess.Popen, timeout: float = 240) -> str:
+    """Wait for a background driver (stderr joined to stdout); it must exit 0. Its output."""
+    output, _ = driver.communicate(timeout=timeout)
+    assert driver.returncode == 0, output[-3000:]
+    return output
+
+
+@pytest.fixture
+def fake_transformer_engine(monkeypatch):
+    """An empty `transformer_engine.pytorch` in sys.modules (Transformer Engine needs CUDA):
+    the test puts on it what the code under test calls."""
+    te = types.ModuleType("transformer_engine.pytorch")
+    package = types.ModuleType("transformer_engine")
+    package.pytorch = te
+    monkeypatch.setitem(sys.modules, "transformer_engine", package)
+    monkeypatch.setitem(sys.modules, "transformer_engine.pytorch", te)
+    return te
 
 
 def pytest_configure(config):

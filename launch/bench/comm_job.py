@@ -1,7 +1,7 @@
 """The collective benchmark job (``python -m launch.comm``): started like a training run.
 
 The same config tree and launch pipeline as ``python -m launch`` (cluster=local, emulated or
-multinode; launcher=torchrun, deepspeed or slurm), with ``python -m train.bench.collectives`` as the
+multinode; launcher=torchrun, deepspeed or slurm), with ``python -m train.bench.comm_rank`` as the
 ranks. One run at cluster.nodes x cluster.nproc_per_node (sweeps do not apply); the
 comm.* keys set the ops and the size sweep. Writes RUN_DIR/comm.json (every point),
 comm.jsonl (progress) and comm.png, and prints busbw per size and op, nccl-tests style.
@@ -22,6 +22,7 @@ from rich.table import Table
 from launch.errors import ConfigError
 from launch.pipeline import Job
 from launch.plan import RunPlan
+from train.spec.bus import COLLECTIVES
 from train.spec.config import RunConfig
 
 # A size's few timed calls are bounded by seconds_per_size; these bound the counts and sizes
@@ -32,12 +33,10 @@ MAX_ITERS = 100_000
 
 
 def validate_comm(cfg: RunConfig) -> None:
-    from train.bench.collectives import OPS
-
     c = cfg.comm
-    unknown = [op for op in c.ops if op not in OPS]
+    unknown = [op for op in c.ops if op not in COLLECTIVES]
     if unknown or not c.ops:
-        raise ConfigError("comm.ops", f"{unknown or c.ops}: choose from {', '.join(OPS)}")
+        raise ConfigError("comm.ops", f"{unknown or c.ops}: choose from {', '.join(COLLECTIVES)}")
     if c.min_bytes < 4:
         raise ConfigError("comm.min_bytes", f"{c.min_bytes}: must be >= 4 (one fp32 element)")
     if c.max_bytes < c.min_bytes:
@@ -132,6 +131,7 @@ def _row_key(nbytes: int) -> int:
 
 
 def plot(result: dict, path: Path) -> Path:
+    # Imported here: matplotlib takes a second to import and only the plot needs it.
     import matplotlib
 
     matplotlib.use("Agg")
@@ -162,7 +162,7 @@ def plot(result: dict, path: Path) -> Path:
 
 COMM = Job(
     driver_module="launch.comm",
-    rank_module="train.bench.collectives",
+    rank_module="train.bench.comm_rank",
     progress_file="comm.jsonl",
     result_file="comm.json",
     adjust=one_run_one_batch,

@@ -22,8 +22,10 @@ from __future__ import annotations
 
 import time
 
+from launch.bench.cache import cache_path, load_measured
 from launch.errors import ConfigError
 from train.spec.config import GpuConfig
+from train.spec.devices import cpu_model_name
 
 
 def per_gpu_link_gbps(profile: GpuConfig, link: str) -> float:
@@ -55,9 +57,6 @@ def matched_link_gbps(
 
 def cpu_flops_per_rank(threads: int) -> tuple[float, str]:
     """A rank's fp32 FLOP/s: `python -m launch.mamf`'s cached ceiling, else a 1 s measurement."""
-    from launch.bench.matmul_ceiling import cache_path, load_measured
-    from train.runtime.distributed import cpu_model_name
-
     device_name = cpu_model_name()
     measured = load_measured(device_name, threads)
     if measured and (measured.get("best_tflops") or {}).get("fp32"):
@@ -67,7 +66,7 @@ def cpu_flops_per_rank(threads: int) -> tuple[float, str]:
 
 def measure_cpu_flops(threads: int, seconds: float = 1.0, n: int = 512) -> float:
     """fp32 matmul FLOP/s on `threads` threads (a rank's share of the CPU)."""
-    import torch
+    import torch  # here: the driver imports torch only when it measures
 
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)

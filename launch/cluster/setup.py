@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import os
 import socket
 from dataclasses import dataclass
 
@@ -36,11 +37,15 @@ class ClusterSetup:
 def set_up_cluster(cfg: RunConfig, plans: list[RunPlan], console: Console) -> ClusterSetup:
     """Resolve the nodes and check what must be true before anything is written or started."""
     c = cfg.cluster
+    if c.name in ("multinode", "slurm") and c.link_gbps > 0:
+        cfg.resolved.applied_link = declared_link(c.link_gbps)
     if c.name == "multinode":
         nodes = multinode_hosts(cfg)
         hosts_rendezvous = cfg.launcher.name == "deepspeed" or c.node_rank == 0
         if hosts_rendezvous and not cfg.dry_run and cfg.launcher.name != "slurm":
             check_port_free(c.master_port)
+        if cfg.launcher.name == "deepspeed" and not cfg.dry_run:
+            check_deepspeed_runner(cfg)
         return ClusterSetup(nodes)
     if c.name == "emulated":
         matched_to = match_link_to_gpu(cfg, console) if c.link_match_gpu else None
@@ -87,9 +92,30 @@ def match_link_to_gpu(cfg: RunConfig, console: Console) -> dict:
     return matched_to
 
 
+def declared_link(gbps: float) -> dict:
+    """cluster.link_gbps on real nodes: what the user says their link is, recorded with each
+    run (resolved.applied_link) so that sweeps over different links are separate curves."""
+    return {"gbps": gbps, "declared": True, "qdisc": "none (declared, not applied)"}
+
+
+def check_deepspeed_runner(cfg: RunConfig) -> None:
+    """DeepSpeed's slurm runner starts the ranks with srun: only inside an allocation."""
+    if cfg.launcher.runner == "slurm" and "SLURM_JOB_ID" not in os.environ:
+        raise ConfigError(
+            "launcher.runner",
+            "runner=slurm starts the ranks with srun, which needs an allocation: run this "
+            "driver inside `salloc -N<nodes>` (or an sbatch script), or use launcher=slurm "
+            "(the driver submits the jobs) or runner=pdsh/openmpi",
+        )
+
+
 def check_port_free(port: int) -> None:
-    """The rendezvous port must be free on the node that hosts it (this one)."""
+    """The rendezvous port must be free on the node that hosts it (this one).
+
+    SO_REUSEADDR as the rendezvous store binds it: a port left in TIME_WAIT by the last run
+    (for about a minute) is free for the next one, only a listening socket is refused."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind(("", port))
         except OSError as exc:

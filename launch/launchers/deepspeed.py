@@ -21,6 +21,7 @@ Two traps of DeepSpeed 0.19's runners, handled here:
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -83,6 +84,29 @@ def write_launch_files(cfg: RunConfig, plan: RunPlan, nodes: list[ClusterNode]) 
     (plan.run_dir / ENV_FILE).write_text(env.dotenv())
 
 
+def runner_options(runner: str, nproc_per_node: int) -> list[str]:
+    """What a runner needs beyond DeepSpeed's defaults to start ranks right."""
+    if runner == "openmpi" and os.geteuid() == 0:
+        # mpirun refuses to run as root without it (containers and test clusters run as root).
+        return ["--launcher_args=--allow-run-as-root"]
+    if runner == "slurm":
+        # srun reaches the nodes itself: no ssh to check (compute nodes may not run sshd).
+        # --ntasks-per-node: equal shares, and SLURM_NTASKS_PER_NODE, from which each rank
+        # knows its node's size (srun sets it only when asked).
+        return ["--no_ssh_check", f"--launcher_args=--ntasks-per-node={nproc_per_node}"]
+    return []
+
+
+def runner_program(runner: str, module: str, config_path: Path) -> list[str]:
+    """The ranks' program: `-m module --config PATH` however the runner starts python."""
+    if runner == "slurm":
+        # DeepSpeed's slurm runner runs `python -u SCRIPT ARGS` and drops --module: after
+        # `--` the script is `-m` and the module its first argument, so srun runs
+        # `python -u -m module`, from any directory.
+        return ["--no_local_rank", "--", "-m", module, "--config", str(config_path)]
+    return ["--no_local_rank", "--module", module, "--config", str(config_path)]
+
+
 def deepspeed_commands(
     cfg: RunConfig,
     plan: RunPlan,
@@ -110,9 +134,13 @@ def deepspeed_commands(
         ]
         return [NodeCommand(0, argv, env)]
     head = nodes[0]
+    runner = cfg.launcher.runner
     common = [executable_beside_python("deepspeed"), "--hostfile", str(run_dir / HOSTFILE)]
-    if per_node or cfg.launcher.runner not in MPI_RUNNERS:
-        common += ["--num_nodes", str(plan.nodes), "--num_gpus", str(plan.nproc_per_node)]
+    if per_node or runner not in MPI_RUNNERS:
+        common += ["--num_nodes", str(plan.nodes)]
+    if per_node or runner not in (*MPI_RUNNERS, "slurm"):
+        # The slurm runner turns --num_gpus into srun --gpus-per-node: no CPU node has one.
+        common += ["--num_gpus", str(plan.nproc_per_node)]
     common += [
         "--master_addr",
         head.rendezvous_host,
@@ -120,7 +148,8 @@ def deepspeed_commands(
         str(cfg.cluster.master_port),
     ]
     if not per_node:
-        return [NodeCommand(0, [*common, "--launcher", cfg.launcher.runner, *program], env)]
+        argv = [*common, "--launcher", runner, *runner_options(runner, plan.nproc_per_node)]
+        return [NodeCommand(0, [*argv, *runner_program(runner, module, config_path)], env)]
     return [
         NodeCommand(k, [*common, "--no_ssh", "--node_rank", str(k), *program], env)
         for k in range(plan.nodes)

@@ -125,6 +125,7 @@ def run_nodes(
     result_file: str = "summary.json",
     require_result: bool = True,
     keep_progress: bool = False,
+    keep_result: bool = False,
 ) -> dict | None:
     """Start every node's command together, follow rank 0's metrics, return its summary.
 
@@ -132,9 +133,11 @@ def run_nodes(
     already wrapped in its namespace). When one node fails the others are stopped: their
     torchrun would otherwise wait out the rendezvous timeout for a peer that never comes.
     """
-    # A stale result never passes for this run's; progress is kept when the run resumes.
-    for stale in (result_file,) if keep_progress else (progress_file, result_file):
-        (plan.run_dir / stale).unlink(missing_ok=True)
+    # A stale result never passes for this run's; progress is kept when the run resumes;
+    # keep_result: another node's driver owns them (a run dir on a shared filesystem).
+    stale = [] if keep_result else [result_file]
+    for name in stale if keep_progress else [progress_file, *stale]:
+        (plan.run_dir / name).unlink(missing_ok=True)
     task = progress.add_task(plan.name, total=total_steps, loss="-", tokens_per_s="-")
     tail = MetricsTail(plan.run_dir / progress_file)
     procs: list[subprocess.Popen] = []

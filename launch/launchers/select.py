@@ -42,8 +42,16 @@ def launch_commands(
     return commands
 
 
+def driver_node_rank(cfg: RunConfig) -> int:
+    """The node this driver starts: cluster.node_rank where one driver runs per node
+    (cluster=multinode with torchrun), 0 where this driver starts every node."""
+    if cfg.cluster.name == "multinode" and cfg.launcher.name == "torchrun":
+        return cfg.cluster.node_rank
+    return 0
+
+
 def commands_run_here(cfg: RunConfig, commands: list[NodeCommand]) -> list[NodeCommand]:
     """The commands this machine starts: one node's on a real multi-node cluster."""
     if cfg.cluster.name == "multinode" and cfg.launcher.name == "torchrun":
-        return [c for c in commands if c.node_rank == cfg.cluster.node_rank]
+        return [c for c in commands if c.node_rank == driver_node_rank(cfg)]
     return commands

@@ -21,6 +21,8 @@ from launch.plan import RunPlan
 from train.spec.config import RunConfig
 
 SCRIPT_NAME = "job.sbatch"
+# A multi-node job's rendezvous port: cluster.master_port + job id modulo this.
+RDZV_PORTS = 1000
 # Slurm's --time formats: minutes, MM:SS, HH:MM:SS, D-HH, D-HH:MM, D-HH:MM:SS.
 SLURM_TIME = re.compile(r"^(\d+-\d{1,2}(:\d{2}){0,2}|\d+(:\d{2}){0,2})$")
 # Partition and account names: what sbatch accepts unquoted on a directive line.
@@ -104,8 +106,10 @@ def sbatch_script(
         *task.export_lines(),
         # Since Slurm 22.05 srun no longer inherits --cpus-per-task from sbatch.
         'export SRUN_CPUS_PER_TASK="$SLURM_CPUS_PER_TASK"',
-        "# The rendezvous lives on the allocation's first node; torchrun there hosts it.",
+        "# The rendezvous lives on the allocation's first node; torchrun there hosts it, on a",
+        "# port of this job's own: another job may share that node.",
         'head_node=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)',
+        f"rdzv_port=$(({cfg.cluster.master_port} + SLURM_JOB_ID % {RDZV_PORTS}))",
         f"srun --nodes={plan.nodes} --ntasks-per-node=1 --kill-on-bad-exit=1 \\",
         f"    {task.argv_line()}",
     ]
@@ -137,18 +141,36 @@ def submit(script_path: Path) -> str:
     return result.stdout.strip().split(";")[0]
 
 
-def submit_or_print(
+def waits(cfg: RunConfig) -> bool:
+    """launcher.wait, or its default: follow the jobs unless this driver is itself a Slurm
+    job (it would hold its allocation only to wait)."""
+    if cfg.launcher.wait is not None:
+        return cfg.launcher.wait
+    return "SLURM_JOB_ID" not in os.environ
+
+
+def print_scripts(
     cfg: RunConfig, plans: list[RunPlan], config_paths: dict[str, Path], module: str
-) -> int:
-    """launcher=slurm: write each run's sbatch script; print it (dry_run) or submit it."""
+) -> None:
+    """dry_run: write each run's sbatch script and print it."""
     for plan in plans:
         script = write_script(cfg, plan, config_paths[plan.name], module)
-        if cfg.dry_run:
-            print(f"# {plan.name}: {script}  (submit with: {shlex.join(sbatch_argv(script))})")
-            print(script.read_text())
-            continue
-        job_id = submit(script)
-        print(f"{plan.name}: submitted Slurm job {job_id} ({script})")
-    if not cfg.dry_run and cfg.sweep.name != "none":
-        print(f"when the jobs have finished: python -m launch.report {cfg.run_dir}")
-    return 0
+        print(f"# {plan.name}: {script}  (submit with: {shlex.join(sbatch_argv(script))})")
+        print(script.read_text())
+
+
+def submit_all(
+    cfg: RunConfig, plans: list[RunPlan], config_paths: dict[str, Path], module: str
+) -> dict[str, str]:
+    """Write and submit each run's sbatch script; the job id of each run."""
+    jobs = {}
+    for plan in plans:
+        script = write_script(cfg, plan, config_paths[plan.name], module)
+        jobs[plan.name] = submit(script)
+        print(f"{plan.name}: submitted Slurm job {jobs[plan.name]} ({script})", flush=True)
+    return jobs
+
+
+def output_path(plan: RunPlan, job_id: str) -> Path:
+    """The job's stdout and stderr (sbatch --output=RUN_DIR/slurm-%j.out)."""
+    return plan.run_dir / f"slurm-{job_id}.out"

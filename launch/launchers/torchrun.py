@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 
 from launch.cluster.hosts import ClusterNode
@@ -65,6 +66,21 @@ def multinode_rendezvous(
     return args
 
 
+def rendezvous_id(cfg: RunConfig, plan: RunPlan) -> str:
+    """The same on every node's driver, different for each point of a sweep: cluster.rdzv_id
+    or a digest of what names the run, plus the point. Never the config's path: with no
+    run_dir each node's driver has its own timestamped dir, and the nodes would wait for each
+    other in two rendezvous until the timeout."""
+    point = f"ws{plan.world_size}"  # not plan.name: a single run is named after its dir
+    if cfg.cluster.rdzv_id:
+        return f"{cfg.cluster.rdzv_id}-{point}"
+    # Every node's command line gives these the same values (node_rank and run_dir aside).
+    names = [cfg.name, cfg.model.name, cfg.parallel.name, cfg.precision.name, cfg.seed]
+    names += [cfg.train.seq_len, plan.global_batch, cfg.train.steps, list(cfg.cluster.hosts)]
+    digest = hashlib.sha256(json.dumps(names, default=str).encode()).hexdigest()[:12]
+    return f"{point}-{digest}"
+
+
 def torchrun_commands(
     cfg: RunConfig,
     plan: RunPlan,
@@ -83,8 +99,7 @@ def torchrun_commands(
         ]
     head = nodes[0]
     endpoint = f"{head.rendezvous_host}:{cfg.cluster.master_port}"
-    # The same id on every node, different for every run: the rendezvous of one run only.
-    run_id = hashlib.sha256(str(config_path).encode()).hexdigest()[:16]
+    run_id = rendezvous_id(cfg, plan)
     return [
         NodeCommand(
             k,
@@ -104,8 +119,16 @@ def torchrun_commands(
 def slurm_task_command(
     cfg: RunConfig, plan: RunPlan, config_path: Path, module: str
 ) -> NodeCommand:
-    """The task srun starts on every node: torchrun, rendezvous on the allocation's head."""
-    endpoint = ShellExpr(f"$head_node:{cfg.cluster.master_port}")
-    rendezvous = multinode_rendezvous(plan, endpoint, ShellExpr("$SLURM_JOB_ID"))
+    """The task srun starts on every node: torchrun, rendezvous on the allocation's head
+    (`$rdzv_port`, set by the script), or a private one on the only node of a 1-node job.
+
+    Never the same port for every job: two jobs sharing a node (a sweep's 1-node point next
+    to its 2-node one) would share one rendezvous store, and the first to end takes it away
+    from the other, which then fails with RendezvousConnectionError after training."""
+    if plan.nodes == 1:
+        rendezvous = ["--standalone", "--nnodes", "1"]
+    else:
+        endpoint = ShellExpr("$head_node:$rdzv_port")
+        rendezvous = multinode_rendezvous(plan, endpoint, ShellExpr("$SLURM_JOB_ID"))
     argv = torchrun_argv(cfg, plan, config_path, module, rendezvous=rendezvous)
     return NodeCommand(0, argv, rank_environment(cfg))

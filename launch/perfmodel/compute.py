@@ -2,7 +2,7 @@
 
 - matmuls: 6 FLOPs per matmul parameter per token (2 forward, 4 backward), plus 2 per
   parameter of each checkpointed block's replayed forward, at peak x the matmul fraction;
-  TP splits the block matrices, not the head (train/parallel: the head is replicated);
+  TP splits the block matrices and the head (vocab-parallel, train/parallel/tensor_parallel.py);
 - attention scores and values: 12 L H Q T per token (+ 4 H Q T per replayed block) at peak x
   the attention fraction (FlashAttention's measured share);
 - memory-bound work at the achievable HBM rate: elementwise kernels per token, autocast's
@@ -23,10 +23,10 @@ from train.spec.config import ModelConfig
 from train.spec.degrees import LayoutPlan
 from train.spec.precision import SIXTEEN_BIT, fp8_eligible
 
-# Bytes per token per block that elementwise kernels stream, counted from train/model/transformer.py under
-# bf16 autocast (fp32 residual): forward 56 per d element (two norms read 4 + write 4 + cast
-# to 2, rope on q and k, two residual adds) and 10 per f element (silu, product); backward
-# about twice the forward. Scaled by width / 2 for fp32 runs.
+# Bytes per token per block that elementwise kernels stream, counted from
+# train/model/transformer.py under bf16 autocast (fp32 residual): forward 56 per d element (two
+# norms read 4 + write 4 + cast to 2, rope on q and k, two residual adds) and 10 per f element
+# (silu, product); backward about twice the forward. Scaled by width / 2 for fp32 runs.
 ELEMENTWISE_D = 168
 ELEMENTWISE_F = 30
 HEAD_BYTES_PER_VOCAB = 20  # logits, fp32 copy, log-softmax and its gradient
@@ -94,7 +94,7 @@ def compute_time(
     block = shapes.block_matmul_params(m, t)
     head = shapes.head_matmul_params(m)
     block_flops = 6 * m.n_layers * block + 2 * n_ckpt * block  # per token
-    head_flops = 6 * head
+    head_flops = 6 * head / t  # the head's logits are split over the vocabulary
     hq = m.n_heads * shapes.head_dim(m)
     attention_flops = (12 * m.n_layers + 4 * n_ckpt) * hq * seq_len / t
 
@@ -141,7 +141,7 @@ def _memory_bound_s(
     n_ckpt = len(plan.checkpointed)
     per_block = (ELEMENTWISE_D * m.d_model + ELEMENTWISE_F * m.ffn_hidden / t) * half_width
     replay = per_block / 3 * n_ckpt  # a replayed forward
-    per_token = m.n_layers * per_block + replay + HEAD_BYTES_PER_VOCAB * m.vocab_size
+    per_token = m.n_layers * per_block + replay + HEAD_BYTES_PER_VOCAB * m.vocab_size / t
     local_params = shapes.count_params(m) if t == 1 else _tp_local_params(m, t)
     row = plan.row
     if precision in SIXTEEN_BIT and (row.deepspeed or row.shards_parameters):
@@ -179,7 +179,7 @@ def _host_compute_time(
     forward_s += streamed * m.n_layers / (3 * m.n_layers + n_ckpt)
     hq = m.n_heads * shapes.head_dim(m)
     block = shapes.block_matmul_params(m, t)
-    head_flops = 6 * shapes.head_matmul_params(m)
+    head_flops = 6 * shapes.head_matmul_params(m) / t
     attention_flops = (12 * m.n_layers + 4 * n_ckpt) * hq * seq_len / t
     model_flops = tokens * (
         6 * m.n_layers * block + head_flops + 12 * m.n_layers * hq * seq_len / t
@@ -190,9 +190,7 @@ def _host_compute_time(
 
 
 def _tp_local_params(m: ModelConfig, t: int) -> int:
-    return shapes.numel(shapes.block_param_shapes(m, t)) * m.n_layers + shapes.numel(
-        shapes.root_param_shapes(m)
-    )
+    return shapes.numel(shapes.all_param_shapes(m, t))
 
 
 def layout_optimizer_split(plan: LayoutPlan) -> int:

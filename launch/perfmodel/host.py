@@ -6,7 +6,7 @@ project's CPU sizes (tiny model, one core per rank) a step is not one big matmul
 few hundred rows run far from the square-matrix ceiling, attention is a separate kernel, and
 hundreds of small elementwise kernels each pay a dispatch latency. So for the cpu profile the
 compute time is itemised over what was measured on this machine (``python -m launch.mamf
---host-shapes``, cached beside the ceiling; launch/bench/matmul_ceiling.py measure_host):
+--host-shapes``, cached beside the ceiling; launch/bench/host_kernels.py):
 
 - each GEMM the step runs, by shape: forward (tokens, in, out), input gradient (tokens, out,
   in), weight gradient (out, tokens, in), per Linear of a block (TP: its shard) and the head;
@@ -14,19 +14,22 @@ compute time is itemised over what was measured on this machine (``python -m lau
 - memory-bound work as kernels x a measured per-kernel latency + bytes / a measured
   streaming bandwidth (an alpha-beta model of elementwise kernels).
 
-Kernel counts are counted, not fitted: torch.profiler over train/model/transformer.py on torch 2.13 CPU
-(fp32) runs 136 forward and 237 backward elementwise / reduction kernels for the tiny model's
-4 blocks and head (view-like ops and no-op ``to`` excluded), i.e. about 32 and 57 per block
-with the head's few folded in, and AdamW (foreach falls back to per-tensor kernels on CPU) 9
-per parameter tensor. docs/performance-model.md has the command.
+Kernel counts are counted, not fitted: torch.profiler over train/model/transformer.py on
+torch 2.13 CPU (fp32) runs 136 forward and 237 backward elementwise / reduction kernels for the
+tiny model's 4 blocks and head (view-like ops and no-op ``to`` excluded), i.e. about 32 and 57
+per block with the head's few folded in, and AdamW (foreach falls back to per-tensor kernels on
+CPU) 9 per parameter tensor. docs/performance-model.md has the command.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from train.spec import shapes
-from train.spec.config import ModelConfig
+from train.spec.config import ModelConfig, RunConfig
+from train.spec.degrees import plan_layout
 
 FORWARD_KERNELS_PER_BLOCK = 34  # 136 / 4 blocks: norms, rope, residual adds, silu, head's few
 BACKWARD_KERNELS_PER_BLOCK = 59  # 237 / 4
@@ -61,6 +64,51 @@ def attention_shape(m: ModelConfig, micro_batch: int, seq_len: int, tp: int) -> 
 
 
 @dataclass(frozen=True)
+class HostWorkload:
+    """What a cpu run's compute is itemised over: every GEMM and attention shape of its
+    micro-step at each TP degree in ``tps``, timed with ``cpu_threads`` threads."""
+
+    model: ModelConfig
+    micro_batch: int
+    seq_len: int
+    tps: tuple[int, ...]
+    cpu_threads: int
+
+    def gemms(self) -> list[tuple[int, int, int]]:
+        tokens = self.micro_batch * self.seq_len
+        return sorted({g for tp in self.tps for g in step_gemms(self.model, tokens, tp)})
+
+    def attention(self) -> list[tuple]:
+        m, micro, seq = self.model, self.micro_batch, self.seq_len
+        return sorted({attention_shape(m, micro, seq, tp) for tp in self.tps})
+
+    def missing(self, record: dict | None) -> list[str]:
+        """The keys of the shapes ``record`` (launch/bench/cache.py load_host) has no time for."""
+        measured = {**(record or {}).get("gemm_s", {}), **(record or {}).get("sdpa_s", {})}
+        keys = [gemm_key(*g) for g in self.gemms()] + [sdpa_key(*a) for a in self.attention()]
+        return [key for key in keys if key not in measured]
+
+
+def host_workload(cfg: RunConfig, ran: Mapping[str, Any]) -> HostWorkload | None:
+    """The kernel shapes a run's predicted compute is itemised over, or None where it is not:
+    a GPU profile, a cpu profile without a measured fp32 ceiling (launch.mamf), a run not in
+    fp32. ``ran``: its summary.json (world_size, nproc_per_node, precision.resolved). Its TP
+    degree and 1: the single-device base of its scaling efficiency runs without TP."""
+    if cfg.gpu.name != "cpu" or not cfg.gpu.measured_peak_tflops.fp32:
+        return None
+    if ran["precision"]["resolved"] != "fp32":
+        return None
+    tp = plan_layout(cfg, ran["world_size"], ran["nproc_per_node"]).degrees.tp
+    return HostWorkload(
+        model=cfg.model,
+        micro_batch=cfg.train.micro_batch,
+        seq_len=cfg.train.seq_len,
+        tps=tuple(sorted({1, tp})),
+        cpu_threads=cfg.cluster.cpu_threads_per_rank,
+    )
+
+
+@dataclass(frozen=True)
 class HostRates:
     """Measured on this host, one rank's threads (launch.mamf --host-shapes)."""
 
@@ -78,13 +126,6 @@ class HostRates:
     def sdpa_time(self, shape: tuple, attention_flops: float) -> float:
         measured = self.sdpa_s.get(sdpa_key(*shape))
         return measured if measured is not None else attention_flops / self.matmul_flops
-
-    def missing(self, m: ModelConfig, micro_batch: int, seq_len: int, tp: int) -> list[str]:
-        """Shapes of this workload with no measurement (the ceiling stands in for them)."""
-        tokens = micro_batch * seq_len
-        keys = [gemm_key(*g) for g in step_gemms(m, tokens, tp)]
-        keys.append(sdpa_key(*attention_shape(m, micro_batch, seq_len, tp)))
-        return [k for k in keys if k not in self.gemm_s and k not in self.sdpa_s]
 
     @classmethod
     def from_record(cls, record: dict, matmul_flops: float) -> HostRates:

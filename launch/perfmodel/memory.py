@@ -1,7 +1,9 @@
-"""Memory per rank by layout: what it holds (train/measure/held_memory.py's four kinds) and what it peaks at.
+"""Memory per rank by layout: what it holds (train/measure/held_memory.py's four kinds) and
+what it peaks at.
 
-Held bytes follow train/measure/held_memory.py: each tensor once, local shards only, the busiest rank
-(rank 0 holds the rounded-up shard of every FSDP tensor), measured at the end of backward.
+Held bytes follow train/measure/held_memory.py: each tensor once, local shards only, the
+busiest rank (rank 0 holds the rounded-up shard of every FSDP tensor), measured at the end of
+backward.
 Torch layouts (ddp, fsdp, hsdp, tp, tp_fsdp) keep fp32 parameters under autocast and AdamW
 steps them in place (no master copy; two fp32 moments and a 4-byte step counter per
 parameter tensor). DeepSpeed (zero1-3) runs the model in 16 bits under bf16/fp16 and keeps an
@@ -30,6 +32,10 @@ RESERVED_SHARE = 0.05
 ADAM_STEP_BYTES = 4  # torch AdamW's float32 step counter, one per parameter tensor
 
 
+# What a rank holds, in train/measure/held_memory.py's names (its total_bytes sums them).
+HELD_KINDS = ("param_bytes", "grad_bytes", "optimizer_state_bytes", "master_weight_bytes")
+
+
 @dataclass(frozen=True)
 class MemoryEstimate:
     param_bytes: int
@@ -42,13 +48,8 @@ class MemoryEstimate:
 
     @property
     def held_bytes(self) -> int:
-        """train/measure/held_memory.py's total_bytes: parameters, gradients, optimizer state, masters."""
-        return (
-            self.param_bytes
-            + self.grad_bytes
-            + self.optimizer_state_bytes
-            + self.master_weight_bytes
-        )
+        """The measured summary's total_bytes: the HELD_KINDS summed."""
+        return sum(getattr(self, kind) for kind in HELD_KINDS)
 
     @property
     def peak_bytes(self) -> int:
@@ -63,9 +64,8 @@ class MemoryEstimate:
         return None if self.capacity_bytes is None else self.capacity_bytes - self.peak_bytes
 
     def as_dict(self) -> dict:
-        # The names of train/measure/held_memory.py's summary (total_bytes: what the rank holds), then the rest.
-        names = ("param_bytes", "grad_bytes", "optimizer_state_bytes", "master_weight_bytes")
-        out = {name: getattr(self, name) for name in names}
+        """The measured summary's names (total_bytes: what the rank holds), then the rest."""
+        out = {kind: getattr(self, kind) for kind in HELD_KINDS}
         out["total_bytes"] = self.held_bytes
         for name in ("activation_bytes", "transient_bytes", "peak_bytes", "capacity_bytes", "fits"):
             out[name] = getattr(self, name)
@@ -82,7 +82,7 @@ def local_param_shapes(m: ModelConfig, plan: LayoutPlan) -> list[tuple[int, ...]
     """Shapes one rank stores: TP splits the block matrices; FSDP splits dim 0 of every
     tensor across dp_shard, rounded up (the busiest rank)."""
     d = plan.degrees
-    local = shapes.block_param_shapes(m, d.tp) * m.n_layers + shapes.root_param_shapes(m)
+    local = shapes.all_param_shapes(m, d.tp)
     if plan.row.shards_parameters and d.dp_shard > 1:
         local = [(-(-s[0] // d.dp_shard), *s[1:]) for s in local]
     return local
@@ -120,7 +120,7 @@ def activation_bytes(
     (4a f). TP splits the head-wise and MLP terms; sequence parallelism also the norm terms.
     A checkpointed block keeps its input only (r d), and backward rebuilds one block at a
     time. The head adds the final norm (r d + a d), the logits (a V) and the fp32 log-softmax
-    and its input (8 V), unsplit under this project's TP.
+    and its input (8 V), the vocabulary split over TP (vocab-parallel head and loss).
     """
     t = plan.degrees.tp
     a = 2 if precision in SIXTEEN_BIT else 4
@@ -133,7 +133,7 @@ def activation_bytes(
     per_token = (m.n_layers - n_ckpt) * full_block + n_ckpt * kept_input
     if n_ckpt:
         per_token += full_block  # the one block being recomputed
-    per_token += (r + a) * m.d_model + (a + 8) * m.vocab_size
+    per_token += (r + a) * m.d_model / norm_split + (a + 8) * m.vocab_size / t
     return int(per_token * micro_batch * seq_len)
 
 
@@ -147,7 +147,7 @@ def transient_bytes(m: ModelConfig, plan: LayoutPlan, precision: str) -> int:
         # FSDP2 gathers in the compute dtype (train/parallel/fsdp.py's mixed precision).
         width = 2 if precision in SIXTEEN_BIT else 4
         block = shapes.numel(shapes.block_param_shapes(m, d.tp)) * width
-        root = shapes.numel(shapes.root_param_shapes(m)) * width
+        root = shapes.numel(shapes.root_param_shapes(m, d.tp)) * width
         return 3 * block + root
     if row.zero_stage == 3 and d.dp_shard > 1:
         width = 2 if precision in SIXTEEN_BIT else 4

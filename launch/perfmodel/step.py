@@ -20,9 +20,8 @@ from launch.perfmodel.hardware import PartRates, part_rates
 from launch.perfmodel.host import HostRates
 from launch.perfmodel.memory import MemoryEstimate, estimate_memory
 from launch.perfmodel.overlap import comm_time
-from train.spec import shapes
 from train.spec.config import RunConfig
-from train.spec.degrees import Degrees, LayoutPlan, plan_layout
+from train.spec.degrees import Degrees, LayoutPlan, plan_batch, plan_layout
 from train.spec.traffic import StepShape, step_collectives
 
 
@@ -45,6 +44,10 @@ class Prediction:
     peak_tflops: float | None
     base_tokens_per_s_per_device: float
     notes: list[str] = field(default_factory=list)
+
+    @property
+    def degrees(self) -> Degrees:
+        return Degrees(**{k: self.layout[k] for k in ("dp_replicate", "dp_shard", "tp", "pp")})
 
     @property
     def compute_s(self) -> float:
@@ -119,8 +122,8 @@ class Prediction:
 
 def projected_precision(requested: str, gpu_name: str, has_fp8: bool) -> tuple[str, str]:
     """(precision, reason) the model assumes. `auto` needs the machine's libraries to decide
-    fp8 (train/runtime/numerics.py); without a machine the projection takes bf16 on a GPU and fp32 on
-    the CPU (no native bf16 on this project's reference CPU)."""
+    fp8 (train/runtime/numerics.py); without a machine the projection takes bf16 on a GPU and
+    fp32 on the CPU (no native bf16 on this project's reference CPU)."""
     if requested == "auto":
         if gpu_name == "cpu":
             return "fp32", "auto on cpu: fp32 assumed (the run records what it resolved)"
@@ -130,59 +133,42 @@ def projected_precision(requested: str, gpu_name: str, has_fp8: bool) -> tuple[s
     return requested, f"requested {requested}"
 
 
+@dataclass(frozen=True)
+class Placement:
+    """Where a step runs: its ranks, how many share a node, how many nodes."""
+
+    world_size: int
+    nproc_per_node: int
+    nodes: int
+
+
 def predict(
     cfg: RunConfig,
     plan: LayoutPlan,
+    where: Placement,
     *,
-    world_size: int,
-    nproc_per_node: int,
-    nodes: int,
     global_batch: int,
     precision: str,
     rates: PartRates,
 ) -> Prediction:
+    """One step of ``cfg`` under ``plan`` at ``where``, ``global_batch`` sequences over the
+    data-parallel ranks: compute, then the collectives it issues and what of them overlap
+    leaves exposed, memory per rank, and the single-device base of its efficiency."""
     if plan.pipeline is not None:  # the report then says why instead of a wrong number
         raise ConfigError(
             "parallel.name",
             f"the performance model does not know pipeline layouts yet (parallel={plan.name})",
         )
     m, train = cfg.model, cfg.train
-    d = plan.degrees
-    per_dp = micro = train.micro_batch
-    if global_batch % (micro * d.dp):
-        raise ConfigError(
-            "train.global_batch",
-            f"{global_batch} sequences do not split into micro-batches of {micro} over "
-            f"{d.dp} data-parallel ranks",
-        )
-    accum = global_batch // (per_dp * d.dp)
-    compute = compute_time(
-        m,
-        plan,
-        micro_batch=micro,
-        seq_len=train.seq_len,
-        accum_steps=accum,
-        precision=precision,
-        rates=rates,
-        fp8_min_dim=cfg.precision.fp8.min_dim,
-    )
-    collectives = step_collectives(
-        m,
-        plan,
-        StepShape(
-            micro_batch=micro,
-            seq_len=train.seq_len,
-            accum_steps=accum,
-            grad_clip=train.grad_clip > 0,
-            precision=precision,
-            fsdp_reduce_dtype=cfg.parallel.fsdp_reduce_dtype,
-        ),
-    )
+    batch = plan_batch(global_batch, train.micro_batch, plan.degrees.dp, where.world_size)
+    accum = batch.accum_steps
+    compute = _compute_time(cfg, plan, accum, precision, rates)
+    shape = StepShape.of_run(cfg, accum_steps=accum, precision=precision)
     comm = comm_time(
-        collectives,
+        step_collectives(m, plan, shape),
         compute,
-        degrees=d,
-        nproc_per_node=nproc_per_node,
+        degrees=plan.degrees,
+        nproc_per_node=where.nproc_per_node,
         n_layers=m.n_layers,
         accum_steps=accum,
         bucket_bytes=int(cfg.parallel.bucket_mb * 2**20),
@@ -191,23 +177,20 @@ def predict(
     memory = estimate_memory(
         m,
         plan,
-        micro_batch=micro,
+        micro_batch=train.micro_batch,
         seq_len=train.seq_len,
         precision=precision,
         hbm_bytes=rates.hbm_bytes,
     )
     tokens = global_batch * train.seq_len
-    split = layout_optimizer_split(plan)
-    base = _base_tokens_per_s(cfg, plan, tokens / world_size, precision, rates, split)
-    peak = rates.peak_tflops.get(precision)
     return Prediction(
         gpu=rates.name,
-        nodes=nodes,
-        nproc_per_node=nproc_per_node,
-        world_size=world_size,
+        nodes=where.nodes,
+        nproc_per_node=where.nproc_per_node,
+        world_size=where.world_size,
         layout=plan.as_dict(),
         precision=precision,
-        micro_batch=micro,
+        micro_batch=train.micro_batch,
         accum_steps=accum,
         tokens_per_step=tokens,
         compute=compute,
@@ -215,43 +198,47 @@ def predict(
         comm_by_role=comm.by_role,
         exposed_comm_s=comm.exposed_s,
         memory=memory,
-        peak_tflops=peak,
-        base_tokens_per_s_per_device=base,
+        peak_tflops=rates.peak_tflops.get(precision),
+        base_tokens_per_s_per_device=_base_tokens_per_s(
+            cfg, plan, tokens / where.world_size, precision, rates
+        ),
     )
 
 
-def _base_tokens_per_s(
+def _compute_time(
     cfg: RunConfig,
     plan: LayoutPlan,
-    tokens_per_device: float,
+    accum: int,
     precision: str,
     rates: PartRates,
-    split: int,
-) -> float:
-    """One device, no communication, the same per-device tokens, the optimizer step split
-    as the layout splits it (sharding it is not a scaling gain); memory not checked."""
-    # The same kind of layout on one rank (FSDP2 and DeepSpeed handle 16-bit weights their
-    # own way), no TP, the same checkpointing.
-    one = LayoutPlan(plan.row.single_rank.value, Degrees(1, 1, 1), False, list(plan.checkpointed))
-    micro = cfg.train.micro_batch
-    sequences = tokens_per_device / cfg.train.seq_len
-    accum = max(1, round(sequences / micro))
-    t = compute_time(
+    optimizer_split: int | None = None,
+) -> ComputeTime:
+    return compute_time(
         cfg.model,
-        one,
-        micro_batch=micro,
+        plan,
+        micro_batch=cfg.train.micro_batch,
         seq_len=cfg.train.seq_len,
         accum_steps=accum,
         precision=precision,
         rates=rates,
         fp8_min_dim=cfg.precision.fp8.min_dim,
-        optimizer_split=split,
+        optimizer_split=optimizer_split,
     )
+
+
+def _base_tokens_per_s(
+    cfg: RunConfig, plan: LayoutPlan, tokens_per_device: float, precision: str, rates: PartRates
+) -> float:
+    """One device, no communication, the same per-device tokens, the optimizer step split
+    as the layout splits it (sharding it is not a scaling gain); memory not checked."""
+    # The same kind of layout on one rank (FSDP2 and DeepSpeed handle 16-bit weights their
+    # own way), no TP, the same checkpointing.
+    one = LayoutPlan(plan.row.base_layout, Degrees(1, 1, 1), False, list(plan.checkpointed))
+    micro = cfg.train.micro_batch
+    sequences = tokens_per_device / cfg.train.seq_len
+    accum = max(1, round(sequences / micro))
+    t = _compute_time(cfg, one, accum, precision, rates, layout_optimizer_split(plan))
     return micro * accum * cfg.train.seq_len / t.total_s
-
-
-def plan_for(cfg: RunConfig, world_size: int, nproc_per_node: int) -> LayoutPlan:
-    return plan_layout(cfg, world_size, nproc_per_node)
 
 
 def predict_run(
@@ -272,9 +259,9 @@ def predict_run(
     the profile's peak x the generation's fraction); ``link_gbps``: the emulated link (default:
     cluster.link_gbps when cluster=emulated); ``host``: the cpu profile's kernel times measured
     at this workload's shapes (launch.mamf --host-shapes), which itemise its compute."""
-    world_size, nproc_per_node, nodes = (ran[k] for k in ("world_size", "nproc_per_node", "nodes"))
-    if nodes <= 0:
-        raise ConfigError("cluster.nodes", f"{nodes}: must be >= 1")
+    where = Placement(ran["world_size"], ran["nproc_per_node"], ran["nodes"])
+    if where.nodes <= 0:
+        raise ConfigError("cluster.nodes", f"{where.nodes}: must be >= 1")
     if precision is None:
         precision, _ = projected_precision(cfg.precision.name, cfg.gpu.name, cfg.gpu.fp8)
     if link_gbps is None and cfg.cluster.name == "emulated" and cfg.cluster.link_gbps > 0:
@@ -294,18 +281,7 @@ def predict_run(
             f"{cfg.gpu.name} has no {width} peak to predict compute from: run python -m "
             "launch.mamf on this machine, or pass compute_tflops",
         )
-    plan = plan_for(cfg, world_size, nproc_per_node)
+    plan = plan_layout(cfg, where.world_size, where.nproc_per_node)
     return predict(
-        cfg,
-        plan,
-        world_size=world_size,
-        nproc_per_node=nproc_per_node,
-        nodes=nodes,
-        global_batch=cfg.train.global_batch,
-        precision=precision,
-        rates=rates,
+        cfg, plan, where, global_batch=cfg.train.global_batch, precision=precision, rates=rates
     )
-
-
-def model_flops_per_token(cfg: RunConfig) -> int:
-    return shapes.flops_per_token(cfg.model, cfg.train.seq_len)

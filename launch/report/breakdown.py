@@ -1,12 +1,14 @@
 """The report's "Where the time went" section: per world size, compute / exposed comm / other
 from each measurement that ran (trace, twin, HTA), and a label with the rule that decided it.
 
-Input: the summary.json dicts of a sweep (their ``breakdown`` key, train/measure/trace_breakdown.py).
+Input: the summary.json dicts of a sweep (their ``breakdown`` key,
+train/measure/trace_events.py).
 A run without a usable breakdown says "breakdown unavailable (why)", never a made-up share.
 """
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -194,10 +196,10 @@ def where_the_time_went(runs: list[dict]) -> list[str]:
     lines += [
         "",
         "trace: interval arithmetic over the profiled steps' torch.profiler events "
-        "(train/measure/trace_breakdown.py; profiled steps run after the timed ones and run slower under "
-        "the profiler, so shares are of the profiled step); hta: Holistic Trace Analysis on "
-        "GPU traces; twin: a synchronised step minus a step with gradient sync skipped, "
-        "run in alternating pairs after the timed steps (no-sync twin: trains nothing "
+        "(train/measure/trace_events.py; profiled steps run after the timed ones and run "
+        "slower under the profiler, so shares are of the profiled step); hta: Holistic Trace "
+        "Analysis on GPU traces; twin: a synchronised step minus a step with gradient sync "
+        "skipped, run in alternating pairs after the timed steps (no-sync twin: trains nothing "
         "useful, not a timed figure; its step is not split into compute and other).",
         f"Label: interconnect-bound when exposed comm ≥ {100 * INTERCONNECT_BOUND_SHARE:.0f}% "
         "of the step (trace, else HTA, else twin); otherwise contention-bound when the twin "
@@ -214,8 +216,7 @@ def plot_breakdown(rows: list[dict], path: str | Path) -> Path | None:
     """Stacked bars per world size (one per method): compute / exposed comm / other, one panel
     per series. Nothing is drawn for a run without a usable breakdown; None when no bar is
     left."""
-    import textwrap
-
+    # Imported here: matplotlib takes a second to import and only the plots need it.
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 

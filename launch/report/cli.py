@@ -43,7 +43,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         runs = load_runs(args.dirs)
         rows = scaling_rows(runs)
-        paths = write_files(runs, rows, out, failed_in(args.dirs))
+        failed = failed_in(args.dirs)
+        paths = write_files(runs, rows, out, failed)
     except ReportError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -51,4 +52,9 @@ def main(argv: list[str] | None = None) -> int:
     print_table(rows, console)
     # soft_wrap: a path broken across lines cannot be copied.
     console.print("report: " + ", ".join(str(p) for p in paths.values()), soft_wrap=True)
+    if failed:
+        # A sweep with a hole is not a clean result: say which points, and exit 1.
+        names = ", ".join(f"{p.get('name')} ({p.get('error') or 'failed'})" for p in failed)
+        print(f"error: {len(failed)} point(s) without a summary: {names}", file=sys.stderr)
+        return 1
     return 0

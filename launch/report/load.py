@@ -6,6 +6,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from launch.errors import ReportError
 from train.measure.summary import RunSummary, SummaryError
 
@@ -35,11 +37,30 @@ def _summary_paths(directory: Path) -> list[Path]:
 
 def _series_key(run: dict[str, Any]) -> str:
     parts = [run["gpu"], run["model"]["name"], run["parallel"], run["precision"]["resolved"]]
-    # On the emulated cluster the link rate is the variable under study: one curve per rate.
+    # The link rate (applied on the emulated cluster, declared on real nodes) and the fabric
+    # profile are variables under study: one curve per link, never two links in one curve.
     link = (run.get("cluster") or {}).get("link") or {}
     if link.get("gbps"):
         parts.append(f"link {link['gbps'] * 1000:g} Mbit/s")
+    fabric = (run.get("fabric") or {}).get("name")
+    if fabric and fabric != "none":
+        parts.append(f"fabric {fabric}")
     return " · ".join(parts)
+
+
+def _with_driver_link(run: dict[str, Any], run_dir: Path) -> dict[str, Any]:
+    """A summary whose ranks recorded no link (real clusters: only the driver knows the
+    link cluster.link_gbps declares): the link from the run's config.yaml."""
+    cluster = run.get("cluster")
+    if not isinstance(cluster, dict) or cluster.get("link") or cluster.get("name") == "emulated":
+        return run
+    try:
+        resolved = yaml.safe_load((run_dir / "config.yaml").read_text()).get("resolved") or {}
+    except (OSError, ValueError, AttributeError, yaml.YAMLError):
+        return run
+    if resolved.get("applied_link"):
+        cluster["link"] = resolved["applied_link"]
+    return run
 
 
 def _workload(run: dict[str, Any]) -> tuple:
@@ -69,7 +90,7 @@ def load_runs(dirs: list[Path]) -> list[dict[str, Any]]:
     for given in given_by_dir.values():
         runs = []
         for path in _summary_paths(given):  # errors name the dir as the user typed it
-            run = _read_summary(path)
+            run = _with_driver_link(_read_summary(path), path.parent)
             run["run_dir"] = str(path.parent)
             runs.append(run)
         per_dir.append(runs)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import statistics
+from pathlib import Path
 from typing import Any
 
 from launch.report.predicted import predicted_section
@@ -70,12 +72,55 @@ def _series_header(label: str, runs: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
-def markdown_report(runs: list[dict[str, Any]], rows: list[dict[str, Any]]) -> str:
+def missing_below_base(
+    members: list[dict[str, Any]], base_world_size: int, failed: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """Failed or unfinished points of this series' sweep dir smaller than its base: the base
+    they would have been, so the efficiencies must say they are relative to another one."""
+    sweep_dirs = {str(Path(r["run_dir"]).resolve().parent) for r in members if r.get("run_dir")}
+    return [
+        point
+        for point in failed
+        if str(Path(point["path"]).resolve().parent.parent) in sweep_dirs
+        and (point.get("world_size") or 0) < base_world_size
+    ]
+
+
+def _base_note(base: dict[str, Any], missing: list[dict[str, Any]]) -> str:
+    names = ", ".join(f"{p.get('name')} (world size {p.get('world_size')})" for p in missing)
+    return (
+        f"**the base is not the sweep's smallest point:** {names} failed or did not finish "
+        f"(see Failed points), so every efficiency here is relative to world size "
+        f"{base['world_size']}."
+    )
+
+
+def _where_line(run: dict[str, Any]) -> list[str]:
+    """Where the runs ran: cluster and launcher, the link, the fabric profile."""
+    cluster = run.get("cluster") or {}
+    if not cluster.get("name"):
+        return []
+    parts = [f"cluster {cluster['name']} (launcher {cluster.get('launcher', 'n/a')})"]
+    link = cluster.get("link") or {}
+    if link.get("gbps"):
+        how = "declared" if link.get("declared") else "tc tbf"
+        parts.append(f"link {link['gbps'] * 1000:g} Mbit/s per node ({how})")
+    parts.append(f"fabric {(run.get('fabric') or {}).get('name') or 'none'}")
+    return [" · ".join(parts), ""]
+
+
+def markdown_report(
+    runs: list[dict[str, Any]], rows: list[dict[str, Any]], failed: list[dict[str, Any]] = ()
+) -> str:
     lines = ["# Scaling report", ""]
     for label, members in group_series(runs).items():
         series_rows = [r for r in rows if r["series"] == label]
         base = series_rows[0]
+        missing = missing_below_base(members, base["world_size"], list(failed))
         lines += _series_header(label, members)
+        lines += _where_line(members[0])
+        if missing:
+            lines += [f"> **warning:** {_base_note(base, missing)}", ""]
         lines += [
             "| world size | nodes | tokens/s | tokens/s/device | step time (s) | MFU "
             "| scaling efficiency | params/rank | grads/rank | optimizer/rank | peak memory "
@@ -138,6 +183,4 @@ def checkpoint_section(runs: list[dict[str, Any]]) -> list[str]:
 
 
 def _median(values: list[float]) -> str:
-    import statistics
-
     return f"{statistics.median(values):.3f}" if values else "n/a"

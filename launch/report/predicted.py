@@ -3,10 +3,11 @@
 The run's own config.yaml says what ran (layout, batch, precision resolved on its device);
 the cpu profile's compute rate is the measured matmul ceiling (launch.mamf) the driver put
 there, the emulated cluster's link its configured rate. A cpu run's compute is itemised over
-kernel times measured at its own shapes (launch.mamf --host-shapes, cached): read from the
-cache, or measured now (a few seconds) when the report runs on the host the run ran on. Where
-the model has nothing to go on (a cpu run without a measured ceiling) the row says why
-instead of guessing.
+kernel times measured at its own shapes, read from launch.mamf's cache: the training job
+measures them before a sweep's report (launch/bench/host_kernels.py), ``python -m launch.mamf
+--host-shapes`` does by hand; this module never measures. Where the model has nothing to go on
+(a cpu run without a measured ceiling, or without its kernel times) the row says why instead
+of guessing.
 """
 
 from __future__ import annotations
@@ -14,15 +15,20 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from launch.bench.cache import load_host
 from launch.errors import ConfigError
-from train.spec.config import load_run_config
+from launch.perfmodel.host import HostRates, host_workload
+from launch.perfmodel.step import predict_run
+from train.spec.config import RunConfig, load_run_config
+
+
+class NotMeasured(Exception):
+    """A cpu run whose kernel times are not in the cache: the row says which command fills it."""
 
 
 def predicted_for(run: dict[str, Any]) -> dict[str, Any] | None:
     """{step_time_s, compute_s, exposed_comm_s, measured_over_predicted}, {unavailable: why},
     or None for a summary without its run's config.yaml (copied out of its run dir)."""
-    from launch.perfmodel.step import predict_run
-
     config = Path(run["run_dir"]) / "config.yaml"
     if not config.is_file():
         return None
@@ -32,9 +38,9 @@ def predicted_for(run: dict[str, Any]) -> dict[str, Any] | None:
             cfg,
             run,
             precision=run["precision"]["resolved"],
-            host=host_rates_for(cfg, run),
+            host=host_rates_for(cfg, run, config),
         )
-    except ConfigError as exc:
+    except (ConfigError, NotMeasured) as exc:
         return {"unavailable": str(exc)}
     except Exception as exc:  # noqa: BLE001 - an old config the schema no longer reads
         return {"unavailable": f"{type(exc).__name__}: {exc}".splitlines()[0]}
@@ -47,30 +53,23 @@ def predicted_for(run: dict[str, Any]) -> dict[str, Any] | None:
     }
 
 
-def host_rates_for(cfg, run: dict[str, Any]):
-    """The cpu profile's measured kernel times for this run's shapes, or None (a GPU run, an
-    fp32-less ceiling, or a run from another host whose measurement is not cached here)."""
-    from launch.bench import matmul_ceiling as mamf
-    from launch.perfmodel.host import HostRates
-    from launch.perfmodel.step import plan_for
-
-    ceiling = cfg.gpu.measured_peak_tflops.fp32
-    if cfg.gpu.name != "cpu" or not ceiling or run["precision"]["resolved"] != "fp32":
+def host_rates_for(cfg: RunConfig, run: dict[str, Any], config: Path) -> HostRates | None:
+    """The cpu profile's cached kernel times for this run's shapes; None where the model
+    needs none (a GPU run, no measured fp32 ceiling, a run not in fp32). NotMeasured when the
+    cache on this machine lacks any of them."""
+    work = host_workload(cfg, run)
+    if work is None:
         return None
-    threads = cfg.cluster.cpu_threads_per_rank
-    tp = plan_for(cfg, run["world_size"], run["nproc_per_node"]).degrees.tp
-    record = mamf.load_host(run.get("device_name") or "", threads)
-    rates = HostRates.from_record(record, ceiling * 1e12) if record else None
-    if rates is None or rates.missing(cfg.model, cfg.train.micro_batch, cfg.train.seq_len, tp):
-        from train.runtime.distributed import cpu_model_name
-
-        if cpu_model_name() != run.get("device_name"):
-            return rates  # another host's run: the ceiling stands in for what is missing
-        record = mamf.ensure_host(
-            cfg.model, cfg.train.micro_batch, cfg.train.seq_len, sorted({1, tp}), threads
+    device = run.get("device_name") or ""
+    record = load_host(device, work.cpu_threads)
+    missing = work.missing(record)
+    if missing:
+        raise NotMeasured(
+            f"kernel times at {len(missing)} of its shapes not measured on {device or 'its CPU'} "
+            f"({work.cpu_threads} thread(s)): python -m launch.mamf --host-shapes {config} "
+            f"--cpu-threads {work.cpu_threads} on that host"
         )
-        rates = HostRates.from_record(record, ceiling * 1e12)
-    return rates
+    return HostRates.from_record(record, cfg.gpu.measured_peak_tflops.fp32 * 1e12)
 
 
 def predicted_section(rows: list[dict[str, Any]]) -> list[str]:

@@ -38,7 +38,7 @@ def write_files(
         "json": out_dir / "results.json",
         "plot": out_dir / "scaling.png",
     }
-    markdown = markdown_report(runs, rows)
+    markdown = markdown_report(runs, rows, list(failed))
     # Only sweeps that profiled (profile.enabled or profile.twin) have a breakdown to show.
     profiled = [run for run in runs if run.get("breakdown")]
     if profiled:

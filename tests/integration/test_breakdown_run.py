@@ -59,3 +59,4 @@ def test_two_rank_ddp_trace_and_twin(launch_cli, tmp_path):
     bandwidth = summary["achieved_bandwidth"]["kinds"]["all_reduce"]
     assert bandwidth["bytes_per_step"] == summary["comm_bytes_per_step"]["all_reduce"]
     assert bandwidth["algbw_gbytes_per_s"] > 0
+    assert bandwidth["group_size"] == 2 and bandwidth["link"]  # the DDP group, its link

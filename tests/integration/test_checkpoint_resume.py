@@ -6,19 +6,18 @@ on (seed, step, row) only, nothing in a step is random, the checkpoint holds the
 parameters and the optimizer state exactly, and with 2 ranks a reduction adds two numbers,
 which gives the same result in either order.
 
-One layout per path of train/checkpoint/checkpointer.py: DDP (torch.distributed.checkpoint, synchronous),
-FSDP (DCP's async_save, sharded), ZeRO-2 (DeepSpeed's save_checkpoint / load_checkpoint).
+One layout per path of train/checkpoint/checkpointer.py: DDP (torch.distributed.checkpoint,
+synchronous), FSDP (DCP's async_save, sharded), ZeRO-2 (DeepSpeed's save_checkpoint /
+load_checkpoint).
 """
 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
 
-from tests.conftest import cli_env
+from tests.conftest import finish, run_launch, running_driver
 from tests.ranks.processes import kill_rank, wait_for_steps
 
 STEPS, EVERY, KILL_AFTER = 20, 5, 12
@@ -44,23 +43,7 @@ LAYOUTS = {
 }
 
 
-def launch(run_dir, *overrides) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "launch", *RUN, *overrides, f"run_dir={run_dir}"],
-        cwd=run_dir.parent,
-        env=cli_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-
-
-def finish(driver: subprocess.Popen, run_dir) -> dict:
-    try:
-        output, _ = driver.communicate(timeout=240)
-    finally:
-        driver.kill()
-    assert driver.returncode == 0, output[-3000:]
+def summary_of(run_dir) -> dict:
     return json.loads((run_dir / "summary.json").read_text())
 
 
@@ -68,19 +51,17 @@ def finish(driver: subprocess.Popen, run_dir) -> dict:
 def test_a_killed_rank_resumes_from_the_checkpoint_and_ends_with_the_same_loss(tmp_path, layout):
     if layout == "zero2":
         pytest.importorskip("deepspeed")
-    baseline = finish(launch(tmp_path / "whole", *LAYOUTS[layout]), tmp_path / "whole")
+    whole = run_launch([*RUN, *LAYOUTS[layout], f"run_dir={tmp_path / 'whole'}"], tmp_path, 240)
+    assert whole.returncode == 0, whole.stdout[-3000:] + whole.stderr[-3000:]
+    baseline = summary_of(tmp_path / "whole")
 
     run_dir = tmp_path / "killed"
-    driver = launch(
-        run_dir, *LAYOUTS[layout], f"checkpoint.every={EVERY}", "cluster.max_restarts=1"
-    )
-    try:
+    killed = [*RUN, *LAYOUTS[layout], f"checkpoint.every={EVERY}", "cluster.max_restarts=1"]
+    with running_driver([*killed, f"run_dir={run_dir}"], tmp_path) as driver:
         wait_for_steps(run_dir / "metrics.jsonl", KILL_AFTER)
         kill_rank(run_dir / "config.yaml", 1)  # SIGKILL: like an OOM kill or a crash
-    except BaseException:
-        driver.kill()
-        raise
-    summary = finish(driver, run_dir)
+        finish(driver)
+    summary = summary_of(run_dir)
 
     assert summary["final_loss"] == baseline["final_loss"]  # bitwise
     assert summary["cluster"]["restart_count"] == 1

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from tests.conftest import cli_env
-from train.bench.collectives import collective, message_sizes, scopes
+from train.bench.comm_rank import collective, message_sizes, scopes
 from train.runtime.distributed import RankInfo
 from train.spec.bus import BUS_FACTORS
 

@@ -19,7 +19,7 @@ from launch.errors import RunFailed, Stopped
 from launch.launchers.command import NodeCommand
 from launch.launchers.local import run_nodes
 from launch.plan import RunPlan
-from tests.conftest import FAST, cli_env, run_launch
+from tests.conftest import FAST, run_launch, run_module
 
 pytestmark = [
     pytest.mark.root,
@@ -75,25 +75,13 @@ def test_two_node_training_run_records_the_link(two_node_run):
 def test_all_reduce_busbw_reaches_the_link_rate(tmp_path):
     """Large all_reduce messages across the 200 Mbit/s link run at >= 80% of it."""
     run_dir = tmp_path / "comm"
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "launch.comm",
-            "cluster=emulated",
-            "cluster.nodes=2",
-            "cluster.nproc_per_node=1",
-            f"cluster.link_gbps={LINK_GBPS}",
-            "comm.ops=[all_reduce]",
-            "comm.min_bytes=4194304",  # one large size: what the target is about
-            "comm.max_bytes=4194304",
-            "comm.seconds_per_size=1",
-            f"run_dir={run_dir}",
-        ],
-        cwd=tmp_path,
-        env=cli_env(),
-        capture_output=True,
-        text=True,
+    result = run_module(
+        "launch.comm",
+        ["cluster=emulated", "cluster.nodes=2", "cluster.nproc_per_node=1"]
+        + [f"cluster.link_gbps={LINK_GBPS}", "comm.ops=[all_reduce]"]
+        + ["comm.min_bytes=4194304", "comm.max_bytes=4194304"]  # one large size: the target's
+        + ["comm.seconds_per_size=1", f"run_dir={run_dir}"],
+        tmp_path,
         timeout=180,
     )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -138,12 +126,7 @@ def test_cleanup_removes_namespaces_of_killed_drivers():
     stale = f"{NAME_PREFIX}{dead_pid}-dead-n0"
     subprocess.run(["ip", "netns", "add", stale], check=True)
     try:
-        result = subprocess.run(
-            [sys.executable, "-m", "launch.cluster.emulated", "--cleanup"],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        result = run_module("launch.cluster.emulated", ["--cleanup"], timeout=60)
         assert result.returncode == 0 and stale in result.stdout
         assert stale not in list_namespaces()
     finally:

@@ -7,15 +7,13 @@ import subprocess
 
 import pytest
 
-from tests.conftest import FAST, cli_env
+from tests.conftest import FAST, cli_env, run_launch, run_module
 
 PEAK_TFLOPS = 0.5  # a stated CPU peak, so MFU has something to be measured against
 
 
 @pytest.fixture(scope="module")
 def sweep_dir(tmp_path_factory):
-    from tests.conftest import run_launch
-
     out = tmp_path_factory.mktemp("sweep")
     result = run_launch(
         [
@@ -86,12 +84,7 @@ def test_wandb_offline_runs_are_written_into_the_run_dirs(sweep_dir):
 
 def test_report_cli_rebuilds_the_report(sweep_dir, tmp_path):
     out = tmp_path / "rebuilt"
-    result = subprocess.run(
-        ["python", "-m", "launch.report", str(sweep_dir), str(sweep_dir), "--out", str(out)],
-        env=cli_env(),
-        capture_output=True,
-        text=True,
-    )
+    result = run_module("launch.report", [str(sweep_dir), str(sweep_dir), "--out", str(out)])
     assert result.returncode == 0, result.stderr
     assert (out / "report.md").is_file() and (out / "scaling.png").is_file()
 

@@ -11,13 +11,11 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
 from omegaconf import OmegaConf
 
-from tests.conftest import REPO, cli_env, compose_run_config
+from tests.conftest import compose_run_config, torchrun
 from train.spec.degrees import plan_layout
 from train.spec.traffic import StepShape, comm_bytes_per_step
 
@@ -68,17 +66,8 @@ def result(tmp_path_factory):
         root, "init", ["model=tiny", "model.n_layers=2", "model.tie_embeddings=true", "seed=7"]
     )
     runs = {n: write_config(root, n, [*BF16_COMMON, *o]) for n, o in BF16_RUNS.items()}
-    completed = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
-        + ["-m", "tests.ranks.init_and_bytes", str(root), str(memory), str(init)]
-        + [str(path) for _, path in runs.values()],
-        cwd=REPO,
-        env=cli_env(),
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    paths = [str(path) for _, path in runs.values()]
+    torchrun(2, "tests.ranks.init_and_bytes", str(root), str(memory), str(init), *paths)
     out = json.loads((root / "result.json").read_text())
     return out, memory_cfg, runs
 

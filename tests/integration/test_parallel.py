@@ -24,39 +24,36 @@ Tolerances, fp32 throughout, losses ~7.6 falling to ~7.2 over 5 steps:
 from __future__ import annotations
 
 import json
-import os
 import socket
-import subprocess
-import sys
 
 import pytest
 
-from launch.pipeline import write_run_config
-from launch.plan import plan_runs
-from tests.conftest import REPO, cli_env, compose_run_config
-from train.runtime.worker import run
+from launch.launchers.command import executable_beside_python
+from tests.conftest import (
+    LOSS_FOR_LOSS,
+    compose_run_config,
+    losses,
+    rank_config,
+    run_command,
+    run_one_rank_here,
+    torchrun,
+)
 from train.spec.shapes import count_params
 
 pytest.importorskip("deepspeed")
 
-COMMON = [
-    "model=tiny",
-    "model.n_layers=2",  # half the tiny model's depth: every layout still shards 2 blocks
-    "wandb.mode=disabled",
-    "sweep=none",
-    "precision=fp32",
-    "train.steps=5",
-    "train.warmup_steps=1",
-    "train.seq_len=32",
-    "train.micro_batch=2",
-    "train.global_batch=8",
-]
+# Half the tiny model's depth: every layout still shards 2 blocks.
+COMMON = [*LOSS_FOR_LOSS, "model.n_layers=2"]
 TWO_RANKS = {
     "ddp": ["parallel=ddp"],
     "fsdp": ["parallel=fsdp", "parallel.activation_checkpoint=full"],
     # Two "nodes" of one rank each: replicate across them, nothing to shard inside one.
     "hsdp": ["parallel=hsdp", "parallel.dp_replicate=2", "parallel.dp_shard=1"],
-    "tp": ["parallel=tp", "parallel.activation_checkpoint=selective"],
+    "tp": [
+        "parallel=tp",
+        "parallel.sequence_parallel=false",
+        "parallel.activation_checkpoint=selective",
+    ],
     "tp_sp": ["parallel=tp", "parallel.sequence_parallel=true"],
     # The 2-D code path (mesh, TP then FSDP) with its dp_shard dim of 1: 2 ranks allow no more.
     "tp_fsdp": ["parallel=tp_fsdp", "parallel.activation_checkpoint=full"],
@@ -70,14 +67,8 @@ KINDS = ("all_reduce", "all_gather", "reduce_scatter")
 PARAMS = 1_311_872 - 2 * 196_864  # tiny with 2 of its 4 blocks
 
 
-def losses(run_dir):
-    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
-    return [json.loads(line)["loss"] for line in lines]
-
-
 def write_config(root, name, overrides):
-    cfg = compose_run_config([*COMMON, *overrides, f"run_dir={root / name}"])
-    return write_run_config(cfg, plan_runs(cfg)[0], "test")
+    return rank_config(root / name, [*COMMON, *overrides])[1]
 
 
 def free_port() -> int:
@@ -89,41 +80,25 @@ def free_port() -> int:
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("layouts")
-    env = cli_env()
 
     # One rank, in-process (no RANK in the environment: no process group, no wrapper).
-    saved = {k: os.environ.pop(k) for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK") if k in os.environ}
-    try:
-        run(write_config(root, "one_rank", ["parallel=ddp", "cluster.nproc_per_node=1"]))
-    finally:
-        os.environ.update(saved)
+    run_one_rank_here(write_config(root, "one_rank", ["parallel=ddp", "cluster.nproc_per_node=1"]))
 
     paths = [
         str(write_config(root, n, [*o, "cluster.nproc_per_node=2"])) for n, o in TWO_RANKS.items()
     ]
-    result = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
-        + ["-m", "tests.ranks.parallel_ranks", str(root), *paths],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    torchrun(2, "tests.ranks.parallel_ranks", str(root), *paths)
 
     # zero1 as `launcher=deepspeed` starts it: the deepspeed CLI, ranks reading RANK,
     # LOCAL_RANK and WORLD_SIZE from its launcher (--no_local_rank: no --local_rank argument).
     ((name, overrides),) = THROUGH_DEEPSPEED_CLI.items()
     config = write_config(root, name, [*overrides, "cluster.nproc_per_node=2"])
-    deepspeed = subprocess.run(
-        ["deepspeed", "--num_gpus", "2", "--master_port", str(free_port()), "--no_local_rank"]
+    deepspeed = run_command(
+        [executable_beside_python("deepspeed"), "--num_gpus", "2"]  # as the driver finds it
+        + ["--master_port", str(free_port()), "--no_local_rank"]
         + ["--module", "train", "--config", str(config)],
-        cwd=REPO,
-        env={**env, "DS_ACCELERATOR": "cpu"},
-        capture_output=True,
-        text=True,
         timeout=600,
+        env={"DS_ACCELERATOR": "cpu"},
     )
     assert deepspeed.returncode == 0, deepspeed.stdout[-3000:] + deepspeed.stderr[-3000:]
 
@@ -183,11 +158,10 @@ def test_sharded_layouts_hold_a_world_fraction_of_ddp(runs):
     for name in ("zero1", "zero2", "zero3"):
         assert s[name]["memory"]["master_weight_bytes"] / ddp["param_bytes"] == half
     assert ddp["master_weight_bytes"] == s["fsdp"]["memory"]["master_weight_bytes"] == 0
-    # TP splits the attention and MLP matrices, not the embedding, head and norms.
-    blocks = 4 * (PARAMS - 2 * 2048 * 128 - 128)  # bytes of the 2 blocks
-    assert ddp["param_bytes"] - s["tp"]["memory"]["param_bytes"] == pytest.approx(
-        blocks / 2, rel=0.01
-    )
+    # TP splits the attention and MLP matrices and the vocabulary (embedding and head rows),
+    # not the norms (2 per block and the final one).
+    split = 4 * (PARAMS - 5 * 128)
+    assert ddp["param_bytes"] - s["tp"]["memory"]["param_bytes"] == split // 2
     for summary in s.values():
         memory = summary["memory"]
         assert memory["peak_bytes"] > 0
@@ -207,6 +181,14 @@ def test_hfu_counts_the_recompute_and_mfu_does_not(runs):
     assert s["fsdp"]["model"]["flops_per_token"] == base
     assert s["fsdp"]["layout"]["checkpointed_layers"] == 2
     assert s["tp"]["layout"]["checkpointed_layers"] == 1
+
+
+def test_tp_splits_the_vocabulary_and_holds_only_dtensors(runs):
+    root, _ = runs
+    shards = json.loads((root / "tp_block.json").read_text())
+    vocab = compose_run_config([*COMMON, "run_dir=/unused"]).model.vocab_size
+    assert shards["embedding_rows"] == shards["head_rows"] == vocab // 2
+    assert shards["all_dtensors"]
 
 
 def test_tp_sharded_block_output_equals_the_whole_block(runs):

@@ -18,31 +18,15 @@ relative (interleaved); bf16 (not held to this tolerance) 5.5e-5.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 
-from launch.pipeline import write_run_config
-from launch.plan import plan_runs
-from tests.conftest import REPO, cli_env, compose_run_config
-from train.runtime.worker import run
+from tests.conftest import LOSS_FOR_LOSS, losses, rank_config, run_one_rank_here, torchrun
 from train.spec.degrees import plan_layout
 from train.spec.traffic import CommVolume, StepShape, step_collectives
 
-COMMON = [
-    "model=tiny",
-    "model.n_layers=5",  # uneven: 3 + 2 blocks on 2 stages, 2 + 1 + 1 + 1 on 4
-    "wandb.mode=disabled",
-    "sweep=none",
-    "precision=fp32",
-    "train.steps=5",
-    "train.warmup_steps=1",
-    "train.seq_len=32",
-    "train.micro_batch=2",
-    "train.global_batch=8",
-]
+# Uneven: 3 + 2 blocks on 2 stages, 2 + 1 + 1 + 1 on 4.
+COMMON = [*LOSS_FOR_LOSS, "model.n_layers=5"]
 TWO = ["parallel.pp_stages_per_rank=2"]
 TWO_RANKS = {
     "gpipe": ["parallel=pp", "parallel.pp_schedule=gpipe"],
@@ -69,47 +53,27 @@ BF16 = {"one_f_one_b_bf16": ["parallel=pp", "precision=bf16"]}
 TOLERANCE = 1e-4  # relative; see the module docstring
 
 
-def losses(run_dir):
-    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
-    return [json.loads(line)["loss"] for line in lines]
-
-
 def config(root, name, overrides, nproc):
-    cfg = compose_run_config(
-        [*COMMON, *overrides, f"cluster.nproc_per_node={nproc}", f"run_dir={root / name}"]
-    )
-    return cfg, write_run_config(cfg, plan_runs(cfg)[0], "test")
+    return rank_config(root / name, [*COMMON, *overrides, f"cluster.nproc_per_node={nproc}"])
 
 
-def torchrun(root, nproc, paths):
-    result = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node"]
-        + [str(nproc), "-m", "tests.ranks.pipeline_ranks", str(root), *map(str, paths)],
-        cwd=REPO,
-        env=cli_env(),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+def run_ranks(root, nproc, paths):
+    torchrun(nproc, "tests.ranks.pipeline_ranks", str(root), *map(str, paths), timeout=300)
     return json.loads((root / "counted.json").read_text())
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("pipeline")
-    saved = {k: os.environ.pop(k) for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK") if k in os.environ}
-    try:  # the reference: one rank in-process, no process group
-        run(config(root, "one_rank", ["parallel=ddp"], 1)[1])
-    finally:
-        os.environ.update(saved)
+    # The reference: one rank in-process, no process group.
+    run_one_rank_here(config(root, "one_rank", ["parallel=ddp"], 1)[1])
     cfgs, counted = {}, {}
     for nproc, group in ((2, {**TWO_RANKS, **BF16}), (4, FOUR_RANKS)):
         sub = root / f"ranks{nproc}"
         sub.mkdir()
         written = {n: config(sub, n, o, nproc) for n, o in group.items()}
         cfgs.update({n: (cfg, nproc) for n, (cfg, _) in written.items()})
-        counted.update(torchrun(sub, nproc, [p for _, p in written.values()]))
+        counted.update(run_ranks(sub, nproc, [p for _, p in written.values()]))
     summaries = {
         n: json.loads((root / f"ranks{nproc}" / n / "summary.json").read_text())
         for n, (_, nproc) in cfgs.items()

@@ -12,44 +12,23 @@ also checks that the fix is in effect (the workers' TORCHELASTIC_USE_AGENT_STORE
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
-from tests.conftest import FAST, cli_env
+from tests.conftest import FAST, finish, running_driver
 from tests.ranks.processes import kill_rank, rank_environ, rank_pids, wait_for_steps
 
 
 def test_a_killed_rank_restarts_and_the_run_finishes(tmp_path):
     run_dir = tmp_path / "restart"
-    driver = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "launch",
-            *FAST,
-            "train.steps=24",
-            "gpu=cpu",
-            "sweep=none",
-            "cluster.nproc_per_node=2",
-            "cluster.max_restarts=1",
-            f"run_dir={run_dir}",
-        ],
-        cwd=tmp_path,
-        env=cli_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    try:
+    args = [*FAST, "train.steps=24", "gpu=cpu", "sweep=none", "cluster.nproc_per_node=2"]
+    with running_driver(
+        [*args, "cluster.max_restarts=1", f"run_dir={run_dir}"], tmp_path
+    ) as driver:
         wait_for_steps(run_dir / "metrics.jsonl", 1)
         # The fix in effect: the workers' store is their own, not the agent's rendezvous store.
         env = rank_environ(rank_pids(run_dir / "config.yaml")[1])
         assert env["TORCHELASTIC_USE_AGENT_STORE"] == "False", env
         kill_rank(run_dir / "config.yaml", 1)  # SIGKILL: like an OOM kill or a crash
-        output, _ = driver.communicate(timeout=240)
-    finally:
-        driver.kill()
-    assert driver.returncode == 0, output[-3000:]
+        finish(driver)
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["cluster"]["restart_count"] == 1  # the second attempt wrote it
     assert summary["timed_steps"] == 24 - 2

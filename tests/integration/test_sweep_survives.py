@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
-import sys
 import time
 
-from tests.conftest import FAST, cli_env
+from tests.conftest import FAST, run_launch, running_driver
 from tests.ranks.processes import rank_pids
 
 SWEEP = [
@@ -29,21 +27,14 @@ SWEEP = [
 
 def test_sigterm_keeps_finished_points_and_resume_runs_the_rest(tmp_path):
     root = tmp_path / "sweep"
-    argv = [sys.executable, "-m", "launch", *SWEEP, f"run_dir={root}"]
-    driver = subprocess.Popen(
-        argv,
-        cwd=tmp_path,
-        env=cli_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    deadline = time.monotonic() + 180
-    while not (root / "ws2" / "metrics.jsonl").exists():  # ws1 finished, ws2 running
-        assert driver.poll() is None and time.monotonic() < deadline, driver.communicate()
-        time.sleep(0.1)
-    driver.send_signal(signal.SIGTERM)  # what a scheduler's time limit sends
-    out, err = driver.communicate(timeout=120)
+    args = [*SWEEP, f"run_dir={root}"]
+    with running_driver(args, tmp_path, merge_stderr=False) as driver:
+        deadline = time.monotonic() + 180
+        while not (root / "ws2" / "metrics.jsonl").exists():  # ws1 finished, ws2 running
+            assert driver.poll() is None and time.monotonic() < deadline, driver.communicate()
+            time.sleep(0.1)
+        driver.send_signal(signal.SIGTERM)  # what a scheduler's time limit sends
+        out, err = driver.communicate(timeout=120)
     assert driver.returncode == 128 + signal.SIGTERM, err
     assert "stopped by SIGTERM" in err and "Traceback" not in err
     assert rank_pids(root / "ws2" / "config.yaml") == {}  # no rank outlives the driver
@@ -53,14 +44,7 @@ def test_sigterm_keeps_finished_points_and_resume_runs_the_rest(tmp_path):
 
     first = root / "ws1" / "summary.json"
     kept_mtime = first.stat().st_mtime_ns
-    resumed = subprocess.run(
-        [*argv, "resume=true"],
-        cwd=tmp_path,
-        env=cli_env(),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    resumed = run_launch([*args, "resume=true"], tmp_path, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "ws1: finished earlier with this same workload; kept" in " ".join(resumed.stdout.split())
     assert first.stat().st_mtime_ns == kept_mtime

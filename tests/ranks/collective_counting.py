@@ -9,10 +9,15 @@ follow the accounting convention of train/spec/traffic.py.
 
 from __future__ import annotations
 
+import contextlib
 from collections import Counter
+from collections.abc import Iterator
 
 import torch
+from torch.distributed.tensor import DTensor
 from torch.utils._python_dispatch import TorchDispatchMode
+
+from train.runtime import rank_step
 
 # op name -> (kind, how its size is read from the op's arguments)
 SIZES = {
@@ -55,6 +60,11 @@ class CollectiveBytes(TorchDispatchMode):
         self.unknown: list[str] = []
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        # A DTensor op: let DTensor run first and desugar into plain ops and the collectives
+        # it needs (a redistribute, the vocab-parallel loss's reductions), which come back
+        # through this mode; seen here, they would run with the mode off and go uncounted.
+        if any(issubclass(t, DTensor) for t in types):
+            return NotImplemented
         if func.namespace in ("c10d", "_c10d_functional"):
             name = f"{func.namespace}.{func._opname}"
             if name in SIZES:
@@ -66,7 +76,7 @@ class CollectiveBytes(TorchDispatchMode):
 
 
 class CountThirdStep:
-    """Stands in for worker.train_step: counts the collectives of its third call only.
+    """Stands in for rank_step.train_step: counts the collectives of its third call only.
 
     The first two steps hold one-time set-up: FSDP2's lazy init in the first, DDP's bucket
     rebuild (a broadcast of the bucket order from rank 0) in the second.
@@ -81,3 +91,16 @@ class CountThirdStep:
             return self.train_step(*args, **kwargs)
         with CollectiveBytes() as self.counted:
             return self.train_step(*args, **kwargs)
+
+
+@contextlib.contextmanager
+def counting_third_step() -> Iterator[CountThirdStep]:
+    """rank_step.train_step replaced by a CountThirdStep while the block runs (RankSteps
+    looks train_step up in its module at each step)."""
+    real = rank_step.train_step
+    counter = CountThirdStep(real)
+    rank_step.train_step = counter
+    try:
+        yield counter
+    finally:
+        rank_step.train_step = real

@@ -8,7 +8,7 @@ RUN_CONFIG...`` does three things, in this order, and rank 0 writes OUT_DIR/resu
    while building. First, so the process's peak RSS is this build's.
 2. init: builds INIT_CONFIG's model under several layouts (fsdp, tp + SP, tp_fsdp, zero3)
    and notes the largest difference between any gathered parameter and a plain model's.
-3. bytes: runs each RUN_CONFIG through worker._run and counts the bytes of the collectives
+3. bytes: runs each RUN_CONFIG through worker.run_rank and counts the bytes of the collectives
    of its third step (tests/collective_counting.py).
 """
 
@@ -23,7 +23,7 @@ from pathlib import Path
 import torch.distributed as dist
 from torch.distributed.tensor import DTensor
 
-from tests.ranks.collective_counting import CountThirdStep
+from tests.ranks.collective_counting import counting_third_step
 from train.model.transformer import Transformer
 from train.model.weights import canonical_name
 from train.parallel.build import build_layout, build_model
@@ -94,7 +94,6 @@ def init_check(cfg: RunConfig, rank: distributed.RankInfo) -> dict:
 
 def main(out_dir: Path, memory: Path, init: Path, runs: list[Path]) -> None:
     rank = distributed.init_distributed()
-    real_train_step = worker.train_step
     try:
         memory_result = memory_check(load_run_config(memory), rank)
         per_rank = [None] * rank.world_size
@@ -102,9 +101,8 @@ def main(out_dir: Path, memory: Path, init: Path, runs: list[Path]) -> None:
         init_result = init_check(load_run_config(init), rank)
         counted = {}
         for path in runs:
-            counter = CountThirdStep(real_train_step)
-            worker.train_step = counter  # _run looks train_step up in its module
-            worker._run(load_run_config(path), path.parent, rank)
+            with counting_third_step() as counter:
+                worker.run_rank(load_run_config(path), path.parent, rank)
             counted[path.parent.name] = {
                 "bytes": dict(counter.counted.bytes),
                 "unknown": counter.counted.unknown,
@@ -114,7 +112,6 @@ def main(out_dir: Path, memory: Path, init: Path, runs: list[Path]) -> None:
             result = {"memory": per_rank, "init": init_result, "counted": counted}
             (out_dir / "result.json").write_text(json.dumps(result, indent=2))
     finally:
-        worker.train_step = real_train_step
         distributed.shutdown()
 
 

@@ -20,38 +20,48 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.tensor import DTensor
 from torch.distributed.tensor.parallel import parallelize_module
 
-from tests.ranks.collective_counting import CountThirdStep
+from tests.ranks.collective_counting import counting_third_step
 from train.model.transformer import Transformer
-from train.parallel.tensor_parallel import block_plan
+from train.parallel.tensor_parallel import apply_tensor_parallel, block_plan
 from train.runtime import distributed, worker
 from train.spec.config import ModelConfig, load_run_config
 
 
 def main(out_dir: Path, config_paths: list[Path]) -> None:
     rank = distributed.init_distributed()
-    real_train_step = worker.train_step
     counted = {}
     try:
         for path in config_paths:
-            counter = CountThirdStep(real_train_step)
-            worker.train_step = counter  # _run looks train_step up in its module
-            worker._run(load_run_config(path), path.parent, rank)
+            with counting_third_step() as counter:
+                worker.run_rank(load_run_config(path), path.parent, rank)
             counted[path.parent.name] = {
                 "bytes": dict(counter.counted.bytes),
                 "unknown": counter.counted.unknown,
             }
             dist.barrier()
-        worker.train_step = real_train_step
         model_cfg = load_run_config(config_paths[0]).model
-        tp_block = sharded_block_error(model_cfg, rank)
+        tp_block = {**sharded_block_error(model_cfg, rank), **vocab_shards(model_cfg, rank)}
         if rank.is_main:
             (out_dir / "counted.json").write_text(json.dumps(counted, indent=2))
             (out_dir / "tp_block.json").write_text(json.dumps(tp_block, indent=2))
     finally:
-        worker.train_step = real_train_step
         distributed.shutdown()
+
+
+def vocab_shards(model_cfg: ModelConfig, rank: distributed.RankInfo) -> dict:
+    """Rows of the embedding and the head one rank holds under TP over every rank, and
+    whether every parameter became a DTensor (what fused AdamW and GradScaler need)."""
+    model = Transformer(model_cfg)
+    mesh = init_device_mesh("cpu", (rank.world_size,))
+    apply_tensor_parallel(model, mesh, sequence_parallel=True)
+    return {
+        "embedding_rows": model.tok_embeddings.weight.to_local().shape[0],
+        "head_rows": model.output.weight.to_local().shape[0],
+        "all_dtensors": all(isinstance(p, DTensor) for p in model.parameters()),
+    }
 
 
 def sharded_block_error(model_cfg: ModelConfig, rank: distributed.RankInfo) -> dict:
@@ -67,7 +77,9 @@ def sharded_block_error(model_cfg: ModelConfig, rank: distributed.RankInfo) -> d
     mesh = init_device_mesh("cpu", (rank.world_size,))
     results = {}
     for sequence_parallel in (False, True):
-        sharded = parallelize_module(copy.deepcopy(whole), mesh, block_plan(sequence_parallel))
+        sharded = parallelize_module(
+            copy.deepcopy(whole), mesh, block_plan(whole, sequence_parallel)
+        )
         if sequence_parallel:
             # The residual stream is split along the sequence: each rank passes its part.
             rows = seq_len // rank.world_size

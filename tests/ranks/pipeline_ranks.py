@@ -16,20 +16,18 @@ from pathlib import Path
 
 import torch.distributed as dist
 
-from tests.ranks.collective_counting import CountThirdStep
+from tests.ranks.collective_counting import counting_third_step
 from train.runtime import distributed, worker
 from train.spec.config import load_run_config
 
 
 def main(out_dir: Path, config_paths: list[Path]) -> None:
     rank = distributed.init_distributed()
-    real_train_step = worker.train_step
     counted = {}
     try:
         for path in config_paths:
-            counter = CountThirdStep(real_train_step)
-            worker.train_step = counter  # _run looks train_step up in its module
-            worker._run(load_run_config(path), path.parent, rank)
+            with counting_third_step() as counter:
+                worker.run_rank(load_run_config(path), path.parent, rank)
             mine = {"bytes": dict(counter.counted.bytes), "unknown": counter.counted.unknown}
             everyone = [None] * rank.world_size
             dist.all_gather_object(everyone, mine)
@@ -38,7 +36,6 @@ def main(out_dir: Path, config_paths: list[Path]) -> None:
         if rank.is_main:
             (out_dir / "counted.json").write_text(json.dumps(counted, indent=2))
     finally:
-        worker.train_step = real_train_step
         distributed.shutdown()
 
 

@@ -1,4 +1,5 @@
-"""Step breakdown by interval arithmetic on hand-made traces (train/measure/trace_breakdown.py)."""
+"""Step breakdown by interval arithmetic on hand-made traces (train/measure/intervals.py,
+trace_events.py, twin.py)."""
 
 from __future__ import annotations
 
@@ -7,21 +8,17 @@ import json
 
 import pytest
 
-from train.measure.trace_breakdown import (
+from train.measure.intervals import intersect, length, subtract, union
+from train.measure.trace_events import (
     TraceError,
     TraceEvent,
-    achieved_bandwidth,
     breakdown_steps,
     comm_seconds_by_kind,
-    intersect,
     last_arrivals,
-    length,
     load_trace,
-    subtract,
     trace_breakdown,
-    twin_breakdown,
-    union,
 )
+from train.measure.twin import twin_breakdown
 from train.spec.catalog import Feature, layout
 
 MAIN, GLOO = 100, 200
@@ -156,22 +153,6 @@ def test_twin_exposed_comm_and_refusals_for_layouts_that_cannot_skip_comm():
         assert layout(name).refusal(Feature.twin)
     for name in ("ddp", "fsdp", "hsdp"):
         assert layout(name).refusal(Feature.twin) is None
-
-
-def test_achieved_bandwidth_is_bytes_over_time_with_the_ring_factor():
-    out = achieved_bandwidth(
-        {"all_reduce": 1_000_000_000, "all_gather": 0, "reduce_scatter": 0, "total": 1e9},
-        {0: {"all_reduce": [2.0, 4.0, 3.0]}, 1: {"all_reduce": [3.0]}},
-        group_size=4,
-        link_gbytes_per_s=0.5,
-        link_source="test",
-    )
-    ar = out["kinds"]["all_reduce"]
-    assert ar["seconds_per_step"] == 3.0
-    assert ar["algbw_gbytes_per_s"] == pytest.approx(1 / 3)
-    assert ar["busbw_gbytes_per_s"] == pytest.approx(1 / 3 * 1.5)
-    assert ar["busbw_of_link"] == pytest.approx(1.0)
-    assert "all_gather" not in out["kinds"]
 
 
 def test_gloo_work_takes_the_kind_of_the_launch_that_enqueued_it():

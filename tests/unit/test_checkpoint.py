@@ -22,9 +22,9 @@ from train.measure.metrics import StepRecord
 from train.measure.sinks import MetricsSinks
 from train.parallel.build import build_layout, build_model
 from train.runtime.data import SyntheticTokens
-from train.spec.checks import check_checkpoint_settings, check_layout_features
+from train.spec.config_error import ConfigError
 from train.spec.degrees import plan_layout
-from train.spec.errors import ConfigError
+from train.spec.rules import check_checkpoint_settings, check_layout_features
 
 SMALL = [
     "model=tiny",

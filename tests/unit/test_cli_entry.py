@@ -1,5 +1,9 @@
 """The one Hydra entry (launch/app.py) as a user meets it: typos and impossible multiruns are
-one line and exit 2, and a refused or dry call leaves no empty runs/DATE/TIME behind."""
+one line and exit 2, and a refused or dry call leaves no empty runs/DATE/TIME behind.
+
+The tests here with `launch_cli` start `python -m launch` processes: they hold the process
+path (its exit status, every byte on stderr, nothing written) that the other unit tests reach
+in-process through `launch_in_process` (tests/conftest.py), and show the two answer alike."""
 
 from __future__ import annotations
 
@@ -26,9 +30,27 @@ def test_driver_filled_keys_are_not_options(launch_cli, tmp_path):
     )
 
 
-def test_no_empty_run_dirs_are_left_behind(launch_cli, tmp_path):
-    assert launch_cli("train.steps=0").returncode == 2  # the default, timestamped run dir
-    assert launch_cli("sweep=none", "dry_run=true", f"run_dir={tmp_path / 'd'}").returncode == 0
-    assert launch_cli("run_dir=").returncode == 2
+def test_no_empty_run_dirs_are_left_behind(launch_in_process, tmp_path):
+    assert launch_in_process("train.steps=0").returncode == 2  # the default, timestamped dir
+    dry = launch_in_process("sweep=none", "dry_run=true", f"run_dir={tmp_path / 'd'}")
+    assert dry.returncode == 0
+    assert launch_in_process("run_dir=").returncode == 2
     assert not (tmp_path / "runs").exists()
     assert (tmp_path / "d" / "config.yaml").is_file()
+
+
+def test_a_refusal_after_composition_is_the_same_in_the_process_and_in_process(
+    launch_cli, launch_in_process, tmp_path
+):
+    """A rule checked once Hydra has composed (launch/validate.py, inside the Hydra job): the
+    process exits 2 with one line on stderr and writes nothing, and the in-process entry the
+    unit tests use gives the same code, stdout and stderr."""
+    args = ("model.n_kv_heads=3", f"run_dir={tmp_path / 'run'}")
+    process = launch_cli(*args)
+    assert process.returncode == 2, process.stderr
+    assert process.stderr.splitlines() == [
+        "error: model.n_kv_heads: n_heads 4 is not divisible by n_kv_heads 3"
+    ]
+    assert not (tmp_path / "run").exists() and not (tmp_path / "runs").exists()
+    here = launch_in_process(*args)
+    assert (here.returncode, here.stdout, here.stderr) == (2, process.stdout, process.stderr)

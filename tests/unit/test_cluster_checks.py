@@ -8,7 +8,7 @@ import pytest
 from rich.console import Console
 
 from launch.cluster import emulated
-from launch.cluster.setup import set_up_cluster
+from launch.cluster.setup import check_port_free, set_up_cluster
 from launch.errors import ConfigError
 from launch.plan import plan_runs
 from launch.validate import validate
@@ -58,7 +58,7 @@ def test_emulated_cluster_needs_root_ip_and_tc(monkeypatch):
         emulated.check_requirements()
 
 
-def test_rendezvous_port_in_use_on_the_head(launch_cli, tmp_path):
+def test_rendezvous_port_in_use_on_the_head(launch_in_process, tmp_path):
     with socket.socket() as taken:
         taken.bind(("", 0))
         taken.listen()
@@ -77,7 +77,7 @@ def test_rendezvous_port_in_use_on_the_head(launch_cli, tmp_path):
         with pytest.raises(ConfigError, match=f"cluster.master_port: port {port} is in use"):
             set_up_cluster(cfg, plan_runs(cfg), Console())
         # Through the CLI: one line, exit 2, nothing written.
-        result = launch_cli(
+        result = launch_in_process(
             *FAST,
             "sweep=none",
             "cluster=multinode",
@@ -91,3 +91,31 @@ def test_rendezvous_port_in_use_on_the_head(launch_cli, tmp_path):
         f"error: cluster.master_port: port {port} is in use on this machine"
     )
     assert not (tmp_path / "run").exists()
+
+
+def test_a_port_in_time_wait_after_the_last_run_is_free():
+    """The last run's rendezvous port stays in TIME_WAIT for about a minute: the next run
+    must not be refused (the store binds with SO_REUSEADDR, and so does the check)."""
+    with socket.socket() as server:
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+        client = socket.create_connection(("127.0.0.1", port))
+        accepted, _ = server.accept()
+        accepted.close()  # the side that closes first keeps the port in TIME_WAIT
+        client.close()
+    check_port_free(port)
+
+
+def test_deepspeed_slurm_runner_outside_an_allocation_is_refused(monkeypatch):
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    overrides = ["cluster=multinode", "cluster.hosts=[a,b]", "cluster.nproc_per_node=1"]
+    cfg = compose_run_config(
+        [*FAST, "sweep=none", "run_dir=/tmp/never", *overrides, "launcher=deepspeed"]
+    )
+    cfg.launcher.runner = "slurm"
+    with pytest.raises(ConfigError, match=r"launcher.runner: runner=slurm .* inside `salloc"):
+        set_up_cluster(cfg, plan_runs(cfg), Console())
+    monkeypatch.setenv("SLURM_JOB_ID", "12")
+    set_up_cluster(cfg, plan_runs(cfg), Console())

@@ -6,20 +6,10 @@ kind, is checked on the layout runs of tests/test_parallel.py.
 
 from __future__ import annotations
 
-from train.spec.config import ModelConfig
+from tests.conftest import TINY, model_config
 from train.spec.degrees import Degrees, LayoutPlan
 from train.spec.traffic import CommVolume, StepShape, comm_bytes_per_step
 
-TINY = ModelConfig(
-    name="tiny",
-    n_layers=4,
-    d_model=128,
-    n_heads=4,
-    n_kv_heads=2,
-    ffn_hidden=384,
-    vocab_size=2048,
-    max_seq_len=256,
-)
 PARAMS = 1_311_872  # train.model.transformer.count_params(TINY)
 
 
@@ -44,7 +34,7 @@ def test_fsdp_gathers_blocks_twice_and_root_once_per_micro_step():
 
 
 def test_shards_are_padded_like_fsdp2():
-    odd = ModelConfig(**{**TINY.__dict__, "vocab_size": 2049})
+    odd = model_config(vocab_size=2049)
     volume = comm_bytes_per_step(odd, layout("fsdp", dp_shard=2), StepShape(1, 8, 1, False))
     # 2049 embedding and head rows become 2050 on each side of the all-gather.
     even = comm_bytes_per_step(TINY, layout("fsdp", dp_shard=2), StepShape(1, 8, 1, False))
@@ -54,14 +44,18 @@ def test_shards_are_padded_like_fsdp2():
 def test_tp_volume_scales_with_activations_not_parameters():
     small = comm_bytes_per_step(TINY, layout("tp", tp=2), StepShape(1, 64, 1, False))
     large = comm_bytes_per_step(TINY, layout("tp", tp=2), StepShape(4, 64, 1, False))
-    assert small.all_reduce == 4 * 4 * 64 * 128 * 4  # 4 all-reduces x 4 layers x [1,64,128]
+    act = 64 * 128 * 4  # one [1, 64, 128] fp32 activation
+    loss = 3 * 64 * 4  # the vocab-parallel loss: 3 fp32 values per token
+    # 4 all-reduces per block x 4 blocks, the embedding's (forward) and the head input's
+    # gradient (backward): the vocabulary is split too.
+    assert small.all_reduce == (4 * 4 + 2) * act + loss
     assert large.all_reduce == 4 * small.all_reduce
-    # bf16 autocast halves the forward all-reduces (matmul outputs); the backward ones carry
-    # gradients of the fp32 norm outputs and stay fp32 (counted on 2 ranks in
+    # bf16 autocast halves the forward all-reduces of the blocks (matmul outputs); the
+    # backward ones carry gradients of the fp32 norm outputs, and the embedding's output is
+    # the fp32 stream: those stay fp32 (counted on 2 ranks in
     # tests/integration/test_meta_init_and_16bit_bytes.py).
-    assert comm_bytes_per_step(TINY, layout("tp", tp=2), StepShape(1, 64, 1, False, "bf16")) == (
-        CommVolume(all_reduce=small.all_reduce // 4 + small.all_reduce // 2)
-    )
+    bf16 = comm_bytes_per_step(TINY, layout("tp", tp=2), StepShape(1, 64, 1, False, "bf16"))
+    assert bf16 == CommVolume(all_reduce=8 * act // 2 + (8 + 2) * act + loss)
 
 
 def test_zero_stages_as_deepspeed_runs_them():
@@ -79,6 +73,6 @@ def test_zero_stages_as_deepspeed_runs_them():
     )
     assert bf16.all_gather == z1.all_gather // 2
     # Beyond DeepSpeed's reuse distance ZeRO-3 gathers again for backward.
-    big = ModelConfig(**{**TINY.__dict__, "n_layers": 6000})  # 1.18e9 parameters
+    big = model_config(n_layers=6000)  # 1.18e9 parameters
     z3_big = comm_bytes_per_step(big, layout("zero3", dp_shard=4), StepShape(2, 64, 1, False))
     assert z3_big.all_gather == 2 * z3_big.reduce_scatter

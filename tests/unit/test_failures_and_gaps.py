@@ -3,8 +3,11 @@ starts, or kept from corrupting results."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import shutil
+import socket
 
 import numpy as np
 import pytest
@@ -142,3 +145,121 @@ def test_failed_points_are_listed_in_the_report(tmp_path):
     report = paths["markdown"].read_text()
     assert "## Failed points" in report and "`ValueError: boom`" in report
     assert json.loads(paths["json"].read_text())["failed"][0]["exit_code"] == 1
+
+
+def test_a_sweep_whose_base_failed_names_it_and_the_report_exits_1(tmp_path, capsys):
+    """A Slurm job that failed while nobody followed it leaves a point with a config.yaml and
+    no summary: the report names it, says the surviving point is not the sweep's base, and
+    `python -m launch.report` exits 1 (it used to exit 0 with ws2 silently at 100%)."""
+    from launch.report import main
+
+    write_run(tmp_path, "ws2")
+    (tmp_path / "ws1").mkdir()
+    (tmp_path / "ws1" / "config.yaml").write_text("cluster:\n  nodes: 1\n  nproc_per_node: 1\n")
+    (tmp_path / "ws1" / "slurm-41.out").write_text("RuntimeError: boom\n")
+    assert main([str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert "1 point(s) without a summary: ws1 (no summary.json" in err and "slurm-41.out" in err
+    report = (tmp_path / "report.md").read_text()
+    assert "## Failed points" in report
+    assert "the base is not the sweep's smallest point:** ws1 (world size 1)" in report
+    shutil.rmtree(tmp_path / "ws1")
+    write_run(tmp_path, "ws1")  # the point finished after all: a clean report, exit 0
+    assert main([str(tmp_path)]) == 0
+    assert "not the sweep's smallest" not in (tmp_path / "report.md").read_text()
+
+
+def test_sweeps_over_two_links_or_fabrics_are_two_curves(tmp_path):
+    """Real clusters: the link cluster.link_gbps declares (kept in the run's config.yaml,
+    read where the ranks did not record it) and the fabric profile label the series."""
+    for name, gbps in (("fast", 0), ("slow", 0.1)):
+        for size in (1, 2):
+            run = tmp_path / name / f"ws{size}"
+            write_run(tmp_path / name, f"ws{size}", cluster={"name": "slurm", "launcher": "slurm"})
+            link = f"{{gbps: {gbps}, declared: true}}" if gbps else "null"
+            (run / "config.yaml").write_text(f"resolved:\n  applied_link: {link}\n")
+    write_run(tmp_path / "ib", "ws1", fabric={"name": "nvlink_ib", "nccl_env": {}})
+    runs = load_runs([tmp_path / "fast", tmp_path / "slow", tmp_path / "ib"])
+    series = sorted({run["series"] for run in runs})
+    assert series == [
+        "h100_sxm · gpt_1_3b · ddp · bf16",
+        "h100_sxm · gpt_1_3b · ddp · bf16 · fabric nvlink_ib",
+        "h100_sxm · gpt_1_3b · ddp · bf16 · link 100 Mbit/s",
+    ]
+    report = write_report([tmp_path / "slow"], tmp_path / "out")["markdown"].read_text()
+    assert "cluster slurm (launcher slurm) · link 100 Mbit/s per node (declared)" in report
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("", 0))
+        return probe.getsockname()[1]
+
+
+def multinode_sweep(tmp_path, node_rank):
+    overrides = [
+        *FAST,
+        "gpu=cpu",
+        "cluster=multinode",
+        "cluster.hosts=[node1,node2]",
+        "cluster.nproc_per_node=1",
+        "sweep.world_sizes=[1,2]",
+        f"cluster.node_rank={node_rank}",
+        f"cluster.master_port={free_port()}",
+        f"run_dir={tmp_path / 'shared'}",
+    ]
+    return compose_run_config(overrides), overrides
+
+
+def test_node_drivers_share_a_run_dir_node_0_owning_it(tmp_path, monkeypatch):
+    """One driver per node on a shared filesystem: node 1 is not refused by node 0's lock,
+    writes only its own files, and, its part done, asks for no resume."""
+    from rich.console import Console
+
+    from launch import pipeline
+    from launch.training import TRAINING
+
+    started = []
+    monkeypatch.setattr(
+        pipeline,
+        "run_nodes",
+        lambda nodes, plan, *a, **k: started.append(
+            (plan.name, [n.node_rank for n in nodes], k["keep_progress"], k["keep_result"])
+        ),
+    )
+    cfg0, overrides0 = multinode_sweep(tmp_path, 0)
+    node0 = pipeline.prepare(cfg0, overrides0, TRAINING, Console(file=io.StringIO()))
+    cfg1, overrides1 = multinode_sweep(tmp_path, 1)
+    out = io.StringIO()
+    node1 = pipeline.prepare(cfg1, overrides1, TRAINING, Console(file=out, width=300))
+    root = tmp_path / "shared"
+    assert sorted(p.name for p in (root / "ws2").iterdir()) == ["config-node1.yaml", "config.yaml"]
+    assert (root / ".scaleprobe-node1.lock").is_file() and (root / "command.sh").is_file()
+    assert node1.config_paths["ws2"].name == "config-node1.yaml"
+    assert pipeline.execute(node1, TRAINING, Console(file=out, width=300)) == 0
+    # Node 1 has no part in ws1; in ws2 it starts its own node and clears none of rank 0's files.
+    assert started == [("ws2", [1], True, True)]
+    assert "remaining points" not in out.getvalue()
+    with pytest.raises(ConfigError, match="in use as node 1"):
+        pipeline.prepare(*multinode_sweep(tmp_path, 1), TRAINING, Console())
+    assert node0.lock and not node0.lock.closed  # node 0 still owns the dir
+
+
+def test_the_resume_hint_keeps_list_values(tmp_path):
+    """rich reads `[node1,node2]` as a markup tag and used to print `cluster.hosts=`."""
+    from rich.console import Console
+
+    from launch.pipeline import Prepared, finish
+    from launch.training import TRAINING
+
+    cfg, overrides = multinode_sweep(tmp_path, 0)
+    plans = plan_runs(cfg)
+    prepared = Prepared(
+        cfg, plans, None, "s", resume_command="python -m launch 'cluster.hosts=[node1,node2]'"
+    )
+    out = io.StringIO()
+    finish(prepared, TRAINING, [], Console(file=out, width=300), {"ws1"})
+    assert (
+        "to run the remaining points: python -m launch 'cluster.hosts=[node1,node2]'"
+        in out.getvalue()
+    )

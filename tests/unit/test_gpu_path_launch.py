@@ -102,26 +102,21 @@ def test_fp8_needs_token_counts_that_are_multiples_of_16():
         validate(cfg, plan_runs(cfg))
     cfg = compose_run_config(["gpu=h100_sxm", "model=d4096_l4", "run_dir=/tmp/x"])
     hopper = MachineProbe(True, True, (9, 0), False)
-    plan = resolve_precision(
-        "auto",
-        cfg.precision.fp8,
-        cfg.gpu,
-        cfg.model,
-        hopper,
-        layout_name="fsdp",
-        tokens_per_micro_batch=3 * 65,
-    )
+
+    def auto(tokens_per_micro_batch):
+        return resolve_precision(
+            "auto",
+            cfg.precision.fp8,
+            cfg.gpu,
+            cfg.model,
+            hopper,
+            layout_name="fsdp",
+            tokens_per_micro_batch=tokens_per_micro_batch,
+        )
+
+    plan = auto(3 * 65)
     assert plan.resolved == "bf16" and "not a multiple of 16" in plan.reason
-    plan = resolve_precision(
-        "auto",
-        cfg.precision.fp8,
-        cfg.gpu,
-        cfg.model,
-        hopper,
-        layout_name="fsdp",
-        tokens_per_micro_batch=4 * 64,
-    )
-    assert plan.resolved == "fp8"
+    assert auto(4 * 64).resolved == "fp8"
 
 
 def test_gpu_auto_is_refused_for_slurm_before_detection():

@@ -8,33 +8,20 @@ import math
 import pytest
 import torch
 
+from tests.conftest import model_config
 from train.model.transformer import Transformer
 from train.spec.config import ModelConfig
 from train.spec.shapes import all_param_shapes, count_matmul_params, count_params, flops_per_token
 
 # Tied with GQA (4 query heads share 2 kv heads), and untied multi-head (n_kv == n_heads).
-TIED_GQA = ModelConfig(
-    name="tied_gqa",
-    n_layers=2,
-    d_model=64,
-    n_heads=4,
-    n_kv_heads=2,
-    ffn_hidden=160,
-    vocab_size=256,
-    max_seq_len=64,
-    tie_embeddings=True,
-)
-UNTIED_MHA = ModelConfig(
-    name="untied_mha",
-    n_layers=3,
-    d_model=48,
-    n_heads=6,
-    n_kv_heads=6,
-    ffn_hidden=128,
-    vocab_size=200,
-    max_seq_len=32,
-    tie_embeddings=False,
-)
+TIED_GQA = model_config(
+    name="tied_gqa", n_layers=2, d_model=64, n_heads=4, n_kv_heads=2, ffn_hidden=160,
+    vocab_size=256, max_seq_len=64, tie_embeddings=True,
+)  # fmt: skip
+UNTIED_MHA = model_config(
+    name="untied_mha", n_layers=3, d_model=48, n_heads=6, n_kv_heads=6, ffn_hidden=128,
+    vocab_size=200, max_seq_len=32, tie_embeddings=False,
+)  # fmt: skip
 SHAPES = [TIED_GQA, UNTIED_MHA]
 
 

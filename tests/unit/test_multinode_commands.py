@@ -75,7 +75,8 @@ def test_torchrun_per_node_commands_golden():
     assert "TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1" in head  # the restart fix (max_restarts=1)
 
 
-def test_deepspeed_hostfile_command_golden(tmp_path):
+def test_deepspeed_hostfile_command_golden(tmp_path, monkeypatch):
+    monkeypatch.setattr(deepspeed.os, "geteuid", lambda: 1000)  # not root: the line as users see it
     cfg = multinode_cfg("launcher=deepspeed", "launcher.runner=openmpi", "cluster.max_restarts=0")
     (plan,) = plan_runs(cfg)
     nodes = multinode_hosts(cfg)
@@ -171,13 +172,14 @@ def test_hostile_run_name_neither_breaks_nor_injects(tmp_path):
     subprocess.run(["bash", str(run_dir / "job.sbatch")], cwd=tmp_path, env=env, check=True)
     argv = json.loads(record.read_text())
     assert argv[-2:] == ["--config", str(config_path)]
-    assert argv[argv.index("--rdzv-endpoint") + 1] == "node-a:29500"
+    # The job's own port (29500 + job id 77 % 1000): another job may share the head node.
+    assert argv[argv.index("--rdzv-endpoint") + 1] == "node-a:29577"
     assert argv[argv.index("--rdzv-id") + 1] == "77"
     assert not list(tmp_path.rglob("INJECTED*"))
 
 
-def test_dry_run_prints_each_nodes_command(launch_cli, tmp_path):
-    result = launch_cli(
+def test_dry_run_prints_each_nodes_command(launch_in_process, tmp_path):
+    result = launch_in_process(
         "gpu=cpu",
         "sweep=none",
         "cluster=multinode",
@@ -194,3 +196,83 @@ def test_dry_run_prints_each_nodes_command(launch_cli, tmp_path):
     assert [c[c.index("--rdzv-conf") + 1] for c in commands] == ["is_host=1", "is_host=0"]
     assert all(c[c.index("--rdzv-endpoint") + 1] == "node-a:29500" for c in commands)
     assert not (tmp_path / "dry" / "summary.json").exists()
+
+
+def test_every_nodes_driver_derives_the_same_rendezvous_id():
+    """With no run_dir each node's driver has its own timestamped dir: the id must not depend
+    on it (it used to be a hash of the config path, and the nodes hung in two rendezvous)."""
+    ids = []
+    for node_rank, run_dir in ((0, "/runs/2026-11-30/10-00-00-000001"), (1, "/runs/x/y")):
+        cfg = multinode_cfg(f"cluster.node_rank={node_rank}", run_dir=run_dir)
+        (plan,) = plan_runs(cfg)
+        lines = torchrun.torchrun_commands(
+            cfg, plan, plan.run_dir / "config.yaml", multinode_hosts(cfg)
+        )
+        argv = lines[node_rank].argv
+        ids.append(argv[argv.index("--rdzv-id") + 1])
+    assert ids[0] == ids[1] and ids[0].startswith("ws16-")
+    other = multinode_cfg("train.global_batch=128")  # another workload: another rendezvous
+    (plan,) = plan_runs(other)
+    assert torchrun.rendezvous_id(other, plan) != ids[0]
+    given = multinode_cfg("cluster.rdzv_id=job-4711")
+    (plan,) = plan_runs(given)
+    assert torchrun.rendezvous_id(given, plan) == "job-4711-ws16"
+
+
+def deepspeed_line(runner: str):
+    cfg = multinode_cfg("launcher=deepspeed", f"launcher.runner={runner}", "cluster.max_restarts=0")
+    (plan,) = plan_runs(cfg)
+    (line,) = deepspeed.deepspeed_commands(
+        cfg, plan, plan.run_dir / "config.yaml", nodes=multinode_hosts(cfg), module="train.bench.x"
+    )
+    return line.argv
+
+
+def test_openmpi_as_root_gets_allow_run_as_root(monkeypatch):
+    """mpirun refuses root without the flag: the line carries it when the driver is root."""
+    monkeypatch.setattr(deepspeed.os, "geteuid", lambda: 0)
+    assert "--launcher_args=--allow-run-as-root" in deepspeed_line("openmpi")
+    monkeypatch.setattr(deepspeed.os, "geteuid", lambda: 1000)
+    assert not any(a.startswith("--launcher_args") for a in deepspeed_line("openmpi"))
+    monkeypatch.setattr(deepspeed.os, "geteuid", lambda: 0)
+    assert not any(a.startswith("--launcher_args") for a in deepspeed_line("pdsh"))
+
+
+def test_slurm_runner_line_runs_the_module_without_gpus_or_ssh():
+    """DeepSpeed's slurm runner: --num_gpus became srun --gpus-per-node (no GPU on CPU nodes),
+    its ssh check fails where compute nodes run no sshd, and it drops --module (it ran
+    `python -u train`): DeepSpeed's own parser must read `-m <module>` as the program."""
+    argv = deepspeed_line("slurm")
+    assert "--num_gpus" not in argv and argv[argv.index("--num_nodes") + 1] == "2"
+    assert "--no_ssh_check" in argv and "--module" not in argv
+    runner = pytest.importorskip("deepspeed.launcher.runner")
+    args = runner.parse_args(argv[1:])
+    assert (args.launcher, args.user_script) == ("slurm", "-m")
+    assert args.user_args[:3] == ["train.bench.x", "--config", "/runs/golden/config.yaml"]
+    assert args.no_local_rank and args.no_ssh_check
+    # srun sets SLURM_NTASKS_PER_NODE (a rank's node size) only when asked for it.
+    assert args.launcher_args == "--ntasks-per-node=8"
+    # pdsh keeps DeepSpeed's --module, which its launch.py honours.
+    assert deepspeed_line("pdsh")[-5:-2] == ["--no_local_rank", "--module", "train.bench.x"]
+
+
+def test_slurm_jobs_never_share_a_rendezvous_port():
+    """A sweep's 1-node job and 2-node job may share the head node: with one fixed port the
+    1-node job's torchrun hosted the store the 2-node job joined, and took it away when it
+    ended (the real cluster's test found it: RendezvousConnectionError, job FAILED)."""
+    cfg = compose_run_config(
+        [
+            "gpu=cpu",
+            "cluster=slurm",
+            "launcher=slurm",
+            "cluster.nproc_per_node=1",
+            "sweep.world_sizes=[1,2]",
+            "run_dir=/runs/s",
+        ]
+    )
+    one, two = (
+        slurm.sbatch_script(cfg, plan, plan.run_dir / "config.yaml") for plan in plan_runs(cfg)
+    )
+    assert "--standalone" in one and "--rdzv-endpoint" not in one
+    assert "rdzv_port=$((29500 + SLURM_JOB_ID % 1000))" in two
+    assert '--rdzv-endpoint "$head_node:$rdzv_port"' in two

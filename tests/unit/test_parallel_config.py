@@ -11,7 +11,7 @@ import pytest
 from launch.errors import ConfigError
 from launch.plan import plan_runs
 from launch.validate import validate
-from tests.conftest import compose_run_config
+from tests.conftest import compose_run_config, validated
 from train.parallel.zero import deepspeed_config, import_deepspeed
 from train.spec.config import ParallelConfig
 from train.spec.degrees import (
@@ -164,8 +164,12 @@ BAD_LAYOUTS = [
         "precision.name: fp16: parallel=zero1 runs through DeepSpeed, whose CPU accelerator",
     ),
     (
-        ["parallel=tp", "precision=fp8", "gpu=h100_sxm"],
-        "precision.name: fp8: parallel=tp needs fp8-aware",
+        ["parallel=tp", "precision=fp8", "precision.fp8.backend=te", "gpu=h100_sxm"],
+        "precision.name: fp8: parallel=tp with Transformer Engine's fp8",
+    ),
+    (
+        ["parallel=tp", "precision=fp8", "precision.fp8.recipe=rowwise", "gpu=h100_sxm"],
+        "precision.name: fp8: parallel=tp runs fp8 through torchao's float8 tensor-parallel",
     ),
     (
         ["parallel=tp", "train.global_batch=6", "train.micro_batch=4"],
@@ -180,10 +184,7 @@ BAD_LAYOUTS = [
 )
 def test_bad_layouts_are_one_config_error(overrides, message):
     with pytest.raises(ConfigError) as err:
-        cfg = compose_run_config(
-            ["sweep=none", "cluster.nproc_per_node=2", "run_dir=/unused", *overrides]
-        )
-        validate(cfg, plan_runs(cfg))
+        validated(["sweep=none", "cluster.nproc_per_node=2", "run_dir=/unused", *overrides])
     assert str(err.value).startswith(message) and "\n" not in str(err.value)
 
 
@@ -216,8 +217,8 @@ def test_deepspeed_missing_names_the_extra(monkeypatch):
     assert "pip install -e .[deepspeed]" in str(err.value) and "\n" not in str(err.value)
 
 
-def test_hsdp_on_one_node_exits_2_in_one_line(launch_cli, tmp_path):
-    result = launch_cli("parallel=hsdp", "sweep=none", f"run_dir={tmp_path / 'run'}")
+def test_hsdp_on_one_node_exits_2_in_one_line(launch_in_process, tmp_path):
+    result = launch_in_process("parallel=hsdp", "sweep=none", f"run_dir={tmp_path / 'run'}")
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: parallel.dp_replicate: hsdp")

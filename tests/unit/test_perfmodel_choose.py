@@ -7,7 +7,9 @@ import pytest
 from launch.errors import ConfigError
 from launch.perfmodel.choose import candidate_degrees, choose_layout
 from launch.perfmodel.hardware import part_rates
+from launch.perfmodel.step import Placement
 from tests.conftest import compose_run_config
+from train.spec.degrees import BatchRule
 
 SHAPES = {  # sequence length, micro batch, sequences per device per step
     "gpt_1_3b": ["train.seq_len=2048", "train.micro_batch=4", "train.global_batch=16"],
@@ -27,7 +29,7 @@ def choose(gpu: str, model: str, nodes: int, *extra: str):
         world_size=world,
         nproc_per_node=cfg.gpu.gpus_per_node,
         nodes=nodes,
-        global_batch=batch,
+        batch=BatchRule(global_batch=batch),
     )
 
 
@@ -62,7 +64,7 @@ def test_tp_only_inside_a_node_and_only_over_nvlink():
         for nodes in (1, 4):
             cfg = compose_run_config([f"gpu={gpu}", "model=llama_70b", "run_dir=/unused"])
             rates = part_rates(cfg.gpu)
-            candidates = candidate_degrees(cfg, 8 * nodes, 8, nodes, rates)
+            candidates = candidate_degrees(cfg, Placement(8 * nodes, 8, nodes), rates)
             assert max(d.tp for _, d in candidates) == span
             assert all(d.world == 8 * nodes for _, d in candidates)
     # 70B needs more than one node's memory; on four it fits and TP stays inside a node.

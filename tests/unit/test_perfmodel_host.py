@@ -3,13 +3,25 @@ alpha-beta collectives (loopback, emulated link), the itemised micro-step over m
 times, and the alpha-beta fit of launch.mamf's elementwise measurement."""
 
 import pytest
+from omegaconf import OmegaConf
 
-from launch.bench.matmul_ceiling import _fit_alpha_beta
+from launch.bench.cache import host_cache_path, save
+from launch.bench.host_kernels import cache_run_kernels, fit_alpha_beta
 from launch.perfmodel import hardware, host
 from launch.perfmodel.collectives import collective_time
 from launch.perfmodel.hardware import part_rates
-from launch.perfmodel.host import HostRates, host_micro_step, step_gemms
+from launch.perfmodel.host import (
+    HostRates,
+    gemm_key,
+    host_micro_step,
+    host_workload,
+    sdpa_key,
+    step_gemms,
+)
+from launch.perfmodel.step import predict_run
+from launch.report.predicted import predicted_for
 from tests.conftest import compose_run_config
+from train.spec.devices import cpu_model_name
 
 
 def _cpu(*overrides: str):
@@ -76,8 +88,6 @@ def test_a_measured_shape_replaces_the_ceiling_and_tp_halves_the_block_shapes():
 
 def test_cpu_compute_uses_the_host_measurement_when_given():
     cfg = _cpu("train.micro_batch=4", "train.seq_len=128", "train.global_batch=8")
-    from launch.perfmodel.step import predict_run
-
     rates = _flat_host(1e11, 2e-3, 5e-6)
     with_host = predict_run(
         cfg,
@@ -94,6 +104,48 @@ def test_cpu_compute_uses_the_host_measurement_when_given():
 
 def test_alpha_beta_fit_recovers_latency_and_bandwidth():
     points = [(b, 3e-6 + b / 20e9) for b in (12, 12_288, 196_608, 1_572_864, 12_582_912)]
-    alpha, beta = _fit_alpha_beta(points)
+    alpha, beta = fit_alpha_beta(points)
     assert alpha == pytest.approx(3e-6, rel=1e-6)
     assert beta == pytest.approx(20e9, rel=1e-6)
+
+
+def test_the_report_reads_kernel_times_and_never_measures_them(tmp_path, monkeypatch):
+    """A cpu run whose shapes are not cached: the row says which command measures them and
+    nothing is measured or written; once cached, the row is predicted from the cache."""
+    monkeypatch.setenv("SCALEPROBE_CACHE_DIR", str(tmp_path / "cache"))
+    cfg = _cpu(
+        "precision=fp32",
+        "parallel=tp",
+        "train.micro_batch=4",
+        "train.seq_len=128",
+        "train.global_batch=8",
+    )
+    cfg.gpu.measured_peak_tflops.fp32 = 0.088  # as the driver fills it from launch.mamf
+    (tmp_path / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
+    run = {
+        "run_dir": str(tmp_path),
+        "device_name": cpu_model_name(),  # ran here: the old report measured it itself
+        "world_size": 2,
+        "nproc_per_node": 2,
+        "nodes": 1,
+        "precision": {"resolved": "fp32"},
+        "step_time_s": {"median": 0.2},
+    }
+    unmeasured = predicted_for(run)
+    assert "launch.mamf --host-shapes" in unmeasured["unavailable"]
+    other_host = {**run, "device_name": "Another CPU, not this host's"}
+    assert cache_run_kernels([other_host]) == 0  # the driver measures only what ran here
+    assert not (tmp_path / "cache").exists()
+
+    work = host_workload(cfg, run)
+    assert work.tps == (1, 2)  # its TP degree and the single-device base's
+    record = {
+        "gemm_s": {gemm_key(*g): 1e-4 for g in work.gemms()},
+        "sdpa_s": {sdpa_key(*a): 1e-3 for a in work.attention()},
+        "memory": {"kernel_latency_s": 5e-6, "gbytes_per_s": 10.0},
+    }
+    save(host_cache_path(run["device_name"], work.cpu_threads), record)
+    predicted = predicted_for(run)
+    assert "unavailable" not in predicted, predicted
+    assert predicted["compute_s"] > 0
+    assert predicted["measured_over_predicted"] == pytest.approx(0.2 / predicted["step_time_s"])

@@ -7,9 +7,7 @@ from __future__ import annotations
 import pytest
 
 from launch.errors import ConfigError
-from launch.plan import plan_runs
-from launch.validate import validate
-from tests.conftest import compose_run_config
+from tests.conftest import compose_run_config, validated
 from train.spec.degrees import plan_layout
 from train.spec.stages import PipelinePlan, split_layers, stage_ranks
 from train.spec.traffic import StepShape, comm_bytes_per_step
@@ -141,15 +139,12 @@ BAD = [
 @pytest.mark.parametrize("overrides, message", BAD, ids=[" ".join(o) for o, _ in BAD])
 def test_bad_pipeline_input_is_one_config_error(overrides, message):
     with pytest.raises(ConfigError) as err:
-        cfg = compose_run_config(
-            ["sweep=none", "cluster.nproc_per_node=2", "run_dir=/unused", *overrides]
-        )
-        validate(cfg, plan_runs(cfg))
+        validated(["sweep=none", "cluster.nproc_per_node=2", "run_dir=/unused", *overrides])
     assert str(err.value).startswith(message) and "\n" not in str(err.value)
 
 
-def test_bad_pipeline_input_exits_2_before_any_rank(launch_cli, tmp_path):
-    result = launch_cli(
+def test_bad_pipeline_input_exits_2_before_any_rank(launch_in_process, tmp_path):
+    result = launch_in_process(
         "parallel=pp", "model=tiny", "parallel.pp_microbatches=3", "sweep=none",
         f"run_dir={tmp_path / 'run'}",
     )  # fmt: skip

@@ -1,74 +1,22 @@
-"""Precision: the auto table, fp8 layer choice, honest MFU, fp16 loss scaling, fp8 training."""
+"""Precision: explicit choices, fp8 layer choice, honest MFU, fp16 loss scaling, fp8 training.
+(The auto table, with and without a layout: test_precision_layouts.py.)"""
 
 from __future__ import annotations
-
-import itertools
 
 import pytest
 import torch
 
-from launch.conf_tree import group_choices, load_gpu_profile
+from launch.conf_tree import load_gpu_profile
 from launch.errors import ConfigError
 from launch.plan import plan_runs
 from launch.validate import validate
-from tests.conftest import compose_run_config
+from tests.conftest import HOPPER, NARROW, WIDE, compose_run_config
 from train.measure.metrics import mfu_figures
 from train.model.transformer import Transformer
 from train.runtime.numerics import fp8_module_filter, prepare_model
-from train.spec.config import Fp8Config, ModelConfig
+from train.spec.config import Fp8Config
 from train.spec.devices import MachineProbe
 from train.spec.precision import resolve_precision
-
-PROFILES = [g for g in group_choices("gpu") if g != "auto"]
-WIDE = ModelConfig(
-    name="wide",
-    n_layers=2,
-    d_model=4096,
-    n_heads=32,
-    n_kv_heads=8,
-    ffn_hidden=11008,
-    vocab_size=32000,
-    max_seq_len=2048,
-)
-NARROW = ModelConfig(
-    name="narrow",
-    n_layers=2,
-    d_model=2048,
-    n_heads=16,
-    n_kv_heads=16,
-    ffn_hidden=5632,
-    vocab_size=50304,
-    max_seq_len=2048,
-)
-HOPPER, AMPERE = (9, 0), (8, 0)
-
-
-def expected_auto(profile: str, te: bool, torchao: bool, capability, cpu_bf16: bool, model):
-    """The table from the precision issue, written out case by case."""
-    if capability is None:  # a CPU device, whatever the profile says
-        return ("bf16", None) if cpu_bf16 else ("fp32", None)
-    if profile in ("a100_40g", "a100_80g", "a800", "cpu"):
-        return ("bf16", None)
-    if capability < (8, 9) or not (te or torchao) or model is NARROW:
-        return ("bf16", None)
-    return ("fp8", "te" if te else "torchao")
-
-
-@pytest.mark.parametrize("profile", PROFILES)
-def test_auto_resolution_table(profile):
-    gpu = load_gpu_profile(profile)
-    for te, torchao, capability, cpu_bf16, model in itertools.product(
-        (False, True), (False, True), (None, AMPERE, HOPPER), (False, True), (WIDE, NARROW)
-    ):
-        probe = MachineProbe(te, torchao, capability, cpu_bf16 and capability is None)
-        plan = resolve_precision("auto", Fp8Config(), gpu, model, probe)
-        case = (profile, te, torchao, capability, cpu_bf16, model.name)
-        assert (plan.resolved, plan.fp8_backend) == expected_auto(
-            profile, te, torchao, capability, cpu_bf16, model
-        ), case
-        assert plan.reason.startswith("auto on"), case
-        if plan.resolved == "bf16" and gpu.fp8 and capability == HOPPER:
-            assert "fp8 skipped" in plan.reason, case  # says why fp8 was not used
 
 
 def test_explicit_choices_are_kept():
@@ -102,18 +50,18 @@ def test_mfu_by_hand_for_bf16_and_fp8():
     h100 = load_gpu_profile("h100_sxm")
     flops_per_token, per_device = 6e9, 50_000.0  # 300 TFLOP/s achieved
     bf16 = mfu_figures(flops_per_token, per_device, h100, "bf16")
-    assert bf16["mfu"] == pytest.approx(300 / 989.4)
-    assert "mfu_vs_bf16_peak" not in bf16 and bf16["mfu_vs_measured"] is None
+    assert bf16.mfu == pytest.approx(300 / 989.4)
+    assert bf16.mfu_vs_bf16_peak is None and bf16.mfu_vs_measured is None
     fp8 = mfu_figures(flops_per_token, per_device, h100, "fp8")
-    assert fp8["mfu_vs_fp8_peak"] == fp8["mfu"] == pytest.approx(300 / 1978.9)
-    assert fp8["mfu_vs_bf16_peak"] == pytest.approx(300 / 989.4)
+    assert fp8.mfu_vs_fp8_peak == fp8.mfu == pytest.approx(300 / 1978.9)
+    assert fp8.mfu_vs_bf16_peak == pytest.approx(300 / 989.4)
     # A part with no known peak never borrows one.
-    assert mfu_figures(flops_per_token, per_device, load_gpu_profile("cpu"), "bf16")["mfu"] is None
+    assert mfu_figures(flops_per_token, per_device, load_gpu_profile("cpu"), "bf16").mfu is None
 
 
 def test_fp16_loss_scaling_skips_an_overflowing_step_and_goes_on():
     from train.parallel.layout import TorchLayout
-    from train.runtime.worker import train_step
+    from train.runtime.rank_step import train_step
 
     torch.manual_seed(0)
     cfg = compose_run_config(["run_dir=/tmp/x", "train.seq_len=16"])
@@ -137,16 +85,16 @@ def test_fp16_loss_scaling_skips_an_overflowing_step_and_goes_on():
     assert torch.isfinite(loss) and not torch.equal(weight, before)  # training went on
 
 
+def tiny_fp8(backend: str, probe: MachineProbe):
+    """The tiny model's config and an fp8 plan for it down to 128 wide (its widest layers)."""
+    cfg = compose_run_config(["run_dir=/tmp/x"])
+    fp8 = Fp8Config(backend=backend, min_dim=128)
+    return cfg, resolve_precision("fp8", fp8, cfg.gpu, cfg.model, probe)
+
+
 def test_torchao_conversion_follows_the_filter():
     pytest.importorskip("torchao.float8")
-    cfg = compose_run_config(["run_dir=/tmp/x"])
-    plan = resolve_precision(
-        "fp8",
-        Fp8Config(backend="torchao", min_dim=128),
-        cfg.gpu,
-        cfg.model,
-        MachineProbe(False, True, None, False),
-    )
+    cfg, plan = tiny_fp8("torchao", MachineProbe(False, True, None, False))
     model = prepare_model(Transformer(cfg.model), plan, torch.device("cpu"))
     kinds = {name: type(module).__name__ for name, module in model.named_modules()}
     assert kinds["layers.0.attention.wq"] == "Float8Linear"
@@ -155,10 +103,8 @@ def test_torchao_conversion_follows_the_filter():
     assert kinds["output"] == "Linear"
 
 
-def test_te_path_swaps_eligible_layers(monkeypatch):
+def test_te_path_swaps_eligible_layers(fake_transformer_engine):
     """Transformer Engine needs CUDA; the swap logic is checked against a stand-in module."""
-    import sys
-    import types
 
     class FakeTeLinear(torch.nn.Linear):
         def __init__(self, in_features, out_features, bias, params_dtype, device):
@@ -166,20 +112,8 @@ def test_te_path_swaps_eligible_layers(monkeypatch):
                 in_features, out_features, bias=bias, dtype=params_dtype, device=device
             )
 
-    te = types.ModuleType("transformer_engine.pytorch")
-    te.Linear = FakeTeLinear
-    package = types.ModuleType("transformer_engine")
-    package.pytorch = te
-    monkeypatch.setitem(sys.modules, "transformer_engine", package)
-    monkeypatch.setitem(sys.modules, "transformer_engine.pytorch", te)
-    cfg = compose_run_config(["run_dir=/tmp/x"])
-    plan = resolve_precision(
-        "fp8",
-        Fp8Config(backend="te", min_dim=128),
-        cfg.gpu,
-        cfg.model,
-        MachineProbe(True, False, HOPPER, False),
-    )
+    fake_transformer_engine.Linear = FakeTeLinear
+    cfg, plan = tiny_fp8("te", MachineProbe(True, False, HOPPER, False))
     torch.manual_seed(0)
     model = Transformer(cfg.model)
     original = model.layers[0].attention.wq.weight.detach().clone()

@@ -1,10 +1,10 @@
-"""profile.* checks (train/spec/checks.py) the driver and the rank share."""
+"""profile.* checks (train/spec/rules.py) the driver and the rank share."""
 
 from __future__ import annotations
 
-from train.spec.checks import check_profile, profiled_ranks
 from train.spec.config import ProfileConfig
-from train.spec.errors import ConfigError
+from train.spec.config_error import ConfigError
+from train.spec.rules import check_profile, profiled_ranks
 
 
 def test_default_ranks_are_rank_zero_and_the_last():

@@ -5,12 +5,10 @@ test_meta_init_and_16bit_bytes.py.)"""
 
 from __future__ import annotations
 
-import sys
-import types
-
 import pytest
 import torch
 
+from tests.conftest import TINY, model_config
 from train.model.transformer import Transformer
 from train.model.weights import canonical_name, materialize
 from train.parallel import build as build_module
@@ -23,27 +21,10 @@ from train.spec.precision import PrecisionPlan
 from train.spec.traffic import StepShape, comm_bytes_per_step
 
 CPU = torch.device("cpu")
-SMALL = ModelConfig(
-    name="small",
-    n_layers=2,
-    d_model=64,
-    n_heads=4,
-    n_kv_heads=2,
-    ffn_hidden=96,
-    vocab_size=128,
-    max_seq_len=32,
-    tie_embeddings=True,
-)
-TINY = ModelConfig(
-    name="tiny",
-    n_layers=4,
-    d_model=128,
-    n_heads=4,
-    n_kv_heads=2,
-    ffn_hidden=384,
-    vocab_size=2048,
-    max_seq_len=256,
-)
+SMALL = model_config(
+    name="small", n_layers=2, d_model=64, n_heads=4, n_kv_heads=2, ffn_hidden=96,
+    vocab_size=128, max_seq_len=32, tie_embeddings=True,
+)  # fmt: skip
 
 
 def run_config(model: ModelConfig = SMALL, seed: int = 3) -> RunConfig:
@@ -152,19 +133,14 @@ def test_tp_sequence_parallel_checkpoint_replay_bytes():
     assert ckpt.reduce_scatter - base.reduce_scatter == 2 * activation
 
 
-def test_te_layers_are_checkpointed_with_te_checkpoint(monkeypatch):
+def test_te_layers_are_checkpointed_with_te_checkpoint(fake_transformer_engine):
     calls = []
 
     def te_checkpoint(function, *args, **kwargs):
         calls.append(kwargs)
         return torch.utils.checkpoint.checkpoint(function, *args, use_reentrant=False)
 
-    te = types.ModuleType("transformer_engine.pytorch")
-    te.checkpoint = te_checkpoint
-    package = types.ModuleType("transformer_engine")
-    package.pytorch = te
-    monkeypatch.setitem(sys.modules, "transformer_engine", package)
-    monkeypatch.setitem(sys.modules, "transformer_engine.pytorch", te)
+    fake_transformer_engine.checkpoint = te_checkpoint
     model = build_model(run_config(), plan(), "fp8", 1, torch.device("cpu"))
     layout = build_layout(
         model, run_config(), plan(checkpointed=[1]), "fp8", 1, CPU, fp8_backend="te"

@@ -182,3 +182,22 @@ def test_python_m_launch_report(tmp_path: Path):
     )
     assert result.returncode == 2
     assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1
+
+
+def test_a_multirun_ends_with_one_report_over_its_jobs(tmp_path: Path):
+    """Hydra calls MultirunReport at the end of a multirun (local or submitit): one report
+    at hydra.sweep.dir over every job's runs; a job's own report is left as it was."""
+    from omegaconf import OmegaConf
+
+    from launch.training import MultirunReport
+
+    write_sweep(tmp_path / "0", "h100_sxm", 3000.0, 0.45)
+    (tmp_path / "0" / "report.md").write_text("job 0's own report\n")
+    write_sweep(tmp_path / "1", "h800", 2500.0, None, H800_EFF)
+    (tmp_path / ".submitit").mkdir()  # submitit's logs: not a job
+    MultirunReport().on_multirun_end(OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}}))
+    report = (tmp_path / "report.md").read_text()
+    assert f"## {H100}" in report and f"## {H800}" in report
+    assert (tmp_path / "0" / "report.md").read_text() == "job 0's own report\n"
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert sorted(results["series"]) == sorted([H100, H800])

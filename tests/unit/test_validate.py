@@ -41,21 +41,21 @@ BAD_OVERRIDES = [
 @pytest.mark.parametrize(
     "overrides, message", BAD_OVERRIDES, ids=[" ".join(o) for o, _ in BAD_OVERRIDES]
 )
-def test_bad_input_is_one_line_and_exit_2(overrides, message, launch_cli, tmp_path):
-    result = launch_cli(*overrides, f"run_dir={tmp_path / 'run'}")
+def test_bad_input_is_one_line_and_exit_2(overrides, message, launch_in_process, tmp_path):
+    result = launch_in_process(*overrides, f"run_dir={tmp_path / 'run'}")
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"error: {message}"), result.stderr
     assert not (tmp_path / "run").exists()  # nothing written, nothing started
 
 
-def test_a_finished_run_dir_is_kept_unless_overwrite(launch_cli, tmp_path):
+def test_a_finished_run_dir_is_kept_unless_overwrite(launch_in_process, tmp_path):
     run_dir = tmp_path / "done"
     (run_dir / "ws1").mkdir(parents=True)
     summary = run_dir / "ws1" / "summary.json"
     summary.write_text(json.dumps({"world_size": 1}))
     before = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
-    result = launch_cli(f"run_dir={run_dir}", "dry_run=true")
+    result = launch_in_process(f"run_dir={run_dir}", "dry_run=true")
     assert result.returncode == 2
     assert "run_dir: " in result.stderr and "overwrite=true" in result.stderr
     assert {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()} == before

@@ -9,21 +9,34 @@ from omegaconf import OmegaConf
 
 from tests.conftest import FAST, compose_run_config
 from train.runtime import data as data_module
-from train.runtime import worker
+from train.runtime import loop, rank_step, worker
+
+
+def one_rank_config(tmp_path, monkeypatch, *overrides: str):
+    """The config file the driver writes, written here for one rank started without torchrun."""
+    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE"):
+        monkeypatch.delenv(var, raising=False)
+    run_dir = tmp_path / "run"
+    cfg = compose_run_config(
+        [*FAST, "sweep=none", "precision=fp32", "train.warmup_steps=1", *overrides]
+        + [f"run_dir={run_dir}"]
+    )
+    run_dir.mkdir()
+    config_path = run_dir / "config.yaml"
+    config_path.write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
+    return config_path
 
 
 def test_batches_are_drawn_before_the_step_clock_starts(tmp_path, monkeypatch):
-    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE"):
-        monkeypatch.delenv(var, raising=False)
     events: list[tuple] = []
 
-    # The worker's clock, its data source and its step, each leaving a mark in order.
+    # The loop's clock, its data source and its step, each leaving a mark in order.
     def perf_counter():
         events.append(("clock",))
         return time.perf_counter()
 
-    monkeypatch.setattr(worker, "time", types.SimpleNamespace(perf_counter=perf_counter))
-    real_rows, real_step = data_module.SyntheticTokens.rows, worker.train_step
+    monkeypatch.setattr(loop, "time", types.SimpleNamespace(perf_counter=perf_counter))
+    real_rows, real_step = data_module.SyntheticTokens.rows, rank_step.train_step
 
     def rows(self, step, row_indices):
         events.append(("draw", step, tuple(row_indices)))
@@ -34,26 +47,18 @@ def test_batches_are_drawn_before_the_step_clock_starts(tmp_path, monkeypatch):
         return real_step(*args, **kwargs)
 
     monkeypatch.setattr(data_module.SyntheticTokens, "rows", rows)
-    monkeypatch.setattr(worker, "train_step", train_step)
+    monkeypatch.setattr(rank_step, "train_step", train_step)
 
     steps = 3
-    cfg = compose_run_config(
-        [
-            *FAST,
-            "sweep=none",
-            "precision=fp32",
+    worker.run(
+        one_rank_config(
+            tmp_path,
+            monkeypatch,
             f"train.steps={steps}",
-            "train.warmup_steps=1",
             "train.micro_batch=1",
             "train.global_batch=4",
-            f"run_dir={tmp_path / 'run'}",
-        ]
+        )
     )
-    # The config file the driver writes, written here (one rank, no torchrun).
-    (tmp_path / "run").mkdir()
-    config_path = tmp_path / "run" / "config.yaml"
-    config_path.write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
-    worker.run(config_path)
 
     kinds = [e[0] for e in events]
     step_at = [i for i, k in enumerate(kinds) if k == "step"]
@@ -69,22 +74,7 @@ def test_batches_are_drawn_before_the_step_clock_starts(tmp_path, monkeypatch):
 
 
 def test_summary_records_reserved_memory_as_null_on_cpu_and_fabric_warnings(tmp_path, monkeypatch):
-    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE"):
-        monkeypatch.delenv(var, raising=False)
-    cfg = compose_run_config(
-        [
-            *FAST,
-            "sweep=none",
-            "precision=fp32",
-            "train.steps=2",
-            "train.warmup_steps=1",
-            f"run_dir={tmp_path / 'run'}",
-        ]
-    )
-    (tmp_path / "run").mkdir()
-    config_path = tmp_path / "run" / "config.yaml"
-    config_path.write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
-    summary = worker.run(config_path)
+    summary = worker.run(one_rank_config(tmp_path, monkeypatch, "train.steps=2"))
     assert summary["peak_memory_bytes"] > 0  # RSS on CPU
     assert summary["peak_memory_reserved_bytes"] is None  # no caching allocator on CPU
     assert summary["memory"]["peak_reserved_bytes"] is None

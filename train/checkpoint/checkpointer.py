@@ -36,8 +36,8 @@ from train.checkpoint.markers import (
     write_marker,
 )
 from train.spec.config import RunConfig
+from train.spec.config_error import ConfigError
 from train.spec.degrees import LayoutPlan
-from train.spec.errors import ConfigError
 
 
 @dataclass

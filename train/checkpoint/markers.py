@@ -25,8 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from train.spec.config import RunConfig
+from train.spec.config_error import ConfigError
 from train.spec.degrees import LayoutPlan, plan_layout
-from train.spec.errors import ConfigError
 
 MARKER = "complete.json"
 STEP_DIR = re.compile(r"^step_(\d+)$")
@@ -157,7 +157,7 @@ def check_checkpoint_dir(cfg: RunConfig) -> None:
 
     For the driver's validation, on each run's own config (its run_dir, cluster size and
     layout as written to its config.yaml), before anything is written. Reads the checkpoint
-    dir but never changes it. The settings themselves: train/spec/checks.py.
+    dir but never changes it. The settings themselves: train/spec/rules.py.
     """
     if cfg.checkpoint.every <= 0:
         return  # off: the dir is never used

@@ -24,8 +24,15 @@ IB_SYSFS = Path("/sys/class/infiniband")
 def cluster_record(
     cfg: RunConfig, device: torch.device, *, fabric_warnings: Sequence[str] | None = None
 ) -> dict:
-    """``fabric_warnings``: every node's (gather_fabric_warnings), recorded as fabric.warnings;
-    None (recorded as null) when the caller did not check, which is not the same as none."""
+    """summary.json's (and comm.json's) ``cluster`` and ``fabric`` keys."""
+    return {
+        "cluster": cluster_fields(cfg, device),
+        "fabric": fabric_fields(cfg, device, fabric_warnings=fabric_warnings),
+    }
+
+
+def cluster_fields(cfg: RunConfig, device: torch.device) -> dict:
+    """Where the run ran: the cluster, its launcher, restarts, the emulated link."""
     c = cfg.cluster
     cluster = {
         "name": c.name,
@@ -38,9 +45,18 @@ def cluster_record(
         "oversubscribed": device.type == "cpu" and oversubscribed(cfg),
     }
     if c.name == "emulated":
-        cluster["link"] = (
-            cfg.resolved.applied_link
-        )  # rate, qdisc, latency (applied or not), link match
+        # rate, qdisc, latency (applied or not), link match
+        cluster["link"] = cfg.resolved.applied_link
+    return cluster
+
+
+def fabric_fields(
+    cfg: RunConfig, device: torch.device, *, fabric_warnings: Sequence[str] | None
+) -> dict:
+    """The NCCL variables this rank really got, and the topology of its node.
+
+    ``fabric_warnings``: every node's (gather_fabric_warnings), recorded as fabric.warnings;
+    None (recorded as null) when the caller did not check, which is not the same as none."""
     fabric = {
         "name": cfg.fabric.name,
         "nccl_env": {k: v for k, v in sorted(os.environ.items()) if k.startswith("NCCL_")},
@@ -48,7 +64,7 @@ def cluster_record(
     }
     if cfg.fabric.capture_topology and device.type == "cuda":
         fabric["topology"] = capture_topology()
-    return {"cluster": cluster, "fabric": fabric}
+    return fabric
 
 
 def ib_hca_warning(nccl_ib_hca: str | None, sysfs: Path = IB_SYSFS) -> str | None:

@@ -1,4 +1,4 @@
-"""Per-step measurements and the run summary (rank 0 writes them)."""
+"""Per-step measurements and the throughput figures of the run summary (rank 0 writes them)."""
 
 from __future__ import annotations
 
@@ -25,27 +25,41 @@ def mfu(flops_per_token: float, tokens_per_s_per_device: float, peak_tflops: flo
     return model_tflops_per_device(flops_per_token, tokens_per_s_per_device) / peak_tflops
 
 
+@dataclass(frozen=True)
+class MfuFigures:
+    """summary.json's MFU keys: against the peak of the precision in use, fp8 runs also against
+    the bf16 peak, and against the measured matmul ceiling (null where a peak is unknown)."""
+
+    peak_tflops: float | None
+    mfu_peak_precision: str
+    mfu: float | None
+    measured_peak_tflops: float | None
+    mfu_vs_measured: float | None
+    mfu_vs_bf16_peak: float | None = None  # fp8 runs
+    mfu_vs_fp8_peak: float | None = None  # fp8 runs
+
+
 def mfu_figures(
     flops_per_token: float, tokens_per_s_per_device: float, gpu: GpuConfig, resolved: str
-) -> dict:
+) -> MfuFigures:
     """MFU against the peak of the precision in use; fp8 runs also against the bf16 peak (the
     head and narrow layers stay bf16, so neither figure alone is the whole truth), and against
     the measured matmul ceiling when `python -m launch.mamf` has measured one."""
     peak = getattr(gpu.peak_tflops, resolved, None)
-    figures = {
-        "peak_tflops": peak,
-        "mfu_peak_precision": resolved,
-        "mfu": mfu(flops_per_token, tokens_per_s_per_device, peak),
-    }
-    if resolved == "fp8":
-        figures["mfu_vs_bf16_peak"] = mfu(
-            flops_per_token, tokens_per_s_per_device, gpu.peak_tflops.bf16
-        )
-        figures["mfu_vs_fp8_peak"] = figures["mfu"]
     measured = getattr(gpu.measured_peak_tflops, resolved, None)
-    figures["measured_peak_tflops"] = measured
-    figures["mfu_vs_measured"] = mfu(flops_per_token, tokens_per_s_per_device, measured)
-    return figures
+    figure = mfu(flops_per_token, tokens_per_s_per_device, peak)
+    fp8 = resolved == "fp8"
+    return MfuFigures(
+        peak_tflops=peak,
+        mfu_peak_precision=resolved,
+        mfu=figure,
+        measured_peak_tflops=measured,
+        mfu_vs_measured=mfu(flops_per_token, tokens_per_s_per_device, measured),
+        mfu_vs_bf16_peak=(
+            mfu(flops_per_token, tokens_per_s_per_device, gpu.peak_tflops.bf16) if fp8 else None
+        ),
+        mfu_vs_fp8_peak=figure if fp8 else None,
+    )
 
 
 def peak_memory_bytes(device: torch.device) -> int:

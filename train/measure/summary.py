@@ -46,6 +46,10 @@ class RunSummary:
     seq_len: int | None = None
     global_batch: int | None = None
     micro_batch: int | None = None
+    # train.global_batch sequences per optimizer step split over data_parallel_size ranks
+    # (TP and pipeline ranks share theirs), micro_batch per forward, grad_accum micro-steps:
+    # global_batch = micro_batch x data_parallel_size x grad_accum (train/spec/degrees.py).
+    data_parallel_size: int | None = None
     grad_accum: int | None = None
     tokens_per_step: int | None = None
     timed_steps: int | None = None

@@ -16,8 +16,8 @@ from torch import nn
 
 from train.model.rope import apply_rope, rope_tables
 from train.model.weights import init_weights
-from train.spec.checks import check_model
 from train.spec.config import ModelConfig
+from train.spec.rules import check_model
 from train.spec.shapes import head_dim
 
 

@@ -28,7 +28,7 @@ class Checkpointed(nn.Module):
 
     def forward(self, *args: torch.Tensor) -> torch.Tensor:
         if self.te_layers:
-            import transformer_engine.pytorch as te
+            import transformer_engine.pytorch as te  # the te extra: only TE fp8 runs have it
 
             # TE 2.x: te.checkpoint(function, *args, use_reentrant=..., ...); its default is
             # reentrant, which FSDP2 and DTensor do not support.

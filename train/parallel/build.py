@@ -19,6 +19,7 @@ import os
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.distributed._symmetric_memory import enable_symm_mem_for_group
 
 from train.model.transformer import Transformer
 from train.model.weights import init_weights, materialize
@@ -35,6 +36,7 @@ from train.parallel.zero import (  # DeepSpeed itself is imported only there
     import_deepspeed,
 )
 from train.spec.config import RunConfig
+from train.spec.config_error import ConfigError
 from train.spec.degrees import LayoutPlan
 
 
@@ -86,7 +88,16 @@ def build_layout(
         )
     mesh = build_mesh(degrees, device)
     if degrees.tp > 1:
-        apply_tensor_parallel(model, mesh["tp"], layout.sequence_parallel)
+        apply_tensor_parallel(
+            model,
+            mesh["tp"],
+            sequence_parallel=layout.sequence_parallel,
+            # torchao's float8 styles all-gather fp8 tensors, which gloo cannot carry: on CPU
+            # ranks the fp8 linears take the plain styles (their collectives in bf16/fp32).
+            float8=precision == "fp8" and fp8_backend == "torchao" and device.type == "cuda",
+        )
+        if cfg.parallel.async_tp:
+            enable_async_tp(mesh["tp"], device)
     apply_activation_checkpointing(model.layers, layout.checkpointed, te_layers)
     _compile_blocks(model, compile_blocks)
 
@@ -97,6 +108,7 @@ def build_layout(
         apply_fsdp(model, mesh[dp_dims], policy)
         no_sync = functools.partial(fsdp_no_sync, model)
         if fsdp_float8_all_gather(layout, fp8_backend, fp8_recipe):
+            # torchao: the fp8 extra, imported only by runs that use it.
             from torchao.float8 import precompute_float8_dynamic_scale_for_fsdp
 
             # The fp8 weights' scales for the next all-gathers, from the updated weights:
@@ -108,7 +120,30 @@ def build_layout(
         no_sync = model.no_sync
     optimizer = adamw(model, cfg.train, device)
     dp_rank = data_parallel_rank(mesh, degrees)
-    return TorchLayout(model, optimizer, dp_rank, degrees.dp, no_sync, after_step=after_step)
+    return TorchLayout(
+        model,
+        optimizer,
+        dp_rank,
+        degrees.dp,
+        no_sync,
+        after_step=after_step,
+        vocab_parallel=degrees.tp > 1,
+    )
+
+
+def enable_async_tp(tp_mesh, device: torch.device) -> None:
+    """torchtitan's async TP: the compiler's micro-pipelining pass splits each sequence-parallel
+    all-gather / reduce-scatter and the matmul beside it into chunks that overlap, through
+    symmetric memory on the TP group (CUDA only; train/spec/rules.py check_async_tp)."""
+    if device.type != "cuda":
+        raise ConfigError(
+            "parallel.async_tp", "true: it needs CUDA symmetric memory; this rank runs on CPU"
+        )
+    # torch._inductor: 1.7 s to import, and only async TP (with compile) needs it here.
+    import torch._inductor.config as inductor_config
+
+    inductor_config._micro_pipeline_tp = True
+    enable_symm_mem_for_group(tp_mesh.get_group().group_name)
 
 
 def fsdp_float8_all_gather(

@@ -18,6 +18,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from torch.distributed.tensor import DTensor
+from torch.distributed.tensor.parallel import loss_parallel
 
 from train.measure.held_memory import (
     HeldMemory,
@@ -39,7 +40,7 @@ def adamw(model: nn.Module, train: TrainConfig, device: torch.device) -> torch.o
         lr=train.lr,
         betas=(0.9, 0.95),
         weight_decay=train.weight_decay,
-        fused=device.type == "cuda",
+        fused=device.type == "cuda" if train.fused_adamw is None else train.fused_adamw,
     )
 
 
@@ -67,6 +68,11 @@ class Layout:
 
     def gradient_sync(self, enabled: bool) -> AbstractContextManager:
         """Context for one micro-step; ``enabled`` on the last, where gradients are reduced."""
+        return contextlib.nullcontext()
+
+    def loss_context(self) -> AbstractContextManager:
+        """Around a micro-step's forward and backward: the loss over logits that TP leaves
+        sharded over the vocabulary runs under loss_parallel (train/parallel/tensor_parallel.py)."""
         return contextlib.nullcontext()
 
     def backward(self, loss: torch.Tensor) -> None:
@@ -97,11 +103,16 @@ class TorchLayout(Layout):
         no_sync: Callable[[], AbstractContextManager] | None = None,
         *,
         after_step: Callable[[], None] | None = None,
+        vocab_parallel: bool = False,
     ):
         self.model, self.optimizer = model, optimizer
         self.dp_rank, self.dp_size = dp_rank, dp_size
         self._no_sync = no_sync  # skips the gradient reduction of a non-final micro-step
         self._after_step = after_step  # e.g. torchao's fp8 scales for FSDP's fp8 all-gather
+        self._vocab_parallel = vocab_parallel  # TP: logits sharded over the vocabulary
+
+    def loss_context(self) -> AbstractContextManager:
+        return loss_parallel() if self._vocab_parallel else contextlib.nullcontext()
 
     def step(self) -> None:
         self.optimizer.step()

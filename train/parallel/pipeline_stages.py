@@ -14,8 +14,8 @@ backward of its own; the price is that the all-reduce does not overlap the backw
 
 A step is one ``schedule.step``: the schedule runs every microbatch's forward and backward
 (the gradient accumulation), scaling gradients by 1/microbatches so they equal the mean
-loss's, as train/runtime/worker.py's loop does. The loss exists on the last stage only; it is summed
-over the pipeline so every rank returns it (4 bytes, counted as an all-reduce).
+loss's, as train/runtime/rank_step.py's train_step does. The loss exists on the last stage only;
+it is summed over the pipeline so every rank returns it (4 bytes, counted as an all-reduce).
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from train.measure.held_memory import (
     optimizer_state_tensors,
     tensor_bytes,
 )
-from train.measure.profiling import mark
+from train.measure.marks import Marks
 from train.model.transformer import Transformer
 from train.model.weights import materialize
 from train.parallel.activation_checkpoint import Checkpointed
@@ -171,21 +171,22 @@ class PipelineLayout(Layout):
         self.has_first, self.has_last = 0 in local, plan.stages - 1 in local
         self.pipeline_summary = plan.as_dict()
 
-    def train_step(self, micro_batches, precision_plan, device, grad_clip: float):
+    def train_step(self, micro_batches, precision_plan, device, grad_clip: float, marks: Marks):
         """One optimizer step over this data-parallel rank's rows; the mean loss on every
-        rank. The schedule re-splits the rows into plan.microbatches equal microbatches."""
+        rank. The schedule re-splits the rows into plan.microbatches equal microbatches.
+        ``marks`` names the phases in a profiler trace (train/measure/marks.py)."""
         inputs = torch.cat([x for x, _ in micro_batches]).to(device, non_blocking=True)
         targets = torch.cat([y for _, y in micro_batches]).to(device, non_blocking=True)
         losses: list[torch.Tensor] = []
         args = (inputs,) if self.has_first else ()
-        with mark("pipeline"), self.autocast(precision_plan, device):
+        with marks("pipeline"), self.autocast(precision_plan, device):
             self.schedule.step(*args, target=targets if self.has_last else None, losses=losses)
         loss = torch.zeros((), device=device, dtype=torch.float32)
         if self.has_last:
             loss = torch.stack([x.detach().float() for x in losses]).mean()
         if self.plan.pp > 1:  # SUM: only the last stage's is non-zero
             dist.all_reduce(loss, group=self.pp_group)
-        with mark("optimizer"):
+        with marks("optimizer"):
             self.finish_gradients(grad_clip)
             self.step()
             self.zero_grad()

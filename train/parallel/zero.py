@@ -32,7 +32,7 @@ DEEPSPEED_PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
 def import_deepspeed():
     """deepspeed, imported only by the ranks that need it; one line naming the extra if not."""
     try:
-        import deepspeed
+        import deepspeed  # the deepspeed extra: seconds to import, zero* runs only
     except ImportError as exc:
         raise ImportError(
             f"parallel=zero* needs DeepSpeed, which is not installed ({exc}): {INSTALL_HINT}"
@@ -174,7 +174,7 @@ def zero_client_optimizer(model: nn.Module, cfg: RunConfig, device: torch.device
         return reference
     hyper = reference.defaults
     try:
-        from deepspeed.ops.adam import DeepSpeedCPUAdam
+        from deepspeed.ops.adam import DeepSpeedCPUAdam  # zero* with offload only
 
         return DeepSpeedCPUAdam(
             model.parameters(),

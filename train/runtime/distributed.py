@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import os
-import platform
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+
+from train.spec.devices import cpu_model_name
 
 
 @dataclass(frozen=True)
@@ -111,14 +112,3 @@ def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     return cpu_model_name()
-
-
-def cpu_model_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()

@@ -5,16 +5,9 @@ from __future__ import annotations
 
 import torch
 
-from train.spec.devices import MachineProbe, cpu_has_native_bf16, module_imports
+from train.spec.devices import MachineProbe, machine_probe
 
 
 def probe_machine(device: torch.device) -> MachineProbe:
-    capability = None
-    if device.type == "cuda":
-        capability = torch.cuda.get_device_capability(device)
-    return MachineProbe(
-        te_available=device.type == "cuda" and module_imports("transformer_engine.pytorch"),
-        torchao_available=module_imports("torchao.float8"),
-        compute_capability=capability,
-        cpu_native_bf16=device.type == "cpu" and cpu_has_native_bf16(),
-    )
+    capability = torch.cuda.get_device_capability(device) if device.type == "cuda" else None
+    return machine_probe(device.type, capability)

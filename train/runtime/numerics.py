@@ -5,6 +5,7 @@ torchao)."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Callable
 
 import torch
@@ -64,8 +65,7 @@ def prepare_model(
         return model
     keep = fp8_module_filter(plan.fp8_min_dim)
     if plan.fp8_backend == "torchao":
-        import dataclasses
-
+        # torchao: the fp8 extra, imported only by runs that use it.
         from torchao.float8 import Float8LinearConfig, convert_to_float8_training
 
         config = Float8LinearConfig.from_recipe_name(plan.fp8_recipe)
@@ -78,7 +78,7 @@ def prepare_model(
 
 
 def swap_to_te_linear(model: nn.Module, keep: Callable[[nn.Module, str], bool]) -> nn.Module:
-    import transformer_engine.pytorch as te
+    import transformer_engine.pytorch as te  # the te extra: only TE fp8 runs have it
 
     for fqn, module in list(model.named_modules()):
         for child_name, child in list(module.named_children()):
@@ -99,6 +99,7 @@ def swap_to_te_linear(model: nn.Module, keep: Callable[[nn.Module, str], bool]) 
 
 
 def te_autocast(recipe_name: str | None):
+    # The te extra: only TE fp8 runs have it.
     import transformer_engine.pytorch as te
     from transformer_engine.common import recipe as te_recipe
 

@@ -36,6 +36,7 @@ class Feature(str, Enum):
 
     fp8 = "fp8"  # any fp8 backend
     fp8_te = "fp8_te"  # Transformer Engine's fp8 layers
+    fp8_rowwise = "fp8_rowwise"  # torchao's rowwise scaling
     fp16 = "fp16"
     fp16_on_cpu = "fp16_on_cpu"
     checkpoint = "checkpoint"  # save and resume (checkpoint.every > 0)
@@ -81,9 +82,13 @@ _NO_DEEPSPEED_FP8 = (
 _NO_DEEPSPEED_FP16_CPU = (
     "{name} runs through DeepSpeed, whose CPU accelerator has no fp16; use bf16 or fp32"
 )
-_NO_TP_FP8 = (
-    "{name} needs fp8-aware tensor-parallel plans, which are not wired up; use bf16, or fp8 "
-    "with parallel=ddp or fsdp"
+_NO_TP_FP8_TE = (
+    "{name} with Transformer Engine's fp8 would need TE's own tensor-parallel layers, which are "
+    "not wired up; use precision.fp8.backend=torchao (torchao's float8 TP styles)"
+)
+_NO_TP_FP8_ROWWISE = (
+    "{name} runs fp8 through torchao's float8 tensor-parallel styles, which take tensorwise "
+    "scaling only; use precision.fp8.recipe=tensorwise"
 )
 _OFFLOAD_OPTIMIZER = (
     "{name} has no optimizer offload; it is a DeepSpeed option (parallel=zero1, zero2 or zero3)"
@@ -98,10 +103,10 @@ _OFFLOAD_PARAMS = (
 class Layout:
     name: LayoutName
     description: str
-    engine: Engine
     # Degrees this layout may spread over more than one rank; the others must be 1.
     degrees: tuple[str, ...]
     gradient_sync: GradientSync | None  # None: no data-parallel dim (tp alone)
+    engine: Engine = Engine.torch
     zero_stage: int | None = None
     pipeline: bool = False
     # The two degrees that follow the node boundary when both are -1: (across nodes, inside a
@@ -115,10 +120,15 @@ class Layout:
     # What the no-sync twin (profile.twin) removes from a step of this layout.
     twin_skips: str = "gradient synchronisation"
     # The layout one rank runs to stand for this one in a single-device base (the performance
-    # model's scaling efficiency): the same compute, no communication.
+    # model's scaling efficiency): the same compute, no communication. None: this layout.
     single_rank: LayoutName | None = None
     # parallel=auto: the degrees to consider at (world size, ranks per node, nodes, tp).
     auto_degrees: Callable[[int, int, int, int], dict[str, int] | None] | None = None
+
+    @property
+    def base_layout(self) -> str:
+        """single_rank's name: what one rank runs to stand for this layout."""
+        return (self.single_rank or self.name).value
 
     @property
     def tensor_parallel(self) -> bool:
@@ -143,149 +153,127 @@ class Layout:
         return dp_shard if self.gradient_sync in (GradientSync.shard, GradientSync.zero) else 1
 
 
-def _zero(stage: int, twin: str) -> Layout:
-    refusals = {
-        Feature.fp8: _NO_DEEPSPEED_FP8,
-        Feature.fp8_te: _NO_DEEPSPEED_FP8,
-        Feature.fp16_on_cpu: _NO_DEEPSPEED_FP16_CPU,
-        Feature.twin: twin,
-    }
-    if stage != 3:
-        refusals[Feature.offload_params] = _OFFLOAD_PARAMS
-    return Layout(
-        name=LayoutName(f"zero{stage}"),
-        description=f"DeepSpeed ZeRO stage {stage} over every data-parallel rank",
-        engine=Engine.deepspeed,
-        degrees=("dp_shard",),
-        gradient_sync=GradientSync.zero,
-        zero_stage=stage,
-        degree_refusals={
-            "pp": "pipeline stages with DeepSpeed ZeRO are not wired up (its engine owns the "
-            "backward a pipeline schedule must drive); use parallel=pp or parallel=pp_fsdp"
-        },
-        refusals=refusals,
-        single_rank=LayoutName(f"zero{stage}"),
-    )
-
-
-def _pipeline(name: LayoutName, inner: GradientSync, within: str) -> Layout:
-    return Layout(
-        name=name,
-        description=f"pipeline stages across ranks, {within} within a stage group",
-        engine=Engine.torch,
-        degrees=("pp", "dp_replicate" if inner is GradientSync.replicate else "dp_shard"),
-        gradient_sync=inner,
-        pipeline=True,
-        degree_refusals={
-            "tp": "tensor parallel inside a pipeline stage is not wired up (the stage boundary "
-            "would carry DTensor activations); use parallel=tp_fsdp or pp alone"
-        },
-        refusals={
-            Feature.fp8: _NO_PIPELINE_FP8,
-            Feature.fp8_te: _NO_PIPELINE_FP8,
-            Feature.fp16: _NO_PIPELINE_FP16,
-            Feature.checkpoint: _NO_PIPELINE_CHECKPOINT,
-            Feature.twin: _NO_PIPELINE_TWIN,
-            Feature.tied_embeddings: _NO_PIPELINE_TIES,
-            Feature.offload_optimizer: _OFFLOAD_OPTIMIZER,
-            Feature.offload_params: _OFFLOAD_PARAMS,
-        },
-        single_rank=name,
-    )
-
-
 _NOT_DEEPSPEED = {
     Feature.offload_optimizer: _OFFLOAD_OPTIMIZER,
     Feature.offload_params: _OFFLOAD_PARAMS,
 }
 _TENSOR_PARALLEL = {
     **_NOT_DEEPSPEED,
-    Feature.fp8: _NO_TP_FP8,
-    Feature.fp8_te: _NO_TP_FP8,
+    Feature.fp8_te: _NO_TP_FP8_TE,
+    Feature.fp8_rowwise: _NO_TP_FP8_ROWWISE,
     Feature.twin: _NO_TWIN_TP,
 }
-
-ROWS = (
-    Layout(
-        name=LayoutName.ddp,
-        description="DistributedDataParallel: the whole model per rank, gradients all-reduced",
-        engine=Engine.torch,
-        degrees=("dp_replicate",),
-        gradient_sync=GradientSync.replicate,
-        refusals=_NOT_DEEPSPEED,
-        twin_skips="the gradient all-reduce (all of DDP's step comm)",
-        single_rank=LayoutName.ddp,
-        auto_degrees=lambda world, per_node, nodes, tp: {"dp_replicate": world},
-    ),
-    Layout(
-        name=LayoutName.fsdp,
-        description="FSDP2 (fully_shard), one unit per block, over every rank",
-        engine=Engine.torch,
-        degrees=("dp_shard",),
-        gradient_sync=GradientSync.shard,
-        refusals=_NOT_DEEPSPEED,
-        # FSDP2 without sync keeps unsharded gradients and leaves the sharded ones empty, so
-        # the twin's optimizer step has nothing to update: its exposed comm is an upper bound.
-        twin_skips="the gradient reduce-scatter and the optimizer update (no sharded gradients "
-        "to step); FSDP's parameter all-gathers still run",
-        single_rank=LayoutName.fsdp,
-        auto_degrees=lambda world, per_node, nodes, tp: {"dp_shard": world} if world > 1 else None,
-    ),
-    Layout(
-        name=LayoutName.hsdp,
-        description="FSDP2 on a 2-D mesh: shards inside a node, replicas across nodes",
-        engine=Engine.torch,
-        degrees=("dp_replicate", "dp_shard"),
-        gradient_sync=GradientSync.shard,
-        node_split=("dp_replicate", "dp_shard"),
-        one_node_refusal="hsdp shards inside a node and replicates across nodes, and this run "
-        "has one node: dp_replicate would be 1, which is plain fsdp. Use parallel=fsdp, or set "
-        "both degrees to emulate nodes (e.g. parallel.dp_replicate=2 parallel.dp_shard=1)",
-        refusals=_NOT_DEEPSPEED,
-        twin_skips="the gradient reduce-scatter, the replica all-reduce and the optimizer "
-        "update; parameter all-gathers still run",
-        single_rank=LayoutName.hsdp,
-        auto_degrees=lambda world, per_node, nodes, tp: (
-            {"dp_replicate": nodes, "dp_shard": per_node} if nodes > 1 and per_node > 1 else None
-        ),
-    ),
-    _zero(1, "zero1 is DeepSpeed's engine, which has no switch to skip its gradient reduction"),
-    _zero(
-        2,
-        "zero2 is DeepSpeed's engine, which reduces gradients at every micro-step with no "
-        "switch to skip it",
-    ),
-    _zero(
-        3,
-        "zero3 gathers parameters in every forward and backward; DeepSpeed has no switch to "
-        "skip its collectives",
-    ),
-    Layout(
-        name=LayoutName.tp,
-        description="tensor parallel (Megatron-style on DTensor) over every rank",
-        engine=Engine.torch,
-        degrees=("tp",),
-        gradient_sync=None,
-        refusals=_TENSOR_PARALLEL,
-        single_rank=LayoutName.ddp,
-        auto_degrees=lambda world, per_node, nodes, tp: {"tp": tp} if tp == world else None,
-    ),
-    Layout(
-        name=LayoutName.tp_fsdp,
-        description="tensor parallel inside a node, FSDP2 across the rest",
-        engine=Engine.torch,
-        degrees=("dp_replicate", "dp_shard", "tp"),
-        gradient_sync=GradientSync.shard,
-        node_split=("dp_shard", "tp"),
-        refusals=_TENSOR_PARALLEL,
-        single_rank=LayoutName.tp_fsdp,
-        auto_degrees=lambda world, per_node, nodes, tp: (
-            {"dp_shard": world // tp, "tp": tp} if 1 < tp < world and world % tp == 0 else None
-        ),
-    ),
-    _pipeline(LayoutName.pp, GradientSync.replicate, "DDP"),
-    _pipeline(LayoutName.pp_fsdp, GradientSync.shard, "FSDP2"),
+_PIPELINE = {
+    **_NOT_DEEPSPEED,
+    Feature.fp8: _NO_PIPELINE_FP8,
+    Feature.fp8_te: _NO_PIPELINE_FP8,
+    Feature.fp16: _NO_PIPELINE_FP16,
+    Feature.checkpoint: _NO_PIPELINE_CHECKPOINT,
+    Feature.twin: _NO_PIPELINE_TWIN,
+    Feature.tied_embeddings: _NO_PIPELINE_TIES,
+}
+_PIPELINE_NO_TP = {
+    "tp": "tensor parallel inside a pipeline stage is not wired up (the stage boundary would "
+    "carry DTensor activations); use parallel=tp_fsdp or pp alone"
+}
+_ZERO_NO_PP = {
+    "pp": "pipeline stages with DeepSpeed ZeRO are not wired up (its engine owns the backward a "
+    "pipeline schedule must drive); use parallel=pp or parallel=pp_fsdp"
+}
+_ZERO_TWIN = {
+    1: "{name} is DeepSpeed's engine, which has no switch to skip its gradient reduction",
+    2: "{name} is DeepSpeed's engine, which reduces gradients at every micro-step with no "
+    "switch to skip it",
+    3: "{name} gathers parameters in every forward and backward; DeepSpeed has no switch to "
+    "skip its collectives",
+}
+_FSDP_TWIN = (
+    # FSDP2 without sync keeps unsharded gradients and leaves the sharded ones empty, so the
+    # twin's optimizer step has nothing to update: its exposed comm is an upper bound.
+    "the gradient reduce-scatter and the optimizer update (no sharded gradients to step); "
+    "FSDP's parameter all-gathers still run"
 )
+_HSDP_ONE_NODE = (
+    "hsdp shards inside a node and replicates across nodes, and this run has one node: "
+    "dp_replicate would be 1, which is plain fsdp. Use parallel=fsdp, or set both degrees to "
+    "emulate nodes (e.g. parallel.dp_replicate=2 parallel.dp_shard=1)"
+)
+
+
+def _zero(stage: int) -> Layout:
+    refusals = {
+        Feature.fp8: _NO_DEEPSPEED_FP8,
+        Feature.fp8_te: _NO_DEEPSPEED_FP8,
+        Feature.fp16_on_cpu: _NO_DEEPSPEED_FP16_CPU,
+        Feature.twin: _ZERO_TWIN[stage],
+    }
+    if stage != 3:
+        refusals[Feature.offload_params] = _OFFLOAD_PARAMS
+    return Layout(
+        LayoutName(f"zero{stage}"),
+        f"DeepSpeed ZeRO stage {stage} over every data-parallel rank",
+        ("dp_shard",),
+        GradientSync.zero,
+        engine=Engine.deepspeed,
+        zero_stage=stage,
+        degree_refusals=_ZERO_NO_PP,
+        refusals=refusals,
+    )
+
+
+# parallel=auto's candidates at (world size, ranks per node, nodes, tp): the degrees each row
+# proposes (launch/perfmodel/choose.py predicts each and keeps the fastest that fits).
+def _auto_ddp(world, per_node, nodes, tp):
+    return {"dp_replicate": world}
+
+
+def _auto_fsdp(world, per_node, nodes, tp):
+    return {"dp_shard": world} if world > 1 else None
+
+
+def _auto_hsdp(world, per_node, nodes, tp):
+    return {"dp_replicate": nodes, "dp_shard": per_node} if nodes > 1 and per_node > 1 else None
+
+
+def _auto_tp(world, per_node, nodes, tp):
+    return {"tp": tp} if tp == world else None
+
+
+def _auto_tp_fsdp(world, per_node, nodes, tp):
+    return {"dp_shard": world // tp, "tp": tp} if 1 < tp < world and world % tp == 0 else None
+
+
+# One row per layout (a table: kept aligned by hand).
+# fmt: off
+ROWS = (
+    Layout(LayoutName.ddp, "DistributedDataParallel: the whole model per rank, gradients "
+           "all-reduced", ("dp_replicate",), GradientSync.replicate, refusals=_NOT_DEEPSPEED,
+           twin_skips="the gradient all-reduce (all of DDP's step comm)", auto_degrees=_auto_ddp),
+    Layout(LayoutName.fsdp, "FSDP2 (fully_shard), one unit per block, over every rank",
+           ("dp_shard",), GradientSync.shard, refusals=_NOT_DEEPSPEED, twin_skips=_FSDP_TWIN,
+           auto_degrees=_auto_fsdp),
+    Layout(LayoutName.hsdp, "FSDP2 on a 2-D mesh: shards inside a node, replicas across nodes",
+           ("dp_replicate", "dp_shard"), GradientSync.shard, refusals=_NOT_DEEPSPEED,
+           node_split=("dp_replicate", "dp_shard"), one_node_refusal=_HSDP_ONE_NODE,
+           twin_skips="the gradient reduce-scatter, the replica all-reduce and the optimizer "
+           "update; parameter all-gathers still run", auto_degrees=_auto_hsdp),
+    _zero(1),
+    _zero(2),
+    _zero(3),
+    Layout(LayoutName.tp, "tensor parallel (Megatron-style on DTensor) over every rank",
+           ("tp",), None, refusals=_TENSOR_PARALLEL, single_rank=LayoutName.ddp,
+           auto_degrees=_auto_tp),
+    Layout(LayoutName.tp_fsdp, "tensor parallel inside a node, FSDP2 across the rest",
+           ("dp_replicate", "dp_shard", "tp"), GradientSync.shard, refusals=_TENSOR_PARALLEL,
+           node_split=("dp_shard", "tp"), auto_degrees=_auto_tp_fsdp),
+    Layout(LayoutName.pp, "pipeline stages across ranks, DDP within a stage group",
+           ("pp", "dp_replicate"), GradientSync.replicate, pipeline=True,
+           degree_refusals=_PIPELINE_NO_TP, refusals=_PIPELINE),
+    Layout(LayoutName.pp_fsdp, "pipeline stages across ranks, FSDP2 within a stage group",
+           ("pp", "dp_shard"), GradientSync.shard, pipeline=True,
+           degree_refusals=_PIPELINE_NO_TP, refusals=_PIPELINE),
+)
+# fmt: on
 CATALOG: dict[str, Layout] = {row.name.value: row for row in ROWS}
 # Every layout a user can name has its row (parallel=auto is resolved to one of them).
 assert set(CATALOG) == {n.value for n in LayoutName} - {LayoutName.auto.value}, "catalog rows"

@@ -7,6 +7,8 @@ dataclasses with OmegaConf alone, so `train/` never imports Hydra.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -29,117 +31,41 @@ class Choice(str, Enum):
         return format(self.value, spec)
 
 
-class Precision(Choice):
-    auto = "auto"
-    fp32 = "fp32"
-    tf32 = "tf32"
-    bf16 = "bf16"
-    fp16 = "fp16"
-    fp8 = "fp8"
+def closed_choice(name: str, values: str) -> type[Choice]:
+    """A Choice whose members are the space-separated ``values``, each named as its value."""
+    choice = Choice(name, [(v, v) for v in values.split()], module=__name__, qualname=name)
+    choice.__doc__ = f"One of: {', '.join(values.split())}."
+    return choice
 
 
-class Fp8Backend(Choice):
-    auto = "auto"
-    te = "te"
-    torchao = "torchao"
-
-
-class Fp8Recipe(Choice):
-    current = "current"  # te
-    delayed = "delayed"  # te
-    tensorwise = "tensorwise"  # torchao
-    rowwise = "rowwise"  # torchao
-
-
-class LayoutName(Choice):
-    auto = "auto"  # the driver picks one of the others per run (launch/perfmodel/choose.py)
-    ddp = "ddp"
-    fsdp = "fsdp"
-    hsdp = "hsdp"
-    zero1 = "zero1"
-    zero2 = "zero2"
-    zero3 = "zero3"
-    tp = "tp"
-    tp_fsdp = "tp_fsdp"
-    pp = "pp"  # pipeline stages across ranks, DDP within a stage group (train/parallel/pipeline_stages.py)
-    pp_fsdp = "pp_fsdp"  # pipeline stages across ranks, FSDP2 within a stage group
-
-
-class PipelineSchedule(Choice):
-    """torch.distributed.pipelining's schedules, by the class each value builds."""
-
-    gpipe = "gpipe"  # ScheduleGPipe: all forwards, then all backwards
-    one_f_one_b = "one_f_one_b"  # Schedule1F1B
-    interleaved_one_f_one_b = "interleaved_one_f_one_b"  # ScheduleInterleaved1F1B
-    interleaved_zero_bubble = "interleaved_zero_bubble"  # ScheduleInterleavedZeroBubble (ZB1P)
-    zero_bubble_v = "zero_bubble_v"  # ScheduleZBVZeroBubble: exactly 2 stages per rank, V-shaped
-
-
-class ActivationCheckpoint(Choice):
-    none = "none"
-    full = "full"
-    selective = "selective"
-
-
-class ClusterName(Choice):
-    local = "local"
-    multinode = "multinode"
-    emulated = "emulated"
-    slurm = "slurm"
-
-
-class LinkKind(Choice):
-    nic = "nic"
-    nvlink = "nvlink"
-
-
-class LauncherName(Choice):
-    torchrun = "torchrun"
-    deepspeed = "deepspeed"
-    slurm = "slurm"
-
-
-class DeepSpeedRunner(Choice):
-    """DeepSpeed's --launcher choices (deepspeed/launcher/runner.py)."""
-
-    pdsh = "pdsh"
-    openmpi = "openmpi"
-    mvapich = "mvapich"
-    mpich = "mpich"
-    impi = "impi"
-    slurm = "slurm"
-
-
-class SweepName(Choice):
-    none = "none"
-    strong = "strong"
-    weak = "weak"
-
-
-class DataSource(Choice):
-    synthetic = "synthetic"
-    file = "file"
-
-
-class TokenDtype(Choice):
-    uint16 = "uint16"
-    uint32 = "uint32"
-
-
-class WandbMode(Choice):
-    offline = "offline"
-    online = "online"
-    disabled = "disabled"
-
-
-class ReduceDtype(Choice):
-    fp32 = "fp32"
-    bf16 = "bf16"
-
-
-class ProjectMode(Choice):
-    runs = "runs"
-    comm = "comm"
+Precision = closed_choice("Precision", "auto fp32 tf32 bf16 fp16 fp8")
+Fp8Backend = closed_choice("Fp8Backend", "auto te torchao")
+# te: current, delayed; torchao: tensorwise, rowwise (train/spec/precision.py FP8_RECIPES).
+Fp8Recipe = closed_choice("Fp8Recipe", "current delayed tensorwise rowwise")
+# parallel.name: a row of train/spec/catalog.py, or auto (the driver picks one per run with
+# the performance model, launch/perfmodel/choose.py).
+LayoutName = closed_choice(
+    "LayoutName", "auto ddp fsdp hsdp zero1 zero2 zero3 tp tp_fsdp pp pp_fsdp"
+)
+# torch.distributed.pipelining's schedules (train/spec/stages.py TORCH_SCHEDULES): ScheduleGPipe,
+# Schedule1F1B, ScheduleInterleaved1F1B, ScheduleInterleavedZeroBubble (ZB1P),
+# ScheduleZBVZeroBubble (exactly 2 stages per rank, V-shaped).
+PipelineSchedule = closed_choice(
+    "PipelineSchedule",
+    "gpipe one_f_one_b interleaved_one_f_one_b interleaved_zero_bubble zero_bubble_v",
+)
+ActivationCheckpoint = closed_choice("ActivationCheckpoint", "none full selective")
+ClusterName = closed_choice("ClusterName", "local multinode emulated slurm")
+LinkKind = closed_choice("LinkKind", "nic nvlink")
+LauncherName = closed_choice("LauncherName", "torchrun deepspeed slurm")
+# DeepSpeed's --launcher choices (deepspeed/launcher/runner.py).
+DeepSpeedRunner = closed_choice("DeepSpeedRunner", "pdsh openmpi mvapich mpich impi slurm")
+SweepName = closed_choice("SweepName", "none strong weak")
+DataSource = closed_choice("DataSource", "synthetic file")
+TokenDtype = closed_choice("TokenDtype", "uint16 uint32")
+WandbMode = closed_choice("WandbMode", "offline online disabled")
+ReduceDtype = closed_choice("ReduceDtype", "fp32 bf16")
+ProjectMode = closed_choice("ProjectMode", "runs comm")
 
 
 PRECISIONS = tuple(p.value for p in Precision)
@@ -245,7 +171,9 @@ class ParallelConfig:
     dp_replicate: int = -1
     # Ranks that split parameters, gradients and optimizer state (fsdp, hsdp in a node, zero*).
     dp_shard: int = 1
-    # Ranks that split every attention and MLP matmul (tp, tp_fsdp).
+    # Ranks that split every attention and MLP matmul and the vocabulary (tp, tp_fsdp). A TP
+    # group stays inside a node: -1 means cluster.nproc_per_node, and a tp that does not
+    # divide it is refused.
     tp: int = 1
     # Pipeline stage groups (pp, pp_fsdp): each holds a contiguous run of blocks and passes
     # activations forward and their gradients back to its neighbours. Outermost mesh dim.
@@ -258,9 +186,14 @@ class ParallelConfig:
     pp_microbatches: int = -1
     # pp*: model chunks per rank; interleaved schedules need >= 2, zero_bubble_v exactly 2.
     pp_stages_per_rank: int = 1
-    # tp: also split the norms and residual stream along the sequence, so the activation
-    # all-reduces become reduce-scatter + all-gather pairs (Korthikanti et al. 2022).
-    sequence_parallel: bool = False
+    # tp, tp_fsdp: also split the norms and the residual stream along the sequence, so each
+    # activation all-reduce becomes a reduce-scatter + all-gather pair (Korthikanti et al.
+    # 2022). null: on under TP, as Megatron-LM and torchtitan run it; false turns it off.
+    sequence_parallel: bool | None = None
+    # tp, tp_fsdp on CUDA: async TP (torchtitan's), the compiler splits each SP all-gather /
+    # reduce-scatter and its matmul into chunks that overlap through symmetric memory. Needs
+    # sequence parallelism and train.compile=true; refused on CPU ranks (gloo).
+    async_tp: bool = False
     # none | full (recompute every block in backward) | selective (every k-th block).
     activation_checkpoint: ActivationCheckpoint = ActivationCheckpoint.none
     # selective: checkpoint blocks k-1, 2k-1, ... (every k-th); trades memory for recompute.
@@ -307,7 +240,12 @@ class ClusterConfig:
     # cluster=multinode: which node this machine is; the driver starts only that node's
     # torchrun (run the same command line on every node with its own node_rank).
     node_rank: int = 0
+    # cluster=multinode (torchrun): the rendezvous id every node's driver passes; null: one
+    # derived from the run's workload, the same on every node (never a path or a timestamp).
+    rdzv_id: str | None = None
     # cluster=emulated: each node's link rate in Gbit/s per direction (tc tbf); 0 = unlimited.
+    # cluster=slurm or multinode: the nodes' link as you know it, recorded (not applied), so
+    # sweeps over different links are separate curves in the report.
     link_gbps: float = 0.0
     # cluster=emulated: one-way delay added per link; needs sch_netem, skipped where missing.
     link_latency_ms: float = 0.0
@@ -329,6 +267,10 @@ class LauncherConfig:
     account: str | None = None
     # launcher=slurm: sbatch --time limit, Slurm's format ([D-]HH:MM:SS or minutes).
     time: str = "01:00:00"
+    # launcher=slurm: follow the jobs until they end (holding the run dir), then write the
+    # report; false: submit, print the job ids and exit. null: true unless the driver itself
+    # runs inside a Slurm job (SLURM_JOB_ID set).
+    wait: bool | None = None
     # launcher=slurm: CPUs of the one task per node (torchrun and its ranks); null: the
     # node's ranks x cluster.cpu_threads_per_rank (CPU) or x cpus_per_gpu (GPU).
     cpus_per_task: int | None = None
@@ -394,15 +336,26 @@ class DataConfig:
 
 @dataclass
 class TrainConfig:
+    """The optimizer steps a run takes and the batch of each (train/spec/degrees.py BatchPlan)."""
+
     steps: int = 20
+    # Steps before the timed ones (compile, allocator and NCCL warm-up); not in any figure.
     warmup_steps: int = 5
+    # Sequences per forward on one data-parallel rank.
     micro_batch: int = 4
+    # Sequences per optimizer step, over all data-parallel ranks: gradient accumulation is
+    # global_batch / (micro_batch x data-parallel size), refused where it does not divide.
+    # The ranks of one TP group (or one pipeline) share their sequences. Under sweep=weak this
+    # is the batch at the smallest world size, and the batch per data-parallel rank stays.
     global_batch: int = 8
     seq_len: int = 128
     lr: float = 3e-4
     weight_decay: float = 0.1
     grad_clip: float = 1.0
     compile: bool = False
+    # AdamW as one fused kernel per step (true), or torch's foreach kernels (false); null:
+    # fused on CUDA. Every layout builds the same AdamW (train/parallel/layout.py).
+    fused_adamw: bool | None = None
 
 
 @dataclass
@@ -481,7 +434,8 @@ class ResolvedConfig:
     sweep_id: str | None = None
     # gpu=auto: what was detected, and so which profile the run uses.
     gpu_detected: str | None = None
-    # cluster=emulated: the link the driver applied (rate, qdisc, latency, link match).
+    # cluster=emulated: the link the driver applied (rate, qdisc, latency, link match);
+    # slurm/multinode: the link cluster.link_gbps declares (`declared: true`).
     applied_link: dict[str, Any] | None = None
     # parallel=auto: the layout the performance model chose, and why.
     layout_reason: str | None = None
@@ -532,9 +486,6 @@ DIGEST_EXCLUDES = (
 
 def config_digest(cfg: RunConfig) -> str:
     """Hash of what determines the workload (not where it was written or how wide it ran)."""
-    import hashlib
-    import json
-
     content = OmegaConf.to_container(OmegaConf.structured(cfg), enum_to_str=True)
     for key in DIGEST_EXCLUDES:
         content.pop(key, None)

@@ -13,13 +13,12 @@ from dataclasses import dataclass
 
 from train.spec.catalog import CATALOG, DEGREE_KEYS, Feature, Layout, layout
 from train.spec.config import ModelConfig, ParallelConfig, RunConfig
-from train.spec.errors import ConfigError
+from train.spec.config_error import ConfigError
 from train.spec.stages import PipelinePlan, plan_pipeline
 
 # The device mesh's dims, outermost first: rank-major, TP innermost (consecutive ranks, one
 # node, NVLink), the pipeline outermost (its neighbours are farthest apart and exchange least).
 MESH_DIMS = ("pp", "dp_replicate", "dp_shard", "tp")
-ACTIVATION_CHECKPOINTING = ("none", "full", "selective")
 
 
 @dataclass(frozen=True)
@@ -82,15 +81,30 @@ def resolve_degrees(p: ParallelConfig, world_size: int, nproc_per_node: int) -> 
                 f"{value}: parallel={p.name} only spreads over {' and '.join(row.degrees)}; "
                 f"{key} must be 1",
             )
+    if values["tp"] == -1:
+        # TP stays inside a node, where NVLink is: -1 is the node's ranks, not the world's.
+        values["tp"] = min(nproc_per_node, world_size)
     _fill_rest(row, values, world_size, nproc_per_node)
     degrees = Degrees(**values)
     if degrees.world != world_size:
         key = next((k for k in reversed(DEGREE_KEYS) if values[k] > 1), "dp_replicate")
+        across = (
+            "; TP stays inside a node: use parallel=tp_fsdp across nodes"
+            if (row.degrees == ("tp",) and world_size > nproc_per_node)
+            else ""
+        )
         raise ConfigError(
             f"parallel.{key}",
             (f"pp {degrees.pp} x " if degrees.pp != 1 else "")
             + f"dp_replicate {degrees.dp_replicate} x dp_shard {degrees.dp_shard} x tp "
-            f"{degrees.tp} = {degrees.world}, but the world size is {world_size}",
+            f"{degrees.tp} = {degrees.world}, but the world size is {world_size}{across}",
+        )
+    if degrees.tp > 1 and min(nproc_per_node, world_size) % degrees.tp:
+        raise ConfigError(
+            "parallel.tp",
+            f"{degrees.tp} does not divide cluster.nproc_per_node "
+            f"{min(nproc_per_node, world_size)}: a TP group would straddle nodes (TP moves "
+            "activations in every block and stays inside a node, on NVLink)",
         )
     return degrees
 
@@ -138,6 +152,32 @@ class BatchPlan:
         return max(1, self.rows_per_rank // self.micro_batch)
 
 
+@dataclass(frozen=True)
+class BatchRule:
+    """Each run's global batch in a sweep or projection: fixed (strong scaling) or a fixed
+    number of sequences per data-parallel rank (weak scaling: ranks of a TP group or a
+    pipeline share theirs, so they do not multiply it)."""
+
+    global_batch: int | None = None  # strong scaling: every run's
+    rows_per_dp_rank: int | None = None  # weak scaling
+
+    def global_batch_for(self, degrees: Degrees) -> int:
+        if self.rows_per_dp_rank is None:
+            return self.global_batch
+        return self.rows_per_dp_rank * degrees.dp
+
+    @classmethod
+    def weak_from(cls, global_batch: int, base: Degrees, world_size: int) -> BatchRule:
+        """Weak scaling whose smallest run (``base``, at ``world_size``) has ``global_batch``."""
+        if global_batch % base.dp:
+            raise ConfigError(
+                "train.global_batch",
+                f"{global_batch} does not split over the {base.dp} data-parallel ranks of the "
+                f"smallest world size ({world_size}), which weak scaling keeps per rank",
+            )
+        return cls(rows_per_dp_rank=global_batch // base.dp)
+
+
 def plan_batch(global_batch: int, micro_batch: int, dp: int, world_size: int) -> BatchPlan:
     if global_batch % (micro_batch * dp):
         raise ConfigError(
@@ -162,6 +202,12 @@ class LayoutPlan:
     def row(self) -> Layout:
         return layout(self.name)
 
+    @property
+    def splits_gradients(self) -> bool:
+        """Each rank holds only part of some gradients (FSDP shards, TP's split matrices), so
+        a check over them (fp16's overflow) must be reduced over every rank to agree."""
+        return self.degrees.world > 1 and (self.row.shards_parameters or self.degrees.tp > 1)
+
     def as_dict(self) -> dict:
         return {
             "name": self.name,
@@ -179,11 +225,6 @@ def plan_layout(cfg: RunConfig, world_size: int, nproc_per_node: int) -> LayoutP
     p = cfg.parallel
     degrees = resolve_degrees(p, world_size, nproc_per_node)
     row = layout(p.name)
-    if p.activation_checkpoint not in ACTIVATION_CHECKPOINTING:
-        raise ConfigError(
-            "parallel.activation_checkpoint",
-            f"{p.activation_checkpoint!r} is not one of: {', '.join(ACTIVATION_CHECKPOINTING)}",
-        )
     if p.checkpoint_every < 1:
         raise ConfigError("parallel.checkpoint_every", f"{p.checkpoint_every}: must be >= 1")
     if p.sequence_parallel and not row.tensor_parallel:
@@ -191,8 +232,10 @@ def plan_layout(cfg: RunConfig, world_size: int, nproc_per_node: int) -> LayoutP
             "parallel.sequence_parallel",
             f"splits tensor-parallel groups; parallel={p.name} has none",
         )
+    # On by default under TP (as Megatron-LM and torchtitan run it); false turns it off.
+    sequence_parallel = degrees.tp > 1 and p.sequence_parallel is not False
     if degrees.tp > 1:
-        check_tensor_parallel(cfg.model, degrees.tp, cfg.train.seq_len, p.sequence_parallel)
+        check_tensor_parallel(cfg.model, degrees.tp, cfg.train.seq_len, sequence_parallel)
     for key, feature in (
         ("parallel.offload_optimizer", Feature.offload_optimizer),
         ("parallel.offload_params", Feature.offload_params),
@@ -206,7 +249,7 @@ def plan_layout(cfg: RunConfig, world_size: int, nproc_per_node: int) -> LayoutP
     if row.pipeline:
         batch = BatchPlan(cfg.train.global_batch, cfg.train.micro_batch, degrees.dp)
         pipeline = plan_pipeline(p, cfg.model, degrees.pp, batch.rows_per_rank, batch.accum_steps)
-    return LayoutPlan(str(p.name), degrees, p.sequence_parallel, checkpointed, pipeline)
+    return LayoutPlan(str(p.name), degrees, sequence_parallel, checkpointed, pipeline)
 
 
 def checkpointed_layers(mode: str, n_layers: int, every: int) -> list[int]:
@@ -220,11 +263,13 @@ def checkpointed_layers(mode: str, n_layers: int, every: int) -> list[int]:
 
 
 def check_tensor_parallel(model: ModelConfig, tp: int, seq_len: int, sequence_parallel: bool):
-    """Tensor parallelism splits heads, kv heads and the MLP width; each must split evenly."""
+    """Tensor parallelism splits heads, kv heads, the MLP width and the vocabulary (the
+    embedding's rows, the head's logits); each must split evenly."""
     for key, value in (
         ("n_heads", model.n_heads),
         ("n_kv_heads", model.n_kv_heads),
         ("ffn_hidden", model.ffn_hidden),
+        ("vocab_size", model.vocab_size),
     ):
         if value % tp:
             raise ConfigError(
@@ -234,5 +279,5 @@ def check_tensor_parallel(model: ModelConfig, tp: int, seq_len: int, sequence_pa
         raise ConfigError(
             "parallel.tp",
             f"sequence parallelism splits the sequence: {tp} does not divide train.seq_len "
-            f"{seq_len}",
+            f"{seq_len} (or set parallel.sequence_parallel=false)",
         )

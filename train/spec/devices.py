@@ -6,10 +6,14 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import platform
 import re
 from dataclasses import dataclass
 
 from train.spec.config import GpuConfig
+
+# Ada and Hopper have fp8 tensor cores: the compute capability fp8 GEMMs need.
+FP8_CAPABILITY = (8, 9)
 
 
 @dataclass(frozen=True)
@@ -18,6 +22,23 @@ class MachineProbe:
     torchao_available: bool
     compute_capability: tuple[int, int] | None  # None without CUDA
     cpu_native_bf16: bool
+
+
+def machine_probe(device_type: str, compute_capability: tuple[int, int] | None) -> MachineProbe:
+    """What a device of ``device_type`` (with this CUDA compute capability) has here: the
+    facts precision=auto decides from (train/spec/precision.py).
+
+    The fp8 libraries are imported (2 s for torchao, more than torch itself) only where auto
+    could pick fp8: a CUDA device with fp8 tensor cores. Elsewhere auto never asks, and an
+    explicit fp8 run imports its library when it swaps the layers (train/runtime/numerics.py).
+    """
+    fp8_device = device_type == "cuda" and (compute_capability or (0, 0)) >= FP8_CAPABILITY
+    return MachineProbe(
+        te_available=fp8_device and module_imports("transformer_engine.pytorch"),
+        torchao_available=fp8_device and module_imports("torchao.float8"),
+        compute_capability=compute_capability,
+        cpu_native_bf16=device_type == "cpu" and cpu_has_native_bf16(),
+    )
 
 
 def module_imports(name: str) -> bool:
@@ -66,3 +87,14 @@ def name_matches(patterns: list[str], device_name: str, excludes: list[str] = ()
         return re.search(rf"\b{re.escape(word)}\b", device_name, re.IGNORECASE) is not None
 
     return any(has(p) for p in patterns) and not any(has(x) for x in excludes)
+
+
+def cpu_model_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()

@@ -12,12 +12,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from train.spec.catalog import Feature, layout
-from train.spec.config import Fp8Config, GpuConfig, ModelConfig
-from train.spec.devices import MachineProbe
+from train.spec.config import Fp8Config, GpuConfig, ModelConfig, RunConfig
+from train.spec.devices import FP8_CAPABILITY, MachineProbe
 from train.spec.shapes import block_linears
 
 FP8_RECIPES = {"te": ("current", "delayed"), "torchao": ("tensorwise", "rowwise")}
-FP8_MIN_CAPABILITY = (8, 9)  # Ada and Hopper have fp8 tensor cores
 # fp8 GEMMs (cuBLASLt, TE, torch._scaled_mm) need every dimension, tokens included, a multiple
 # of 16.
 FP8_GEMM_MULTIPLE = 16
@@ -113,7 +112,7 @@ def resolve_precision(
             if requested == "tf32" and on_cpu:
                 reason += " (TF32 is a no-op on CPU: matmuls run in fp32)"
             return PrecisionPlan(requested, requested, reason)
-        return _fp8_plan(requested, fp8, model, probe, reason_prefix="requested fp8")
+        return _fp8_plan(requested, fp8, model, probe, layout_name, "requested fp8")
     if on_cpu:  # whatever the profile says, the matmuls run on this CPU
         if probe.cpu_native_bf16:
             return PrecisionPlan(
@@ -129,7 +128,21 @@ def resolve_precision(
     skipped = _why_not_fp8(fp8, model, probe, layout_name, tokens_per_micro_batch)
     if skipped:
         return PrecisionPlan("auto", "bf16", f"{bf16}; {skipped}")
-    return _fp8_plan("auto", fp8, model, probe, reason_prefix=f"auto on {gpu.name}")
+    return _fp8_plan("auto", fp8, model, probe, layout_name, f"auto on {gpu.name}")
+
+
+def precision_for_run(cfg: RunConfig, probe: MachineProbe) -> PrecisionPlan:
+    """The plan a rank of ``cfg`` resolves on a machine like ``probe``: what the ranks decide,
+    and what the driver asks to say beforehand (launch/resolve.py)."""
+    return resolve_precision(
+        cfg.precision.name,
+        cfg.precision.fp8,
+        cfg.gpu,
+        cfg.model,
+        probe,
+        layout_name=cfg.parallel.name,
+        tokens_per_micro_batch=cfg.train.micro_batch * cfg.train.seq_len,
+    )
 
 
 def _why_not_fp8(
@@ -140,7 +153,7 @@ def _why_not_fp8(
     tokens: int | None,
 ) -> str | None:
     """Why auto keeps bf16 on a GPU with fp8 tensor cores, or None when fp8 runs."""
-    if probe.compute_capability < FP8_MIN_CAPABILITY:
+    if probe.compute_capability < FP8_CAPABILITY:
         cc = ".".join(map(str, probe.compute_capability))
         return f"compute capability {cc} < 8.9 has no fp8"
     # Before the libraries: installing them would not make this layout run fp8.
@@ -155,6 +168,9 @@ def _why_not_fp8(
         )
     if not (probe.te_available or probe.torchao_available):
         return "fp8 skipped: neither Transformer Engine nor torchao imports (pip install -e .[fp8])"
+    te_refusal = layout(layout_name).refusal(Feature.fp8_te) if known else None
+    if te_refusal and not probe.torchao_available:
+        return f"fp8 skipped: {te_refusal}, and torchao does not import (pip install -e .[fp8])"
     if not fp8_linear_count(model, fp8.min_dim):
         return (
             f"fp8 skipped: no layer of {model.name} is {fp8.min_dim} wide "
@@ -163,12 +179,25 @@ def _why_not_fp8(
     return None
 
 
+def fp8_backend_for(fp8: Fp8Config, probe: MachineProbe, layout_name: str | None) -> str:
+    """fp8.backend, or for auto: Transformer Engine where it imports and the layout can run
+    it, else torchao."""
+    if fp8.backend != "auto":
+        return str(fp8.backend)
+    known = layout_name is not None and layout_name != "auto"
+    te_refused = known and layout(layout_name).refusal(Feature.fp8_te) is not None
+    return "te" if probe.te_available and not te_refused else "torchao"
+
+
 def _fp8_plan(
-    requested: str, fp8: Fp8Config, model: ModelConfig, probe: MachineProbe, reason_prefix: str
+    requested: str,
+    fp8: Fp8Config,
+    model: ModelConfig,
+    probe: MachineProbe,
+    layout_name: str | None,
+    reason_prefix: str,
 ) -> PrecisionPlan:
-    backend = fp8.backend
-    if backend == "auto":
-        backend = "te" if probe.te_available else "torchao"
+    backend = fp8_backend_for(fp8, probe, layout_name)
     recipe = fp8.recipe or FP8_RECIPES[backend][0]
     eligible = fp8_linear_count(model, fp8.min_dim)
     total = len(block_linears(model))

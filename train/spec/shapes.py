@@ -61,16 +61,19 @@ def block_param_shapes(m: ModelConfig, tp: int = 1) -> list[tuple[int, ...]]:
     return [norm, *linears[:4], norm, *linears[4:]]
 
 
-def root_param_shapes(m: ModelConfig) -> list[tuple[int, ...]]:
-    """Embedding, final norm and head (one matrix when tied)."""
-    head = [] if m.tie_embeddings else [(m.vocab_size, m.d_model)]
-    return [(m.vocab_size, m.d_model), (m.d_model,), *head]
+def root_param_shapes(m: ModelConfig, tp: int = 1) -> list[tuple[int, ...]]:
+    """Embedding, final norm and head (one matrix when tied), as one tensor-parallel rank
+    holds them: TP splits the vocabulary (vocab/tp rows of each)."""
+    rows = m.vocab_size // tp
+    head = [] if m.tie_embeddings else [(rows, m.d_model)]
+    return [(rows, m.d_model), (m.d_model,), *head]
 
 
-def all_param_shapes(m: ModelConfig) -> list[tuple[int, ...]]:
-    """Every parameter of the model in registration order: embedding, blocks, norm, head."""
-    embedding, *rest = root_param_shapes(m)
-    return [embedding, *block_param_shapes(m) * m.n_layers, *rest]
+def all_param_shapes(m: ModelConfig, tp: int = 1) -> list[tuple[int, ...]]:
+    """Every parameter in registration order (embedding, blocks, norm, head), as one
+    tensor-parallel rank holds it."""
+    embedding, *rest = root_param_shapes(m, tp)
+    return [embedding, *block_param_shapes(m, tp) * m.n_layers, *rest]
 
 
 def numel(shapes: list[tuple[int, ...]], pad_to: int = 1) -> int:

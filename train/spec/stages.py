@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from train.spec.config import ModelConfig, ParallelConfig
-from train.spec.errors import ConfigError
+from train.spec.config_error import ConfigError
 
 TORCH_SCHEDULES = {
     "gpipe": "ScheduleGPipe",

@@ -39,15 +39,22 @@ from dataclasses import dataclass, fields
 from enum import Enum
 
 from train.spec.catalog import GradientSync
-from train.spec.config import ModelConfig
+from train.spec.config import ModelConfig, RunConfig
 from train.spec.degrees import MESH_DIMS, LayoutPlan
 from train.spec.precision import SIXTEEN_BIT, fp8_eligible
-from train.spec.shapes import block_linears, block_param_shapes, numel, root_param_shapes
+from train.spec.shapes import (
+    all_param_shapes,
+    block_linears,
+    block_param_shapes,
+    numel,
+    root_param_shapes,
+)
 from train.spec.stages import PipelinePlan
 
 GRAD_NORM_BYTES = 4  # the global gradient norm's float32 scalar
 LOSS_BYTES = 4  # a pipeline's loss, float32, from the last stage to the others
 GRADIENT_BYTES = 4  # torch layouts keep fp32 parameters, so fp32 gradients, under autocast
+FOUND_INF_BYTES = 4  # fp16 loss scaling's float32 overflow flag
 # ZeRO-3 keeps a gathered parameter for reuse when it comes back within this many elements
 # (DeepSpeed's default, pinned in train/parallel/zero.py because the accounting models it:
 # below it the forward's all-gather also serves backward).
@@ -118,6 +125,27 @@ class StepShape:
     # torchao fp8 with FSDP's float8 all-gather: linears this wide gather in 1 byte.
     fp8_all_gather_min_dim: int | None = None
 
+    @classmethod
+    def of_run(
+        cls,
+        cfg: RunConfig,
+        *,
+        accum_steps: int,
+        precision: str,
+        fp8_all_gather_min_dim: int | None = None,
+    ) -> StepShape:
+        """A step of ``cfg``: its micro batch and sequence, clipping and FSDP reduce dtype."""
+        train = cfg.train
+        return cls(
+            micro_batch=train.micro_batch,
+            seq_len=train.seq_len,
+            accum_steps=accum_steps,
+            grad_clip=train.grad_clip > 0,
+            precision=precision,
+            fsdp_reduce_dtype=cfg.parallel.fsdp_reduce_dtype,
+            fp8_all_gather_min_dim=fp8_all_gather_min_dim,
+        )
+
     @property
     def sixteen_bit(self) -> bool:
         return self.precision in SIXTEEN_BIT
@@ -156,7 +184,7 @@ def step_collectives(
     if row.shards_parameters:
         out += _fsdp(model, layout, shape)
     elif d.dp_replicate > 1:  # DDP: the whole model's fp32 gradients, bucketed in backward
-        size = numel(_model_shapes(model)) * GRADIENT_BYTES
+        size = numel(all_param_shapes(model)) * GRADIENT_BYTES
         out.append(
             Collective(
                 "all_reduce", "gradients", size, 1, ("dp_replicate",), Phase.bucketed_backward
@@ -164,15 +192,14 @@ def step_collectives(
         )
     if shape.grad_clip and (d.dp_shard > 1 or d.tp > 1):
         out.append(_grad_norm(GRAD_NORM_BYTES))
+    if shape.precision == "fp16" and layout.splits_gradients:
+        # fp16's overflow flag, agreed over every rank (train/runtime/rank_setup.py).
+        out.append(Collective("all_reduce", "found inf", FOUND_INF_BYTES, 1, WORLD, Phase.exposed))
     return out
 
 
 def _grad_norm(nbytes: int) -> Collective:
     return Collective("all_reduce", "grad norm", nbytes, 1, WORLD, Phase.exposed)
-
-
-def _model_shapes(m: ModelConfig) -> list[tuple[int, ...]]:
-    return block_param_shapes(m) * m.n_layers + root_param_shapes(m)
 
 
 # -- tensor parallel --------------------------------------------------------------------------
@@ -201,17 +228,23 @@ def tp_widths(sixteen_bit: bool, *, fsdp_16bit_params: bool) -> TpWidths:
 
 
 def _tensor_parallel(m: ModelConfig, layout: LayoutPlan, shape: StepShape) -> list[Collective]:
-    """Activation collectives, each [micro_batch, seq_len, d_model] elements, per micro-step.
+    """Activation collectives, per micro-step, each of [micro_batch, seq_len, d_model] elements
+    unless said otherwise (train/parallel/tensor_parallel.py).
 
-    Per block, forward: without SP one all-reduce after wo and one after w2 (of the matmul
+    Blocks, forward: without SP one all-reduce after wo and one after w2 (of the matmul
     outputs); with SP an all-gather of the norm's output before attention and MLP and a
     reduce-scatter of the matmul output after each. Backward mirrors forward: without SP the
     all-reduces carry the gradients of the norms' outputs, with SP the all-gathers carry the
-    matmul outputs' gradients and the reduce-scatters the norm outputs'. With SP two more
-    all-gathers of the residual stream: the last block's output before the final norm
-    (forward) and the first block's input gradient (backward), and once per step the norm
-    weights' partial gradients are all-reduced (fp32: FSDP2 returns them in the parameters'
-    own dtype).
+    matmul outputs' gradients and the reduce-scatters the norm outputs'.
+
+    Vocabulary: the row-wise embedding reduces its partial lookups (forward: an all-reduce of
+    the stream, or with SP a reduce-scatter, whose backward is an all-gather of the stream's
+    gradient); the column-wise head takes the final norm's output whole (with SP an
+    all-gather of it in forward) and reduces its input gradient (an all-reduce, with SP a
+    reduce-scatter); the loss on the sharded logits all-reduces three float32 values per
+    token in forward (the max and the sum of exponentials for the log-softmax, and the target
+    logit). With SP the norm weights' partial gradients (2 per block and the final norm) are
+    all-reduced once per step, in fp32 (FSDP2 returns them in the parameters' dtype).
 
     A checkpointed block replays its forward during backward, but torch's non-reentrant
     checkpoint stops the replay once the last tensor backward needs is recomputed, before
@@ -220,25 +253,38 @@ def _tensor_parallel(m: ModelConfig, layout: LayoutPlan, shape: StepShape) -> li
     reduce-scatter.
     """
     widths = tp_widths(shape.sixteen_bit, fsdp_16bit_params=layout.row.shards_parameters)
-    elements = shape.micro_batch * shape.seq_len * m.d_model
+    tokens = shape.micro_batch * shape.seq_len
+    elements = tokens * m.d_model
     accum, n_ckpt, passes = shape.accum_steps, len(layout.checkpointed), 2 * m.n_layers
 
     def activations(kind: str, width: int, calls: int) -> Collective:
         return Collective(kind, "activations", elements * width, calls, ("tp",), Phase.exposed)
 
+    loss = Collective(
+        "all_reduce",
+        "loss (vocab-parallel)",
+        tokens * LOSS_BYTES,
+        3 * accum,
+        ("tp",),
+        Phase.exposed,
+    )
     if not layout.sequence_parallel:
         return [
             activations("all_reduce", widths.matmul_out, (passes + n_ckpt) * accum),
-            activations("all_reduce", widths.norm_out, passes * accum),
+            activations("all_reduce", widths.norm_out, (passes + 1) * accum),
+            activations("all_reduce", widths.stream, accum),
+            loss,
         ]
     norm_grads = m.d_model * GRADIENT_BYTES
     return [
-        activations("all_gather", widths.norm_out, (passes + 2 * n_ckpt) * accum),
+        activations("all_gather", widths.norm_out, (passes + 2 * n_ckpt + 1) * accum),
         activations("all_gather", widths.matmul_out, passes * accum),
-        activations("all_gather", widths.stream, 2 * accum),
+        activations("all_gather", widths.stream, accum),
         activations("reduce_scatter", widths.matmul_out, (passes + n_ckpt) * accum),
-        activations("reduce_scatter", widths.norm_out, passes * accum),
-        Collective("all_reduce", "norm gradients", norm_grads, passes, ("tp",), Phase.exposed),
+        activations("reduce_scatter", widths.norm_out, (passes + 1) * accum),
+        activations("reduce_scatter", widths.stream, accum),
+        loss,
+        Collective("all_reduce", "norm gradients", norm_grads, passes + 1, ("tp",), Phase.exposed),
     ]
 
 
@@ -255,7 +301,7 @@ def _fsdp(m: ModelConfig, layout: LayoutPlan, shape: StepShape) -> list[Collecti
     d, accum = layout.degrees, shape.accum_steps
     shard, replicate = d.dp_shard, d.dp_replicate
     block = numel(block_param_shapes(m, d.tp), pad_to=shard)
-    root = numel(root_param_shapes(m), pad_to=shard)
+    root = numel(root_param_shapes(m, d.tp), pad_to=shard)
     out = []
     if shard > 1:
         gathered_block, n_fp8 = block * shape.gather_width, 0
@@ -338,7 +384,7 @@ def _zero(m: ModelConfig, stage: int, n: int, shape: StepShape) -> list[Collecti
         return []
     width = 2 if shape.sixteen_bit else 4
     accum, group = shape.accum_steps, ("dp_shard",)
-    total = numel(_model_shapes(m))
+    total = numel(all_param_shapes(m))
     params = total * width
     if stage in (1, 2):
         reduce_calls = accum if stage == 2 else 1

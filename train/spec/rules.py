@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 from train.spec.catalog import Feature, layout
 from train.spec.config import ModelConfig, ProfileConfig, RunConfig
+from train.spec.config_error import ConfigError
 from train.spec.degrees import BatchPlan, LayoutPlan, plan_batch, plan_layout
-from train.spec.errors import ConfigError
 from train.spec.precision import FP8_GEMM_MULTIPLE, FP8_RECIPES, fp8_linear_count
 
 
@@ -138,8 +138,14 @@ def layout_precision_refusal(cfg: RunConfig) -> str | None:
     """Why the layout's engine cannot run the requested precision, or None."""
     row, precision = layout(cfg.parallel.name), str(cfg.precision.name)
     if precision == "fp8":
-        te = cfg.precision.fp8.backend == "te"
-        return row.refusal(Feature.fp8_te if te else Feature.fp8)
+        fp8 = cfg.precision.fp8
+        rowwise = fp8.backend != "te" and fp8.recipe == "rowwise"
+        return (
+            row.refusal(Feature.fp8)
+            or (fp8.backend == "te" and row.refusal(Feature.fp8_te))
+            or (rowwise and row.refusal(Feature.fp8_rowwise))
+            or None
+        )
     if precision == "fp16":
         if cfg.gpu.name == "cpu" and row.refusal(Feature.fp16_on_cpu):
             return row.refusal(Feature.fp16_on_cpu)
@@ -150,12 +156,33 @@ def layout_precision_refusal(cfg: RunConfig) -> str | None:
 def check_layout_features(cfg: RunConfig, plan: LayoutPlan) -> None:
     """What the run asks of its layout (beyond precision) that the layout's row refuses."""
     row = plan.row
+    if cfg.parallel.async_tp:
+        check_async_tp(cfg, plan)
     if cfg.model.tie_embeddings and plan.degrees.pp > 1 and row.refusal(Feature.tied_embeddings):
         raise ConfigError(
             "model.tie_embeddings",
             f"model {cfg.model.name} ties its embedding to its head, and "
             f"{row.refusal(Feature.tied_embeddings)}",
         )
+
+
+def check_async_tp(cfg: RunConfig, plan: LayoutPlan) -> None:
+    """Async TP micro-pipelines sequence parallelism's collectives with their matmuls: it
+    needs TP with SP, the compiler (which rewrites them) and CUDA's symmetric memory."""
+    why = None
+    if plan.degrees.tp < 2:
+        why = f"parallel={plan.name} at this world size has no tensor-parallel group"
+    elif not plan.sequence_parallel:
+        why = "it overlaps sequence parallelism's collectives: parallel.sequence_parallel=false"
+    elif not cfg.train.compile:
+        why = "the compiler rewrites the matmuls and collectives: set train.compile=true"
+    elif cfg.gpu.name == "cpu":
+        why = (
+            "it needs CUDA symmetric memory (NCCL); CPU ranks talk through gloo, so run TP "
+            "without it there"
+        )
+    if why:
+        raise ConfigError("parallel.async_tp", f"true: {why}")
 
 
 def profiled_ranks(profile: ProfileConfig, world_size: int) -> list[int]:

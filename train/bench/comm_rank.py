@@ -1,4 +1,4 @@
-"""One rank of the collective benchmark: ``python -m train.bench.collectives --config RUN_DIR/config.yaml``.
+"""One rank of the collective benchmark: ``python -m train.bench.comm_rank --config RUN_DIR/config.yaml``.
 
 Times all_reduce, all_gather, reduce_scatter, all_to_all and broadcast over doubling message
 sizes, in the groups that matter on a cluster: all ranks, the ranks of one node (NVLink on a
@@ -112,7 +112,7 @@ def run(config_path: str | Path) -> None:
     rank = distributed.init_distributed(cfg.fabric.nccl_env)
     if not dist.is_initialized():
         raise SystemExit(
-            "python -m train.bench.collectives needs torchrun (or another launcher): RANK unset"
+            "python -m train.bench.comm_rank needs torchrun (or another launcher): RANK unset"
         )
     try:
         benchmark(cfg, run_dir, rank)
@@ -187,7 +187,7 @@ def benchmark(cfg: RunConfig, run_dir: Path, rank: distributed.RankInfo) -> None
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m train.bench.collectives", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m train.bench.comm_rank", description=__doc__)
     parser.add_argument("--config", required=True, help="resolved config.yaml from the driver")
     run(parser.parse_args().config)
 

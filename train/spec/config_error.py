@@ -1,7 +1,7 @@
 """The one way to say a config is wrong, on both sides of the launch.
 
 The driver raises it before anything is written or any rank starts, and prints it as one line
-(``error: key: message``, exit 2); a rank rechecking the same rule (train/spec/checks.py)
+(``error: key: message``, exit 2); a rank rechecking the same rule (train/spec/rules.py)
 raises the same error from the same function, so the two can never word or decide it apart.
 """
 

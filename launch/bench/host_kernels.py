@@ -1,0 +1,162 @@
+"""The host at a workload's own shapes (the cpu profile's compute in launch/perfmodel/host.py):
+GEMMs and attention of the workload, elementwise kernels' latency and streaming bandwidth,
+measured here and cached (launch/bench/cache.py) for the performance model to read.
+
+Measured by ``python -m launch.mamf --host-shapes CONFIG_YAML`` and, before a sweep's report,
+by the training job for the runs that ran on this host (``cache_run_kernels``): the report
+itself only reads the cache. Each figure is the median of HOST_REPEATS timed loops (the cores
+are shared: one loop can land on a busy moment), the spread kept beside it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from launch.bench.cache import host_cache_path, load_host, save
+from launch.perfmodel.host import HostWorkload, gemm_key, host_workload, sdpa_key
+from train.spec.config import load_run_config
+from train.spec.devices import cpu_model_name
+
+HOST_REPEATS = 5
+# Elementwise c = a + b over these element counts: t(n) = latency + 12 n / bandwidth.
+STREAM_ELEMENTS = [1, 1024, 16384, 131072, 1048576, 4194304]
+
+
+def _loop(fn: Callable[[], Any], seconds: float) -> Callable[[], float]:
+    """A closure timing ``iters`` calls of ``fn`` (iters sized to ~``seconds``) per call."""
+    fn()
+    started = time.perf_counter()
+    fn()
+    once = max(time.perf_counter() - started, 1e-7)
+    iters = max(1, min(2000, int(seconds / once)))
+
+    def timed() -> float:
+        started = time.perf_counter()
+        for _ in range(iters):
+            fn()
+        return (time.perf_counter() - started) / iters
+
+    return timed
+
+
+def _interleaved_medians(loops: dict, seconds: float = 0.03) -> tuple[dict, dict]:
+    """Per key, the median of HOST_REPEATS timings taken in interleaved passes over every
+    key (a burst of load from a neighbour then hits one sample of many keys, not every
+    sample of one), and the spread (max / min - 1)."""
+    timers = {key: _loop(fn, seconds) for key, fn in loops.items()}
+    samples = {key: [] for key in loops}
+    for _ in range(HOST_REPEATS):
+        for key, timed in timers.items():
+            samples[key].append(timed())
+    medians, spread = {}, {}
+    for key, times in samples.items():
+        times.sort()
+        medians[key], spread[key] = times[len(times) // 2], times[-1] / times[0] - 1
+    return medians, spread
+
+
+def measure_host(
+    gemms: list[tuple[int, int, int]],
+    attention: list[tuple[int, int, int, int]],
+    *,
+    cpu_threads: int = 1,
+) -> dict:
+    """fp32 seconds of each GEMM (M, K, N) and of each SDPA forward + backward (batch, heads,
+    seq, head_dim; causal, as train/model/transformer.py), and the elementwise latency and
+    bandwidth."""
+    import torch  # only when measuring: the driver imports this module before every report
+
+    torch.set_num_threads(cpu_threads)
+    loops = {}
+    for m, k, n in gemms:
+        a, b = torch.randn(m, k), torch.randn(k, n)
+        loops[gemm_key(m, k, n)] = lambda a=a, b=b: a @ b
+    for shape in attention:
+        q, k, v = (torch.randn(*shape, requires_grad=True) for _ in range(3))
+        grad = torch.randn(*shape)
+
+        def fwd_bwd(q=q, k=k, v=v, grad=grad):
+            out = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+            out.backward(grad)
+
+        loops[sdpa_key(*shape)] = fwd_bwd
+    for n in STREAM_ELEMENTS:
+        a, b, c = torch.randn(n), torch.randn(n), torch.empty(n)
+        loops[f"add_{n}"] = lambda a=a, b=b, c=c: torch.add(a, b, out=c)
+    medians, spread = _interleaved_medians(loops)
+    points = [(12 * n, medians[f"add_{n}"]) for n in STREAM_ELEMENTS]
+    latency, bandwidth = fit_alpha_beta(points)
+    return {
+        "gemm_s": {gemm_key(*g): medians[gemm_key(*g)] for g in gemms},
+        "sdpa_s": {sdpa_key(*a): medians[sdpa_key(*a)] for a in attention},
+        "memory": {
+            "kernel_latency_s": latency,
+            "gbytes_per_s": bandwidth / 1e9,
+            "points": [{"bytes": b, "time_s": t} for b, t in points],
+        },
+        "relative_spread": spread,
+    }
+
+
+def fit_alpha_beta(points: list[tuple[int, float]]) -> tuple[float, float]:
+    """t = alpha + bytes / beta by least squares on relative error (small and large sizes
+    weigh alike); alpha floored at 0."""
+    sw = sx = sy = sxx = sxy = 0.0
+    for x, t in points:
+        w = 1 / (t * t)
+        sw, sx, sy, sxx, sxy = sw + w, sx + w * x, sy + w * t, sxx + w * x * x, sxy + w * x * t
+    slope = (sw * sxy - sx * sy) / (sw * sxx - sx * sx)
+    alpha = max(0.0, (sy - slope * sx) / sw)
+    return alpha, 1 / slope
+
+
+def ensure_host(work: HostWorkload) -> dict:
+    """This host's record with every shape of ``work``: the shapes it lacks measured and
+    cached now (a few seconds)."""
+    import torch  # only when measuring: the driver imports this module before every report
+
+    device_name = cpu_model_name()
+    record = load_host(device_name, work.cpu_threads) or {}
+    record.setdefault("gemm_s", {})
+    record.setdefault("sdpa_s", {})
+    gemms = [g for g in work.gemms() if gemm_key(*g) not in record["gemm_s"]]
+    attention = [a for a in work.attention() if sdpa_key(*a) not in record["sdpa_s"]]
+    if not gemms and not attention and "memory" in record:
+        return record
+    new = measure_host(gemms, attention, cpu_threads=work.cpu_threads)
+    record["gemm_s"].update(new["gemm_s"])
+    record["sdpa_s"].update(new["sdpa_s"])
+    record["relative_spread"] = {**record.get("relative_spread", {}), **new["relative_spread"]}
+    record["memory"] = new["memory"]
+    record.update(
+        device_name=device_name,
+        cpu_threads=work.cpu_threads,
+        torch_version=torch.__version__,
+        measured_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    )
+    save(host_cache_path(device_name, work.cpu_threads), record)
+    return record
+
+
+def cache_run_kernels(runs: list[dict[str, Any]]) -> int:
+    """Before a report of ``runs`` (summary.json dicts with their run_dir): measure and cache
+    the kernel times at the shapes of each run that ran on this host and needs them, so the
+    report, which never measures, finds them. Returns how many runs needed a measurement."""
+    here = cpu_model_name()
+    measured = 0
+    for run in runs:
+        config = Path(run["run_dir"]) / "config.yaml"
+        if run.get("device_name") != here or not config.is_file():
+            continue
+        try:
+            work = host_workload(load_run_config(config), run)
+        except Exception:  # noqa: BLE001 - a config the schema no longer reads: the report says why
+            continue
+        if work is not None and work.missing(load_host(here, work.cpu_threads)):
+            ensure_host(work)
+            measured += 1
+    return measured
