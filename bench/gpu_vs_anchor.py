@@ -25,6 +25,8 @@ from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 
+import yaml
+
 REPO = Path(__file__).resolve().parent.parent
 ANCHOR_DIR = REPO / "bench_local"
 
@@ -84,15 +86,30 @@ def run_ours(point: Point, out: Path, on_gpu: bool, steps: int, warmup: int) -> 
     result = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
     if result.returncode != 0:
         return {"error": (result.stderr or result.stdout)[-600:]}
+    return ours_row(run_dir)
+
+
+def ours_row(run_dir: Path) -> dict:
+    """The table's figures from a finished run of ours (its summary.json and config.yaml)."""
     summary = json.loads((run_dir / "summary.json").read_text())
     return {
         "precision": summary["precision"]["resolved"],
         "tokens_per_s": summary["tokens_per_s"],
         "model_tflops": summary["model_tflops_per_device"],
-        "mfu_bf16_peak": summary.get("mfu_vs_bf16_peak") or summary["mfu"],
+        "mfu_bf16_peak": mfu_vs_bf16_peak(summary, run_dir / "config.yaml"),
         "peak_memory_gib": summary["peak_memory_bytes"] / 2**30,
         "reason": summary["precision"]["reason"],
     }
+
+
+def mfu_vs_bf16_peak(summary: dict, config_path: Path) -> float | None:
+    """Model TFLOP/s over the profile's dense bf16 peak, whatever precision ran: the anchor's
+    column. summary.json's mfu_vs_bf16_peak is set for fp8 runs only (a bf16 run's is its
+    mfu), so reading it alone wrote null for every bf16 row of 2026-11-28."""
+    gpu = yaml.safe_load(config_path.read_text()).get("gpu") or {}
+    peak = (gpu.get("peak_tflops") or {}).get("bf16")
+    tflops = summary.get("model_tflops_per_device")
+    return tflops / peak if peak and tflops is not None else None
 
 
 def run_anchor(point: Point, on_gpu: bool, steps: int) -> dict:

@@ -1,10 +1,13 @@
 """The one Hydra entry every driver command uses (`launch`, `launch.comm`, `launch.project`).
 
 Each command hands `run_app` a function of the typed config. Before Hydra starts, group
-choices and keys are checked so that an unknown name, a misspelt key or a wrong type is one
-line on stderr and exit code 2; after, every LaunchError is printed here and only here, as
-one line with its exit code. SIGTERM and SIGHUP (a scheduler's preemption, `timeout`, a
-dropped ssh session) unwind like Ctrl-C, so every process the driver started is stopped.
+choices and keys are checked so that an unknown name, a misspelt key, a wrong type or an
+override Hydra cannot parse is one line on stderr and exit code 2; a multirun has every job
+checked (the command's `check`) before the first starts. After, every LaunchError (and a full
+disk) is printed here and only here, as one line with its exit code. SIGTERM and SIGHUP (a
+scheduler's preemption, `timeout`, a dropped ssh session) unwind like Ctrl-C, so every process
+the driver started is stopped. A key under an open map of the schema (fabric.nccl_env.X) may be
+set without Hydra's `+`/`++`, as README's examples do: `++` is added for it.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import dataclasses
 import difflib
 import signal
 import sys
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -21,25 +25,28 @@ from omegaconf.errors import OmegaConfBaseException
 from rich.console import Console
 
 from launch.conf_tree import GROUPS, conf_dir, group_choices, register_schema
-from launch.errors import USER_ERRORS, ConfigError, LaunchError, Stopped
+from launch.errors import USER_ERRORS, ConfigError, DiskFull, LaunchError, Stopped
 from train.spec.config import RunConfig
+from train.spec.safe_files import is_disk_full
 
 # The node the driver fills (train/spec/config.py ResolvedConfig): never an option.
 DRIVER_FILLED = "resolved"
 Command = Callable[[RunConfig, list[str], Console], int]
+# Everything a command checks before it writes or starts anything; ConfigError when refused.
+Check = Callable[[RunConfig, list[str], Console], object]
 
 
 def _raise_stopped(signum, frame):
     raise Stopped(signum)
 
 
-def precheck(argv: list[str]) -> None:
-    """Reject unknown group choices and keys/types Hydra would refuse, as a ConfigError."""
+def precheck(argv: list[str], check: Check | None = None) -> None:
+    """Reject unknown group choices and keys/types Hydra would refuse, as a ConfigError; in a
+    multirun, every job's config through ``check``."""
     from hydra._internal.utils import get_args_parser
-    from hydra.core.override_parser.overrides_parser import OverridesParser
 
     args = get_args_parser().parse_args(argv)
-    parsed = OverridesParser.create().parse_overrides(args.overrides)
+    parsed = parse_overrides(args.overrides)
     if args.multirun:
         refuse_shared_run_dir(parsed)
     single_values = []
@@ -61,7 +68,7 @@ def precheck(argv: list[str]) -> None:
                     raise ConfigError(
                         key, f"unknown {key} {value!r}; choose from: " + ", ".join(allowed)
                     )
-        prefix = "+" if override.is_add() else "~" if override.is_delete() else ""
+        prefix = _prefix(override)
         single_values.append(f"{prefix}{key}={values[0]}" if values else f"{prefix}{key}")
     additions = [o for o in parsed if o.is_add()]
     if additions:
@@ -70,6 +77,78 @@ def precheck(argv: list[str]) -> None:
         for override in additions:
             refuse_unknown_addition(override.key_or_group, cfg)
     compose(single_values)
+    if args.multirun and check is not None:
+        check_every_job(parsed, check)
+
+
+def _prefix(override) -> str:
+    return (
+        "++"
+        if override.is_force_add()
+        else "+"
+        if override.is_add()
+        else "~"
+        if override.is_delete()
+        else ""
+    )
+
+
+def parse_overrides(overrides: list[str]) -> list:
+    """Hydra's parse of the overrides; one it cannot parse is a ConfigError naming it."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import OverrideParseException
+
+    try:
+        return OverridesParser.create().parse_overrides(overrides)
+    except OverrideParseException as exc:
+        key = exc.override.split("=", 1)[0].lstrip("+~") or "override"
+        raise ConfigError(
+            key,
+            f"Hydra cannot parse the override {exc.override!r} ({exc.message.splitlines()[0]}): "
+            "( ) [ ] { } , = $ and spaces are its syntax; quote the value inside the override, "
+            f"e.g. \"{key}='...'\"",
+        ) from None
+
+
+def with_open_map_keys_added(argv: list[str]) -> list[str]:
+    """``++`` before an override of a key under an open map of the schema (fabric.nccl_env.X,
+    project.price_per_gpu_hour.X): Hydra wants ``+`` to add a key and refuses it for one that
+    exists, ``++`` does both, and a user writes neither."""
+    schema = RunConfig()
+    out = []
+    for arg in argv:
+        key, equals, _ = arg.partition("=")
+        parent_path, _, _name = key.rpartition(".")
+        parent = schema
+        for part in filter(None, parent_path.split(".")):
+            parent = getattr(parent, part, None)
+        is_override = equals and not arg.startswith(("-", "+", "~")) and parent_path
+        out.append(f"++{arg}" if is_override and isinstance(parent, dict) else arg)
+    return out
+
+
+def check_every_job(parsed, check: Check) -> None:
+    """A multirun's jobs, each composed and checked before the first starts: a refused value
+    in job 3 must not come after jobs 0-2 have run. Nothing is written (run_dir: a path that
+    does not exist; each job's own dir is made by Hydra when it starts)."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.errors import HydraException
+
+    ours = [o for o in parsed if not o.key_or_group.startswith("hydra")]
+    try:
+        jobs = BasicSweeper.split_arguments(ours, None)[0]
+    except HydraException:
+        return  # a sweep type the basic sweeper lacks: Hydra says so itself
+    placeholder = Path(tempfile.gettempdir()) / "scaleprobe-multirun-check-unwritten"
+    swept = {o.get_key_element() for o in ours if o.is_sweep_override()}
+    for number, overrides in enumerate(jobs):
+        cfg = compose(overrides)
+        cfg.run_dir = str(placeholder)
+        try:
+            check(cfg, overrides, Console(quiet=True))
+        except ConfigError as exc:
+            values = " ".join(o for o in overrides if o.split("=", 1)[0] in swept)
+            raise ConfigError(exc.key, f"{exc.message} (multirun job {number}: {values})") from None
 
 
 def refuse_shared_run_dir(parsed) -> None:
@@ -155,14 +234,15 @@ def fail(exc: LaunchError | ConfigError) -> None:
     sys.exit(exc.exit_code)
 
 
-def run_app(command: Command) -> None:
+def run_app(command: Command, check: Check | None = None) -> None:
     """Check the command line, compose the config with Hydra, run `command` on it."""
     import hydra
     from hydra.core.hydra_config import HydraConfig
 
     register_schema()
+    sys.argv[1:] = with_open_map_keys_added(sys.argv[1:])
     try:
-        precheck(sys.argv[1:])
+        precheck(sys.argv[1:], check)
     except USER_ERRORS as exc:
         fail(exc)
 
@@ -174,6 +254,10 @@ def run_app(command: Command) -> None:
             code = command(cfg, list(HydraConfig.get().overrides.task), Console())
         except USER_ERRORS as exc:
             fail(exc)
+        except OSError as exc:
+            if not is_disk_full(exc):
+                raise
+            fail(DiskFull(exc.filename or dict_cfg.get("run_dir", "?")))  # a write not ours
         except (KeyboardInterrupt, Stopped) as exc:
             name = exc.args[0] if isinstance(exc, Stopped) else "SIGINT"
             signum = exc.signum if isinstance(exc, Stopped) else signal.SIGINT

@@ -13,11 +13,14 @@ from __future__ import annotations
 
 from launch.app import run_app
 from launch.bench.comm_job import COMM
-from launch.pipeline import run_job
+from launch.pipeline import check, run_job
 
 
 def main() -> None:
-    run_app(lambda cfg, overrides, console: run_job(cfg, overrides, COMM, console))
+    run_app(
+        lambda cfg, overrides, console: run_job(cfg, overrides, COMM, console),
+        check=lambda cfg, overrides, console: check(cfg, overrides, COMM, console),
+    )
 
 
 if __name__ == "__main__":

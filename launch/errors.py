@@ -10,11 +10,21 @@ from __future__ import annotations
 import signal
 
 from train.spec.config_error import EXIT_CONFIG_ERROR, ConfigError
+from train.spec.safe_files import DiskFull
 
 EXIT_RUN_FAILED = 1
 # Bad input (train/spec/config_error.py ConfigError, raised by the driver and the ranks alike) and
 # every LaunchError: what a command prints as one line and exits with.
-__all__ = ["ConfigError", "LaunchError", "ReportError", "RunFailed", "Stopped", "USER_ERRORS"]
+# A full disk (train/spec/safe_files.py DiskFull) is one line and exit 1 as well.
+__all__ = [
+    "ConfigError",
+    "DiskFull",
+    "LaunchError",
+    "ReportError",
+    "RunFailed",
+    "Stopped",
+    "USER_ERRORS",
+]
 
 
 class LaunchError(Exception):
@@ -48,4 +58,4 @@ class ReportError(LaunchError):
     exit_code = EXIT_CONFIG_ERROR
 
 
-USER_ERRORS = (LaunchError, ConfigError)
+USER_ERRORS = (LaunchError, ConfigError, DiskFull)

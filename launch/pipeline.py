@@ -2,12 +2,15 @@
 
     prepare:  gpu=auto -> node defaults -> plan -> validate -> cluster set-up -> precision
               outlook -> write config.yaml per run -> render every node's command
-    execute:  dry run (print) | submit (Slurm) | run here with progress -> the job's results
+    execute:  dry run (print) | submit (Slurm) and follow the jobs | run here with progress
+              -> the job's results
 
 Nothing is written before validation has passed, and a fix to any stage lands in both jobs.
 A failed run is recorded (launch/rundir.py) and the sweep goes on unless
 sweep.stop_on_failure; `resume=true` runs only the points not finished with this workload;
-Ctrl-C, SIGTERM or SIGHUP stop every rank and the job still writes what it has.
+Ctrl-C, SIGTERM or SIGHUP stop every rank and the job still writes what it has (submitted
+Slurm jobs go on). With one driver per node (cluster=multinode, torchrun) node k > 0 writes
+only its own files, so all nodes may share one run dir.
 A `Job` says what differs: which module the ranks run, which files they write, and what
 the driver does with each result and with all of them.
 """
@@ -47,11 +50,16 @@ from launch.rundir import (
     finished_points,
     previous_sweep_id,
     record_failure,
+    refuse_other_workloads,
+    set_aside_other_runs,
     take_run_dir,
 )
-from launch.validate import validate
+from launch.validate import validate, validate_checkpoint_precision
+from launch.wandb_env import apply_wandb_env
 from train.checkpoint.markers import checkpoint_root, latest_complete
 from train.spec.config import RunConfig
+from train.spec.heartbeat import stall_timeout_s
+from train.spec.safe_files import make_dirs, write_atomic
 
 
 @dataclass(frozen=True)
@@ -97,38 +105,52 @@ def new_sweep_id(cfg: RunConfig) -> str:
 
 
 def write_run_config(cfg: RunConfig, plan: RunPlan, sweep_id: str, name="config.yaml") -> Path:
-    plan.run_dir.mkdir(parents=True, exist_ok=True)
-    path = plan.run_dir / name
-    path.write_text(OmegaConf.to_yaml(OmegaConf.structured(config_for(cfg, plan, sweep_id))))
-    return path
+    make_dirs(plan.run_dir)
+    text = OmegaConf.to_yaml(OmegaConf.structured(config_for(cfg, plan, sweep_id)))
+    return write_atomic(plan.run_dir / name, text)
 
 
-def prepare(cfg: RunConfig, overrides: list[str], job: Job, console: Console) -> Prepared:
-    """Everything up to the start of the ranks; ConfigError before anything is written."""
+def check(cfg: RunConfig, overrides: list[str], job: Job, console: Console) -> list[RunPlan]:
+    """The planned runs of a config that passed every check that writes nothing: ConfigError
+    otherwise. prepare's first half, and how a Hydra multirun checks every job before its
+    first starts (launch/app.py)."""
     slurm.refuse_gpu_auto(cfg)  # before detection: on a login node it would find the CPU
     resolve_gpu(cfg, console)
     resolve_node_defaults(cfg, overrides, console)
+    apply_wandb_env(cfg, overrides)
     job.adjust(cfg)
     plans = resolve_layouts(cfg, plan_runs(cfg), console)
     validate(cfg, plans)
     job.validate(cfg)
+    if cfg.resume:
+        refuse_other_workloads(cfg, plans)  # resuming must not mix two workloads
+    return plans
+
+
+def prepare(cfg: RunConfig, overrides: list[str], job: Job, console: Console) -> Prepared:
+    """Everything up to the start of the ranks; ConfigError before anything is written."""
+    plans = check(cfg, overrides, job, console)
     setup = set_up_cluster(cfg, plans, console)  # nodes, emulated links; ConfigError too
-    state_precision(cfg, setup, console)
+    # What precision=auto resolves to on this machine (None: decided on other nodes), which
+    # a checkpoint to resume from must have been saved in.
+    validate_checkpoint_precision(cfg, plans, state_precision(cfg, setup, console))
 
     root, node = Path(cfg.run_dir), driver_node_rank(cfg)
     finished = finished_points(cfg, plans, node) if cfg.resume else {}
-    root.mkdir(parents=True, exist_ok=True)
+    make_dirs(root)
     prepared = Prepared(cfg, plans, setup, "", lock=take_run_dir(root, node), finished=finished)
     if node == 0:
         refuse_active_jobs(root)  # Slurm jobs an earlier driver left running there
+        if cfg.overwrite:  # runs of world sizes this sweep lacks must not join its report
+            set_aside_other_runs(root, plans, console, dry_run=cfg.dry_run)
     prepared.sweep_id = (cfg.resume and previous_sweep_id(plans)) or new_sweep_id(cfg)
     kept = [o for o in overrides if o.split("=", 1)[0] not in ("run_dir", "resume")]
     again = ["python", "-m", job.driver_module, *kept, f"run_dir={root}", "resume=true"]
     prepared.resume_command = shlex.join(again)
     if node == 0 and not (cfg.resume and (root / "command.sh").exists()):
         reproduce = shlex.join([sys.executable, "-m", job.driver_module, *overrides])
-        (root / "command.sh").write_text(
-            f"#!/bin/sh\n# reproduces this run or sweep\n{reproduce}\n"
+        write_atomic(
+            root / "command.sh", f"#!/bin/sh\n# reproduces this run or sweep\n{reproduce}\n"
         )
     write_run_files(prepared, job, node)
     return prepared
@@ -217,6 +239,7 @@ def run_point(prepared: Prepared, job: Job, plan: RunPlan, progress) -> dict | N
         # node k > 0 on a shared run dir: rank 0's files are not its to clear.
         keep_progress=resumes or driver_node_rank(cfg) > 0,
         keep_result=driver_node_rank(cfg) > 0,
+        stall_timeout_s=stall_timeout_s(cfg.cluster),
     )
     if result is None:
         progress.console.print(

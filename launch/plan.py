@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from launch.errors import ConfigError
+from launch.resolve import choose_layouts
 from train.spec.config import ParallelConfig, RunConfig
 from train.spec.degrees import BatchRule, resolve_degrees
 
@@ -26,7 +27,12 @@ class RunPlan:
 
 
 def plan_runs(cfg: RunConfig) -> list[RunPlan]:
-    """One run (sweep=none) or one per world size, each with its nodes and global batch."""
+    """One run (sweep=none) or one per world size, each with its nodes and global batch;
+    under parallel=auto each with the layout the performance model chose and why."""
+    return choose_layouts(cfg, _runs(cfg))
+
+
+def _runs(cfg: RunConfig) -> list[RunPlan]:
     root = Path(cfg.run_dir)
     cluster = cfg.cluster
     for key in ("nodes", "nproc_per_node"):

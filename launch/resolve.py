@@ -16,15 +16,20 @@ import warnings
 
 from rich.console import Console
 
-from launch.bench.cache import cache_path, load_measured
+from launch.bench.cache import cache_path, load_host, load_measured
 from launch.conf_tree import group_choices, load_gpu_profile
 from launch.perfmodel.choose import choose_layout
-from train.spec.config import GpuConfig, PeakTflops, RunConfig
-from train.spec.degrees import BatchRule
+from launch.perfmodel.hardware import PartRates, part_rates
+from launch.perfmodel.host import HostRates
+from launch.perfmodel.step import Placement
+from train.spec.config import GpuConfig, LayoutName, PeakTflops, RunConfig
+from train.spec.config_error import ConfigError
+from train.spec.degrees import BatchRule, resolve_degrees
 from train.spec.devices import (
     MachineProbe,
     cpu_model_name,
     machine_probe,
+    mig_slice,
     name_matches,
     profile_mismatch,
 )
@@ -35,7 +40,10 @@ NOISY_LOGGERS = ("torchao", "torch._inductor", "torch.utils._pytree", "triton")
 
 
 def match_profile(device_name: str, memory_gib: float | None) -> str | None:
-    """The profile whose name patterns match the device name (and memory range, if it has one)."""
+    """The profile whose name patterns match the device name (and memory range, if it has one).
+    None for a MIG slice: it has only part of a chip's SMs, so no chip's peak is its own."""
+    if mig_slice(device_name) is not None:
+        return None
     for name in group_choices("gpu"):
         if name in ("auto", "cpu"):
             continue
@@ -62,18 +70,53 @@ def unknown_profile(device_name: str) -> GpuConfig:
     )
 
 
-def detect_local() -> tuple[GpuConfig, str]:
-    """(profile, what was detected) for the machine the driver runs on."""
-    import torch  # the driver imports torch only to look at this machine's device
+def local_gpus() -> list[tuple[str, float]]:
+    """(name, memory GiB) of every GPU the driver sees, in CUDA order; none without CUDA."""
+    import torch  # the driver imports torch only to look at this machine's devices
 
     if not torch.cuda.is_available():
+        return []
+    found = []
+    for index in range(torch.cuda.device_count()):
+        props = torch.cuda.get_device_properties(index)
+        found.append((props.name, props.total_memory / 2**30))
+    return found
+
+
+def leading_same_kind(gpus: list[tuple[str, float]]) -> int:
+    """How many GPUs, from GPU 0 on, are the kind GPU 0 is: ranks take GPUs 0..n-1 (one per
+    local rank), so a run of n ranks is one kind only when n is at most this."""
+    count = 0
+    for name, memory_gib in gpus:
+        if name != gpus[0][0] or abs(memory_gib - gpus[0][1]) > 1:
+            break
+        count += 1
+    return count
+
+
+def other_kinds(gpus: list[tuple[str, float]]) -> str:
+    """ "GPU 8: NVIDIA A100 80GB PCIe" for each GPU after the first run of GPU 0's kind."""
+    start = leading_same_kind(gpus)
+    return ", ".join(f"GPU {i}: {name}" for i, (name, _) in enumerate(gpus) if i >= start)
+
+
+def detect_local() -> tuple[GpuConfig, str]:
+    """(profile, what was detected) for the machine the driver runs on: GPU 0's kind, and the
+    GPUs of other kinds it has, which the node's defaults leave out (resolve_node_defaults)."""
+    gpus = local_gpus()
+    if not gpus:
         return load_gpu_profile("cpu"), "no CUDA device: cpu"
-    props = torch.cuda.get_device_properties(0)
-    memory_gib = props.total_memory / 2**30
-    name = match_profile(props.name, memory_gib)
-    detected = f"{props.name} ({memory_gib:.0f} GiB)"
+    device_name, memory_gib = gpus[0]
+    detected = f"{device_name} ({memory_gib:.0f} GiB)"
+    if leading_same_kind(gpus) < len(gpus):
+        detected += f"; other kinds here, left out of the defaults ({other_kinds(gpus)})"
+    if mig_slice(device_name) is not None:
+        return unknown_profile(device_name), (
+            f"{detected}: a MIG slice, whose peak is a part of its chip's, MFU will be null"
+        )
+    name = match_profile(device_name, memory_gib)
     if name is None:
-        return unknown_profile(props.name), f"{detected}: no matching profile, MFU will be null"
+        return unknown_profile(device_name), f"{detected}: no matching profile, MFU will be null"
     return load_gpu_profile(name), f"{detected}: profile {name}"
 
 
@@ -140,29 +183,38 @@ def _overridden(overrides: list[str], key: str) -> bool:
 
 
 def resolve_node_defaults(cfg: RunConfig, overrides: list[str], console: Console) -> None:
-    """On a GPU node the defaults use the node: one rank per visible GPU, and a weak sweep over
-    powers of two up to them, unless the command line set either."""
+    """On a GPU node the defaults use the node: one rank per visible GPU of GPU 0's kind, and a
+    weak sweep over powers of two up to them, unless the command line set either. A node
+    whose GPUs are of several kinds: more ranks than the first run of one kind is refused."""
     if cfg.cluster.name != "local" or cfg.launcher.name == "slurm" or cfg.gpu.name == "cpu":
         return
     with quiet_third_party():
-        import torch  # the driver imports torch only to look at this machine's device
-
-        gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    if not gpus:
+        found = local_gpus()
+    if not found:
         return
+    gpus = leading_same_kind(found)
     changed = []
     if not _overridden(overrides, "cluster.nproc_per_node"):
         cfg.cluster.nproc_per_node = gpus
         changed.append(f"cluster.nproc_per_node={gpus}")
+    elif gpus < cfg.cluster.nproc_per_node <= len(found):
+        raise ConfigError(
+            "cluster.nproc_per_node",
+            f"{cfg.cluster.nproc_per_node} ranks would take GPUs 0-"
+            f"{cfg.cluster.nproc_per_node - 1}, which are not one kind (GPU 0 on: {found[0][0]}; "
+            f"{other_kinds(found)}): per-device figures and MFU need one kind; "
+            f"use at most {gpus}, or set CUDA_VISIBLE_DEVICES to GPUs of one kind",
+        )
     if cfg.sweep.name != "none" and not _overridden(overrides, "sweep.world_sizes"):
         top = cfg.cluster.nodes * cfg.cluster.nproc_per_node
         cfg.sweep.world_sizes = [2**k for k in range(top.bit_length()) if 2**k <= top]
         changed.append(f"sweep.world_sizes={cfg.sweep.world_sizes}")
     if changed:
-        console.print(f"this node has {gpus} GPU(s): " + ", ".join(changed))
+        kinds = f" of one kind (left out: {other_kinds(found)})" if gpus < len(found) else ""
+        console.print(f"this node has {gpus} GPU(s){kinds}: " + ", ".join(changed))
 
 
-def state_precision(cfg: RunConfig, setup, console: Console) -> None:
+def state_precision(cfg: RunConfig, setup, console: Console) -> str | None:
     """Say what precision the ranks will run in, and from what, before they start.
 
     Ranks decide on their own device. When they run on this machine and the profile describes
@@ -170,6 +222,9 @@ def state_precision(cfg: RunConfig, setup, console: Console) -> None:
     hardware, e.g. an H100 job prepared on a CPU login node) it says what the nodes will pick
     with and without an fp8 library there, instead of what this machine would.
     """
+    if cfg.launcher.name == "slurm":  # decided on the nodes: this machine is not asked
+        console.print(f"precision: {cfg.precision.name} -> {nodes_outlook(cfg)}")
+        return
     with quiet_third_party():
         import torch  # the driver imports torch only to look at this machine's device
 
@@ -186,7 +241,7 @@ def state_precision(cfg: RunConfig, setup, console: Console) -> None:
             capability = torch.cuda.get_device_capability(0) if device_type == "cuda" else None
             plan = precision_for_run(cfg, machine_probe(device_type, capability))
             console.print(f"precision: {cfg.precision.name} -> {plan.resolved} ({plan.reason})")
-            return
+            return str(plan.resolved)  # what the ranks here resolve (None: decided elsewhere)
     if mismatch and cfg.launcher.name != "slurm" and cfg.cluster.name in ("local", "emulated"):
         console.print(f"[yellow]warning:[/] {mismatch}")
     console.print(f"precision: {cfg.precision.name} -> {nodes_outlook(cfg)}")
@@ -216,38 +271,96 @@ def nodes_outlook(cfg: RunConfig) -> str:
 
 
 def resolve_layouts(cfg: RunConfig, plans: list, console: Console) -> list:
-    """parallel=auto: the performance model's best layout for each run, said with its reason
-    (the same question `python -m launch.project` answers for parts not at hand)."""
+    """parallel=auto: each run's layout (chosen by ``choose_layouts`` when plan_runs has not
+    already), said on the console with its reason, as precision is."""
     if cfg.parallel.name != "auto":
         return plans
+    if any(plan.parallel is None for plan in plans):
+        plans = choose_layouts(cfg, plans)
+    for plan in plans:
+        console.print(
+            f"layout: auto -> {plan.parallel.name} at world size {plan.world_size} "
+            f"({plan.layout_reason})"
+        )
+    return plans
+
+
+def choose_layouts(cfg: RunConfig, plans: list) -> list:
+    """parallel=auto: the performance model's best layout for each run, with its reason (the
+    same question `python -m launch.project` answers for parts not at hand). The cpu profile
+    has no datasheet: the model runs on this host's measured ceiling (launch.mamf's cache,
+    attached here, before choosing) and its measured kernel times where cached; with no
+    measured ceiling it is ddp, and the reason says how to measure one. Under weak scaling
+    each run keeps the smallest run's sequences per data-parallel rank."""
+    if cfg.parallel.name != "auto":
+        return plans
+    rates = None
+    if cfg.gpu.name == "cpu":
+        cfg.gpu, _ = with_measured_peaks(cfg.gpu, cfg.cluster.cpu_threads_per_rank)
+        if cfg.gpu.measured_peak_tflops.fp32:
+            rates = _host_rates(cfg)
     chosen = []
     batch = BatchRule(global_batch=cfg.train.global_batch)  # the smallest run's, and strong's
     for plan in plans:
-        choice = choose_layout(
-            cfg,
-            world_size=plan.world_size,
-            nproc_per_node=plan.nproc_per_node,
-            nodes=plan.nodes,
-            batch=batch,
-        )
+        parallel, degrees, reason = _pick(cfg, plan, batch, rates)
         if cfg.sweep.name == "weak" and batch.rows_per_dp_rank is None:
-            # Weak scaling keeps the smallest run's sequences per data-parallel rank.
-            batch = BatchRule.weak_from(cfg.train.global_batch, choice.degrees, plan.world_size)
-        parallel = copy.deepcopy(cfg.parallel)
-        parallel.name = choice.name
-        parallel.dp_replicate = choice.degrees.dp_replicate
-        parallel.dp_shard = choice.degrees.dp_shard
-        parallel.tp = choice.degrees.tp
-        parallel.activation_checkpoint = choice.activation_checkpoint
-        console.print(
-            f"layout: auto -> {choice.name} at world size {plan.world_size} ({choice.reason})"
-        )
+            batch = BatchRule.weak_from(cfg.train.global_batch, degrees, plan.world_size)
         chosen.append(
             dataclasses.replace(
                 plan,
-                global_batch=batch.global_batch_for(choice.degrees),
+                global_batch=batch.global_batch_for(degrees),
                 parallel=parallel,
-                layout_reason=choice.reason,
+                layout_reason=reason,
             )
         )
     return chosen
+
+
+NO_CEILING = (
+    "parallel=auto on cpu: no measured matmul ceiling for this CPU, so the performance model "
+    "has no rate to compare layouts with (python -m launch.mamf measures one): ddp"
+)
+
+
+def _pick(cfg: RunConfig, plan, batch: BatchRule, rates: PartRates | None):
+    """(parallel config, degrees, reason) of one run: the model's choice, or ddp on a cpu
+    profile without a measured ceiling."""
+    parallel = copy.deepcopy(cfg.parallel)
+    if cfg.gpu.name == "cpu" and rates is None:
+        return _ddp(parallel, plan, NO_CEILING)
+    if cfg.precision.name == "fp8" and not cfg.gpu.fp8:
+        # Refused by the driver's validation (it names the parts with fp8): no layout to rank.
+        return _ddp(parallel, plan, f"parallel=auto: {cfg.gpu.name} has no fp8: ddp")
+    try:
+        where = Placement(plan.world_size, plan.nproc_per_node, plan.nodes)
+        choice = choose_layout(cfg, where, batch=batch, rates=rates)
+    except ConfigError as exc:
+        if exc.key == "parallel":
+            raise  # no layout fits: the model's own account of why
+        # A rule refuses every layout (fp8 without a wide enough layer, a sequence too long):
+        # ddp stands in, and the driver's validation reports the rule in its usual order.
+        return _ddp(parallel, plan, f"parallel=auto: every layout refused ({exc}): ddp")
+    parallel.name = choice.name
+    for key, value in choice.as_dict().items():
+        if hasattr(parallel, key) and key != "name":
+            setattr(parallel, key, value)
+    reason = choice.reason
+    if cfg.gpu.name == "cpu":
+        reason += "; ranked on this host's measured fp32 kernel times"
+    return parallel, choice.degrees, reason
+
+
+def _ddp(parallel, plan, reason: str):
+    parallel.name = LayoutName.ddp
+    parallel.dp_replicate, parallel.dp_shard, parallel.tp, parallel.pp = -1, 1, 1, 1
+    return parallel, resolve_degrees(parallel, plan.world_size, plan.nproc_per_node), reason
+
+
+def _host_rates(cfg: RunConfig) -> PartRates:
+    """The cpu profile's rates: the measured ceiling, itemised over this workload's measured
+    kernel times where launch.mamf --host-shapes cached them (a shape not cached runs at the
+    ceiling)."""
+    record = load_host(cpu_model_name(), cfg.cluster.cpu_threads_per_rank)
+    ceiling = cfg.gpu.measured_peak_tflops.fp32
+    host = HostRates.from_record(record, ceiling * 1e12) if record else None
+    return part_rates(cfg.gpu, precision="fp32", host=host)

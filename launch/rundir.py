@@ -8,26 +8,42 @@
   takes its own lock (`.scaleprobe-nodeK.lock`) and writes only its own files
   (`config-nodeK.yaml`, `launch-nodeK.log`).
 - `resume=true`: a point is finished when its summary.json holds the same workload (config
-  digest); finished points keep their files untouched, and the sweep keeps its id.
+  digest); finished points keep their files untouched, and the sweep keeps its id. A dir any
+  of whose runs was made with another workload is refused, naming what differs: resuming
+  would rerun its points and overwrite the other workload's files.
+- `overwrite=true`: runs the new sweep does not contain, and the previous report, are moved
+  aside into `replaced-<time>/` (said on the console), so the new report never shows them.
 - A failed point leaves `failed.json` (exit code, the failing rank's last lines) for the
   report; rerunning the point removes it.
 """
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
+from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+from rich.console import Console
 
 from launch.errors import ConfigError, RunFailed
 from launch.plan import RunPlan, config_for
-from train.spec.config import RunConfig, config_digest
+from train.spec.config import RunConfig, config_digest, load_run_config, workload
+from train.spec.safe_files import make_dirs, write_atomic
 
 FAILED = "failed.json"
 LOCK = ".scaleprobe.lock"
+# What makes a folder a run (a point of a sweep): the driver's config, or a result.
+POINT_MARKS = ("config.yaml", "summary.json", FAILED)
+# A run's own files, when the run dir itself is one (sweep=none) and is set aside.
+RUN_FILES = (*POINT_MARKS, "metrics.jsonl", "launch.log")
+# A sweep's report (launch/report/write.py): it describes the runs it was written from.
+REPORT_FILES = ("report.md", "results.json", "scaling.png", "breakdown.png")
 
 
 def lock_name(node_rank: int = 0) -> str:
@@ -54,8 +70,14 @@ def take_run_dir(root: Path, node_rank: int = 0):
         ) from None
     handle.seek(0)
     handle.truncate()
-    handle.write(f"pid {os.getpid()}\n")
-    handle.flush()
+    try:
+        handle.write(f"pid {os.getpid()}\n")
+        handle.flush()
+    except OSError as exc:
+        # The lock is the flock, not the text: on a full disk the run's first real file
+        # (config.yaml) says so in one line.
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
     return handle
 
 
@@ -78,6 +100,102 @@ def finished_points(cfg: RunConfig, plans: list[RunPlan], node_rank: int = 0) ->
     return finished
 
 
+def point_dirs(root: Path) -> list[Path]:
+    """Every run under a run dir: the dir itself when it is one, and each sub-dir that is."""
+    if not root.is_dir():
+        return []
+    candidates = [root, *sorted(p for p in root.iterdir() if p.is_dir())]
+    return [p for p in candidates if any((p / mark).is_file() for mark in POINT_MARKS)]
+
+
+def refuse_other_workloads(cfg: RunConfig, plans: list[RunPlan]) -> None:
+    """resume=true: every run already in the dir must hold this workload; else ConfigError
+    naming the run and what differs. Runs outside this sweep's world sizes are compared
+    without what differs by world size (the global batch under weak scaling, the layout
+    parallel=auto picks)."""
+    planned = {plan.run_dir.resolve(): plan for plan in plans}
+    for point in point_dirs(Path(cfg.run_dir)):
+        plan = planned.get(point.resolve())
+        expected = config_for(cfg, plan or plans[0], "")
+        ignore = () if plan else ("train.global_batch", "parallel")
+        differences = workload_differences(point, expected, ignore)
+        if differences:
+            listed = "; ".join(differences[:4]) + ("; ..." if len(differences) > 4 else "")
+            raise ConfigError(
+                "resume",
+                f"{point} holds a run of another workload ({listed}): resume=true continues a "
+                "sweep with the same config; overwrite=true replaces it, or pick another run_dir",
+            )
+
+
+def workload_differences(point: Path, expected: RunConfig, ignore: tuple[str, ...]) -> list[str]:
+    """``key: there -> here`` for each workload value the run in ``point`` does not share
+    with ``expected`` (from its config.yaml; its summary's digest when that cannot be read)."""
+    try:
+        old = workload(load_run_config(point / "config.yaml"))
+    except (OSError, ValueError, OmegaConfBaseException):
+        try:
+            digest = json.loads((point / "summary.json").read_text()).get("config_digest")
+        except (OSError, ValueError, AttributeError):
+            return []  # nothing to compare: the run is rerun as before
+        here = config_digest(expected)
+        return [] if ignore or digest == here else [f"config digest {digest} there, {here} here"]
+    there, here = _flat(old), _flat(workload(expected))
+    return [
+        f"{key}: {there.get(key)!r} there, {here.get(key)!r} here"
+        # Names first (model.name says more than the shape fields that follow from it).
+        for key in sorted(set(there) | set(here), key=lambda k: (not k.endswith(".name"), k))
+        if there.get(key) != here.get(key) and not key.startswith(ignore)
+    ]
+
+
+def _flat(content: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat = {}
+    for key, value in content.items():
+        if isinstance(value, dict) and value:
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def set_aside_other_runs(
+    root: Path, plans: list[RunPlan], console: Console, *, dry_run: bool = False
+) -> Path | None:
+    """overwrite=true: the runs this sweep does not contain, and the previous report, moved
+    into ``root/replaced-<time>/`` (nothing is deleted); the folder, or None. A dry run only
+    says what it would move."""
+    planned = {plan.run_dir.resolve() for plan in plans}
+    others = [p for p in point_dirs(root) if p.resolve() not in planned]
+    reports = [root / name for name in REPORT_FILES if (root / name).is_file()]
+    if not others and not reports:
+        return None
+    what = [p.name if p != root else "the run in it" for p in others]
+    what += ["the previous report"] if reports else []
+    aside = root / f"replaced-{datetime.now():%Y%m%d-%H%M%S-%f}"
+    console.print(
+        f"overwrite: {'would move' if dry_run else 'moved'} {', '.join(what)} (not in this "
+        f"sweep) to {aside}",
+        markup=False,
+        highlight=False,
+        soft_wrap=True,
+    )
+    if dry_run:
+        return None
+    make_dirs(aside)
+    for point in others:
+        if point == root:  # a single run here before, a sweep now: its files, not the dir
+            moved = make_dirs(aside / "run")
+            for name in RUN_FILES:
+                if (root / name).exists():
+                    os.replace(root / name, moved / name)
+        else:
+            os.replace(point, aside / point.name)
+    for path in reports:
+        os.replace(path, aside / path.name)
+    return aside
+
+
 def previous_sweep_id(plans: list[RunPlan]) -> str | None:
     """The sweep id of the runs being resumed, so old and new points stay one sweep."""
     for plan in plans:
@@ -98,8 +216,7 @@ def record_failure(plan: RunPlan, exc: RunFailed) -> Path:
         "error": str(exc).splitlines()[0],
         "last_lines": exc.log_tail.splitlines(),
     }
-    path.write_text(json.dumps(record, indent=2) + "\n")
-    return path
+    return write_atomic(path, json.dumps(record, indent=2) + "\n")
 
 
 def failed_points(directory: Path) -> list[dict]:

@@ -25,6 +25,13 @@ def print_run(cfg: RunConfig, plan: RunPlan, summary: dict, console: Console) ->
         f"{summary['step_time_s']['median']:.3f}s, MFU {mfu}, loss "
         f"{summary['final_loss']:.4f} -> {plan.run_dir}"
     )
+    if summary.get("mfu_warning"):  # MFU above 100%: not a true figure (train/measure/metrics.py)
+        console.print(
+            f"warning: {plan.name}: {summary['mfu_warning']}",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
 
 
 def report_sweep(cfg: RunConfig, sweep_id: str, summaries: list[dict], console: Console) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import math
 import os
 from pathlib import Path
 
@@ -12,7 +13,14 @@ from launch.cluster.checks import validate_launch
 from launch.conf_tree import group_choices, load_gpu_profile
 from launch.perfmodel.memory import held_memory
 from launch.plan import RunPlan, config_for
-from train.checkpoint.markers import check_checkpoint_dir
+from launch.rundir import point_dirs
+from train.checkpoint.markers import (
+    check_checkpoint_dir,
+    checkpoint_root,
+    latest_complete,
+    refusal,
+    shape_differences,
+)
 from train.spec.catalog import Feature, layout
 from train.spec.config import RunConfig
 from train.spec.config_error import ConfigError
@@ -22,6 +30,7 @@ from train.spec.rules import (
     check_fp8_settings,
     check_fp8_shapes,
     check_model,
+    check_parallel_settings,
     check_run,
     check_train,
     layout_precision_refusal,
@@ -35,6 +44,7 @@ def validate(cfg: RunConfig, plans: list[RunPlan]) -> None:
     validate_run_dirs(cfg, plans)  # first: a finished run is kept, whatever else is asked
     check_model(cfg.model)
     check_train(cfg)
+    check_parallel_settings(cfg.parallel)
     # A layout that cannot run a precision at all says so before the fp8 details.
     if cfg.parallel.name != "auto":
         validate_engine(cfg)
@@ -46,7 +56,7 @@ def validate(cfg: RunConfig, plans: list[RunPlan]) -> None:
         run_cfg = config_for(cfg, plan, "")  # parallel=auto: the layout chosen for this run
         validate_engine(run_cfg)
         checked = check_run(run_cfg, plan.world_size, plan.nproc_per_node)
-        validate_fits(run_cfg, checked.layout)
+        validate_fits(run_cfg, checked.layout, ranks_here(cfg, plan))
         try:
             check_checkpoint_dir(run_cfg)
         except ConfigError as exc:
@@ -98,6 +108,12 @@ def validate_cluster(cfg: RunConfig, plans: list[RunPlan]) -> None:
     for key in ("nodes", "nproc_per_node", "cpu_threads_per_rank"):
         if getattr(c, key) < 1:
             raise ConfigError(f"cluster.{key}", f"{getattr(c, key)}: must be >= 1")
+    timeout = c.collective_timeout_s
+    if timeout is not None and not (math.isfinite(timeout) and timeout > 0):
+        raise ConfigError("cluster.collective_timeout_s", f"{timeout}: must be > 0 s (or null)")
+    stall = c.stall_timeout_s
+    if stall is not None and not (math.isfinite(stall) and stall >= 0):
+        raise ConfigError("cluster.stall_timeout_s", f"{stall}: must be >= 0 s (0: off; or null)")
     validate_cpu_share(cfg, plans)
     if c.name == "local" and c.nodes != 1:
         raise ConfigError("cluster.nodes", f"{c.nodes}: cluster=local has exactly 1 node")
@@ -122,24 +138,52 @@ def validate_cpu_share(cfg: RunConfig, plans: list[RunPlan]) -> None:
         )
 
 
-def validate_fits(cfg: RunConfig, layout: LayoutPlan) -> None:
+def ranks_here(cfg: RunConfig, plan: RunPlan) -> int:
+    """CPU ranks that share this machine's memory: a local node's, or every emulated node's."""
+    return plan.world_size if cfg.cluster.name == "emulated" else plan.nproc_per_node
+
+
+def validate_fits(cfg: RunConfig, layout: LayoutPlan, ranks: int = 1) -> None:
     """A model whose parameters, gradients and optimizer state alone exceed the part's memory
     under this layout cannot run: refused here, not by an out-of-memory error on every rank
     after minutes of start-up. Activations are left out (the estimate is then a floor), so
-    nothing that could fit is refused."""
-    if not cfg.gpu.hbm_gb or layout.pipeline is not None:
+    nothing that could fit is refused. CPU ranks (gpu=cpu: no HBM) on this machine share its
+    memory: ``ranks`` of them against the host's."""
+    if layout.pipeline is not None:
         return
     resolved = "bf16" if cfg.precision.name in ("auto", "fp8") else str(cfg.precision.name)
     held = sum(held_memory(cfg.model, layout, resolved))
-    capacity = cfg.gpu.hbm_gb * 1e9
-    if held > capacity:
+    if cfg.gpu.hbm_gb:
+        capacity, total = cfg.gpu.hbm_gb * 1e9, held
+        against = f"more than {cfg.gpu.name}'s {cfg.gpu.hbm_gb:g} GB"
+    elif cfg.gpu.name == "cpu" and cfg.cluster.name in ("local", "emulated") and host_memory():
+        capacity, total = host_memory(), held * ranks
+        against = (
+            f"x {ranks} rank(s) on this host = {total / 1e9:.0f} GB, more than its "
+            f"{capacity / 1e9:.0f} GB of memory"
+        )
+    else:
+        return
+    if total > capacity:
         raise ConfigError(
             "parallel",
             f"{cfg.model.name} under parallel={cfg.parallel.name} holds {held / 1e9:.0f} GB per "
-            f"rank in parameters, gradients and optimizer state alone, more than "
-            f"{cfg.gpu.name}'s {cfg.gpu.hbm_gb:g} GB; shard it over more ranks (parallel=fsdp or "
-            "zero3, more nodes) or pick a smaller model",
+            f"rank in parameters, gradients and optimizer state alone, {against}; shard it "
+            "over more ranks (parallel=fsdp or zero3, more nodes) or pick a smaller model",
         )
+
+
+def host_memory() -> float | None:
+    """Bytes of memory on this machine (MemTotal), or its cgroup's limit when lower."""
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError):
+        return None
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+    except OSError:
+        limit = "max"
+    return float(min(total, int(limit))) if limit.isdigit() else float(total)
 
 
 def validate_engine(cfg: RunConfig) -> None:
@@ -227,12 +271,37 @@ def validate_run_dirs(cfg: RunConfig, plans: list[RunPlan]) -> None:
         raise ConfigError(
             "resume", "resume=true keeps finished runs, overwrite=true replaces them: choose one"
         )
-    if cfg.resume:
-        return  # launch/rundir.py checks there is a sweep to resume
+    if cfg.resume or cfg.overwrite:
+        return  # launch/rundir.py checks there is a sweep to resume, or sets others aside
+    # Every finished run in the dir, this sweep's world sizes or not: a report over the dir
+    # would show the others beside the new ones.
+    finished = [p for p in point_dirs(Path(cfg.run_dir)) if (p / "summary.json").is_file()]
+    planned = {plan.run_dir.resolve() for plan in plans}
+    finished.sort(key=lambda p: p.resolve() not in planned)  # this sweep's own named first
+    if finished:
+        raise ConfigError(
+            "run_dir",
+            f"{finished[0]} already holds a finished run; resume=true runs only the "
+            "missing points, overwrite=true runs them all again, or pick another run_dir",
+        )
+
+
+def validate_checkpoint_precision(
+    cfg: RunConfig, plans: list[RunPlan], resolved: str | None
+) -> None:
+    """A checkpoint to resume from was saved in the precision the ranks will run in: the one
+    precision=auto (or fp8) resolves to on this machine (``resolved``; None: decided on other
+    nodes, where each rank compares it), not the one asked for."""
+    if resolved is None or cfg.checkpoint.every <= 0 or cfg.precision.name not in ("auto", "fp8"):
+        return
+    if cfg.overwrite and not cfg.checkpoint.dir:
+        return  # the run's own checkpoints are removed before it starts
     for plan in plans:
-        if (plan.run_dir / "summary.json").exists() and not cfg.overwrite:
-            raise ConfigError(
-                "run_dir",
-                f"{plan.run_dir} already holds a finished run; resume=true runs only the "
-                "missing points, overwrite=true runs them all again, or pick another run_dir",
-            )
+        run_cfg = config_for(cfg, plan, "")
+        found = latest_complete(checkpoint_root(run_cfg, run_cfg.run_dir))
+        if found is None:
+            continue
+        differences = shape_differences(found.marker.get("shape") or {}, {"precision": resolved})
+        if differences:
+            asked = f" (precision={cfg.precision.name} resolves to {resolved} here)"
+            raise ConfigError("checkpoint.dir", refusal(found, [differences[0] + asked]))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from train.runtime.rank_exit import run_or_exit
 from train.runtime.worker import run
 
 
@@ -13,7 +14,7 @@ def main() -> None:
         "--config", required=True, help="resolved config.yaml written by the driver"
     )
     args = parser.parse_args()
-    run(args.config)
+    run_or_exit(lambda: run(args.config))
 
 
 if __name__ == "__main__":

@@ -15,6 +15,8 @@ import re
 import sys
 from pathlib import Path
 
+from train.spec.safe_files import write_atomic
+
 
 def cache_dir() -> Path:
     return Path(os.environ.get("SCALEPROBE_CACHE_DIR", Path.home() / ".cache" / "scaleprobe"))
@@ -29,6 +31,13 @@ def cache_path(device_name: str, cpu_threads: int | None) -> Path:
 def host_cache_path(device_name: str, cpu_threads: int) -> Path:
     path = cache_path(device_name, cpu_threads)
     return path.with_name(path.stem + "_host.json")
+
+
+# The highest matmul rate a record may claim, TFLOP/s: a CPU core with AMX reaches a few
+# (Intel's AMX: 1024 bf16 FLOP/cycle/core at ~2-4 GHz); the fastest GPU's dense fp8 is ~5,000
+# (B200: 4,500). A record beyond these is a corrupt or hand-edited file, not a measurement.
+MAX_TFLOPS_PER_CPU_THREAD = 10.0
+MAX_GPU_TFLOPS = 10_000.0
 
 
 def _read(path: Path, required: str, what: str) -> dict | None:
@@ -46,9 +55,32 @@ def _read(path: Path, required: str, what: str) -> dict | None:
     return record
 
 
+def ceiling_problem(record: dict) -> str | None:
+    """What makes a matmul ceiling record unusable, or None: it needs its device, when it was
+    measured, and per precision a finite positive TFLOP/s no higher than the device kind can
+    reach (MFU divides by it: a negative or absurd ceiling gives a negative or tiny MFU)."""
+    for key in ("device_name", "measured_at"):
+        if not isinstance(record.get(key), str) or not record[key]:
+            return f"no {key}"
+    threads = record.get("cpu_threads")
+    limit = MAX_GPU_TFLOPS if threads is None else MAX_TFLOPS_PER_CPU_THREAD * max(1, threads)
+    for precision, tflops in record["best_tflops"].items():
+        number = isinstance(tflops, int | float) and not isinstance(tflops, bool)
+        if not number or not 0 < tflops <= limit:
+            return f"best_tflops.{precision} = {tflops!r}: not a TFLOP/s in (0, {limit:g}]"
+    return None
+
+
 def load_measured(device_name: str, cpu_threads: int | None) -> dict | None:
-    """The matmul ceiling record (``best_tflops`` per precision), or None."""
-    return _read(cache_path(device_name, cpu_threads), "best_tflops", "matmul")
+    """The matmul ceiling record (``best_tflops`` per precision), or None (also for a record
+    that fails ``ceiling_problem``, with a warning naming it and what is wrong)."""
+    path = cache_path(device_name, cpu_threads)
+    record = _read(path, "best_tflops", "matmul")
+    problem = record and ceiling_problem(record)
+    if problem:
+        print(f"warning: ignoring matmul cache {path}: {problem}", file=sys.stderr)
+        return None
+    return record
 
 
 def load_host(device_name: str, cpu_threads: int) -> dict | None:
@@ -58,4 +90,4 @@ def load_host(device_name: str, cpu_threads: int) -> dict | None:
 
 def save(path: Path, record: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(record, indent=2) + "\n")
+    write_atomic(path, json.dumps(record, indent=2) + "\n")

@@ -34,15 +34,18 @@ QUICK_SIZES = [128, 256]
 PRECISIONS = ("fp32", "tf32", "bf16", "fp16", "fp8")
 
 
-def merge_measurements(previous: dict, new: dict) -> dict:
-    """Per precision, the new figure unless it is a quick one and the cached one is not
-    (a --quick run must not lower a full measurement: later MFU would read too high);
-    precisions measured earlier and not now are kept."""
+def merge_measurements(previous: dict, new: dict, *, replace: bool = False) -> dict:
+    """Per precision, the higher of the cached and the new figure: a ceiling is the best the
+    device reached, and a lower one (a --quick run's small sizes, a full run on a loaded
+    machine) would make every later MFU read too high. A quick figure never replaces a full
+    one. ``replace`` (--replace: the cached figures are stale, e.g. another driver or
+    clock) takes the new figures whatever they are. Precisions not measured now are kept."""
     merged = {**new, **{k: dict(previous.get(k) or {}) for k in ("best_tflops", "best_size")}}
     merged["quick"] = dict(previous.get("quick") or {})
     for precision, tflops in new["best_tflops"].items():
-        had_full = precision in merged["best_tflops"] and not merged["quick"].get(precision)
-        if new["quick"][precision] and had_full:
+        cached = merged["best_tflops"].get(precision)
+        had_full = cached is not None and not merged["quick"].get(precision)
+        if not replace and had_full and (new["quick"][precision] or tflops < cached):
             continue
         merged["best_tflops"][precision] = tflops
         merged["best_size"][precision] = new["best_size"][precision]
@@ -147,6 +150,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--out", type=Path, help="also write the JSON here")
     parser.add_argument(
+        "--replace",
+        action="store_true",
+        help="the cached ceiling is stale: store this measurement even where it is lower",
+    )
+    parser.add_argument(
         "--host-shapes",
         type=Path,
         metavar="CONFIG_YAML",
@@ -196,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
         # Small sizes only: a lower ceiling than a full sweep, so it never replaces one.
         "quick": {p: bool(args.quick or args.sizes) for p in results},
     }
-    path = _save_ceiling(record, args.out)
+    path = _save_ceiling(record, args.out, replace=args.replace)
     console.print(_ceiling_table(device_name, results))
     console.print(f"saved {path}")
     return 0
@@ -224,12 +232,12 @@ def _host_shapes(config: Path, cpu_threads: int) -> int:
     return 0
 
 
-def _save_ceiling(record: dict, out: Path | None) -> Path:
+def _save_ceiling(record: dict, out: Path | None, *, replace: bool = False) -> Path:
     """The cache (merged with what it held) and ``out``; returns the cache's path."""
     path = cache_path(record["device_name"], record["cpu_threads"])
     previous = load_measured(record["device_name"], record["cpu_threads"])
     if previous:
-        record = merge_measurements(previous, record)
+        record = merge_measurements(previous, record, replace=replace)
     save(path, record)
     if out:
         save(out, record)

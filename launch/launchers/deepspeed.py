@@ -9,7 +9,14 @@ they take LOCAL_RANK from the environment, not from a `--local_rank` argument; u
 and slurm runners, which set no RANK/LOCAL_RANK, from OMPI_/PMI_/SLURM_ variables, see
 train/runtime/distributed.py).
 
-Two traps of DeepSpeed 0.19's runners, handled here:
+Traps of DeepSpeed 0.19's runners, handled here (each run for real in tests/cluster):
+- openmpi as root: mpirun refuses to start without `--allow-run-as-root`, passed as
+  `--launcher_args` when the driver is root;
+- the slurm runner turns --num_gpus into `srun --gpus-per-node` (CPU nodes have none), checks
+  ssh it does not use, and runs `python -u SCRIPT` without the `-m` of --module: its line has
+  no --num_gpus, has --no_ssh_check and `-- -m module` (and `--ntasks-per-node`, without
+  which srun sets no SLURM_NTASKS_PER_NODE for the ranks); srun needs an allocation, so the
+  driver refuses it outside one (launch/cluster/setup.py);
 - the MPI runners (openmpi, mpich, impi, mvapich) refuse `--num_nodes/--num_gpus` ("does not
   support limiting num nodes/gpus"): the run's own hostfile says how many instead;
 - every runner but pdsh hands variables over without a shell (`mpirun -x K=v`, `srun
@@ -31,6 +38,7 @@ from launch.launchers.command import NodeCommand, executable_beside_python
 from launch.launchers.environment import rank_environment
 from launch.plan import RunPlan
 from train.spec.config import RunConfig
+from train.spec.safe_files import write_atomic
 
 HOSTFILE = "hostfile"
 ENV_FILE = ".deepspeed_env"
@@ -70,7 +78,7 @@ def write_launch_files(cfg: RunConfig, plan: RunPlan, nodes: list[ClusterNode]) 
     plan.run_dir.mkdir(parents=True, exist_ok=True)
     if plan.nodes > 1:
         names = [node.name for node in nodes[: plan.nodes]]
-        (plan.run_dir / HOSTFILE).write_text(format_hostfile(names, plan.nproc_per_node))
+        write_atomic(plan.run_dir / HOSTFILE, format_hostfile(names, plan.nproc_per_node))
     env = env_command(cfg)
     if plan.nodes > 1 and cfg.launcher.runner != "pdsh":
         # The openmpi and slurm runners pass no rendezvous to the ranks; the file reaches them.
@@ -81,7 +89,7 @@ def write_launch_files(cfg: RunConfig, plan: RunPlan, nodes: list[ClusterNode]) 
         env = NodeCommand(0, [], {**env.env, **master})
     # DeepSpeed reads each value up to the end of its line and quotes it itself: raw values
     # (the fabric check refuses newlines).
-    (plan.run_dir / ENV_FILE).write_text(env.dotenv())
+    write_atomic(plan.run_dir / ENV_FILE, env.dotenv())
 
 
 def runner_options(runner: str, nproc_per_node: int) -> list[str]:

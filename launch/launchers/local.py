@@ -1,4 +1,5 @@
-"""Run one planned run's node commands on this machine and show rank 0's progress."""
+"""Run one planned run's node commands on this machine and show rank 0's progress; a run
+whose ranks stall (launch/launchers/watchdog.py) is stopped and recorded as failed."""
 
 from __future__ import annotations
 
@@ -6,10 +7,12 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import time
 from collections import deque
+from dataclasses import dataclass
 from pathlib import Path
 
 from rich.progress import (
@@ -23,7 +26,9 @@ from rich.progress import (
 
 from launch.errors import RunFailed
 from launch.launchers.command import NodeCommand
+from launch.launchers.watchdog import StallWatch, kill_ranks
 from launch.plan import RunPlan
+from train.spec.heartbeat import HEARTBEAT_DIR
 
 
 def progress_bar() -> Progress:
@@ -116,6 +121,14 @@ def stop(procs: list[subprocess.Popen]) -> None:
             proc.wait()
 
 
+@dataclass
+class Outcome:
+    """How a run's processes ended: a node that failed, a stall, or (neither) all exited 0."""
+
+    failed: tuple[NodeCommand, int] | None = None
+    stalled: str | None = None
+
+
 def run_nodes(
     nodes: list[NodeCommand],
     plan: RunPlan,
@@ -126,22 +139,25 @@ def run_nodes(
     require_result: bool = True,
     keep_progress: bool = False,
     keep_result: bool = False,
+    stall_timeout_s: float = 0.0,
 ) -> dict | None:
     """Start every node's command together, follow rank 0's metrics, return its summary.
 
     One node on this machine (local), or all of them (the emulated cluster, each command
     already wrapped in its namespace). When one node fails the others are stopped: their
     torchrun would otherwise wait out the rendezvous timeout for a peer that never comes.
+    A stall (``stall_timeout_s``, launch/launchers/watchdog.py) stops them all too.
     """
     # A stale result never passes for this run's; progress is kept when the run resumes;
     # keep_result: another node's driver owns them (a run dir on a shared filesystem).
     stale = [] if keep_result else [result_file]
     for name in stale if keep_progress else [progress_file, *stale]:
         (plan.run_dir / name).unlink(missing_ok=True)
+    if not keep_result:  # the last run's heartbeats would read as silent ranks
+        shutil.rmtree(plan.run_dir / HEARTBEAT_DIR, ignore_errors=True)
     task = progress.add_task(plan.name, total=total_steps, loss="-", tokens_per_s="-")
-    tail = MetricsTail(plan.run_dir / progress_file)
+    watch = StallWatch(plan.run_dir, stall_timeout_s)
     procs: list[subprocess.Popen] = []
-    failed: tuple[NodeCommand, int] | None = None
     with contextlib.ExitStack() as logs:
         try:
             for node in nodes:
@@ -156,24 +172,59 @@ def run_nodes(
                         start_new_session=True,
                     )
                 )
-            while True:
-                codes = [proc.poll() for proc in procs]
-                for record in tail.new_records():
-                    fields = {}
-                    if "loss" in record:
-                        fields["loss"] = f"{record['loss']:.4f}"
-                    if "tokens_per_s" in record:
-                        fields["tokens_per_s"] = f"{record['tokens_per_s']:,.0f}"
-                    progress.update(task, completed=record["step"], **fields)
-                exits = zip(nodes, codes, strict=True)
-                failed = next(((n, code) for n, code in exits if code not in (None, 0)), None)
-                if failed or all(code is not None for code in codes):
-                    break
-                time.sleep(0.2)
+            outcome = follow(
+                nodes,
+                procs,
+                MetricsTail(plan.run_dir / progress_file),
+                watch,
+                lambda **fields: progress.update(task, **fields),
+            )
+            if outcome.stalled:
+                kill_ranks(plan.run_dir)  # a stopped rank ignores the launcher's SIGTERM
         finally:
-            stop(procs)  # Ctrl-C, a failed node, or nothing left to stop
-    if failed:
-        node, code = failed
+            stop(procs)  # Ctrl-C, a failed node, a stall, or nothing left to stop
+            kill_ranks(plan.run_dir)  # any rank the launchers left behind
+            if not keep_result:
+                shutil.rmtree(plan.run_dir / HEARTBEAT_DIR, ignore_errors=True)
+    return result_of(plan, outcome, result_file, require_result)
+
+
+def follow(
+    nodes: list[NodeCommand],
+    procs: list[subprocess.Popen],
+    tail: MetricsTail,
+    watch: StallWatch,
+    show,
+) -> Outcome:
+    """Poll until every node has exited, one has failed, or the ranks stalled."""
+    while True:
+        codes = [proc.poll() for proc in procs]
+        for record in tail.new_records():
+            fields = {}
+            if "loss" in record:
+                fields["loss"] = f"{record['loss']:.4f}"
+            if "tokens_per_s" in record:
+                fields["tokens_per_s"] = f"{record['tokens_per_s']:,.0f}"
+            show(completed=record["step"], **fields)
+            watch.saw_progress()
+        exits = zip(nodes, codes, strict=True)
+        failed = next(((n, code) for n, code in exits if code not in (None, 0)), None)
+        if failed or all(code is not None for code in codes):
+            return Outcome(failed=failed)
+        stalled = watch.stalled()
+        if stalled:
+            return Outcome(stalled=stalled)
+        time.sleep(0.2)
+
+
+def result_of(
+    plan: RunPlan, outcome: Outcome, result_file: str, require_result: bool
+) -> dict | None:
+    """The run's result, or RunFailed saying why there is none."""
+    if outcome.stalled:
+        raise RunFailed(f"{plan.name}: {outcome.stalled}", log_tail=outcome.stalled)
+    if outcome.failed:
+        node, code = outcome.failed
         log_path = node_log_path(plan.run_dir, node.node_rank)
         lines = failing_rank_lines(log_path)
         raise RunFailed(

@@ -19,6 +19,7 @@ from launch.errors import ConfigError, RunFailed
 from launch.launchers.torchrun import slurm_task_command
 from launch.plan import RunPlan
 from train.spec.config import RunConfig
+from train.spec.safe_files import write_atomic
 
 SCRIPT_NAME = "job.sbatch"
 # A multi-node job's rendezvous port: cluster.master_port + job id modulo this.
@@ -62,34 +63,63 @@ def job_name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]", "_", name)[:64] or "scaleprobe"
 
 
-def cpus_per_task(cfg: RunConfig, plan: RunPlan) -> int:
+def partition_cpus(partition: str | None) -> int | None:
+    """The fewest CPUs a node of ``partition`` (default: Slurm's) has, from `sinfo`, or None
+    where sinfo is missing, fails or answers nothing (a login node without Slurm's config)."""
+    if shutil.which("sinfo") is None:
+        return None
+    argv = ["sinfo", "--noheader", "--Node", "--format=%c"]
+    if partition:
+        argv.append(f"--partition={partition}")
+    try:
+        result = subprocess.run(argv, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    counts = [int(x) for x in result.stdout.split() if x.isdigit()]
+    return min(counts) if result.returncode == 0 and counts else None
+
+
+def cpus_per_task(cfg: RunConfig, plan: RunPlan, node_cpus: int | None = None) -> int:
     """CPUs for the one task per node (torchrun and all its ranks).
 
     Without it Slurm may give the task one core, which torchrun, every rank, its data and
     torch.compile's workers then share. CPU ranks get cpu_threads_per_rank each; GPU ranks
-    launcher.cpus_per_gpu each (a DGX/HGX node has 14 or more cores per GPU).
+    launcher.cpus_per_gpu each (a DGX/HGX node has 14 or more cores per GPU), capped at the
+    partition's smallest node (``node_cpus``, from sinfo): more than a node has is a job that
+    never starts.
     """
     if cfg.launcher.cpus_per_task:
+        if node_cpus is not None and cfg.launcher.cpus_per_task > node_cpus:
+            raise ConfigError(
+                "launcher.cpus_per_task",
+                f"{cfg.launcher.cpus_per_task}: the partition's nodes have {node_cpus} CPUs "
+                "(sinfo); the job would never start",
+            )
         return cfg.launcher.cpus_per_task
     per_rank = (
         cfg.cluster.cpu_threads_per_rank if cfg.gpu.name == "cpu" else cfg.launcher.cpus_per_gpu
     )
-    return plan.nproc_per_node * per_rank
+    wanted = plan.nproc_per_node * per_rank
+    return wanted if node_cpus is None else min(wanted, node_cpus)
 
 
 def sbatch_script(
     cfg: RunConfig, plan: RunPlan, config_path: Path, module: str = "train", workdir: Path = None
 ) -> str:
     workdir = workdir or Path.cwd()
+    node_cpus = partition_cpus(cfg.launcher.partition)
     directives = [
         f"--job-name={job_name(f'{cfg.name}-{plan.name}')}",
         f"--nodes={plan.nodes}",
         # One task per node: that task is torchrun, which starts the node's ranks.
         "--ntasks-per-node=1",
-        f"--cpus-per-task={cpus_per_task(cfg, plan)}",
+        f"--cpus-per-task={cpus_per_task(cfg, plan, node_cpus)}",
     ]
     if cfg.gpu.name != "cpu":
         directives.append(f"--gpus-per-node={plan.nproc_per_node}")
+        # The whole node and all its memory: a scaling measurement shares nothing, and
+        # ZeRO-Offload's host copies would hit the cgroup's default memory limit.
+        directives += ["--exclusive", "--mem=0"]
     directives.append(f"--time={cfg.launcher.time}")
     if cfg.launcher.partition:
         directives.append(f"--partition={cfg.launcher.partition}")
@@ -97,9 +127,15 @@ def sbatch_script(
         directives.append(f"--account={cfg.launcher.account}")
 
     task = slurm_task_command(cfg, plan, config_path, module)
+    checked = (
+        f"the partition's nodes have {node_cpus} CPUs (sinfo)"
+        if node_cpus is not None
+        else "not checked against the nodes (no sinfo answer here)"
+    )
     lines = [
         "#!/bin/bash",
         f"# scaleprobe {job_name(plan.name)}: {plan.nodes} node(s) x {plan.nproc_per_node} rank(s)",
+        f"# --cpus-per-task: {checked}",
         *(f"#SBATCH {d}" for d in directives),
         "set -euo pipefail",
         f"cd {shlex.quote(str(workdir))}",
@@ -124,7 +160,7 @@ def sbatch_argv(script_path: Path) -> list[str]:
 
 def write_script(cfg: RunConfig, plan: RunPlan, config_path: Path, module: str = "train") -> Path:
     path = plan.run_dir / SCRIPT_NAME
-    path.write_text(sbatch_script(cfg, plan, config_path, module))
+    write_atomic(path, sbatch_script(cfg, plan, config_path, module))
     os.chmod(path, 0o755)
     return path
 

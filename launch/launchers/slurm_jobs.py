@@ -22,6 +22,7 @@ from datetime import datetime
 from pathlib import Path
 
 from launch.errors import ConfigError
+from train.spec.safe_files import write_atomic
 
 JOBS_FILE = "slurm_jobs.json"
 # States after which a job runs nothing more (squeue/sacct spell them like this).
@@ -53,7 +54,7 @@ class JobState:
 
 def record_jobs(root: Path, jobs: dict[str, str]) -> None:
     record = {"submitted": datetime.now().isoformat(timespec="seconds"), "jobs": jobs}
-    (root / JOBS_FILE).write_text(json.dumps(record, indent=2) + "\n")
+    write_atomic(root / JOBS_FILE, json.dumps(record, indent=2) + "\n")
 
 
 def recorded_jobs(root: Path) -> dict[str, str]:

@@ -42,6 +42,11 @@ class Calibration:
         return dataclasses.replace(
             rates,
             matmul_fraction=rates.matmul_fraction * self.compute_scale,
+            fp8_matmul_fraction=(
+                rates.fp8_matmul_fraction * self.compute_scale
+                if rates.fp8_matmul_fraction
+                else None
+            ),
             attention_fraction=rates.attention_fraction * self.compute_scale,
             hbm_gbytes_per_s=hbm * self.compute_scale if hbm else hbm,
             intra=scaled(rates.intra, self.intra_scale),
@@ -59,15 +64,18 @@ def load_calibration(run_dir: str | None, comm_json: str | None) -> Calibration:
         summary_path = path / "summary.json"
         if not summary_path.is_file():
             raise ConfigError("project.calibrate", f"{run_dir} has no summary.json (not a run dir)")
-        summary = json.loads(summary_path.read_text())
+        summary = _read_json(summary_path, "project.calibrate")
         config_path = path / "config.yaml"
         if not config_path.is_file():
             raise ConfigError("project.calibrate", f"{run_dir} has no config.yaml")
-        workload = load_run_config(config_path)
+        workload = _load_config(config_path, "project.calibrate")
         measured = (summary.get("step_time_s") or {}).get("median")
         if not measured:
             raise ConfigError("project.calibrate", f"{summary_path} has no step_time_s.median")
         resolved = (summary.get("precision") or {}).get("resolved")
+        missing = [k for k in ("world_size", "nproc_per_node", "nodes") if k not in summary]
+        if missing:
+            raise ConfigError("project.calibrate", f"{summary_path} has no {missing[0]}")
         predicted = predict_run(workload, summary, precision=resolved)
         compute_scale = predicted.step_time_s / measured
         notes.append(
@@ -81,13 +89,32 @@ def load_calibration(run_dir: str | None, comm_json: str | None) -> Calibration:
     return Calibration(compute_scale, intra_scale, inter_scale, workload, "; ".join(notes))
 
 
+def _load_config(path: Path, key: str) -> RunConfig:
+    try:
+        return load_run_config(path)
+    except Exception as exc:  # noqa: BLE001 - OmegaConf's errors for a file it cannot read
+        first = f"{type(exc).__name__}: {exc}".splitlines()[0]
+        raise ConfigError(key, f"{path} is not a run config this version reads ({first})") from None
+
+
+def _read_json(path: Path, key: str) -> dict:
+    """``path``'s JSON object; ConfigError naming ``key`` when it is not one."""
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ConfigError(key, f"{path} is not readable JSON ({exc})") from None
+    if not isinstance(record, dict):
+        raise ConfigError(key, f"{path} holds no JSON object")
+    return record
+
+
 def _link_scales(comm_json: str, workload: RunConfig | None) -> tuple[float, float, str]:
     path = Path(comm_json)
     if not path.is_file():
         raise ConfigError("project.calibrate_comm", f"{comm_json} does not exist")
-    record = json.loads(path.read_text())
+    record = _read_json(path, "project.calibrate_comm")
     config_path = path.parent / "config.yaml"
-    cfg = load_run_config(config_path) if config_path.is_file() else workload
+    cfg = _load_config(config_path, "project.calibrate_comm") if config_path.is_file() else workload
     if cfg is None:
         raise ConfigError("project.calibrate_comm", f"no config.yaml beside {comm_json}")
     link = cfg.cluster.link_gbps if cfg.cluster.name == "emulated" else None

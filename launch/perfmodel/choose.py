@@ -1,45 +1,67 @@
 """`parallel=auto`: the layout and degrees with the best predicted tokens/s per device.
 
 Candidates (torch layouts: DeepSpeed's zero* need an extra install and are left to explicit
-choice): ddp; fsdp over all ranks; hsdp (shard in a node, replicate across nodes) when there
-are several nodes; tp inside one node and tp_fsdp (TP inside a node, FSDP across the rest),
-each only on parts whose NVLink joins the TP group, with tp dividing the heads, kv heads and
-MLP width. Each with and without full activation checkpointing. Among those that fit the
-part's memory, the best predicted tokens/s per device wins; a TP layout must beat the best
-layout without TP by TP_MARGIN, because TP puts communication on the critical path where a
-misprediction costs most. The reason names the winner, its throughput and the runner-up.
+choice): each catalog row with ``auto_degrees`` at the degrees it proposes (ddp; fsdp over all
+ranks; hsdp when there are several nodes; tp inside one node and tp_fsdp, TP only on parts
+whose NVLink joins the TP group), the pipelines (pp, pp_fsdp) at pp = 2, 4, 8 or the node
+count (a stage per node: only activations cross the NIC) with the configured schedule, and for
+a mixture-of-experts model expert parallelism (ep, ep_fsdp) inside a node. Each
+with and without full activation checkpointing, each checked by every rule a run must pass
+(train/spec/rules.py check_run: a refused one is no candidate). Among those that fit the
+part's memory, the best predicted tokens/s per device wins; a TP or pipeline layout must beat
+the best other one by MODEL_PARALLEL_MARGIN, because it puts communication (or a bubble) on
+the critical path where a misprediction costs most. The reason names the winner, its
+throughput and the runner-up.
 """
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 from launch.errors import ConfigError
 from launch.perfmodel.hardware import PartRates, part_rates
 from launch.perfmodel.step import Placement, Prediction, predict, projected_precision
-from train.spec.catalog import ROWS
+from train.spec.catalog import ROWS, Layout
 from train.spec.config import RunConfig
-from train.spec.degrees import (
-    BatchRule,
-    Degrees,
-    LayoutPlan,
-    check_tensor_parallel,
-    checkpointed_layers,
-)
+from train.spec.degrees import BatchRule, Degrees
+from train.spec.rules import check_run
 
-TP_MARGIN = 0.05  # TP must predict at least 5% more tokens/s per device to be chosen
+MODEL_PARALLEL_MARGIN = 0.05  # TP / pipelines must predict 5% more tokens/s per device
+TP_MARGIN = MODEL_PARALLEL_MARGIN
 # Within this share of the best, the simpler layout (candidate order: ddp, fsdp, hsdp, tp,
-# tp_fsdp; no checkpointing first) wins: the model is not that precise.
+# tp_fsdp, pp, pp_fsdp; no checkpointing first) wins: the model is not that precise.
 SIMPLER_MARGIN = 0.02
 TP_DEGREES = (2, 4, 8)
+PP_DEGREES = (2, 4, 8)
+EP_DEGREES = (2, 4, 8)
 CHECKPOINTING = ("none", "full")
-
-
-DEGREE_NAMES = ("dp_replicate", "dp_shard", "tp")
+DEGREE_NAMES = ("pp", "dp_replicate", "dp_shard", "ep", "tp")
 
 
 def _degree_values(d: Degrees) -> dict[str, int]:
     return {name: getattr(d, name) for name in DEGREE_NAMES}
+
+
+@dataclass(frozen=True)
+class Candidate:
+    name: str
+    degrees: Degrees
+    activation_checkpoint: str
+    prediction: Prediction
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.prediction.tokens_per_s_per_device
+
+    @property
+    def model_parallel(self) -> bool:
+        return self.degrees.tp > 1 or self.degrees.pp > 1
+
+    @property
+    def label(self) -> str:
+        parts = [f"{k} {v}" for k, v in _degree_values(self.degrees).items() if v > 1]
+        return f"{self.name} ({', '.join(parts) or 'one rank'})"
 
 
 @dataclass(frozen=True)
@@ -60,63 +82,79 @@ class Choice:
         }
 
 
-@dataclass(frozen=True)
-class Candidate:
-    name: str
-    degrees: Degrees
-    activation_checkpoint: str
-    prediction: Prediction
-
-    @property
-    def tokens_per_s(self) -> float:
-        return self.prediction.tokens_per_s_per_device
-
-    @property
-    def label(self) -> str:
-        parts = [f"{k} {v}" for k, v in _degree_values(self.degrees).items() if v > 1]
-        return f"{self.name} ({', '.join(parts) or 'one rank'})"
-
-
 def candidate_degrees(
     cfg: RunConfig, where: Placement, rates: PartRates
 ) -> list[tuple[str, Degrees]]:
-    """Each catalog row that parallel=auto considers, at the degrees its row proposes; TP
-    degrees only over NVLink inside one node, dividing heads, kv heads and MLP width."""
-    nvlink = rates.intra is not None and rates.intra.kind == "nvlink"
-    per_node = where.nproc_per_node
+    """Each catalog row that parallel=auto considers, at the degrees it proposes; TP degrees
+    only over NVLink inside one node; pipelines at PP_DEGREES and the node count."""
     out = []
     for row in ROWS:
+        if row.pipeline:
+            out += [(row.name.value, d) for d in _pipeline_degrees(row, cfg, where)]
+            continue
+        if row.expert_parallel:
+            out += [(row.name.value, d) for d in _expert_degrees(row, cfg, where)]
+            continue
         if row.auto_degrees is None:
             continue
-        tps = [1]
-        if row.tensor_parallel:
-            tps = [tp for tp in TP_DEGREES if nvlink and tp <= min(per_node, rates.intra_span)]
-        for tp in tps:
-            values = row.auto_degrees(where.world_size, per_node, where.nodes, tp)
+        for tp in _tp_degrees(row, where, rates):
+            values = row.auto_degrees(where.world_size, where.nproc_per_node, where.nodes, tp)
             if values is None:
                 continue
             degrees = Degrees(**{"dp_replicate": 1, "dp_shard": 1, "tp": 1, **values})
-            if degrees.world != where.world_size:
-                continue
-            if degrees.tp > 1:
-                try:
-                    sp = cfg.parallel.sequence_parallel is not False
-                    check_tensor_parallel(cfg.model, degrees.tp, cfg.train.seq_len, sp)
-                except ConfigError:
-                    continue
-            out.append((row.name.value, degrees))
+            if degrees.world == where.world_size:
+                out.append((row.name.value, degrees))
+    return out
+
+
+def _tp_degrees(row: Layout, where: Placement, rates: PartRates) -> list[int]:
+    if not row.tensor_parallel:
+        return [1]
+    if rates.intra is None or rates.intra.kind != "nvlink":
+        return []
+    return [tp for tp in TP_DEGREES if tp <= min(where.nproc_per_node, rates.intra_span)]
+
+
+def _pipeline_degrees(row: Layout, cfg: RunConfig, where: Placement) -> list[Degrees]:
+    """pp over PP_DEGREES and the node count (stage groups of consecutive ranks), the rest of
+    the world on the row's data-parallel degree (DDP's replicas or FSDP's shards)."""
+    sizes = [pp for pp in sorted({*PP_DEGREES, where.nodes}) if pp <= cfg.model.n_layers]
+    return _split_degrees(row, "pp", sizes, where)
+
+
+def _expert_degrees(row: Layout, cfg: RunConfig, where: Placement) -> list[Degrees]:
+    """MoE models: ep over EP_DEGREES inside a node (the all-to-all on NVLink), dividing the
+    experts; the rest of the world on the row's data-parallel degree."""
+    if not cfg.model.n_experts:
+        return []
+    sizes = [
+        ep for ep in EP_DEGREES if ep <= where.nproc_per_node and cfg.model.n_experts % ep == 0
+    ]
+    return _split_degrees(row, "ep", sizes, where)
+
+
+def _split_degrees(row: Layout, dim: str, sizes: list[int], where: Placement) -> list[Degrees]:
+    """``dim`` at each of ``sizes`` dividing the world, the rest on the row's data-parallel
+    degree (its shards where it has them, else its replicas)."""
+    inner = "dp_shard" if "dp_shard" in row.degrees else "dp_replicate"
+    out = []
+    for size in sizes:
+        if size < 2 or where.world_size % size:
+            continue
+        values = {"dp_replicate": 1, "dp_shard": 1, "tp": 1, dim: size}
+        values[inner] = where.world_size // size
+        out.append(Degrees(**values))
     return out
 
 
 def choose_layout(
     cfg: RunConfig,
+    where: Placement,
     *,
-    world_size: int,
-    nproc_per_node: int,
-    nodes: int,
     precision: str | None = None,
     rates: PartRates | None = None,
     batch: BatchRule | None = None,
+    attention: str = "flash",
 ) -> Choice:
     """The best layout for ``cfg`` at this shape; ConfigError naming the memory if none fits.
     ``batch``: each candidate's global batch (default: train.global_batch for all); under
@@ -125,26 +163,17 @@ def choose_layout(
         precision, _ = projected_precision(cfg.precision.name, cfg.gpu.name, cfg.gpu.fp8)
     width = "bf16" if precision == "fp8" else precision
     rates = rates or part_rates(cfg.gpu, precision=width)
-    where = Placement(world_size, nproc_per_node, nodes)
     batch = batch or BatchRule(global_batch=cfg.train.global_batch)
-    candidates = _candidates(cfg, where, precision, rates, batch)
+    candidates, refusals = _candidates(cfg, where, precision, rates, batch, attention)
+    if not candidates:
+        # Refused whatever the layout (a sequence too long, fp8 with nothing to run in it):
+        # the first rule's own error, naming its key.
+        if refusals:
+            raise refusals[0]
+        raise ConfigError("parallel", "parallel=auto: no layout proposes degrees for this shape")
     fitting = [c for c in candidates if c.prediction.fits]
     if not fitting:
-        smallest = min(candidates, key=lambda c: c.prediction.memory.peak_bytes, default=None)
-        need = "?"
-        if smallest is not None:
-            need = (
-                f"{smallest.prediction.memory.peak_bytes / 2**30:.1f} GiB per rank "
-                f"({smallest.label}, checkpoint {smallest.activation_checkpoint})"
-            )
-        capacity = rates.hbm_bytes / 1e9 if rates.hbm_bytes else float("nan")
-        raise ConfigError(
-            "parallel",
-            f"no layout of {cfg.model.name} fits {world_size} x {cfg.gpu.name} "
-            f"({capacity:.0f} GB each, micro batch {cfg.train.micro_batch}, seq "
-            f"{cfg.train.seq_len}): the smallest needs {need}; lower train.micro_batch or "
-            "add nodes",
-        )
+        raise _fits_nowhere(cfg, candidates, rates, where.world_size)
     best = _best(fitting)
     ranked = sorted(fitting, key=lambda c: c.tokens_per_s, reverse=True)
     runner_up = next((c for c in ranked if c is not best), None)
@@ -152,40 +181,86 @@ def choose_layout(
     return Choice(best.name, best.degrees, best.activation_checkpoint, reason, best.prediction)
 
 
-def _candidates(
-    cfg: RunConfig, where: Placement, precision: str, rates: PartRates, batch: BatchRule
-) -> list[Candidate]:
-    """Every candidate layout with and without full checkpointing that splits the batch,
-    predicted (in candidate order: ddp, fsdp, hsdp, tp, tp_fsdp; no checkpointing first).
-    TP candidates run sequence parallelism unless parallel.sequence_parallel=false."""
-    out = []
-    for name, degrees in candidate_degrees(cfg, where, rates):
-        global_batch = batch.global_batch_for(degrees)
-        if global_batch % (cfg.train.micro_batch * degrees.dp):
-            continue
-        sequence_parallel = degrees.tp > 1 and cfg.parallel.sequence_parallel is not False
-        for ckpt in CHECKPOINTING:
-            layers = checkpointed_layers(ckpt, cfg.model.n_layers, cfg.parallel.checkpoint_every)
-            plan = LayoutPlan(name, degrees, sequence_parallel, layers)
-            pred = predict(
-                cfg, plan, where, global_batch=global_batch, precision=precision, rates=rates
-            )
-            out.append(Candidate(name, degrees, ckpt, pred))
+def _fits_nowhere(
+    cfg: RunConfig, candidates: list[Candidate], rates: PartRates, world_size: int
+) -> ConfigError:
+    smallest = min(candidates, key=lambda c: c.prediction.memory.peak_bytes)
+    need = (
+        f"{smallest.prediction.memory.peak_bytes / 2**30:.1f} GiB per rank "
+        f"({smallest.label}, checkpoint {smallest.activation_checkpoint})"
+    )
+    capacity = rates.hbm_bytes / 2**30 if rates.hbm_bytes else float("nan")
+    return ConfigError(
+        "parallel",
+        f"no layout of {cfg.model.name} fits {world_size} x {cfg.gpu.name} "
+        f"({capacity:.0f} GiB each, micro batch {cfg.train.micro_batch}, seq "
+        f"{cfg.train.seq_len}): the smallest needs {need}; lower train.micro_batch or "
+        "add nodes",
+    )
+
+
+def candidate_config(
+    cfg: RunConfig, name: str, degrees: Degrees, checkpoint: str, global_batch: int
+) -> RunConfig:
+    """``cfg`` with this candidate's layout, degrees, checkpointing and global batch."""
+    out = copy.deepcopy(cfg)
+    out.parallel.name = name
+    for key in DEGREE_NAMES:
+        setattr(out.parallel, key, getattr(degrees, key))
+    out.parallel.activation_checkpoint = checkpoint
+    out.train.global_batch = global_batch
     return out
 
 
+def _candidates(
+    cfg: RunConfig,
+    where: Placement,
+    precision: str,
+    rates: PartRates,
+    batch: BatchRule,
+    attention: str,
+) -> tuple[list[Candidate], list[ConfigError]]:
+    """Every candidate layout with and without full checkpointing that passes the run rules,
+    predicted (in candidate order; no checkpointing first), and why the others were refused.
+    TP candidates run sequence parallelism unless parallel.sequence_parallel=false."""
+    out, refusals = [], []
+    for name, degrees in candidate_degrees(cfg, where, rates):
+        global_batch = batch.global_batch_for(degrees)
+        for ckpt in CHECKPOINTING:
+            work = candidate_config(cfg, name, degrees, ckpt, global_batch)
+            try:
+                plan = check_run(work, where.world_size, where.nproc_per_node).layout
+                pred = predict(
+                    work,
+                    plan,
+                    where,
+                    global_batch=global_batch,
+                    precision=precision,
+                    rates=rates,
+                    attention=attention,
+                )
+            except ConfigError as exc:
+                refusals.append(exc)
+                continue
+            out.append(Candidate(name, plan.degrees, ckpt, pred))
+    return out, refusals
+
+
 def _best(fitting: list[Candidate]) -> Candidate:
-    """The most tokens/s per device; TP only when it beats the best without TP by
-    TP_MARGIN; then the first (simplest) candidate within SIMPLER_MARGIN of that."""
+    """The most tokens/s per device; TP or a pipeline only when it beats the best plain
+    layout by MODEL_PARALLEL_MARGIN; then the first (simplest) candidate within
+    SIMPLER_MARGIN of that."""
     ranked = sorted(fitting, key=lambda c: c.tokens_per_s, reverse=True)
-    best_plain = next((c for c in ranked if c.degrees.tp == 1), None)
+    best_plain = next((c for c in ranked if not c.model_parallel), None)
     best = ranked[0]
-    if best.degrees.tp > 1 and best_plain is not None:
-        if best.tokens_per_s / best_plain.tokens_per_s - 1 < TP_MARGIN:
+    if best.model_parallel and best_plain is not None:
+        if best.tokens_per_s / best_plain.tokens_per_s - 1 < MODEL_PARALLEL_MARGIN:
             best = best_plain
     floor = best.tokens_per_s * (1 - SIMPLER_MARGIN)
     return next(
-        c for c in fitting if c.tokens_per_s >= floor and (c.degrees.tp == 1 or best.degrees.tp > 1)
+        c
+        for c in fitting
+        if c.tokens_per_s >= floor and (not c.model_parallel or best.model_parallel)
     )
 
 

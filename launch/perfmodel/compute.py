@@ -3,10 +3,19 @@
 - matmuls: 6 FLOPs per matmul parameter per token (2 forward, 4 backward), plus 2 per
   parameter of each checkpointed block's replayed forward, at peak x the matmul fraction;
   TP splits the block matrices and the head (vocab-parallel, train/parallel/tensor_parallel.py);
-- attention scores and values: 12 L H Q T per token (+ 4 H Q T per replayed block) at peak x
-  the attention fraction (FlashAttention's measured share);
+- attention, by kernel (``attention``, project.attention): ``flash`` (what SDPA runs on CUDA)
+  executes causal FlashAttention-2's FLOPs as its paper counts them (half of 4 H Q T forward,
+  2.5 x that backward, the forward again per replayed block) at peak x the attention fraction
+  (FA2's measured share); ``math`` (unfused: SDPA's math path, Megatron-LM before FA) runs the
+  whole score matrix, 12 H Q T (+4 replayed), as batched GEMMs at the matmul rate and streams
+  it through HBM: 22 bytes per score element and block at 16 bits (forward: write scores,
+  softmax read + write, read probabilities; backward: read probabilities, write their
+  gradient, softmax backward read 2 write 1, read the score gradient twice), 8 more per replay;
 - memory-bound work at the achievable HBM rate: elementwise kernels per token, autocast's
-  weight casts and weight-gradient accumulation per micro-step, AdamW per step.
+  weight casts and weight-gradient accumulation per micro-step, AdamW per step;
+- a gap of hardware.KERNEL_GAP_S between consecutive kernels: per block the elementwise
+  kernels counted from train/model/transformer.py (host.py's counts), its 7 GEMMs forward and
+  14 backward, attention's one each way; replayed blocks their forward again.
 fp8 runs the Linear layers precision.fp8.min_dim wide or wider at the fp8 peak, the rest in
 bf16 (train/runtime/numerics.py's rule). The forward is a third of the block work, the backward two
 thirds (what overlap.py hides communication behind).
@@ -16,8 +25,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from launch.perfmodel.hardware import PartRates
-from launch.perfmodel.host import OPTIMIZER_KERNELS_PER_TENSOR, host_micro_step
+from launch.perfmodel.hardware import KERNEL_GAP_S, PartRates
+from launch.perfmodel.host import (
+    BACKWARD_KERNELS_PER_BLOCK,
+    FORWARD_KERNELS_PER_BLOCK,
+    OPTIMIZER_KERNELS_PER_TENSOR,
+    host_micro_step,
+)
 from train.spec import shapes
 from train.spec.config import ModelConfig
 from train.spec.degrees import LayoutPlan
@@ -36,6 +50,15 @@ HEAD_BYTES_PER_VOCAB = 20  # logits, fp32 copy, log-softmax and its gradient
 WEIGHT_BYTES_PER_MICRO_STEP = {"sixteen": 18, "fp32": 8}
 # AdamW: read param, grad, two moments; write param and moments; read grad for the norm.
 OPTIMIZER_BYTES_PER_PARAM = 32
+ATTENTION_KERNELS = ("flash", "math")
+# Executed attention FLOPs per 12 H Q T (the model FLOPs of forward + backward): FA2 skips the
+# masked half and recomputes the scores in backward (backward = 2.5 x forward, its paper's
+# count): (4 + 10) / 2 = 7; the math path computes every score: 4 + 8 = 12. A replay adds the
+# forward again: 2 (flash) or 4 (math).
+EXECUTED_ATTENTION = {"flash": (7 / 12, 2 / 4), "math": (1.0, 1.0)}
+MATH_SCORE_BYTES = 22  # per score element and block, forward + backward, 16-bit
+MATH_REPLAY_SCORE_BYTES = 8
+GEMMS_PER_BLOCK = (7, 14)  # forward, backward (input and weight gradients)
 
 
 @dataclass(frozen=True)
@@ -48,10 +71,11 @@ class ComputeTime:
     forward_s: float  # the forward share of the above (one third of block work)
     model_flops: float  # per rank per step, without recompute (MFU's numerator)
     hardware_flops: float  # with recompute (HFU's)
+    gaps_s: float = 0.0  # kernel-to-kernel gaps
 
     @property
     def total_s(self) -> float:
-        return self.matmul_s + self.attention_s + self.memory_s
+        return self.matmul_s + self.attention_s + self.memory_s + self.gaps_s
 
     @property
     def backward_s(self) -> float:
@@ -72,7 +96,10 @@ def matmul_rate(rates: PartRates, precision: str) -> float:
     peak = rates.peak_tflops.get(precision) or rates.peak_tflops.get("bf16")
     if not peak:
         raise ValueError(f"{rates.name} has no {precision} peak")
-    return peak * 1e12 * rates.matmul_fraction
+    fraction = rates.matmul_fraction
+    if precision == "fp8" and rates.fp8_matmul_fraction is not None:
+        fraction = rates.fp8_matmul_fraction
+    return peak * 1e12 * fraction
 
 
 def compute_time(
@@ -86,63 +113,145 @@ def compute_time(
     rates: PartRates,
     fp8_min_dim: int = 4096,
     optimizer_split: int | None = None,
+    attention: str = "flash",
+    head: bool = True,
 ) -> ComputeTime:
-    """``optimizer_split``: ranks the AdamW step is split over (default: the layout's)."""
+    """``optimizer_split``: ranks the AdamW step is split over (default: the layout's);
+    ``attention``: the attention kernel (ATTENTION_KERNELS); ``head``: whether this rank runs
+    the output head (a pipeline stage other than the last does not)."""
     t = plan.degrees.tp
     tokens = micro_batch * seq_len * accum_steps  # every rank of a TP group sees them all
     n_ckpt = len(plan.checkpointed)
-    block = shapes.block_matmul_params(m, t)
-    head = shapes.head_matmul_params(m)
-    block_flops = 6 * m.n_layers * block + 2 * n_ckpt * block  # per token
-    head_flops = 6 * head / t  # the head's logits are split over the vocabulary
-    hq = m.n_heads * shapes.head_dim(m)
-    attention_flops = (12 * m.n_layers + 4 * n_ckpt) * hq * seq_len / t
+    flops = StepFlops.of(m, plan, seq_len, head)
 
     width = "bf16" if precision == "fp8" else precision
     bf16_rate = matmul_rate(rates, width)
     if precision == "fp8":
         share = fp8_share(m, fp8_min_dim)
         fp8_rate = matmul_rate(rates, "fp8")
-        block_s = block_flops * (share / fp8_rate + (1 - share) / bf16_rate)
+        block_s = flops.blocks * (share / fp8_rate + (1 - share) / bf16_rate)
     else:
-        block_s = block_flops / bf16_rate
-    matmul_s = tokens * (block_s + head_flops / bf16_rate)
-    attention_rate = (rates.peak_tflops.get(width) or 0) * 1e12 * rates.attention_fraction
-    attention_s = tokens * attention_flops / attention_rate if attention_rate else 0.0
+        block_s = flops.blocks / bf16_rate
+    matmul_s = tokens * (block_s + flops.head / bf16_rate)
     split = optimizer_split or layout_optimizer_split(plan)
     if rates.host is not None:
-        return _host_compute_time(m, plan, micro_batch, seq_len, accum_steps, rates, split)
-    memory_s = _memory_bound_s(
-        m, plan, tokens, accum_steps, precision, split, rates.hbm_gbytes_per_s
+        return _host_compute_time(m, plan, micro_batch, seq_len, accum_steps, rates, split, flops)
+    attention_s = tokens * _attention_s_per_token(
+        m, n_ckpt, seq_len, t, precision, rates, attention
     )
-
-    model_flops = tokens * (
-        6 * m.n_layers * block + head_flops + 12 * m.n_layers * hq * seq_len / t
+    nbytes = memory_bound_bytes(
+        m,
+        plan,
+        tokens=tokens,
+        accum=accum_steps,
+        precision=precision,
+        optimizer_split=split,
+        head=head,
     )
-    hardware_flops = tokens * (block_flops + head_flops + attention_flops)
+    # No memory bandwidth known (a profile without one): left out, stated in the docs.
+    memory_s = nbytes / (rates.hbm_gbytes_per_s * 1e9) if rates.hbm_gbytes_per_s else 0.0
+    gaps_s = kernel_gaps_s(m.n_layers, n_ckpt, accum_steps) if rates.sms else 0.0
     # Forward: a third of each block's work; a replayed forward belongs to backward.
-    forward_s = (matmul_s + attention_s + memory_s) * m.n_layers / (3 * m.n_layers + n_ckpt)
-    return ComputeTime(matmul_s, attention_s, memory_s, forward_s, model_flops, hardware_flops)
+    work = matmul_s + attention_s + memory_s + gaps_s
+    forward_s = work * m.n_layers / (3 * m.n_layers + n_ckpt)
+    return ComputeTime(matmul_s, attention_s, memory_s, forward_s, *flops.of_step(tokens), gaps_s)
 
 
-def _memory_bound_s(
+@dataclass(frozen=True)
+class StepFlops:
+    """FLOPs per token on one rank: the blocks' matmuls (recompute included), the head's,
+    and the model (MFU: no recompute) and hardware (HFU) totals with attention."""
+
+    blocks: float
+    head: float
+    model: float
+    hardware: float
+
+    @classmethod
+    def of(cls, m: ModelConfig, plan: LayoutPlan, seq_len: int, head: bool = True) -> StepFlops:
+        t, n_ckpt = plan.degrees.tp, len(plan.checkpointed)
+        blocks, replayed = block_matmul_params(m, plan)
+        head_flops = 6 * shapes.head_matmul_params(m) / t if head else 0.0  # vocab-parallel
+        hqt = m.n_heads * shapes.head_dim(m) * seq_len / t
+        block_flops = 6 * blocks + 2 * replayed
+        model = 6 * blocks + head_flops + 12 * m.n_layers * hqt
+        hardware = block_flops + head_flops + (12 * m.n_layers + 4 * n_ckpt) * hqt
+        return cls(block_flops, head_flops, model, hardware)
+
+    def of_step(self, tokens: int) -> tuple[float, float]:
+        """(model, hardware) FLOPs of ``tokens`` on this rank."""
+        return tokens * self.model, tokens * self.hardware
+
+
+def block_matmul_params(m: ModelConfig, plan: LayoutPlan) -> tuple[int, int]:
+    """(matmul parameters a token meets in all blocks, in the checkpointed ones) on one rank:
+    a dense block's split over TP; an MoE block's attention, router, shared experts and the
+    top_k routed experts it is sent to (train/spec/shapes.py), whatever rank holds them."""
+    t = plan.degrees.tp
+    if not shapes.is_moe(m):
+        block = shapes.block_matmul_params(m, t)
+        return m.n_layers * block, len(plan.checkpointed) * block
+    per_layer = [shapes.layer_active_matmul_params(m, i) for i in range(m.n_layers)]
+    replayed = sum(per_layer[i] for i in plan.checkpointed if i < m.n_layers)
+    return sum(per_layer), replayed
+
+
+def _attention_s_per_token(
+    m: ModelConfig,
+    n_ckpt: int,
+    seq_len: int,
+    tp: int,
+    precision: str,
+    rates: PartRates,
+    kernel: str,
+) -> float:
+    """Seconds of attention per token of one micro-step (module docstring: flash or math)."""
+    if kernel not in EXECUTED_ATTENTION:
+        raise ValueError(f"attention kernel {kernel!r}: one of {', '.join(ATTENTION_KERNELS)}")
+    width = "bf16" if precision == "fp8" else precision
+    peak = (rates.peak_tflops.get(width) or 0) * 1e12
+    heads_x_positions = m.n_heads * shapes.head_dim(m) * seq_len / tp  # H Q T on this rank
+    per_pass, per_replay = EXECUTED_ATTENTION[kernel]
+    flops = (12 * per_pass * m.n_layers + 4 * per_replay * n_ckpt) * heads_x_positions
+    if kernel == "flash":
+        rate = peak * rates.attention_fraction
+        return flops / rate if rate else 0.0
+    seconds = flops / (peak * rates.matmul_fraction) if peak else 0.0
+    if rates.hbm_gbytes_per_s:
+        width_bytes = 2 if precision in SIXTEEN_BIT else 4
+        scores = m.n_heads / tp * seq_len  # score elements per token and block
+        per_elem = MATH_SCORE_BYTES * m.n_layers + MATH_REPLAY_SCORE_BYTES * n_ckpt
+        seconds += scores * per_elem * width_bytes / 2 / (rates.hbm_gbytes_per_s * 1e9)
+    return seconds
+
+
+def kernel_gaps_s(n_layers: int, n_checkpointed: int, accum_steps: int) -> float:
+    """hardware.KERNEL_GAP_S per GPU kernel of the blocks (module docstring)."""
+    forward = FORWARD_KERNELS_PER_BLOCK + GEMMS_PER_BLOCK[0] + 1
+    backward = BACKWARD_KERNELS_PER_BLOCK + GEMMS_PER_BLOCK[1] + 1
+    kernels = (forward + backward) * n_layers + forward * n_checkpointed
+    return kernels * accum_steps * KERNEL_GAP_S
+
+
+def memory_bound_bytes(
     m: ModelConfig,
     plan: LayoutPlan,
+    *,
     tokens: int,
     accum: int,
     precision: str,
     optimizer_split: int,
-    gbytes_per_s: float | None,
+    head: bool = True,
 ) -> float:
-    if not gbytes_per_s:
-        return 0.0  # no memory bandwidth known: left out, stated in the docs
+    """Bytes the memory-bound kernels of one step stream on one rank (module docstring)."""
     t = plan.degrees.tp
     half_width = (2 if precision in SIXTEEN_BIT else 4) / 2
     n_ckpt = len(plan.checkpointed)
     per_block = (ELEMENTWISE_D * m.d_model + ELEMENTWISE_F * m.ffn_hidden / t) * half_width
     replay = per_block / 3 * n_ckpt  # a replayed forward
-    per_token = m.n_layers * per_block + replay + HEAD_BYTES_PER_VOCAB * m.vocab_size / t
-    local_params = shapes.count_params(m) if t == 1 else _tp_local_params(m, t)
+    per_token = m.n_layers * per_block + replay
+    per_token += HEAD_BYTES_PER_VOCAB * m.vocab_size / t if head else 0.0
+    local_params = _local_params(m, plan)
     row = plan.row
     if precision in SIXTEEN_BIT and (row.deepspeed or row.shards_parameters):
         # DeepSpeed runs the model in 16 bits, FSDP2 casts the shard before gathering it:
@@ -152,7 +261,7 @@ def _memory_bound_s(
         key = "sixteen" if precision in SIXTEEN_BIT else "fp32"
         weights = WEIGHT_BYTES_PER_MICRO_STEP[key] * local_params * accum
     optimizer = OPTIMIZER_BYTES_PER_PARAM * local_params / max(1, optimizer_split)
-    return (tokens * per_token + weights + optimizer) / (gbytes_per_s * 1e9)
+    return tokens * per_token + weights + optimizer
 
 
 def _host_compute_time(
@@ -163,6 +272,7 @@ def _host_compute_time(
     accum: int,
     rates: PartRates,
     split: int,
+    flops: StepFlops,
 ) -> ComputeTime:
     """The cpu profile: kernel times measured at this workload's shapes (perfmodel/host.py)."""
     host = rates.host
@@ -171,26 +281,21 @@ def _host_compute_time(
         m, host, micro_batch=micro_batch, seq_len=seq_len, tp=t, n_checkpointed=n_ckpt
     )
     tokens = micro_batch * seq_len * accum
-    streamed = _memory_bound_s(m, plan, tokens, accum, "fp32", split, host.memory_gbytes_per_s)
+    nbytes = memory_bound_bytes(
+        m, plan, tokens=tokens, accum=accum, precision="fp32", optimizer_split=split
+    )
+    streamed = nbytes / (host.memory_gbytes_per_s * 1e9)
     optimizer_kernels = OPTIMIZER_KERNELS_PER_TENSOR * shapes.param_tensors(m)
     memory_s = micro.kernels_s * accum + streamed + optimizer_kernels * host.kernel_latency_s
     matmul_s, attention_s = micro.gemm_s * accum, micro.attention_s * accum
     forward_s = (micro.gemm_s + micro.attention_s + micro.kernels_s) * accum * micro.forward_share
     forward_s += streamed * m.n_layers / (3 * m.n_layers + n_ckpt)
-    hq = m.n_heads * shapes.head_dim(m)
-    block = shapes.block_matmul_params(m, t)
-    head_flops = 6 * shapes.head_matmul_params(m) / t
-    attention_flops = (12 * m.n_layers + 4 * n_ckpt) * hq * seq_len / t
-    model_flops = tokens * (
-        6 * m.n_layers * block + head_flops + 12 * m.n_layers * hq * seq_len / t
-    )
-    hardware_flops = tokens * (6 * m.n_layers * block + 2 * n_ckpt * block + head_flops)
-    hardware_flops += tokens * attention_flops
-    return ComputeTime(matmul_s, attention_s, memory_s, forward_s, model_flops, hardware_flops)
+    return ComputeTime(matmul_s, attention_s, memory_s, forward_s, *flops.of_step(tokens))
 
 
-def _tp_local_params(m: ModelConfig, t: int) -> int:
-    return shapes.numel(shapes.all_param_shapes(m, t))
+def _local_params(m: ModelConfig, plan: LayoutPlan) -> int:
+    """Parameters one rank steps and casts: TP's shards and EP's experts split."""
+    return shapes.numel(shapes.all_param_shapes(m, plan.degrees.tp, plan.degrees.ep))
 
 
 def layout_optimizer_split(plan: LayoutPlan) -> int:

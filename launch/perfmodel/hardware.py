@@ -12,7 +12,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from launch.perfmodel.host import HostRates
+from launch.perfmodel.nccl_tuning import (
+    NVLINK_LINE_GBYTES_PER_S,
+    NVLINK_LINK_GBYTES_PER_S,
+    NVLS_EFFICIENCY,
+)
 from train.spec.config import GpuConfig
+
+GIB = 2**30
 
 # Generation of each profile: the measured fractions below are per generation.
 GENERATION = {
@@ -29,47 +36,85 @@ GENERATION = {
     "l40s": "ada",
 }
 
-# Best bf16 matmul over a sweep of shapes / dense datasheet peak (MAMF, stas00/ml-engineering
-# compute/accelerator/README.md, "Maximum Achievable Matmul FLOPS comparison table"):
-# A100 SXM 271.2 of 312 (86.9%), H100 SXM 794.5 of 989 (80.3%). Ada: no entry; 0.80 assumed.
-MATMUL_FRACTION = {"ampere": 0.869, "hopper": 0.803, "ada": 0.80}
+# Achievable matmul share of the dense peak when launch.mamf has not measured the part. Not the
+# best case over a shape sweep (MAMF, stas00/ml-engineering "Maximum Achievable Matmul FLOPS
+# comparison table": A100 SXM 271.2/312 = 0.869, H100 SXM 794.5/989 = 0.803), but one large
+# square GEMM, which a step's mix of shapes does not beat: Hopper, bf16 8192^3 measured at
+# 773-779 of 989 TFLOP/s on an H200 (shared/reference/anchors.md, this project, 2026-11-27):
+# 0.78; launch.mamf on an H100 SXM 766.9 (0.775) and that run's own GEMMs at the step's shapes
+# 0.787 (results/gpu/2026-11-28-h100-sxm, bench/h100_trace_constants.py) agree. Ampere: the MAMF
+# table's A100 PCIe (the same GA100 and 312 TFLOP/s peak at a lower
+# power limit) 252.9/312 = 0.81, ASSUMED to stand for an SXM part's typical large GEMM.
+# Ada: no measurement, Hopper's assumed.
+MATMUL_FRACTION = {"ampere": 0.81, "hopper": 0.78, "ada": 0.78}
+# fp8 (torchao / TE scaled GEMMs): _scaled_mm 8192^3 at 1389-1408 of 1979 TFLOP/s on the same
+# H200 (anchors.md): 0.70, against the MAMF table's best 0.709 (H100). Ada assumed alike.
+FP8_MATMUL_FRACTION = {"hopper": 0.70, "ada": 0.70}
 MATMUL_SOURCE = {
-    "ampere": "MAMF A100 SXM 271.2/312 (ml-engineering)",
-    "hopper": "MAMF H100 SXM 794.5/989 (ml-engineering)",
-    "ada": "assumed 0.80 (no published MAMF for Ada)",
+    "ampere": "assumed 0.81: MAMF A100 PCIe 252.9/312 (ml-engineering), not the SXM best 0.869",
+    "hopper": "bf16 8192^3 773/989 on H200 (shared/reference/anchors.md), not the MAMF best",
+    "ada": "assumed 0.78 (no published measurement for Ada)",
 }
-# Causal attention forward + backward through SDPA's FlashAttention-2 kernels: FA2 paper
-# (Dao 2023) reaches 50-73% of A100 peak (0.6 taken); the FA3 paper (Shah et al. 2024) says
-# FA2 reaches 35% of H100 peak. Ada assumed like Hopper (FA2 is not tuned for either).
-ATTENTION_FRACTION = {"ampere": 0.60, "hopper": 0.35, "ada": 0.35}
-# Elementwise kernels (norms, rope, SwiGLU, residual adds, casts, AdamW) stream HBM; 0.8 of
-# the datasheet bandwidth is assumed (STREAM-like copies reach 80-90% on A100/H100).
-HBM_FRACTION = 0.8
-DEFAULT_MATMUL_FRACTION = 0.80  # a part of no known generation (assumed)
+# Causal fused attention forward + backward (SDPA on CUDA: FlashAttention-2 or cuDNN), against
+# the dense peak, its FLOPs counted as the FA2 paper counts them (Dao 2023: causal = half, the
+# backward 2.5 x the forward). Ampere: 50-73% of the A100 peak in that paper, 0.6 taken.
+# Hopper: this project's H100 trace (bench/h100_trace_constants.py: SDPA's cuDNN kernels,
+# torch 2.11) 0.384, beside the FA3 paper's (Shah et al. 2024) FA2 at 35% of the H100 peak:
+# 0.38. Ada assumed like Hopper's FA2 figure (0.35).
+ATTENTION_FRACTION = {"ampere": 0.60, "hopper": 0.38, "ada": 0.35}
+# Memory-bound kernels (norms, rope, SwiGLU, residual adds, casts, the loss, AdamW): the bytes
+# compute.py counts stream at this share of the datasheet HBM rate. Measured on this
+# project's own eager H100 run (bench/h100_trace_constants.py: 309 GB counted, 0.216 s of
+# elementwise, reduction, copy and optimizer kernels per step): 0.43, far below a STREAM
+# copy's 0.86-0.88 (the H200 device copy, anchors.md): the count misses fp32 intermediates
+# and kernels run below bandwidth. Other parts ASSUMED alike (the same code runs there).
+HBM_FRACTION = 0.43
+DEFAULT_MATMUL_FRACTION = 0.78  # a part of no known generation (assumed)
+# Streaming multiprocessors per part (NVIDIA A100 and H100 whitepapers, L40S datasheet; H800,
+# A800 and H200 share their twin's die; H20 78 reported, UNVERIFIED). NCCL runs each channel
+# as a block on an SM of its own, which overlapped compute then lacks (overlap.py).
+SMS = {
+    "a100_40g": 108,
+    "a100_80g": 108,
+    "a800": 108,
+    "h100_sxm": 132,
+    "h800": 132,
+    "h200": 132,
+    "h20": 78,
+    "h100_pcie": 114,
+    "h800_pcie": 114,
+    "h200_nvl": 132,
+    "l40s": 142,
+}
+# Idle time between consecutive GPU kernels of an eager step (launch latency the host did not
+# hide): 2.6 us per kernel in this project's H100 trace (16.7 ms idle over 6391 kernels per
+# step, bench/h100_trace_constants.py); NVIDIA's "Getting Started with CUDA Graphs" (2019)
+# shows ~1 us per back-to-back kernel as the floor.
+KERNEL_GAP_S = 2.6e-6
+# Device memory: the "80GB" of an A100 or H100 is 80 GiB (A100 80GB: 81920 MiB in
+# nvidia-smi), of which CUDA shows less; this project's H200 ("141 GB") shows 139 GiB (the
+# device notes). The profile's hbm_gb is taken as GiB, 139/141 of it visible.
+VISIBLE_MEMORY_SHARE = 139 / 141
 
 # Links. Achievable share of the per-direction rate seen as nccl-tests busbw:
-# NVLink: NCCL's own tuning model caps A100 (sm80) ring busbw at 235 GB/s of 300 (0.78,
-# src/graph/tuning.cc); DeepSeek-V3 (arXiv 2412.19437, sec. 3.2.2) measured about 160 of the
-# H800's 200 GB/s (0.80). NIC: 4 x HDR (100 GB/s per node) measured 85-96 GB/s busbw
-# (nccl-tests issue #119) -> 0.9. PCIe: 0.75 of the x16 rate assumed (p2p through the host
-# bridge, UNVERIFIED).
-NVLINK_FRACTION = 0.80
+# NVLink: NCCL's topology model gives each NVLink 20.0 GB/s (sm80) or 20.6 GB/s (sm90) of the
+# 25 GB/s line rate per direction (src/graph/topo.h): 0.80 and 0.824 (nccl_tuning.py). The
+# maintainer's H100 figure (~370 GB/s ring busbw, nccl-tests #212) and DeepSeek-V3's H800
+# (~160 of 200 GB/s, arXiv 2412.19437 sec. 3.2.2) agree. NIC: 4 x HDR (100 GB/s per node)
+# measured 85-96 GB/s busbw (nccl-tests issue #119) -> 0.9. PCIe: 0.75 of the x16 rate
+# assumed (p2p through the host bridge, UNVERIFIED).
+NVLINK_FRACTION = {
+    gen: rate / NVLINK_LINE_GBYTES_PER_S for gen, rate in NVLINK_LINK_GBYTES_PER_S.items()
+}
+DEFAULT_NVLINK_FRACTION = NVLINK_FRACTION["ampere"]
 NIC_FRACTION = 0.90
 PCIE_FRACTION = 0.75
 # PCIe per direction, x16: Gen4 32 GB/s, Gen5 64 GB/s (shared reference gpus.md column "PCIe").
 PCIE_GBYTES_PER_S = {"ampere": 32.0, "hopper": 64.0, "ada": 32.0}
 # Ranks the NVLink of a part joins: NVSwitch parts the whole node; the PCIe cards' NVLink is
 # a bridge (profile sources: H100/H800 PCIe pairs; H200 NVL 2- or 4-way, 2 taken), so a
-# larger group in the node runs over PCIe.
+# larger group in the node runs over PCIe, and without an NVSwitch there is no NVLink SHARP.
 NVLINK_SPAN = {"h100_pcie": 2, "h800_pcie": 2, "h200_nvl": 2}
-
-# NCCL's latency model (src/graph/tuning.cc, Simple protocol for the ring, LL128 for the
-# tree): microseconds of base latency per collective and per step on each kind of link.
-RING_BASE_US = 8.4
-RING_STEP_US = {"nvlink": 3.4, "pcie": 5.7, "net": 9.6}
-TREE_BASE_US = 4.4
-TREE_STEP_US = {"nvlink": 1.2, "pcie": 1.9, "net": 8.5}
-TREE_BANDWIDTH_SHARE = 0.9  # NCCL: tree busbw = 0.9 x ring's (tuning.cc "busBw*.9")
 
 # CPU ranks talk through gloo over TCP; NCCL's latency model does not apply. Measured on this
 # project's reference host (2-core AMD EPYC, torch 2.13 CPU, 2 ranks on one node), 3 runs of
@@ -98,6 +143,9 @@ LOOPBACK_GBYTES_PER_S = GLOO_LOOPBACK["all_reduce"][1]
 GLOO_STEP_US = GLOO_LOOPBACK["all_reduce"][0] * 1e6 / 2  # 2 ring steps for 2 ranks
 
 
+RING_STEP_US = {"nvlink": 3.4, "pcie": 5.7, "net": 14.0}  # tuning.cc: ring, Simple
+
+
 @dataclass(frozen=True)
 class GlooCost:
     """One gloo collective: a fixed latency and a bus bandwidth (alpha-beta)."""
@@ -112,9 +160,6 @@ def gloo_loopback() -> dict[str, GlooCost]:
         op: GlooCost(alpha, busbw, GLOO_LOOPBACK_SOURCE)
         for op, (alpha, busbw) in GLOO_LOOPBACK.items()
     }
-
-
-GIB = 2**30
 
 
 @dataclass(frozen=True)
@@ -151,6 +196,11 @@ class PartRates:
     host: HostRates | None = None
     # Gloo's measured alpha-beta per collective on loopback / the emulated link (CPU ranks).
     gloo: dict[str, GlooCost] | None = None
+    # NVLink SHARP: the share of the NVLink rate an NVLS all-reduce reaches (None: no NVLS:
+    # no NVSwitch, or a generation without it).
+    nvls_efficiency: float | None = None
+    sms: int | None = None  # streaming multiprocessors (NCCL's channels take some)
+    fp8_matmul_fraction: float | None = None  # of the fp8 peak (None: the bf16 fraction)
 
     def link_inside(self, group_ranks_in_node: int) -> Link | None:
         if self.intra is not None and group_ranks_in_node <= self.intra_span:
@@ -174,23 +224,12 @@ def part_rates(
     kernel times measured at the workload's shapes (compute is then itemised over them)."""
     generation = GENERATION.get(gpu.name)
     peaks = {p: getattr(gpu.peak_tflops, p) for p in ("fp32", "tf32", "bf16", "fp16", "fp8")}
-    matmul = MATMUL_FRACTION.get(generation, DEFAULT_MATMUL_FRACTION)
-    attention = ATTENTION_FRACTION.get(generation, matmul)
-    source = MATMUL_SOURCE.get(generation, f"assumed {DEFAULT_MATMUL_FRACTION}")
-    measured = getattr(gpu.measured_peak_tflops, precision, None)
-    if compute_tflops is None and measured:
-        compute_tflops, source = measured, gpu.measured_source or "launch.mamf measurement"
-    if compute_tflops is not None:
-        # A measured ceiling is already achievable: it becomes the peak, at fraction 1.
-        peak = peaks.get(precision)
-        if not peak or gpu.name == "cpu":
-            peaks[precision] = compute_tflops
-            matmul = 1.0
-        else:
-            matmul = compute_tflops / peak
-        attention = matmul if generation is None else min(attention, matmul)
-        source = source if source.startswith(("launch", "MAMF")) else f"measured: {source}"
+    matmul, attention, source = _compute_fractions(
+        gpu, generation, peaks, compute_tflops, precision
+    )
     hbm = gpu.hbm_gbytes_per_s * HBM_FRACTION if gpu.hbm_gbytes_per_s else None
+    span = NVLINK_SPAN.get(gpu.name, gpu.gpus_per_node)
+    nvswitch = bool(gpu.nvlink_gbytes_per_s_bidir) and span == gpu.gpus_per_node
     return PartRates(
         name=gpu.name,
         generation=generation,
@@ -198,27 +237,69 @@ def part_rates(
         matmul_fraction=matmul,
         attention_fraction=attention,
         compute_source=source,
-        hbm_bytes=gpu.hbm_gb * 1e9 if gpu.hbm_gb else None,
+        hbm_bytes=gpu.hbm_gb * GIB * VISIBLE_MEMORY_SHARE if gpu.hbm_gb else None,
         hbm_gbytes_per_s=hbm,
         gpus_per_node=gpu.gpus_per_node,
-        intra=_intra_link(gpu, intra_gbytes_per_s),
-        intra_span=NVLINK_SPAN.get(gpu.name, gpu.gpus_per_node),
+        intra=_intra_link(gpu, generation, intra_gbytes_per_s),
+        intra_span=span,
         pcie=_pcie_link(gpu, generation),
         inter=_inter_link(gpu, link_gbps),
         inter_node_cap_gbytes_per_s=link_gbps / 8 * EMULATED_LINK_FRACTION if link_gbps else None,
         host=host if gpu.name == "cpu" else None,
         gloo=gloo_loopback() if gpu.name == "cpu" and not intra_gbytes_per_s else None,
+        nvls_efficiency=NVLS_EFFICIENCY.get(generation or "") if nvswitch else None,
+        sms=SMS.get(gpu.name),
+        fp8_matmul_fraction=_fp8_fraction(generation, matmul),
     )
 
 
-def _intra_link(gpu: GpuConfig, measured: float | None) -> Link | None:
+def _fp8_fraction(generation: str | None, matmul: float) -> float | None:
+    """fp8's share of its peak: the generation's, scaled as bf16's was when a measured ceiling
+    replaced the default (the ratio of the two is kept)."""
+    default = FP8_MATMUL_FRACTION.get(generation or "")
+    if default is None:
+        return None
+    return default * matmul / MATMUL_FRACTION.get(generation, DEFAULT_MATMUL_FRACTION)
+
+
+def _compute_fractions(
+    gpu: GpuConfig,
+    generation: str | None,
+    peaks: dict[str, float | None],
+    compute_tflops: float | None,
+    precision: str,
+) -> tuple[float, float, str]:
+    """(matmul fraction, attention fraction, source). A measured ceiling (the argument, else
+    launch.mamf's gpu.measured_peak_tflops) is already achievable: it replaces peak x the
+    generation's fraction; the cpu profile's becomes its peak, at fraction 1."""
+    matmul = MATMUL_FRACTION.get(generation, DEFAULT_MATMUL_FRACTION)
+    attention = ATTENTION_FRACTION.get(generation, matmul)
+    source = MATMUL_SOURCE.get(generation, f"assumed {DEFAULT_MATMUL_FRACTION}")
+    measured = getattr(gpu.measured_peak_tflops, precision, None)
+    if compute_tflops is None and measured:
+        compute_tflops, source = measured, gpu.measured_source or "launch.mamf measurement"
+    if compute_tflops is None:
+        return matmul, attention, source
+    peak = peaks.get(precision)
+    if not peak or gpu.name == "cpu":
+        peaks[precision] = compute_tflops
+        matmul = 1.0
+    else:
+        matmul = compute_tflops / peak
+    attention = matmul if generation is None else min(attention, matmul)
+    source = source if source.startswith(("launch", "MAMF")) else f"measured: {source}"
+    return matmul, attention, source
+
+
+def _intra_link(gpu: GpuConfig, generation: str | None, measured: float | None) -> Link | None:
     if measured:
         kind = "nvlink" if gpu.nvlink_gbytes_per_s_bidir else "loopback"
         step = RING_STEP_US["nvlink"] if kind == "nvlink" else GLOO_STEP_US
         return Link(kind, measured, step * 1e-6, "measured busbw inside a node")
     if gpu.nvlink_gbytes_per_s_bidir:
-        rate = gpu.nvlink_gbytes_per_s_bidir / 2 * NVLINK_FRACTION
-        source = f"NVLink {gpu.nvlink_gbytes_per_s_bidir / 2:g} GB/s/dir x {NVLINK_FRACTION}"
+        fraction = NVLINK_FRACTION.get(generation or "", DEFAULT_NVLINK_FRACTION)
+        rate = gpu.nvlink_gbytes_per_s_bidir / 2 * fraction
+        source = f"NVLink {gpu.nvlink_gbytes_per_s_bidir / 2:g} GB/s/dir x {fraction:.3f}"
         return Link("nvlink", rate, RING_STEP_US["nvlink"] * 1e-6, source)
     if gpu.name == "cpu":
         source = f"gloo over loopback, assumed {LOOPBACK_GBYTES_PER_S} GB/s"

@@ -24,9 +24,13 @@ from train.spec.catalog import GradientSync
 from train.spec.config import ModelConfig
 from train.spec.degrees import LayoutPlan
 from train.spec.precision import SIXTEEN_BIT
+from train.spec.traffic import fsdp_units
 
 # Not usable for tensors: CUDA context, cuBLAS workspaces and NCCL buffers (about 1-2 GB on
-# a Hopper node) plus allocator fragmentation. Assumed: 2 GiB + 5% of the device.
+# a Hopper node) plus allocator fragmentation. Assumed: 2 GiB + 5% of the device memory CUDA
+# shows (hardware.VISIBLE_MEMORY_SHARE of the profile's GiB). Checked against a published run
+# that fits (docs/performance-model.md: torchtitan's Llama 2 13B, 64 x A100 80GB, FSDP, seq
+# 4096, micro batch 2, no recomputation).
 RESERVED_BYTES = 2 * 2**30
 RESERVED_SHARE = 0.05
 ADAM_STEP_BYTES = 4  # torch AdamW's float32 step counter, one per parameter tensor
@@ -82,18 +86,24 @@ def local_param_shapes(m: ModelConfig, plan: LayoutPlan) -> list[tuple[int, ...]
     """Shapes one rank stores: TP splits the block matrices; FSDP splits dim 0 of every
     tensor across dp_shard, rounded up (the busiest rank)."""
     d = plan.degrees
-    local = shapes.all_param_shapes(m, d.tp)
+    local = shapes.all_param_shapes(m, d.tp, d.ep)
     if plan.row.shards_parameters and d.dp_shard > 1:
         local = [(-(-s[0] // d.dp_shard), *s[1:]) for s in local]
     return local
 
 
 def held_memory(m: ModelConfig, plan: LayoutPlan, precision: str) -> tuple[int, int, int, int]:
-    """(param, grad, optimizer state, master weight) bytes of the busiest rank."""
+    """(param, grad, optimizer state, master weight) bytes of the busiest rank. FSDP2 (and
+    EP) layouts hold their units' shards (train/spec/traffic.py fsdp_units: each padded to its
+    shard group, split over it)."""
     if plan.row.deepspeed:
         return _zero_held(m, plan.row.zero_stage, plan.degrees.dp_shard, precision)
     local = local_param_shapes(m, plan)
-    params = shapes.numel(local) * 4
+    elements = shapes.numel(local)
+    if plan.row.shards_parameters or plan.row.expert_parallel:
+        d = plan.degrees
+        elements = sum(u.elements // d.size(u.shard) * u.count for u in fsdp_units(m, plan))
+    params = elements * 4
     optimizer = 2 * params + ADAM_STEP_BYTES * len(local)
     return params, params, optimizer, 0
 
@@ -109,12 +119,19 @@ def _zero_held(m: ModelConfig, stage: int, n: int, precision: str) -> tuple[int,
 
 
 def activation_bytes(
-    m: ModelConfig, plan: LayoutPlan, micro_batch: int, seq_len: int, precision: str
+    m: ModelConfig,
+    plan: LayoutPlan,
+    micro_batch: int,
+    seq_len: int,
+    precision: str,
+    *,
+    head: bool = True,
 ) -> int:
     """Bytes saved for backward by one micro-batch, at the start of backward.
 
     Per token of a block (train/model/transformer.py), with a = the matmul width, r = the residual
-    stream's (fp32 under autocast, the model's own width under DeepSpeed 16-bit): the two
+    stream's (fp32 under autocast over fp32 parameters; 16 bits where the parameters the
+    blocks run on are 16-bit: FSDP2's gathered units, DeepSpeed's 16-bit model): the two
     norm inputs (2r d) and outputs cast for the matmuls (2a d); q, k, v after rope and GQA's
     repeat, and the attention output (4a q); w1 and w3 outputs, silu(w1) and the product
     (4a f). TP splits the head-wise and MLP terms; sequence parallelism also the norm terms.
@@ -124,34 +141,57 @@ def activation_bytes(
     """
     t = plan.degrees.tp
     a = 2 if precision in SIXTEEN_BIT else 4
-    r = a if plan.row.deepspeed else 4
+    sixteen_bit_params = plan.row.deepspeed or plan.row.shards_parameters
+    r = a if sixteen_bit_params else 4
     q = m.n_heads * shapes.head_dim(m)
     norm_split = t if plan.sequence_parallel and t > 1 else 1
-    full_block = (2 * r + 2 * a) * m.d_model / norm_split + (4 * a * q + 4 * a * m.ffn_hidden) / t
     kept_input = r * m.d_model / norm_split
-    n_ckpt = len(plan.checkpointed)
-    per_token = (m.n_layers - n_ckpt) * full_block + n_ckpt * kept_input
-    if n_ckpt:
-        per_token += full_block  # the one block being recomputed
-    per_token += (r + a) * m.d_model / norm_split + (a + 8) * m.vocab_size / t
+    saved = set(range(m.n_layers)) - set(plan.checkpointed)
+
+    def block(layer: int) -> float:
+        ffn = 4 * a * _ffn_rows(m, layer) / t
+        return (2 * r + 2 * a) * m.d_model / norm_split + 4 * a * q / t + ffn
+
+    per_token = sum(block(i) for i in saved) + (m.n_layers - len(saved)) * kept_input
+    if len(saved) < m.n_layers:
+        per_token += max(block(i) for i in range(m.n_layers))  # the one being recomputed
+    if head:  # a pipeline stage without the head has none of it
+        per_token += (r + a) * m.d_model / norm_split + (a + 8) * m.vocab_size / t
     return int(per_token * micro_batch * seq_len)
+
+
+def _ffn_rows(m: ModelConfig, layer: int) -> float:
+    """Width x rows of a token's FFN activations in block ``layer`` (in units of d-wide
+    elements: a dense SwiGLU's f; an MoE block's top_k routed experts and shared experts,
+    plus its dispatched and combined copies of the token, 2 top_k x d / 4 in these units)."""
+    if not shapes.is_moe_layer(m, layer):
+        return m.ffn_hidden
+    width = shapes.expert_hidden(m)
+    return (m.top_k + m.n_shared_experts) * width + m.top_k * m.d_model / 2
+
+
+def _largest_block(m: ModelConfig, tp: int, ep: int) -> int:
+    """Elements of the largest block as one TP / EP rank holds it."""
+    return max(shapes.numel(shapes.layer_param_shapes(m, i, tp, ep)) for i in range(m.n_layers))
 
 
 def transient_bytes(m: ModelConfig, plan: LayoutPlan, precision: str) -> int:
     """Buffers a step allocates besides the held tensors and activations."""
     d = plan.degrees
     row = plan.row
-    if row.shards_parameters and d.dp_shard > 1:
-        # Two gathered blocks (the running one, the prefetched one), the root (kept through
-        # the micro-step), and one block's unsharded gradients before its reduce-scatter.
-        # FSDP2 gathers in the compute dtype (train/parallel/fsdp.py's mixed precision).
+    units = fsdp_units(m, plan) if row.shards_parameters or row.expert_parallel else []
+    if any(d.size(u.shard) > 1 for u in units):
+        # Two gathered blocks (the running one, the prefetched one) with their experts, the
+        # root (kept through the micro-step), and one block's unsharded gradients before its
+        # reduce-scatter. FSDP2 gathers in the compute dtype (train/parallel/fsdp.py).
         width = 2 if precision in SIXTEEN_BIT else 4
-        block = shapes.numel(shapes.block_param_shapes(m, d.tp)) * width
-        root = shapes.numel(shapes.root_param_shapes(m, d.tp)) * width
-        return 3 * block + root
+        gathered = {u.kind: u.elements for u in units if d.size(u.shard) > 1}
+        block = max((u.elements for u in units if u.kind == "block"), default=0)
+        block += gathered.get("experts", 0)
+        return (3 * block + gathered.get("root", 0)) * width
     if row.zero_stage == 3 and d.dp_shard > 1:
         width = 2 if precision in SIXTEEN_BIT else 4
-        return 3 * shapes.numel(shapes.block_param_shapes(m)) * width
+        return 3 * _largest_block(m, 1, 1) * width
     if row.gradient_sync is GradientSync.replicate and d.dp_replicate > 1:
         # DDP copies gradients into its bucket buffers (gradient_as_bucket_view=False).
         return shapes.numel(local_param_shapes(m, plan)) * 4

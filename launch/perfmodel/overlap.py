@@ -8,9 +8,16 @@
   the excess of each gather over one unit's compute; in backward a unit's gather and its
   gradient reduction (reduce-scatter, and the replicas' all-reduce under hsdp) share the
   link behind one unit's backward. The root unit's gather and reduction are exposed.
-- TP activations, DeepSpeed stage 1/2 reductions and the parameter all-gather after the step,
-  the gradient norm: on the critical path, fully exposed.
-Not modelled: compute slowed by the kernels the communication occupies (SM contention).
+- TP activations: on the critical path, except under async TP (parallel.async_tp, which
+  needs sequence parallelism): torchtitan's micro-pipelined all-gather / reduce-scatter
+  overlap each one with its own matmul, split in tp chunks, so the first chunk's transfer
+  (1/tp of it) stays exposed, and whatever exceeds the matmul's time.
+- DeepSpeed stage 1/2 reductions and the parameter all-gather after the step, the gradient
+  norm, the loss: on the critical path, fully exposed.
+- pipeline sends (Phase.pipeline): returned apart; launch/perfmodel/pipelined.py puts them in
+  the schedule.
+Hidden NCCL collectives still hold an SM per channel (collectives.CHANNEL_SMS) that the
+overlapped compute lacks: ``contention_s`` = the hidden time x those SMs / the part's SMs.
 """
 
 from __future__ import annotations
@@ -25,6 +32,8 @@ from train.spec.traffic import Collective, Phase
 
 BUCKETED_BACKWARD, UNIT_FORWARD = Phase.bucketed_backward, Phase.unit_forward
 UNIT_BACKWARD, UNIT_BACKWARD_LAST = Phase.unit_backward, Phase.unit_backward_last
+OVERLAPPED = (BUCKETED_BACKWARD, UNIT_FORWARD, UNIT_BACKWARD, UNIT_BACKWARD_LAST)
+BASE_KINDS = ("all_reduce", "all_gather", "reduce_scatter")
 
 
 @dataclass(frozen=True)
@@ -32,6 +41,20 @@ class CommTime:
     comm_s: dict[str, float]  # per collective kind, all of it (hidden or not)
     exposed_s: float
     by_role: dict[str, float]
+    pipeline_s: float = 0.0  # stage-to-stage sends (Phase.pipeline), not in exposed_s
+    contention_s: float = 0.0  # compute slowed by the SMs hidden collectives hold
+
+
+@dataclass
+class _Tally:
+    per_kind: dict[str, float]
+    by_role: dict[str, float]
+    phase_s: dict[str, float]
+    one_call: dict[str, float]
+    exposed: float = 0.0
+    pipeline: float = 0.0
+    sm_seconds: float = 0.0  # overlappable time x the SMs its channels hold
+    tp_calls: list[tuple[float, int]] | None = None  # (one call's time, calls) of async TP
 
 
 def comm_time(
@@ -44,30 +67,65 @@ def comm_time(
     accum_steps: int,
     bucket_bytes: int,
     rates: PartRates,
+    async_tp: bool = False,
 ) -> CommTime:
-    per_kind = {"all_reduce": 0.0, "all_gather": 0.0, "reduce_scatter": 0.0}
-    by_role: dict[str, float] = {}
-    phase_s: dict[str, float] = {}
-    exposed = 0.0
-    one_call: dict[str, float] = {}
+    tally = _Tally(dict.fromkeys(BASE_KINDS, 0.0), {}, {}, {}, tp_calls=[])
     for t in collectives:
-        ranks = degrees.size(t.group)
-        per_node = degrees.ranks_per_node(t.group, nproc_per_node)
-        single = collective_time(t.kind, t.nbytes, ranks, per_node, rates).time_s
-        total = single * t.calls
-        per_kind[t.kind] += total
-        by_role[t.role] = by_role.get(t.role, 0.0) + total
-        if t.phase in (BUCKETED_BACKWARD, UNIT_FORWARD, UNIT_BACKWARD, UNIT_BACKWARD_LAST):
-            phase_s[t.phase] = phase_s.get(t.phase, 0.0) + total
-            one_call[t.phase] = one_call.get(t.phase, 0.0) + single
-            if t.phase == BUCKETED_BACKWARD:
-                bucket = min(bucket_bytes, t.nbytes)
-                one_call["last_bucket"] = collective_time(
-                    t.kind, bucket, ranks, per_node, rates
-                ).time_s
-        else:
-            exposed += total
+        _add(tally, t, degrees, nproc_per_node, bucket_bytes, rates, async_tp)
+    exposed = tally.exposed
+    overlapped = sum(tally.phase_s.values())
+    exposed_of_overlapped = _exposed_of_phases(tally, compute, n_layers, accum_steps)
+    exposed += exposed_of_overlapped
+    exposed += _async_tp_exposed(tally.tp_calls, compute, degrees.tp)
+    contention = 0.0
+    if rates.sms and overlapped:
+        hidden_share = max(0.0, overlapped - exposed_of_overlapped) / overlapped
+        contention = hidden_share * tally.sm_seconds / rates.sms
+    return CommTime(tally.per_kind, exposed, tally.by_role, tally.pipeline, contention)
 
+
+def _add(
+    tally: _Tally,
+    t: Collective,
+    degrees: Degrees,
+    nproc_per_node: int,
+    bucket_bytes: int,
+    rates: PartRates,
+    async_tp: bool,
+) -> None:
+    ranks = degrees.size(t.group)
+    per_node = degrees.ranks_per_node(t.group, nproc_per_node)
+    one = collective_time(t.kind, t.nbytes, ranks, per_node, rates)
+    total = one.time_s * t.calls
+    tally.per_kind[t.kind] = tally.per_kind.get(t.kind, 0.0) + total
+    tally.by_role[t.role] = tally.by_role.get(t.role, 0.0) + total
+    if t.phase == Phase.pipeline:
+        tally.pipeline += total
+    elif t.phase in OVERLAPPED:
+        tally.phase_s[t.phase] = tally.phase_s.get(t.phase, 0.0) + total
+        tally.one_call[t.phase] = tally.one_call.get(t.phase, 0.0) + one.time_s
+        tally.sm_seconds += total * one.sms
+        if t.phase == BUCKETED_BACKWARD:
+            bucket = min(bucket_bytes, t.nbytes)
+            last = collective_time(t.kind, bucket, ranks, per_node, rates)
+            tally.one_call["last_bucket"] = last.time_s
+    elif async_tp and _tp_only(t.group) and t.kind in ("all_gather", "reduce_scatter"):
+        tally.tp_calls.append((one.time_s, t.calls))
+    else:
+        tally.exposed += total
+
+
+def _tp_only(dims: tuple[str, ...]) -> bool:
+    """A collective over the TP mesh dim alone (its activations)."""
+    return dims == ("tp",)
+
+
+def _exposed_of_phases(
+    tally: _Tally, compute: ComputeTime, n_layers: int, accum_steps: int
+) -> float:
+    """What the bucketed and per-unit phases leave exposed (module docstring)."""
+    phase_s, one_call = tally.phase_s, tally.one_call
+    exposed = 0.0
     backward_micro = compute.backward_s / accum_steps
     forward_micro = compute.forward_s / accum_steps
     if BUCKETED_BACKWARD in phase_s:
@@ -85,4 +143,14 @@ def comm_time(
         exposed += max(0.0, gather + reduce - unit_backward) * n_layers
         # The last unit's reduction has no backward left to hide behind.
         exposed += min(reduce, one_call.get(UNIT_BACKWARD_LAST, 0.0))
-    return CommTime(per_kind, exposed, by_role)
+    return exposed
+
+
+def _async_tp_exposed(calls: list[tuple[float, int]], compute: ComputeTime, tp: int) -> float:
+    """Async TP: each SP all-gather / reduce-scatter overlaps its matmul (the block matmuls of
+    a micro-step shared evenly over its TP calls); 1/tp of each stays exposed."""
+    n_calls = sum(count for _, count in calls)
+    if not n_calls:
+        return 0.0
+    matmul_per_call = compute.matmul_s / n_calls
+    return sum(max(one / tp, one - matmul_per_call) * count for one, count in calls)

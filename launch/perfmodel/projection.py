@@ -20,8 +20,10 @@ from launch.errors import ConfigError
 from launch.perfmodel.calibrate import Calibration, load_calibration
 from launch.perfmodel.choose import choose_layout
 from launch.perfmodel.collectives import OPS, bus_factor, collective_time
+from launch.perfmodel.compute import ATTENTION_KERNELS
 from launch.perfmodel.hardware import PartRates, part_rates
 from launch.perfmodel.step import Placement, Prediction, predict, projected_precision
+from train.spec.catalog import CATALOG, layout
 from train.spec.config import GpuConfig, RunConfig
 from train.spec.degrees import BatchRule, plan_layout
 
@@ -46,7 +48,21 @@ def projected_profiles(names: list[str]) -> list[GpuConfig]:
 
 
 def check_project(cfg: RunConfig) -> None:
+    """Every projection input that cannot be right, refused before anything is computed."""
     p = cfg.project
+    for key in ("global_batch", "micro_batch", "seq_len"):
+        value = getattr(cfg.train, key)
+        if value < 1:
+            raise ConfigError(f"train.{key}", f"{value}: must be >= 1")
+    if not 0 < p.interconnect_bound_share <= 1:
+        raise ConfigError(
+            "project.interconnect_bound_share",
+            f"{p.interconnect_bound_share}: a share of the step, in (0, 1]",
+        )
+    if p.attention not in ATTENTION_KERNELS:
+        raise ConfigError(
+            "project.attention", f"{p.attention!r}: one of {', '.join(ATTENTION_KERNELS)}"
+        )
     if p.mode not in MODES:
         raise ConfigError("project.mode", f"{p.mode!r} is not one of: {', '.join(MODES)}")
     if not p.nodes:
@@ -132,30 +148,35 @@ def project_runs(
             "parallel",
             f"{cfg.parallel.name} with {cfg.model.name} (micro batch {cfg.train.micro_batch}, "
             f"seq {cfg.train.seq_len}) fits no projected part: it needs at least "
-            f"{need / 2**30:.1f} GiB per rank ({where}); try parallel=fsdp, "
-            "parallel.activation_checkpoint=full or a smaller train.micro_batch",
+            f"{need / 2**30:.1f} GiB per rank ({where}); try {_remedies(cfg)}",
         )
     return rows
+
+
+def _remedies(cfg: RunConfig) -> str:
+    """What could make a run fit, leaving out what it already does."""
+    out = []
+    name = str(cfg.parallel.name)
+    if name in CATALOG and not layout(name).shards_parameters:
+        out.append("parallel=fsdp (or parallel=auto)")
+    if cfg.parallel.activation_checkpoint != "full":
+        out.append("parallel.activation_checkpoint=full")
+    if cfg.train.micro_batch > 1:
+        out.append("a smaller train.micro_batch")
+    out.append("more nodes (project.nodes)")
+    return ", ".join(out[:-1]) + f" or {out[-1]}" if len(out) > 1 else out[0]
 
 
 def _predict_one(
     cfg: RunConfig, where: Placement, precision: str, rates: PartRates, batch: BatchRule
 ) -> tuple[Prediction, str]:
     """The prediction of one placement with ``batch``'s global batch, and why this layout."""
+    given = {"precision": precision, "rates": rates, "attention": cfg.project.attention}
     if cfg.parallel.name == "auto":
-        choice = choose_layout(
-            cfg,
-            world_size=where.world_size,
-            nproc_per_node=where.nproc_per_node,
-            nodes=where.nodes,
-            precision=precision,
-            rates=rates,
-            batch=batch,
-        )
+        choice = choose_layout(cfg, where, batch=batch, **given)
         return choice.prediction, choice.reason
     plan = plan_layout(cfg, where.world_size, where.nproc_per_node)
-    global_batch = batch.global_batch_for(plan.degrees)
-    pred = predict(cfg, plan, where, global_batch=global_batch, precision=precision, rates=rates)
+    pred = predict(cfg, plan, where, global_batch=batch.global_batch_for(plan.degrees), **given)
     return pred, f"parallel={cfg.parallel.name} as configured"
 
 
@@ -232,6 +253,7 @@ def _collective_points(
                 **point,
                 "time_s": t.time_s,
                 "algorithm": t.algorithm,
+                "protocol": t.protocol,
                 "algbw_gbytes_per_s": t.algbw_gbytes_per_s,
                 "busbw_gbytes_per_s": t.algbw_gbytes_per_s * bus_factor(op, ranks),
             }

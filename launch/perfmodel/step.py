@@ -1,6 +1,8 @@
 """One training step predicted: compute, each collective kind, exposed comm, throughput, MFU.
 
-step time = compute (matmuls + attention + memory-bound work) + exposed communication.
+step time = compute (matmuls + attention + memory-bound work + kernel gaps) + exposed
+communication + the SMs hidden collectives take from compute (contention) + for pipelines
+the stage-to-stage sends and the schedule's bubble (pipelined.py: the busiest rank's step).
 tokens/s per device = tokens of the step / world size / step time. MFU = model FLOPs per
 token (6N + 12 L H Q T, no recompute) x tokens/s per device / the datasheet peak of the
 precision. Scaling efficiency = tokens/s per device / that of one device doing the same
@@ -11,6 +13,7 @@ loses against it.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -19,9 +22,11 @@ from launch.perfmodel.compute import ComputeTime, compute_time, layout_optimizer
 from launch.perfmodel.hardware import PartRates, part_rates
 from launch.perfmodel.host import HostRates
 from launch.perfmodel.memory import MemoryEstimate, estimate_memory
-from launch.perfmodel.overlap import comm_time
+from launch.perfmodel.overlap import CommTime, comm_time
+from launch.perfmodel.pipelined import stage_memory, stage_steps
 from train.spec.config import RunConfig
-from train.spec.degrees import Degrees, LayoutPlan, plan_batch, plan_layout
+from train.spec.degrees import BatchPlan, Degrees, LayoutPlan, plan_batch, plan_layout
+from train.spec.stages import plan_pipeline
 from train.spec.traffic import StepShape, step_collectives
 
 
@@ -44,6 +49,10 @@ class Prediction:
     peak_tflops: float | None
     base_tokens_per_s_per_device: float
     notes: list[str] = field(default_factory=list)
+    contention_s: float = 0.0  # compute slowed by the SMs of hidden NCCL collectives
+    pipeline_s: float = 0.0  # stage-to-stage sends (pipelines)
+    bubble_s: float = 0.0  # the pipeline schedule's idle time
+    attention: str = "flash"
 
     @property
     def degrees(self) -> Degrees:
@@ -55,7 +64,13 @@ class Prediction:
 
     @property
     def step_time_s(self) -> float:
-        return self.compute.total_s + self.exposed_comm_s
+        return (
+            self.compute.total_s
+            + self.exposed_comm_s
+            + self.contention_s
+            + self.pipeline_s
+            + self.bubble_s
+        )
 
     @property
     def tokens_per_s_per_device(self) -> float:
@@ -80,7 +95,7 @@ class Prediction:
 
     @property
     def exposed_share(self) -> float:
-        return self.exposed_comm_s / self.step_time_s
+        return (self.exposed_comm_s + self.pipeline_s) / self.step_time_s
 
     @property
     def fits(self) -> bool:
@@ -104,7 +119,12 @@ class Prediction:
                 "matmul": self.compute.matmul_s,
                 "attention": self.compute.attention_s,
                 "memory_bound": self.compute.memory_s,
+                "kernel_gaps": self.compute.gaps_s,
             },
+            "attention_kernel": self.attention,
+            "contention_s": self.contention_s,
+            "pipeline_send_s": self.pipeline_s,
+            "pipeline_bubble_s": self.bubble_s,
             "comm_s": dict(self.comm_s),
             "comm_by_role_s": dict(self.comm_by_role),
             "exposed_comm_s": self.exposed_comm_s,
@@ -150,38 +170,43 @@ def predict(
     global_batch: int,
     precision: str,
     rates: PartRates,
+    attention: str = "flash",
 ) -> Prediction:
     """One step of ``cfg`` under ``plan`` at ``where``, ``global_batch`` sequences over the
     data-parallel ranks: compute, then the collectives it issues and what of them overlap
-    leaves exposed, memory per rank, and the single-device base of its efficiency."""
-    if plan.pipeline is not None:  # the report then says why instead of a wrong number
-        raise ConfigError(
-            "parallel.name",
-            f"the performance model does not know pipeline layouts yet (parallel={plan.name})",
-        )
+    leaves exposed, memory per rank, and the single-device base of its efficiency.
+    ``attention``: the attention kernel (compute.ATTENTION_KERNELS)."""
     m, train = cfg.model, cfg.train
     batch = plan_batch(global_batch, train.micro_batch, plan.degrees.dp, where.world_size)
     accum = batch.accum_steps
-    compute = _compute_time(cfg, plan, accum, precision, rates)
     shape = StepShape.of_run(cfg, accum_steps=accum, precision=precision)
-    comm = comm_time(
-        step_collectives(m, plan, shape),
-        compute,
-        degrees=plan.degrees,
-        nproc_per_node=where.nproc_per_node,
-        n_layers=m.n_layers,
-        accum_steps=accum,
-        bucket_bytes=int(cfg.parallel.bucket_mb * 2**20),
-        rates=rates,
-    )
-    memory = estimate_memory(
-        m,
-        plan,
-        micro_batch=train.micro_batch,
-        seq_len=train.seq_len,
-        precision=precision,
-        hbm_bytes=rates.hbm_bytes,
-    )
+    if plan.pipeline is not None:
+        plan = _with_batch_pipeline(cfg, plan, global_batch)
+        compute, comm, bubble_s, memory = _pipeline_parts(
+            cfg, plan, shape, where, precision, rates, attention
+        )
+    else:
+        compute = _compute_time(cfg, plan, accum, precision, rates, attention=attention)
+        comm = comm_time(
+            step_collectives(m, plan, shape),
+            compute,
+            degrees=plan.degrees,
+            nproc_per_node=where.nproc_per_node,
+            n_layers=m.n_layers,
+            accum_steps=accum,
+            bucket_bytes=int(cfg.parallel.bucket_mb * 2**20),
+            rates=rates,
+            async_tp=cfg.parallel.async_tp and plan.sequence_parallel,
+        )
+        bubble_s = 0.0
+        memory = estimate_memory(
+            m,
+            plan,
+            micro_batch=train.micro_batch,
+            seq_len=train.seq_len,
+            precision=precision,
+            hbm_bytes=rates.hbm_bytes,
+        )
     tokens = global_batch * train.seq_len
     return Prediction(
         gpu=rates.name,
@@ -200,9 +225,59 @@ def predict(
         memory=memory,
         peak_tflops=rates.peak_tflops.get(precision),
         base_tokens_per_s_per_device=_base_tokens_per_s(
-            cfg, plan, tokens / where.world_size, precision, rates
+            cfg, plan, tokens / where.world_size, precision, rates, attention
         ),
+        contention_s=comm.contention_s,
+        pipeline_s=comm.pipeline_s,
+        bubble_s=bubble_s,
+        attention=attention,
     )
+
+
+def _with_batch_pipeline(cfg: RunConfig, plan: LayoutPlan, global_batch: int) -> LayoutPlan:
+    """The plan's pipeline re-planned for this global batch (a projection's weak scaling
+    changes the rows each data-parallel rank splits into microbatches)."""
+    d = plan.degrees
+    batch = BatchPlan(global_batch, cfg.train.micro_batch, d.dp)
+    parallel = dataclasses.replace(
+        cfg.parallel,
+        pp_schedule=plan.pipeline.schedule,
+        pp_stages_per_rank=plan.pipeline.stages_per_rank,
+    )
+    pipeline = plan_pipeline(parallel, cfg.model, d.pp, batch.rows_per_rank, batch.accum_steps)
+    return dataclasses.replace(plan, pipeline=pipeline)
+
+
+def _pipeline_parts(
+    cfg: RunConfig,
+    plan: LayoutPlan,
+    shape: StepShape,
+    where: Placement,
+    precision: str,
+    rates: PartRates,
+    attention: str,
+) -> tuple[ComputeTime, CommTime, float, MemoryEstimate]:
+    """The busiest pipeline rank's compute, comm and bubble (pipelined.py), its compute's
+    FLOPs replaced by the whole model's over the pipeline ranks (MFU's per-device share)."""
+    steps = stage_steps(
+        cfg,
+        plan,
+        shape,
+        nproc_per_node=where.nproc_per_node,
+        precision=precision,
+        rates=rates,
+        attention=attention,
+    )
+    busiest = max(steps, key=lambda s: s.step_s)
+    whole = _compute_time(cfg, plan, shape.accum_steps, precision, rates, attention=attention)
+    pp = plan.degrees.pp
+    compute = dataclasses.replace(
+        busiest.compute,
+        model_flops=whole.model_flops / pp,
+        hardware_flops=whole.hardware_flops / pp,
+    )
+    memory = stage_memory(cfg.model, plan, shape, rates.hbm_bytes)
+    return compute, busiest.comm, busiest.bubble_s, memory
 
 
 def _compute_time(
@@ -212,6 +287,7 @@ def _compute_time(
     precision: str,
     rates: PartRates,
     optimizer_split: int | None = None,
+    attention: str = "flash",
 ) -> ComputeTime:
     return compute_time(
         cfg.model,
@@ -223,21 +299,29 @@ def _compute_time(
         rates=rates,
         fp8_min_dim=cfg.precision.fp8.min_dim,
         optimizer_split=optimizer_split,
+        attention=attention,
     )
 
 
 def _base_tokens_per_s(
-    cfg: RunConfig, plan: LayoutPlan, tokens_per_device: float, precision: str, rates: PartRates
+    cfg: RunConfig,
+    plan: LayoutPlan,
+    tokens_per_device: float,
+    precision: str,
+    rates: PartRates,
+    attention: str = "flash",
 ) -> float:
     """One device, no communication, the same per-device tokens, the optimizer step split
     as the layout splits it (sharding it is not a scaling gain); memory not checked."""
     # The same kind of layout on one rank (FSDP2 and DeepSpeed handle 16-bit weights their
-    # own way), no TP, the same checkpointing.
-    one = LayoutPlan(plan.row.base_layout, Degrees(1, 1, 1), False, list(plan.checkpointed))
+    # own way), no TP, the same checkpointing; EP's experts split as the layout splits them
+    # (each rank steps only its own: like a sharded optimizer, not a scaling gain).
+    experts = Degrees(1, 1, 1, ep=plan.degrees.ep)
+    one = LayoutPlan(plan.row.base_layout, experts, False, list(plan.checkpointed))
     micro = cfg.train.micro_batch
     sequences = tokens_per_device / cfg.train.seq_len
     accum = max(1, round(sequences / micro))
-    t = _compute_time(cfg, one, accum, precision, rates, layout_optimizer_split(plan))
+    t = _compute_time(cfg, one, accum, precision, rates, layout_optimizer_split(plan), attention)
     return micro * accum * cfg.train.seq_len / t.total_s
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from launch.errors import ReportError
+from launch.errors import DiskFull, ReportError
 from launch.report.console import print_table
 from launch.report.load import load_runs
 from launch.report.scaling import scaling_rows
@@ -48,6 +48,9 @@ def main(argv: list[str] | None = None) -> int:
     except ReportError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except DiskFull as exc:  # the previous report, if any, is left whole
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     console = Console()
     print_table(rows, console)
     # soft_wrap: a path broken across lines cannot be copied.

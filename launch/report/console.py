@@ -43,6 +43,14 @@ def print_table(rows: list[dict[str, Any]], console: Console | None = None) -> N
                 pct(row["scaling_efficiency"]),
             )
         console.print(table)
+        for row in series:
+            if row.get("mfu_warning"):
+                console.print(
+                    f"warning: world size {row['world_size']}: {row['mfu_warning']}",
+                    markup=False,
+                    highlight=False,
+                    soft_wrap=True,
+                )
         if any(row.get("memory") for row in series):
             # A second table: the first already fills 80 columns.
             layout = Table(title=f"{label}: per rank")

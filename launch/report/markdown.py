@@ -68,8 +68,14 @@ def _series_header(label: str, runs: list[dict[str, Any]]) -> list[str]:
             "oversubscribed: CPU rank threads outnumbered the cores, so these figures measure "
             "contention as well as communication"
         )
+    # MFU above 100% is not a true figure: which runs, and the likely cause.
+    warnings += [f"{mfu_label(r)}: {r['mfu_warning']}" for r in runs if r.get("mfu_warning")]
     lines += [f"> **warning:** {w}" for w in warnings] + ([""] if warnings else [])
     return lines
+
+
+def mfu_label(run: dict[str, Any]) -> str:
+    return f"world size {run['world_size']} ({run.get('run_name') or 'run'})"
 
 
 def missing_below_base(

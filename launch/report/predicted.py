@@ -32,6 +32,8 @@ def predicted_for(run: dict[str, Any]) -> dict[str, Any] | None:
     config = Path(run["run_dir"]) / "config.yaml"
     if not config.is_file():
         return None
+    layout = run.get("layout") or {}
+    chosen = {"layout": layout.get("resolved"), "layout_reason": layout.get("reason")}
     try:
         cfg = load_run_config(config)
         prediction = predict_run(
@@ -41,11 +43,12 @@ def predicted_for(run: dict[str, Any]) -> dict[str, Any] | None:
             host=host_rates_for(cfg, run, config),
         )
     except (ConfigError, NotMeasured) as exc:
-        return {"unavailable": str(exc)}
+        return {"unavailable": str(exc), **chosen}
     except Exception as exc:  # noqa: BLE001 - an old config the schema no longer reads
-        return {"unavailable": f"{type(exc).__name__}: {exc}".splitlines()[0]}
+        return {"unavailable": f"{type(exc).__name__}: {exc}".splitlines()[0], **chosen}
     measured = run["step_time_s"]["median"]
     return {
+        **chosen,
         "step_time_s": prediction.step_time_s,
         "compute_s": prediction.compute_s,
         "exposed_comm_s": prediction.exposed_comm_s,
@@ -57,6 +60,12 @@ def host_rates_for(cfg: RunConfig, run: dict[str, Any], config: Path) -> HostRat
     """The cpu profile's cached kernel times for this run's shapes; None where the model
     needs none (a GPU run, no measured fp32 ceiling, a run not in fp32). NotMeasured when the
     cache on this machine lacks any of them."""
+    if cfg.gpu.name == "cpu" and run["precision"]["resolved"] != "fp32":
+        raise NotMeasured(
+            f"the host model times this CPU's fp32 kernels, and the run ran "
+            f"{run['precision']['resolved']}: outside what the model was validated for, so no "
+            "prediction (precision=fp32 gets one)"
+        )
     work = host_workload(cfg, run)
     if work is None:
         return None
@@ -73,7 +82,8 @@ def host_rates_for(cfg: RunConfig, run: dict[str, Any], config: Path) -> HostRat
 
 
 def predicted_section(rows: list[dict[str, Any]]) -> list[str]:
-    """Markdown: measured step beside the predicted one, per run of a series."""
+    """Markdown: measured step beside the predicted one, per run of a series, then the layout
+    each run resolved to and why (parallel=auto's choice, as precision's is stated)."""
     lines = [
         "",
         "Measured beside predicted (launch/perfmodel/, docs/performance-model.md):",
@@ -82,8 +92,13 @@ def predicted_section(rows: list[dict[str, Any]]) -> list[str]:
         "| predicted compute (s) | predicted exposed comm (s) |",
         "|---:|---:|---:|---:|---:|---:|",
     ]
+    layouts = []
     for row in rows:
         p = row.get("predicted") or {}
+        if p.get("layout"):
+            layouts.append(
+                f"- world size {row['world_size']}: {p['layout']} ({p['layout_reason']})"
+            )
         if "unavailable" in p:
             lines.append(
                 f"| {row['world_size']} | {row['step_time_median_s']:.3f} | n/a "
@@ -95,4 +110,6 @@ def predicted_section(rows: list[dict[str, Any]]) -> list[str]:
             f"| {p['measured_over_predicted']:.2f} | {p['compute_s']:.3f} "
             f"| {p['exposed_comm_s']:.3f} |"
         )
+    if layouts:
+        lines += ["", "Layout (layout.resolved, layout.reason):", "", *layouts]
     return lines

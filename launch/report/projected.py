@@ -23,7 +23,18 @@ RUN_COLUMNS = (
     "exposed comm",
     "",
 )
-COMM_COLUMNS = ("gpu", "nodes", "ranks", "op", "bytes", "time (ms)", "algbw GB/s", "busbw GB/s")
+COMM_COLUMNS = (
+    "gpu",
+    "nodes",
+    "ranks",
+    "op",
+    "bytes",
+    "algorithm",
+    "time (ms)",
+    "algbw GB/s",
+    "busbw GB/s",
+    "",
+)
 
 
 def write_projection(record: dict, out: Path) -> list[Path]:
@@ -53,6 +64,8 @@ def _layout_text(layout: dict | None) -> str:
     if not layout:
         return "-"
     degrees = "x".join(str(layout[k]) for k in ("dp_replicate", "dp_shard", "tp"))
+    if layout.get("pp", 1) > 1:
+        degrees = f"pp{layout['pp']} " + degrees
     ckpt = " +ckpt" if layout.get("checkpointed_layers") else ""
     return f"{layout['name']} {degrees}{ckpt}"
 
@@ -156,15 +169,21 @@ def _largest(rows: list[dict]) -> list[dict]:
 
 
 def _comm_cells(row: dict) -> list[str]:
+    """A collective point's cells; a skipped point says why in the last one."""
+    algorithm = row.get("algorithm") or "-"
+    if row.get("protocol") and row.get("protocol") != "simple":
+        algorithm += f" ({row['protocol']})"
     return [
         row["gpu"],
         str(row["nodes"]),
         str(row["ranks"]),
         row["op"],
         f"{row['bytes']:,}",
+        algorithm,
         _fmt(row["time_s"] and row["time_s"] * 1e3, ".3f"),
         _fmt(row["algbw_gbytes_per_s"], ".1f"),
         _fmt(row["busbw_gbytes_per_s"], ".1f"),
+        row.get("skipped") or "",
     ]
 
 
@@ -172,7 +191,7 @@ def _comm_table(rows: list[dict]) -> Table:
     table = Table(title="Projected collectives (largest size per op)")
     columns = [c for c in COMM_COLUMNS if c != "algbw GB/s"]  # algbw: in the .md and .json
     for column in columns:
-        table.add_column(column, justify="right")
+        table.add_column(column, justify="left" if column in ("algorithm", "") else "right")
     for row in _largest(rows):
         cells = dict(zip(COMM_COLUMNS, _comm_cells(row), strict=True))
         table.add_row(*(cells[c] for c in columns))
@@ -186,7 +205,7 @@ def _comm_markdown(rows: list[dict]) -> str:
         "nccl-tests conventions (bytes: the full buffer; busbw = algbw x bus factor). "
         "Predicted, not measured.",
         "",
-        "| " + " | ".join(COMM_COLUMNS) + " |",
+        "| " + " | ".join(COMM_COLUMNS[:-1]) + " | notes |",
         "|" + "---|" * len(COMM_COLUMNS),
     ]
     lines += ["| " + " | ".join(_comm_cells(row)) + " |" for row in _largest(rows)]

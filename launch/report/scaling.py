@@ -45,6 +45,8 @@ def scaling_rows(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
                     "mfu_vs_bf16_peak": run.get("mfu_vs_bf16_peak"),
                     "mfu_vs_measured": run.get("mfu_vs_measured"),
                     "gpu_warning": run.get("gpu_warning"),
+                    # MFU above 100%: not a true figure, and the likely cause.
+                    "mfu_warning": run.get("mfu_warning"),
                     "scaling_efficiency": per_device / base_per_device if base_per_device else None,
                     # Per rank (the busiest), from the layout; absent in older summaries.
                     "memory": run.get("memory"),

@@ -13,6 +13,7 @@ from launch.report.plot import plot_scaling
 from launch.report.scaling import scaling_rows
 from launch.rundir import failed_points
 from train.measure.summary import finite_json
+from train.spec.safe_files import staged
 
 
 def write_report(dirs: list[Path], out_dir: Path) -> dict[str, Path]:
@@ -31,13 +32,12 @@ def write_files(
     out_dir: Path,
     failed: list[dict[str, Any]] = (),
 ) -> dict[str, Path]:
+    """report.md, results.json, scaling.png (and breakdown.png where runs profiled), replacing
+    the previous report as a whole or not at all: rendered into a staging dir, then renamed
+    into place together (train/spec/safe_files.py); a full disk or a stop while rendering
+    leaves the previous report as it was, a breakdown.png the new report lacks is removed."""
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = {
-        "markdown": out_dir / "report.md",
-        "json": out_dir / "results.json",
-        "plot": out_dir / "scaling.png",
-    }
+    names = {"markdown": "report.md", "json": "results.json", "plot": "scaling.png"}
     markdown = markdown_report(runs, rows, list(failed))
     # Only sweeps that profiled (profile.enabled or profile.twin) have a breakdown to show.
     profiled = [run for run in runs if run.get("breakdown")]
@@ -45,17 +45,16 @@ def write_files(
         section = where_the_time_went(runs)
         markdown = markdown.rstrip("\n") + "\n\n" + "\n".join(section) + "\n"
     markdown += failed_section(failed)
-    paths["markdown"].write_text(markdown)
     series = list(dict.fromkeys(r["series"] for r in rows))
     results = finite_json({"series": series, "rows": rows, "failed": list(failed)})
-    # Strict JSON: a NaN (a diverged loss) is null, never an invalid token.
-    paths["json"].write_text(json.dumps(results, indent=2, allow_nan=False) + "\n")
-    plot_scaling(rows, paths["plot"])
-    if profiled:
-        breakdown_png = plot_breakdown(breakdown_rows(runs), out_dir / "breakdown.png")
-        if breakdown_png:
-            paths["breakdown"] = breakdown_png
-    return paths
+    with staged(out_dir, replaces=("breakdown.png",)) as stage:
+        (stage / names["markdown"]).write_text(markdown)
+        # Strict JSON: a NaN (a diverged loss) is null, never an invalid token.
+        (stage / names["json"]).write_text(json.dumps(results, indent=2, allow_nan=False) + "\n")
+        plot_scaling(rows, stage / names["plot"])
+        if profiled and plot_breakdown(breakdown_rows(runs), stage / "breakdown.png"):
+            names["breakdown"] = "breakdown.png"
+    return {key: out_dir / name for key, name in names.items()}
 
 
 def failed_section(failed: list[dict[str, Any]]) -> str:

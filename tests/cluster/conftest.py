@@ -16,12 +16,23 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 
 from tests.cluster.realcluster import RealCluster, missing_requirements
 
 LAUNCH_TIMEOUT_S = 300
+
+
+class Node(NamedTuple):
+    """A driver on a host of the cluster: its argv, working dir (default: the runs' root) and
+    bind mounts (`{src: dst}`, a node-local disk)."""
+
+    host: str
+    argv: list[str]
+    cwd: Path | None = None
+    binds: dict[Path, Path] | None = None
 
 
 @dataclass
@@ -71,12 +82,16 @@ class Launches:
         self.cluster, self.root = cluster, root
         self.launches: dict[str, Launch] = {}
 
-    def start(self, name: str, nodes: list[tuple[str, list[str], Path, dict]]) -> None:
+    def start(self, name: str, *nodes: Node) -> None:
+        """Start one driver per node given (several: one driver per node of one run)."""
         launch = Launch(name, started=time.monotonic())
-        for k, (host, argv, cwd, binds) in enumerate(nodes):
+        for k, node in enumerate(nodes):
             log = self.root / f"{name}-{k}.log"
             launch.logs.append(log)
-            launch.procs.append(self.cluster.popen(host, argv, log=log, cwd=cwd, binds=binds))
+            cwd = node.cwd or self.root
+            launch.procs.append(
+                self.cluster.popen(node.host, node.argv, log=log, cwd=cwd, binds=node.binds)
+            )
         self.launches[name] = launch
         # When each ended, for the timings (a test may ask for it much later).
         threading.Thread(target=self._note_end, args=(launch,), daemon=True).start()

@@ -172,9 +172,10 @@ class RealCluster:
 
     def on(self, host: str, argv: list[str], binds: dict[Path, Path] | None = None) -> list[str]:
         """`argv` run on `host`: its network, hostname, hosts/passwd (and extra bind mounts)."""
+        paths = [str(path) for pair in (binds or {}).items() for path in pair]
+        if any(c.isspace() or c == ":" for path in paths for c in path):
+            raise ValueError(f"bind mount paths hold no space or colon: {paths}")
         pairs = " ".join(f"{src}:{dst}" for src, dst in (binds or {}).items())
-        if any(c.isspace() for c in pairs.replace(" ", "")) or pairs.count(":") != len(binds or {}):
-            raise ValueError(f"bind paths must hold no space or colon: {pairs}")
         return [
             "nsenter",
             f"--net=/run/netns/{self.hosts[host]}",
@@ -461,6 +462,7 @@ class RealCluster:
                 if _alive(pid):
                     left.append(f"pid {pid}")
         left += [f"namespace {ns}" for ns in list_namespaces() if ns.startswith(f"{self.tag}-")]
+        left += [str(path) for path in Path("/etc/netns").glob(f"{self.tag}-*")]  # none made
         if self.made_run_sshd:
             with contextlib.suppress(OSError):
                 Path("/run/sshd").rmdir()

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.cluster.conftest import Launches
+from tests.cluster.conftest import Launches, Node
 from tests.cluster.realcluster import PARTITIONS
 
 pytestmark = pytest.mark.cluster
@@ -34,7 +34,8 @@ TINY = [
     "wandb.mode=disabled",
 ]
 TWO_NODES = ["cluster.nodes=2", "cluster.nproc_per_node=1"]
-MULTINODE = ["cluster=multinode", "cluster.hosts=[node1,node2]", *TWO_NODES]
+NODES = ("node1", "node2")  # partition `test`: the multi-node drivers' hosts, with sshd
+MULTINODE = ["cluster=multinode", f"cluster.hosts=[{','.join(NODES)}]", *TWO_NODES]
 SINGLE = ["sweep=none", "train.global_batch=4"]  # 2 ranks x micro_batch 2
 SLURM = ["cluster=slurm", "launcher=slurm"]
 # 3.5 MiB of fp32 gradients all-reduced per step: >= 0.59 s a step on this link, far above
@@ -44,33 +45,20 @@ GRAD_BYTES = 3.5 * 2**20
 
 
 def launch(*args: str) -> list[str]:
-    return [PY, "-m", "launch", *TINY, *args]
+    # DDP unless a check names a layout: the paths under test, not the layout chooser.
+    layout = [] if any(a.startswith("parallel=") for a in args) else ["parallel=ddp"]
+    return [PY, "-m", "launch", *TINY, *layout, *args]
 
 
 def slurm_launches(runs: Launches, r: Path) -> None:
-    runs.start(
-        "slurm1",
-        [
-            (
-                "ctl",
-                launch(
-                    *SLURM, "cluster.nodes=1", "cluster.nproc_per_node=2", f"run_dir={r / 'slurm1'}"
-                ),
-                r,
-                {},
-            )
-        ],
-    )
+    one_node = [*SLURM, "cluster.nodes=1", "cluster.nproc_per_node=2"]
+    runs.start("slurm1", Node("ctl", launch(*one_node, f"run_dir={r / 'slurm1'}")))
     sweep = [*SLURM, *TWO_NODES, "sweep.world_sizes=[1,2]"]
-    runs.start("slurm2", [("ctl", launch(*sweep, f"run_dir={r / 'slurm2'}"), r, {})])
+    runs.start("slurm2", Node("ctl", launch(*sweep, f"run_dir={r / 'slurm2'}")))
     runs.cluster.set_link(LINK_GBPS, PARTITIONS["slow"])
     slow = [*sweep, "launcher.partition=slow", f"cluster.link_gbps={LINK_GBPS}"]
-    runs.start("slurm2_slow", [("ctl", launch(*slow, f"run_dir={r / 'slurm2_slow'}"), r, {})])
+    runs.start("slurm2_slow", Node("ctl", launch(*slow, f"run_dir={r / 'slurm2_slow'}")))
     submitit = [
-        PY,
-        "-m",
-        "launch",
-        "--multirun",
         "hydra/launcher=submitit_slurm",
         f"hydra.sweep.dir={r / 'multirun'}",
         "hydra.launcher.partition=test",
@@ -81,19 +69,17 @@ def slurm_launches(runs: Launches, r: Path) -> None:
         "sweep=none",
         "cluster.nproc_per_node=1",
         *TINY,
+        "parallel=ddp",
         "train.seq_len=32,64",
     ]
-    runs.start("submitit", [("ctl", submitit, r, {})])
+    runs.start("submitit", Node("ctl", [PY, "-m", "launch", "--multirun", *submitit]))
 
 
 def torchrun_launches(runs: Launches, r: Path) -> None:
     shared = [*MULTINODE, *SINGLE, "cluster.master_port=29610", f"run_dir={r / 'tr_shared'}"]
     runs.start(
         "torchrun_shared",
-        [
-            (host, launch(*shared, f"cluster.node_rank={k}"), r, {})
-            for k, host in enumerate(("node1", "node2"))
-        ],
+        *(Node(host, launch(*shared, f"cluster.node_rank={k}")) for k, host in enumerate(NODES)),
     )
     # Node-local disks: the same path on each node is another directory; no run_dir, so each
     # driver makes its own timestamped one there (the rendezvous id must not depend on it).
@@ -101,69 +87,29 @@ def torchrun_launches(runs: Launches, r: Path) -> None:
     disk.mkdir()
     local = [*MULTINODE, *SINGLE, "cluster.master_port=29620"]
     nodes = []
-    for k, host in enumerate(("node1", "node2")):
+    for k, host in enumerate(NODES):
         (r / f"disk-{host}").mkdir()
-        nodes.append(
-            (host, launch(*local, f"cluster.node_rank={k}"), disk, {r / f"disk-{host}": disk})
-        )
-    runs.start("torchrun_local", nodes)
+        argv = launch(*local, f"cluster.node_rank={k}")
+        nodes.append(Node(host, argv, cwd=disk, binds={r / f"disk-{host}": disk}))
+    runs.start("torchrun_local", *nodes)
 
 
 def deepspeed_launches(runs: Launches, r: Path) -> None:
-    ds = [*MULTINODE, *SINGLE, "launcher=deepspeed"]
-    runs.start(
-        "ds_pdsh",
-        [
-            (
-                "node1",
-                launch(
-                    *ds,
-                    "launcher.runner=pdsh",
-                    "parallel=zero2",
-                    "cluster.master_port=29630",
-                    f"run_dir={r / 'ds_pdsh'}",
-                ),
-                r,
-                {},
-            )
-        ],
-    )
-    runs.start(
-        "ds_openmpi",
-        [
-            (
-                "node1",
-                launch(
-                    *ds,
-                    "launcher.runner=openmpi",
-                    "cluster.master_port=29640",
-                    f"run_dir={r / 'ds_openmpi'}",
-                ),
-                r,
-                {},
-            )
-        ],
-    )
+    def ds(name: str, runner: str, port: int, *extra: str) -> list[str]:
+        return launch(
+            *MULTINODE,
+            *SINGLE,
+            "launcher=deepspeed",
+            f"launcher.runner={runner}",
+            f"cluster.master_port={port}",
+            f"run_dir={r / name}",
+            *extra,
+        )
+
+    runs.start("ds_pdsh", Node("node1", ds("ds_pdsh", "pdsh", 29630, "parallel=zero2")))
+    runs.start("ds_openmpi", Node("node1", ds("ds_openmpi", "openmpi", 29640)))
     salloc = ["salloc", "-N2", "--time=5", "--job-name=ds-slurm-runner"]
-    runs.start(
-        "ds_slurm",
-        [
-            (
-                "node1",
-                [
-                    *salloc,
-                    *launch(
-                        *ds,
-                        "launcher.runner=slurm",
-                        "cluster.master_port=29650",
-                        f"run_dir={r / 'ds_slurm'}",
-                    ),
-                ],
-                r,
-                {},
-            )
-        ],
-    )
+    runs.start("ds_slurm", Node("node1", [*salloc, *ds("ds_slurm", "slurm", 29650)]))
 
 
 @pytest.fixture(scope="session")

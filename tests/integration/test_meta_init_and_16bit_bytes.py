@@ -95,6 +95,12 @@ def test_every_layout_starts_from_the_plain_models_weights(result):
         assert init[name]["max_abs_diff"] == 0.0, name
 
 
+def test_zero3_under_bf16_keeps_float32_rope_tables(result):
+    # deepspeed.zero.Init patches torch.arange and casts what it makes to bf16 (issue 22).
+    zero3 = result[0]["init"]["zero3_bf16"]
+    assert zero3 == {"rope_dtype": "torch.float32", "rope_equal": True, "max_abs_diff": 0.0}
+
+
 @pytest.mark.parametrize("name", list(BF16_RUNS))
 def test_bf16_counted_bytes_equal_computed_bytes(result, name):
     out, _, runs = result

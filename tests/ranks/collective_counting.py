@@ -40,6 +40,9 @@ SIZES = {
     "_c10d_functional.reduce_scatter_tensor": ("reduce_scatter", lambda a: _nbytes(a[0])),
     # Point-to-point (pipelines): counted at the sender, as train/spec/traffic.py does.
     "c10d.send": ("send_recv", lambda a: _nbytes(a[0])),
+    # All-to-all (expert parallelism): the bytes this rank sends, its input.
+    "_c10d_functional.all_to_all_single": ("all_to_all", lambda a: _nbytes(a[0])),
+    "c10d.alltoall_base_": ("all_to_all", lambda a: _nbytes(a[1])),
 }
 # Bookkeeping ops of functional collectives move nothing; a receive mirrors a counted send.
 NOT_COLLECTIVES = ("wait_tensor", "_wrap_tensor_autograd", "recv_", "recv_any_source_")

@@ -20,6 +20,7 @@ import resource
 import sys
 from pathlib import Path
 
+import torch
 import torch.distributed as dist
 from torch.distributed.tensor import DTensor
 
@@ -89,7 +90,34 @@ def init_check(cfg: RunConfig, rank: distributed.RankInfo) -> dict:
         errors[name] = {"max_abs_diff": worst, "params": seen}
         del layout, model
     errors["plain_params"] = len(plain)
+    errors["zero3_bf16"] = zero3_bf16_check(cfg, rank, plain)
     return errors
+
+
+def zero3_bf16_check(cfg: RunConfig, rank: distributed.RankInfo, plain: dict) -> dict:
+    """ZeRO-3 built under bf16: zero.Init makes every tensor bf16, the rope tables included,
+    unless they are rebuilt after it (train/model/weights.py). Weights: the plain model's,
+    rounded to bf16."""
+    import deepspeed
+
+    plan = LayoutPlan("zero3", Degrees(1, 2, 1), False, [])
+    accum = cfg.train.global_batch // (cfg.train.micro_batch * plan.degrees.dp)
+    model = build_model(cfg, plan, "bf16", accum, rank.device)
+    reference = Transformer(cfg.model, seed=cfg.seed)
+    worst = 0.0
+    for pname, param in model.named_parameters():
+        with deepspeed.zero.GatheredParameters([param]):
+            full = param.data.detach().float().clone()
+        expected = plain[canonical_name(pname)].bfloat16().float()
+        worst = max(worst, float((full - expected).abs().max()))
+    return {
+        "rope_dtype": str(model.rope_cos.dtype),
+        "rope_equal": bool(
+            torch.equal(model.rope_cos, reference.rope_cos)
+            and torch.equal(model.rope_sin, reference.rope_sin)
+        ),
+        "max_abs_diff": worst,
+    }
 
 
 def main(out_dir: Path, memory: Path, init: Path, runs: list[Path]) -> None:

@@ -5,7 +5,8 @@ layouts.
 ``torchrun --nproc-per-node N -m tests.ranks.pipeline_ranks OUT_DIR RUN_DIR/config.yaml ...``
 runs the worker's loop once per config; each writes metrics.jsonl and summary.json, and the
 bytes of the collectives and sends of its third step, per kind and per rank, go to
-OUT_DIR/counted.json (every rank's: pipeline ranks send different amounts).
+OUT_DIR/counted.json (every rank's: pipeline ranks send different amounts, and so do EP ranks
+in their all-to-alls: tests/integration/test_expert_parallel.py runs its cases here too).
 """
 
 from __future__ import annotations

@@ -28,6 +28,7 @@ from train.spec.rules import check_checkpoint_settings, check_layout_features
 
 SMALL = [
     "model=tiny",
+    "parallel=ddp",
     "model.n_layers=2",
     "train.seq_len=32",
     "train.micro_batch=2",

@@ -37,7 +37,13 @@ def validated(*overrides: str):
         (["precision=fp8", "gpu=h100_sxm"], "precision.fp8.min_dim: no Linear layer of model tiny"),
         (["resume=true", "overwrite=true"], "resume: resume=true keeps finished runs"),
         (
-            ["gpu=h100_sxm", "model=llama_70b", "cluster.nproc_per_node=2", "precision=bf16"],
+            [
+                "gpu=h100_sxm",
+                "model=llama_70b",
+                "cluster.nproc_per_node=2",
+                "precision=bf16",
+                "parallel=ddp",
+            ],
             "parallel: llama_70b under parallel=ddp holds 1104 GB per rank",
         ),
     ],

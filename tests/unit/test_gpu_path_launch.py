@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from rich.console import Console
 
+from launch import resolve
 from launch.cluster.hosts import multinode_hosts
 from launch.conf_tree import load_gpu_profile
 from launch.errors import ConfigError
@@ -161,10 +162,7 @@ def test_a_pcie_part_does_not_pass_for_the_sxm_profile():
     ],
 )
 def test_on_a_gpu_node_the_defaults_use_its_gpus(monkeypatch, overrides, nproc, sizes):
-    import torch
-
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "device_count", lambda: 8)
+    monkeypatch.setattr(resolve, "local_gpus", lambda: [("NVIDIA H100 80GB HBM3", 79.1)] * 8)
     cfg = compose_run_config(["gpu=h100_sxm", "run_dir=/x", *overrides])
     resolve_node_defaults(cfg, overrides, Console(quiet=True))
     assert cfg.cluster.nproc_per_node == nproc and cfg.sweep.world_sizes == sizes

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from launch.cluster.hosts import multinode_hosts
+from launch.errors import ConfigError
 from launch.launchers import deepspeed, slurm, torchrun
 from launch.plan import plan_runs
 from tests.conftest import compose_run_config
@@ -44,6 +45,7 @@ def multinode_cfg(*extra: str, run_dir: str = "/runs/golden"):
     return compose_run_config(
         [
             "gpu=h100_sxm",
+            "parallel=ddp",
             "cluster=multinode",
             "cluster.hosts=[gpu-node-01,gpu-node-02]",
             "cluster.fabric_addrs=[10.0.1.1,10.0.1.2]",
@@ -108,7 +110,8 @@ def test_deepspeed_hostfile_command_golden(tmp_path, monkeypatch):
     }
 
 
-def test_sbatch_script_golden():
+def test_sbatch_script_golden(monkeypatch):
+    monkeypatch.setattr(slurm, "partition_cpus", lambda partition: None)  # no Slurm here
     cfg = compose_run_config(
         [
             "gpu=h100_sxm",
@@ -128,6 +131,27 @@ def test_sbatch_script_golden():
     script = slurm.sbatch_script(cfg, plan, plan.run_dir / "config.yaml", workdir=Path("/src"))
     check_golden("job.sbatch", script)
     assert "#SBATCH --nodes=2\n" in script and "#SBATCH --gpus-per-node=8\n" in script
+    # GPU nodes: the whole node and its memory (a measurement shares nothing; ZeRO-Offload's
+    # host copies would hit a cgroup's default memory limit).
+    assert "#SBATCH --exclusive\n" in script and "#SBATCH --mem=0\n" in script
+
+
+def test_cpus_per_task_fits_the_partitions_nodes(tmp_path, monkeypatch):
+    """A fake `sinfo` says the partition's nodes have 16 and 32 CPUs: the default (8 per GPU x
+    8 = 64) is capped at 16, and an explicit 64 is refused before anything is submitted."""
+    (tmp_path / "sinfo").write_text("#!/bin/sh\nprintf '16\\n32\\n'\n")
+    (tmp_path / "sinfo").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+    overrides = ["gpu=h100_sxm", "cluster=slurm", "launcher=slurm", "cluster.nodes=2"]
+    overrides += ["cluster.nproc_per_node=8", "sweep=none", "train.global_batch=64"]
+    cfg = compose_run_config([*overrides, "run_dir=/runs/x"])
+    (plan,) = plan_runs(cfg)
+    script = slurm.sbatch_script(cfg, plan, plan.run_dir / "config.yaml")
+    assert "#SBATCH --cpus-per-task=16\n" in script
+    assert "the partition's nodes have 16 CPUs (sinfo)" in script
+    cfg.launcher.cpus_per_task = 64
+    with pytest.raises(ConfigError, match="launcher.cpus_per_task: 64: the partition's nodes"):
+        slurm.sbatch_script(cfg, plan, plan.run_dir / "config.yaml")
     assert 'scontrol show hostnames "$SLURM_JOB_NODELIST"' in script
 
 

@@ -24,33 +24,39 @@ def choose(gpu: str, model: str, nodes: int, *extra: str):
     )
     world = cfg.gpu.gpus_per_node * nodes
     batch = cfg.train.global_batch * world
-    return choose_layout(
-        cfg,
-        world_size=world,
-        nproc_per_node=cfg.gpu.gpus_per_node,
-        nodes=nodes,
-        batch=BatchRule(global_batch=batch),
-    )
+    where = Placement(world, cfg.gpu.gpus_per_node, nodes)
+    return choose_layout(cfg, where, batch=BatchRule(global_batch=batch))
 
 
 @pytest.mark.parametrize(
-    ("gpu", "model", "nodes", "layout", "tp", "in_reason"),
+    ("gpu", "model", "nodes", "layout", "tp", "in_reason", "extra"),
     [
         # A 1.3B model: FSDP2 gathers 16-bit weights where DDP's autocast casts every fp32
-        # weight each micro-step, and its gathers hide behind compute: fsdp by ~5%.
-        ("h100_sxm", "gpt_1_3b", 1, "fsdp", 1, "next ddp"),
-        ("h800", "gpt_1_3b", 4, "fsdp", 1, "best of"),
+        # weight each micro-step, and its gathers hide behind compute: fsdp by ~6%.
+        ("h100_sxm", "gpt_1_3b", 1, "fsdp", 1, "next ddp", ()),
+        ("h800", "gpt_1_3b", 4, "fsdp", 1, "best of", ()),
         # The H20's compute is so slow that the casts do not matter: the simpler ddp wins.
-        ("h20", "gpt_1_3b", 1, "ddp", 1, "tok/s/device predicted"),
-        # 7B: sharding needed; on 40 GB TP 2 (NVLink) avoids recomputing every block.
-        ("h100_sxm", "llama_7b", 1, "fsdp", 1, "next"),
-        ("a100_40g", "llama_7b", 1, "tp_fsdp", 2, "tp 2"),
-        # No NVLink: never TP, and the reason says so.
-        ("l40s", "llama_7b", 1, "fsdp", 1, "no TP (no NVLink)"),
+        ("h20", "gpt_1_3b", 1, "ddp", 1, "tok/s/device predicted", ()),
+        # 7B: FSDP2's 16-bit stream fits 40 GB without recomputation at one sequence per
+        # micro-step; at two, TP 2 over NVLink beats recomputing every block.
+        ("h100_sxm", "llama_7b", 1, "fsdp", 1, "next", ()),
+        ("a100_40g", "llama_7b", 1, "fsdp", 1, "next", ()),
+        (
+            "a100_40g",
+            "llama_7b",
+            1,
+            "tp_fsdp",
+            2,
+            "tp 2",
+            ("train.micro_batch=2", "train.global_batch=16"),
+        ),
+        # No NVLink: never TP, and the reason says so; over PCIe FSDP's gathers at every
+        # micro-step cost more than a pipeline's activations: pp_fsdp.
+        ("l40s", "llama_7b", 1, "pp_fsdp", 1, "no TP (no NVLink)", ()),
     ],
 )
-def test_auto_picks(gpu, model, nodes, layout, tp, in_reason):
-    choice = choose(gpu, model, nodes)
+def test_auto_picks(gpu, model, nodes, layout, tp, in_reason, extra):
+    choice = choose(gpu, model, nodes, *extra)
     assert choice.name == layout
     assert choice.degrees.tp == tp
     assert choice.degrees.world == nodes * 8
@@ -75,3 +81,48 @@ def test_tp_only_inside_a_node_and_only_over_nvlink():
 def test_a_layout_that_fits_nowhere_says_how_much_it_needs():
     with pytest.raises(ConfigError, match=r"parallel: .*needs \d+\.\d GiB per rank"):
         choose("a100_40g", "llama_70b", 1, "train.micro_batch=8", "train.global_batch=8")
+
+
+def test_auto_is_the_default_and_a_gpu_run_says_what_it_chose():
+    from launch.plan import plan_runs
+
+    cfg = compose_run_config(["gpu=h100_sxm", "model=gpt_1_3b", "run_dir=/unused", "sweep=none",
+                              "cluster.nproc_per_node=8", "train.seq_len=2048",
+                              "train.global_batch=32"])  # fmt: skip
+    assert cfg.parallel.name == "auto"
+    (plan,) = plan_runs(cfg)
+    assert plan.parallel.name != "auto"
+    assert "tok/s/device predicted" in plan.layout_reason
+
+
+def test_auto_on_a_cpu_without_a_measured_ceiling_is_ddp_and_says_why(monkeypatch, tmp_path):
+    from launch.plan import plan_runs
+
+    monkeypatch.setenv("SCALEPROBE_CACHE_DIR", str(tmp_path))
+    cfg = compose_run_config(["run_dir=/unused", "sweep=weak", "sweep.world_sizes=[1,2]"])
+    plans = plan_runs(cfg)
+    assert [p.parallel.name for p in plans] == ["ddp", "ddp"]
+    assert all("launch.mamf" in p.layout_reason for p in plans)
+    assert [p.global_batch // p.world_size for p in plans] == [8, 8]  # weak scaling kept
+
+
+def test_auto_on_a_cpu_with_a_cached_ceiling_chooses_with_the_model(monkeypatch, tmp_path):
+    """The cached peak is attached before the layout is chosen (no 'cpu has no fp32 peak')."""
+    from launch.bench.cache import cache_path, save
+    from launch.plan import plan_runs
+    from train.spec.devices import cpu_model_name
+
+    monkeypatch.setenv("SCALEPROBE_CACHE_DIR", str(tmp_path))
+    save(
+        cache_path(cpu_model_name(), 1),
+        {
+            "device_name": cpu_model_name(),
+            "measured_at": "2026-11-30T00:00:00+00:00",
+            "cpu_threads": 1,
+            "best_tflops": {"fp32": 0.09},
+        },
+    )
+    cfg = compose_run_config(["run_dir=/unused", "sweep=none", "cluster.nproc_per_node=2"])
+    (plan,) = plan_runs(cfg)
+    assert plan.parallel.name in ("ddp", "fsdp")
+    assert "tok/s/device predicted" in plan.layout_reason

@@ -25,7 +25,9 @@ from train.spec.devices import cpu_model_name
 
 
 def _cpu(*overrides: str):
-    return compose_run_config(["model=tiny", "gpu=cpu", "run_dir=/unused", *overrides])
+    return compose_run_config(
+        ["model=tiny", "gpu=cpu", "parallel=ddp", "run_dir=/unused", *overrides]
+    )
 
 
 def test_gloo_on_loopback_is_alpha_plus_bus_bytes_over_the_measured_busbw():
@@ -149,3 +151,16 @@ def test_the_report_reads_kernel_times_and_never_measures_them(tmp_path, monkeyp
     assert "unavailable" not in predicted, predicted
     assert predicted["compute_s"] > 0
     assert predicted["measured_over_predicted"] == pytest.approx(0.2 / predicted["step_time_s"])
+
+
+def test_streamed_bytes_run_at_the_largest_copys_rate_not_the_cache_inflated_fit():
+    memory = {
+        "kernel_latency_s": 1e-6,
+        "gbytes_per_s": 89.0,  # the fit, lifted by cache-resident sizes
+        "points": [
+            {"bytes": 1_572_864, "time_s": 1.7e-5},
+            {"bytes": 50_331_648, "time_s": 1e-6 + 50_331_648 / 22e9},
+        ],
+    }
+    assert host.streaming_gbytes_per_s(memory) == pytest.approx(22.0)
+    assert host.streaming_gbytes_per_s({"kernel_latency_s": 0.0, "gbytes_per_s": 5.0}) == 5.0

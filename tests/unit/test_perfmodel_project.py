@@ -208,6 +208,7 @@ def test_predict_run_on_the_cpu_uses_the_given_ceiling_and_the_emulated_link():
     cfg = compose_run_config(
         [
             "model=tiny",
+            "parallel=ddp",
             "cluster=emulated",
             "cluster.link_gbps=0.2",
             "cluster.nodes=2",
@@ -236,3 +237,81 @@ def test_predict_run_on_the_cpu_uses_the_given_ceiling_and_the_emulated_link():
     assert fast.compute_s == pytest.approx(slow.compute_s)
     assert slow.exposed_comm_s > 5 * fast.exposed_comm_s > 0
     assert fast.mfu is not None and 0 < fast.mfu <= 1
+
+
+@pytest.mark.parametrize(
+    ("overrides", "key"),
+    [
+        (["train.global_batch=0"], "train.global_batch"),
+        (["train.micro_batch=0"], "train.micro_batch"),
+        (["train.global_batch=-1"], "train.global_batch"),
+        (["project.interconnect_bound_share=1.5"], "project.interconnect_bound_share"),
+        (["project.attention=bogus"], "project.attention"),
+    ],
+)
+def test_bad_projection_input_is_one_config_error_before_anything_is_written(
+    tmp_path, overrides, key
+):
+    out = tmp_path / "out"
+    with pytest.raises(ConfigError) as err:
+        run_projection(
+            projection_cfg(tmp_path, f"project.out={out}", *overrides), Console(record=True)
+        )
+    assert err.value.key == key
+    assert "\n" not in str(err.value)
+    assert not out.exists()
+
+
+def test_a_corrupt_calibration_summary_is_a_config_error(tmp_path):
+    (tmp_path / "summary.json").write_text("{not json")
+    (tmp_path / "config.yaml").write_text("model: {}\n")
+    with pytest.raises(ConfigError, match="project.calibrate: .*summary.json is not readable JSON"):
+        load_calibration(str(tmp_path), None)
+
+
+def test_a_run_that_fits_nowhere_suggests_what_it_does_not_already_do(tmp_path):
+    cfg = projection_cfg(
+        tmp_path,
+        "model=llama_70b",
+        "parallel=fsdp",
+        "parallel.activation_checkpoint=full",
+        "train.micro_batch=1",
+        "train.global_batch=8",
+        "project.gpus=[l40s]",
+        "project.nodes=[1]",
+    )
+    with pytest.raises(ConfigError) as err:
+        run_projection(cfg, Console(record=True))
+    assert err.value.key == "parallel"
+    text = str(err.value)
+    assert "parallel=fsdp" not in text.split("try")[1]
+    assert "activation_checkpoint=full" not in text and "micro_batch" not in text.split("try")[1]
+    assert "more nodes" in text
+
+
+def test_a_skipped_collective_says_why_on_the_console(tmp_path):
+    cfg = projection_cfg(
+        tmp_path, "project.mode=comm", "project.gpus=[l40s]", "project.nodes=[2]",
+        "comm.max_bytes=4096",
+    )  # fmt: skip
+    console = Console(record=True, width=300)
+    run_projection(cfg, console)
+    assert "no NIC rate" in console.export_text()
+
+
+def test_pipelines_are_projected_rows(tmp_path):
+    rows = project_runs(
+        projection_cfg(
+            tmp_path,
+            "model=llama_7b",
+            "parallel=pp_fsdp",
+            "train.seq_len=4096",
+            "train.micro_batch=1",
+            "train.global_batch=16",
+            "project.nodes=[2]",
+        ),
+        projected_profiles(["h100_sxm"]),
+    )
+    (row,) = rows
+    assert row["layout"]["name"] == "pp_fsdp" and row["layout"]["pp"] == 2
+    assert row["pipeline_bubble_s"] > 0 and row["pipeline_send_s"] > 0

@@ -113,8 +113,11 @@ def test_launch_and_the_projection_agree_on_accumulation(name):
 
 
 def test_every_layout_but_the_pipelines_is_compared_above():
-    # The perfmodel does not project pipelines yet (its rows say why); the rest must agree.
-    assert set(LAYOUTS) == {n for n, row in CATALOG.items() if not row.pipeline}
+    # The perfmodel does not project pipelines yet (its rows say why), nor expert parallelism
+    # (issue 18 models its all-to-all; an EP row then joins LAYOUTS); the rest must agree.
+    assert set(LAYOUTS) == {
+        n for n, row in CATALOG.items() if not row.pipeline and not row.expert_parallel
+    }
 
 
 def test_weak_scaling_keeps_the_sequences_of_each_data_parallel_rank():

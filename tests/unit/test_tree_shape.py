@@ -29,9 +29,13 @@ from tests.conftest import REPO, run_command
 PACKAGES = ("train", "launch")
 MAX_FUNCTION_LINES = 80
 CATALOG = Path("train/spec/catalog.py")
-LAYOUT_NAMES = {"ddp", "fsdp", "hsdp", "zero1", "zero2", "zero3", "tp", "tp_fsdp", "pp", "pp_fsdp"}
-# Mesh dimensions (train/spec/degrees.py MESH_DIMS): "tp" and "pp" spell a layout and a dim.
-MESH_DIMS = {"pp", "dp_replicate", "dp_shard", "tp"}
+LAYOUT_NAMES = {
+    *("ddp", "fsdp", "hsdp", "zero1", "zero2", "zero3", "tp", "tp_fsdp", "pp", "pp_fsdp"),
+    *("ep", "ep_fsdp"),
+}
+# Mesh dimensions (train/spec/degrees.py MESH_DIMS): "tp", "pp" and "ep" spell a layout and a
+# dim.
+MESH_DIMS = {"pp", "dp_replicate", "dp_shard", "ep", "tp"}
 MESH_ONLY_DIMS = MESH_DIMS - LAYOUT_NAMES
 # What a function may import, by top-level package: heavy optional dependencies whose import
 # is deferred to the code that needs them.

@@ -18,7 +18,7 @@ def one_rank_config(tmp_path, monkeypatch, *overrides: str):
         monkeypatch.delenv(var, raising=False)
     run_dir = tmp_path / "run"
     cfg = compose_run_config(
-        [*FAST, "sweep=none", "precision=fp32", "train.warmup_steps=1", *overrides]
+        [*FAST, "sweep=none", "precision=fp32", "parallel=ddp", "train.warmup_steps=1", *overrides]
         + [f"run_dir={run_dir}"]
     )
     run_dir.mkdir()

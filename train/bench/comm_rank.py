@@ -1,4 +1,5 @@
-"""One rank of the collective benchmark: ``python -m train.bench.comm_rank --config RUN_DIR/config.yaml``.
+"""One rank of the collective benchmark:
+``python -m train.bench.comm_rank --config RUN_DIR/config.yaml``.
 
 Times all_reduce, all_gather, reduce_scatter, all_to_all and broadcast over doubling message
 sizes, in the groups that matter on a cluster: all ranks, the ranks of one node (NVLink on a
@@ -22,8 +23,11 @@ import torch.distributed as dist
 
 from train.measure.cluster_record import cluster_record
 from train.runtime import distributed
+from train.runtime.rank_exit import run_or_exit
 from train.spec.bus import COLLECTIVES, bus_factor
 from train.spec.config import RunConfig, load_run_config
+from train.spec.heartbeat import Heartbeat, beat_interval_s, stall_timeout_s
+from train.spec.safe_files import append_line, write_atomic
 
 ELEMENT = torch.float32
 ELEMENT_BYTES = 4
@@ -109,24 +113,34 @@ def run(config_path: str | Path) -> None:
     config_path = Path(config_path)
     cfg = load_run_config(config_path)
     run_dir = config_path.parent
-    rank = distributed.init_distributed(cfg.fabric.nccl_env)
+    rank = distributed.init_distributed(
+        cfg.fabric.nccl_env, timeout_s=cfg.cluster.collective_timeout_s
+    )
     if not dist.is_initialized():
         raise SystemExit(
             "python -m train.bench.comm_rank needs torchrun (or another launcher): RANK unset"
         )
+    interval = beat_interval_s(stall_timeout_s(cfg.cluster))
     try:
-        benchmark(cfg, run_dir, rank)
-        dist.barrier()
+        # The driver's watchdog reads it (launch/launchers/watchdog.py); a point is a step.
+        with Heartbeat(run_dir, rank.rank, interval) as heartbeat:
+            benchmark(cfg, run_dir, rank, heartbeat.at)
+            dist.barrier()
     finally:
         distributed.shutdown()
 
 
-def benchmark(cfg: RunConfig, run_dir: Path, rank: distributed.RankInfo) -> None:
+def benchmark(
+    cfg: RunConfig,
+    run_dir: Path,
+    rank: distributed.RankInfo,
+    on_point: Callable[[int], None] = lambda step: None,
+) -> None:
     c = cfg.comm
     sizes = message_sizes(c.min_bytes, c.max_bytes)
     progress = run_dir / "comm.jsonl"
     if rank.is_main:
-        progress.write_text("")
+        write_atomic(progress, "")
     groups = []
     for label, rank_lists in scopes(rank):
         # new_group is collective over the world: every rank creates every group, in order.
@@ -168,9 +182,9 @@ def benchmark(cfg: RunConfig, run_dir: Path, rank: distributed.RankInfo) -> None
                 }
                 results.append(point)
                 step += 1
+                on_point(step)
                 if rank.is_main:
-                    with progress.open("a") as f:
-                        f.write(json.dumps({"step": step, **point}) + "\n")
+                    append_line(progress, json.dumps({"step": step, **point}))
     if rank.is_main:
         report = {
             "world_size": rank.world_size,
@@ -183,13 +197,14 @@ def benchmark(cfg: RunConfig, run_dir: Path, rank: distributed.RankInfo) -> None
             **cluster_record(cfg, rank.device),
             "results": results,
         }
-        (run_dir / "comm.json").write_text(json.dumps(report, indent=2) + "\n")
+        write_atomic(run_dir / "comm.json", json.dumps(report, indent=2) + "\n")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m train.bench.comm_rank", description=__doc__)
     parser.add_argument("--config", required=True, help="resolved config.yaml from the driver")
-    run(parser.parse_args().config)
+    config = parser.parse_args().config
+    run_or_exit(lambda: run(config))
 
 
 if __name__ == "__main__":

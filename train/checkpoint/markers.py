@@ -27,6 +27,7 @@ from typing import Any
 from train.spec.config import RunConfig
 from train.spec.config_error import ConfigError
 from train.spec.degrees import LayoutPlan, plan_layout
+from train.spec.safe_files import write_atomic
 
 MARKER = "complete.json"
 STEP_DIR = re.compile(r"^step_(\d+)$")
@@ -34,9 +35,10 @@ STEP_DIR = re.compile(r"^step_(\d+)$")
 # anything else (DCP's .metadata, DeepSpeed's mp_rank_00_model_states.pt) is rank 0's.
 RANK_FILES = (
     re.compile(r"^__(\d+)_\d+\.distcp$"),
-    # DeepSpeed's optimizer shards: zero_pp_rank_<rank>_* (fp32), bf16_zero_pp_rank_<rank>_*
-    # and fp16_zero_pp_rank_<rank>_* (16-bit runs keep their fp32 masters there).
-    re.compile(r"^(?:bf16_|fp16_)?zero_pp_rank_(\d+)_"),
+    # DeepSpeed's shards (0.19.8, runtime/engine.py _get_zero_ckpt_prefix): a bf16 run names
+    # its optimizer shards (its fp32 masters) bf16_zero_pp_rank_<rank>_*, fp32 and fp16 runs
+    # zero_pp_rank_<rank>_*, as ZeRO-3's per-rank model states.
+    re.compile(r"^(?:bf16_)?zero_pp_rank_(\d+)_"),
 )
 GB = 1e9  # checkpoint bandwidth in GB/s: 10^9 bytes, as storage is quoted
 
@@ -207,9 +209,7 @@ def unwritable_reason(root: Path) -> str | None:
 
 def write_marker(path: Path, marker: dict[str, Any]) -> None:
     """Written whole or not at all: a marker cut short is no marker."""
-    partial = path / (MARKER + ".partial")
-    partial.write_text(json.dumps(marker, indent=2) + "\n")
-    os.replace(partial, path / MARKER)
+    write_atomic(path / MARKER, json.dumps(marker, indent=2) + "\n")
 
 
 def keep_last(root: Path, keep: int) -> None:

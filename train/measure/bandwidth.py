@@ -23,7 +23,8 @@ from train.spec.config import GpuConfig
 from train.spec.degrees import Degrees
 from train.spec.traffic import Collective
 
-MEASURED_KINDS = ("all_reduce", "all_gather", "reduce_scatter")  # the kinds with a bus factor
+# The kinds with a bus factor (all_to_all: EP's, whose bytes are the EP group's mean per rank).
+MEASURED_KINDS = ("all_reduce", "all_gather", "reduce_scatter", "all_to_all")
 # A group with under 1% of its kind's bytes (the gradient norm's 4) does not decide the link.
 MINOR_SHARE = 0.01
 

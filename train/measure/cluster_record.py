@@ -44,7 +44,7 @@ def cluster_fields(cfg: RunConfig, device: torch.device) -> dict:
         # CPU ranks sharing cores (cluster.allow_oversubscribe): contention, not devices.
         "oversubscribed": device.type == "cpu" and oversubscribed(cfg),
     }
-    if c.name == "emulated":
+    if cfg.resolved.applied_link:  # the emulated link, or the one declared for real nodes
         # rate, qdisc, latency (applied or not), link match
         cluster["link"] = cfg.resolved.applied_link
     return cluster

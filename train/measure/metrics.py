@@ -38,6 +38,23 @@ class MfuFigures:
     mfu_vs_bf16_peak: float | None = None  # fp8 runs
     mfu_vs_fp8_peak: float | None = None  # fp8 runs
 
+    @property
+    def above_peak(self) -> str | None:
+        """Why an MFU above 100% cannot be a true figure, or None: a run cannot beat the peak
+        it is measured against, so that peak is too low for this device."""
+        if self.mfu_vs_measured is not None and self.mfu_vs_measured > 1:
+            return (
+                f"MFU against the measured ceiling is {self.mfu_vs_measured:.0%}: the ceiling "
+                "was likely measured on a loaded machine or another device; measure again on "
+                "a quiet one (python -m launch.mamf --replace)"
+            )
+        if self.mfu is not None and self.mfu > 1:
+            return (
+                f"MFU is {self.mfu:.0%}: the profile's {self.mfu_peak_precision} peak is below "
+                "what this device did; the profile likely describes another part (gpu=...)"
+            )
+        return None
+
 
 def mfu_figures(
     flops_per_token: float, tokens_per_s_per_device: float, gpu: GpuConfig, resolved: str
@@ -100,6 +117,8 @@ class StepRecord:
     after_restart: bool = False
     # This step had already run before the failure; this line is its run again.
     repeated: bool = False
+    # MoE models: how the step routed, over every rank (train/measure/routing.py).
+    moe: dict | None = None
 
     @classmethod
     def measured(
@@ -117,6 +136,7 @@ class StepRecord:
         loss_scale: float | None = None,
         after_restart: bool = False,
         repeated: bool = False,
+        moe: dict | None = None,
     ) -> StepRecord:
         """Every derived figure of a step, computed once here for all sinks."""
         tokens_per_s = tokens_per_step / step_time_s
@@ -134,6 +154,7 @@ class StepRecord:
             loss_scale=loss_scale,
             after_restart=after_restart,
             repeated=repeated,
+            moe=moe,
         )
 
 
@@ -149,9 +170,11 @@ def format_step_line(r: StepRecord, total_steps: int) -> str:
     """One torchtitan-style log line per step."""
     mfu_text = f"{100 * r.mfu:.1f}%" if r.mfu is not None else "n/a"
     warm = ("" if r.timed else "  (warm-up)") + ("  (repeated)" if r.repeated else "")
+    load = (r.moe or {}).get("load_max_over_mean")
+    moe = f"  expert load max/mean {load:.2f}" if load else ""
     return (
         f"step {r.step:>4}/{total_steps}  loss {r.loss:8.4f}  "
         f"memory {r.memory_bytes / 2**30:6.2f}GiB  tps {r.tokens_per_s:,.0f}  "
         f"tps/device {r.tokens_per_s_per_device:,.0f}  "
-        f"tflops {r.model_tflops_per_device:.3f}  mfu {mfu_text}{warm}"
+        f"tflops {r.model_tflops_per_device:.3f}  mfu {mfu_text}{moe}{warm}"
     )

@@ -11,6 +11,7 @@ from pathlib import Path
 from train.measure.metrics import StepRecord, format_step_line
 from train.measure.summary import RunSummary
 from train.measure.tracking import WandbRun
+from train.spec.safe_files import append_line, write_atomic
 
 
 class MetricsSinks:
@@ -21,14 +22,13 @@ class MetricsSinks:
         self.total_steps, self.tracker = total_steps, tracker
         self.records: list[StepRecord] = read_step_records(self.metrics_path) if resume else []
         if not resume:
-            self.metrics_path.write_text("")
+            write_atomic(self.metrics_path, "")
         # Steps the earlier attempts ran: run again now, they are marked `repeated`.
         self.earlier_steps = {r.step for r in self.records}
 
     def log_step(self, record: StepRecord) -> None:
         self.records.append(record)
-        with self.metrics_path.open("a") as f:
-            f.write(json.dumps(record.__dict__) + "\n")
+        append_line(self.metrics_path, json.dumps(record.__dict__))
         self.tracker.log({k: v for k, v in record.__dict__.items() if k != "step"}, record.step)
         print(format_step_line(record, self.total_steps), flush=True)
 
@@ -68,5 +68,5 @@ def read_step_records(path: Path) -> list[StepRecord]:
             continue
         kept.append(line)
     if len(kept) != len(text.splitlines()) or (text and not text.endswith("\n")):
-        path.write_text("".join(line + "\n" for line in kept))
+        write_atomic(path, "".join(line + "\n" for line in kept))
     return records

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from train.spec.safe_files import write_atomic
+
 SCHEMA_VERSION = 2  # 1: before `schema_version` existed (scaleprobe 0.1, issues 2-5)
 
 
@@ -61,6 +63,8 @@ class RunSummary:
     mfu_vs_bf16_peak: float | None = None  # fp8 runs
     mfu_vs_fp8_peak: float | None = None  # fp8 runs
     gpu_warning: str | None = None
+    # MFU above 100%: the figure is not true, and why (a ceiling measured under load, say).
+    mfu_warning: str | None = None
     hardware_flops_per_token: float | None = None
     hfu: float | None = None
     # Allocated (live tensors; RSS on CPU) and reserved by the caching allocator (null on CPU).
@@ -68,6 +72,9 @@ class RunSummary:
     peak_memory_reserved_bytes: int | None = None
     memory: dict[str, int] | None = None  # busiest rank: params, grads, optimizer, peaks
     comm_bytes_per_step: dict[str, int] | None = None  # per rank, by collective kind
+    # MoE models: experts, top_k, EP degree, total and active parameters, and over the timed
+    # steps the expert load imbalance, dropped share and balancing loss (train/measure/routing.py).
+    moe: dict[str, Any] | None = None
     # pp layouts: schedule, stages, microbatches, layers per stage, predicted bubble, and the
     # bytes each pipeline rank holds (train/spec/stages.py, pipeline.py).
     pipeline: dict[str, Any] | None = None
@@ -99,7 +106,7 @@ class RunSummary:
     def write(self, path: Path) -> None:
         # Strict JSON: a NaN (a diverged loss) becomes null rather than an invalid token.
         text = json.dumps(finite_json(self.to_dict()), indent=2, allow_nan=False)
-        Path(path).write_text(text + "\n")
+        write_atomic(path, text + "\n")  # whole or absent: a report never reads half of one
 
     @classmethod
     def from_dict(cls, data: Any, source: str = "summary") -> RunSummary:

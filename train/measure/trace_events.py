@@ -9,9 +9,12 @@ on event lists (testable on hand-made traces). What counts as what:
   waiting for the peers included). Compute is the time the step's own thread spends inside
   profiler ops (``cpu_op``), minus the ops that only hand a collective to gloo (``c10d::*``).
   Time the step's thread spends in no op (DDP waiting for its last bucket, Python between
-  ops) is neither: it is exposed comm where gloo is busy, idle where it is not.
+  ops) is neither: it is exposed comm where gloo is busy, idle where it is not. Functional
+  collectives (DTensor's, EP's all-to-all) and their waits are not compute either.
 - GPU trace (NCCL): communication is the NCCL kernels, compute every other kernel; the step
-  window is the step's mark on the GPU timeline where the profiler recorded one. On GPU the
+  window is the step's mark on the GPU timeline where the profiler recorded one. NCCL runs an
+  all-to-all (EP's token dispatch) as grouped sends and receives: its kernels count as comm
+  (exposed like any other) under the kind "other", not "all_to_all". On GPU the
   Holistic Trace Analysis method (train/measure/hta.py) runs as well when installed.
 
 Per step: overlapped = comm ∩ compute, exposed = comm − compute, idle = step − (compute ∪
@@ -37,6 +40,10 @@ STEP_MARK = re.compile(r"^step#(\d+)$")  # record_function name of each profiled
 LOSS_MARK = "loss_all_reduce"  # the logged-loss all-reduce, not part of comm_volume's bytes
 # Ops on the step's thread that only enqueue a collective (or wait for one): not compute.
 COMM_LAUNCH_PREFIXES = ("c10d::", "record_param_comms", "nccl:", "gloo:")
+# ... and functional collectives (DTensor's, EP's all-to-all), their waits and their autograd
+# nodes (``GeneratedBackwardFor__c10d_functional_all_to_all_single...``), wherever the name
+# puts it: a wait inside one of them is the link's time, not compute.
+FUNCTIONAL_COMM = "c10d_functional"
 # (what an NCCL kernel's name holds, lowercased without "_"; the collective it runs)
 NCCL_KINDS = (
     ("allreduce", "all_reduce"),
@@ -147,16 +154,19 @@ def step_windows(events: Sequence[TraceEvent]) -> list[tuple[int, TraceEvent]]:
 
 
 def compute_intervals(events: Sequence[TraceEvent], thread: int | str) -> list[Interval]:
-    """Compute: on a GPU trace every non-NCCL kernel; on CPU the step thread's ops."""
+    """Compute: on a GPU trace every non-NCCL kernel; on CPU the step thread's ops, less the
+    time inside functional collectives and their waits even where another op holds them (a
+    functional collective's wait runs inside the first op that reads its result)."""
     if is_device_trace(events):
         return [e.interval for e in events if e.category == "kernel" and comm_kind(e) is None]
-    return [
+    ops = [e for e in events if e.category == "cpu_op" and e.thread == thread]
+    functional = [e.interval for e in ops if FUNCTIONAL_COMM in e.name]
+    compute = [
         e.interval
-        for e in events
-        if e.category == "cpu_op"
-        and e.thread == thread
-        and not e.name.startswith(COMM_LAUNCH_PREFIXES)
+        for e in ops
+        if not e.name.startswith(COMM_LAUNCH_PREFIXES) and FUNCTIONAL_COMM not in e.name
     ]
+    return subtract(compute, functional)
 
 
 def comm_intervals(events: Sequence[TraceEvent], kind: str | None = None) -> list[Interval]:
@@ -201,6 +211,7 @@ def _launch_kind(name: str) -> str:
         ("allreduce", "all_reduce"),
         ("allgather", "all_gather"),
         ("reduce_scatter", "reduce_scatter"),
+        ("alltoall", "all_to_all"),
     ):
         if key in name:
             return kind

@@ -1,4 +1,6 @@
-"""A Llama-style decoder: RMSNorm, rotary positions, grouped-query attention, SwiGLU.
+"""A Llama-style decoder: RMSNorm, rotary positions, grouped-query attention, SwiGLU, and
+for MoE models routed experts in place of the SwiGLU every model.moe_every blocks
+(train/model/moe.py).
 
 Written to be read in one sitting (nanoGPT / torchtitan style). Module names are part of
 the interface: tensor-parallel plans and fp8 filters select submodules by fully-qualified
@@ -14,11 +16,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from train.model.moe import MoE, SwiGLU, moe_blocks
 from train.model.rope import apply_rope, rope_tables
 from train.model.weights import init_weights
 from train.spec.config import ModelConfig
 from train.spec.rules import check_model
-from train.spec.shapes import head_dim
+from train.spec.shapes import head_dim, is_moe_layer
 
 
 class RMSNorm(nn.RMSNorm):
@@ -66,47 +69,58 @@ class Attention(nn.Module):
         return self.wo(y.transpose(1, 2).reshape(B, T, -1))
 
 
-class FeedForward(nn.Module):
-    """SwiGLU (Shazeer 2020): w2(silu(w1 x) * w3 x)."""
+class FeedForward(SwiGLU):
+    """SwiGLU (Shazeer 2020): w2(silu(w1 x) * w3 x), ffn_hidden wide."""
 
     def __init__(self, cfg: ModelConfig):
-        super().__init__()
-        self.w1 = nn.Linear(cfg.d_model, cfg.ffn_hidden, bias=False)
-        self.w2 = nn.Linear(cfg.ffn_hidden, cfg.d_model, bias=False)
-        self.w3 = nn.Linear(cfg.d_model, cfg.ffn_hidden, bias=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+        super().__init__(cfg.d_model, cfg.ffn_hidden)
 
 
 class TransformerBlock(nn.Module):
-    """Pre-norm residual block: x + attn(norm(x)), then x + ffn(norm(x))."""
+    """Pre-norm residual block: x + attn(norm(x)), then x + ffn(norm(x)); the FFN is
+    ``feed_forward`` (dense) or ``moe`` (an MoE block: train/model/moe.py)."""
 
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, layer: int = 0):
         super().__init__()
         self.attention_norm = RMSNorm(cfg.d_model, eps=cfg.norm_eps)
         self.attention = Attention(cfg)
         self.ffn_norm = RMSNorm(cfg.d_model, eps=cfg.norm_eps)
-        self.feed_forward = FeedForward(cfg)
+        self.is_moe = is_moe_layer(cfg, layer)
+        if self.is_moe:
+            self.moe = MoE(cfg)
+        else:
+            self.feed_forward = FeedForward(cfg)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         x = x + self.attention(self.attention_norm(x), cos, sin)
-        return x + self.feed_forward(self.ffn_norm(x))
+        ffn = self.moe if self.is_moe else self.feed_forward
+        return x + ffn(self.ffn_norm(x))
+
+
+def cross_entropy_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """The mean cross-entropy over every token, in float32: a bf16/fp16 log-sum-exp over a 50k
+    vocab is visibly inexact. Eager, the upcast is a float32 copy of the logits (3.1 GiB at
+    8 x 2048 x 50304) and the log-softmax another; compiled (train/parallel/build.py), it fuses
+    into the loss's own kernels and neither exists (docs/gpu-benchmark.md)."""
+    return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
 
 
 class Transformer(nn.Module):
-    """The decoder. ``seed`` picks the initial weights (train/model/weights.py: each parameter from its
-    own seed, so every layout starts from the same weights); None draws it from the global
-    torch RNG. Built under ``torch.device("meta")`` it holds shapes only, to be sharded and
-    then materialised (train/model/weights.py materialize). ``init=False`` leaves the parameters as
-    constructed, for a caller that initialises them later (ZeRO-3's zero.Init)."""
+    """The decoder. ``seed`` picks the initial weights (train/model/weights.py: each parameter
+    from its own seed, so every layout starts from the same weights); None draws it from the
+    global torch RNG. Built under ``torch.device("meta")`` it holds shapes only, to be sharded
+    and then materialised (train/model/weights.py materialize). ``init=False`` leaves the
+    parameters as constructed, for a caller that initialises them later (ZeRO-3's zero.Init)."""
+
+    # forward's loss; train/parallel/build.py puts a compiled one on the instance.
+    loss_fn = staticmethod(cross_entropy_loss)
 
     def __init__(self, cfg: ModelConfig, *, seed: int | None = None, init: bool = True):
         super().__init__()
         check_model(cfg)  # the driver's rules: a shape it would refuse is refused here too
         self.cfg = cfg
         self.tok_embeddings = nn.Embedding(cfg.vocab_size, cfg.d_model)
-        self.layers = nn.ModuleList(TransformerBlock(cfg) for _ in range(cfg.n_layers))
+        self.layers = nn.ModuleList(TransformerBlock(cfg, i) for i in range(cfg.n_layers))
         self.norm = RMSNorm(cfg.d_model, eps=cfg.norm_eps)
         self.output = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
         if cfg.tie_embeddings:
@@ -143,5 +157,15 @@ class Transformer(nn.Module):
         logits = self.output(self.norm(h))
         if targets is None:
             return logits
-        # float32 softmax: a bf16/fp16 log-sum-exp over a 50k vocab is visibly inexact.
-        return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
+        return self._with_balancing_gradient(self.loss_fn(logits, targets))
+
+    def _with_balancing_gradient(self, loss: torch.Tensor) -> torch.Tensor:
+        """MoE: ``loss`` plus aux_loss_weight x (the blocks' balancing losses minus their own
+        value): the value stays the language-model loss (what the run logs and compares),
+        the gradient gets the balancing term, scaled with the loss by accumulation and fp16
+        loss scaling like any other part of it (train/model/moe.py)."""
+        auxes = [a for m in moe_blocks(self) if (a := m.take_aux_loss()) is not None]
+        if not auxes:
+            return loss
+        aux = self.cfg.aux_loss_weight * torch.stack(auxes).sum()
+        return loss + (aux - aux.detach())

@@ -21,10 +21,16 @@ import torch.distributed as dist
 from torch import nn
 from torch.distributed._symmetric_memory import enable_symm_mem_for_group
 
-from train.model.transformer import Transformer
+from train.model.transformer import Transformer, cross_entropy_loss
 from train.model.weights import init_weights, materialize
 from train.parallel.activation_checkpoint import apply_activation_checkpointing
 from train.parallel.ddp import apply_ddp
+from train.parallel.expert_parallel import (
+    apply_expert_fsdp,
+    apply_expert_parallel,
+    configure_experts,
+    grouped_mm_for,
+)
 from train.parallel.fsdp import apply_fsdp, fsdp_no_sync, mixed_precision_policy
 from train.parallel.layout import Layout, TorchLayout, adamw
 from train.parallel.mesh import build_mesh, data_parallel_rank
@@ -48,7 +54,9 @@ def build_model(
     if layout.row.zero_stage == 3 and dist.is_initialized():
         return zero3_model(cfg, precision, accum_steps, device)
     with torch.device("meta"):
-        return Transformer(cfg.model)
+        model = Transformer(cfg.model)
+    configure_experts(model, grouped_mm=grouped_mm_for(cfg.train.grouped_mm, device))  # MoE
+    return model
 
 
 def build_layout(
@@ -62,7 +70,7 @@ def build_layout(
     fp8_backend: str | None = None,
     fp8_recipe: str | None = None,
 ) -> Layout:
-    """Place ``model`` (a train.model.transformer.Transformer from ``build_model``) as ``layout`` says.
+    """Place ``model`` (a Transformer from ``build_model``) as ``layout`` says.
 
     ``precision`` is the resolved one, ``fp8_backend``/``fp8_recipe`` the plan's when it is
     fp8. Without a process group (a rank started by hand) the model trains alone, unwrapped.
@@ -86,6 +94,8 @@ def build_layout(
         return build_pipeline_layout(
             model, cfg, layout, precision, device, compile_blocks=compile_blocks
         )
+    if row.expert_parallel:  # ep, ep_fsdp: experts split over ranks, tokens by all-to-all
+        return _expert_parallel(model, cfg, layout, precision, device, compile_blocks, te_layers)
     mesh = build_mesh(degrees, device)
     if degrees.tp > 1:
         apply_tensor_parallel(
@@ -99,7 +109,7 @@ def build_layout(
         if cfg.parallel.async_tp:
             enable_async_tp(mesh["tp"], device)
     apply_activation_checkpointing(model.layers, layout.checkpointed, te_layers)
-    _compile_blocks(model, compile_blocks)
+    _compile_blocks(model, compile_blocks, loss=degrees.tp == 1)
 
     no_sync = after_step = None
     if row.shards_parameters:
@@ -129,6 +139,31 @@ def build_layout(
         after_step=after_step,
         vocab_parallel=degrees.tp > 1,
     )
+
+
+def _expert_parallel(
+    model: nn.Module,
+    cfg: RunConfig,
+    layout: LayoutPlan,
+    precision: str,
+    device: torch.device,
+    compile_blocks: bool,
+    te_layers: bool,
+) -> Layout:
+    """ep, ep_fsdp (train/parallel/expert_parallel.py): the experts split over the ep ranks,
+    then checkpointing, compile and FSDP2 (experts, blocks, root) in the torch path's order."""
+    degrees = layout.degrees
+    mesh = build_mesh(degrees, device)
+    if degrees.ep > 1:
+        apply_expert_parallel(model, mesh["ep"])
+    apply_activation_checkpointing(model.layers, layout.checkpointed, te_layers)
+    _compile_blocks(model, compile_blocks)
+    policy = mixed_precision_policy(precision, cfg.parallel.fsdp_reduce_dtype)
+    apply_expert_fsdp(model, mesh, layout, policy)
+    _materialize(model, cfg, device)  # each rank its own experts and FSDP shards
+    optimizer = adamw(model, cfg.train, device)
+    no_sync = functools.partial(fsdp_no_sync, model)
+    return TorchLayout(model, optimizer, data_parallel_rank(mesh, degrees), degrees.dp, no_sync)
 
 
 def enable_async_tp(tp_mesh, device: torch.device) -> None:
@@ -177,7 +212,7 @@ def zero3_model(
     # accelerator and cast to the engine's dtype, which would change the drawn values.
     with deepspeed.zero.Init(config_dict_or_path=config):
         model = Transformer(cfg.model, init=False)
-    init_weights(model, cfg.model, cfg.seed)
+    init_weights(model, cfg.model, cfg.seed, device)
     return model
 
 
@@ -186,9 +221,14 @@ def _materialize(model: nn.Module, cfg: RunConfig, device: torch.device) -> None
         materialize(model, cfg.model, cfg.seed, device)
 
 
-def _compile_blocks(model: nn.Module, enabled: bool) -> None:
-    # Block by block, in place: module names stay as train/model/transformer.py has them, and a graph
-    # break in one block does not cost the others their compilation.
+def _compile_blocks(model: nn.Module, enabled: bool, *, loss: bool = True) -> None:
+    # Block by block, in place: module names stay as train/model/transformer.py has them, and a
+    # graph break in one block does not cost the others their compilation.
     if enabled:
         for block in model.layers:
             block.compile()
+        if loss:
+            # The loss too (as the plain-PyTorch anchor, which compiles the whole model): fused,
+            # its float32 upcast never copies the logits (docs/gpu-benchmark.md). Not under
+            # tensor parallelism, where loss_parallel computes it on vocab-sharded DTensors.
+            model.loss_fn = torch.compile(cross_entropy_loss)

@@ -1,4 +1,5 @@
-"""The device mesh of a layout: dims (pp, dp_replicate, dp_shard, tp), rank-major in that order.
+"""The device mesh of a layout: dims (pp, dp_replicate, dp_shard, ep, tp), rank-major in that
+order.
 
 TP is the innermost dim, so a TP group is made of consecutive ranks: on a cluster those share
 a node and talk over NVLink, and only the data-parallel dims cross the NIC. The pipeline dim
@@ -22,7 +23,7 @@ def data_parallel_rank(mesh: DeviceMesh, degrees: Degrees) -> int:
     """Which slice of the global batch this rank trains on: its place among the dp ranks.
 
     Ranks of one TP group, or of one pipeline, share a coordinate here, so they see the same
-    rows.
+    rows; EP ranks are data-parallel ranks (the innermost), each with its own rows.
     """
-    _, replica, shard, _ = mesh.get_coordinate()
-    return replica * degrees.dp_shard + shard
+    _, replica, shard, expert, _ = mesh.get_coordinate()
+    return (replica * degrees.dp_shard + shard) * degrees.ep + expert

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
+import torch.distributed.distributed_c10d as c10d
 
 from train.spec.devices import cpu_model_name
+from train.spec.heartbeat import collective_timeout_s
 
 
 @dataclass(frozen=True)
@@ -70,13 +73,16 @@ def adopt_launcher_ranks(environ: dict[str, str]) -> str | None:
     return None
 
 
-def init_distributed(nccl_env: dict[str, str] | None = None) -> RankInfo:
+def init_distributed(
+    nccl_env: dict[str, str] | None = None, *, timeout_s: float | None = None
+) -> RankInfo:
     """Join the process group torchrun (or the deepspeed launcher) set up in the environment.
 
     Without RANK in the environment (``python -m train`` run by hand) the rank is alone and no
     process group is created, so a single process needs no rendezvous. ``nccl_env`` (the
     fabric profile's variables) is set here too, before NCCL reads it: launchers that export
     without a shell may mangle values such as `^lo,docker` (launch/launchers/deepspeed.py).
+    ``timeout_s``: every process group's collective timeout (``collective_timeouts``).
     """
     os.environ.update({k: str(v) for k, v in (nccl_env or {}).items()})
     adopt_launcher_ranks(os.environ)
@@ -99,8 +105,21 @@ def init_distributed(nccl_env: dict[str, str] | None = None) -> RankInfo:
         # lazily at the first collective (inside a step), sub-groups split from it, and
         # barrier() knows the device instead of guessing it with a warning. gloo: CPU only.
         device_id = {"device_id": device} if device.type == "cuda" else {}
-        dist.init_process_group(backend=backend, **device_id)
+        timeout = collective_timeouts(backend, timeout_s)
+        dist.init_process_group(backend=backend, timeout=timeout, **device_id)
     return RankInfo(rank, local_rank, world_size, local_world_size, device, backend)
+
+
+def collective_timeouts(backend: str, timeout_s: float | None) -> timedelta:
+    """The timeout of every process group this rank makes (default: train/spec/heartbeat.py).
+
+    init_process_group takes it for the default group, but new_group (and so DeviceMesh,
+    FSDP, pipelining, DeepSpeed) falls back to torch's module defaults (30 min for gloo):
+    those are set too, so no sub-group waits longer than the one the run states."""
+    timeout = timedelta(seconds=collective_timeout_s(timeout_s, backend))
+    c10d.default_pg_timeout = timeout
+    c10d.default_pg_nccl_timeout = timeout
+    return timeout
 
 
 def shutdown() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,8 +26,9 @@ class Trained:
     memory: dict[str, int | None]  # the busiest rank's: params, grads, optimizer, peaks
 
 
-def train(run: RankRun) -> Trained:
-    """Steps start_step + 1 .. train.steps; those after train.warmup_steps count as timed."""
+def train(run: RankRun, on_step: Callable[[int], None] | None = None) -> Trained:
+    """Steps start_step + 1 .. train.steps; those after train.warmup_steps count as timed.
+    ``on_step(step)`` after each (the rank's heartbeat, train/spec/heartbeat.py)."""
     steps, sinks, checkpoints = run.steps, run.sinks, run.checkpoints
     loss = float("nan")
     loop_started = time.perf_counter()
@@ -38,9 +40,12 @@ def train(run: RankRun) -> Trained:
         started = time.perf_counter()
         loss = steps.reduce_loss(steps.step(batches))  # also waits for the device: step done
         step_time = time.perf_counter() - started
+        routing = steps.routing()  # MoE: the step's expert loads over ranks (not timed)
         if sinks is not None:
-            sinks.log_step(step_record(run, step, loss, step_time))
+            sinks.log_step(step_record(run, step, loss, step_time, routing))
         checkpoints.after_step(step)  # every rank: saves are collective; outside the step time
+        if on_step is not None:
+            on_step(step)
     timed_loop_s = time.perf_counter() - loop_started - checkpoints.waited_s
     checkpoint = checkpoints.finish()  # an async save in flight completes here
     device = run.rank.device
@@ -56,7 +61,9 @@ def train(run: RankRun) -> Trained:
     )
 
 
-def step_record(run: RankRun, step: int, loss: float, step_time_s: float) -> StepRecord:
+def step_record(
+    run: RankRun, step: int, loss: float, step_time_s: float, moe: dict | None = None
+) -> StepRecord:
     """Rank 0's record of one step (train/measure/sinks.py writes it everywhere)."""
     scaler, work = run.steps.scaler, run.workload
     return StepRecord.measured(
@@ -72,4 +79,5 @@ def step_record(run: RankRun, step: int, loss: float, step_time_s: float) -> Ste
         loss_scale=scaler.get_scale() if scaler else None,
         after_restart=run.after_restart,
         repeated=step in run.sinks.earlier_steps,
+        moe=moe,
     )

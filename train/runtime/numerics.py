@@ -103,9 +103,22 @@ def te_autocast(recipe_name: str | None):
     import transformer_engine.pytorch as te
     from transformer_engine.common import recipe as te_recipe
 
-    recipe = (
-        te_recipe.DelayedScaling() if recipe_name == "delayed" else te_recipe.Float8CurrentScaling()
-    )
+    if recipe_name == "delayed":
+        recipe = te_recipe.DelayedScaling()
+    elif hasattr(te_recipe, "Float8CurrentScaling"):
+        recipe = te_recipe.Float8CurrentScaling()
+    else:  # an install older than the te extra's floor
+        raise ImportError(
+            "precision.fp8.recipe=current needs Transformer Engine >= 2.2 (Float8CurrentScaling), "
+            f"this node has {_te_version()}: pip install -e .[te], "
+            "or precision.fp8.recipe=delayed"
+        )
     if hasattr(te, "autocast"):  # TE 2.x; fp8_autocast is deprecated there
         return te.autocast(enabled=True, recipe=recipe)
     return te.fp8_autocast(enabled=True, fp8_recipe=recipe)
+
+
+def _te_version() -> str:
+    import transformer_engine  # the te extra: imported already by its callers
+
+    return getattr(transformer_engine, "__version__", "an older one")

@@ -23,10 +23,12 @@ from train.measure.tracking import WandbRun
 from train.parallel.build import build_layout, build_model, fsdp_float8_all_gather
 from train.parallel.layout import Layout
 from train.runtime import distributed
+from train.runtime.agreement import agreed_precision, mixed_devices
 from train.runtime.data import SyntheticTokens, TokenFile
 from train.runtime.machine import probe_machine
 from train.runtime.numerics import apply_backend_flags, prepare_model
 from train.runtime.rank_step import RankSteps
+from train.runtime.shared_folders import check_shared_folders, folders_to_share
 from train.spec.config import RunConfig
 from train.spec.degrees import LayoutPlan
 from train.spec.devices import profile_mismatch
@@ -84,9 +86,14 @@ class RankRun:
 
 
 def set_up(cfg: RunConfig, run_dir: Path, rank: distributed.RankInfo) -> RankRun:
-    plan = precision_for_run(cfg, probe_machine(rank.device))
+    # Resolved on this rank's machine, then compared: ranks that differ stop, all of them.
+    plan = agreed_precision(precision_for_run(cfg, probe_machine(rank.device)))
     apply_backend_flags(plan)
     notes = _device_notes(cfg, rank, plan)
+    if rank.nodes > 1:  # the checkpoint (and profiling's run) dir must be one across nodes
+        check_shared_folders(
+            folders_to_share(cfg, run_dir), rank=rank.rank, local_rank=rank.local_rank
+        )
     torch.manual_seed(cfg.seed)
     # The driver's rules again, on the config this rank was given (one source: train/spec).
     checked = check_run(cfg, rank.world_size, cfg.cluster.nproc_per_node)
@@ -97,6 +104,7 @@ def set_up(cfg: RunConfig, run_dir: Path, rank: distributed.RankInfo) -> RankRun
         accum_steps=accum_steps,
         precision=plan.resolved,
         fp8_all_gather_min_dim=plan.fp8_min_dim if fp8_all_gather else None,
+        fp8_delayed_min_dim=plan.fp8_min_dim if _te_delayed(plan) else None,
     )
     scaler = _loss_scaler(cfg, plan, layout, layout_plan, rank.device)
     # Resumes from the latest complete checkpoint (train/checkpoint/checkpointer.py).
@@ -145,10 +153,16 @@ def set_up(cfg: RunConfig, run_dir: Path, rank: distributed.RankInfo) -> RankRun
     )
 
 
+def _te_delayed(plan: PrecisionPlan) -> bool:
+    """Transformer Engine's delayed scaling, whose amaxes are all-reduced every micro-step."""
+    return plan.fp8_backend == "te" and plan.fp8_recipe == "delayed"
+
+
 def _device_notes(cfg: RunConfig, rank: distributed.RankInfo, plan: PrecisionPlan) -> DeviceNotes:
     """What this rank runs on, said by rank 0 before anything is built."""
     device_name = distributed.device_name(rank.device)
-    gpu_warning = profile_mismatch(cfg.gpu, rank.device.type, device_name)
+    mismatch = profile_mismatch(cfg.gpu, rank.device.type, device_name)
+    gpu_warning = "; ".join(w for w in (mismatch, mixed_devices(device_name)) if w) or None
     if rank.is_main:
         print(f"precision: {plan.resolved} ({plan.reason})", flush=True)
         if gpu_warning:
@@ -215,9 +229,7 @@ def _loss_scaler(
 
 def _workload(cfg: RunConfig, layout_plan: LayoutPlan, plan: PrecisionPlan) -> Workload:
     model_flops = flops_per_token(cfg.model, cfg.train.seq_len)
-    recomputed = recompute_flops_per_token(
-        cfg.model, cfg.train.seq_len, len(layout_plan.checkpointed)
-    )
+    recomputed = recompute_flops_per_token(cfg.model, cfg.train.seq_len, layout_plan.checkpointed)
     return Workload(
         params=count_params(cfg.model),
         flops_per_token=model_flops,

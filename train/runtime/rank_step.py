@@ -14,6 +14,8 @@ import torch.distributed as dist
 from torch.distributed.tensor import DTensor
 
 from train.measure.marks import Marks, no_marks
+from train.measure.routing import routing_record
+from train.model.moe import take_routing_stats
 from train.parallel.layout import Layout
 from train.runtime.data import SyntheticTokens, TokenFile, draw_rank_batches
 from train.spec.precision import PrecisionPlan
@@ -117,3 +119,13 @@ class RankSteps:
 
     def reduce_loss(self, loss: torch.Tensor) -> float:
         return mean_over_ranks(loss)
+
+    def routing(self) -> dict | None:
+        """MoE: how the steps since the last call routed, summed over every rank (one
+        all-reduce: the loop calls it after a step's clock stops); None for a dense model."""
+        stats = take_routing_stats(self.layout.model, self.device)
+        if stats is None:
+            return None
+        if dist.is_initialized():
+            dist.all_reduce(stats)
+        return routing_record(stats.tolist())

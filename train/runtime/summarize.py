@@ -13,10 +13,12 @@ import torch
 from train.measure.cluster_record import cluster_fields, fabric_fields
 from train.measure.metrics import mfu, mfu_figures, model_tflops_per_device, step_time_stats
 from train.measure.profiling import ProfileResult
+from train.measure.routing import routing_summary
 from train.measure.summary import RunSummary
 from train.runtime.loop import Trained
 from train.runtime.rank_setup import RankRun
 from train.spec.config import config_digest
+from train.spec.shapes import count_active_params
 
 
 def run_summary(run: RankRun, trained: Trained, profiled: ProfileResult | None) -> RunSummary:
@@ -42,6 +44,8 @@ def run_summary(run: RankRun, trained: Trained, profiled: ProfileResult | None) 
         model={
             "name": cfg.model.name,
             "params": work.params,
+            # What one token computes with (MoE: its top_k experts); FLOPs count these.
+            "active_params": count_active_params(cfg.model),
             "flops_per_token": work.flops_per_token,
         },
         seq_len=cfg.train.seq_len,
@@ -63,12 +67,16 @@ def run_summary(run: RankRun, trained: Trained, profiled: ProfileResult | None) 
         mfu_vs_bf16_peak=figures.mfu_vs_bf16_peak,
         mfu_vs_fp8_peak=figures.mfu_vs_fp8_peak,
         gpu_warning=run.device_notes.gpu_warning,
+        mfu_warning=figures.above_peak,
         hardware_flops_per_token=work.hardware_flops_per_token,
         hfu=mfu(work.hardware_flops_per_token, per_device, work.peak_tflops),
         peak_memory_bytes=trained.peak_memory_bytes,
         peak_memory_reserved_bytes=trained.peak_memory_reserved_bytes,
         memory=trained.memory,  # per rank, bytes: params, grads, optimizer state, masters, peak
         comm_bytes_per_step=run.comm.as_dict(),  # per rank, by collective kind
+        moe=routing_summary(
+            cfg.model, run.layout_plan.degrees.ep, [r.moe or {} for r in sinks.records if r.timed]
+        ),
         pipeline=run.layout.pipeline_summary,  # pp layouts: schedule, stages, bubble, memory
         final_loss=_final_loss(run, trained),
         # Saves (seconds, bytes, GB/s per rank and job) and the step resumed from; null: off.

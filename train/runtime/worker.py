@@ -16,28 +16,38 @@ from train.runtime.loop import Trained, train
 from train.runtime.rank_setup import RankRun, set_up
 from train.runtime.summarize import run_summary
 from train.spec.config import RunConfig, load_run_config
+from train.spec.heartbeat import Heartbeat, beat_interval_s, stall_timeout_s
 
 
 def run(config_path: str | Path) -> dict | None:
     """``python -m train --config RUN_DIR/config.yaml``: rank 0 returns summary.json's dict."""
     config_path = Path(config_path)
     cfg = load_run_config(config_path)
-    rank = distributed.init_distributed(cfg.fabric.nccl_env)
+    rank = distributed.init_distributed(
+        cfg.fabric.nccl_env, timeout_s=cfg.cluster.collective_timeout_s
+    )
+    # The driver's watchdog reads it (launch/launchers/watchdog.py).
+    interval = beat_interval_s(stall_timeout_s(cfg.cluster))
     try:
-        summary = run_rank(cfg, config_path.parent, rank)
-        # Leave together: a gloo rank that tears down while rank 0 still writes the summary
-        # can abort ("terminate called without an active exception").
-        if dist.is_initialized():
-            dist.barrier()
+        with Heartbeat(config_path.parent, rank.rank, interval) as heartbeat:
+            summary = run_rank(cfg, config_path.parent, rank, heartbeat)
+            # Leave together: a gloo rank that tears down while rank 0 still writes the
+            # summary can abort ("terminate called without an active exception").
+            if dist.is_initialized():
+                dist.barrier()
         return summary
     finally:
         distributed.shutdown()
 
 
-def run_rank(cfg: RunConfig, run_dir: Path, rank: distributed.RankInfo) -> dict | None:
+def run_rank(
+    cfg: RunConfig, run_dir: Path, rank: distributed.RankInfo, heartbeat: Heartbeat | None = None
+) -> dict | None:
     """One run on a process group that is already up (several runs can share one)."""
     run = set_up(cfg, run_dir, rank)
-    trained = train(run)
+    trained = train(run, on_step=heartbeat.at if heartbeat else None)
+    if heartbeat:
+        heartbeat.at(phase="after steps")
     profiled = profile(run, trained)  # every rank: its steps are collectives
     if run.sinks is None:  # rank 0 alone writes the summary
         return None

@@ -5,8 +5,9 @@ gradients, which degrees it may spread over, whether DeepSpeed runs it, and what
 do and why), so a new layout is one row plus its apply function in train/parallel/, and no
 other module compares layout names.
 
-Vocabulary (train/spec/degrees.py): world size = pp x dp_replicate x dp_shard x tp; the mesh
-is rank-major in that order, TP innermost, so a TP group shares a node.
+Vocabulary (train/spec/degrees.py): world size = pp x dp_replicate x dp_shard x ep x tp; the
+mesh is rank-major in that order, TP innermost, so a TP group shares a node, and EP next to
+it, so an EP group does too unless parallel.ep asks for more ranks than a node has.
 """
 
 from __future__ import annotations
@@ -44,9 +45,10 @@ class Feature(str, Enum):
     offload_optimizer = "offload_optimizer"
     offload_params = "offload_params"
     tied_embeddings = "tied_embeddings"
+    moe = "moe"  # a mixture-of-experts model (model.n_experts > 0)
 
 
-DEGREE_KEYS = ("pp", "dp_replicate", "dp_shard", "tp")
+DEGREE_KEYS = ("pp", "dp_replicate", "dp_shard", "ep", "tp")
 
 # Each reason starts with the layout ("{name}" becomes "parallel=<name>"), so it reads the same
 # after "fp8 skipped: " (precision=auto) and after "precision.name: fp8: " (a refused request).
@@ -97,6 +99,26 @@ _OFFLOAD_PARAMS = (
     "{name} has no parameter offload; only parallel=zero3 partitions parameters and can keep "
     "them in host memory"
 )
+_NO_TP_MOE = (
+    "{name} has no tensor-parallel plan for MoE blocks (experts are split by expert "
+    "parallelism instead); use parallel=ep or ep_fsdp"
+)
+_NO_PIPELINE_MOE = (
+    "{name} has no MoE blocks inside pipeline stages (not wired up: the routing statistics, "
+    "the load-balancing loss and the comm accounting assume one stage); use parallel=ep_fsdp"
+)
+_NO_DEEPSPEED_MOE = (
+    "{name} runs through DeepSpeed, whose engine has not been checked with this MoE model "
+    "(DeepSpeed brings its own MoE layer); use parallel=ep, ep_fsdp, fsdp or ddp"
+)
+_NO_EP_TWIN = (
+    "{name} sends tokens to their experts inside every MoE block's forward and backward "
+    "(all-to-all); no_sync cannot skip that"
+)
+_NO_EP_CHECKPOINT = (
+    "{name} is not checkpointed yet (saving and resuming expert-split weights through "
+    "torch.distributed.checkpoint is not checked); set checkpoint.every=0"
+)
 
 
 @dataclass(frozen=True)
@@ -135,6 +157,11 @@ class Layout:
         return "tp" in self.degrees
 
     @property
+    def expert_parallel(self) -> bool:
+        """Splits MoE experts over the ep ranks; such a row refuses dense models."""
+        return "ep" in self.degrees
+
+    @property
     def shards_parameters(self) -> bool:
         """FSDP2 units: parameters gathered in the compute dtype when used."""
         return self.gradient_sync is GradientSync.shard
@@ -162,9 +189,16 @@ _TENSOR_PARALLEL = {
     Feature.fp8_te: _NO_TP_FP8_TE,
     Feature.fp8_rowwise: _NO_TP_FP8_ROWWISE,
     Feature.twin: _NO_TWIN_TP,
+    Feature.moe: _NO_TP_MOE,
+}
+_EXPERT_PARALLEL = {
+    **_NOT_DEEPSPEED,
+    Feature.twin: _NO_EP_TWIN,
+    Feature.checkpoint: _NO_EP_CHECKPOINT,
 }
 _PIPELINE = {
     **_NOT_DEEPSPEED,
+    Feature.moe: _NO_PIPELINE_MOE,
     Feature.fp8: _NO_PIPELINE_FP8,
     Feature.fp8_te: _NO_PIPELINE_FP8,
     Feature.fp16: _NO_PIPELINE_FP16,
@@ -206,6 +240,7 @@ def _zero(stage: int) -> Layout:
         Feature.fp8_te: _NO_DEEPSPEED_FP8,
         Feature.fp16_on_cpu: _NO_DEEPSPEED_FP16_CPU,
         Feature.twin: _ZERO_TWIN[stage],
+        Feature.moe: _NO_DEEPSPEED_MOE,
     }
     if stage != 3:
         refusals[Feature.offload_params] = _OFFLOAD_PARAMS
@@ -272,6 +307,15 @@ ROWS = (
     Layout(LayoutName.pp_fsdp, "pipeline stages across ranks, FSDP2 within a stage group",
            ("pp", "dp_shard"), GradientSync.shard, pipeline=True,
            degree_refusals=_PIPELINE_NO_TP, refusals=_PIPELINE),
+    Layout(LayoutName.ep, "expert parallel: each MoE block's experts split over parallel.ep "
+           "ranks (tokens sent by all-to-all), the rest of the model replicated (FSDP2 with "
+           "no shard dim: gradients all-reduced over every data-parallel rank)",
+           ("dp_replicate", "ep"), GradientSync.replicate, refusals=_EXPERT_PARALLEL,
+           node_split=("dp_replicate", "ep"), single_rank=LayoutName.fsdp),
+    Layout(LayoutName.ep_fsdp, "expert parallel inside a node, FSDP2 over the dense parameters "
+           "(over the EP ranks too, as torchtitan) and over each expert across the rest",
+           ("dp_replicate", "dp_shard", "ep"), GradientSync.shard, refusals=_EXPERT_PARALLEL,
+           node_split=("dp_shard", "ep")),
 )
 # fmt: on
 CATALOG: dict[str, Layout] = {row.name.value: row for row in ROWS}

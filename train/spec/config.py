@@ -45,8 +45,10 @@ Fp8Recipe = closed_choice("Fp8Recipe", "current delayed tensorwise rowwise")
 # parallel.name: a row of train/spec/catalog.py, or auto (the driver picks one per run with
 # the performance model, launch/perfmodel/choose.py).
 LayoutName = closed_choice(
-    "LayoutName", "auto ddp fsdp hsdp zero1 zero2 zero3 tp tp_fsdp pp pp_fsdp"
+    "LayoutName", "auto ddp fsdp hsdp zero1 zero2 zero3 tp tp_fsdp pp pp_fsdp ep ep_fsdp"
 )
+# model.router_score: how a router turns its logits into expert scores (train/model/moe.py).
+RouterScore = closed_choice("RouterScore", "softmax sigmoid")
 # torch.distributed.pipelining's schedules (train/spec/stages.py TORCH_SCHEDULES): ScheduleGPipe,
 # Schedule1F1B, ScheduleInterleaved1F1B, ScheduleInterleavedZeroBubble (ZB1P),
 # ScheduleZBVZeroBubble (exactly 2 stages per rank, V-shaped).
@@ -127,6 +129,40 @@ class ModelConfig:
     rope_theta: float = 10000.0
     norm_eps: float = 1e-5
     source: str = ""
+    # -- mixture of experts (train/model/moe.py); n_experts 0 is a dense model, and the fields
+    # below are then unused. Block i routes its FFN to experts when i >= n_dense_layers and
+    # (i - n_dense_layers + 1) % moe_every == 0; the other blocks keep the dense ffn_hidden FFN.
+    n_experts: int = 0  # routed SwiGLU experts per MoE block
+    top_k: int = 2  # experts each token is sent to
+    # Experts every token goes through besides the routed ones (DeepSeek), each
+    # expert_ffn_hidden wide.
+    n_shared_experts: int = 0
+    expert_ffn_hidden: int | None = None  # each expert's SwiGLU width; null: ffn_hidden
+    moe_every: int = 1
+    n_dense_layers: int = 0  # the first blocks stay dense (DeepSeek's first_k_dense_replace)
+    # softmax (Mixtral, OLMoE, DeepSeek-V2) or sigmoid (DeepSeek-V3) scores.
+    router_score: RouterScore = RouterScore.softmax
+    route_norm: bool = False  # rescale the top-k weights to sum to 1 (Mixtral; V3's sigmoid)
+    route_scale: float = 1.0  # then multiply them by this (DeepSeek's routed_scaling_factor)
+    # null: dropless (every assignment computed, uneven all-to-all). A number: each expert
+    # takes at most ceil(capacity_factor x tokens x top_k / n_experts) of a micro-batch's
+    # assignments on each rank (first choices first, then by position); the rest are dropped
+    # (the token keeps its residual) and every expert's slots are padded to that capacity.
+    capacity_factor: float | None = None
+    # Switch/GShard load-balancing loss n_experts x sum_i f_i P_i (f: share of assignments,
+    # P: mean routing probability), per micro-batch and MoE block, added to the gradient only:
+    # the logged loss stays the language-model loss (its value is in metrics' moe.aux_loss).
+    aux_loss_weight: float = 0.01
+    # DeepSeek-V3's auxiliary-loss-free balancing: a per-expert bias added to the scores for
+    # the choice only, moved by this much after each optimizer step towards the mean load
+    # (sign of mean - load, over every rank's tokens); 0 turns it off (V3: 0.001).
+    router_bias_update: float = 0.0
+    # Node-limited routing (DeepSeek-V3): the experts form route_groups contiguous groups and
+    # a token's top_k come from its route_max_nodes best groups (group score: the sum of its
+    # two best expert scores). Under EP across nodes each group must lie inside one node, so
+    # a token is sent to at most route_max_nodes nodes. null: no limit.
+    route_groups: int = 1
+    route_max_nodes: int | None = None
 
 
 @dataclass
@@ -159,7 +195,7 @@ class PrecisionConfig:
 class ParallelConfig:
     """How the model and the batch are spread over ranks (conf/parallel/<name>.yaml).
 
-    world size = pp x dp_replicate x dp_shard x tp; -1 means "the rest"
+    world size = pp x dp_replicate x dp_shard x ep x tp; -1 means "the rest"
     (train/spec/degrees.py).
     """
 
@@ -175,6 +211,11 @@ class ParallelConfig:
     # group stays inside a node: -1 means cluster.nproc_per_node, and a tp that does not
     # divide it is refused.
     tp: int = 1
+    # Expert parallelism (ep, ep_fsdp; MoE models): ranks that split each MoE block's experts
+    # and exchange tokens with all-to-all. They are data-parallel ranks too (each trains its
+    # own rows), the innermost data-parallel dim, so an EP group is consecutive ranks of one
+    # node by default; an ep above cluster.nproc_per_node spans whole nodes (EP across the NIC).
+    ep: int = 1
     # Pipeline stage groups (pp, pp_fsdp): each holds a contiguous run of blocks and passes
     # activations forward and their gradients back to its neighbours. Outermost mesh dim.
     pp: int = 1
@@ -205,7 +246,7 @@ class ParallelConfig:
     # zero3: parameters smaller than this many elements stay whole on every rank (DeepSpeed's
     # default is 100000, which would leave a small model unpartitioned); 0 partitions all.
     zero3_persistence_threshold: int = 0
-    # fsdp/hsdp/tp_fsdp under bf16/fp16/fp8: the dtype gradients are reduce-scattered (and
+    # fsdp/hsdp/tp_fsdp/ep* under bf16/fp16/fp8: the dtype gradients are reduce-scattered (and
     # HSDP-all-reduced) in: fp32 (torchtitan's default: exact sums, twice the bytes of the
     # 16-bit parameter all-gathers) or bf16 (half the bytes, rounding in the sum). fp32 runs
     # reduce in fp32 whatever this says.
@@ -230,6 +271,15 @@ class ClusterConfig:
     master_port: int = 29500
     # torchrun restarts every rank of a node up to this many times after one fails.
     max_restarts: int = 0
+    # Every process group's timeout: a collective that waits longer fails its rank. null:
+    # 600 s under NCCL (its own default), 300 s under gloo (CPU ranks; gloo's is 30 min).
+    collective_timeout_s: float | None = None
+    # The driver's watchdog (train/spec/heartbeat.py): a rank whose heartbeat has not changed
+    # for this long while no rank finished a step (stopped, frozen, lost) ends the run: named
+    # with its last step, every process stopped, failed.json, exit 1. Ranks that beat but
+    # finish no step (a long compile or save) are left to the collective timeout. null: 180 s;
+    # 0: off.
+    stall_timeout_s: float | None = None
     # cluster=multinode: host names in node-rank order; hosts[0] is the head (rendezvous).
     hosts: list[str] = field(default_factory=list)
     # ... or a DeepSpeed-style hostfile (`host slots=N` per line) instead of `hosts`.
@@ -356,6 +406,10 @@ class TrainConfig:
     # AdamW as one fused kernel per step (true), or torch's foreach kernels (false); null:
     # fused on CUDA. Every layout builds the same AdamW (train/parallel/layout.py).
     fused_adamw: bool | None = None
+    # MoE models: all of a rank's experts in one torch._grouped_mm per projection (true) or a
+    # loop of one matmul per expert (false); null: grouped on CUDA devices of compute
+    # capability 9.0 and up (Hopper), where the kernel is built for it, the loop elsewhere.
+    grouped_mm: bool | None = None
 
 
 @dataclass
@@ -421,6 +475,9 @@ class ProjectConfig:
     price_per_gpu_hour: dict[str, float] = field(default_factory=dict)
     # Exposed comm at or above this share of the step is labelled interconnect-bound.
     interconnect_bound_share: float = 0.3
+    # The attention kernel the projected runs use (launch/perfmodel/compute.py): flash (what
+    # SDPA runs on CUDA) or math (unfused: the whole score matrix, e.g. Megatron-LM before FA).
+    attention: str = "flash"
     # Where projection.md/json/png go; null: the run dir.
     out: str | None = None
 
@@ -484,15 +541,21 @@ DIGEST_EXCLUDES = (
 )
 
 
-def config_digest(cfg: RunConfig) -> str:
-    """Hash of what determines the workload (not where it was written or how wide it ran)."""
+def workload(cfg: RunConfig) -> dict[str, Any]:
+    """What determines the workload (not where it was written or how wide it ran), as plain
+    data: what ``config_digest`` hashes, and what a refused resume lists the differences of."""
     content = OmegaConf.to_container(OmegaConf.structured(cfg), enum_to_str=True)
     for key in DIGEST_EXCLUDES:
         content.pop(key, None)
     # A matmul ceiling measured later (launch.mamf) changes MFU's denominator, not the work.
     for key in ("measured_peak_tflops", "measured_source", "peak_tflops"):
         content["gpu"].pop(key, None)
-    return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:12]
+    return content
+
+
+def config_digest(cfg: RunConfig) -> str:
+    """Hash of what determines the workload (not where it was written or how wide it ran)."""
+    return hashlib.sha256(json.dumps(workload(cfg), sort_keys=True).encode()).hexdigest()[:12]
 
 
 def load_run_config(path: str | Path) -> RunConfig:

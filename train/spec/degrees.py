@@ -1,5 +1,5 @@
-"""The layout a config asks for, as numbers: world size = pp x dp_replicate x dp_shard x tp
-(-1 means "the rest"), how each step's batch splits, which blocks are checkpointed, and
+"""The layout a config asks for, as numbers: world size = pp x dp_replicate x dp_shard x ep x
+tp (-1 means "the rest"), how each step's batch splits, which blocks are checkpointed, and
 where each mesh group sits on the nodes.
 
 Pure arithmetic on the config (no torch), used by the driver (validation, before any rank
@@ -18,7 +18,11 @@ from train.spec.stages import PipelinePlan, plan_pipeline
 
 # The device mesh's dims, outermost first: rank-major, TP innermost (consecutive ranks, one
 # node, NVLink), the pipeline outermost (its neighbours are farthest apart and exchange least).
-MESH_DIMS = ("pp", "dp_replicate", "dp_shard", "tp")
+# EP is the innermost data-parallel dim, as torchtitan borrows it from the data-parallel ranks
+# (dp_shard = its FSDP part x ep): its all-to-alls sit on the critical path of every MoE block,
+# forward and backward, so its group takes consecutive ranks, one node's NVLink by default,
+# and leaves the NIC to FSDP's gathers and reductions, which prefetch and overlap.
+MESH_DIMS = ("pp", "dp_replicate", "dp_shard", "ep", "tp")
 
 
 @dataclass(frozen=True)
@@ -27,11 +31,13 @@ class Degrees:
     dp_shard: int  # ranks that split parameters, gradients and optimizer state (FSDP/ZeRO)
     tp: int  # ranks that split each layer's matmuls (tensor parallel)
     pp: int = 1  # pipeline stage groups (outermost): each holds a contiguous run of blocks
+    ep: int = 1  # ranks that split each MoE block's experts (data-parallel ranks as well)
 
     @property
     def dp(self) -> int:
-        """Data-parallel size: how many ways each step's global batch is split."""
-        return self.dp_replicate * self.dp_shard
+        """Data-parallel size: how many ways each step's global batch is split (EP ranks
+        train their own rows)."""
+        return self.dp_replicate * self.dp_shard * self.ep
 
     @property
     def world(self) -> int:
@@ -64,6 +70,7 @@ def resolve_degrees(p: ParallelConfig, world_size: int, nproc_per_node: int) -> 
     One degree may be -1 ("the rest of the world size"). A layout whose row has a
     ``node_split`` may leave both of those at -1 and then follows the node boundary: hsdp
     shards inside a node and replicates across nodes, tp_fsdp runs TP inside a node and FSDP
+    across nodes, ep and ep_fsdp split experts inside a node and replicate or shard the rest
     across nodes, so only the outer dim's traffic crosses the network.
     """
     if str(p.name) not in CATALOG:
@@ -84,6 +91,10 @@ def resolve_degrees(p: ParallelConfig, world_size: int, nproc_per_node: int) -> 
     if values["tp"] == -1:
         # TP stays inside a node, where NVLink is: -1 is the node's ranks, not the world's.
         values["tp"] = min(nproc_per_node, world_size)
+    if values["ep"] > 1 and world_size % values["ep"]:
+        raise ConfigError(
+            "parallel.ep", f"{values['ep']} does not divide the world size {world_size}"
+        )
     _fill_rest(row, values, world_size, nproc_per_node)
     degrees = Degrees(**values)
     if degrees.world != world_size:
@@ -96,8 +107,9 @@ def resolve_degrees(p: ParallelConfig, world_size: int, nproc_per_node: int) -> 
         raise ConfigError(
             f"parallel.{key}",
             (f"pp {degrees.pp} x " if degrees.pp != 1 else "")
-            + f"dp_replicate {degrees.dp_replicate} x dp_shard {degrees.dp_shard} x tp "
-            f"{degrees.tp} = {degrees.world}, but the world size is {world_size}{across}",
+            + f"dp_replicate {degrees.dp_replicate} x dp_shard {degrees.dp_shard} x "
+            + (f"ep {degrees.ep} x " if degrees.ep != 1 else "")
+            + f"tp {degrees.tp} = {degrees.world}, but the world size is {world_size}{across}",
         )
     if degrees.tp > 1 and min(nproc_per_node, world_size) % degrees.tp:
         raise ConfigError(
@@ -106,7 +118,25 @@ def resolve_degrees(p: ParallelConfig, world_size: int, nproc_per_node: int) -> 
             f"{min(nproc_per_node, world_size)}: a TP group would straddle nodes (TP moves "
             "activations in every block and stays inside a node, on NVLink)",
         )
+    check_expert_group(degrees, min(nproc_per_node, world_size))
     return degrees
+
+
+def check_expert_group(degrees: Degrees, nproc_per_node: int) -> None:
+    """An EP group is consecutive ranks (tp is 1 under EP): it fills part of one node or whole
+    nodes, never part of two (that would put one group's all-to-all on two links)."""
+    ep = degrees.ep
+    if ep > 1 and (nproc_per_node % ep if ep <= nproc_per_node else ep % nproc_per_node):
+        raise ConfigError(
+            "parallel.ep",
+            f"{ep} neither divides nor is a multiple of cluster.nproc_per_node "
+            f"{nproc_per_node}: an EP group would straddle nodes",
+        )
+
+
+def expert_group_nodes(degrees: Degrees, nproc_per_node: int) -> int:
+    """Nodes one EP group spans (1: its all-to-alls stay inside a node)."""
+    return max(1, degrees.ep // degrees.ranks_per_node(("ep",), nproc_per_node))
 
 
 def _fill_rest(row: Layout, values: dict[str, int], world_size: int, nproc_per_node: int):
@@ -204,9 +234,11 @@ class LayoutPlan:
 
     @property
     def splits_gradients(self) -> bool:
-        """Each rank holds only part of some gradients (FSDP shards, TP's split matrices), so
-        a check over them (fp16's overflow) must be reduced over every rank to agree."""
-        return self.degrees.world > 1 and (self.row.shards_parameters or self.degrees.tp > 1)
+        """Each rank holds only part of some gradients (FSDP shards, TP's split matrices, EP's
+        experts), so a check over them (fp16's overflow) must be reduced over every rank to
+        agree."""
+        split = self.row.shards_parameters or self.degrees.tp > 1 or self.degrees.ep > 1
+        return self.degrees.world > 1 and split
 
     def as_dict(self) -> dict:
         return {
@@ -215,6 +247,7 @@ class LayoutPlan:
             "dp_replicate": self.degrees.dp_replicate,
             "dp_shard": self.degrees.dp_shard,
             "tp": self.degrees.tp,
+            "ep": self.degrees.ep,
             "sequence_parallel": self.sequence_parallel and self.degrees.tp > 1,
             "checkpointed_layers": len(self.checkpointed),
         }

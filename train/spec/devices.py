@@ -76,7 +76,23 @@ def profile_mismatch(gpu: GpuConfig, device_type: str, device_name: str) -> str 
             f"gpu={gpu.name} was requested but the device is {device_name}: "
             f"MFU uses {gpu.name}'s peak"
         )
+    if mig_slice(device_name) is not None:
+        return (
+            f"the device is a MIG slice ({device_name}) of the chip gpu={gpu.name} describes: "
+            f"MFU uses the whole chip's peak, which the slice has only a part of"
+        )
     return None
+
+
+# CUDA names a MIG instance after its chip, then the slice: "NVIDIA A100-SXM4-40GB MIG 1g.5gb".
+_MIG = re.compile(r"\bMIG\b\s*(\S*)")
+
+
+def mig_slice(device_name: str) -> str | None:
+    """The MIG profile ("1g.5gb", or "" if unnamed) when the device is a MIG instance, else
+    None: a slice of a chip has a fraction of its SMs and memory, so no chip's peak fits it."""
+    match = _MIG.search(device_name)
+    return None if match is None else match.group(1)
 
 
 def name_matches(patterns: list[str], device_name: str, excludes: list[str] = ()) -> bool:

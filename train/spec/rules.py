@@ -13,10 +13,17 @@ import math
 from dataclasses import dataclass
 
 from train.spec.catalog import Feature, layout
-from train.spec.config import ModelConfig, ProfileConfig, RunConfig
+from train.spec.config import ModelConfig, ParallelConfig, ProfileConfig, RunConfig
 from train.spec.config_error import ConfigError
-from train.spec.degrees import BatchPlan, LayoutPlan, plan_batch, plan_layout
+from train.spec.degrees import (
+    BatchPlan,
+    LayoutPlan,
+    expert_group_nodes,
+    plan_batch,
+    plan_layout,
+)
 from train.spec.precision import FP8_GEMM_MULTIPLE, FP8_RECIPES, fp8_linear_count
+from train.spec.shapes import is_moe, moe_layers
 
 
 @dataclass(frozen=True)
@@ -31,12 +38,14 @@ def check_run(cfg: RunConfig, world_size: int, nproc_per_node: int) -> CheckedRu
     """ConfigError naming the key for the first rule ``cfg`` breaks at this world size."""
     check_model(cfg.model)
     check_train(cfg)
+    check_parallel_settings(cfg.parallel)
     check_precision(cfg)
     refusal = layout_precision_refusal(cfg)
     if refusal:
         raise ConfigError("precision.name", f"{cfg.precision.name}: {refusal}")
     layout_plan = plan_layout(cfg, world_size, nproc_per_node)
     check_layout_features(cfg, layout_plan)
+    check_moe_layout(cfg.model, layout_plan, nproc_per_node)
     batch = plan_batch(
         cfg.train.global_batch, cfg.train.micro_batch, layout_plan.degrees.dp, world_size
     )
@@ -66,6 +75,60 @@ def check_model(m: ModelConfig) -> None:
         )
     if (m.d_model // m.n_heads) % 2:
         raise ConfigError("model.n_heads", "head dim d_model/n_heads must be even for RoPE")
+    if m.n_experts < 0:
+        raise ConfigError("model.n_experts", f"{m.n_experts}: must be >= 0 (0: a dense model)")
+    if is_moe(m):
+        check_moe_model(m)
+
+
+def check_moe_model(m: ModelConfig) -> None:
+    """The routing of a mixture-of-experts model (train/model/moe.py)."""
+    if not 1 <= m.top_k <= m.n_experts:
+        raise ConfigError(
+            "model.top_k", f"{m.top_k}: must be between 1 and model.n_experts ({m.n_experts})"
+        )
+    for key, low in (("n_shared_experts", 0), ("moe_every", 1), ("n_dense_layers", 0)):
+        if getattr(m, key) < low:
+            raise ConfigError(f"model.{key}", f"{getattr(m, key)}: must be >= {low}")
+    if m.expert_ffn_hidden is not None and m.expert_ffn_hidden < 1:
+        raise ConfigError("model.expert_ffn_hidden", f"{m.expert_ffn_hidden}: must be >= 1")
+    if not moe_layers(m):
+        raise ConfigError(
+            "model.n_dense_layers",
+            f"no block of {m.n_layers} is an MoE block (n_dense_layers {m.n_dense_layers}, "
+            f"moe_every {m.moe_every}); set model.n_experts=0 for a dense model",
+        )
+    if m.capacity_factor is not None and not m.capacity_factor > 0:
+        raise ConfigError("model.capacity_factor", f"{m.capacity_factor}: must be > 0 or null")
+    for key in ("aux_loss_weight", "router_bias_update"):
+        value = getattr(m, key)
+        if not math.isfinite(value) or value < 0:
+            raise ConfigError(f"model.{key}", f"{value}: must be a finite number >= 0")
+    if not (math.isfinite(m.route_scale) and m.route_scale > 0):
+        raise ConfigError("model.route_scale", f"{m.route_scale}: must be a finite number > 0")
+    check_route_groups(m)
+
+
+def check_route_groups(m: ModelConfig) -> None:
+    """Node-limited routing: route_max_nodes of route_groups equal groups of experts must
+    hold at least top_k experts."""
+    groups, limit = m.route_groups, m.route_max_nodes
+    if groups < 1 or m.n_experts % groups:
+        raise ConfigError(
+            "model.route_groups", f"{groups} does not divide model.n_experts {m.n_experts}"
+        )
+    if limit is None:
+        return
+    if not 1 <= limit <= groups:
+        raise ConfigError(
+            "model.route_max_nodes", f"{limit}: must be between 1 and model.route_groups {groups}"
+        )
+    if limit * (m.n_experts // groups) < m.top_k:
+        raise ConfigError(
+            "model.route_max_nodes",
+            f"{limit} groups of {m.n_experts // groups} experts hold fewer than model.top_k "
+            f"{m.top_k}",
+        )
 
 
 def check_train(cfg: RunConfig) -> None:
@@ -90,6 +153,16 @@ def check_train(cfg: RunConfig) -> None:
         value = getattr(t, key)
         if not math.isfinite(value) or value < 0:
             raise ConfigError(f"train.{key}", f"{value}: must be a finite number >= 0")
+
+
+def check_parallel_settings(p: ParallelConfig) -> None:
+    """Values of the layout's settings that no layout can run."""
+    if not math.isfinite(p.bucket_mb) or p.bucket_mb <= 0:
+        raise ConfigError(
+            "parallel.bucket_mb",
+            f"{p.bucket_mb}: must be a number of MB > 0 (the gradient bucket size; 25 is "
+            "DDP's default)",
+        )
 
 
 def check_precision(cfg: RunConfig) -> None:
@@ -163,6 +236,33 @@ def check_layout_features(cfg: RunConfig, plan: LayoutPlan) -> None:
             "model.tie_embeddings",
             f"model {cfg.model.name} ties its embedding to its head, and "
             f"{row.refusal(Feature.tied_embeddings)}",
+        )
+
+
+def check_moe_layout(m: ModelConfig, plan: LayoutPlan, nproc_per_node: int) -> None:
+    """A mixture-of-experts model needs a layout that carries it; an expert-parallel layout
+    needs experts to split, evenly, and node-limited routing needs groups inside nodes."""
+    row, ep = plan.row, plan.degrees.ep
+    if is_moe(m) and row.refusal(Feature.moe):
+        raise ConfigError(
+            "parallel.name",
+            f"model {m.name} is a mixture of experts, and {row.refusal(Feature.moe)}",
+        )
+    if row.expert_parallel and not is_moe(m):
+        raise ConfigError(
+            "parallel.name",
+            f"parallel={plan.name} splits the experts of a mixture-of-experts model; model "
+            f"{m.name} has none (model.n_experts=0): use an MoE model, or parallel=fsdp",
+        )
+    if ep > 1 and m.n_experts % ep:
+        raise ConfigError("parallel.ep", f"{ep} does not divide model.n_experts {m.n_experts}")
+    nodes = expert_group_nodes(plan.degrees, nproc_per_node)
+    if m.route_max_nodes is not None and nodes > 1 and m.route_groups % nodes:
+        raise ConfigError(
+            "model.route_groups",
+            f"{m.route_groups} expert groups do not split over the {nodes} nodes of an EP "
+            "group: a group must lie inside one node for model.route_max_nodes to bound the "
+            "nodes a token is sent to",
         )
 
 

@@ -12,6 +12,13 @@ Accounting convention: each call's ``nbytes`` is nccl-tests' "size" of one call 
 - send_recv (pipeline activations forward, their gradients back): the bytes this rank sends;
   each transfer is counted once, at its sender; a boundary between two stages of one rank
   moves nothing.
+- all_to_all (expert parallelism's token dispatch and combine): the bytes this rank sends,
+  its input buffer (the rows it keeps for its own experts included), nccl-tests' size for
+  alltoall. Dispatch sends each of the rank's tokens top_k times: exact per rank. What a
+  rank's experts received, and so sends back in the combine (and in the dispatch's
+  backward), is what routing decided: accounted as the EP group's mean, exact summed over
+  the group (dropless). Under model.capacity_factor every rank sends n_experts x capacity
+  rows each way, padded: exact per rank.
 
 Summed per kind over a step's calls (every micro-step of the gradient accumulation included)
 these are summary.json's ``comm_bytes_per_step``. The bytes a rank moves over its links ("bus
@@ -21,8 +28,9 @@ step: one-time set-up (DDP's initial broadcast, the distribution of weights) and
 all-reduce that rank 0 logs.
 
 Exact in fp32 for ddp, fsdp, hsdp, tp (with and without sequence parallelism and activation
-checkpointing), DeepSpeed 0.19.8's zero1-3 and the pipelines: tests/integration count every
-collective of real 2- and 4-rank steps and compare them with these. Exact under bf16
+checkpointing), DeepSpeed 0.19.8's zero1-3, the pipelines and expert parallelism (ep, ep_fsdp,
+MoE models; all-to-all summed over the EP group): tests/integration count every collective of
+real 2- and 4-rank steps and compare them with these. Exact under bf16
 autocast on CPU ranks for fsdp (fp32 and bf16 reduce), hsdp, tp, tp + SP and tp_fsdp + SP
 with checkpointing: FSDP2 gathers in the compute dtype and reduces in
 parallel.fsdp_reduce_dtype; TP moves 16-bit matmul outputs but fp32 norm outputs and residual
@@ -30,7 +38,8 @@ stream, except under tp_fsdp, whose 16-bit parameters make the whole stream 16-b
 follows the same rules, unchecked. Models rather than checked counts: above
 ZERO3_MAX_REUSE_DISTANCE parameters ZeRO-3 is taken to gather everything twice per
 micro-step; torchao's fp8 all-gather (1 byte for fp8 linears, one amax all-reduce per step)
-runs only on CUDA.
+and Transformer Engine's delayed-scaling amax all-reduces (two per micro-step) run only on
+CUDA.
 """
 
 from __future__ import annotations
@@ -41,11 +50,19 @@ from enum import Enum
 from train.spec.catalog import GradientSync
 from train.spec.config import ModelConfig, RunConfig
 from train.spec.degrees import MESH_DIMS, LayoutPlan
-from train.spec.precision import SIXTEEN_BIT, fp8_eligible
+from train.spec.precision import SIXTEEN_BIT, fp8_eligible, fp8_linear_count
 from train.spec.shapes import (
     all_param_shapes,
     block_linears,
     block_param_shapes,
+    expert_capacity,
+    expert_param_shapes,
+    is_moe,
+    is_moe_layer,
+    layer_param_shapes,
+    moe_block_param_shapes,
+    moe_layers,
+    moe_linears,
     numel,
     root_param_shapes,
 )
@@ -59,7 +76,9 @@ FOUND_INF_BYTES = 4  # fp16 loss scaling's float32 overflow flag
 # (DeepSpeed's default, pinned in train/parallel/zero.py because the accounting models it:
 # below it the forward's all-gather also serves backward).
 ZERO3_MAX_REUSE_DISTANCE = 1_000_000_000
-KINDS = ("all_reduce", "all_gather", "reduce_scatter", "send_recv")
+SPLIT_BYTES = 8  # an int64 token count per expert: what EP exchanges before its tokens
+LOAD_BYTES = 8  # an int64 token count per expert and MoE block: the router-bias update's
+KINDS = ("all_reduce", "all_gather", "reduce_scatter", "send_recv", "all_to_all")
 WORLD = MESH_DIMS  # a group spanning every mesh dim: all ranks
 
 
@@ -71,14 +90,17 @@ class Phase(str, Enum):
     unit_backward = "unit_backward"  # the same in backward, beside the gradient reductions
     unit_backward_last = "unit_backward_last"  # gradient reductions, last micro-step only
     pipeline = "pipeline"  # stage-to-stage sends, inside the schedule
+    # EP's token all-to-alls, forward and backward of every MoE block: the block waits for
+    # its tokens (nothing here computes beside them; shared experts could, not overlapped).
+    expert_dispatch = "expert_dispatch"
     exposed = "exposed"  # on the critical path
 
 
 @dataclass(frozen=True)
 class Collective:
-    kind: str  # all_reduce | all_gather | reduce_scatter | send_recv
-    role: str  # what it moves: gradients, parameters, activations, norm gradients, ...
-    nbytes: int  # nccl-tests size of one call (send_recv: the bytes sent)
+    kind: str  # all_reduce | all_gather | reduce_scatter | send_recv | all_to_all
+    role: str  # what it moves: gradients, parameters, activations, tokens, ...
+    nbytes: int  # nccl-tests size of one call (send_recv, all_to_all: the bytes sent)
     calls: int  # per optimizer step
     group: tuple[str, ...]  # the mesh dims the group spans (train/spec/degrees.py MESH_DIMS)
     phase: Phase
@@ -96,6 +118,7 @@ class CommVolume:
     all_gather: int = 0
     reduce_scatter: int = 0
     send_recv: int = 0
+    all_to_all: int = 0
 
     @classmethod
     def of(cls, collectives: list[Collective]) -> CommVolume:
@@ -124,6 +147,8 @@ class StepShape:
     fsdp_reduce_dtype: str = "fp32"
     # torchao fp8 with FSDP's float8 all-gather: linears this wide gather in 1 byte.
     fp8_all_gather_min_dim: int | None = None
+    # Transformer Engine's delayed scaling: linears this wide all-reduce their amaxes.
+    fp8_delayed_min_dim: int | None = None
 
     @classmethod
     def of_run(
@@ -133,6 +158,7 @@ class StepShape:
         accum_steps: int,
         precision: str,
         fp8_all_gather_min_dim: int | None = None,
+        fp8_delayed_min_dim: int | None = None,
     ) -> StepShape:
         """A step of ``cfg``: its micro batch and sequence, clipping and FSDP reduce dtype."""
         train = cfg.train
@@ -144,6 +170,7 @@ class StepShape:
             precision=precision,
             fsdp_reduce_dtype=cfg.parallel.fsdp_reduce_dtype,
             fp8_all_gather_min_dim=fp8_all_gather_min_dim,
+            fp8_delayed_min_dim=fp8_delayed_min_dim,
         )
 
     @property
@@ -181,7 +208,9 @@ def step_collectives(
     out: list[Collective] = []
     if d.tp > 1:
         out += _tensor_parallel(model, layout, shape)
-    if row.shards_parameters:
+    if d.ep > 1:
+        out += expert_all_to_all(model, layout, shape)
+    if row.shards_parameters or row.expert_parallel:  # FSDP2 units (ep: no shard dim)
         out += _fsdp(model, layout, shape)
     elif d.dp_replicate > 1:  # DDP: the whole model's fp32 gradients, bucketed in backward
         size = numel(all_param_shapes(model)) * GRADIENT_BYTES
@@ -190,16 +219,43 @@ def step_collectives(
                 "all_reduce", "gradients", size, 1, ("dp_replicate",), Phase.bucketed_backward
             )
         )
-    if shape.grad_clip and (d.dp_shard > 1 or d.tp > 1):
+    if shape.grad_clip and (d.dp_shard > 1 or d.tp > 1 or d.ep > 1):
         out.append(_grad_norm(GRAD_NORM_BYTES))
+    if model.router_bias_update and is_moe(model) and d.world > 1:
+        # DeepSeek-V3's bias update: every MoE block's expert loads, summed over the ranks
+        # after the optimizer step (train/model/moe.py).
+        size = len(moe_layers(model)) * model.n_experts * LOAD_BYTES
+        out.append(Collective("all_reduce", "expert load", size, 1, WORLD, Phase.exposed))
     if shape.precision == "fp16" and layout.splits_gradients:
         # fp16's overflow flag, agreed over every rank (train/runtime/rank_setup.py).
         out.append(Collective("all_reduce", "found inf", FOUND_INF_BYTES, 1, WORLD, Phase.exposed))
+    if shape.fp8_delayed_min_dim is not None and d.world > 1:
+        out += _te_amaxes(model, shape)
     return out
 
 
 def _grad_norm(nbytes: int) -> Collective:
     return Collective("all_reduce", "grad norm", nbytes, 1, WORLD, Phase.exposed)
+
+
+def _te_amaxes(m: ModelConfig, shape: StepShape) -> list[Collective]:
+    """Transformer Engine's delayed scaling (TE 2.2: FP8GlobalStateManager): each forward under
+    its autocast ends with one MAX all-reduce over every rank of the amaxes of each fp8 linear's
+    input, weight and output (3 float32 each), and each backward with one of its two gradients'
+    (2 each). Current scaling reduces nothing (its scales are per tensor, now). Modelled from
+    TE's source, not counted: TE does not run on CPU ranks."""
+    linears = fp8_linear_count(m, shape.fp8_delayed_min_dim) * m.n_layers
+    return [
+        Collective(
+            "all_reduce",
+            f"fp8 amaxes ({when})",
+            n * linears * 4,
+            shape.accum_steps,
+            WORLD,
+            Phase.exposed,
+        )
+        for when, n in (("forward", 3), ("backward", 2))
+    ]
 
 
 # -- tensor parallel --------------------------------------------------------------------------
@@ -291,76 +347,134 @@ def _tensor_parallel(m: ModelConfig, layout: LayoutPlan, shape: StepShape) -> li
 # -- FSDP2 ------------------------------------------------------------------------------------
 
 
-def _fsdp(m: ModelConfig, layout: LayoutPlan, shape: StepShape) -> list[Collective]:
-    """FSDP2 units: one per block (gathered for forward and again for backward), and the root
-    (gathered once per micro-step: it is not freed between its forward and backward).
-    Gradients are reduce-scattered once per step (no_sync on earlier micro-steps), then, on a
-    2-D mesh, each shard is all-reduced across the replicas. With torchao's float8 all-gather
-    the fp8 linears gather in 1 byte, and their scales cost one all-reduce of all their
-    amaxes per step (precompute_float8_dynamic_scale_for_fsdp)."""
-    d, accum = layout.degrees, shape.accum_steps
-    shard, replicate = d.dp_shard, d.dp_replicate
-    block = numel(block_param_shapes(m, d.tp), pad_to=shard)
-    root = numel(root_param_shapes(m, d.tp), pad_to=shard)
-    out = []
-    if shard > 1:
-        gathered_block, n_fp8 = block * shape.gather_width, 0
-        if shape.fp8_all_gather_min_dim is not None:
+@dataclass(frozen=True)
+class FsdpUnit:
+    """FSDP2 units of one size: ``count`` of them (blocks; 1 for the root), each of
+    ``elements`` parameters as gathered (every dim 0 padded to the shard count), of which
+    ``fp8_elements`` in fp8 linears (torchao's float8 all-gather), sharded over the mesh dims
+    ``shard`` and replicated over ``replicate``."""
+
+    kind: str  # block | experts | root
+    elements: int
+    count: int
+    shard: tuple[str, ...]
+    replicate: tuple[str, ...]
+    fp8_elements: int = 0
+    fp8_linears: int = 0  # per unit
+
+
+def fsdp_units(
+    m: ModelConfig, layout: LayoutPlan, fp8_min_dim: int | None = None
+) -> list[FsdpUnit]:
+    """The FSDP2 units of a sharded (or ep) layout: one per block (blocks of equal size
+    grouped), the routed experts of each MoE block as their own unit under expert
+    parallelism, then the root (train/parallel/fsdp.py, expert_parallel.py).
+
+    Dense parameters are sharded over dp_shard and replicated over dp_replicate; under ep_fsdp
+    they are sharded over the EP ranks too (dp_shard x ep), under ep replicated over them.
+    Routed experts differ between EP ranks: sharded over dp_shard and replicated over
+    dp_replicate only."""
+    d, row = layout.degrees, layout.row
+    shard, replicate = ("dp_shard",), ("dp_replicate",)
+    if row.expert_parallel and row.shards_parameters:
+        shard = ("dp_shard", "ep")
+    elif row.expert_parallel:
+        replicate = ("dp_replicate", "ep")
+    pad = d.size(shard)
+    sizes: dict[tuple[int, int, int], int] = {}
+    for i in range(m.n_layers):
+        moe = is_moe_layer(m, i)
+        if moe and row.expert_parallel:
+            shapes = moe_block_param_shapes(m, experts=False)
+        else:
+            shapes = layer_param_shapes(m, i, d.tp)
+        fp8 = []
+        if fp8_min_dim is not None:
+            linears = moe_linears(m) if moe else block_linears(m, d.tp)
             fp8 = [
                 lin.shape
-                for lin in block_linears(m, d.tp)
-                if fp8_eligible(lin.in_features, lin.out_features, shape.fp8_all_gather_min_dim)
+                for lin in linears
+                if fp8_eligible(lin.in_features, lin.out_features, fp8_min_dim)
             ]
-            n_fp8 = len(fp8) * m.n_layers
-            gathered_block -= numel(fp8, pad_to=shard) * (shape.gather_width - 1)
-        group = ("dp_shard",)
-        out += [
-            Collective("all_gather", "parameters", gathered_block, m.n_layers * accum, group, when)
-            for when in (Phase.unit_forward, Phase.unit_backward)
-        ]
-        out += [
-            Collective(
-                "all_gather", "parameters", root * shape.gather_width, accum, group, Phase.exposed
-            ),
-            Collective(
-                "reduce_scatter",
-                "gradients",
-                block * shape.reduce_width,
-                m.n_layers,
-                group,
-                Phase.unit_backward_last,
-            ),
-            Collective(
-                "reduce_scatter", "gradients", root * shape.reduce_width, 1, group, Phase.exposed
-            ),
-        ]
-        if n_fp8:
-            out.append(
-                Collective(
-                    "all_reduce", "fp8 scales", n_fp8 * GRAD_NORM_BYTES, 1, group, Phase.exposed
-                )
+        key = (numel(shapes, pad_to=pad), numel(fp8, pad_to=pad), len(fp8))
+        sizes[key] = sizes.get(key, 0) + 1
+    units = [
+        FsdpUnit("block", elements, count, shard, replicate, fp8_elements, fp8_linears)
+        for (elements, fp8_elements, fp8_linears), count in sizes.items()
+    ]
+    n_moe = len(moe_layers(m))
+    if row.expert_parallel and n_moe:
+        experts = numel(expert_param_shapes(m, d.ep), pad_to=d.dp_shard)
+        units.append(FsdpUnit("experts", experts, n_moe, ("dp_shard",), ("dp_replicate",)))
+    root = numel(root_param_shapes(m, d.tp), pad_to=pad)
+    return [*units, FsdpUnit("root", root, 1, shard, replicate)]
+
+
+def _fsdp(m: ModelConfig, layout: LayoutPlan, shape: StepShape) -> list[Collective]:
+    """FSDP2 units (``fsdp_units``): each block unit gathered for forward and again for
+    backward, the root once per micro-step (it is not freed between its forward and
+    backward). Gradients are reduce-scattered once per step (no_sync on earlier micro-steps),
+    then, on a 2-D mesh, each shard is all-reduced across the replicas. With torchao's float8
+    all-gather the fp8 linears gather in 1 byte, and their scales cost one all-reduce of all
+    their amaxes per step (precompute_float8_dynamic_scale_for_fsdp)."""
+    d, accum = layout.degrees, shape.accum_steps
+    units = fsdp_units(m, layout, shape.fp8_all_gather_min_dim)
+    gathers, reductions, replicas, n_fp8 = [], [], [], 0
+    for u in units:
+        shard, root = d.size(u.shard), u.kind == "root"
+        last = Phase.exposed if root else Phase.unit_backward_last
+        if shard > 1:
+            gathered = u.elements * shape.gather_width
+            gathered -= u.fp8_elements * (shape.gather_width - 1)
+            phases = (Phase.exposed,) if root else (Phase.unit_forward, Phase.unit_backward)
+            gathers += [
+                Collective("all_gather", "parameters", gathered, u.count * accum, u.shard, when)
+                for when in phases
+            ]
+            size = u.elements * shape.reduce_width
+            reductions.append(
+                Collective("reduce_scatter", "gradients", size, u.count, u.shard, last)
             )
-    if replicate > 1:  # each rank's shard, all-reduced across the replicas
-        group = ("dp_replicate",)
-        out += [
-            Collective(
-                "all_reduce",
-                "gradients",
-                block // shard * shape.reduce_width,
-                m.n_layers,
-                group,
-                Phase.unit_backward_last,
-            ),
-            Collective(
-                "all_reduce",
-                "gradients",
-                root // shard * shape.reduce_width,
-                1,
-                group,
-                Phase.exposed,
-            ),
-        ]
-    return out
+            n_fp8 += u.fp8_linears * u.count
+        if d.size(u.replicate) > 1:  # each rank's shard, all-reduced across the replicas
+            size = u.elements // shard * shape.reduce_width
+            replicas.append(Collective("all_reduce", "gradients", size, u.count, u.replicate, last))
+    scales = []
+    if n_fp8:
+        size, group = n_fp8 * GRAD_NORM_BYTES, units[-1].shard
+        scales.append(Collective("all_reduce", "fp8 scales", size, 1, group, Phase.exposed))
+    return gathers + reductions + scales + replicas
+
+
+# -- expert parallelism -----------------------------------------------------------------------
+
+
+def expert_all_to_all(m: ModelConfig, layout: LayoutPlan, shape: StepShape) -> list[Collective]:
+    """EP's all-to-alls over the EP group, per MoE block and micro-step
+    (train/parallel/expert_parallel.py):
+
+    - forward: the token counts per expert (n_experts int64), then the tokens to their experts
+      (dispatch) and the experts' outputs back (combine), each top_k rows of d_model per token
+      (capacity_factor: n_experts x capacity rows, padded);
+    - backward: the same two in reverse, carrying their gradients.
+    A checkpointed MoE block replays its forward up to the combine (the last tensor its
+    backward needs comes after it): counts, dispatch and combine once more. Rows are in the
+    residual stream's width: 16-bit under bf16/fp16 (FSDP2's 16-bit parameters), else fp32.
+    """
+    tokens = shape.micro_batch * shape.seq_len
+    capacity = expert_capacity(m, tokens)
+    rows = tokens * m.top_k if capacity is None else m.n_experts * capacity
+    nbytes = rows * m.d_model * (2 if shape.sixteen_bit else 4)
+    blocks = len(moe_layers(m)) * shape.accum_steps
+    replays = sum(is_moe_layer(m, i) for i in layout.checkpointed) * shape.accum_steps
+    group, phase = ("ep",), Phase.expert_dispatch
+    return [
+        Collective(
+            "all_to_all", "expert splits", m.n_experts * SPLIT_BYTES, blocks + replays, group, phase
+        ),
+        Collective("all_to_all", "tokens", nbytes, 2 * (blocks + replays), group, phase),
+        Collective("all_to_all", "token gradients", nbytes, 2 * blocks, group, phase),
+    ]
 
 
 # -- DeepSpeed ZeRO ---------------------------------------------------------------------------

@@ -1,0 +1,598 @@
+"""The performance model against published measurements: every point's source, config, published
+figure, predicted figure and ratio, and the mean absolute error per split. Regenerates the
+"Predicted vs published" tables of docs/performance-model.md from the numbers written below.
+
+    python bench/published_points.py                 # print the tables (markdown)
+    python bench/published_points.py --write         # rewrite them in docs/performance-model.md
+
+Pure arithmetic (no torch, no GPU). Each point carries the split it belongs to:
+
+- ``check``: read while the model was built, to see that it worked;
+- ``held-out``: kept aside and computed once the model was settled.
+
+No constant of launch/perfmodel/ is fitted to either: every one has its own source
+(docs/performance-model.md "Constants and their sources"). A published run is predicted as
+this project would run the same configuration (its transformer, its FSDP2 / DTensor layouts,
+eager PyTorch): where the published stack differs (MPT's GELU MLP, torch.compile, fused
+kernels), the point says how it was mapped, and points the project cannot express are left
+out with the reason.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from omegaconf import OmegaConf  # noqa: E402
+
+from launch.conf_tree import load_gpu_profile  # noqa: E402
+from launch.perfmodel.collectives import CollectiveTime, collective_time  # noqa: E402
+from launch.perfmodel.hardware import part_rates  # noqa: E402
+from launch.perfmodel.step import Placement, predict  # noqa: E402
+from train.spec.config import ModelConfig, RunConfig  # noqa: E402
+from train.spec.degrees import plan_layout  # noqa: E402
+
+DOCS = REPO / "docs" / "performance-model.md"
+GIB = 2**30
+
+# -- models -----------------------------------------------------------------------------------
+
+
+def _mpt(name: str, d: int, layers: int, heads: int) -> ModelConfig:
+    """An MPT of llm-foundry's benchmark yamls as this project's transformer: the same width,
+    depth, heads, vocabulary (50368, tied); MPT's GELU MLP of 4d (8 d^2 parameters) as a SwiGLU
+    of 8d/3 (the same parameters and FLOPs), rounded up to a multiple of 256 as
+    conf/model/gpt_1_3b.yaml is (so TP degrees divide it)."""
+    return ModelConfig(
+        name=name,
+        n_layers=layers,
+        d_model=d,
+        n_heads=heads,
+        n_kv_heads=heads,
+        ffn_hidden=-(-8 * d // (3 * 256)) * 256,
+        vocab_size=50368,
+        max_seq_len=8192,
+        tie_embeddings=True,
+    )
+
+
+def _megatron(name: str, d: int, layers: int, heads: int) -> ModelConfig:
+    """A GPT of Megatron-LM's 2021 weak-scaling table (vocabulary 51200, tied, GELU 4d as a
+    SwiGLU of 8d/3)."""
+    return dataclasses.replace(_mpt(name, d, layers, heads), vocab_size=51200, max_seq_len=2048)
+
+
+def _llama(name: str, d, layers, heads, kv, ffn, vocab) -> ModelConfig:
+    return ModelConfig(
+        name=name,
+        n_layers=layers,
+        d_model=d,
+        n_heads=heads,
+        n_kv_heads=kv,
+        ffn_hidden=ffn,
+        vocab_size=vocab,
+        max_seq_len=8192,
+    )
+
+
+MODELS = {
+    "mpt-1b": _mpt("mpt-1b", 2048, 24, 16),
+    "mpt-3b": _mpt("mpt-3b", 2560, 32, 20),
+    "mpt-7b": _mpt("mpt-7b", 4096, 32, 32),
+    "mpt-13b": _mpt("mpt-13b", 5120, 40, 40),
+    "mpt-30b": _mpt("mpt-30b", 7168, 48, 64),
+    "mpt-70b": _mpt("mpt-70b", 8192, 80, 64),
+    "llama2-13b": _llama("llama2-13b", 5120, 40, 40, 40, 13824, 32000),
+    "llama2-70b": _llama("llama2-70b", 8192, 80, 64, 8, 28672, 32000),
+    "llama3-8b": _llama("llama3-8b", 4096, 32, 32, 8, 14336, 128256),
+    "llama3-70b": _llama("llama3-70b", 8192, 80, 64, 8, 28672, 128256),
+    "gpt-1.7b": _megatron("gpt-1.7b", 2304, 24, 24),
+    "gpt-3.6b": _megatron("gpt-3.6b", 3072, 30, 32),
+    "gpt-7.5b": _megatron("gpt-7.5b", 4096, 36, 32),
+    "gpt-18.4b": _megatron("gpt-18.4b", 6144, 40, 48),
+}
+
+# -- sources ----------------------------------------------------------------------------------
+
+FOUNDRY = "llm-foundry scripts/train/benchmarking/README.md"
+TITAN_A100 = "torchtitan docs/performance.md (2024, 64 x A100 80GB)"
+TITAN_H100 = "torchtitan benchmarks/llama3_h100_202412_torchtitan.md"
+TITAN_ASYNC = "torchtitan benchmarks/asyncTP_llama3_h100_2025-06_torchtitan.md"
+MEGATRON = "Megatron-LM README (2021) / Narayanan et al. 2021 Table 1"
+# torchtitan's per-op selective checkpointing saves every compute op's output "except every
+# second mm" (parallelize_llama.py _custom_policy, 2024): half the forward matmuls and every
+# elementwise op are recomputed, which in FLOPs is this project's every-2nd-block selective.
+OP_SAC = "selective op AC as every-2nd-block (torchtitan recomputes every second mm)"
+
+
+@dataclass(frozen=True)
+class Run:
+    """A published training run and how it is predicted."""
+
+    source: str
+    model: str
+    gpu: str
+    gpus: int
+    seq: int
+    micro_batch: int
+    global_batch: int  # sequences per optimizer step
+    published: float  # tokens/s per GPU
+    split: str  # check | held-out
+    parallel: dict = field(default_factory=lambda: {"name": "fsdp", "dp_shard": -1})
+    checkpoint: str = "none"  # none | full | selective
+    precision: str = "bf16"
+    attention: str = "flash"
+    note: str = ""
+
+    @property
+    def nodes(self) -> int:
+        return max(1, self.gpus // 8)
+
+    @property
+    def config(self) -> str:
+        p = self.parallel
+        degrees = ", ".join(f"{k} {v}" for k, v in p.items() if k != "name" and v not in (1, -1))
+        ckpt = "" if self.checkpoint == "none" else f", ckpt {self.checkpoint}"
+        return (
+            f"{self.model}, {self.gpus} x {self.gpu}, {p['name']}{' ' + degrees if degrees else ''}"
+            f", seq {self.seq}, mb {self.micro_batch}, gb {self.global_batch}{ckpt}"
+            + (f", {self.attention} attention" if self.attention != "flash" else "")
+        )
+
+
+def megatron_tokens(tflops: float, m: ModelConfig, seq: int) -> float:
+    """Megatron's published TFLOP/s per GPU as tokens/s per GPU, through its own FLOP count
+    (with activation recomputation): 96 l h^2 (1 + s / 6h + V / 16 l h) per token."""
+    h, layers = m.d_model, m.n_layers
+    per_token = 96 * layers * h * h * (1 + seq / (6 * h) + m.vocab_size / (16 * layers * h))
+    return tflops * 1e12 / per_token
+
+
+def _foundry(model, gpu, gpus, seq, mb, accum, tps, ckpt, split, note=""):
+    return Run(
+        FOUNDRY,
+        model,
+        gpu,
+        gpus,
+        seq,
+        mb,
+        mb * accum * gpus,
+        tps,
+        split,
+        checkpoint="full" if ckpt else "none",
+        note=note,
+    )
+
+
+def _megatron_run(model, gpus, tp, tflops, batch):
+    m = MODELS[model]
+    dp = gpus // tp
+    parallel = (
+        {"name": "ddp", "dp_replicate": -1}
+        if tp == 1
+        else {
+            "name": "tp_fsdp",
+            "dp_replicate": dp,
+            "dp_shard": 1,
+            "tp": tp,
+            "sequence_parallel": False,
+        }
+    )
+    return Run(
+        MEGATRON,
+        model,
+        "a100_80g",
+        gpus,
+        2048,
+        1,
+        batch,
+        megatron_tokens(tflops, m, 2048),
+        "held-out",
+        parallel=parallel,
+        checkpoint="full",
+        precision="fp16",
+        attention="math",
+        note=f"published {tflops} TFLOP/s/GPU (their count, recompute included); micro batch "
+        "1 assumed (not published); TP without sequence parallelism (2021)",
+    )
+
+
+RUNS = [
+    # llm-foundry, 8 GPUs, seq 2048 (FSDP FULL_SHARD, amp_bf16): read while building.
+    _foundry("mpt-7b", "h100_sxm", 8, 2048, 6, 1, 10643, False, "check"),
+    _foundry("mpt-1b", "h100_sxm", 8, 2048, 14, 1, 45455, False, "check"),
+    _foundry("mpt-3b", "h100_sxm", 16, 2048, 10, 3, 24142, False, "check"),
+    _foundry("mpt-13b", "h100_sxm", 8, 2048, 2, 1, 4792, False, "check"),
+    _foundry("mpt-30b", "h100_sxm", 8, 2048, 3, 21, 2002, True, "check"),
+    _foundry("mpt-7b", "a100_80g", 8, 2048, 6, 2, 4641, False, "check"),
+    _foundry("mpt-1b", "a100_80g", 8, 2048, 14, 4, 20513, False, "check"),
+    _foundry("mpt-3b", "a100_80g", 8, 2048, 10, 2, 10811, False, "check"),
+    _foundry("mpt-13b", "a100_80g", 8, 2048, 2, 3, 2262, False, "check"),
+    _foundry("mpt-30b", "a100_80g", 8, 2048, 3, 21, 916, True, "check"),
+    # llm-foundry, other lengths and scales: kept aside.
+    _foundry("mpt-7b", "h100_sxm", 8, 4096, 16, 2, 8611, True, "held-out"),
+    _foundry("mpt-7b", "a100_80g", 8, 8192, 8, 2, 3206, True, "held-out"),
+    _foundry("mpt-1b", "a100_80g", 8, 8192, 3, 4, 13814, False, "held-out"),
+    _foundry("mpt-13b", "h100_sxm", 64, 2048, 2, 1, 4800, False, "held-out"),
+    _foundry("mpt-30b", "h100_sxm", 32, 2048, 14, 3, 2308, True, "held-out"),
+    _foundry("mpt-70b", "h100_sxm", 64, 2048, 8, 4, 1039, True, "held-out"),
+    _foundry("mpt-7b", "h100_sxm", 128, 2048, 6, 1, 10475, False, "held-out"),
+    _foundry("mpt-70b", "h100_sxm", 512, 2048, 8, 1, 1007, True, "held-out"),
+    _foundry(
+        "mpt-70b", "a100_80g", 64, 2048, 8, 4, 410, True, "held-out", "bf16 PURE mixed precision"
+    ),
+    # torchtitan on 64 A100 80GB, FSDP2, no torch.compile: kept aside.
+    Run(TITAN_A100, "llama2-13b", "a100_80g", 64, 4096, 2, 128, 2162, "held-out"),
+    Run(
+        TITAN_A100,
+        "llama2-13b",
+        "a100_80g",
+        64,
+        4096,
+        2,
+        128,
+        1914,
+        "held-out",
+        checkpoint="selective",
+        note="selective layer AC: every 2nd block",
+    ),
+    Run(
+        TITAN_A100,
+        "llama2-13b",
+        "a100_80g",
+        64,
+        4096,
+        2,
+        128,
+        1904,
+        "held-out",
+        checkpoint="selective",
+        note=OP_SAC,
+    ),
+    Run(
+        TITAN_A100,
+        "llama2-70b",
+        "a100_80g",
+        64,
+        4096,
+        2,
+        128,
+        353,
+        "held-out",
+        checkpoint="full",
+    ),
+    Run(
+        TITAN_A100,
+        "llama2-70b",
+        "a100_80g",
+        64,
+        4096,
+        1,
+        64,
+        355,
+        "held-out",
+        checkpoint="selective",
+        note=OP_SAC,
+    ),
+    Run(
+        TITAN_A100,
+        "llama3-8b",
+        "a100_80g",
+        64,
+        8192,
+        1,
+        64,
+        2904,
+        "held-out",
+        checkpoint="selective",
+        note="selective layer AC: every 2nd block",
+    ),
+    Run(
+        TITAN_A100,
+        "llama3-8b",
+        "a100_80g",
+        64,
+        8192,
+        1,
+        64,
+        2973,
+        "held-out",
+        checkpoint="selective",
+        note=OP_SAC,
+    ),
+    Run(
+        TITAN_A100,
+        "llama3-70b",
+        "a100_80g",
+        64,
+        8192,
+        1,
+        64,
+        331,
+        "held-out",
+        checkpoint="full",
+    ),
+    # torchtitan, Llama 3.1 8B on H100 (Grand Teton: 96GB HBM2e at 500 W, profiled as h100_sxm),
+    # FSDP without torch.compile: kept aside.
+    Run(
+        TITAN_H100,
+        "llama3-8b",
+        "h100_sxm",
+        8,
+        8192,
+        2,
+        16,
+        5762,
+        "held-out",
+        checkpoint="selective",
+        note=OP_SAC + "; 500 W HBM2e H100s (Grand Teton), below the SXM peak",
+    ),
+    Run(
+        TITAN_H100,
+        "llama3-8b",
+        "h100_sxm",
+        128,
+        8192,
+        2,
+        256,
+        5605,
+        "held-out",
+        checkpoint="selective",
+        note=OP_SAC + "; 500 W HBM2e H100s (Grand Teton), below the SXM peak",
+    ),
+    # Megatron-LM 2021 (A100 80GB, fp16, no FlashAttention, full recompute), TP rows: kept aside.
+    _megatron_run("gpt-1.7b", 32, 1, 137, 512),
+    _megatron_run("gpt-3.6b", 64, 2, 138, 512),
+    _megatron_run("gpt-7.5b", 128, 4, 142, 512),
+    _megatron_run("gpt-18.4b", 256, 8, 135, 1024),
+]
+
+# torchtitan's async TP over vanilla TP (bf16, torch.compile on both, so its fusion cancels in
+# the ratio): (model, GPUs, TP, local batch, checkpointing, published speedup). Kept aside.
+ASYNC_TP = [
+    ("llama3-8b", 64, 8, 12, "selective", 4809.4 / 4378),  # per-op SAC, as OP_SAC maps it
+    ("llama3-70b", 256, 8, 16, "full", 652.4 / 597.3),
+]
+
+LEFT_OUT = [
+    "Megatron-LM 2021 rows with pipeline stages (39.1B to 1T): TP inside a pipeline stage is "
+    "not a layout of this project (pp refuses tp), so the step cannot be the one they ran.",
+    "Megatron-LM's H100 tables (README, 2024+): published as images of MFU per size; their "
+    "configurations (TP, PP, CP, overlap flags) are not in text.",
+    "torchtitan rows with torch.compile or Float8 (and the 405B 3D/4D tables): the model counts "
+    "eager PyTorch's elementwise kernels; compiled fusion is not modelled.",
+    "llm-foundry SHARD_GRAD_OP rows (1b, 3b at >= 128 GPUs) and fp8 rows: ZeRO-2-like FSDP1 "
+    "and TE fp8 layers are not this project's layouts.",
+]
+
+# -- nccl-tests -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CommPoint:
+    source: str
+    gpu: str
+    op: str
+    nbytes: int
+    nodes: int
+    published: float  # busbw GB/s, nccl-tests' convention
+    split: str
+    nic_gbits: float | None = None  # the cluster's NIC per GPU, where not the profile's
+    note: str = ""
+
+
+COMM = [
+    CommPoint("nccl-tests #212 (NCCL maintainer)", "h100_sxm", "all_reduce", 8 * GIB, 1, 480,
+              "check", note="NVLS, ~480 GB/s peak"),
+    CommPoint("nccl-tests #212 (NCCL maintainer)", "h100_sxm", "all_gather", 8 * GIB, 1, 370,
+              "check", note="ring (non-all-reduce ops)"),
+    CommPoint("nccl-tests #272", "h200", "all_reduce", 4 * GIB, 1, 475, "check", note="NVLS"),
+    CommPoint("nccl #1374", "h800", "all_reduce", 8 * GIB, 1, 215, "check", note="NVLS"),
+    CommPoint("nccl #1047", "h100_sxm", "reduce_scatter", 8 * GIB, 1, 362, "check"),
+    CommPoint("nccl #1047", "h100_sxm", "reduce_scatter", 128 * 2**20, 1, 311, "check"),
+    CommPoint("nccl #1506", "h100_sxm", "all_gather", GIB, 1, 350, "check", note="ring"),
+    CommPoint("nccl #1221", "h100_sxm", "all_reduce", 8 * GIB, 2, 430, "held-out",
+              note="8 x 400G RoCE, NVLS-tree"),
+    CommPoint("nccl #1221", "h100_sxm", "all_reduce", 8 * GIB, 4, 320, "held-out",
+              note="8 x 400G RoCE"),
+    CommPoint("nccl-tests #153", "h800", "all_reduce", 8 * GIB, 2, 161, "held-out",
+              nic_gbits=100, note="8 x 100G CX-6 per node, NVLS-tree"),
+    CommPoint("nccl-tests #119", "a100_40g", "all_reduce", 128 * 2**20, 3, 84.8, "held-out",
+              nic_gbits=100, note="4 x HDR per node (100 Gbit/s per GPU), average"),
+    CommPoint("nccl-tests #283", "h200", "all_reduce", 512 * 2**20, 248, 350, "held-out",
+              note="1984 GPUs, 'typically around 350'"),
+    CommPoint("nccl #1649 (GTC 2024 slide)", "h100_sxm", "all_reduce", 8 * GIB, 32, 375,
+              "held-out", note="multi-node NVLS-tree 370-380; node count not stated (32 taken)"),
+]  # fmt: skip
+
+
+# -- predicting -------------------------------------------------------------------------------
+
+
+def run_config(run: Run) -> RunConfig:
+    gpu = OmegaConf.structured(load_gpu_profile(run.gpu))
+    parallel = {"name": "fsdp", "dp_replicate": 1, "dp_shard": 1, "tp": 1, **run.parallel}
+    parallel["activation_checkpoint"] = run.checkpoint
+    cfg = OmegaConf.merge(
+        OmegaConf.structured(RunConfig),
+        {
+            "gpu": gpu,
+            "model": OmegaConf.structured(MODELS[run.model]),
+            "parallel": parallel,
+            "train": {
+                "seq_len": run.seq,
+                "micro_batch": run.micro_batch,
+                "global_batch": run.global_batch,
+            },
+            "run_dir": "/unused",
+        },
+    )
+    return OmegaConf.to_object(cfg)
+
+
+def predict_run(run: Run) -> float:
+    """Predicted tokens/s per GPU."""
+    cfg = run_config(run)
+    per_node = min(8, run.gpus)
+    where = Placement(run.gpus, per_node, run.nodes)
+    plan = plan_layout(cfg, run.gpus, per_node)
+    rates = part_rates(cfg.gpu, precision=run.precision)
+    pred = predict(
+        cfg,
+        plan,
+        where,
+        global_batch=run.global_batch,
+        precision=run.precision,
+        rates=rates,
+        attention=run.attention,
+    )
+    return pred.tokens_per_s_per_device
+
+
+def predict_comm(point: CommPoint) -> CollectiveTime:
+    """The model's time of the point's collective on its part (with the cluster's NIC)."""
+    gpu = load_gpu_profile(point.gpu)
+    if point.nic_gbits:
+        gpu = dataclasses.replace(gpu, nic_gbits_per_s_per_gpu=point.nic_gbits)
+    ranks = point.nodes * gpu.gpus_per_node
+    return collective_time(point.op, point.nbytes, ranks, gpu.gpus_per_node, part_rates(gpu))
+
+
+# -- tables -----------------------------------------------------------------------------------
+
+
+def _mae(rows: list[tuple[str, float]], split: str | None = None) -> str:
+    errors = [abs(r - 1) for s, r in rows if split is None or s == split]
+    if not errors:
+        return "-"
+    worst = max(errors)
+    return f"{sum(errors) / len(errors):.1%} over {len(errors)} (worst {worst:.0%})"
+
+
+def _size(nbytes: int) -> str:
+    return f"{nbytes // GIB} GiB" if nbytes >= GIB else f"{nbytes // 2**20} MiB"
+
+
+def comm_table() -> list[str]:
+    lines = [
+        "| split | source | part, nodes | op, size | published busbw (GB/s) | predicted "
+        "| predicted / published | algorithm, note |",
+        "|---|---|---|---|---:|---:|---:|---|",
+    ]
+    ratios = []
+    for p in COMM:
+        t = predict_comm(p)
+        got = t.achieved_busbw_gbytes_per_s
+        ratios.append((p.split, got / p.published))
+        lines.append(
+            f"| {p.split} | {p.source} | {p.gpu} x{p.nodes} | {p.op} {_size(p.nbytes)} "
+            f"| {p.published:g} | {got:.0f} | {got / p.published:.2f} | {t.algorithm}"
+            f"{'; ' + p.note if p.note else ''} |"
+        )
+    lines += [
+        "",
+        f"Mean absolute error: check {_mae(ratios, 'check')}; held-out "
+        f"{_mae(ratios, 'held-out')}; all {_mae(ratios)}.",
+    ]
+    return lines
+
+
+def training_table() -> list[str]:
+    lines = [
+        "| split | source | config | published tok/s/GPU | predicted | predicted / published "
+        "| note |",
+        "|---|---|---|---:|---:|---:|---|",
+    ]
+    ratios = []
+    for run in RUNS:
+        got = predict_run(run)
+        ratios.append((run.split, got / run.published))
+        lines.append(
+            f"| {run.split} | {run.source} | {run.config} | {run.published:,.0f} | {got:,.0f} "
+            f"| {got / run.published:.2f} | {run.note} |"
+        )
+    lines += [
+        "",
+        f"Mean absolute error of tokens/s per GPU: check {_mae(ratios, 'check')}; held-out "
+        f"{_mae(ratios, 'held-out')}; all {_mae(ratios)}.",
+        "",
+        "Left out, and why:",
+        "",
+        *[f"- {why}" for why in LEFT_OUT],
+    ]
+    return lines
+
+
+def async_tp_table() -> list[str]:
+    lines = [
+        f"Async TP ({TITAN_ASYNC}, H100, FSDP x TP 8, seq 8192), held-out:",
+        "",
+        "| model, GPUs | published speedup | predicted | predicted / published |",
+        "|---|---:|---:|---:|",
+    ]
+    ratios = []
+    for model, gpus, tp, local, ckpt, published in ASYNC_TP:
+        speeds = []
+        for overlapped in (False, True):
+            parallel = {"name": "tp_fsdp", "dp_shard": gpus // tp, "tp": tp}
+            parallel["async_tp"] = overlapped
+            run = Run(TITAN_ASYNC, model, "h100_sxm", gpus, 8192, local, local * gpus // tp, 1,
+                      "held-out", parallel=parallel, checkpoint=ckpt)  # fmt: skip
+            speeds.append(predict_run(run))
+        got = speeds[1] / speeds[0]
+        ratios.append(("held-out", got / published))
+        lines.append(f"| {model}, {gpus} | {published:.3f} | {got:.3f} | {got / published:.2f} |")
+    lines += ["", f"Mean absolute error: {_mae(ratios)}."]
+    return lines
+
+
+BEGIN, END = "<!-- published-points:begin -->", "<!-- published-points:end -->"
+
+
+def render() -> str:
+    return "\n".join(
+        [
+            BEGIN,
+            "Generated by `python bench/published_points.py --write`; do not edit by hand.",
+            "",
+            "Collectives (nccl-tests busbw, large messages unless said):",
+            "",
+            *comm_table(),
+            "",
+            "Training steps:",
+            "",
+            *training_table(),
+            "",
+            *async_tp_table(),
+            END,
+        ]
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--write", action="store_true", help=f"rewrite the tables in {DOCS}")
+    args = parser.parse_args(argv)
+    text = render()
+    if not args.write:
+        print(text)
+        return 0
+    docs = DOCS.read_text()
+    pattern = re.compile(re.escape(BEGIN) + ".*?" + re.escape(END), re.S)
+    if not pattern.search(docs):
+        print(f"{DOCS} has no {BEGIN} ... {END} section", file=sys.stderr)
+        return 1
+    DOCS.write_text(pattern.sub(lambda _: text, docs))
+    print(f"rewrote the published-points section of {DOCS}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,166 @@
+"""Pipeline layouts (pp, pp_fsdp): each rank's stage compute, the schedule's bubble, the
+stage-to-stage sends and the memory a stage holds with its in-flight microbatches.
+
+Per pipeline rank r (train/spec/stages.py's plan; its sends from train/spec/traffic.py):
+
+- compute: its blocks (the head too on the rank holding the last stage) over the step's m
+  microbatches of rows / m sequences (compute.py);
+- sends: its activations forward and gradients back, over NVLink or, between nodes, its NIC
+  (collectives.py send_recv). torch's schedules wait for a microbatch's input before its
+  compute, so sends are charged in the schedule, not hidden;
+- the schedule: m microbatch slots of (compute + sends) / m and the bubble's idle slots,
+  b / (m + b) of the step (PipelinePlan.predicted_bubble, from the GPipe, 1F1B, interleaved
+  and zero-bubble papers); the step is the busiest rank's;
+- its other collectives (pp: DDP's all-reduce of the stage gradients once per step; pp_fsdp:
+  the stage gathered once and reduce-scattered once): exposed (the schedule starts after the
+  gather and the step ends with the reduction).
+
+Memory: the stage's parameters, gradients and AdamW state (sharded over dp_shard under
+pp_fsdp), plus one microbatch's activations of its blocks times the microbatches in flight on
+that rank: GPipe all m (Huang et al. 2019); 1F1B p - r (Narayanan et al. 2021); interleaved
+(Megatron-LM's warm-up count, 2(p - r - 1) + (v - 1) p + 1 chunk-microbatches of 1/v of the
+stage); zero-bubble V as 1F1B (Qi et al. 2024: the same peak memory).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from launch.perfmodel.compute import ComputeTime, compute_time
+from launch.perfmodel.hardware import PartRates
+from launch.perfmodel.memory import (
+    ADAM_STEP_BYTES,
+    MemoryEstimate,
+    activation_bytes,
+    usable_bytes,
+)
+from launch.perfmodel.overlap import CommTime, comm_time
+from train.spec import shapes
+from train.spec.config import ModelConfig, RunConfig
+from train.spec.degrees import LayoutPlan
+from train.spec.precision import SIXTEEN_BIT
+from train.spec.stages import INTERLEAVED, PipelinePlan
+from train.spec.traffic import StepShape, stage_param_shapes, step_collectives
+
+
+@dataclass(frozen=True)
+class StageStep:
+    """One pipeline rank's step."""
+
+    pp_rank: int
+    compute: ComputeTime
+    comm: CommTime
+    bubble_s: float
+
+    @property
+    def step_s(self) -> float:
+        return self.compute.total_s + self.comm.pipeline_s + self.bubble_s + self.comm.exposed_s
+
+
+def in_flight(plan: PipelinePlan, pp_rank: int) -> float:
+    """Microbatches whose activations rank ``pp_rank`` holds at once, in units of its whole
+    stage's activations (module docstring)."""
+    p, v, m = plan.pp, plan.stages_per_rank, plan.microbatches
+    if plan.schedule == "gpipe":
+        return float(m)
+    if plan.schedule in INTERLEAVED:
+        chunks = 2 * (p - pp_rank - 1) + (v - 1) * p + 1
+        return min(m * v, chunks) / v
+    if plan.schedule == "one_f_one_b":
+        return float(min(p - pp_rank, m))
+    return float(min(p, m))  # zero_bubble_v
+
+
+def stage_model(m: ModelConfig, plan: PipelinePlan, pp_rank: int) -> ModelConfig:
+    """The model as rank ``pp_rank`` runs it: its blocks only."""
+    blocks = sum(plan.layers_per_stage[s] for s in plan.stages_of(pp_rank))
+    return dataclasses.replace(m, n_layers=blocks)
+
+
+def runs_head(plan: PipelinePlan, pp_rank: int) -> bool:
+    return plan.stages - 1 in plan.stages_of(pp_rank)
+
+
+def stage_plan(plan: LayoutPlan, pp_rank: int) -> LayoutPlan:
+    """``plan`` as rank ``pp_rank`` sees it: only its own blocks' checkpointing."""
+    pipe = plan.pipeline
+    mine = {i for s in pipe.stages_of(pp_rank) for i in pipe.layer_ids(s)}
+    return dataclasses.replace(plan, checkpointed=[i for i in plan.checkpointed if i in mine])
+
+
+def stage_steps(
+    cfg: RunConfig,
+    plan: LayoutPlan,
+    shape: StepShape,
+    *,
+    nproc_per_node: int,
+    precision: str,
+    rates: PartRates,
+    attention: str = "flash",
+) -> list[StageStep]:
+    """Every pipeline rank's step (the step is the slowest)."""
+    pipe = plan.pipeline
+    rows = shape.micro_batch * shape.accum_steps // pipe.microbatches
+    out = []
+    for r in range(pipe.pp):
+        model = stage_model(cfg.model, pipe, r)
+        compute = compute_time(
+            model,
+            stage_plan(plan, r),
+            micro_batch=rows,
+            seq_len=shape.seq_len,
+            accum_steps=pipe.microbatches,
+            precision=precision,
+            rates=rates,
+            fp8_min_dim=cfg.precision.fp8.min_dim,
+            attention=attention,
+            head=runs_head(pipe, r),
+        )
+        comm = comm_time(
+            step_collectives(cfg.model, plan, shape, pp_rank=r),
+            compute,
+            degrees=plan.degrees,
+            nproc_per_node=nproc_per_node,
+            n_layers=max(1, model.n_layers),
+            accum_steps=pipe.microbatches,
+            bucket_bytes=int(cfg.parallel.bucket_mb * 2**20),
+            rates=rates,
+        )
+        busy = compute.total_s + comm.pipeline_s
+        idle = pipe.predicted_bubble / (1 - pipe.predicted_bubble)
+        out.append(StageStep(r, compute, comm, busy * idle))
+    return out
+
+
+def stage_memory(
+    m: ModelConfig, plan: LayoutPlan, shape: StepShape, hbm_bytes: float | None
+) -> MemoryEstimate:
+    """The busiest pipeline rank's memory (module docstring)."""
+    pipe, d, precision = plan.pipeline, plan.degrees, shape.precision
+    rows = shape.micro_batch * shape.accum_steps // pipe.microbatches
+    shard = d.dp_shard if plan.row.shards_parameters else 1
+    width = 2 if precision in SIXTEEN_BIT else 4
+    best: MemoryEstimate | None = None
+    for r in range(pipe.pp):
+        tensors = [s for stage in pipe.stages_of(r) for s in stage_param_shapes(m, pipe, stage)]
+        local = shapes.numel(tensors, pad_to=shard) // shard
+        params = local * 4
+        model = stage_model(m, pipe, r)
+        acts = activation_bytes(
+            model, stage_plan(plan, r), rows, shape.seq_len, precision, head=runs_head(pipe, r)
+        )
+        gathered = shapes.numel(tensors) * width if shard > 1 else 0
+        buckets = local * 4 if d.dp_replicate > 1 else 0
+        estimate = MemoryEstimate(
+            param_bytes=params,
+            grad_bytes=params,
+            optimizer_state_bytes=2 * params + ADAM_STEP_BYTES * len(tensors),
+            master_weight_bytes=0,
+            activation_bytes=int(acts * in_flight(pipe, r)),
+            transient_bytes=gathered + buckets,
+            capacity_bytes=usable_bytes(hbm_bytes),
+        )
+        if best is None or estimate.peak_bytes > best.peak_bytes:
+            best = estimate
+    return best
