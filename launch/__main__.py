@@ -6,16 +6,12 @@ python -m launch gpu=h100_sxm model=gpt_1_3b cluster=slurm launcher=slurm dry_ru
 
 from __future__ import annotations
 
-from launch.app import run_app
-from launch.pipeline import check, run_job
+from launch.pipeline import job_app
 from launch.training import TRAINING
 
 
 def main() -> None:
-    run_app(
-        lambda cfg, overrides, console: run_job(cfg, overrides, TRAINING, console),
-        check=lambda cfg, overrides, console: check(cfg, overrides, TRAINING, console),
-    )
+    job_app(TRAINING)
 
 
 if __name__ == "__main__":

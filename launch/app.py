@@ -34,6 +34,8 @@ DRIVER_FILLED = "resolved"
 Command = Callable[[RunConfig, list[str], Console], int]
 # Everything a command checks before it writes or starts anything; ConfigError when refused.
 Check = Callable[[RunConfig, list[str], Console], object]
+# Hydra launchers whose jobs run on this machine, so this machine can check them up front.
+JOBS_HERE = ("basic", "submitit_local")
 
 
 def _raise_stopped(signum, frame):
@@ -130,10 +132,14 @@ def with_open_map_keys_added(argv: list[str]) -> list[str]:
 def check_every_job(parsed, check: Check) -> None:
     """A multirun's jobs, each composed and checked before the first starts: a refused value
     in job 3 must not come after jobs 0-2 have run. Nothing is written (run_dir: a path that
-    does not exist; each job's own dir is made by Hydra when it starts)."""
+    does not exist; each job's own dir is made by Hydra when it starts). Jobs a launcher runs
+    on other nodes (submitit_slurm) are not checked here: gpu=auto would see this one."""
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra.errors import HydraException
 
+    launcher = next((o for o in parsed if o.key_or_group == "hydra/launcher"), None)
+    if launcher is not None and launcher.value() not in JOBS_HERE:
+        return  # the jobs run on other nodes (submitit_slurm): each checks itself there
     ours = [o for o in parsed if not o.key_or_group.startswith("hydra")]
     try:
         jobs = BasicSweeper.split_arguments(ours, None)[0]

@@ -11,16 +11,12 @@ ranks; the comm.* keys set the ops and the size sweep (launch/bench/comm_job.py)
 
 from __future__ import annotations
 
-from launch.app import run_app
 from launch.bench.comm_job import COMM
-from launch.pipeline import check, run_job
+from launch.pipeline import job_app
 
 
 def main() -> None:
-    run_app(
-        lambda cfg, overrides, console: run_job(cfg, overrides, COMM, console),
-        check=lambda cfg, overrides, console: check(cfg, overrides, COMM, console),
-    )
+    job_app(COMM)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import importlib.resources
 from functools import cache
 from pathlib import Path
@@ -24,11 +23,13 @@ def conf_dir() -> Path:
     return Path(str(importlib.resources.files("launch") / "conf"))
 
 
-@functools.cache
 def register_schema() -> None:
-    """The typed schema as Hydra's `base_config` (once per process: every compose needs it,
-    and storing it again costs a quarter of a compose)."""
-    ConfigStore.instance().store(name="base_config", node=RunConfig)
+    """The typed schema as Hydra's `base_config`, stored once: every compose needs it, and
+    storing it again costs a quarter of a compose (asked of the store, not remembered here:
+    whoever resets Hydra's global state also drops it)."""
+    store = ConfigStore.instance()
+    if "base_config.yaml" not in store.repo:
+        store.store(name="base_config", node=RunConfig)
 
 
 def group_choices(group: str) -> list[str]:

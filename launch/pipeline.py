@@ -30,6 +30,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 from rich.console import Console
 
+from launch.app import run_app
 from launch.cluster.setup import ClusterSetup, set_up_cluster
 from launch.errors import RunFailed, Stopped
 from launch.launchers import slurm
@@ -367,3 +368,12 @@ def print_commands(prepared: Prepared) -> None:
 
 def run_job(cfg: RunConfig, overrides: list[str], job: Job, console: Console) -> int:
     return execute(prepare(cfg, overrides, job, console), job, console)
+
+
+def job_app(job: Job) -> None:
+    """`python -m <job.driver_module>`: the one Hydra entry (launch/app.py) running ``job``;
+    a multirun checks every one of its jobs (``check``) before the first starts."""
+    run_app(
+        lambda cfg, overrides, console: run_job(cfg, overrides, job, console),
+        check=lambda cfg, overrides, console: check(cfg, overrides, job, console),
+    )

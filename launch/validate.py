@@ -130,12 +130,12 @@ def validate_cpu_share(cfg: RunConfig, plans: list[RunPlan]) -> None:
     # The emulated cluster runs every node here; a local run its one node.
     threads = max(plan.world_size for plan in plans) * c.cpu_threads_per_rank
     if threads > cores:
-        raise ConfigError(
-            "cluster.cpu_threads_per_rank",
+        contention = (
             f"{threads} rank thread(s) on {cores} core(s) measure contention, not devices; "
             "use fewer ranks or threads, or cluster.allow_oversubscribe=true (figures are "
-            "then marked oversubscribed)",
+            "then marked oversubscribed)"
         )
+        raise ConfigError("cluster.cpu_threads_per_rank", contention)
 
 
 def ranks_here(cfg: RunConfig, plan: RunPlan) -> int:

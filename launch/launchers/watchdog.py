@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from train.spec.heartbeat import DONE, Beat, read_heartbeats
+from train.spec.heartbeat import DONE, Beat, beat_interval_s, read_heartbeats
 
 
 class StallWatch:
@@ -33,6 +33,9 @@ class StallWatch:
         self.best_step = 0
         self.beats: dict[int, Beat] = {}
         self.changed_at: dict[int, tuple[tuple, float]] = {}  # rank -> (content, when)
+        # Read the heartbeats as often as ranks write them, not at every poll of the
+        # launcher: thousands of small files on a shared filesystem are not free.
+        self.read_every_s, self.read_at = beat_interval_s(timeout_s), float("-inf")
 
     def saw_progress(self) -> None:
         """A step record arrived from rank 0 (its progress file)."""
@@ -40,9 +43,9 @@ class StallWatch:
 
     def stalled(self) -> str | None:
         """Why the run is stalled (the silent ranks, their last steps), or None."""
-        if self.timeout_s <= 0:
+        if self.timeout_s <= 0 or self.clock() - self.read_at < self.read_every_s:
             return None
-        now = self.clock()
+        now = self.read_at = self.clock()
         for rank, beat in read_heartbeats(self.run_dir).items():
             if beat.phase == DONE:  # ended: its process is gone, not silent
                 self.changed_at.pop(rank, None)

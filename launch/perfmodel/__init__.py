@@ -11,7 +11,3 @@ measured run's compute fraction and busbw) and ``projection`` (``python -m launc
 record; launch/report/projected.py writes it). Nothing here measures or renders.
 docs/performance-model.md states the model, its constants and predicted vs published figures.
 """
-
-from launch.perfmodel.step import Placement, Prediction, predict, predict_run
-
-__all__ = ["Placement", "Prediction", "predict", "predict_run"]

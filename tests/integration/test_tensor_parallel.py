@@ -56,7 +56,9 @@ def runs(tmp_path_factory):
         run_one_rank_here(path)
     paths, cfgs = [], {}
     for name, (overrides, _) in FOUR_RANKS.items():
-        cfgs[name], path = rank_config(root / name, [*COMMON, *overrides, "cluster.nproc_per_node=4"])
+        cfgs[name], path = rank_config(
+            root / name, [*COMMON, *overrides, "cluster.nproc_per_node=4"]
+        )
         paths.append(str(path))
     _, fp16 = rank_config(root / "fp16", [*COMMON, *FP16, "cluster.nproc_per_node=4"])
     torchrun(4, "tests.ranks.tp_ranks", str(root), *paths, "--fp16", str(fp16), timeout=900)

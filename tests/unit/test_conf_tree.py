@@ -90,7 +90,9 @@ def test_every_combination_composes_and_validates(tmp_path, monkeypatch):
             big = model.startswith(("llama", "mixtral", "olmoe", "deepseek"))
             # parallel=auto (the default) says what the smallest layout would need.
             too_big = " GB per rank in parameters" in str(exc) or " GiB per rank" in str(exc)
-            assert big and too_big, exc
+            # CPU ranks share this host's memory: what fits depends on the machine.
+            host = gpu == "cpu" and "rank(s) on this host" in str(exc)
+            assert (big and too_big) or host, exc
             continue
         # The same combination with a sequence longer than the model allows is refused.
         cfg.train.seq_len = cfg.model.max_seq_len + 1

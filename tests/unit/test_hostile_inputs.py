@@ -1,9 +1,22 @@
 """Issue 21's hostile cases that are cheap, through the driver's own entry in this process
 (exit code, stdout, stderr; nothing started), and README's commands as written.
 
-Where the rest are: a full disk and a signal during a report, tests/unit/test_safe_files.py;
-the watchdog and the collective timeouts, tests/unit/test_watchdog.py; `kill -STOP` on a rank,
-tests/integration/test_hang.py; the measured-ceiling cache, tests/unit/test_measured_ceiling.py.
+The defects the issue found, and where each is checked now ("here": this module):
+
+- `kill -STOP` on a rank hangs the run: tests/integration/test_hang.py (~10 s); the rule,
+  the heartbeat and the collective timeouts: tests/unit/test_watchdog.py.
+- a full disk (a traceback, 0-byte files) and SIGTERM during a report (old and new files
+  mixed): tests/unit/test_safe_files.py (os.write made to fail; a tmpfs, as root).
+- resume=true over another workload; overwrite=true leaving a stale ws2 in the report; a
+  checkpoint of another precision than precision=auto resolves to: here.
+- the measured ceiling (no measured_at, fp32=-1, bf16="abc", a lower full measurement
+  replacing a higher one): tests/unit/test_measured_ceiling.py; MFU above 100% flagged in
+  summary.json there, in the report and on the console here.
+- parallel.bucket_mb=-1 or 0; gpu=cpu model=llama_7b (host memory); a multirun checked only
+  job by job; cluster.nproc_per_node=0 (weak sweep, and launch.comm blaming the batch); an
+  unquoted `$(` (a Hydra traceback, exit 1): here.
+- WANDB_MODE=disabled ignored and a wandb/ folder anyway; README's
+  `fabric.nccl_env.NCCL_DEBUG=INFO` needing `+`; README's other commands: here.
 """
 
 from __future__ import annotations
@@ -21,7 +34,6 @@ import pytest
 import yaml
 from rich.console import Console
 
-from launch.conf_tree import register_schema
 from launch.launchers.local import MetricsTail
 from launch.plan import config_for, plan_runs
 from launch.report import load_runs, print_table, scaling_rows
@@ -43,40 +55,33 @@ from train.spec.config import RunConfig
 from train.spec.config_error import ConfigError
 from train.spec.degrees import plan_layout
 
-# Hydra's schema stored before launch_in_process first snapshots Hydra's state: stored only
-# once per process (launch/conf_tree.py), it would otherwise be lost with the first restore
-# when this module runs alone.
-register_schema()
-
 # --- refused before anything starts: one line naming the key, exit 2 ------------------------
 
 REFUSED = [
-    (["parallel.bucket_mb=-1"], "parallel.bucket_mb: -1.0: must be a number of MB > 0"),
-    (["parallel.bucket_mb=0"], "parallel.bucket_mb: 0.0: must be a number of MB > 0"),
+    (["parallel.bucket_mb=-1"], "parallel.bucket_mb: -1.0: must be a number of MB > 0", ""),
+    (["parallel.bucket_mb=0"], "parallel.bucket_mb: 0.0: must be a number of MB > 0", ""),
     (
-        ["gpu=cpu", "model=llama_7b", "sweep=none"],
-        "parallel: llama_7b under parallel=",  # the CPU fit check, against host memory
+        ["gpu=cpu", "model=llama_7b", "sweep=none"],  # the CPU fit check, against host memory
+        "parallel: llama_7b under parallel=",
+        "x 2 rank(s) on this host = ",
     ),
-    (["cluster.nproc_per_node=0"], "cluster.nproc_per_node: 0: must be >= 1"),  # weak sweep
-    (["run_dir=$(date)"], "run_dir: Hydra cannot parse the override 'run_dir=$(date)'"),
-    (["train.lr=[1,2"], "train.lr: Hydra cannot parse the override"),
-    (["cluster.collective_timeout_s=0"], "cluster.collective_timeout_s: 0.0: must be > 0 s"),
-    (["cluster.stall_timeout_s=-1"], "cluster.stall_timeout_s: -1.0: must be >= 0 s"),
+    (["cluster.nproc_per_node=0"], "cluster.nproc_per_node: 0: must be >= 1", ""),  # weak sweep
+    (["run_dir=$(date)"], "run_dir: Hydra cannot parse the override 'run_dir=$(date)'", ""),
+    (["cluster.collective_timeout_s=0"], "cluster.collective_timeout_s: 0.0: must be > 0 s", ""),
+    (["cluster.stall_timeout_s=-1"], "cluster.stall_timeout_s: -1.0: must be >= 0 s", ""),
 ]
 
 
-@pytest.mark.parametrize("overrides, message", REFUSED, ids=[" ".join(o) for o, _ in REFUSED])
-def test_refused_up_front(overrides, message, launch_in_process, tmp_path):
+@pytest.mark.parametrize(
+    "overrides, message, also", REFUSED, ids=[" ".join(o) for o, _, _ in REFUSED]
+)
+def test_refused_up_front(overrides, message, also, launch_in_process, tmp_path):
     result = launch_in_process(*overrides, f"run_dir={tmp_path / 'run'}", "dry_run=true")
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 2, result.stderr
     assert len(lines) == 1 and lines[0].startswith(f"error: {message}"), result.stderr
+    assert also in lines[0]
     assert not (tmp_path / "run").exists()
-
-
-def test_the_cpu_fit_check_counts_every_rank_on_this_host(launch_in_process, tmp_path):
-    result = launch_in_process("gpu=cpu", "model=llama_7b", "sweep=none", "dry_run=true")
-    assert "x 2 rank(s) on this host" in result.stderr and "GB of memory" in result.stderr
 
 
 def test_a_multirun_checks_every_job_before_the_first_starts(launch_in_process, tmp_path):
@@ -85,6 +90,19 @@ def test_a_multirun_checks_every_job_before_the_first_starts(launch_in_process, 
     assert result.returncode == 2, result.stderr
     assert lines == ["error: train.steps: 0: must be > 0 (multirun job 1: train.steps=0)"]
     assert not (tmp_path / "runs").exists()  # job 0 never ran
+
+
+def test_a_multirun_on_other_nodes_is_left_to_check_itself_there():
+    """submitit_slurm runs each job on a node: this (login) node's gpu=auto would see a CPU."""
+    from launch.app import precheck
+
+    def refuse(cfg, overrides, console):
+        raise ConfigError("gpu", "checked on the wrong machine")
+
+    args = ["--multirun", "hydra/launcher=submitit_slurm", "sweep=none", "train.steps=8,9"]
+    precheck(args, refuse)  # not called
+    with pytest.raises(ConfigError, match="wrong machine"):
+        precheck(["--multirun", "sweep=none", "train.steps=8,9"], refuse)
 
 
 @pytest.fixture

@@ -17,7 +17,6 @@ from pathlib import Path
 
 import pytest
 
-from launch.conf_tree import register_schema
 from launch.report.load import load_runs
 from launch.report.scaling import scaling_rows
 from launch.report.write import write_files
@@ -26,11 +25,6 @@ from train.measure.metrics import StepRecord
 from train.measure.sinks import MetricsSinks
 from train.measure.tracking import WandbRun
 from train.spec.safe_files import STAGING_PREFIX, DiskFull, append_line, staged, write_atomic
-
-# Hydra's schema stored before launch_in_process first snapshots Hydra's state: stored only
-# once per process (launch/conf_tree.py), it would otherwise be lost with the first restore
-# when this module runs alone.
-register_schema()
 
 
 @pytest.fixture

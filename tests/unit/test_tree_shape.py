@@ -315,9 +315,7 @@ def test_functions_import_only_heavy_optional_dependencies():
             continue  # module level, or a project module (the test above)
         if top in DEFERRED_ANYWHERE or rel in DEFERRED_IN.get(top, set()):
             continue
-        if any(
-            target.startswith(m) and rel in where for m, where in DEFERRED_SUBMODULES.items()
-        ):
+        if any(target.startswith(m) and rel in where for m, where in DEFERRED_SUBMODULES.items()):
             continue
         if top == "torch" and is_in(rel, TORCH_IN_LAUNCH):
             continue

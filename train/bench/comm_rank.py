@@ -139,8 +139,8 @@ def benchmark(
     c = cfg.comm
     sizes = message_sizes(c.min_bytes, c.max_bytes)
     progress = run_dir / "comm.jsonl"
-    if rank.is_main:
-        write_atomic(progress, "")
+    if rank.is_main:  # absent until the first point
+        progress.unlink(missing_ok=True)
     groups = []
     for label, rank_lists in scopes(rank):
         # new_group is collective over the world: every rank creates every group, in order.

@@ -144,11 +144,11 @@ class StepRecord:
         return cls(
             step=step,
             loss=loss,
+            model_tflops_per_device=model_tflops_per_device(flops_per_token, per_device),
+            mfu=mfu(flops_per_token, per_device, peak_tflops),
             step_time_s=step_time_s,
             tokens_per_s=tokens_per_s,
             tokens_per_s_per_device=per_device,
-            model_tflops_per_device=model_tflops_per_device(flops_per_token, per_device),
-            mfu=mfu(flops_per_token, per_device, peak_tflops),
             memory_bytes=memory_bytes,
             timed=timed,
             loss_scale=loss_scale,

@@ -21,8 +21,8 @@ class MetricsSinks:
         self.metrics_path = run_dir / "metrics.jsonl"
         self.total_steps, self.tracker = total_steps, tracker
         self.records: list[StepRecord] = read_step_records(self.metrics_path) if resume else []
-        if not resume:
-            write_atomic(self.metrics_path, "")
+        if not resume:  # absent until the first step, never an empty file passed for one
+            self.metrics_path.unlink(missing_ok=True)
         # Steps the earlier attempts ran: run again now, they are marked `repeated`.
         self.earlier_steps = {r.step for r in self.records}
 

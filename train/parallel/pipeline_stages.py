@@ -4,9 +4,9 @@ The reference transformer is cut by blocks into ``pp x pp_stages_per_rank`` stag
 (train/spec/stages.py: the first stages get one more block when the count is
 uneven); the embedding runs on the first stage, the final norm, head and loss on the last.
 Each stage keeps its parameters' names (``layers.3.attention.wq``), so every rank initialises
-them exactly as one rank would (train/model/weights.py). Inside a stage group the stage is wrapped in
-FSDP2 (pp_fsdp, across parallel.dp_shard; torch's PipelineStage reduces its gradients on the
-last microbatch's backward only), or replicated (pp, across parallel.dp_replicate): gradients
+them exactly as one rank would (train/model/weights.py). Inside a stage group the stage is
+wrapped in FSDP2 (pp_fsdp, across parallel.dp_shard; torch's PipelineStage reduces its
+gradients on the last microbatch's backward only), or replicated (pp, across parallel.dp_replicate): gradients
 are all-reduced in flat buckets of parallel.bucket_mb after the schedule. Not DDP itself: in
 torch 2.13 a DDP-wrapped stage fails its bucket rebuild ("rebuilt parameter indices size is
 not same as original model parameters size"), the first step's shape inference having run a

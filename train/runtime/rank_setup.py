@@ -136,18 +136,18 @@ def set_up(cfg: RunConfig, run_dir: Path, rank: distributed.RankInfo) -> RankRun
     if rank.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(rank.device)
     return RankRun(
-        cfg=cfg,
-        run_dir=run_dir,
-        rank=rank,
+        cfg,
+        run_dir,
+        rank,
         precision=plan,
+        collectives=step_collectives(cfg.model, layout_plan, shape),
         layout_plan=layout_plan,
         layout=layout,
         steps=steps,
         checkpoints=checkpoints,
+        workload=_workload(cfg, layout_plan, plan),
         start_step=start_step,
         after_restart=after_restart,
-        collectives=step_collectives(cfg.model, layout_plan, shape),
-        workload=_workload(cfg, layout_plan, plan),
         device_notes=notes,
         sinks=sinks,
     )

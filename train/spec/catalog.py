@@ -184,28 +184,22 @@ _NOT_DEEPSPEED = {
     Feature.offload_optimizer: _OFFLOAD_OPTIMIZER,
     Feature.offload_params: _OFFLOAD_PARAMS,
 }
-_TENSOR_PARALLEL = {
-    **_NOT_DEEPSPEED,
-    Feature.fp8_te: _NO_TP_FP8_TE,
-    Feature.fp8_rowwise: _NO_TP_FP8_ROWWISE,
-    Feature.twin: _NO_TWIN_TP,
-    Feature.moe: _NO_TP_MOE,
-}
-_EXPERT_PARALLEL = {
-    **_NOT_DEEPSPEED,
-    Feature.twin: _NO_EP_TWIN,
-    Feature.checkpoint: _NO_EP_CHECKPOINT,
-}
-_PIPELINE = {
-    **_NOT_DEEPSPEED,
-    Feature.moe: _NO_PIPELINE_MOE,
-    Feature.fp8: _NO_PIPELINE_FP8,
-    Feature.fp8_te: _NO_PIPELINE_FP8,
-    Feature.fp16: _NO_PIPELINE_FP16,
-    Feature.checkpoint: _NO_PIPELINE_CHECKPOINT,
-    Feature.twin: _NO_PIPELINE_TWIN,
-    Feature.tied_embeddings: _NO_PIPELINE_TIES,
-}
+
+
+def _torch_refusals(**reasons: str) -> dict[Feature, str]:
+    """A torch layout's refusals: DeepSpeed's offload options, and ``reasons`` by feature."""
+    return {**_NOT_DEEPSPEED, **{Feature[name]: why for name, why in reasons.items()}}
+
+
+# What each family of torch layouts cannot carry (a table: kept aligned by hand).
+# fmt: off
+_TENSOR_PARALLEL = _torch_refusals(fp8_te=_NO_TP_FP8_TE, fp8_rowwise=_NO_TP_FP8_ROWWISE,
+                                   twin=_NO_TWIN_TP, moe=_NO_TP_MOE)
+_EXPERT_PARALLEL = _torch_refusals(twin=_NO_EP_TWIN, checkpoint=_NO_EP_CHECKPOINT)
+_PIPELINE = _torch_refusals(moe=_NO_PIPELINE_MOE, fp8=_NO_PIPELINE_FP8, fp8_te=_NO_PIPELINE_FP8,
+                            fp16=_NO_PIPELINE_FP16, checkpoint=_NO_PIPELINE_CHECKPOINT,
+                            twin=_NO_PIPELINE_TWIN, tied_embeddings=_NO_PIPELINE_TIES)
+# fmt: on
 _PIPELINE_NO_TP = {
     "tp": "tensor parallel inside a pipeline stage is not wired up (the stage boundary would "
     "carry DTensor activations); use parallel=tp_fsdp or pp alone"
