@@ -26,8 +26,8 @@ from rich.console import Console
 
 from launch.conf_tree import GROUPS, conf_dir, group_choices, register_schema
 from launch.errors import USER_ERRORS, ConfigError, DiskFull, LaunchError, Stopped
+from train.files.safe_files import is_disk_full
 from train.spec.config import RunConfig
-from train.spec.safe_files import is_disk_full
 
 # The node the driver fills (train/spec/config.py ResolvedConfig): never an option.
 DRIVER_FILLED = "resolved"

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import signal
 
+from train.files.safe_files import DiskFull
 from train.spec.config_error import EXIT_CONFIG_ERROR, ConfigError
-from train.spec.safe_files import DiskFull
 
 EXIT_RUN_FAILED = 1
 # Bad input (train/spec/config_error.py ConfigError, raised by the driver and the ranks alike) and
 # every LaunchError: what a command prints as one line and exits with.
-# A full disk (train/spec/safe_files.py DiskFull) is one line and exit 1 as well.
+# A full disk (train/files/safe_files.py DiskFull) is one line and exit 1 as well.
 __all__ = [
     "ConfigError",
     "DiskFull",

@@ -58,9 +58,9 @@ from launch.rundir import (
 from launch.validate import validate, validate_checkpoint_precision
 from launch.wandb_env import apply_wandb_env
 from train.checkpoint.markers import checkpoint_root, latest_complete
+from train.files.heartbeat import stall_timeout_s
+from train.files.safe_files import make_dirs, write_atomic
 from train.spec.config import RunConfig
-from train.spec.heartbeat import stall_timeout_s
-from train.spec.safe_files import make_dirs, write_atomic
 
 
 @dataclass(frozen=True)

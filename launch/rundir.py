@@ -33,8 +33,8 @@ from rich.console import Console
 
 from launch.errors import ConfigError, RunFailed
 from launch.plan import RunPlan, config_for
+from train.files.safe_files import make_dirs, write_atomic
 from train.spec.config import RunConfig, config_digest, load_run_config, workload
-from train.spec.safe_files import make_dirs, write_atomic
 
 FAILED = "failed.json"
 LOCK = ".scaleprobe.lock"

@@ -15,7 +15,7 @@ import re
 import sys
 from pathlib import Path
 
-from train.spec.safe_files import write_atomic
+from train.files.safe_files import write_atomic
 
 
 def cache_dir() -> Path:

@@ -37,8 +37,8 @@ from launch.errors import ConfigError
 from launch.launchers.command import NodeCommand, executable_beside_python
 from launch.launchers.environment import rank_environment
 from launch.plan import RunPlan
+from train.files.safe_files import write_atomic
 from train.spec.config import RunConfig
-from train.spec.safe_files import write_atomic
 
 HOSTFILE = "hostfile"
 ENV_FILE = ".deepspeed_env"

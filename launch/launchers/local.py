@@ -28,7 +28,7 @@ from launch.errors import RunFailed
 from launch.launchers.command import NodeCommand
 from launch.launchers.watchdog import StallWatch, kill_ranks
 from launch.plan import RunPlan
-from train.spec.heartbeat import HEARTBEAT_DIR
+from train.files.heartbeat import HEARTBEAT_DIR
 
 
 def progress_bar() -> Progress:

@@ -18,8 +18,8 @@ from pathlib import Path
 from launch.errors import ConfigError, RunFailed
 from launch.launchers.torchrun import slurm_task_command
 from launch.plan import RunPlan
+from train.files.safe_files import write_atomic
 from train.spec.config import RunConfig
-from train.spec.safe_files import write_atomic
 
 SCRIPT_NAME = "job.sbatch"
 # A multi-node job's rendezvous port: cluster.master_port + job id modulo this.

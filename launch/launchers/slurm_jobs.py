@@ -22,7 +22,7 @@ from datetime import datetime
 from pathlib import Path
 
 from launch.errors import ConfigError
-from train.spec.safe_files import write_atomic
+from train.files.safe_files import write_atomic
 
 JOBS_FILE = "slurm_jobs.json"
 # States after which a job runs nothing more (squeue/sacct spell them like this).

@@ -1,6 +1,6 @@
 """The driver's watchdog over a run's ranks (cluster.stall_timeout_s), and killing them by pid.
 
-Each rank's heartbeat (train/spec/heartbeat.py) keeps changing while its process runs, even
+Each rank's heartbeat (train/files/heartbeat.py) keeps changing while its process runs, even
 inside a collective. A rank whose heartbeat has not changed for the stall timeout, while no
 rank has finished a step in that time, is stopped (SIGSTOP, a debugger), frozen (a hung
 mount) or lost: its peers wait in their next collective until it times out, and nothing else
@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from train.spec.heartbeat import DONE, Beat, beat_interval_s, read_heartbeats
+from train.files.heartbeat import DONE, Beat, beat_interval_s, read_heartbeats
 
 
 class StallWatch:

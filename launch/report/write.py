@@ -12,8 +12,8 @@ from launch.report.markdown import markdown_report
 from launch.report.plot import plot_scaling
 from launch.report.scaling import scaling_rows
 from launch.rundir import failed_points
+from train.files.safe_files import staged
 from train.measure.summary import finite_json
-from train.spec.safe_files import staged
 
 
 def write_report(dirs: list[Path], out_dir: Path) -> dict[str, Path]:
@@ -34,7 +34,7 @@ def write_files(
 ) -> dict[str, Path]:
     """report.md, results.json, scaling.png (and breakdown.png where runs profiled), replacing
     the previous report as a whole or not at all: rendered into a staging dir, then renamed
-    into place together (train/spec/safe_files.py); a full disk or a stop while rendering
+    into place together (train/files/safe_files.py); a full disk or a stop while rendering
     leaves the previous report as it was, a breakdown.png the new report lacks is removed."""
     out_dir = Path(out_dir)
     names = {"markdown": "report.md", "json": "results.json", "plot": "scaling.png"}

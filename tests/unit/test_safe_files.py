@@ -1,4 +1,4 @@
-"""Writes that survive a full disk and a signal (train/spec/safe_files.py), issue 21 item 2.
+"""Writes that survive a full disk and a signal (train/files/safe_files.py), issue 21 item 2.
 
 Two ways to fill a disk without filling the real one: a monkeypatched ``os.write`` that
 raises ENOSPC (the helper writes through it on purpose), and, as root, a tmpfs of a few pages
@@ -21,10 +21,10 @@ from launch.report.load import load_runs
 from launch.report.scaling import scaling_rows
 from launch.report.write import write_files
 from tests.unit.test_report import summary
+from train.files.safe_files import STAGING_PREFIX, DiskFull, append_line, staged, write_atomic
 from train.measure.metrics import StepRecord
 from train.measure.sinks import MetricsSinks
 from train.measure.tracking import WandbRun
-from train.spec.safe_files import STAGING_PREFIX, DiskFull, append_line, staged, write_atomic
 
 
 @pytest.fixture

@@ -16,8 +16,7 @@ from pathlib import Path
 import pytest
 
 from launch.launchers.watchdog import StallWatch
-from train.spec.config import ClusterConfig
-from train.spec.heartbeat import (
+from train.files.heartbeat import (
     Beat,
     Heartbeat,
     beat_interval_s,
@@ -26,6 +25,7 @@ from train.spec.heartbeat import (
     read_heartbeats,
     stall_timeout_s,
 )
+from train.spec.config import ClusterConfig
 
 
 class Clock:

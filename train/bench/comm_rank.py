@@ -21,13 +21,13 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from train.files.heartbeat import Heartbeat, beat_interval_s, stall_timeout_s
+from train.files.safe_files import append_line, write_atomic
 from train.measure.cluster_record import cluster_record
 from train.runtime import distributed
 from train.runtime.rank_exit import run_or_exit
 from train.spec.bus import COLLECTIVES, bus_factor
 from train.spec.config import RunConfig, load_run_config
-from train.spec.heartbeat import Heartbeat, beat_interval_s, stall_timeout_s
-from train.spec.safe_files import append_line, write_atomic
 
 ELEMENT = torch.float32
 ELEMENT_BYTES = 4

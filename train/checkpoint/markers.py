@@ -24,10 +24,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from train.files.safe_files import write_atomic
 from train.spec.config import RunConfig
 from train.spec.config_error import ConfigError
 from train.spec.degrees import LayoutPlan, plan_layout
-from train.spec.safe_files import write_atomic
 
 MARKER = "complete.json"
 STEP_DIR = re.compile(r"^step_(\d+)$")

@@ -8,10 +8,10 @@ import dataclasses
 import json
 from pathlib import Path
 
+from train.files.safe_files import append_line, write_atomic
 from train.measure.metrics import StepRecord, format_step_line
 from train.measure.summary import RunSummary
 from train.measure.tracking import WandbRun
-from train.spec.safe_files import append_line, write_atomic
 
 
 class MetricsSinks:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from train.spec.safe_files import write_atomic
+from train.files.safe_files import write_atomic
 
 SCHEMA_VERSION = 2  # 1: before `schema_version` existed (scaleprobe 0.1, issues 2-5)
 

@@ -1,21 +1,21 @@
 """Pipeline parallelism (parallel=pp, pp_fsdp) with torch.distributed.pipelining.
 
 The reference transformer is cut by blocks into ``pp x pp_stages_per_rank`` stages
-(train/spec/stages.py: the first stages get one more block when the count is
-uneven); the embedding runs on the first stage, the final norm, head and loss on the last.
-Each stage keeps its parameters' names (``layers.3.attention.wq``), so every rank initialises
-them exactly as one rank would (train/model/weights.py). Inside a stage group the stage is
-wrapped in FSDP2 (pp_fsdp, across parallel.dp_shard; torch's PipelineStage reduces its
-gradients on the last microbatch's backward only), or replicated (pp, across parallel.dp_replicate): gradients
-are all-reduced in flat buckets of parallel.bucket_mb after the schedule. Not DDP itself: in
-torch 2.13 a DDP-wrapped stage fails its bucket rebuild ("rebuilt parameter indices size is
-not same as original model parameters size"), the first step's shape inference having run a
-backward of its own; the price is that the all-reduce does not overlap the backward.
+(train/spec/stages.py: the first stages get one more block when the count is uneven); the
+embedding runs on the first stage, the final norm, head and loss on the last. Each stage keeps
+its parameters' names (``layers.3.attention.wq``), so every rank initialises them exactly as
+one rank would (train/model/weights.py). Inside a stage group the stage is wrapped in FSDP2
+(pp_fsdp, across parallel.dp_shard; torch's PipelineStage reduces its gradients on the last
+microbatch's backward only), or replicated (pp, across parallel.dp_replicate): gradients are
+all-reduced in flat buckets of parallel.bucket_mb after the schedule. Not DDP itself: in torch
+2.13 a DDP-wrapped stage fails its bucket rebuild ("rebuilt parameter indices size is not same
+as original model parameters size"), the first step's shape inference having run a backward of
+its own; the price is that the all-reduce does not overlap the backward.
 
-A step is one ``schedule.step``: the schedule runs every microbatch's forward and backward
-(the gradient accumulation), scaling gradients by 1/microbatches so they equal the mean
-loss's, as train/runtime/rank_step.py's train_step does. The loss exists on the last stage only;
-it is summed over the pipeline so every rank returns it (4 bytes, counted as an all-reduce).
+A step is one ``schedule.step``: the schedule runs every microbatch's forward and backward (the
+gradient accumulation), scaling gradients by 1/microbatches so they equal the mean loss's, as
+train/runtime/rank_step.py's train_step does. The loss exists on the last stage only; it is
+summed over the pipeline so every rank returns it (4 bytes, counted as an all-reduce).
 """
 
 from __future__ import annotations

@@ -10,8 +10,8 @@ import torch
 import torch.distributed as dist
 import torch.distributed.distributed_c10d as c10d
 
+from train.files.heartbeat import collective_timeout_s
 from train.spec.devices import cpu_model_name
-from train.spec.heartbeat import collective_timeout_s
 
 
 @dataclass(frozen=True)
@@ -111,7 +111,7 @@ def init_distributed(
 
 
 def collective_timeouts(backend: str, timeout_s: float | None) -> timedelta:
-    """The timeout of every process group this rank makes (default: train/spec/heartbeat.py).
+    """The timeout of every process group this rank makes (default: train/files/heartbeat.py).
 
     init_process_group takes it for the default group, but new_group (and so DeviceMesh,
     FSDP, pipelining, DeepSpeed) falls back to torch's module defaults (30 min for gloo):

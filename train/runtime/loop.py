@@ -28,7 +28,7 @@ class Trained:
 
 def train(run: RankRun, on_step: Callable[[int], None] | None = None) -> Trained:
     """Steps start_step + 1 .. train.steps; those after train.warmup_steps count as timed.
-    ``on_step(step)`` after each (the rank's heartbeat, train/spec/heartbeat.py)."""
+    ``on_step(step)`` after each (the rank's heartbeat, train/files/heartbeat.py)."""
     steps, sinks, checkpoints = run.steps, run.sinks, run.checkpoints
     loss = float("nan")
     loop_started = time.perf_counter()

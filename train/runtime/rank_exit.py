@@ -12,8 +12,8 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 
+from train.files.safe_files import DiskFull, is_disk_full
 from train.spec.config_error import ConfigError
-from train.spec.safe_files import DiskFull, is_disk_full
 
 
 def run_or_exit(entry: Callable[[], object]) -> None:

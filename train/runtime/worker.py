@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch.distributed as dist
 
+from train.files.heartbeat import Heartbeat, beat_interval_s, stall_timeout_s
 from train.measure.bandwidth import link_rates
 from train.measure.profiling import ProfileResult, TimedBaseline, profile_after_timed
 from train.runtime import distributed
@@ -16,7 +17,6 @@ from train.runtime.loop import Trained, train
 from train.runtime.rank_setup import RankRun, set_up
 from train.runtime.summarize import run_summary
 from train.spec.config import RunConfig, load_run_config
-from train.spec.heartbeat import Heartbeat, beat_interval_s, stall_timeout_s
 
 
 def run(config_path: str | Path) -> dict | None:

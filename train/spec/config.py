@@ -274,7 +274,7 @@ class ClusterConfig:
     # Every process group's timeout: a collective that waits longer fails its rank. null:
     # 600 s under NCCL (its own default), 300 s under gloo (CPU ranks; gloo's is 30 min).
     collective_timeout_s: float | None = None
-    # The driver's watchdog (train/spec/heartbeat.py): a rank whose heartbeat has not changed
+    # The driver's watchdog (train/files/heartbeat.py): a rank whose heartbeat has not changed
     # for this long while no rank finished a step (stopped, frozen, lost) ends the run: named
     # with its last step, every process stopped, failed.json, exit 1. Ranks that beat but
     # finish no step (a long compile or save) are left to the collective timeout. null: 180 s;

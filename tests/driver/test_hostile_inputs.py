@@ -358,9 +358,9 @@ def test_readme_commands_run_as_written(command, module_in_process, tmp_path):
 
 
 def test_metrics_tail_is_unchanged_by_atomic_appends(tmp_path):
-    """Rank 0 appends whole lines (train/spec/safe_files.py append_line): the progress bar's
+    """Rank 0 appends whole lines (train/files/safe_files.py append_line): the progress bar's
     reader sees each once."""
-    from train.spec.safe_files import append_line
+    from train.files.safe_files import append_line
 
     path = tmp_path / "metrics.jsonl"
     tail = MetricsTail(path)

@@ -21,8 +21,8 @@ import threading
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from train.files.safe_files import write_atomic
 from train.spec.config import ClusterConfig
-from train.spec.safe_files import write_atomic
 
 HEARTBEAT_DIR = ".heartbeat"
 DONE = "done"
