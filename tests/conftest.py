@@ -301,6 +301,17 @@ def fake_transformer_engine(monkeypatch):
     return te
 
 
+CACHE_VARIABLES = {
+    "XDG_CACHE_HOME": "xdg",
+    "TORCH_EXTENSIONS_DIR": "torch_extensions",
+    "TORCHINDUCTOR_CACHE_DIR": "torchinductor",
+    "MPLCONFIGDIR": "matplotlib",
+    "WANDB_CACHE_DIR": "wandb/cache",
+    "WANDB_CONFIG_DIR": "wandb/config",
+    "WANDB_DATA_DIR": "wandb/data",
+}
+
+
 def pytest_configure(config):
     """One temporary cache for the whole run (and every process it starts): the user's
     own scaleprobe cache in their home (a measured matmul ceiling, say) must not change what
@@ -308,6 +319,37 @@ def pytest_configure(config):
     config.scaleprobe_cache = tempfile.mkdtemp(prefix="scaleprobe-test-cache-")
     os.environ["SCALEPROBE_CACHE_DIR"] = config.scaleprobe_cache
     os.environ["WANDB_MODE"] = "disabled"
+    # Nor may the libraries the ranks load write into the user's caches: DeepSpeed's JIT-built
+    # CPU op (torch_extensions), inductor's compiled kernels, matplotlib's font list, wandb's
+    # debug logs and settings. Each gets a folder of this run's cache, built once per run.
+    # (Not WANDB_DIR: it would win over the run dir a test expects wandb's files in.)
+    for variable, folder in CACHE_VARIABLES.items():
+        os.environ[variable] = os.path.join(config.scaleprobe_cache, folder)
+
+
+def home_cache_state() -> dict[str, int]:
+    """The user's cache folders two levels deep, with their modification times."""
+    root = Path.home() / ".cache"
+    if not root.is_dir():
+        return {}
+    entries = [*root.iterdir(), *(c for d in root.iterdir() if d.is_dir() for c in d.iterdir())]
+    return {str(e): e.stat().st_mtime_ns for e in entries if e.exists()}
+
+
+def pytest_sessionstart(session):
+    session.config.home_cache_before = home_cache_state()
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Fail the run if a test (or a process it started) wrote into the user's ~/.cache."""
+    before = getattr(session.config, "home_cache_before", None)
+    if before is None or os.environ.get("PYTEST_XDIST_WORKER"):
+        return
+    after = home_cache_state()
+    touched = sorted(k for k in after if before.get(k) != after[k])
+    if touched:
+        print(f"\nerror: the tests wrote into the user's cache: {', '.join(touched)}")
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 def pytest_unconfigure(config):

@@ -4,7 +4,8 @@
 The defects the issue found, and where each is checked now ("here": this module):
 
 - `kill -STOP` on a rank hangs the run: tests/integration/test_hang.py (~10 s); the rule,
-  the heartbeat and the collective timeouts: tests/unit/test_watchdog.py.
+  the heartbeat and the collective timeouts: tests/unit/test_watchdog.py (in-process) and
+  tests/integration/test_hang.py (every process group's timeout, in a child Python).
 - a full disk (a traceback, 0-byte files) and SIGTERM during a report (old and new files
   mixed): tests/unit/test_safe_files.py (os.write made to fail; a tmpfs, as root).
 - resume=true over another workload; overwrite=true leaving a stale ws2 in the report; a

@@ -26,6 +26,7 @@ REFERENCES = {
     "one_rank": [],
     "one_rank_capacity": ["model.capacity_factor=1.0"],
     "one_rank_bias": ["model.router_bias_update=0.001"],
+    "one_rank_2_experts": ["model.n_experts=2"],
 }
 TWO_RANKS = {  # name: (overrides, its one-rank reference)
     "ep2": (["parallel=ep", "parallel.ep=2"], "one_rank"),
@@ -45,6 +46,12 @@ FOUR_RANKS = {
         "one_rank_bias",
     ),
     "ep2_replicas2": (["parallel=ep", "parallel.ep=2", "parallel.dp_replicate=2"], "one_rank"),
+    # One expert per EP rank, two FSDP shards: the experts are sharded on dim 1, as torchtitan
+    # does (dim 0 would leave each shard a whole expert; train/spec/shapes.py expert_shard_dim).
+    "ep_fsdp_2x2_one_expert_per_rank": (
+        ["parallel=ep_fsdp", "parallel.ep=2", "parallel.dp_shard=2", "model.n_experts=2"],
+        "one_rank_2_experts",
+    ),
 }
 CASES = {**TWO_RANKS, **FOUR_RANKS}
 

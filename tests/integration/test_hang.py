@@ -1,14 +1,21 @@
 """A stopped rank ends the run (issue 21 item 1): `kill -STOP` on rank 1 with a short
 cluster.stall_timeout_s; the driver names the silent rank and its last step, stops every
 process (the stopped rank too: it ignores its launcher's SIGTERM), writes failed.json and
-exits 1, within seconds of the timeout."""
+exits 1, within seconds of the timeout. And every process group a rank makes (the default one,
+new_group, a DeviceMesh's) gets the collective timeout (a child Python; the rest of the hang
+detection is in-process in tests/unit/test_watchdog.py)."""
 
 from __future__ import annotations
 
 import json
 import os
 import signal
+import socket
+import subprocess
+import sys
 import time
+
+import pytest
 
 from tests.conftest import FAST, running_driver
 from tests.ranks.processes import rank_pids, wait_for_steps
@@ -64,3 +71,36 @@ def _alive(pid: int) -> bool:
     except OSError:
         return False
     return state != "Z"
+
+
+SUBGROUP_TIMEOUTS = """
+import os, torch, torch.distributed as dist
+from torch.distributed.device_mesh import init_device_mesh
+from train.runtime.distributed import init_distributed
+os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
+                  MASTER_PORT=os.environ["PORT"])
+init_distributed(timeout_s=float(os.environ["TIMEOUT"]) if os.environ["TIMEOUT"] else None)
+cpu = torch.device("cpu")
+mesh = init_device_mesh("cpu", (1, 1), mesh_dim_names=("dp", "tp"))
+groups = [dist.group.WORLD, dist.new_group([0]), mesh.get_group("tp")]
+print([g._get_backend(cpu).options._timeout.total_seconds() for g in groups])
+dist.destroy_process_group()
+"""
+
+
+@pytest.mark.parametrize("configured, expected", [("7", 7.0), ("", 300.0)])
+def test_every_process_group_gets_the_collective_timeout(configured, expected):
+    """The default group and sub-groups (new_group, DeviceMesh) alike: torch gives
+    sub-groups its module default (30 min for gloo) unless it is set."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    result = subprocess.run(
+        [sys.executable, "-c", SUBGROUP_TIMEOUTS],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PORT": str(port), "TIMEOUT": configured},
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip().splitlines()[-1] == str([expected] * 3)

@@ -1,8 +1,8 @@
 """Mixture of experts on one rank: the spec's shapes and counts (total vs active) against the
 built model and hand arithmetic, the routing (dropless, capacity, node-limited, the balancing
-loss and bias), the EP accounting by hand, and bad MoE input refused in one line with exit 2.
-The multi-rank runs (EP loss for loss, counted all-to-all bytes) are
-tests/integration/test_expert_parallel.py."""
+loss and bias), the EP accounting by hand. Bad MoE input (one line, exit 2) is
+tests/driver/test_moe_inputs.py; the multi-rank runs (EP loss for loss, counted all-to-all
+bytes) are tests/integration/test_expert_parallel.py."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ from train.spec.shapes import (
     all_param_shapes,
     count_active_params,
     count_params,
+    expert_shard_dim,
     flops_per_token,
     moe_layers,
 )
@@ -181,6 +182,19 @@ def test_the_ep_accounting_by_hand():
     assert padded == 2 * 3 * (4 * 8 * 20 * 64 * 4 + splits)  # 8 experts x ceil(1.25 x 16)
 
 
+def test_one_expert_per_rank_is_sharded_on_its_width_not_padded_whole():
+    # Mixtral's 8 experts over ep 8 leave one per rank; FSDP over 8 more ranks on dim 0 would
+    # pad that one row to 8 and give every rank a whole expert (torchtitan shards dim 1 then).
+    cfg = compose_run_config(["model=mixtral_8x7b", "parallel=ep_fsdp", "run_dir=/unused"])
+    cfg.parallel.ep, cfg.parallel.dp_shard = 8, 8
+    plan = plan_layout(cfg, 64, 8)
+    experts = {u.kind: u for u in fsdp_units(cfg.model, plan)}["experts"]
+    one_expert = 3 * 14336 * 4096
+    assert expert_shard_dim(cfg.model, 8, 8) == 1 and experts.elements == one_expert
+    assert experts.elements // plan.degrees.dp_shard == one_expert // 8
+    assert expert_shard_dim(cfg.model, 2, 4) == 0  # 4 experts a rank: dim 0 splits evenly
+
+
 def test_an_ep_group_never_straddles_two_nodes():
     cfg = compose_run_config(["model=moe_tiny", "parallel=ep", "run_dir=/unused"]).parallel
     cfg.ep, cfg.dp_replicate = 4, -1
@@ -200,31 +214,3 @@ def _ep_parallel(ep: int):
     cfg = compose_run_config(["model=moe_tiny", "parallel=ep", "run_dir=/unused"]).parallel
     cfg.ep = ep
     return cfg
-
-
-BAD_MOE = [
-    (["model=moe_tiny", "parallel=ep", "model.top_k=9"], "model.top_k: 9: must be between 1"),
-    (
-        ["model=moe_tiny", "parallel=ep", "parallel.ep=2", "model.n_experts=3"],
-        "parallel.ep: 2 does not divide model.n_experts 3",
-    ),
-    (["model=moe_tiny", "parallel=ep", "parallel.ep=3"], "parallel.ep: 3 does not divide the"),
-    (["model=moe_tiny", "parallel=tp"], "parallel.name: model moe_tiny is a mixture of experts"),
-    (["model=moe_tiny", "parallel=zero2"], "parallel.name: model moe_tiny is a mixture of"),
-    (["model=tiny", "parallel=ep"], "parallel.name: parallel=ep splits the experts"),
-    (
-        ["model=moe_tiny", "parallel=ep", "model.route_groups=2", "model.route_max_nodes=3"],
-        "model.route_max_nodes: 3: must be between 1 and model.route_groups 2",
-    ),
-    (["model=moe_tiny", "parallel=ep", "model.capacity_factor=0"], "model.capacity_factor: 0"),
-    (["model=moe_tiny", "parallel=ep", "profile.twin=true"], "profile.twin: parallel=ep sends"),
-]
-
-
-@pytest.mark.parametrize("overrides, message", BAD_MOE, ids=[" ".join(o) for o, _ in BAD_MOE])
-def test_bad_moe_input_is_one_line_and_exit_2(overrides, message, launch_in_process, tmp_path):
-    result = launch_in_process("sweep=none", *overrides, f"run_dir={tmp_path / 'run'}")
-    assert result.returncode == 2, result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith(f"error: {message}"), result.stderr
-    assert not (tmp_path / "run").exists()

@@ -5,10 +5,6 @@ end case (`kill -STOP` on a rank) is tests/integration/test_hang.py."""
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -124,36 +120,3 @@ def test_stated_defaults():
     assert stall_timeout_s(ClusterConfig()) == 180.0  # below both, so it names the rank first
     assert stall_timeout_s(ClusterConfig(stall_timeout_s=0)) == 0.0
     assert beat_interval_s(180.0) == 2.0 and beat_interval_s(3.0) == pytest.approx(0.3)
-
-
-SUBGROUP_TIMEOUTS = """
-import os, torch, torch.distributed as dist
-from torch.distributed.device_mesh import init_device_mesh
-from train.runtime.distributed import init_distributed
-os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
-                  MASTER_PORT=os.environ["PORT"])
-init_distributed(timeout_s=float(os.environ["TIMEOUT"]) if os.environ["TIMEOUT"] else None)
-cpu = torch.device("cpu")
-mesh = init_device_mesh("cpu", (1, 1), mesh_dim_names=("dp", "tp"))
-groups = [dist.group.WORLD, dist.new_group([0]), mesh.get_group("tp")]
-print([g._get_backend(cpu).options._timeout.total_seconds() for g in groups])
-dist.destroy_process_group()
-"""
-
-
-@pytest.mark.parametrize("configured, expected", [("7", 7.0), ("", 300.0)])
-def test_every_process_group_gets_the_collective_timeout(configured, expected):
-    """The default group and sub-groups (new_group, DeviceMesh) alike: torch gives
-    sub-groups its module default (30 min for gloo) unless it is set."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    result = subprocess.run(
-        [sys.executable, "-c", SUBGROUP_TIMEOUTS],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**os.environ, "PORT": str(port), "TIMEOUT": configured},
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert result.stdout.strip().splitlines()[-1] == str([expected] * 3)

@@ -41,10 +41,12 @@ class RunSummary:
     mfu: float | None
     # The rest: written by every run of this schema, optional for a reader.
     run_name: str = ""
-    gpu_display_name: str | None = None
-    device_name: str | None = None
+    gpu_display_name: str | None = None  # the profile's marketing name
+    device_name: str | None = None  # what the device says it is (torch.cuda / the CPU model)
     backend: str | None = None  # nccl | gloo
     layout: dict[str, Any] | None = None  # degrees, checkpointed blocks, sequence parallel
+    # The batch as run (after weak scaling): tokens per sequence, sequences per optimizer step
+    # over all data-parallel ranks, and per forward on one rank.
     seq_len: int | None = None
     global_batch: int | None = None
     micro_batch: int | None = None
@@ -53,11 +55,14 @@ class RunSummary:
     # global_batch = micro_batch x data_parallel_size x grad_accum (train/spec/degrees.py).
     data_parallel_size: int | None = None
     grad_accum: int | None = None
-    tokens_per_step: int | None = None
-    timed_steps: int | None = None
+    tokens_per_step: int | None = None  # global_batch x seq_len
+    timed_steps: int | None = None  # steps after warm-up, the ones every figure is taken over
+    # Model FLOPs (6N + attention, no recompute) per second per device, and the peak MFU is
+    # taken against: the profile's dense figure for `mfu_peak_precision`.
     model_tflops_per_device: float | None = None
     peak_tflops: float | None = None
     mfu_peak_precision: str | None = None
+    # The ceiling `python -m launch.mamf` measured on this device, and MFU against it.
     measured_peak_tflops: float | None = None
     mfu_vs_measured: float | None = None
     mfu_vs_bf16_peak: float | None = None  # fp8 runs

@@ -159,7 +159,7 @@ def _expert_parallel(
     apply_activation_checkpointing(model.layers, layout.checkpointed, te_layers)
     _compile_blocks(model, compile_blocks)
     policy = mixed_precision_policy(precision, cfg.parallel.fsdp_reduce_dtype)
-    apply_expert_fsdp(model, mesh, layout, policy)
+    apply_expert_fsdp(model, mesh, layout, policy, cfg.model)
     _materialize(model, cfg, device)  # each rank its own experts and FSDP shards
     optimizer = adamw(model, cfg.train, device)
     no_sync = functools.partial(fsdp_no_sync, model)

@@ -15,11 +15,12 @@ consecutive ranks unless parallel.ep asks for more. Around each block's ``expert
   from. Both all-to-alls carry their gradients back in backward (the autograd all-to-all).
 
 Parameters: each routed-expert weight is a DTensor sharded over ep (dim 0: experts); FSDP2
-then shards it over dp_shard (ep_fsdp) and replicates it over dp_replicate. The rest of the
-model is FSDP2's: under ep_fsdp sharded over dp_shard x ep (torchtitan's dense sharding over
-the EP ranks too), under ep replicated over every data-parallel rank (an FSDP2 mesh without a
-shard dim: gradients all-reduced, parameters whole). The collectives are itemised in
-train/spec/traffic.py (``expert_all_to_all``, ``fsdp_units``).
+then shards it over dp_shard (ep_fsdp: on dim 0, or on dim 1 where an EP rank holds fewer
+experts than there are shards, as torchtitan does) and replicates it over dp_replicate. The
+rest of the model is FSDP2's: under ep_fsdp sharded over dp_shard x ep (torchtitan's dense
+sharding over the EP ranks too), under ep replicated over every data-parallel rank (an FSDP2
+mesh without a shard dim: gradients all-reduced, parameters whole). The collectives are
+itemised in train/spec/traffic.py (``expert_all_to_all``, ``fsdp_units``).
 """
 
 from __future__ import annotations
@@ -33,7 +34,9 @@ from torch.distributed.tensor import Shard, distribute_module, distribute_tensor
 from torch.distributed.tensor.parallel import ParallelStyle, parallelize_module
 
 from train.model.moe import ExpertWeights, moe_blocks
+from train.spec.config import ModelConfig
 from train.spec.degrees import LayoutPlan
+from train.spec.shapes import expert_shard_dim
 
 
 class ExpertParallel(ParallelStyle):
@@ -111,14 +114,23 @@ def fsdp_meshes(mesh: DeviceMesh, layout: LayoutPlan) -> tuple[DeviceMesh, Devic
 
 
 def apply_expert_fsdp(
-    model: nn.Module, mesh: DeviceMesh, layout: LayoutPlan, policy: MixedPrecisionPolicy
+    model: nn.Module,
+    mesh: DeviceMesh,
+    layout: LayoutPlan,
+    policy: MixedPrecisionPolicy,
+    model_cfg: ModelConfig,
 ) -> None:
     """FSDP2 units as torchtitan makes them under EP: each MoE block's experts a unit of
-    their own (on the experts' mesh), then each block, then the root (the dense mesh)."""
+    their own (on the experts' mesh), then each block, then the root (the dense mesh). The
+    experts are sharded on dim 1 where there are fewer local experts than shards
+    (train/spec/shapes.py expert_shard_dim)."""
     dense, experts = fsdp_meshes(mesh, layout)
+    d = layout.degrees
+    dim = expert_shard_dim(model_cfg, d.ep, d.dp_shard)
+    placement = None if dim == 0 else (lambda _param: Shard(dim))
     for block in model.layers:
         for moe in moe_blocks(block):
-            fully_shard(moe.experts, mesh=experts, mp_policy=policy)
+            fully_shard(moe.experts, mesh=experts, mp_policy=policy, shard_placement_fn=placement)
         fully_shard(block, mesh=dense, mp_policy=policy)
     fully_shard(model, mesh=dense, mp_policy=policy)
 

@@ -156,16 +156,23 @@ def all_param_shapes(m: ModelConfig, tp: int = 1, ep: int = 1) -> list[tuple[int
     return [embedding, *blocks, *rest]
 
 
-def numel(shapes: list[tuple[int, ...]], pad_to: int = 1) -> int:
-    """Elements of ``shapes``, each dim 0 padded to a multiple of ``pad_to`` (FSDP's shards)."""
+def numel(shapes: list[tuple[int, ...]], pad_to: int = 1, pad_dim: int = 0) -> int:
+    """Elements of ``shapes``, each dim ``pad_dim`` padded to a multiple of ``pad_to`` (the
+    dim FSDP2 shards on)."""
     total = 0
     for shape in shapes:
-        rows = -(-shape[0] // pad_to) * pad_to
-        rest = 1
-        for dim in shape[1:]:
-            rest *= dim
-        total += rows * rest
+        padded = 1
+        for i, dim in enumerate(shape):
+            padded *= -(-dim // pad_to) * pad_to if i == pad_dim else dim
+        total += padded
     return total
+
+
+def expert_shard_dim(m: ModelConfig, ep: int, dp_shard: int) -> int:
+    """The dim FSDP2 shards each routed-expert tensor on (experts, out, in): 0 while every
+    dp_shard rank gets a whole expert; else 1, as torchtitan does, because dim 0 would be padded
+    to dp_shard rows: one expert over 8 ranks leaves each rank a whole expert's worth."""
+    return 0 if m.n_experts // ep >= dp_shard else 1
 
 
 def count_params(m: ModelConfig) -> int:

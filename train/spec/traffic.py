@@ -57,6 +57,7 @@ from train.spec.shapes import (
     block_param_shapes,
     expert_capacity,
     expert_param_shapes,
+    expert_shard_dim,
     is_moe,
     is_moe_layer,
     layer_param_shapes,
@@ -114,11 +115,11 @@ class Collective:
 class CommVolume:
     """Bytes per rank per optimizer step, by collective kind."""
 
-    all_reduce: int = 0
-    all_gather: int = 0
-    reduce_scatter: int = 0
-    send_recv: int = 0
-    all_to_all: int = 0
+    all_reduce: int = 0  # DDP/HSDP gradients, TP activations without SP, norms and amaxes
+    all_gather: int = 0  # FSDP/ZeRO-3 parameters, SP activations into a column-parallel Linear
+    reduce_scatter: int = 0  # FSDP/ZeRO gradients, SP activations out of a row-parallel Linear
+    send_recv: int = 0  # pipeline activations and their gradients between stages
+    all_to_all: int = 0  # MoE token dispatch and combine across expert-parallel ranks
 
     @classmethod
     def of(cls, collectives: list[Collective]) -> CommVolume:
@@ -139,12 +140,15 @@ class CommVolume:
 class StepShape:
     """What a step moves besides the layout: the batch, the dtypes, clipping."""
 
+    # Sequences per forward and tokens per sequence: the activation collectives scale with both.
     micro_batch: int
     seq_len: int
+    # Forwards per optimizer step: activation traffic repeats this often, gradient traffic once.
     accum_steps: int
+    # Clipping adds a norm all-reduce per step where gradients are split.
     grad_clip: bool
-    precision: str = "fp32"  # the resolved one
-    fsdp_reduce_dtype: str = "fp32"
+    precision: str = "fp32"  # the resolved one: the width of activations on the wire
+    fsdp_reduce_dtype: str = "fp32"  # FSDP's reduce-scatter dtype (parallel.fsdp_reduce_dtype)
     # torchao fp8 with FSDP's float8 all-gather: linears this wide gather in 1 byte.
     fp8_all_gather_min_dim: int | None = None
     # Transformer Engine's delayed scaling: linears this wide all-reduce their amaxes.
@@ -404,7 +408,8 @@ def fsdp_units(
     ]
     n_moe = len(moe_layers(m))
     if row.expert_parallel and n_moe:
-        experts = numel(expert_param_shapes(m, d.ep), pad_to=d.dp_shard)
+        dim = expert_shard_dim(m, d.ep, d.dp_shard)
+        experts = numel(expert_param_shapes(m, d.ep), pad_to=d.dp_shard, pad_dim=dim)
         units.append(FsdpUnit("experts", experts, n_moe, ("dp_shard",), ("dp_replicate",)))
     root = numel(root_param_shapes(m, d.tp), pad_to=pad)
     return [*units, FsdpUnit("root", root, 1, shard, replicate)]
