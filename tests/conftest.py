@@ -301,6 +301,7 @@ def fake_transformer_engine(monkeypatch):
     return te
 
 
+PREBUILT_EXTENSIONS = "SCALEPROBE_TEST_TORCH_EXTENSIONS_DIR"
 CACHE_VARIABLES = {
     "XDG_CACHE_HOME": "xdg",
     "TORCH_EXTENSIONS_DIR": "torch_extensions",
@@ -325,6 +326,10 @@ def pytest_configure(config):
     # (Not WANDB_DIR: it would win over the run dir a test expects wandb's files in.)
     for variable, folder in CACHE_VARIABLES.items():
         os.environ[variable] = os.path.join(config.scaleprobe_cache, folder)
+    # Except where the caller named a build folder for DeepSpeed's op (.ci/run builds it there
+    # once, before the suite, as an install step: ~35 s of compiling on 2 cores).
+    if PREBUILT_EXTENSIONS in os.environ:
+        os.environ["TORCH_EXTENSIONS_DIR"] = os.environ[PREBUILT_EXTENSIONS]
 
 
 def home_cache_state() -> dict[str, int]:

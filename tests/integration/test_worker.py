@@ -8,7 +8,7 @@ import pytest
 
 from launch.pipeline import write_run_config
 from launch.plan import plan_runs
-from tests.conftest import FAST, compose_run_config
+from tests.conftest import FAST, compose_run_config, rank_config, run_one_rank_here
 from train.runtime.worker import run
 
 
@@ -27,10 +27,11 @@ def test_two_ranks_match_one_rank_with_twice_the_micro_batch(launch_cli, tmp_pat
         "train.warmup_steps=1",
         "train.global_batch=8",
     ]
-    one = launch_cli(
-        *common, "cluster.nproc_per_node=1", "train.micro_batch=4", f"run_dir={tmp_path / 'one'}"
-    )
-    assert one.returncode == 0, one.stderr
+    # The one-rank reference in this process (the same worker, no process group); the two
+    # ranks through the command line, torchrun and gloo.
+    _, one = rank_config(tmp_path / "one", [*common, "cluster.nproc_per_node=1",
+                                            "train.micro_batch=4"])  # fmt: skip
+    run_one_rank_here(one)
     two = launch_cli(
         *common, "cluster.nproc_per_node=2", "train.micro_batch=2", f"run_dir={tmp_path / 'two'}"
     )
