@@ -112,89 +112,36 @@ class Launches:
             stop(launch.procs)
 
 
-class EarlyStart:
-    """The cluster brought up, and every check started, in a thread as soon as the session
-    knows it will run them: their waits (Slurm's scheduling, ssh, rendezvous, a throttled
-    link) then overlap the rest of the suite, which leaves a core idle about a third of the
-    time. The tests, run last, collect what the checks wrote."""
-
-    def __init__(self, config, start_all):
-        self.root = config._tmp_path_factory.mktemp("realcluster")
-        self.runs_root = config._tmp_path_factory.mktemp("runs")
-        self.cluster: RealCluster | None = None
-        self.launches: Launches | None = None
-        self.error: BaseException | None = None
-        self.closed = False
-        self.thread = threading.Thread(target=self._run, args=(start_all,), daemon=True)
-        self.thread.start()
-
-    def _run(self, start_all) -> None:
-        try:
-            started = time.monotonic()
-            self.cluster = RealCluster(self.root)
-            self.cluster.up()
-            self.cluster.timings = {"bring-up": f"{time.monotonic() - started:.1f}"}
-            self.launches = Launches(self.cluster, self.runs_root)
-            start_all(self.launches, self.runs_root)
-        except BaseException as exc:  # raised again in the test that asks for the cluster
-            self.error = exc
-
-    def result(self) -> tuple[RealCluster, Launches]:
-        self.thread.join()
-        if self.error is not None:
-            raise self.error
-        return self.cluster, self.launches
-
-    def close(self) -> list[str]:
-        """Stop every driver and take the cluster down; what was left behind."""
-        if self.closed:
-            return []
-        self.closed = True
-        self.thread.join()
-        if self.launches is not None:
-            self.launches.stop_all()
-        return self.cluster.down() if self.cluster is not None else []
-
-
 def pytest_collection_modifyitems(config, items):
-    """The cluster's tests after the others (they collect what the early start ran)."""
+    """The cluster's tests after the others: they then find DeepSpeed's op compiled by the
+    integration tests (the nodes share that build cache) instead of compiling it themselves."""
     cluster = [item for item in items if item.get_closest_marker("cluster")]
     if cluster and len(cluster) < len(items):
         items[:] = [item for item in items if item not in cluster] + cluster
 
 
-def pytest_collection_finish(session):
-    """Start the cluster now if any of its tests will run (after -k/-m deselection)."""
-    if session.config.option.collectonly or missing_requirements():
-        return
-    if any(item.get_closest_marker("cluster") for item in session.items):
-        from tests.cluster.test_real_cluster import start_all
-
-        session.config.cluster_early = EarlyStart(session.config, start_all)
-
-
-def pytest_sessionfinish(session, exitstatus):
-    """Down whatever happened, also when no cluster test got to run (-x, Ctrl-C)."""
-    early = getattr(session.config, "cluster_early", None)
-    if early is not None:
-        early.close()
-
-
 @pytest.fixture(scope="session")
-def cluster(request):
+def cluster(tmp_path_factory):
     """The cluster, up for the session; down at its end, whatever happened (and a test error
     if anything is left behind)."""
     reason = missing_requirements()
     if reason:
         pytest.skip(reason)
-    early = request.config.cluster_early
-    real, _ = early.result()
+    root = tmp_path_factory.mktemp("realcluster")
+    real = RealCluster(root)
+    started = time.monotonic()
+    try:
+        real.up()
+    except BaseException:
+        real.down()
+        raise
+    real.timings = {"bring-up": f"{time.monotonic() - started:.1f}"}
     yield real
     # When each job waited and ran (shown with -s, or with a failure): where the time went.
     jobs = ["squeue", "-t", "all", "-o", "%.4i %.16j %.10T %.9P %V %S %e"]
     print("\n" + real.run("ctl", jobs, timeout=30).stdout)
     started = time.monotonic()
-    left = early.close()
+    left = real.down()
     real.timings["teardown"] = f"{time.monotonic() - started:.1f}"
     print("\nreal cluster timings (s): " + ", ".join(f"{k} {v}" for k, v in real.timings.items()))
     assert not left, f"left behind after teardown: {left}"

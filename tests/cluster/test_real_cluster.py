@@ -112,18 +112,14 @@ def deepspeed_launches(runs: Launches, r: Path) -> None:
     runs.start("ds_slurm", Node("node1", [*salloc, *ds("ds_slurm", "slurm", 29650)]))
 
 
-def start_all(launches: Launches, r: Path) -> None:
-    """Every check's drivers, started at once (tests/cluster/conftest.py EarlyStart calls it
-    as the session begins)."""
-    slurm_launches(launches, r)
-    deepspeed_launches(launches, r)
-    torchrun_launches(launches, r)
-
-
 @pytest.fixture(scope="session")
-def runs(cluster, request):
-    _, launches = request.config.cluster_early.result()
+def runs(cluster, tmp_path_factory):
+    r = tmp_path_factory.mktemp("runs")
+    launches = Launches(cluster, r)
     try:
+        slurm_launches(launches, r)
+        deepspeed_launches(launches, r)
+        torchrun_launches(launches, r)
         yield launches
     finally:
         launches.stop_all()
