@@ -292,9 +292,10 @@ class RealCluster:
             r"^root:([^:]*):0:0:([^:]*):[^:]*:", rf"root:\1:0:0:\2:{self.home}:", passwd, flags=re.M
         )
         (self.etc / "passwd").write_text(passwd)
-        # DeepSpeed ranks JIT-build one op (shm comm: a minute of C++, and as long again in a
-        # fresh build dir even with the objects copied) into ~/.cache/torch_extensions: the
-        # nodes share the user's compiled ops (nothing measured), never the scaleprobe cache.
+        # DeepSpeed ranks JIT-build one op (shm comm: ~30 s of C++ on 2 cores) into
+        # ~/.cache/torch_extensions: the nodes' home links it to the session's build folder
+        # (TORCH_EXTENSIONS_DIR, which tests/conftest.py points at the run's temporary cache or
+        # at the one .ci/run built), so they find the op the integration tests built.
         self.build_root.mkdir(parents=True, exist_ok=True)
         (self.home / ".cache").mkdir(parents=True, exist_ok=True)
         (self.home / ".cache/torch_extensions").symlink_to(self.build_root)
