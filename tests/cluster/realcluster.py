@@ -168,10 +168,6 @@ class RealCluster:
             "TERM": "dumb",
             "COLUMNS": "200",
         }
-        # DeepSpeed's JIT-built CPU op: the session's build folder (a temporary one, or the one
-        # .ci/run built it in; tests/conftest.py), not a second ~30 s build inside the cluster.
-        if "TORCH_EXTENSIONS_DIR" in os.environ:
-            env["TORCH_EXTENSIONS_DIR"] = os.environ["TORCH_EXTENSIONS_DIR"]
         return {**env, **extra}
 
     def on(self, host: str, argv: list[str], binds: dict[Path, Path] | None = None) -> list[str]:
