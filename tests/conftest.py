@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
+import importlib
 import json
 import logging
 import os
@@ -137,16 +139,16 @@ class CliResult:
 
 
 @pytest.fixture
-def launch_in_process(tmp_path, monkeypatch, capfd):
-    """The entry `python -m launch` runs (launch/__main__.py: Hydra, the checks, a dry run),
-    called in this process with tmp_path as the working directory: the same exit code, stdout
-    and stderr for a refused input or a dry run, without starting Python and importing torch
-    again (~2.5 s a call). Hydra's global state and the logging it configures are put back
-    after each call. Runs that start ranks go through `launch_cli`; test_cli_entry.py holds
-    the process path to the same answers."""
-    import launch.__main__ as entry
+def module_in_process(tmp_path, monkeypatch, capfd):
+    """An entry module's `main` (launch.__main__, launch.comm, launch.project) called in this
+    process with tmp_path as the working directory: the same exit code, stdout and stderr for
+    a refused input or a dry run, without starting Python and importing torch again (~2.5 s a
+    call). Hydra's global state and the logging it configures are put back after each call.
+    Runs that start ranks go through `launch_cli`; test_cli_entry.py holds the process path to
+    the same answers."""
 
-    def run(*args: str) -> CliResult:
+    def run(module: str, *args: str) -> CliResult:
+        entry = importlib.import_module(module)
         capfd.readouterr()  # only this call's output
         with monkeypatch.context() as call, restored_hydra_and_logging():
             call.chdir(tmp_path)
@@ -163,6 +165,12 @@ def launch_in_process(tmp_path, monkeypatch, capfd):
         return CliResult(code, out, err)
 
     return run
+
+
+@pytest.fixture
+def launch_in_process(module_in_process):
+    """`python -m launch` (launch/__main__.py: Hydra, the checks, a dry run) in this process."""
+    return functools.partial(module_in_process, "launch.__main__")
 
 
 def exit_status(exc: SystemExit) -> int:

@@ -22,7 +22,6 @@ The defects the issue found, and where each is checked now ("here": this module)
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import re
@@ -44,11 +43,7 @@ from launch.wandb_env import apply_wandb_env
 from tests.conftest import (
     FAST,
     REPO,
-    CliResult,
-    cli_env,
     compose_run_config,
-    exit_status,
-    restored_hydra_and_logging,
 )
 from tests.unit.test_report import summary
 from train.checkpoint.markers import MARKER, run_shape, step_dir_name
@@ -104,29 +99,6 @@ def test_a_multirun_on_other_nodes_is_left_to_check_itself_there():
     precheck(args, refuse)  # not called
     with pytest.raises(ConfigError, match="wrong machine"):
         precheck(["--multirun", "sweep=none", "train.steps=8,9"], refuse)
-
-
-@pytest.fixture
-def module_in_process(tmp_path, monkeypatch, capfd):
-    """Like conftest's launch_in_process, for another entry module (launch.comm)."""
-
-    def run(module: str, *args: str) -> CliResult:
-        entry = importlib.import_module(module)
-        capfd.readouterr()
-        with monkeypatch.context() as call, restored_hydra_and_logging():
-            call.chdir(tmp_path)
-            call.setattr(sys, "argv", [entry.__file__, *args])
-            for key, value in cli_env().items():
-                call.setenv(key, value)
-            try:
-                entry.main()
-                code = 0
-            except SystemExit as exc:
-                code = exit_status(exc)
-        out, err = capfd.readouterr()
-        return CliResult(code, out, err)
-
-    return run
 
 
 def test_the_comm_benchmark_blames_nproc_per_node_not_the_batch(module_in_process):
