@@ -19,6 +19,7 @@ import types
 from pathlib import Path
 
 import pytest
+from omegaconf import OmegaConf
 
 from launch.app import compose
 from launch.conf_tree import group_choices, load_gpu_profile
@@ -242,6 +243,19 @@ def rank_config(run_dir: Path, overrides: list[str]) -> tuple[RunConfig, Path]:
 
     cfg = compose_run_config([*overrides, f"run_dir={run_dir}"])
     return cfg, write_run_config(cfg, plan_runs(cfg)[0], "test")
+
+
+def saved_config(root: Path, name: str, overrides: list[str]) -> tuple[RunConfig, Path]:
+    """The composed config of a 2-rank run named ``name`` saved as root/name/config.yaml (no
+    sweep plan): what a test's own rank program reads."""
+    cfg = compose_run_config(
+        [*overrides, "wandb.mode=disabled", "sweep=none", "cluster.nproc_per_node=2"]
+        + [f"run_dir={root / name}"]
+    )
+    (root / name).mkdir(parents=True)
+    path = root / name / "config.yaml"
+    OmegaConf.save(OmegaConf.structured(cfg), path)
+    return cfg, path
 
 
 def run_one_rank_here(config_path: Path) -> None:

@@ -13,9 +13,8 @@ from __future__ import annotations
 import json
 
 import pytest
-from omegaconf import OmegaConf
 
-from tests.conftest import compose_run_config, torchrun
+from tests.conftest import saved_config, torchrun
 from train.spec.degrees import plan_layout
 from train.spec.traffic import StepShape, comm_bytes_per_step
 
@@ -47,25 +46,14 @@ BF16_RUNS = {
 }
 
 
-def write_config(root, name, overrides):
-    cfg = compose_run_config(
-        [*overrides, "wandb.mode=disabled", "sweep=none", "cluster.nproc_per_node=2"]
-        + [f"run_dir={root / name}"]
-    )
-    (root / name).mkdir(parents=True)
-    path = root / name / "config.yaml"
-    OmegaConf.save(OmegaConf.structured(cfg), path)
-    return cfg, path
-
-
 @pytest.fixture(scope="module")
 def result(tmp_path_factory):
     root = tmp_path_factory.mktemp("gpu_paths")
-    memory_cfg, memory = write_config(root, "memory", [*LLAMA_7B_LAYERS, "parallel=fsdp"])
-    init_cfg, init = write_config(
+    memory_cfg, memory = saved_config(root, "memory", [*LLAMA_7B_LAYERS, "parallel=fsdp"])
+    init_cfg, init = saved_config(
         root, "init", ["model=tiny", "model.n_layers=2", "model.tie_embeddings=true", "seed=7"]
     )
-    runs = {n: write_config(root, n, [*BF16_COMMON, *o]) for n, o in BF16_RUNS.items()}
+    runs = {n: saved_config(root, n, [*BF16_COMMON, *o]) for n, o in BF16_RUNS.items()}
     paths = [str(path) for _, path in runs.values()]
     torchrun(2, "tests.ranks.init_and_bytes", str(root), str(memory), str(init), *paths)
     out = json.loads((root / "result.json").read_text())

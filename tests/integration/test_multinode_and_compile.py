@@ -19,9 +19,8 @@ import json
 
 import pytest
 import torch
-from omegaconf import OmegaConf
 
-from tests.conftest import compose_run_config, losses, run_launch, torchrun
+from tests.conftest import losses, run_launch, saved_config, torchrun
 
 COMMON = [
     "model=tiny",
@@ -42,14 +41,7 @@ RUNS = {
 
 
 def write_config(root, name, overrides):
-    cfg = compose_run_config(
-        [*overrides, "wandb.mode=disabled", "sweep=none", "cluster.nproc_per_node=2"]
-        + [f"run_dir={root / name}"]
-    )
-    (root / name).mkdir(parents=True)
-    path = root / name / "config.yaml"
-    OmegaConf.save(OmegaConf.structured(cfg), path)
-    return path
+    return saved_config(root, name, overrides)[1]
 
 
 @pytest.fixture(scope="module")

@@ -14,10 +14,12 @@ from collections import Counter
 from collections.abc import Iterator
 
 import torch
+import torch.distributed as dist
 from torch.distributed.tensor import DTensor
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from train.runtime import rank_step
+from train.runtime import rank_step, worker
+from train.spec.config import load_run_config
 
 # op name -> (kind, how its size is read from the op's arguments)
 SIZES = {
@@ -107,3 +109,12 @@ def counting_third_step() -> Iterator[CountThirdStep]:
         yield counter
     finally:
         rank_step.train_step = real
+
+
+def run_counted(path, rank) -> dict:
+    """The run whose config.yaml is ``path``, on this rank, its third step's collectives
+    counted: {"bytes": {kind: bytes}, "unknown": [...]}. Every rank waits for the others."""
+    with counting_third_step() as counter:
+        worker.run_rank(load_run_config(path), path.parent, rank)
+    dist.barrier()
+    return {"bytes": dict(counter.counted.bytes), "unknown": counter.counted.unknown}

@@ -24,11 +24,11 @@ import torch
 import torch.distributed as dist
 from torch.distributed.tensor import DTensor
 
-from tests.ranks.collective_counting import counting_third_step
+from tests.ranks.collective_counting import run_counted
 from train.model.transformer import Transformer
 from train.model.weights import canonical_name
 from train.parallel.build import build_layout, build_model
-from train.runtime import distributed, worker
+from train.runtime import distributed
 from train.spec.config import RunConfig, load_run_config
 from train.spec.degrees import Degrees, LayoutPlan, plan_layout
 
@@ -129,13 +129,7 @@ def main(out_dir: Path, memory: Path, init: Path, runs: list[Path]) -> None:
         init_result = init_check(load_run_config(init), rank)
         counted = {}
         for path in runs:
-            with counting_third_step() as counter:
-                worker.run_rank(load_run_config(path), path.parent, rank)
-            counted[path.parent.name] = {
-                "bytes": dict(counter.counted.bytes),
-                "unknown": counter.counted.unknown,
-            }
-            dist.barrier()
+            counted[path.parent.name] = run_counted(path, rank)
         if rank.is_main:
             result = {"memory": per_rank, "init": init_result, "counted": counted}
             (out_dir / "result.json").write_text(json.dumps(result, indent=2))

@@ -23,10 +23,10 @@ from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.tensor import DTensor
 from torch.distributed.tensor.parallel import parallelize_module
 
-from tests.ranks.collective_counting import counting_third_step
+from tests.ranks.collective_counting import run_counted
 from train.model.transformer import Transformer
 from train.parallel.tensor_parallel import apply_tensor_parallel, block_plan
-from train.runtime import distributed, worker
+from train.runtime import distributed
 from train.spec.config import ModelConfig, load_run_config
 
 
@@ -35,13 +35,7 @@ def main(out_dir: Path, config_paths: list[Path]) -> None:
     counted = {}
     try:
         for path in config_paths:
-            with counting_third_step() as counter:
-                worker.run_rank(load_run_config(path), path.parent, rank)
-            counted[path.parent.name] = {
-                "bytes": dict(counter.counted.bytes),
-                "unknown": counter.counted.unknown,
-            }
-            dist.barrier()
+            counted[path.parent.name] = run_counted(path, rank)
         model_cfg = load_run_config(config_paths[0]).model
         tp_block = {**sharded_block_error(model_cfg, rank), **vocab_shards(model_cfg, rank)}
         if rank.is_main:

@@ -17,8 +17,8 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from tests.ranks.collective_counting import counting_third_step
-from train.runtime import distributed, worker
+from tests.ranks.collective_counting import run_counted
+from train.runtime import distributed
 from train.runtime.rank_setup import set_up
 from train.spec.config import load_run_config
 
@@ -31,13 +31,7 @@ def main(out_dir: Path, config_paths: list[Path], fp16_config: Path) -> None:
     try:
         counted = {}
         for path in config_paths:
-            with counting_third_step() as counter:
-                worker.run_rank(load_run_config(path), path.parent, rank)
-            counted[path.parent.name] = {
-                "bytes": dict(counter.counted.bytes),
-                "unknown": counter.counted.unknown,
-            }
-            dist.barrier()
+            counted[path.parent.name] = run_counted(path, rank)
         skipped = fp16_overflow_on_one_rank(fp16_config, rank)
         gathered = [None] * rank.world_size
         dist.all_gather_object(gathered, skipped)
