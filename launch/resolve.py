@@ -12,6 +12,7 @@ import contextlib
 import copy
 import dataclasses
 import logging
+import os
 import warnings
 
 from rich.console import Console
@@ -70,8 +71,20 @@ def unknown_profile(device_name: str) -> GpuConfig:
     )
 
 
+# Device files a CUDA (NVIDIA) or ROCm (AMD, also torch.cuda) GPU needs to be usable here.
+GPU_DEVICE_FILES = ("/dev/nvidiactl", "/dev/nvidia0", "/dev/kfd", "/dev/dxg")
+
+
+def no_gpu_here() -> bool:
+    """True when this machine has none of the device files a GPU runtime opens: torch could
+    not see a GPU either, so the driver need not import it (1.3 s of every launch on CPU)."""
+    return not any(os.path.exists(path) for path in GPU_DEVICE_FILES)
+
+
 def local_gpus() -> list[tuple[str, float]]:
     """(name, memory GiB) of every GPU the driver sees, in CUDA order; none without CUDA."""
+    if no_gpu_here():
+        return []
     import torch  # the driver imports torch only to look at this machine's devices
 
     if not torch.cuda.is_available():
@@ -122,11 +135,20 @@ def detect_local() -> tuple[GpuConfig, str]:
 
 def local_device_name() -> tuple[str, str]:
     """(device type, device name) of the machine the driver runs on."""
+    if no_gpu_here():
+        return "cpu", cpu_model_name()
     import torch  # the driver imports torch only to look at this machine's device
 
     if torch.cuda.is_available():
         return "cuda", torch.cuda.get_device_name(0)
     return "cpu", cpu_model_name()
+
+
+def cuda_capability() -> tuple[int, int]:
+    """GPU 0's compute capability (the driver asks only where local_device_name saw CUDA)."""
+    import torch  # the driver imports torch only to look at this machine's device
+
+    return torch.cuda.get_device_capability(0)
 
 
 def with_measured_peaks(gpu: GpuConfig, cpu_threads: int) -> tuple[GpuConfig, str | None]:
@@ -226,8 +248,6 @@ def state_precision(cfg: RunConfig, setup, console: Console) -> str | None:
         console.print(f"precision: {cfg.precision.name} -> {nodes_outlook(cfg)}")
         return
     with quiet_third_party():
-        import torch  # the driver imports torch only to look at this machine's device
-
         device_type, device_name = local_device_name()
         mismatch = profile_mismatch(cfg.gpu, device_type, device_name)
         if cfg.launcher.name != "slurm" and not mismatch:
@@ -238,7 +258,7 @@ def state_precision(cfg: RunConfig, setup, console: Console) -> str | None:
                 console.print(
                     "[yellow]warning:[/] precision=tf32 on cpu is a no-op: matmuls run in fp32"
                 )
-            capability = torch.cuda.get_device_capability(0) if device_type == "cuda" else None
+            capability = cuda_capability() if device_type == "cuda" else None
             plan = precision_for_run(cfg, machine_probe(device_type, capability))
             console.print(f"precision: {cfg.precision.name} -> {plan.resolved} ({plan.reason})")
             return str(plan.resolved)  # what the ranks here resolve (None: decided elsewhere)
