@@ -34,6 +34,7 @@ from train.parallel.expert_parallel import (
 from train.parallel.fsdp import apply_fsdp, fsdp_no_sync, mixed_precision_policy
 from train.parallel.layout import Layout, TorchLayout, adamw
 from train.parallel.mesh import build_mesh, data_parallel_rank
+from train.parallel.pipeline_stages import build_pipeline_layout
 from train.parallel.tensor_parallel import apply_tensor_parallel
 from train.parallel.zero import (  # DeepSpeed itself is imported only there
     build_zero_layout,
@@ -90,10 +91,6 @@ def build_layout(
         return TorchLayout(model, adamw(model, cfg.train, device), dp_rank=0, dp_size=1)
 
     if layout.pipeline is not None:  # pp, pp_fsdp: stages driven by a schedule
-        # torch.distributed.pipelining pulls in torch._dynamo: 0.6 s of every rank's start,
-        # paid here only by the pipeline layouts.
-        from train.parallel.pipeline_stages import build_pipeline_layout
-
         return build_pipeline_layout(
             model, cfg, layout, precision, device, compile_blocks=compile_blocks
         )
