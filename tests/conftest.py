@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import fcntl
 import functools
 import importlib
 import json
@@ -335,10 +336,19 @@ CACHE_VARIABLES = {
 }
 
 
+# The lock file that keeps an `exclusive` test alone on the cores (pytest_runtest_protocol):
+# made by the first process of the run (xdist's controller), inherited by its workers.
+CORES_LOCK = "SCALEPROBE_TEST_CORES_LOCK"
+
+
 def pytest_configure(config):
     """One temporary cache for the whole run (and every process it starts): the user's
     own scaleprobe cache in their home (a measured matmul ceiling, say) must not change what
     tests see."""
+    if CORES_LOCK not in os.environ:
+        handle, path = tempfile.mkstemp(prefix="scaleprobe-test-cores-", suffix=".lock")
+        os.close(handle)
+        os.environ[CORES_LOCK] = config.scaleprobe_cores_lock = path
     config.scaleprobe_cache = tempfile.mkdtemp(prefix="scaleprobe-test-cache-")
     os.environ["SCALEPROBE_CACHE_DIR"] = config.scaleprobe_cache
     os.environ["WANDB_MODE"] = "disabled"
@@ -381,6 +391,23 @@ def pytest_sessionfinish(session, exitstatus):
 
 def pytest_unconfigure(config):
     shutil.rmtree(getattr(config, "scaleprobe_cache", ""), ignore_errors=True)
+    with contextlib.suppress(OSError):  # only the process that made it has the attribute
+        os.remove(getattr(config, "scaleprobe_cores_lock", ""))
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    """Under xdist (`-n 2`: two tests at once on two cores) a test marked `exclusive` times
+    something against a prediction or a link rate, and the other worker's ranks would skew
+    it: each test holds the run's lock shared, an exclusive one holds it alone, from its
+    fixtures' setup to their teardown. In one process the lock is never contended."""
+    with open(os.environ[CORES_LOCK], "rb") as lock:
+        alone = item.get_closest_marker("exclusive") is not None
+        fcntl.flock(lock, fcntl.LOCK_EX if alone else fcntl.LOCK_SH)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def pytest_collection_modifyitems(config, items):

@@ -72,6 +72,7 @@ def test_two_node_training_run_records_the_link(two_node_run):
     assert leftover == []  # every namespace (and so every veth, the bridge) is gone
 
 
+@pytest.mark.exclusive  # the measured busbw against the link's rate: no ranks of other tests
 def test_all_reduce_busbw_reaches_the_link_rate(tmp_path):
     """Large all_reduce messages across the 200 Mbit/s link run at >= 80% of it."""
     run_dir = tmp_path / "comm"

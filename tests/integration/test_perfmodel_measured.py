@@ -3,11 +3,14 @@ so the bound is wide: this checks the model is in the right range, not the bench
 
 import json
 
+import pytest
+
 from launch.bench import matmul_ceiling as mamf
 from launch.bench.host_kernels import cache_run_kernels
 from launch.report.predicted import predicted_for
 
 
+@pytest.mark.exclusive  # the ceiling, the kernels and the run are timed on the same idle cores
 def test_ddp_step_on_two_local_ranks_is_predicted_within_a_loose_bound(
     tmp_path, monkeypatch, launch_cli
 ):
