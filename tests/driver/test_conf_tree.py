@@ -24,6 +24,7 @@ def test_the_groups_hold_the_documented_names():
         "a100_80g",
         "a800",
         "h100_sxm",
+        "h100_hbm2e",
         "h100_pcie",
         "h800",
         "h800_pcie",

@@ -130,7 +130,7 @@ def test_te_path_swaps_eligible_layers(fake_transformer_engine):
         (
             ["gpu=a100_80g", "precision=fp8"],
             "precision: fp8 needs FP8 tensor cores, which "
-            "gpu=a100_80g lacks; profiles with FP8: h100_pcie",
+            "gpu=a100_80g lacks; profiles with FP8: h100_hbm2e",
         ),
         (["gpu=cpu", "precision=fp8"], "precision: fp8 needs FP8 tensor cores"),
         (
