@@ -129,6 +129,7 @@ class Run:
     checkpoint: str = "none"  # none | full | selective
     precision: str = "bf16"
     attention: str = "flash"
+    compile: bool = False  # torch.compile (train.compile): fused elementwise kernels
     note: str = ""
 
     @property
@@ -144,6 +145,7 @@ class Run:
             f"{self.model}, {self.gpus} x {self.gpu}, {p['name']}{' ' + degrees if degrees else ''}"
             f", seq {self.seq}, mb {self.micro_batch}, gb {self.global_batch}{ckpt}"
             + (f", {self.attention} attention" if self.attention != "flash" else "")
+            + (", compiled" if self.compile else "")
         )
 
 
@@ -349,6 +351,25 @@ RUNS = [
         checkpoint="selective",
         note=OP_SAC + "; 500 W clocks not modelled (peak as the 700 W SXM)",
     ),
+    # The same runs with torch.compile (the tables' next rows), added 2026-11-30 with the
+    # compiled-kernel counts of launch/perfmodel/compute.py, computed once: kept aside.
+    *(
+        Run(
+            TITAN_H100,
+            "llama3-8b",
+            "h100_hbm2e",
+            gpus,
+            8192,
+            2,
+            2 * gpus,
+            published,
+            "held-out",
+            checkpoint="selective",
+            compile=True,
+            note=OP_SAC + "; 500 W clocks not modelled (peak as the 700 W SXM)",
+        )
+        for gpus, published in ((8, 6667), (128, 6514))
+    ),
     # Megatron-LM 2021 (A100 80GB, fp16, no FlashAttention, full recompute), TP rows: kept aside.
     _megatron_run("gpt-1.7b", 32, 1, 137, 512),
     _megatron_run("gpt-3.6b", 64, 2, 138, 512),
@@ -368,8 +389,8 @@ LEFT_OUT = [
     "not a layout of this project (pp refuses tp), so the step cannot be the one they ran.",
     "Megatron-LM's H100 tables (README, 2024+): published as images of MFU per size; their "
     "configurations (TP, PP, CP, overlap flags) are not in text.",
-    "torchtitan rows with torch.compile or Float8 (and the 405B 3D/4D tables): the model counts "
-    "eager PyTorch's elementwise kernels; compiled fusion is not modelled.",
+    "torchtitan rows with Float8 (and the 70B/405B 2D-4D tables with Float8, async TP or CP): "
+    "torchao's fp8 casts and scaling kernels are not counted by the model.",
     "llm-foundry SHARD_GRAD_OP rows (1b, 3b at >= 128 GPUs) and fp8 rows: ZeRO-2-like FSDP1 "
     "and TE fp8 layers are not this project's layouts.",
 ]
@@ -433,6 +454,7 @@ def run_config(run: Run) -> RunConfig:
                 "seq_len": run.seq,
                 "micro_batch": run.micro_batch,
                 "global_batch": run.global_batch,
+                "compile": run.compile,
             },
             "run_dir": "/unused",
         },
@@ -556,6 +578,27 @@ def async_tp_table() -> list[str]:
     return lines
 
 
+def compile_table() -> list[str]:
+    """torch.compile's speedup over the same eager run, published vs predicted: the ratio
+    checks the compiled-kernel counts apart from what both runs share (the part, its clocks)."""
+    lines = [
+        f"torch.compile over eager ({TITAN_H100}, the same runs), held-out:",
+        "",
+        "| config | published speedup | predicted | predicted / published |",
+        "|---|---:|---:|---:|",
+    ]
+    eager = {(r.source, r.model, r.gpus): r for r in RUNS if not r.compile}
+    ratios = []
+    for compiled in (r for r in RUNS if r.compile):
+        base = eager[compiled.source, compiled.model, compiled.gpus]
+        published = compiled.published / base.published
+        got = predict_run(compiled) / predict_run(base)
+        ratios.append((compiled.split, got / published))
+        lines.append(f"| {base.config} | {published:.3f} | {got:.3f} | {got / published:.2f} |")
+    lines += ["", f"Mean absolute error: {_mae(ratios)}."]
+    return lines
+
+
 MEGATRON_MOE = "Megatron-LM megatron/core/transformer/moe/README.md (MCore v0.9, 8 x H100 nodes)"
 
 
@@ -631,6 +674,8 @@ def render() -> str:
             *training_table(),
             "",
             *async_tp_table(),
+            "",
+            *compile_table(),
             "",
             *moe_table(),
             END,

@@ -16,6 +16,7 @@
 - a gap of hardware.KERNEL_GAP_S between consecutive kernels: per block the elementwise
   kernels counted from train/model/transformer.py (host.py's counts), its 7 GEMMs forward and
   14 backward, attention's one each way; replayed blocks their forward again.
+train.compile=true fuses the elementwise work: fewer bytes and kernels (the *_COMPILED counts).
 fp8 runs the Linear layers precision.fp8.min_dim wide or wider at the fp8 peak, the rest in
 bf16 (train/runtime/numerics.py's rule). The forward is a third of the block work, the backward two
 thirds (what overlap.py hides communication behind).
@@ -44,6 +45,21 @@ from train.spec.precision import SIXTEEN_BIT, fp8_eligible
 ELEMENTWISE_D = 168
 ELEMENTWISE_F = 30
 HEAD_BYTES_PER_VOCAB = 20  # logits, fp32 copy, log-softmax and its gradient
+# train.compile=true (inductor per block, and the loss; train/parallel/build.py): each chain of
+# elementwise ops becomes one kernel that reads its inputs once and writes its outputs once.
+# Forward per d element, counted from the same block (fp32 residual, 16-bit activations):
+# norm + cast (read 4, write 2) = 6; rope on q and k (read 2, write 2 each) = 8; the attention
+# residual add fused with the FFN norm (read 4 + 2, write 4 + 2) = 12; the last residual add
+# (read 4 + 2, write 4) = 10: 36 against eager's 56. Per f element silu x product reads 2 + 2
+# and writes 2: 6 against 10. The backward keeps eager's ratio to the forward. The compiled
+# loss reads the logits and writes their gradient (2 + 2, with the logits' own write 2): no fp32
+# copy, no log-softmax tensor. Kernels per block: those 5 forward regions (eager: 34), twice
+# that backward (eager: 59). Derived from the block's code, not fitted; HBM_FRACTION (measured
+# on eager kernels) is kept for the fused ones, which is conservative.
+ELEMENTWISE_D_COMPILED = ELEMENTWISE_D * 36 / 56
+ELEMENTWISE_F_COMPILED = ELEMENTWISE_F * 6 / 10
+HEAD_BYTES_PER_VOCAB_COMPILED = 6
+COMPILED_KERNELS_PER_BLOCK = (5, 10)  # forward, backward
 # Autocast casts each fp32 weight to 16 bits every forward (read 4, write 2) and turns its
 # 16-bit weight gradient into the fp32 .grad (write 2, read 2, read+write 4): 18 bytes per
 # parameter per micro-step; fp32 runs only accumulate (8).
@@ -115,10 +131,12 @@ def compute_time(
     optimizer_split: int | None = None,
     attention: str = "flash",
     head: bool = True,
+    compiled: bool = False,
 ) -> ComputeTime:
     """``optimizer_split``: ranks the AdamW step is split over (default: the layout's);
     ``attention``: the attention kernel (ATTENTION_KERNELS); ``head``: whether this rank runs
-    the output head (a pipeline stage other than the last does not)."""
+    the output head (a pipeline stage other than the last does not); ``compiled``:
+    train.compile (fused elementwise kernels: the *_COMPILED counts above)."""
     t = plan.degrees.tp
     tokens = micro_batch * seq_len * accum_steps  # every rank of a TP group sees them all
     n_ckpt = len(plan.checkpointed)
@@ -147,10 +165,11 @@ def compute_time(
         precision=precision,
         optimizer_split=split,
         head=head,
+        compiled=compiled,
     )
     # No memory bandwidth known (a profile without one): left out, stated in the docs.
     memory_s = nbytes / (rates.hbm_gbytes_per_s * 1e9) if rates.hbm_gbytes_per_s else 0.0
-    gaps_s = kernel_gaps_s(m.n_layers, n_ckpt, accum_steps) if rates.sms else 0.0
+    gaps_s = kernel_gaps_s(m.n_layers, n_ckpt, accum_steps, compiled) if rates.sms else 0.0
     # Forward: a third of each block's work; a replayed forward belongs to backward.
     work = matmul_s + attention_s + memory_s + gaps_s
     forward_s = work * m.n_layers / (3 * m.n_layers + n_ckpt)
@@ -225,10 +244,17 @@ def _attention_s_per_token(
     return seconds
 
 
-def kernel_gaps_s(n_layers: int, n_checkpointed: int, accum_steps: int) -> float:
+def kernel_gaps_s(
+    n_layers: int, n_checkpointed: int, accum_steps: int, compiled: bool = False
+) -> float:
     """hardware.KERNEL_GAP_S per GPU kernel of the blocks (module docstring)."""
-    forward = FORWARD_KERNELS_PER_BLOCK + GEMMS_PER_BLOCK[0] + 1
-    backward = BACKWARD_KERNELS_PER_BLOCK + GEMMS_PER_BLOCK[1] + 1
+    elementwise = (
+        COMPILED_KERNELS_PER_BLOCK
+        if compiled
+        else (FORWARD_KERNELS_PER_BLOCK, BACKWARD_KERNELS_PER_BLOCK)
+    )
+    forward = elementwise[0] + GEMMS_PER_BLOCK[0] + 1
+    backward = elementwise[1] + GEMMS_PER_BLOCK[1] + 1
     kernels = (forward + backward) * n_layers + forward * n_checkpointed
     return kernels * accum_steps * KERNEL_GAP_S
 
@@ -242,15 +268,22 @@ def memory_bound_bytes(
     precision: str,
     optimizer_split: int,
     head: bool = True,
+    compiled: bool = False,
 ) -> float:
-    """Bytes the memory-bound kernels of one step stream on one rank (module docstring)."""
+    """Bytes the memory-bound kernels of one step stream on one rank (module docstring;
+    ``compiled``: train.compile's fused kernels)."""
     t = plan.degrees.tp
     half_width = (2 if precision in SIXTEEN_BIT else 4) / 2
     n_ckpt = len(plan.checkpointed)
-    per_block = (ELEMENTWISE_D * m.d_model + ELEMENTWISE_F * m.ffn_hidden / t) * half_width
+    per_d, per_f, per_vocab = (
+        (ELEMENTWISE_D_COMPILED, ELEMENTWISE_F_COMPILED, HEAD_BYTES_PER_VOCAB_COMPILED)
+        if compiled
+        else (ELEMENTWISE_D, ELEMENTWISE_F, HEAD_BYTES_PER_VOCAB)
+    )
+    per_block = (per_d * m.d_model + per_f * m.ffn_hidden / t) * half_width
     replay = per_block / 3 * n_ckpt  # a replayed forward
     per_token = m.n_layers * per_block + replay
-    per_token += HEAD_BYTES_PER_VOCAB * m.vocab_size / t if head else 0.0
+    per_token += per_vocab * m.vocab_size / t if head else 0.0
     local_params = _local_params(m, plan)
     row = plan.row
     if precision in SIXTEEN_BIT and (row.deepspeed or row.shards_parameters):

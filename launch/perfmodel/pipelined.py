@@ -116,6 +116,7 @@ def stage_steps(
             fp8_min_dim=cfg.precision.fp8.min_dim,
             attention=attention,
             head=runs_head(pipe, r),
+            compiled=cfg.train.compile,
         )
         comm = comm_time(
             step_collectives(cfg.model, plan, shape, pp_rank=r),

@@ -300,6 +300,7 @@ def _compute_time(
         fp8_min_dim=cfg.precision.fp8.min_dim,
         optimizer_split=optimizer_split,
         attention=attention,
+        compiled=cfg.train.compile,
     )
 
 
