@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 from rich.console import Console
 
@@ -205,3 +208,24 @@ def test_a_dry_run_for_gpu_nodes_says_the_nodes_decide(launch_cli, tmp_path):
     assert "decided on the nodes (h100_sxm, not this machine)" in out
     assert "fp8 where Transformer Engine or torchao imports on the nodes, else bf16" in out
     assert "Failed to load" not in out and "auto on cpu" not in out
+
+
+def test_a_machine_without_gpu_device_files_is_cpu_without_importing_torch(tmp_path):
+    """No /dev/nvidiactl, /dev/kfd...: torch could see no GPU, so the driver does not import it
+    (1.3 s of every launch); with one of them it asks torch."""
+    probe = (
+        "import sys; from launch import resolve; "
+        "resolve.GPU_DEVICE_FILES = (sys.argv[1],); "
+        "print(resolve.local_gpus(), resolve.local_device_name()[0], 'torch' in sys.modules)"
+    )
+    absent = subprocess.run(
+        [sys.executable, "-c", probe, str(tmp_path / "nvidiactl")],
+        capture_output=True, text=True, check=True, timeout=120,
+    )  # fmt: skip
+    assert absent.stdout.split() == ["[]", "cpu", "False"], absent.stdout
+    (tmp_path / "nvidiactl").touch()
+    present = subprocess.run(
+        [sys.executable, "-c", probe, str(tmp_path / "nvidiactl")],
+        capture_output=True, text=True, check=True, timeout=120,
+    )  # fmt: skip
+    assert present.stdout.split()[-1] == "True", present.stdout
