@@ -23,6 +23,9 @@ from tests.ranks.processes import rank_pids, wait_for_steps
 STALL_S = 3
 
 
+# Alone: with the 3 s stall threshold, another worker's ranks starving the healthy rank for
+# that long would get it named instead of the stopped one.
+@pytest.mark.exclusive
 def test_a_stopped_rank_is_named_and_every_process_is_gone(tmp_path):
     run_dir = tmp_path / "hang"
     config = run_dir / "config.yaml"
