@@ -53,8 +53,6 @@ DEFERRED_IN = {"hydra": {Path("launch/app.py")}}
 # Modules of torch that cost more than torch itself, each needed by one optional path.
 DEFERRED_SUBMODULES = {
     "torch._inductor": {Path("train/parallel/build.py")},  # 1.7 s; async TP under compile only
-    # 0.6 s (it pulls in torch._dynamo) of every rank's start; the pipeline layouts only.
-    "torch.distributed.pipelining": {Path("train/parallel/pipeline_stages.py")},
 }
 # The driver imports torch only where it measures or detects devices.
 TORCH_IN_LAUNCH = {

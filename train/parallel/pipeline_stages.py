@@ -26,6 +26,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 from torch.distributed.fsdp import fully_shard
+from torch.distributed.pipelining import PipelineStage
+from torch.distributed.pipelining import schedules as torch_schedules
 from torch.distributed.tensor import DTensor
 
 from train.measure.held_memory import (
@@ -90,11 +92,6 @@ def build_pipeline_layout(
     wrapped for their stage group, and the schedule that drives them."""
     if precision in ("fp8", "fp16"):  # precision=auto never resolves fp8 here (precision.py)
         raise ValueError(f"precision.name: {precision} is not supported with parallel=pp*")
-    # Here, not at the top: torch.distributed.pipelining pulls in torch._dynamo, 0.6 s of every
-    # rank's start that only the pipeline layouts need (train/parallel/build.py imports this).
-    from torch.distributed.pipelining import PipelineStage
-    from torch.distributed.pipelining import schedules as torch_schedules
-
     plan, degrees = layout.pipeline, layout.degrees
     mesh = build_mesh(degrees, device)
     pp_rank = mesh["pp"].get_local_rank()
