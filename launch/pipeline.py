@@ -116,7 +116,7 @@ def check(cfg: RunConfig, overrides: list[str], job: Job, console: Console) -> l
     otherwise. prepare's first half, and how a Hydra multirun checks every job before its
     first starts (launch/app.py)."""
     slurm.refuse_gpu_auto(cfg)  # before detection: on a login node it would find the CPU
-    resolve_gpu(cfg, console)
+    resolve_gpu(cfg, overrides, console)
     resolve_node_defaults(cfg, overrides, console)
     apply_wandb_env(cfg, overrides)
     job.adjust(cfg)

@@ -15,6 +15,7 @@ import logging
 import os
 import warnings
 
+from omegaconf import OmegaConf
 from rich.console import Console
 
 from launch.bench.cache import cache_path, load_host, load_measured
@@ -190,12 +191,20 @@ def quiet_third_party():
             logging.getLogger(name).setLevel(level)
 
 
-def resolve_gpu(cfg: RunConfig, console: Console) -> None:
-    """gpu=auto: the profile of this machine's device (refused for Slurm before this)."""
+def resolve_gpu(cfg: RunConfig, overrides: list[str], console: Console) -> None:
+    """gpu=auto: the profile of this machine's device (refused for Slurm before this), with
+    the command line's gpu.* keys kept (gpu.power_limit_w=500 on a capped cluster)."""
     if cfg.gpu.name != "auto":
         return
     with quiet_third_party():
         cfg.gpu, detected = detect_local()
+    gpu_keys = [o.lstrip("+") for o in overrides if o.lstrip("+").startswith("gpu.")]
+    if gpu_keys:
+        profile = OmegaConf.merge(
+            OmegaConf.structured(cfg.gpu),
+            OmegaConf.from_dotlist([key.removeprefix("gpu.") for key in gpu_keys]),
+        )
+        cfg.gpu = OmegaConf.to_object(profile)
     cfg.resolved.gpu_detected = detected
     console.print(f"gpu=auto: {detected}")
 

@@ -29,6 +29,7 @@ from train.spec.devices import module_imports
 from train.spec.rules import (
     check_fp8_settings,
     check_fp8_shapes,
+    check_gpu,
     check_model,
     check_parallel_settings,
     check_run,
@@ -42,6 +43,7 @@ def validate(cfg: RunConfig, plans: list[RunPlan]) -> None:
     run's own rules (train/spec/rules.py, which each rank checks again) for every planned
     run, and what only the driver can see: run dirs, hosts, libraries, files, memory."""
     validate_run_dirs(cfg, plans)  # first: a finished run is kept, whatever else is asked
+    check_gpu(cfg.gpu)
     check_model(cfg.model)
     check_train(cfg)
     check_parallel_settings(cfg.parallel)

@@ -30,6 +30,7 @@ BAD_OVERRIDES = [
     (["train.seq_len=257"], "train.seq_len: 257: must be between 1 and model tiny's max_seq_len"),
     (["model.n_kv_heads=3"], "model.n_kv_heads: n_heads 4 is not divisible by n_kv_heads 3"),
     (["train.steps=0"], "train.steps: 0: must be > 0"),
+    (["gpu.power_limit_w=90"], "gpu.power_limit_w: 90.0: gpu=cpu has no gpu.tdp_w to limit it"),
     (["train.steps=5", "train.warmup_steps=5"], "train.warmup_steps: 5: must be >= 0 and <"),
     (
         ["data.source=file", "data.path=/nonexistent/tokens.bin"],

@@ -105,6 +105,13 @@ class GpuConfig:
     device_name_excludes: list[str] = field(default_factory=list)
     # Total device memory in GiB, to tell apart parts that share a name (A100 40 vs 80 GB).
     memory_gib_range: list[float] | None = None
+    # Board power at the datasheet's TDP, watts (shared reference gpus.md's "TDP W" column).
+    tdp_w: float | None = None
+    # The board power limit the part runs at when set below its TDP (nvidia-smi -pl), watts;
+    # null: the TDP. The model slows the part's achievable compute and memory rates by the
+    # throughput measured at that limit (launch/perfmodel/hardware.py POWER_LIMIT_THROUGHPUT).
+    # In (0, tdp_w].
+    power_limit_w: float | None = None
     source: str = ""
     verified: bool = False
     # Achievable matmul TFLOP/s measured on this part by `python -m launch.mamf` (the driver

@@ -13,7 +13,7 @@ import math
 from dataclasses import dataclass
 
 from train.spec.catalog import Feature, layout
-from train.spec.config import ModelConfig, ParallelConfig, ProfileConfig, RunConfig
+from train.spec.config import GpuConfig, ModelConfig, ParallelConfig, ProfileConfig, RunConfig
 from train.spec.config_error import ConfigError
 from train.spec.degrees import (
     BatchPlan,
@@ -36,6 +36,7 @@ class CheckedRun:
 
 def check_run(cfg: RunConfig, world_size: int, nproc_per_node: int) -> CheckedRun:
     """ConfigError naming the key for the first rule ``cfg`` breaks at this world size."""
+    check_gpu(cfg.gpu)
     check_model(cfg.model)
     check_train(cfg)
     check_parallel_settings(cfg.parallel)
@@ -52,6 +53,23 @@ def check_run(cfg: RunConfig, world_size: int, nproc_per_node: int) -> CheckedRu
     check_profile(cfg.profile, world_size, layout_plan.name)
     check_checkpoint_settings(cfg)
     return CheckedRun(layout_plan, batch)
+
+
+def check_gpu(gpu: GpuConfig) -> None:
+    """A power limit is a share of the part's TDP: both known, the limit in (0, TDP]."""
+    limit, tdp = gpu.power_limit_w, gpu.tdp_w
+    if tdp is not None and tdp <= 0:
+        raise ConfigError("gpu.tdp_w", f"{tdp}: must be > 0 watts")
+    if limit is None:
+        return
+    if tdp is None:
+        raise ConfigError(
+            "gpu.power_limit_w", f"{limit}: gpu={gpu.name} has no gpu.tdp_w to limit it against"
+        )
+    if not 0 < limit <= tdp:
+        raise ConfigError(
+            "gpu.power_limit_w", f"{limit}: must be in (0, {tdp:g}], gpu={gpu.name}'s TDP in watts"
+        )
 
 
 def check_model(m: ModelConfig) -> None:

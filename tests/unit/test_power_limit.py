@@ -1,0 +1,65 @@
+"""A board power limit below TDP (gpu.power_limit_w) slows the part as its measured curve says."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from launch.conf_tree import load_gpu_profile
+from launch.perfmodel.hardware import POWER_LIMIT_THROUGHPUT, part_rates, power_limit_share
+from train.spec.config_error import ConfigError
+from train.spec.rules import check_gpu
+
+
+def _hbm2e(limit: float | None):
+    return dataclasses.replace(load_gpu_profile("h100_hbm2e"), power_limit_w=limit)
+
+
+def test_the_grand_teton_profile_runs_at_500_of_700_watts():
+    gpu = load_gpu_profile("h100_hbm2e")
+    assert (gpu.power_limit_w, gpu.tdp_w) == (500, 700)
+    capped, full = part_rates(gpu), part_rates(_hbm2e(None))
+    share = 0.915  # Mayr et al. 2026 Table 4, 500 W row
+    assert capped.matmul_fraction == pytest.approx(full.matmul_fraction * share)
+    assert capped.attention_fraction == pytest.approx(full.attention_fraction * share)
+    assert capped.hbm_gbytes_per_s == pytest.approx(full.hbm_gbytes_per_s * share)
+    assert capped.fp8_matmul_fraction == pytest.approx(full.fp8_matmul_fraction * share)
+    assert capped.intra == full.intra and capped.inter == full.inter  # links are not slowed
+    assert "500 W of 700 W: x0.915" in capped.compute_source
+
+
+def test_at_tdp_nothing_changes_and_between_rows_is_linear():
+    assert power_limit_share(_hbm2e(700), "hopper") == (1.0, "")
+    assert power_limit_share(_hbm2e(None), "hopper") == (1.0, "")
+    share, _ = power_limit_share(_hbm2e(550), "hopper")
+    assert share == pytest.approx((0.915 + 0.966) / 2)
+    lowest = POWER_LIMIT_THROUGHPUT["hopper"][0][1]
+    assert power_limit_share(_hbm2e(100), "hopper")[0] == lowest  # no extrapolation below
+
+
+def test_a_part_without_a_published_curve_is_not_slowed_and_says_so():
+    a100 = dataclasses.replace(load_gpu_profile("a100_80g"), power_limit_w=300)
+    share, source = power_limit_share(a100, "ampere")
+    assert share == 1.0 and "not modelled" in source
+    assert "not modelled" in part_rates(a100).compute_source
+
+
+def test_a_measured_ceiling_already_ran_at_the_cards_limit():
+    rates = part_rates(load_gpu_profile("h100_hbm2e"), compute_tflops=700.0)
+    assert rates.matmul_fraction == pytest.approx(700.0 / 989.4)
+
+
+@pytest.mark.parametrize(
+    "limit, tdp, message",
+    [
+        (800, 700, "800: must be in (0, 700]"),
+        (0, 700, "0: must be in (0, 700]"),
+        (300, None, "has no gpu.tdp_w"),
+    ],
+)
+def test_a_limit_outside_the_tdp_is_refused(limit, tdp, message):
+    gpu = dataclasses.replace(load_gpu_profile("h100_hbm2e"), power_limit_w=limit, tdp_w=tdp)
+    with pytest.raises(ConfigError) as caught:
+        check_gpu(gpu)
+    assert caught.value.key == "gpu.power_limit_w" and message in str(caught.value)
