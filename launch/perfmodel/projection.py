@@ -21,11 +21,12 @@ from launch.perfmodel.calibrate import Calibration, load_calibration
 from launch.perfmodel.choose import choose_layout
 from launch.perfmodel.collectives import OPS, bus_factor, collective_time
 from launch.perfmodel.compute import ATTENTION_KERNELS
-from launch.perfmodel.hardware import PartRates, part_rates
+from launch.perfmodel.hardware import GENERATION, PartRates, part_rates, power_limit_share
 from launch.perfmodel.step import Placement, Prediction, predict, projected_precision
 from train.spec.catalog import CATALOG, layout
 from train.spec.config import GpuConfig, RunConfig
 from train.spec.degrees import BatchRule, plan_layout
+from train.spec.rules import check_gpu
 
 MODES = ("runs", "comm")
 COST_TOKENS = 1e9  # the cost column: dollars per billion tokens
@@ -36,7 +37,9 @@ UNPREDICTED = (
 ).split()
 
 
-def projected_profiles(names: list[str]) -> list[GpuConfig]:
+def projected_profiles(names: list[str], given: GpuConfig | None = None) -> list[GpuConfig]:
+    """The profiles of project.gpus (all but cpu when empty); ``given`` (the run's gpu, with
+    its command-line gpu.* keys such as gpu.power_limit_w) stands in for its own name."""
     available = [n for n in group_choices("gpu") if n not in ("auto", "cpu")]
     names = names or available
     unknown = [n for n in names if n not in group_choices("gpu") or n == "auto"]
@@ -44,7 +47,7 @@ def projected_profiles(names: list[str]) -> list[GpuConfig]:
         raise ConfigError(
             "project.gpus", f"unknown profile {unknown[0]!r}; one of: {', '.join(available)}"
         )
-    return [load_gpu_profile(n) for n in names]
+    return [given if given and given.name == n else load_gpu_profile(n) for n in names]
 
 
 def check_project(cfg: RunConfig) -> None:
@@ -78,7 +81,8 @@ def check_project(cfg: RunConfig) -> None:
 def projection_record(cfg: RunConfig) -> dict:
     """projection.json's content: the projected runs (or collectives) and what they assume."""
     check_project(cfg)
-    profiles = projected_profiles(list(cfg.project.gpus))
+    check_gpu(cfg.gpu)
+    profiles = projected_profiles(list(cfg.project.gpus), cfg.gpu)
     unpriced = set(cfg.project.price_per_gpu_hour) - {g.name for g in profiles}
     if unpriced:
         raise ConfigError(
@@ -188,6 +192,14 @@ def _run_row(
     row = pred.as_dict()
     row["layout"]["reason"] = reason
     row["precision_reason"] = precision_reason
+    share, power_source = power_limit_share(gpu, GENERATION.get(gpu.name))
+    if power_source:  # the part runs below its TDP: how the model took it
+        row["power_limit"] = {
+            "watts": gpu.power_limit_w,
+            "tdp_w": gpu.tdp_w,
+            "throughput_share": share,
+            "source": power_source,
+        }
     row["interconnect_bound"] = pred.exposed_share >= cfg.project.interconnect_bound_share
     row["crosses_node_boundary"] = pred.nodes > 1
     price = cfg.project.price_per_gpu_hour.get(gpu.name)

@@ -78,6 +78,11 @@ def _notes(row: dict, first_multi: bool) -> str:
         label.append("interconnect-bound")
     if not row["fits"]:
         label.append("DOES NOT FIT")
+    if "power_limit" in row:
+        power = row["power_limit"]
+        modelled = "not modelled" not in power["source"]
+        slowed = f"x{power['throughput_share']:.3f}" if modelled else "not modelled"
+        label.append(f"{power['watts']:g} of {power['tdp_w']:g} W: {slowed}")
     if "dollars_per_billion_tokens" in row:
         label.append(f"${row['dollars_per_billion_tokens']:,.0f}/1B tok")
     return " ".join(label)

@@ -158,6 +158,7 @@ def test_all_profiles_at_four_node_counts_are_projected(tmp_path):
             "project.price_per_gpu_hour",
         ),
         (["model=llama_70b", "parallel=ddp", "project.gpus=[a100_40g]"], "parallel"),
+        (["gpu=a100_80g", "gpu.power_limit_w=500"], "gpu.power_limit_w"),
     ],
 )
 def test_bad_input_names_the_key(tmp_path, overrides, key):
@@ -166,6 +167,25 @@ def test_bad_input_names_the_key(tmp_path, overrides, key):
     assert err.value.key == key
     if key == "parallel":
         assert "GiB per rank" in str(err.value)
+
+
+def test_a_power_limit_is_projected_and_labelled(tmp_path):
+    # h100_hbm2e's profile runs at 500 of 700 W; the run's own gpu (with its command-line
+    # gpu.* keys) stands in for the profile of its name.
+    cfg = projection_cfg(
+        tmp_path,
+        "project.gpus=[h100_hbm2e,a100_80g]",
+        "project.nodes=[1]",
+        "gpu=a100_80g",
+        "gpu.power_limit_w=300",
+    )
+    run_projection(cfg, Console(record=True))
+    rows = {r["gpu"]: r for r in json.loads((tmp_path / "projection.json").read_text())["runs"]}
+    assert rows["h100_hbm2e"]["power_limit"]["throughput_share"] == pytest.approx(0.915)
+    assert rows["a100_80g"]["power_limit"]["throughput_share"] == 1.0
+    assert "not modelled" in rows["a100_80g"]["power_limit"]["source"]
+    table = (tmp_path / "projection.md").read_text()
+    assert "500 of 700 W: x0.915" in table and "300 of 400 W: not modelled" in table
 
 
 def test_calibration_dir_without_a_summary_is_refused(tmp_path):
