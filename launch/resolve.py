@@ -13,6 +13,7 @@ import copy
 import dataclasses
 import logging
 import os
+import subprocess
 import warnings
 
 from omegaconf import OmegaConf
@@ -97,6 +98,28 @@ def local_gpus() -> list[tuple[str, float]]:
     return found
 
 
+def local_power_limit_w(index: int = 0) -> float | None:
+    """GPU ``index``'s enforced board power limit in watts, as nvidia-smi reports it; None
+    without nvidia-smi (ROCm, CPU) or when it does not answer in time."""
+    query = ["--query-gpu=power.limit", "--format=csv,noheader,nounits"]
+    argv = ["nvidia-smi", *query, "--id", str(index)]
+    try:
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=15, check=True).stdout
+        return float(out.strip().splitlines()[0])
+    except (OSError, subprocess.SubprocessError, ValueError, IndexError):
+        return None
+
+
+def with_power_limit(profile: GpuConfig, limit_w: float | None) -> tuple[GpuConfig, str]:
+    """The profile at the device's power limit when that is below its TDP (a capped host, such
+    as Meta's Grand Teton H100s at 500 of 700 W), and what was found; else unchanged."""
+    tdp = profile.tdp_w
+    if limit_w is None or not tdp or limit_w >= tdp - 1:  # 1 W: nvidia-smi's rounding
+        return profile, ""
+    capped = dataclasses.replace(profile, power_limit_w=limit_w)
+    return capped, f"; power limit {limit_w:g} of {tdp:g} W (nvidia-smi)"
+
+
 def leading_same_kind(gpus: list[tuple[str, float]]) -> int:
     """How many GPUs, from GPU 0 on, are the kind GPU 0 is: ranks take GPUs 0..n-1 (one per
     local rank), so a run of n ranks is one kind only when n is at most this."""
@@ -131,7 +154,8 @@ def detect_local() -> tuple[GpuConfig, str]:
     name = match_profile(device_name, memory_gib)
     if name is None:
         return unknown_profile(device_name), f"{detected}: no matching profile, MFU will be null"
-    return load_gpu_profile(name), f"{detected}: profile {name}"
+    profile, capped = with_power_limit(load_gpu_profile(name), local_power_limit_w())
+    return profile, f"{detected}: profile {name}{capped}"
 
 
 def local_device_name() -> tuple[str, str]:

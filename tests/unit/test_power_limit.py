@@ -63,3 +63,33 @@ def test_a_limit_outside_the_tdp_is_refused(limit, tdp, message):
     with pytest.raises(ConfigError) as caught:
         check_gpu(gpu)
     assert caught.value.key == "gpu.power_limit_w" and message in str(caught.value)
+
+
+def _fake_nvidia_smi(tmp_path, monkeypatch, output: str) -> None:
+    tool = tmp_path / "nvidia-smi"
+    tool.write_text(f"#!/bin/sh\nprintf '{output}'\n")
+    tool.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:/usr/bin:/bin")
+
+
+def test_gpu_auto_reads_a_capped_hosts_power_limit(tmp_path, monkeypatch):
+    from launch import resolve
+
+    _fake_nvidia_smi(tmp_path, monkeypatch, "500.00\\n")
+    assert resolve.local_power_limit_w() == 500.0
+    monkeypatch.setattr(resolve, "local_gpus", lambda: [("NVIDIA H100 80GB HBM3", 79.6)])
+    profile, detected = resolve.detect_local()
+    assert (profile.name, profile.power_limit_w) == ("h100_sxm", 500.0)
+    assert "power limit 500 of 700 W (nvidia-smi)" in detected
+    _fake_nvidia_smi(tmp_path, monkeypatch, "700.00\\n")  # at TDP: the profile as it is
+    profile, detected = resolve.detect_local()
+    assert profile.power_limit_w is None and "power limit" not in detected
+
+
+def test_no_nvidia_smi_means_no_limit(tmp_path, monkeypatch):
+    from launch import resolve
+
+    monkeypatch.setenv("PATH", str(tmp_path))  # an empty folder: no nvidia-smi
+    assert resolve.local_power_limit_w() is None
+    _fake_nvidia_smi(tmp_path, monkeypatch, "[N/A]\\n")
+    assert resolve.local_power_limit_w() is None
