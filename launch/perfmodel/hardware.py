@@ -72,30 +72,35 @@ ATTENTION_FRACTION = {"ampere": 0.60, "hopper": 0.38, "ada": 0.35}
 HBM_FRACTION = 0.43
 DEFAULT_MATMUL_FRACTION = 0.78  # a part of no known generation (assumed)
 # A board power limit below TDP (gpu.power_limit_w, e.g. Meta's Grand Teton H100s at 500 W of
-# 700): throughput of LLM training relative to the TDP, by limit / TDP. Hopper: Mayr et al.
+# 700): throughput of LLM training relative to the TDP, by limit / TDP. H100: Mayr et al.
 # 2026, "AI Application Benchmarking: Power-Aware Performance Analysis for Vision and Language
 # Models" (arXiv:2603.16164), Table 4, "Pre-training / H100" (Llama 3 8B continued pre-training
 # in LitGPT, bf16, 4 GPUs of one node, caps set with nvidia-smi): 200 W 0.320, 300 W 0.594,
 # 400 W 0.821, 500 W 0.915, 600 W 0.966 of 700 W's tokens/s. Read as transcribed in a public
 # repository's assumptions register, not in the paper itself (not reachable here); its cluster's
-# H100s are, by the group's companion paper (arXiv:2604.11391), the 94 GiB HBM2e SXM part.
+# H100s are, by the group's companion paper (arXiv:2604.11391), the 94 GiB HBM2e SXM part:
+# h100_hbm2e. Taken for the other 700 W H100 dies (h100_sxm, h800: HBM3, ASSUMED alike); not for
+# the H200, which the same paper finds behaves differently, nor for parts of another TDP.
 # Linear between the rows; below the lowest the lowest share (no extrapolation). Applied to the
 # achievable compute and memory rates alike (the measurement is of whole steps); links are not
 # slowed. A measured ceiling (launch.mamf) already ran at the card's own limit and is not
-# scaled. Other generations: no published curve, so no slowdown is modelled and the rates'
-# source says so. Chosen after torchtitan's 500 W rows were seen 24-30% optimistic; the
-# figure is the paper's, not fitted to those rows.
+# scaled. Parts without a curve: no slowdown is modelled and the rates' source says so. Chosen
+# after torchtitan's 500 W rows were seen 24-30% optimistic; the figure is the paper's, not
+# fitted to those rows.
+H100_POWER_CURVE = (
+    (200 / 700, 0.320),
+    (300 / 700, 0.594),
+    (400 / 700, 0.821),
+    (500 / 700, 0.915),
+    (600 / 700, 0.966),
+    (1.0, 1.0),
+)
 POWER_LIMIT_THROUGHPUT = {
-    "hopper": (
-        (200 / 700, 0.320),
-        (300 / 700, 0.594),
-        (400 / 700, 0.821),
-        (500 / 700, 0.915),
-        (600 / 700, 0.966),
-        (1.0, 1.0),
-    )
+    "h100_hbm2e": H100_POWER_CURVE,
+    "h100_sxm": H100_POWER_CURVE,
+    "h800": H100_POWER_CURVE,
 }
-POWER_LIMIT_SOURCE = {"hopper": "Mayr et al. 2026 (arXiv:2603.16164) Table 4, H100 pre-training"}
+POWER_LIMIT_SOURCE = "Mayr et al. 2026 (arXiv:2603.16164) Table 4, H100 pre-training"
 # Streaming multiprocessors per part (NVIDIA A100 and H100 whitepapers, L40S datasheet; H800,
 # A800 and H200 share their twin's die; H20 78 reported, UNVERIFIED). NCCL runs each channel
 # as a block on an SM of its own, which overlapped compute then lacks (overlap.py).
@@ -254,7 +259,7 @@ def part_rates(
     matmul, attention, source = _compute_fractions(
         gpu, generation, peaks, compute_tflops, precision
     )
-    power, power_source = power_limit_share(gpu, generation)
+    power, power_source = power_limit_share(gpu)
     measured = compute_tflops is not None or getattr(gpu.measured_peak_tflops, precision, None)
     if not measured:
         matmul, attention = matmul * power, attention * power
@@ -286,13 +291,13 @@ def part_rates(
     )
 
 
-def power_limit_share(gpu: GpuConfig, generation: str | None) -> tuple[float, str]:
+def power_limit_share(gpu: GpuConfig) -> tuple[float, str]:
     """(throughput share at gpu.power_limit_w of its TDP, what says so; "" at the TDP).
     POWER_LIMIT_THROUGHPUT's curve, linear between its rows; 1 where no curve is published."""
     limit, tdp = gpu.power_limit_w, gpu.tdp_w
     if limit is None or not tdp or not 0 < limit < tdp:  # rules.check_gpu refuses the rest
         return 1.0, ""
-    curve = POWER_LIMIT_THROUGHPUT.get(generation or "")
+    curve = POWER_LIMIT_THROUGHPUT.get(gpu.name)
     if curve is None:
         return 1.0, f"{limit:g} W of {tdp:g} W: not modelled (no published curve for this part)"
     ratio = limit / tdp
@@ -300,7 +305,7 @@ def power_limit_share(gpu: GpuConfig, generation: str | None) -> tuple[float, st
     for (low_r, low_s), (high_r, high_s) in zip(curve[:-1], curve[1:], strict=True):
         if low_r <= ratio <= high_r:
             share = low_s + (high_s - low_s) * (ratio - low_r) / (high_r - low_r)
-    return share, f"{limit:g} W of {tdp:g} W: x{share:.3f} ({POWER_LIMIT_SOURCE[generation]})"
+    return share, f"{limit:g} W of {tdp:g} W: x{share:.3f} ({POWER_LIMIT_SOURCE})"
 
 
 def _fp8_fraction(generation: str | None, matmul: float) -> float | None:

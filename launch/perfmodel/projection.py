@@ -21,7 +21,7 @@ from launch.perfmodel.calibrate import Calibration, load_calibration
 from launch.perfmodel.choose import choose_layout
 from launch.perfmodel.collectives import OPS, bus_factor, collective_time
 from launch.perfmodel.compute import ATTENTION_KERNELS
-from launch.perfmodel.hardware import GENERATION, PartRates, part_rates, power_limit_share
+from launch.perfmodel.hardware import PartRates, part_rates, power_limit_share
 from launch.perfmodel.step import Placement, Prediction, predict, projected_precision
 from train.spec.catalog import CATALOG, layout
 from train.spec.config import GpuConfig, RunConfig
@@ -192,7 +192,7 @@ def _run_row(
     row = pred.as_dict()
     row["layout"]["reason"] = reason
     row["precision_reason"] = precision_reason
-    share, power_source = power_limit_share(gpu, GENERATION.get(gpu.name))
+    share, power_source = power_limit_share(gpu)
     if power_source:  # the part runs below its TDP: how the model took it
         row["power_limit"] = {
             "watts": gpu.power_limit_w,

@@ -30,19 +30,21 @@ def test_the_grand_teton_profile_runs_at_500_of_700_watts():
 
 
 def test_at_tdp_nothing_changes_and_between_rows_is_linear():
-    assert power_limit_share(_hbm2e(700), "hopper") == (1.0, "")
-    assert power_limit_share(_hbm2e(None), "hopper") == (1.0, "")
-    share, _ = power_limit_share(_hbm2e(550), "hopper")
+    assert power_limit_share(_hbm2e(700)) == (1.0, "")
+    assert power_limit_share(_hbm2e(None)) == (1.0, "")
+    share, _ = power_limit_share(_hbm2e(550))
     assert share == pytest.approx((0.915 + 0.966) / 2)
-    lowest = POWER_LIMIT_THROUGHPUT["hopper"][0][1]
-    assert power_limit_share(_hbm2e(100), "hopper")[0] == lowest  # no extrapolation below
+    lowest = POWER_LIMIT_THROUGHPUT["h100_hbm2e"][0][1]
+    assert power_limit_share(_hbm2e(100))[0] == lowest  # no extrapolation below
 
 
-def test_a_part_without_a_published_curve_is_not_slowed_and_says_so():
-    a100 = dataclasses.replace(load_gpu_profile("a100_80g"), power_limit_w=300)
-    share, source = power_limit_share(a100, "ampere")
+@pytest.mark.parametrize("name, watts", [("a100_80g", 300), ("h200", 500), ("h100_pcie", 300)])
+def test_a_part_without_a_published_curve_is_not_slowed_and_says_so(name, watts):
+    # The H100 curve is the 700 W H100's; the H200 behaves otherwise in the same paper.
+    part = dataclasses.replace(load_gpu_profile(name), power_limit_w=watts)
+    share, source = power_limit_share(part)
     assert share == 1.0 and "not modelled" in source
-    assert "not modelled" in part_rates(a100).compute_source
+    assert "not modelled" in part_rates(part).compute_source
 
 
 def test_a_measured_ceiling_already_ran_at_the_cards_limit():
