@@ -35,9 +35,12 @@ from omegaconf import OmegaConf  # noqa: E402
 from launch.conf_tree import load_gpu_profile  # noqa: E402
 from launch.perfmodel.collectives import CollectiveTime, collective_time  # noqa: E402
 from launch.perfmodel.hardware import part_rates  # noqa: E402
+from launch.perfmodel.memory import activation_bytes  # noqa: E402
 from launch.perfmodel.step import Placement, predict  # noqa: E402
+from train.spec import shapes  # noqa: E402
 from train.spec.config import ModelConfig, RunConfig  # noqa: E402
 from train.spec.degrees import plan_layout  # noqa: E402
+from train.spec.precision import SIXTEEN_BIT  # noqa: E402
 
 DOCS = REPO / "docs" / "performance-model.md"
 GIB = 2**30
@@ -99,6 +102,10 @@ MODELS = {
     "gpt-18.4b": _megatron("gpt-18.4b", 6144, 40, 48),
 }
 
+# Models whose MLP is GELU of 4d, predicted as a SwiGLU of the same FLOPs (peak_memory counts
+# their saved activations as GELU's).
+GELU_MLP = {name for name in MODELS if name.startswith(("mpt-", "gpt-"))}
+
 # -- sources ----------------------------------------------------------------------------------
 
 FOUNDRY = "llm-foundry scripts/train/benchmarking/README.md"
@@ -130,6 +137,9 @@ class Run:
     precision: str = "bf16"
     attention: str = "flash"
     compile: bool = False  # torch.compile (train.compile): fused elementwise kernels
+    # torchtitan's per-op selective checkpointing: its FLOPs predicted as every-2nd-block
+    # (OP_SAC), its memory as what that policy saves (op_sac_saved_bytes_per_token).
+    op_sac: bool = False
     note: str = ""
 
     @property
@@ -256,6 +266,7 @@ RUNS = [
         1904,
         "held-out",
         checkpoint="selective",
+        op_sac=True,
         note=OP_SAC,
     ),
     Run(
@@ -281,6 +292,7 @@ RUNS = [
         355,
         "held-out",
         checkpoint="selective",
+        op_sac=True,
         note=OP_SAC,
     ),
     Run(
@@ -307,6 +319,7 @@ RUNS = [
         2973,
         "held-out",
         checkpoint="selective",
+        op_sac=True,
         note=OP_SAC,
     ),
     Run(
@@ -338,6 +351,7 @@ RUNS = [
         5762,
         "held-out",
         checkpoint="selective",
+        op_sac=True,
         note=OP_SAC + "; 500 W: x0.915 of 700 W throughput (Mayr et al. 2026)",
     ),
     Run(
@@ -351,6 +365,7 @@ RUNS = [
         5605,
         "held-out",
         checkpoint="selective",
+        op_sac=True,
         note=OP_SAC + "; 500 W: x0.915 of 700 W throughput (Mayr et al. 2026)",
     ),
     # The same runs with torch.compile (the tables' next rows), added 2026-11-30 with the
@@ -368,6 +383,7 @@ RUNS = [
             "held-out",
             checkpoint="selective",
             compile=True,
+            op_sac=True,
             note=OP_SAC + "; 500 W: x0.915 of 700 W throughput (Mayr et al. 2026)",
         )
         for gpus, published in ((8, 6667), (128, 6514))
@@ -470,12 +486,54 @@ def run_config(run: Run) -> RunConfig:
 
 def predict_run(run: Run) -> float:
     """Predicted tokens/s per GPU."""
+    return _prediction(run).tokens_per_s_per_device
+
+
+def op_sac_saved_bytes_per_token(m: ModelConfig, plan) -> float:
+    """What torchtitan's per-op selective checkpointing keeps per token and block beyond the
+    block's input (parallelize_llama.py _custom_policy, 2024: MUST_SAVE only the outputs of
+    mm, except every second one, and of SDPA; everything else recomputed). Its mms per block,
+    in call order: wq, wk, wv, wo, w1, w3, w2: the 1st, 3rd, 5th and 7th are kept (wq: q, wv:
+    kv, w1: f, w2: d wide), with SDPA's output (q) and log-sum-exp (fp32 per head), bf16."""
+    t = plan.degrees.tp
+    q = m.n_heads * shapes.head_dim(m) / t
+    kv = m.n_kv_heads * shapes.head_dim(m) / t
+    return 2 * (q + kv + m.ffn_hidden / t + m.d_model + q) + 4 * m.n_heads / t
+
+
+def gelu_mlp_bytes_per_token(m: ModelConfig, plan, precision: str) -> float:
+    """What MPT's and Megatron's GELU MLP of 4d saves per token and block (fc1's output and
+    the GELU's: 8d) less what the SwiGLU standing in for it is counted to save (w1, w3, silu,
+    product: 4f); negative. Same FLOPs, fewer saved bytes (memory.activation_bytes)."""
+    width = 2 if precision in SIXTEEN_BIT else 4
+    return width * (8 * m.d_model - 4 * m.ffn_hidden) / plan.degrees.tp
+
+
+def peak_memory(run: Run) -> tuple[float, float | None]:
+    """(predicted peak bytes per rank, usable bytes) of the run as it ran: under torchtitan's
+    op-level SAC, every block checkpointed with what its policy saves added; MPT and Megatron
+    GPTs with their GELU MLP's activations in place of the stand-in SwiGLU's."""
+    mem = _prediction(run).memory
+    cfg = run_config(dataclasses.replace(run, checkpoint="full") if run.op_sac else run)
+    plan = plan_layout(cfg, run.gpus, min(8, run.gpus))
+    m, tokens = cfg.model, run.micro_batch * run.seq
+    activations = activation_bytes(m, plan, run.micro_batch, run.seq, run.precision)
+    if run.op_sac:
+        activations += op_sac_saved_bytes_per_token(m, plan) * m.n_layers * tokens
+    if run.model in GELU_MLP:
+        # Blocks that keep their activations, and the one a checkpointed backward rebuilds.
+        kept = m.n_layers - len(plan.checkpointed) + (1 if plan.checkpointed else 0)
+        activations += gelu_mlp_bytes_per_token(m, plan, run.precision) * kept * tokens
+    return mem.held_bytes + mem.transient_bytes + activations, mem.capacity_bytes
+
+
+def _prediction(run: Run):
     cfg = run_config(run)
     per_node = min(8, run.gpus)
     where = Placement(run.gpus, per_node, run.nodes)
     plan = plan_layout(cfg, run.gpus, per_node)
     rates = part_rates(cfg.gpu, precision=run.precision)
-    pred = predict(
+    return predict(
         cfg,
         plan,
         where,
@@ -484,7 +542,6 @@ def predict_run(run: Run) -> float:
         rates=rates,
         attention=run.attention,
     )
-    return pred.tokens_per_s_per_device
 
 
 def predict_comm(point: CommPoint) -> CollectiveTime:
@@ -538,21 +595,34 @@ def comm_table() -> list[str]:
 def training_table() -> list[str]:
     lines = [
         "| split | source | config | published tok/s/GPU | predicted | predicted / published "
-        "| note |",
-        "|---|---|---|---:|---:|---:|---|",
+        "| memory GiB: predicted peak / usable | note |",
+        "|---|---|---|---:|---:|---:|---:|---|",
     ]
-    ratios = []
+    ratios, refused = [], []
     for run in RUNS:
         got = predict_run(run)
         ratios.append((run.split, got / run.published))
+        peak, usable = peak_memory(run)
+        fits = usable is None or peak <= usable
+        if not fits:
+            refused.append(run.config)
+        memory = f"{peak / 2**30:.1f} / {usable / 2**30:.1f}" if usable else "-"
         lines.append(
             f"| {run.split} | {run.source} | {run.config} | {run.published:,.0f} | {got:,.0f} "
-            f"| {got / run.published:.2f} | {run.note} |"
+            f"| {got / run.published:.2f} | {memory}{'' if fits else ' DOES NOT FIT'} "
+            f"| {run.note} |"
         )
     lines += [
         "",
         f"Mean absolute error of tokens/s per GPU: check {_mae(ratios, 'check')}; held-out "
         f"{_mae(ratios, 'held-out')}; all {_mae(ratios)}.",
+        "",
+        (
+            f"Memory: the model fits all {len(RUNS)} published runs (each ran)."
+            if not refused
+            else f"Memory: the model refuses {len(refused)} of {len(RUNS)} published runs that "
+            f"ran: {'; '.join(refused)}."
+        ),
         "",
         "Left out, and why:",
         "",

@@ -9,6 +9,7 @@ import dataclasses
 import fcntl
 import functools
 import importlib
+import importlib.util
 import json
 import logging
 import os
@@ -417,3 +418,12 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.integration)
         if "launch_cli" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.cli)
+
+
+def published_points():
+    """bench/published_points.py as a module (a script, not a package)."""
+    spec = importlib.util.spec_from_file_location("published", REPO / "bench/published_points.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault("published", module)  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return sys.modules["published"]

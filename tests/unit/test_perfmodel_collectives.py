@@ -4,9 +4,7 @@ docs/performance-model.md checks against (bench/published_points.py holds them).
 
 from __future__ import annotations
 
-import importlib.util
 import math
-import sys
 
 import pytest
 
@@ -15,7 +13,7 @@ from launch.errors import ConfigError
 from launch.perfmodel import nccl_tuning as nccl
 from launch.perfmodel.collectives import bus_factor, collective_time
 from launch.perfmodel.hardware import NIC_FRACTION, NVLINK_FRACTION, part_rates
-from tests.conftest import REPO
+from tests.conftest import published_points
 
 GIB = 2**30
 US = 1e-6
@@ -23,14 +21,6 @@ US = 1e-6
 
 def rates(name: str, **kw):
     return part_rates(load_gpu_profile(name), **kw)
-
-
-def published_points():
-    spec = importlib.util.spec_from_file_location("published", REPO / "bench/published_points.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("published", module)  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_nvls_all_reduce_on_8_hopper_nvswitch_gpus_and_never_on_a100():
