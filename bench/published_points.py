@@ -762,16 +762,24 @@ def render() -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--write", action="store_true", help=f"rewrite the tables in {DOCS}")
+    parser.add_argument(
+        "--check", action="store_true", help=f"exit 1 when {DOCS.name}'s tables are stale"
+    )
     args = parser.parse_args(argv)
     text = render()
-    if not args.write:
+    if not (args.write or args.check):
         print(text)
         return 0
     docs = DOCS.read_text()
     pattern = re.compile(re.escape(BEGIN) + ".*?" + re.escape(END), re.S)
-    if not pattern.search(docs):
+    found = pattern.search(docs)
+    if not found:
         print(f"{DOCS} has no {BEGIN} ... {END} section", file=sys.stderr)
         return 1
+    if args.check:
+        stale = found.group(0) != text
+        print(f"{DOCS}: {'stale, run --write' if stale else 'up to date'}")
+        return int(stale)
     DOCS.write_text(pattern.sub(lambda _: text, docs))
     print(f"rewrote the published-points section of {DOCS}")
     return 0

@@ -128,6 +128,12 @@ def test_every_published_run_fits_as_it_ran():
     assert max(peak / usable for peak, usable in shares.values()) > 0.9
 
 
+def test_the_docs_tables_are_what_the_model_predicts_today():
+    """docs/performance-model.md's published-points tables are generated: a model change that
+    moves a number must regenerate them (python bench/published_points.py --write)."""
+    assert published_points().main(["--check"]) == 0
+
+
 def test_the_attention_kernel_is_an_input():
     """Unfused attention (SDPA math, Megatron-LM before FlashAttention) runs every score and
     streams the score matrix: slower than flash at the same shape."""
