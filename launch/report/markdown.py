@@ -45,6 +45,14 @@ def layout_cells(row: dict[str, Any]) -> list[str]:
     ]
 
 
+def _power_limit(run: dict[str, Any]) -> str:
+    """ " at 500 of 700 W" for a part run below its TDP (summary gpu_power_limit_w)."""
+    limit, tdp = run.get("gpu_power_limit_w"), run.get("gpu_tdp_w")
+    if limit is None:
+        return ""
+    return f" at {limit:g} of {tdp:g} W" if tdp else f" at {limit:g} W"
+
+
 def _series_header(label: str, runs: list[dict[str, Any]]) -> list[str]:
     first = runs[0]
     kinds = sorted({r["sweep"]["name"] for r in runs})
@@ -52,7 +60,7 @@ def _series_header(label: str, runs: list[dict[str, Any]]) -> list[str]:
     lines = [
         f"## {label}",
         "",
-        f"{first.get('gpu_display_name') or first['gpu']} (device: "
+        f"{first.get('gpu_display_name') or first['gpu']}{_power_limit(first)} (device: "
         f"{first.get('device_name') or 'unknown'}) · model {first['model']['name']} · "
         f"{first['parallel']} · {first['precision']['resolved']} · {kind}",
         "",

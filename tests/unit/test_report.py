@@ -152,6 +152,17 @@ def test_write_report(sweep: Path, tmp_path: Path):
     assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 10_000
 
 
+def test_a_capped_part_says_its_power_limit(tmp_path: Path):
+    """A run declared (or detected) below its part's TDP carries it into the report's header:
+    its MFU is against the datasheet peak, which a 500 W H100 does not reach."""
+    run = tmp_path / "capped" / "ws1"
+    run.mkdir(parents=True)
+    capped = {**summary("h100_hbm2e", 1, 5000.0, 0.3), "gpu_power_limit_w": 500.0}
+    (run / "summary.json").write_text(json.dumps({**capped, "gpu_tdp_w": 700.0}))
+    md = write_report([tmp_path / "capped"], tmp_path / "out")["markdown"].read_text()
+    assert "H100_HBM2E at 500 of 700 W (device:" in md
+
+
 def test_cli_writes_into_the_single_dir(sweep: Path, capsys: pytest.CaptureFixture[str]):
     assert main([str(sweep / "h100")]) == 0
     assert (sweep / "h100" / "report.md").exists()

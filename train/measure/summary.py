@@ -42,6 +42,10 @@ class RunSummary:
     # The rest: written by every run of this schema, optional for a reader.
     run_name: str = ""
     gpu_display_name: str | None = None  # the profile's marketing name
+    # The board power limit the run was declared (or detected, gpu=auto) to run at, watts,
+    # when below the profile's TDP (gpu.power_limit_w): a capped part's MFU is lower.
+    gpu_power_limit_w: float | None = None
+    gpu_tdp_w: float | None = None
     device_name: str | None = None  # what the device says it is (torch.cuda / the CPU model)
     backend: str | None = None  # nccl | gloo
     layout: dict[str, Any] | None = None  # degrees, checkpointed blocks, sequence parallel

@@ -36,6 +36,8 @@ def run_summary(run: RankRun, trained: Trained, profiled: ProfileResult | None) 
         nproc_per_node=rank.local_world_size,
         gpu=cfg.gpu.name,
         gpu_display_name=cfg.gpu.display_name,
+        gpu_power_limit_w=cfg.gpu.power_limit_w,
+        gpu_tdp_w=cfg.gpu.tdp_w,
         device_name=run.device_notes.device_name,
         backend=rank.backend,
         precision=run.precision.as_dict(),
