@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import enum
+import functools
 import re
 import sys
 from dataclasses import dataclass, field
@@ -61,7 +63,7 @@ def _mpt(name: str, d: int, layers: int, heads: int) -> ModelConfig:
         n_kv_heads=heads,
         ffn_hidden=-(-8 * d // (3 * 256)) * 256,
         vocab_size=50368,
-        max_seq_len=8192,
+        max_seq_len=65536,  # llm-foundry's sweep runs them to 65536 tokens
         tie_embeddings=True,
     )
 
@@ -85,12 +87,18 @@ def _llama(name: str, d, layers, heads, kv, ffn, vocab) -> ModelConfig:
     )
 
 
+# MPT shapes: llm-foundry scripts/train/yamls/pretrain/mpt-*.yaml (b2a43a1, the benchmark
+# sweep's yamls). Until 2026-11-30 mpt-30b had 64 heads (its yaml: 56); heads do not change
+# the model's FLOPs or bytes (n_heads x head_dim = d), so no prediction moved.
 MODELS = {
+    "mpt-125m": _mpt("mpt-125m", 768, 12, 12),
+    "mpt-350m": _mpt("mpt-350m", 1024, 24, 16),
+    "mpt-760m": _mpt("mpt-760m", 1536, 24, 12),
     "mpt-1b": _mpt("mpt-1b", 2048, 24, 16),
     "mpt-3b": _mpt("mpt-3b", 2560, 32, 20),
     "mpt-7b": _mpt("mpt-7b", 4096, 32, 32),
     "mpt-13b": _mpt("mpt-13b", 5120, 40, 40),
-    "mpt-30b": _mpt("mpt-30b", 7168, 48, 64),
+    "mpt-30b": _mpt("mpt-30b", 7168, 48, 56),
     "mpt-70b": _mpt("mpt-70b", 8192, 80, 64),
     "llama2-13b": _llama("llama2-13b", 5120, 40, 40, 40, 13824, 32000),
     "llama2-70b": _llama("llama2-70b", 8192, 80, 64, 8, 28672, 32000),
@@ -140,6 +148,9 @@ class Run:
     # torchtitan's per-op selective checkpointing: its FLOPs predicted as every-2nd-block
     # (OP_SAC), its memory as what that policy saves (op_sac_saved_bytes_per_token).
     op_sac: bool = False
+    # A fused cross-entropy (flash_attn's, llm-foundry's default): the logits are kept, not
+    # the fp32 log-softmax and its fp32 input (peak_memory).
+    fused_loss: bool = False
     note: str = ""
 
     @property
@@ -168,6 +179,10 @@ def megatron_tokens(tflops: float, m: ModelConfig, seq: int) -> float:
 
 
 def _foundry(model, gpu, gpus, seq, mb, accum, tps, ckpt, split, note=""):
+    # llm-foundry's benchmark sweep (scripts/train/benchmarking/sweep.sh, b2a43a1, 2023-10-19:
+    # llm-foundry v0.0.4, torch 2.1) runs submit_benchmarks.py with its default --attn_impl
+    # triton (FlashAttention in Triton, llmfoundry/models/layers/flash_attn_triton.py) and
+    # the MPT model's default loss, flash_attn's fused cross-entropy (no fp32 log-softmax).
     return Run(
         FOUNDRY,
         model,
@@ -179,6 +194,8 @@ def _foundry(model, gpu, gpus, seq, mb, accum, tps, ckpt, split, note=""):
         tps,
         split,
         checkpoint="full" if ckpt else "none",
+        attention="flash_triton",
+        fused_loss=True,
         note=note,
     )
 
@@ -461,27 +478,38 @@ COMM = [
 # -- predicting -------------------------------------------------------------------------------
 
 
-def run_config(run: Run) -> RunConfig:
-    gpu = OmegaConf.structured(load_gpu_profile(run.gpu))
-    model = MODELS[run.model] if run.model in MODELS else _conf_model(run.model)
-    parallel = {"name": "fsdp", "dp_replicate": 1, "dp_shard": 1, "tp": 1, **run.parallel}
-    parallel["activation_checkpoint"] = run.checkpoint
+@functools.cache
+def _base_config(gpu_name: str, model_name: str) -> RunConfig:
+    """The typed config of a part and a model (OmegaConf's merge is slow: once per pair)."""
+    gpu = OmegaConf.structured(load_gpu_profile(gpu_name))
+    model = MODELS[model_name] if model_name in MODELS else _conf_model(model_name)
     cfg = OmegaConf.merge(
         OmegaConf.structured(RunConfig),
-        {
-            "gpu": gpu,
-            "model": OmegaConf.structured(model),
-            "parallel": parallel,
-            "train": {
-                "seq_len": run.seq,
-                "micro_batch": run.micro_batch,
-                "global_batch": run.global_batch,
-                "compile": run.compile,
-            },
-            "run_dir": "/unused",
-        },
+        {"gpu": gpu, "model": OmegaConf.structured(model), "run_dir": "/unused"},
     )
     return OmegaConf.to_object(cfg)
+
+
+def _typed(current, value):
+    """value as the type of the field it replaces (closed choices are enums)."""
+    return type(current)(value) if isinstance(current, enum.Enum) else value
+
+
+def run_config(run: Run) -> RunConfig:
+    base = _base_config(run.gpu, run.model)
+    given = {"name": "fsdp", "dp_replicate": 1, "dp_shard": 1, "tp": 1, **run.parallel}
+    given["activation_checkpoint"] = run.checkpoint
+    parallel = dataclasses.replace(
+        base.parallel, **{k: _typed(getattr(base.parallel, k), v) for k, v in given.items()}
+    )
+    train = dataclasses.replace(
+        base.train,
+        seq_len=run.seq,
+        micro_batch=run.micro_batch,
+        global_batch=run.global_batch,
+        compile=run.compile,
+    )
+    return dataclasses.replace(base, parallel=parallel, train=train)
 
 
 def predict_run(run: Run) -> float:
@@ -520,6 +548,8 @@ def peak_memory(run: Run) -> tuple[float, float | None]:
     activations = activation_bytes(m, plan, run.micro_batch, run.seq, run.precision)
     if run.op_sac:
         activations += op_sac_saved_bytes_per_token(m, plan) * m.n_layers * tokens
+    if run.fused_loss:
+        activations -= 8 * m.vocab_size / plan.degrees.tp * tokens  # memory.activation_bytes
     if run.model in GELU_MLP:
         # Blocks that keep their activations, and the one a checkpointed backward rebuilds.
         kept = m.n_layers - len(plan.checkpointed) + (1 if plan.checkpointed else 0)
@@ -551,6 +581,233 @@ def predict_comm(point: CommPoint) -> CollectiveTime:
         gpu = dataclasses.replace(gpu, nic_gbits_per_s_per_gpu=point.nic_gbits)
     ranks = point.nodes * gpu.gpus_per_node
     return collective_time(point.op, point.nbytes, ranks, gpu.gpus_per_node, part_rates(gpu))
+
+
+# Every FULL_SHARD bf16 row of llm-foundry's benchmark tables (README at 495218376, 2024-04-22:
+# "H100 80GB BF16 (Large Scale, >= 128 GPUs)", "H100 80GB BF16", "A100 80GB ..." and "A100 40GB
+# with 1600 Gbps node-node interconnect (RoCE)"; SHARD_GRAD_OP and fp8 rows left out as above):
+# (part, model, seq, GPUs, micro batch, grad accum, tokens/s/GPU, activation checkpointing).
+# Added 2026-11-30. The H100 rows were computed while the flash_triton kernel was being written
+# (its long-sequence rows, 45-76% optimistic with FA2's rate, are what sent me to the sweep's
+# attn_impl): split "explored", not blind. The A100 rows were computed once, after: held-out.
+FOUNDRY_SWEEP_SOURCE = "llm-foundry scripts/train/benchmarking/README.md (495218376)"
+FOUNDRY_SWEEP = [
+    ("h100_sxm", "mpt-70b", 2048, 512, 8, 1, 1007, True),
+    ("h100_sxm", "mpt-70b", 2048, 256, 8, 1, 1035, True),
+    ("h100_sxm", "mpt-70b", 2048, 128, 8, 1, 1058, True),
+    ("h100_sxm", "mpt-30b", 2048, 512, 8, 1, 2115, True),
+    ("h100_sxm", "mpt-30b", 2048, 256, 8, 1, 2148, True),
+    ("h100_sxm", "mpt-30b", 2048, 128, 8, 1, 2199, True),
+    ("h100_sxm", "mpt-13b", 2048, 512, 16, 1, 4952, True),
+    ("h100_sxm", "mpt-13b", 2048, 256, 16, 1, 4989, True),
+    ("h100_sxm", "mpt-13b", 2048, 128, 16, 1, 5080, True),
+    ("h100_sxm", "mpt-7b", 2048, 512, 6, 1, 9670, False),
+    ("h100_sxm", "mpt-7b", 2048, 256, 6, 1, 10119, False),
+    ("h100_sxm", "mpt-7b", 2048, 128, 6, 1, 10475, False),
+    ("h100_sxm", "mpt-70b", 2048, 64, 8, 4, 1039, True),
+    ("h100_sxm", "mpt-70b", 2048, 32, 2, 16, 882, True),
+    ("h100_sxm", "mpt-30b", 8192, 8, 1, 21, 1384, True),
+    ("h100_sxm", "mpt-30b", 4096, 8, 1, 21, 1802, True),
+    ("h100_sxm", "mpt-30b", 2048, 32, 14, 3, 2308, True),
+    ("h100_sxm", "mpt-30b", 2048, 16, 10, 3, 2263, True),
+    ("h100_sxm", "mpt-30b", 2048, 8, 3, 21, 2002, True),
+    ("h100_sxm", "mpt-30b", 1024, 8, 6, 21, 2084, True),
+    ("h100_sxm", "mpt-13b", 32768, 8, 1, 3, 1976, True),
+    ("h100_sxm", "mpt-13b", 16384, 8, 3, 3, 2985, True),
+    ("h100_sxm", "mpt-13b", 4096, 8, 10, 3, 4717, True),
+    ("h100_sxm", "mpt-13b", 2048, 64, 2, 1, 4800, False),
+    ("h100_sxm", "mpt-13b", 2048, 32, 2, 1, 4811, False),
+    ("h100_sxm", "mpt-13b", 2048, 16, 2, 1, 4767, False),
+    ("h100_sxm", "mpt-13b", 2048, 8, 2, 1, 4792, False),
+    ("h100_sxm", "mpt-13b", 1024, 8, 40, 3, 5502, True),
+    ("h100_sxm", "mpt-7b", 65536, 8, 1, 2, 1956, True),
+    ("h100_sxm", "mpt-7b", 32768, 8, 2, 2, 3318, True),
+    ("h100_sxm", "mpt-7b", 8192, 8, 8, 2, 6935, True),
+    ("h100_sxm", "mpt-7b", 4096, 8, 16, 2, 8611, True),
+    ("h100_sxm", "mpt-7b", 2048, 8, 6, 1, 10643, False),
+    ("h100_sxm", "mpt-7b", 1024, 8, 64, 2, 10203, True),
+    ("h100_sxm", "mpt-3b", 65536, 8, 1, 2, 3262, True),
+    ("h100_sxm", "mpt-3b", 32768, 8, 3, 6, 5873, True),
+    ("h100_sxm", "mpt-3b", 16384, 8, 1, 6, 11152, False),
+    ("h100_sxm", "mpt-3b", 8192, 8, 3, 6, 16578, False),
+    ("h100_sxm", "mpt-3b", 4096, 8, 5, 6, 20964, False),
+    ("h100_sxm", "mpt-3b", 2048, 64, 6, 3, 22525, False),
+    ("h100_sxm", "mpt-3b", 2048, 32, 6, 3, 23021, False),
+    ("h100_sxm", "mpt-3b", 2048, 16, 10, 3, 24142, False),
+    ("h100_sxm", "mpt-3b", 1024, 8, 20, 6, 27046, False),
+    ("h100_sxm", "mpt-3b", 512, 8, 40, 6, 27965, False),
+    ("h100_sxm", "mpt-1b", 65536, 8, 1, 2, 5506, True),
+    ("h100_sxm", "mpt-1b", 32768, 8, 1, 4, 12025, False),
+    ("h100_sxm", "mpt-1b", 16384, 8, 2, 4, 19649, False),
+    ("h100_sxm", "mpt-1b", 8192, 8, 3, 4, 29157, False),
+    ("h100_sxm", "mpt-1b", 4096, 8, 7, 4, 38535, False),
+    ("h100_sxm", "mpt-1b", 2048, 64, 20, 1, 44402, False),
+    ("h100_sxm", "mpt-1b", 2048, 32, 20, 1, 45130, False),
+    ("h100_sxm", "mpt-1b", 2048, 16, 20, 1, 46037, False),
+    ("h100_sxm", "mpt-1b", 2048, 8, 14, 1, 45455, False),
+    ("h100_sxm", "mpt-1b", 1024, 8, 18, 4, 48910, False),
+    ("h100_sxm", "mpt-1b", 512, 8, 56, 4, 52275, False),
+    ("h100_sxm", "mpt-760m", 32768, 8, 1, 2, 16291, False),
+    ("h100_sxm", "mpt-760m", 16384, 8, 3, 2, 27815, False),
+    ("h100_sxm", "mpt-760m", 8192, 8, 6, 2, 41825, False),
+    ("h100_sxm", "mpt-760m", 4096, 8, 12, 2, 55459, False),
+    ("h100_sxm", "mpt-760m", 2048, 32, 24, 1, 67971, False),
+    ("h100_sxm", "mpt-760m", 2048, 16, 24, 1, 68551, False),
+    ("h100_sxm", "mpt-760m", 2048, 8, 24, 2, 63147, False),
+    ("h100_sxm", "mpt-760m", 1024, 8, 48, 2, 78581, False),
+    ("h100_sxm", "mpt-760m", 512, 8, 96, 2, 83749, False),
+    ("a100_80g", "mpt-70b", 2048, 64, 8, 4, 410, True),
+    ("a100_80g", "mpt-70b", 2048, 32, 2, 16, 373, True),
+    ("a100_80g", "mpt-30b", 8192, 8, 1, 21, 574, True),
+    ("a100_80g", "mpt-30b", 4096, 8, 1, 21, 814, True),
+    ("a100_80g", "mpt-30b", 2048, 8, 3, 21, 916, True),
+    ("a100_80g", "mpt-30b", 1024, 8, 6, 21, 946, True),
+    ("a100_80g", "mpt-30b", 512, 8, 12, 21, 967, True),
+    ("a100_80g", "mpt-13b", 32768, 8, 1, 3, 1016, True),
+    ("a100_80g", "mpt-13b", 16384, 8, 3, 3, 1431, True),
+    ("a100_80g", "mpt-13b", 8192, 8, 5, 3, 1795, True),
+    ("a100_80g", "mpt-13b", 4096, 8, 10, 3, 2060, True),
+    ("a100_80g", "mpt-13b", 2048, 8, 2, 3, 2262, False),
+    ("a100_80g", "mpt-13b", 1024, 8, 40, 3, 2330, True),
+    ("a100_80g", "mpt-7b", 65536, 8, 1, 2, 1013, True),
+    ("a100_80g", "mpt-7b", 32768, 8, 2, 2, 1672, True),
+    ("a100_80g", "mpt-7b", 16384, 8, 4, 2, 2453, True),
+    ("a100_80g", "mpt-7b", 8192, 8, 8, 2, 3206, True),
+    ("a100_80g", "mpt-7b", 4096, 8, 16, 2, 3684, True),
+    ("a100_80g", "mpt-7b", 2048, 8, 6, 2, 4641, False),
+    ("a100_80g", "mpt-7b", 1024, 8, 64, 2, 4357, True),
+    ("a100_80g", "mpt-3b", 65536, 8, 1, 2, 1767, True),
+    ("a100_80g", "mpt-3b", 32768, 8, 3, 6, 3029, True),
+    ("a100_80g", "mpt-3b", 16384, 8, 1, 6, 5529, False),
+    ("a100_80g", "mpt-3b", 8192, 8, 3, 6, 7695, False),
+    ("a100_80g", "mpt-3b", 4096, 8, 5, 6, 9457, False),
+    ("a100_80g", "mpt-3b", 2048, 8, 10, 2, 10811, False),
+    ("a100_80g", "mpt-3b", 1024, 8, 20, 6, 11580, False),
+    ("a100_80g", "mpt-3b", 512, 8, 40, 6, 12127, False),
+    ("a100_80g", "mpt-1b", 65536, 8, 1, 2, 3044, True),
+    ("a100_80g", "mpt-1b", 32768, 8, 1, 4, 6275, False),
+    ("a100_80g", "mpt-1b", 16384, 8, 2, 4, 9956, False),
+    ("a100_80g", "mpt-1b", 8192, 8, 3, 4, 13814, False),
+    ("a100_80g", "mpt-1b", 4096, 8, 7, 4, 17807, False),
+    ("a100_80g", "mpt-1b", 2048, 8, 14, 4, 20513, False),
+    ("a100_80g", "mpt-1b", 1024, 8, 18, 4, 22112, False),
+    ("a100_80g", "mpt-1b", 512, 8, 56, 4, 23148, False),
+    ("a100_80g", "mpt-760m", 65536, 8, 1, 2, 4143, True),
+    ("a100_80g", "mpt-760m", 32768, 8, 1, 2, 8802, False),
+    ("a100_80g", "mpt-760m", 16384, 8, 3, 2, 14274, False),
+    ("a100_80g", "mpt-760m", 8192, 8, 6, 2, 20933, False),
+    ("a100_80g", "mpt-760m", 4096, 8, 12, 2, 27351, False),
+    ("a100_80g", "mpt-760m", 2048, 8, 24, 2, 32434, False),
+    ("a100_80g", "mpt-760m", 1024, 8, 48, 2, 29765, False),
+    ("a100_80g", "mpt-760m", 512, 8, 96, 2, 29446, False),
+    ("a100_80g", "mpt-350m", 65536, 8, 1, 2, 7524, False),
+    ("a100_80g", "mpt-350m", 32768, 8, 2, 2, 13652, False),
+    ("a100_80g", "mpt-350m", 16384, 8, 4, 2, 23559, False),
+    ("a100_80g", "mpt-350m", 8192, 8, 8, 2, 36569, False),
+    ("a100_80g", "mpt-350m", 4096, 8, 16, 2, 49555, False),
+    ("a100_80g", "mpt-350m", 2048, 8, 32, 2, 58782, False),
+    ("a100_80g", "mpt-350m", 1024, 8, 64, 2, 64813, False),
+    ("a100_80g", "mpt-350m", 512, 8, 128, 2, 69330, False),
+    ("a100_80g", "mpt-125m", 65536, 8, 1, 2, 20368, False),
+    ("a100_80g", "mpt-125m", 32768, 8, 2, 2, 36407, False),
+    ("a100_80g", "mpt-125m", 16384, 8, 4, 2, 60040, False),
+    ("a100_80g", "mpt-125m", 8192, 8, 8, 2, 90392, False),
+    ("a100_80g", "mpt-125m", 4096, 8, 16, 2, 118396, False),
+    ("a100_80g", "mpt-125m", 2048, 8, 40, 2, 142830, False),
+    ("a100_80g", "mpt-125m", 2048, 8, 32, 2, 141737, False),
+    ("a100_80g", "mpt-125m", 1024, 8, 64, 2, 156468, False),
+    ("a100_80g", "mpt-125m", 512, 8, 128, 2, 165681, False),
+    ("a100_40g", "mpt-70b", 2048, 128, 4, 1, 376, True),
+    ("a100_40g", "mpt-70b", 2048, 64, 2, 1, 276, True),
+    ("a100_40g", "mpt-30b", 2048, 128, 6, 1, 865, True),
+    ("a100_40g", "mpt-30b", 2048, 32, 4, 1, 857, True),
+    ("a100_40g", "mpt-13b", 8192, 8, 1, 16, 1407, True),
+    ("a100_40g", "mpt-13b", 4096, 8, 2, 16, 1603, True),
+    ("a100_40g", "mpt-13b", 2048, 128, 16, 1, 1972, True),
+    ("a100_40g", "mpt-13b", 2048, 64, 16, 1, 1976, True),
+    ("a100_40g", "mpt-13b", 2048, 32, 14, 1, 1998, True),
+    ("a100_40g", "mpt-13b", 2048, 16, 10, 1, 1993, True),
+    ("a100_40g", "mpt-13b", 2048, 8, 4, 16, 1668, True),
+    ("a100_40g", "mpt-13b", 1024, 8, 8, 16, 1727, True),
+    ("a100_40g", "mpt-13b", 512, 8, 16, 16, 1763, True),
+    ("a100_40g", "mpt-7b", 16384, 8, 1, 4, 2249, True),
+    ("a100_40g", "mpt-7b", 8192, 8, 3, 4, 2887, True),
+    ("a100_40g", "mpt-7b", 4096, 8, 6, 4, 3366, True),
+    ("a100_40g", "mpt-7b", 2048, 128, 18, 1, 3623, True),
+    ("a100_40g", "mpt-7b", 2048, 64, 18, 1, 3665, True),
+    ("a100_40g", "mpt-7b", 2048, 32, 18, 1, 3725, True),
+    ("a100_40g", "mpt-7b", 2048, 16, 16, 1, 3645, True),
+    ("a100_40g", "mpt-7b", 2048, 8, 12, 4, 3679, True),
+    ("a100_40g", "mpt-7b", 1024, 8, 24, 4, 3854, True),
+    ("a100_40g", "mpt-7b", 512, 8, 48, 4, 3895, True),
+    ("a100_40g", "mpt-3b", 32768, 8, 1, 4, 2955, True),
+    ("a100_40g", "mpt-3b", 16384, 8, 2, 8, 4465, True),
+    ("a100_40g", "mpt-3b", 8192, 8, 1, 8, 7149, False),
+    ("a100_40g", "mpt-3b", 4096, 8, 2, 8, 8777, False),
+    ("a100_40g", "mpt-3b", 2048, 128, 6, 1, 9538, False),
+    ("a100_40g", "mpt-3b", 2048, 64, 6, 1, 9736, False),
+    ("a100_40g", "mpt-3b", 2048, 32, 6, 1, 9914, False),
+    ("a100_40g", "mpt-3b", 2048, 16, 5, 1, 9750, False),
+    ("a100_40g", "mpt-3b", 2048, 8, 5, 8, 10065, False),
+    ("a100_40g", "mpt-3b", 1024, 8, 10, 8, 10731, False),
+    ("a100_40g", "mpt-3b", 512, 8, 20, 8, 11324, False),
+    ("a100_40g", "mpt-1b", 32768, 8, 1, 4, 5095, True),
+    ("a100_40g", "mpt-1b", 16384, 8, 1, 8, 9715, False),
+    ("a100_40g", "mpt-1b", 8192, 8, 2, 8, 13474, False),
+    ("a100_40g", "mpt-1b", 4096, 8, 4, 8, 16856, False),
+    ("a100_40g", "mpt-1b", 2048, 128, 10, 1, 18647, False),
+    ("a100_40g", "mpt-1b", 2048, 64, 10, 1, 19001, False),
+    ("a100_40g", "mpt-1b", 2048, 32, 10, 1, 15555, False),
+    ("a100_40g", "mpt-1b", 2048, 16, 8, 1, 19085, False),
+    ("a100_40g", "mpt-1b", 2048, 8, 8, 8, 19271, False),
+    ("a100_40g", "mpt-1b", 1024, 8, 16, 8, 20959, False),
+    ("a100_40g", "mpt-1b", 512, 8, 32, 8, 21782, False),
+    ("a100_40g", "mpt-760m", 32768, 8, 1, 4, 7183, True),
+    ("a100_40g", "mpt-760m", 16384, 8, 1, 4, 13914, False),
+    ("a100_40g", "mpt-760m", 8192, 8, 3, 4, 20106, False),
+    ("a100_40g", "mpt-760m", 4096, 8, 6, 4, 25863, False),
+    ("a100_40g", "mpt-760m", 2048, 128, 12, 1, 28940, False),
+    ("a100_40g", "mpt-760m", 2048, 64, 12, 1, 29344, False),
+    ("a100_40g", "mpt-760m", 2048, 32, 12, 1, 29648, False),
+    ("a100_40g", "mpt-760m", 2048, 16, 12, 1, 29607, False),
+    ("a100_40g", "mpt-760m", 2048, 8, 12, 4, 30173, False),
+    ("a100_40g", "mpt-760m", 1024, 8, 24, 4, 33422, False),
+    ("a100_40g", "mpt-760m", 512, 8, 48, 4, 34938, False),
+    ("a100_40g", "mpt-350m", 32768, 8, 1, 4, 13416, False),
+    ("a100_40g", "mpt-350m", 16384, 8, 2, 4, 22896, False),
+    ("a100_40g", "mpt-350m", 8192, 8, 4, 4, 34933, False),
+    ("a100_40g", "mpt-350m", 4096, 8, 8, 4, 46833, False),
+    ("a100_40g", "mpt-350m", 2048, 128, 18, 1, 51934, False),
+    ("a100_40g", "mpt-350m", 2048, 64, 18, 1, 52689, False),
+    ("a100_40g", "mpt-350m", 2048, 32, 18, 1, 53811, False),
+    ("a100_40g", "mpt-350m", 2048, 16, 18, 1, 55413, False),
+    ("a100_40g", "mpt-350m", 2048, 8, 16, 4, 55995, False),
+    ("a100_40g", "mpt-350m", 1024, 8, 32, 4, 62523, False),
+    ("a100_40g", "mpt-350m", 512, 8, 64, 4, 66284, False),
+    ("a100_40g", "mpt-125m", 32768, 8, 1, 4, 32651, False),
+    ("a100_40g", "mpt-125m", 16384, 8, 2, 3, 55484, False),
+    ("a100_40g", "mpt-125m", 8192, 8, 5, 3, 86858, False),
+    ("a100_40g", "mpt-125m", 4096, 8, 13, 3, 115162, False),
+    ("a100_40g", "mpt-125m", 2048, 128, 26, 1, 123936, False),
+    ("a100_40g", "mpt-125m", 2048, 64, 26, 1, 125234, False),
+    ("a100_40g", "mpt-125m", 2048, 32, 26, 1, 127122, False),
+    ("a100_40g", "mpt-125m", 2048, 16, 26, 1, 130535, False),
+    ("a100_40g", "mpt-125m", 2048, 8, 26, 3, 136334, False),
+    ("a100_40g", "mpt-125m", 1024, 8, 52, 3, 148289, False),
+    ("a100_40g", "mpt-125m", 512, 8, 104, 3, 156735, False),
+]
+
+
+def foundry_sweep_runs() -> list[Run]:
+    """FOUNDRY_SWEEP as runs, less those RUNS already holds."""
+    held = {(r.gpu, r.model, r.seq, r.gpus, r.micro_batch) for r in RUNS if r.source == FOUNDRY}
+    runs = []
+    for gpu, model, seq, gpus, mb, accum, tps, ckpt in FOUNDRY_SWEEP:
+        if (gpu, model, seq, gpus, mb) in held:
+            continue
+        split = "explored" if gpu == "h100_sxm" else "held-out"
+        runs.append(_foundry(model, gpu, gpus, seq, mb, accum, tps, ckpt, split))
+    return runs
 
 
 # -- tables -----------------------------------------------------------------------------------
@@ -715,6 +972,63 @@ MOE_RUNS = [
 ]
 
 
+def foundry_sweep_table() -> list[str]:
+    """Every FULL_SHARD bf16 row of llm-foundry's tables: error by part and sequence length,
+    then each row (folded)."""
+    rows = []
+    for run in foundry_sweep_runs():
+        got = predict_run(run)
+        peak, usable = peak_memory(run)
+        rows.append((run, got, peak, usable))
+    buckets = (("<= 2048", 0, 2048), ("4096-8192", 4096, 8192), (">= 16384", 16384, 1 << 30))
+    lines = [
+        f"llm-foundry's benchmark sweep, every FULL_SHARD bf16 row not in the table above "
+        f"({FOUNDRY_SWEEP_SOURCE}; {len(rows)} rows; H100 rows explored, A100 rows held-out):",
+        "",
+        "| part | split | seq | rows | mean abs. error | worst | beyond 25% | memory refused |",
+        "|---|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for gpu in ("h100_sxm", "a100_80g", "a100_40g"):
+        for name, low, high in buckets:
+            part = [r for r in rows if r[0].gpu == gpu and low <= r[0].seq <= high]
+            if not part:
+                continue
+            errors = [abs(got / run.published - 1) for run, got, _, _ in part]
+            refused = sum(1 for _, _, peak, usable in part if usable and peak > usable)
+            lines.append(
+                f"| {gpu} | {part[0][0].split} | {name} | {len(part)} "
+                f"| {sum(errors) / len(errors):.1%} | {max(errors):.0%} "
+                f"| {sum(e > 0.25 for e in errors)} | {refused} |"
+            )
+    ratios = [(run.split, got / run.published) for run, got, _, _ in rows]
+    refused = [run for run, _, peak, usable in rows if usable and peak > usable]
+    lines += [
+        "",
+        f"Mean absolute error: explored (H100) {_mae(ratios, 'explored')}; held-out (A100) "
+        f"{_mae(ratios, 'held-out')}; all {_mae(ratios)}. Memory: "
+        + (
+            f"the model refuses {len(refused)} of {len(rows)} rows that ran."
+            if refused
+            else f"the model fits all {len(rows)} rows."
+        ),
+        "",
+        "<details><summary>Every row</summary>",
+        "",
+        "| split | config | published tok/s/GPU | predicted | predicted / published "
+        "| memory GiB: predicted peak / usable |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    for run, got, peak, usable in rows:
+        fits = usable is None or peak <= usable
+        lines.append(
+            f"| {run.split} | {run.config} | {run.published:,.0f} | {got:,.0f} "
+            f"| {got / run.published:.2f} | {peak / 2**30:.1f} / {usable / 2**30:.1f}"
+            f"{'' if fits else ' DOES NOT FIT'} |"
+        )
+    lines += ["", "</details>"]
+    return lines
+
+
 def moe_table() -> list[str]:
     lines = [
         "Mixture of experts (the closest layout this project runs; not in the error above):",
@@ -752,6 +1066,8 @@ def render() -> str:
             *async_tp_table(),
             "",
             *compile_table(),
+            "",
+            *foundry_sweep_table(),
             "",
             *moe_table(),
             END,

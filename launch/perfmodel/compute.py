@@ -11,6 +11,12 @@
   it through HBM: 22 bytes per score element and block at 16 bits (forward: write scores,
   softmax read + write, read probabilities; backward: read probabilities, write their
   gradient, softmax backward read 2 write 1, read the score gradient twice), 8 more per replay;
+  ``flash_triton`` (FlashAttention in Triton, HazyResearch's flash_attn_triton.py, which
+  llm-foundry's MPT ran as attn_impl: triton) executes flash's FLOPs, its forward 1.4 and its
+  backward 2 times as long as FA2's (the FA2 paper, Dao 2023, section 4.1: FA2 is "around
+  1.3-1.5x faster than FlashAttention in Triton in the forward pass and around 2x faster in
+  the backward pass", on A100; the flash fraction stands for FA2's, and the ratios are ASSUMED
+  to hold on other parts);
 - memory-bound work at the achievable HBM rate: elementwise kernels per token, autocast's
   weight casts and weight-gradient accumulation per micro-step, AdamW per step;
 - a gap of hardware.KERNEL_GAP_S between consecutive kernels: per block the elementwise
@@ -66,12 +72,19 @@ COMPILED_KERNELS_PER_BLOCK = (5, 10)  # forward, backward
 WEIGHT_BYTES_PER_MICRO_STEP = {"sixteen": 18, "fp32": 8}
 # AdamW: read param, grad, two moments; write param and moments; read grad for the norm.
 OPTIMIZER_BYTES_PER_PARAM = 32
-ATTENTION_KERNELS = ("flash", "math")
+ATTENTION_KERNELS = ("flash", "math", "flash_triton")
 # Executed attention FLOPs per 12 H Q T (the model FLOPs of forward + backward): FA2 skips the
 # masked half and recomputes the scores in backward (backward = 2.5 x forward, its paper's
 # count): (4 + 10) / 2 = 7; the math path computes every score: 4 + 8 = 12. A replay adds the
 # forward again: 2 (flash) or 4 (math).
-EXECUTED_ATTENTION = {"flash": (7 / 12, 2 / 4), "math": (1.0, 1.0)}
+EXECUTED_ATTENTION = {
+    "flash": (7 / 12, 2 / 4),
+    "math": (1.0, 1.0),
+    "flash_triton": (7 / 12, 2 / 4),  # the same causal skipping (its IS_CAUSAL loop bounds)
+}
+# FlashAttention in Triton against FA2, forward and backward time (module docstring): the
+# middle of the paper's 1.3-1.5 forward, and its 2 backward.
+TRITON_FA_SLOWDOWN = (1.4, 2.0)
 MATH_SCORE_BYTES = 22  # per score element and block, forward + backward, 16-bit
 MATH_REPLAY_SCORE_BYTES = 8
 GEMMS_PER_BLOCK = (7, 14)  # forward, backward (input and weight gradients)
@@ -235,6 +248,13 @@ def _attention_s_per_token(
     if kernel == "flash":
         rate = peak * rates.attention_fraction
         return flops / rate if rate else 0.0
+    if kernel == "flash_triton":
+        # FA2's count: forward 2 of each block's 7 (backward 2.5 x that), a replay 2 more.
+        forward = (12 * per_pass * 2 / 7 * m.n_layers + 4 * per_replay * n_ckpt) * heads_x_positions
+        backward = 12 * per_pass * 5 / 7 * m.n_layers * heads_x_positions
+        slow_forward, slow_backward = TRITON_FA_SLOWDOWN
+        rate = peak * rates.attention_fraction
+        return (forward * slow_forward + backward * slow_backward) / rate if rate else 0.0
     seconds = flops / (peak * rates.matmul_fraction) if peak else 0.0
     if rates.hbm_gbytes_per_s:
         width_bytes = 2 if precision in SIXTEEN_BIT else 4

@@ -483,7 +483,8 @@ class ProjectConfig:
     # Exposed comm at or above this share of the step is labelled interconnect-bound.
     interconnect_bound_share: float = 0.3
     # The attention kernel the projected runs use (launch/perfmodel/compute.py): flash (what
-    # SDPA runs on CUDA) or math (unfused: the whole score matrix, e.g. Megatron-LM before FA).
+    # SDPA runs on CUDA), math (unfused: the whole score matrix, e.g. Megatron-LM before FA)
+    # or flash_triton (FlashAttention in Triton, as llm-foundry's MPT ran it in 2023).
     attention: str = "flash"
     # Where projection.md/json/png go; null: the run dir.
     out: str | None = None
