@@ -200,6 +200,25 @@ def _foundry(model, gpu, gpus, seq, mb, accum, tps, ckpt, split, note=""):
     )
 
 
+def _titan_h100(gpus: int, published: float, *, compiled: bool) -> Run:
+    """torchtitan's Llama 3.1 8B on its 500 W H100s (op-level SAC, local batch 2)."""
+    return Run(
+        TITAN_H100,
+        "llama3-8b",
+        "h100_hbm2e",
+        gpus,
+        8192,
+        2,
+        2 * gpus,
+        published,
+        "held-out",
+        checkpoint="selective",
+        compile=compiled,
+        op_sac=True,
+        note=OP_SAC + "; 500 W: x0.915 of 700 W throughput (Mayr et al. 2026)",
+    )
+
+
 def _megatron_run(model, gpus, tp, tflops, batch, micro_batch):
     m = MODELS[model]
     dp = gpus // tp
@@ -357,54 +376,10 @@ RUNS = [
     # POWER_LIMIT_THROUGHPUT), FSDP without torch.compile: kept aside. Until 2026-11-30
     # profiled as h100_sxm (3.35 TB/s): ratios 1.38 and 1.42; later that day at 700 W
     # throughput: 1.25 and 1.30 (compiled 1.24 and 1.28).
-    Run(
-        TITAN_H100,
-        "llama3-8b",
-        "h100_hbm2e",
-        8,
-        8192,
-        2,
-        16,
-        5762,
-        "held-out",
-        checkpoint="selective",
-        op_sac=True,
-        note=OP_SAC + "; 500 W: x0.915 of 700 W throughput (Mayr et al. 2026)",
-    ),
-    Run(
-        TITAN_H100,
-        "llama3-8b",
-        "h100_hbm2e",
-        128,
-        8192,
-        2,
-        256,
-        5605,
-        "held-out",
-        checkpoint="selective",
-        op_sac=True,
-        note=OP_SAC + "; 500 W: x0.915 of 700 W throughput (Mayr et al. 2026)",
-    ),
+    *(_titan_h100(gpus, published, compiled=False) for gpus, published in ((8, 5762), (128, 5605))),
     # The same runs with torch.compile (the tables' next rows), added 2026-11-30 with the
     # compiled-kernel counts of launch/perfmodel/compute.py, computed once: kept aside.
-    *(
-        Run(
-            TITAN_H100,
-            "llama3-8b",
-            "h100_hbm2e",
-            gpus,
-            8192,
-            2,
-            2 * gpus,
-            published,
-            "held-out",
-            checkpoint="selective",
-            compile=True,
-            op_sac=True,
-            note=OP_SAC + "; 500 W: x0.915 of 700 W throughput (Mayr et al. 2026)",
-        )
-        for gpus, published in ((8, 6667), (128, 6514))
-    ),
+    *(_titan_h100(gpus, published, compiled=True) for gpus, published in ((8, 6667), (128, 6514))),
     # Megatron-LM 2021 (A100 80GB, fp16, no FlashAttention, full recompute), TP rows: kept aside.
     # Micro batches from the authors' reproduction script of Table 1 (NVIDIA/Megatron-LM
     # examples/sc21/run_table_1.sh, de7dc40, 2021-08-10: MBS=16, 16, 16, 8 with DDP=torch);
