@@ -512,11 +512,12 @@ def gelu_mlp_bytes_per_token(m: ModelConfig, plan, precision: str) -> float:
     return width * (8 * m.d_model - 4 * m.ffn_hidden) / plan.degrees.tp
 
 
-def peak_memory(run: Run) -> tuple[float, float | None]:
+def peak_memory(run: Run, mem=None) -> tuple[float, float | None]:
     """(predicted peak bytes per rank, usable bytes) of the run as it ran: under torchtitan's
     op-level SAC, every block checkpointed with what its policy saves added; MPT and Megatron
-    GPTs with their GELU MLP's activations in place of the stand-in SwiGLU's."""
-    mem = _prediction(run).memory
+    GPTs with their GELU MLP's activations in place of the stand-in SwiGLU's. ``mem``: the
+    run's predicted memory, when the caller has its prediction already."""
+    mem = mem or _prediction(run).memory
     cfg = run_config(dataclasses.replace(run, checkpoint="full") if run.op_sac else run)
     plan = plan_layout(cfg, run.gpus, min(8, run.gpus))
     m, tokens = cfg.model, run.micro_batch * run.seq
@@ -832,9 +833,10 @@ def training_table() -> list[str]:
     ]
     ratios, refused = [], []
     for run in RUNS:
-        got = predict_run(run)
+        pred = _prediction(run)
+        got = pred.tokens_per_s_per_device
         ratios.append((run.split, got / run.published))
-        peak, usable = peak_memory(run)
+        peak, usable = peak_memory(run, pred.memory)
         fits = usable is None or peak <= usable
         if not fits:
             refused.append(run.config)
@@ -952,9 +954,9 @@ def foundry_sweep_table() -> list[str]:
     then each row (folded)."""
     rows = []
     for run in foundry_sweep_runs():
-        got = predict_run(run)
-        peak, usable = peak_memory(run)
-        rows.append((run, got, peak, usable))
+        pred = _prediction(run)
+        peak, usable = peak_memory(run, pred.memory)
+        rows.append((run, pred.tokens_per_s_per_device, peak, usable))
     buckets = (("<= 2048", 0, 2048), ("4096-8192", 4096, 8192), (">= 16384", 16384, 1 << 30))
     lines = [
         f"llm-foundry's benchmark sweep, every FULL_SHARD bf16 row not in the table above "
