@@ -24,14 +24,17 @@
   14 backward, attention's one each way; replayed blocks their forward again.
 train.compile=true fuses the elementwise work: fewer bytes and kernels (the *_COMPILED counts).
 fp8 runs the Linear layers precision.fp8.min_dim wide or wider at the fp8 peak, the rest in
-bf16 (train/runtime/numerics.py's rule). The forward is a third of the block work, the backward two
-thirds (what overlap.py hides communication behind).
+bf16 (train/runtime/numerics.py's rule), and adds their casts into fp8 to the memory-bound
+work and the kernel gaps (fp8.py: bytes and kernels counted from torchao's and TE's code).
+The forward is a third of the block work, the backward two thirds (what overlap.py hides
+communication behind).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from launch.perfmodel.fp8 import Fp8Casts, cast_work
 from launch.perfmodel.hardware import KERNEL_GAP_S, PartRates
 from launch.perfmodel.host import (
     BACKWARD_KERNELS_PER_BLOCK,
@@ -50,6 +53,12 @@ from train.spec.precision import SIXTEEN_BIT, fp8_eligible
 # (silu, product); backward about twice the forward. Scaled by width / 2 for fp32 runs.
 ELEMENTWISE_D = 168
 ELEMENTWISE_F = 30
+# Of the d-element bytes, rope's (8 of the forward's 56 eager, 8 of 36 compiled) run on the
+# rank's own heads (1/tp); the norms' and residual adds' on every token the rank holds: all
+# of them under TP, 1/tp under sequence parallelism, which shards the sequence between the
+# matmuls (Korthikanti et al. 2022, "Reducing Activation Recomputation in Large Transformer
+# Models"; train/parallel/tensor_parallel.py).
+ROPE_SHARE_OF_D = {False: 8 / 56, True: 8 / 36}  # by train.compile
 HEAD_BYTES_PER_VOCAB = 20  # logits, fp32 copy, log-softmax and its gradient
 # train.compile=true (inductor per block, and the loss; train/parallel/build.py): each chain of
 # elementwise ops becomes one kernel that reads its inputs once and writes its outputs once.
@@ -88,6 +97,8 @@ TRITON_FA_SLOWDOWN = (1.4, 2.0)
 MATH_SCORE_BYTES = 22  # per score element and block, forward + backward, 16-bit
 MATH_REPLAY_SCORE_BYTES = 8
 GEMMS_PER_BLOCK = (7, 14)  # forward, backward (input and weight gradients)
+# An fp8 run given no Fp8Casts: torchao's tensorwise defaults, eager, bf16 weight gathers.
+DEFAULT_FP8_CASTS = Fp8Casts("torchao", "tensorwise", 4096, False, False)
 
 
 @dataclass(frozen=True)
@@ -140,13 +151,15 @@ def compute_time(
     accum_steps: int,
     precision: str,
     rates: PartRates,
-    fp8_min_dim: int = 4096,
+    fp8: Fp8Casts | None = None,
     optimizer_split: int | None = None,
     attention: str = "flash",
     head: bool = True,
     compiled: bool = False,
 ) -> ComputeTime:
-    """``optimizer_split``: ranks the AdamW step is split over (default: the layout's);
+    """``fp8``: how an fp8 run casts (its linears, its casts' bytes and kernels: fp8.py;
+    None: torchao's tensorwise defaults); ``optimizer_split``: ranks the AdamW step is split
+    over (default: the layout's);
     ``attention``: the attention kernel (ATTENTION_KERNELS); ``head``: whether this rank runs
     the output head (a pipeline stage other than the last does not); ``compiled``:
     train.compile (fused elementwise kernels: the *_COMPILED counts above)."""
@@ -158,7 +171,8 @@ def compute_time(
     width = "bf16" if precision == "fp8" else precision
     bf16_rate = matmul_rate(rates, width)
     if precision == "fp8":
-        share = fp8_share(m, fp8_min_dim)
+        fp8 = fp8 or DEFAULT_FP8_CASTS
+        share = fp8_share(m, fp8.min_dim)
         fp8_rate = matmul_rate(rates, "fp8")
         block_s = flops.blocks * (share / fp8_rate + (1 - share) / bf16_rate)
     else:
@@ -180,9 +194,14 @@ def compute_time(
         head=head,
         compiled=compiled,
     )
+    gaps_s = kernel_gaps_s(m.n_layers, n_ckpt, accum_steps, compiled) if rates.sms else 0.0
+    if precision == "fp8":
+        shard = plan.degrees.dp_shard if plan.row.shards_parameters else 1
+        casts = cast_work(fp8, m, plan, tokens=tokens, accum_steps=accum_steps, shard_ranks=shard)
+        nbytes += casts.nbytes
+        gaps_s += casts.kernels * KERNEL_GAP_S if rates.sms else 0.0
     # No memory bandwidth known (a profile without one): left out, stated in the docs.
     memory_s = nbytes / (rates.hbm_gbytes_per_s * 1e9) if rates.hbm_gbytes_per_s else 0.0
-    gaps_s = kernel_gaps_s(m.n_layers, n_ckpt, accum_steps, compiled) if rates.sms else 0.0
     # Forward: a third of each block's work; a replayed forward belongs to backward.
     work = matmul_s + attention_s + memory_s + gaps_s
     forward_s = work * m.n_layers / (3 * m.n_layers + n_ckpt)
@@ -300,6 +319,9 @@ def memory_bound_bytes(
         if compiled
         else (ELEMENTWISE_D, ELEMENTWISE_F, HEAD_BYTES_PER_VOCAB)
     )
+    rope = ROPE_SHARE_OF_D[compiled]
+    token_share = 1 / t if plan.sequence_parallel else 1.0
+    per_d *= rope / t + (1 - rope) * token_share
     per_block = (per_d * m.d_model + per_f * m.ffn_hidden / t) * half_width
     replay = per_block / 3 * n_ckpt  # a replayed forward
     per_token = m.n_layers * per_block + replay

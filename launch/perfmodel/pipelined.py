@@ -28,6 +28,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from launch.perfmodel.compute import ComputeTime, compute_time
+from launch.perfmodel.fp8 import Fp8Casts
 from launch.perfmodel.hardware import PartRates
 from launch.perfmodel.memory import (
     ADAM_STEP_BYTES,
@@ -113,7 +114,7 @@ def stage_steps(
             accum_steps=pipe.microbatches,
             precision=precision,
             rates=rates,
-            fp8_min_dim=cfg.precision.fp8.min_dim,
+            fp8=Fp8Casts.of_run(cfg, plan),
             attention=attention,
             head=runs_head(pipe, r),
             compiled=cfg.train.compile,

@@ -19,12 +19,13 @@ from dataclasses import dataclass, field
 
 from launch.errors import ConfigError
 from launch.perfmodel.compute import ComputeTime, compute_time, layout_optimizer_split
+from launch.perfmodel.fp8 import Fp8Casts
 from launch.perfmodel.hardware import PartRates, part_rates
 from launch.perfmodel.host import HostRates
 from launch.perfmodel.memory import MemoryEstimate, estimate_memory
 from launch.perfmodel.overlap import CommTime, comm_time
 from launch.perfmodel.pipelined import stage_memory, stage_steps
-from train.spec.config import RunConfig
+from train.spec.config import Fp8Backend, Fp8Recipe, RunConfig
 from train.spec.degrees import BatchPlan, Degrees, LayoutPlan, plan_batch, plan_layout
 from train.spec.stages import plan_pipeline
 from train.spec.traffic import StepShape, step_collectives
@@ -179,7 +180,14 @@ def predict(
     m, train = cfg.model, cfg.train
     batch = plan_batch(global_batch, train.micro_batch, plan.degrees.dp, where.world_size)
     accum = batch.accum_steps
-    shape = StepShape.of_run(cfg, accum_steps=accum, precision=precision)
+    fp8 = Fp8Casts.of_run(cfg, plan) if precision == "fp8" else None
+    shape = StepShape.of_run(
+        cfg,
+        accum_steps=accum,
+        precision=precision,
+        fp8_all_gather_min_dim=fp8.min_dim if fp8 and fp8.weights_gathered_in_fp8 else None,
+        fp8_delayed_min_dim=fp8.min_dim if fp8 and fp8.amaxes_all_reduced else None,
+    )
     if plan.pipeline is not None:
         plan = _with_batch_pipeline(cfg, plan, global_batch)
         compute, comm, bubble_s, memory = _pipeline_parts(
@@ -297,7 +305,7 @@ def _compute_time(
         accum_steps=accum,
         precision=precision,
         rates=rates,
-        fp8_min_dim=cfg.precision.fp8.min_dim,
+        fp8=Fp8Casts.of_run(cfg, plan),
         optimizer_split=optimizer_split,
         attention=attention,
         compiled=cfg.train.compile,
@@ -335,6 +343,7 @@ def predict_run(
     precision: str | None = None,
     intra_gbytes_per_s: float | None = None,
     host: HostRates | None = None,
+    fp8_resolved: Mapping[str, str] | None = None,
 ) -> Prediction:
     """The prediction for a run of ``cfg`` as it ran (its global batch, its layout), for the
     report to set beside the measurement. ``ran``: where it ran (summary.json's world_size,
@@ -343,7 +352,17 @@ def predict_run(
     (default: gpu.measured_peak_tflops, which the driver fills from launch.mamf's cache, else
     the profile's peak x the generation's fraction); ``link_gbps``: the emulated link (default:
     cluster.link_gbps when cluster=emulated); ``host``: the cpu profile's kernel times measured
-    at this workload's shapes (launch.mamf --host-shapes), which itemise its compute."""
+    at this workload's shapes (launch.mamf --host-shapes), which itemise its compute;
+    ``fp8_resolved``: the fp8 backend and recipe the run resolved (summary.json precision's
+    fp8_backend, fp8_recipe), in place of the config's (auto)."""
+    if fp8_resolved and fp8_resolved.get("fp8_backend"):
+        recipe = fp8_resolved.get("fp8_recipe")
+        fp8 = dataclasses.replace(
+            cfg.precision.fp8,
+            backend=Fp8Backend(fp8_resolved["fp8_backend"]),
+            recipe=Fp8Recipe(recipe) if recipe else None,
+        )
+        cfg = dataclasses.replace(cfg, precision=dataclasses.replace(cfg.precision, fp8=fp8))
     where = Placement(ran["world_size"], ran["nproc_per_node"], ran["nodes"])
     if where.nodes <= 0:
         raise ConfigError("cluster.nodes", f"{where.nodes}: must be >= 1")

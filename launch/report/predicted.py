@@ -41,6 +41,7 @@ def predicted_for(run: dict[str, Any]) -> dict[str, Any] | None:
             run,
             precision=run["precision"]["resolved"],
             host=host_rates_for(cfg, run, config),
+            fp8_resolved=run["precision"],
         )
     except (ConfigError, NotMeasured) as exc:
         return {"unavailable": str(exc), **chosen}

@@ -44,6 +44,7 @@ from train.parallel.zero import (  # DeepSpeed itself is imported only there
 from train.spec.config import RunConfig
 from train.spec.config_error import ConfigError
 from train.spec.degrees import LayoutPlan
+from train.spec.precision import gathers_weights_in_fp8
 
 
 def build_model(
@@ -184,14 +185,9 @@ def enable_async_tp(tp_mesh, device: torch.device) -> None:
 def fsdp_float8_all_gather(
     layout: LayoutPlan, fp8_backend: str | None, fp8_recipe: str | None
 ) -> bool:
-    """Whether FSDP2 gathers torchao's fp8 weights in fp8 (half the bytes of bf16): torchao
-    supports it for tensorwise scaling only, and only FSDP layouts gather weights at all."""
-    return (
-        layout.row.shards_parameters
-        and dist.is_initialized()
-        and fp8_backend == "torchao"
-        and fp8_recipe == "tensorwise"
-    )
+    """Whether FSDP2 gathers torchao's fp8 weights in fp8 (train/spec/precision.py's rule,
+    which the performance model reads too), in a distributed run."""
+    return dist.is_initialized() and gathers_weights_in_fp8(layout.row, fp8_backend, fp8_recipe)
 
 
 def zero3_model(

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from train.spec.catalog import Feature, layout
+from train.spec.catalog import Feature, Layout, layout
 from train.spec.config import Fp8Config, GpuConfig, ModelConfig, RunConfig
 from train.spec.devices import FP8_CAPABILITY, MachineProbe
 from train.spec.shapes import block_linears
@@ -71,6 +71,12 @@ def fp8_eligible(in_features: int, out_features: int, min_dim: int) -> bool:
         and out_features % FP8_GEMM_MULTIPLE == 0
         and min(in_features, out_features) >= min_dim
     )
+
+
+def gathers_weights_in_fp8(row: Layout, fp8_backend: str | None, fp8_recipe: str | None) -> bool:
+    """Whether FSDP2 gathers torchao's fp8 weights in fp8 (half the bytes of bf16): torchao
+    supports it for tensorwise scaling only, and only FSDP layouts gather weights at all."""
+    return row.shards_parameters and fp8_backend == "torchao" and fp8_recipe == "tensorwise"
 
 
 def fp8_linear_count(model: ModelConfig, min_dim: int) -> int:

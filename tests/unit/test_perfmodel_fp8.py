@@ -1,0 +1,102 @@
+"""fp8's casts in the step model (launch/perfmodel/fp8.py) and the elementwise work sequence
+parallelism shards (compute.py): the counts their docstrings derive, checked by hand."""
+
+from __future__ import annotations
+
+import pytest
+
+from launch.perfmodel.compute import ELEMENTWISE_D, ROPE_SHARE_OF_D, memory_bound_bytes
+from launch.perfmodel.fp8 import Fp8Casts, cast_work
+from launch.perfmodel.hardware import part_rates
+from launch.perfmodel.step import Placement, predict
+from tests.conftest import compose_run_config
+from train.spec.config import ModelConfig
+from train.spec.degrees import Degrees, LayoutPlan, plan_layout
+
+# d 64, 4 heads of 16, f 128: Linears (in, out) wq wk wv wo (64, 64), w1 w3 (64, 128),
+# w2 (128, 64).
+TINY = ModelConfig(
+    name="tiny", d_model=64, n_layers=2, n_heads=4, n_kv_heads=4, ffn_hidden=128,
+    vocab_size=256, max_seq_len=128,
+)  # fmt: skip
+DDP = LayoutPlan("ddp", Degrees(1, 1, 1), False, [])
+OUTPUTS = 4 * 64 + 2 * 128 + 64  # output-gradient elements per token and block
+WEIGHTS = 4 * 64 * 64 + 3 * 64 * 128
+
+
+def casts(*, compiled: bool, recipe: str = "tensorwise", gathered: bool = False) -> Fp8Casts:
+    return Fp8Casts("torchao", recipe, 16, compiled, gathered)
+
+
+def test_compiled_torchao_casts_each_tensor_once_fused_into_its_producer():
+    """Compiled: the inputs wq/wk/wv share and w1/w3 share are cast once (4 distinct inputs:
+    64 + 64 + 64 + 128 = 320 elements), 3 bytes forward and 3 backward; each output gradient
+    once in both layouts, 4; each weight 5 + 5 per micro-step."""
+    work = cast_work(casts(compiled=True), TINY, DDP, tokens=1000, accum_steps=2, shard_ranks=1)
+    per_token = 320 * (3 + 3) + OUTPUTS * 4
+    assert work.nbytes == TINY.n_layers * (1000 * per_token + 2 * 10 * WEIGHTS)
+
+
+def test_eager_torchao_runs_every_cast_of_every_linear():
+    """Eager: each Linear casts its own input (64 x 6 + 128 = 512 elements), 33 bytes forward,
+    33 + a layout copy of 2 backward; the output gradient twice plus a copy, 68; the weight
+    33 forward, 35 backward."""
+    work = cast_work(casts(compiled=False), TINY, DDP, tokens=1000, accum_steps=2, shard_ranks=1)
+    per_token = 512 * (33 + 35) + OUTPUTS * 68
+    assert work.nbytes == TINY.n_layers * (1000 * per_token + 2 * 68 * WEIGHTS)
+    fused = cast_work(casts(compiled=True), TINY, DDP, tokens=1000, accum_steps=2, shard_ranks=1)
+    assert work.kernels > fused.kernels
+
+
+def test_rowwise_casts_the_output_gradient_along_both_axes():
+    tensorwise = cast_work(casts(compiled=True), TINY, DDP, tokens=1, accum_steps=1, shard_ranks=1)
+    rowwise = cast_work(
+        casts(compiled=True, recipe="rowwise"), TINY, DDP, tokens=1, accum_steps=1, shard_ranks=1
+    )
+    assert rowwise.nbytes - tensorwise.nbytes == TINY.n_layers * OUTPUTS * (6 - 4)
+
+
+def test_weights_gathered_in_fp8_are_cast_on_the_shard():
+    """torchao's float8 all-gather: 21 bytes per fp32 shard element at each of the two
+    gathers, and the gathered weight copied into the input gradient's layout."""
+    plan = LayoutPlan("fsdp", Degrees(1, 4, 1), False, [])
+    work = cast_work(
+        casts(compiled=True, gathered=True), TINY, plan, tokens=0, accum_steps=1, shard_ranks=4
+    )
+    assert work.nbytes == pytest.approx(TINY.n_layers * (2 * 21 * WEIGHTS / 4 + 2 * WEIGHTS))
+
+
+def fp8_prediction(precision: str, *overrides: str):
+    cfg = compose_run_config(
+        ["gpu=h100_sxm", "run_dir=/unused", "model=llama_7b", "train.seq_len=4096",
+         "train.micro_batch=1", "train.global_batch=8", "parallel=fsdp",
+         "precision.fp8.backend=torchao", *overrides]
+    )  # fmt: skip
+    plan = plan_layout(cfg, 8, 8)
+    return predict(
+        cfg, plan, Placement(8, 8, 1), global_batch=8, precision=precision,
+        rates=part_rates(cfg.gpu),
+    )  # fmt: skip
+
+
+def test_an_fp8_step_pays_its_casts_and_gathers_its_weights_in_fp8():
+    bf16, fp8 = fp8_prediction("bf16"), fp8_prediction("fp8")
+    assert fp8.compute.matmul_s < bf16.compute.matmul_s
+    assert fp8.compute.memory_s > bf16.compute.memory_s  # the casts
+    assert fp8.comm_s["all_gather"] < 0.75 * bf16.comm_s["all_gather"]  # fp8 linears in 1 byte
+    eager_casts = fp8.compute.memory_s - bf16.compute.memory_s
+    compiled = fp8_prediction("fp8", "train.compile=true")
+    compiled_bf16 = fp8_prediction("bf16", "train.compile=true")
+    assert compiled.compute.memory_s - compiled_bf16.compute.memory_s < eager_casts / 5
+
+
+def test_sequence_parallelism_shards_the_norms_and_residual_adds():
+    """Under TP the norms and residual adds run on every token a rank holds, rope on its own
+    heads; sequence parallelism gives each rank 1/tp of the tokens for all of them."""
+    tp = 4
+    plain = LayoutPlan("tp", Degrees(1, 1, tp), False, [])
+    sharded = LayoutPlan("tp", Degrees(1, 1, tp), True, [])
+    given = dict(tokens=1000, accum=1, precision="bf16", optimizer_split=1)
+    saved = memory_bound_bytes(TINY, plain, **given) - memory_bound_bytes(TINY, sharded, **given)
+    norms_and_adds = ELEMENTWISE_D * (1 - ROPE_SHARE_OF_D[False]) * TINY.d_model
+    assert saved == pytest.approx(1000 * TINY.n_layers * norms_and_adds * (1 - 1 / tp))
