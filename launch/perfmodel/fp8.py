@@ -70,6 +70,30 @@ SHARED_INPUT = {
 PROJECTED_AUTO_BACKEND = "torchao"
 
 
+def backend_and_recipe(cfg: RunConfig, backend: str | None = None) -> tuple[str, str]:
+    """The fp8 library and scaling recipe a projection takes for ``cfg``: ``backend`` (a run's
+    resolved one), else precision.fp8.backend, auto taken as PROJECTED_AUTO_BACKEND."""
+    fp8 = cfg.precision.fp8
+    backend = backend or str(fp8.backend)
+    if backend == "auto":
+        backend = PROJECTED_AUTO_BACKEND
+    return backend, str(fp8.recipe) if fp8.recipe is not None else FP8_RECIPES[backend][0]
+
+
+def projection_note(cfg: RunConfig) -> str:
+    """What an fp8 projection assumed, for its precision reason."""
+    backend, recipe = backend_and_recipe(cfg)
+    auto = (
+        " (backend=auto: a node with Transformer Engine runs TE)"
+        if (str(cfg.precision.fp8.backend) == "auto")
+        else ""
+    )
+    return (
+        f"fp8 via {backend} {recipe}{auto}, Linears >= {cfg.precision.fp8.min_dim} wide, "
+        "their casts counted (launch/perfmodel/fp8.py)"
+    )
+
+
 @dataclass(frozen=True)
 class Fp8Casts:
     """How a run casts into fp8: its library, recipe and the layers it converts."""
@@ -84,10 +108,7 @@ class Fp8Casts:
     def of_run(cls, cfg: RunConfig, plan: LayoutPlan, backend: str | None = None) -> Fp8Casts:
         """``cfg``'s fp8, ``backend`` (a run's resolved one) in place of its setting."""
         fp8 = cfg.precision.fp8
-        backend = backend or str(fp8.backend)
-        if backend == "auto":
-            backend = PROJECTED_AUTO_BACKEND
-        recipe = str(fp8.recipe) if fp8.recipe is not None else FP8_RECIPES[backend][0]
+        backend, recipe = backend_and_recipe(cfg, backend)
         return cls(
             backend=backend,
             recipe=recipe,

@@ -21,6 +21,7 @@ from launch.perfmodel.calibrate import Calibration, load_calibration
 from launch.perfmodel.choose import choose_layout
 from launch.perfmodel.collectives import OPS, bus_factor, collective_time
 from launch.perfmodel.compute import ATTENTION_KERNELS
+from launch.perfmodel.fp8 import projection_note
 from launch.perfmodel.hardware import PartRates, part_rates, power_limit_share
 from launch.perfmodel.step import Placement, Prediction, predict, projected_precision
 from train.spec.catalog import CATALOG, layout
@@ -130,6 +131,8 @@ def project_runs(
         work = copy.deepcopy(cfg)
         work.gpu = gpu
         precision, precision_reason = projected_precision(cfg.precision.name, gpu.name, gpu.fp8)
+        if precision == "fp8":
+            precision_reason += f"; {projection_note(cfg)}"
         width = "bf16" if precision == "fp8" else precision
         rates = calibration.apply(part_rates(gpu, precision=width))
         batch = BatchRule(global_batch=cfg.train.global_batch)  # the smallest node count's

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from launch.perfmodel.compute import ELEMENTWISE_D, ROPE_SHARE_OF_D, memory_bound_bytes
-from launch.perfmodel.fp8 import Fp8Casts, cast_work
+from launch.perfmodel.fp8 import Fp8Casts, cast_work, projection_note
 from launch.perfmodel.hardware import part_rates
 from launch.perfmodel.step import Placement, predict
 from tests.conftest import compose_run_config
@@ -100,3 +100,12 @@ def test_sequence_parallelism_shards_the_norms_and_residual_adds():
     saved = memory_bound_bytes(TINY, plain, **given) - memory_bound_bytes(TINY, sharded, **given)
     norms_and_adds = ELEMENTWISE_D * (1 - ROPE_SHARE_OF_D[False]) * TINY.d_model
     assert saved == pytest.approx(1000 * TINY.n_layers * norms_and_adds * (1 - 1 / tp))
+
+
+def test_a_projection_says_which_fp8_it_assumed():
+    """The machine is not seen: backend=auto is projected as torchao and says so; a named
+    backend is taken as named, with its default recipe."""
+    auto = compose_run_config(["run_dir=/unused", "precision=fp8"])
+    te = compose_run_config(["run_dir=/unused", "precision=fp8", "precision.fp8.backend=te"])
+    assert "fp8 via torchao tensorwise (backend=auto" in projection_note(auto)
+    assert projection_note(te).startswith("fp8 via te current, Linears >= 4096 wide")
