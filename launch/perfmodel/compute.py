@@ -97,8 +97,9 @@ TRITON_FA_SLOWDOWN = (1.4, 2.0)
 MATH_SCORE_BYTES = 22  # per score element and block, forward + backward, 16-bit
 MATH_REPLAY_SCORE_BYTES = 8
 GEMMS_PER_BLOCK = (7, 14)  # forward, backward (input and weight gradients)
-# An fp8 run given no Fp8Casts: torchao's tensorwise defaults, eager, bf16 weight gathers.
-DEFAULT_FP8_CASTS = Fp8Casts("torchao", "tensorwise", 4096, False, False)
+# An fp8 run given no Fp8Casts: torchao's tensorwise defaults (compiled, as the runtime runs
+# them on a GPU), bf16 weight gathers.
+DEFAULT_FP8_CASTS = Fp8Casts("torchao", "tensorwise", 4096, True, False)
 
 
 @dataclass(frozen=True)
@@ -172,6 +173,7 @@ def compute_time(
     bf16_rate = matmul_rate(rates, width)
     if precision == "fp8":
         fp8 = fp8 or DEFAULT_FP8_CASTS
+        compiled = compiled or fp8.compiled  # torchao's fp8 runs compile their blocks
         share = fp8_share(m, fp8.min_dim)
         fp8_rate = matmul_rate(rates, "fp8")
         block_s = flops.blocks * (share / fp8_rate + (1 - share) / bf16_rate)

@@ -14,14 +14,15 @@ Bytes per element, by how the run executes:
   (float8_utils.tensor_to_amax, _ToFloat8ConstrFunc, to_fp8_saturated): 33 bytes, 6 kernels
   and 4 for the scalar scale; each layout copy reads 1 and writes 1. Per token: input
   2 x 33 + 2, output gradient 2 x 33 + 2; per weight element and micro-step 2 x 33 + 2.
-- torchao under torch.compile (train.compile: each block one graph): AOT autograd's
-  common-subexpression pass merges identical casts, so the input wq, wk and wv share is cast
-  once, as is the one w1 and w3 share, and tensorwise's two output-gradient casts are one;
-  inductor fuses each cast's scale-and-convert into the kernel that produces the tensor (its
-  pointwise fusion), and the amax is one more reduction over it. A cast so costs the
-  reduction's read (2) and the fp8 write (1 per layout): per token, each distinct input 3
-  forward and 3 again in backward, each output gradient 2 + 2 (both layouts; rowwise: two
-  casts, 2 x 3); one reduction kernel per cast. A weight (no producer to fuse into) 5 per
+- torchao under torch.compile (each block one graph; the runtime compiles the blocks of every
+  torchao fp8 run on a GPU, train.compile or not: train/spec/precision.py compiles_blocks):
+  AOT autograd's common-subexpression pass merges identical casts, so the input wq, wk and wv
+  share is cast once, as is the one w1 and w3 share, and tensorwise's two output-gradient
+  casts are one; inductor fuses each cast's scale-and-convert into the kernel that produces
+  the tensor (its pointwise fusion), and the amax is one more reduction over it. A cast so
+  costs the reduction's read (2) and the fp8 write (1 per layout): per token, each distinct
+  input 3 forward and 3 again in backward, each output gradient 2 + 2 (both layouts; rowwise:
+  two casts, 2 x 3); one reduction kernel per cast. A weight (no producer to fuse into) 5 per
   cast: 10 per element and micro-step.
 - torchao with FSDP2's float8 all-gather (tensorwise; train/spec/precision.py
   gathers_weights_in_fp8): the weight arrives in fp8; FSDP's pre-gather hook casts the local
@@ -48,7 +49,13 @@ from dataclasses import dataclass
 from train.spec import shapes
 from train.spec.config import ModelConfig, RunConfig
 from train.spec.degrees import LayoutPlan
-from train.spec.precision import FP8_RECIPES, fp8_eligible, gathers_weights_in_fp8
+from train.spec.precision import (
+    FP8_RECIPES,
+    compiles_blocks,
+    fp8_eligible,
+    gathers_weights_in_fp8,
+    tp_gathers_in_fp8,
+)
 
 # (bytes per 16-bit element, kernels) of one cast (module docstring).
 TORCHAO_EAGER_CAST = (33, 10)
@@ -113,9 +120,15 @@ class Fp8Casts:
             backend=backend,
             recipe=recipe,
             min_dim=fp8.min_dim,
-            compiled=cfg.train.compile,
+            # torchao's runs compile their blocks on a GPU whatever train.compile says.
+            compiled=compiles_blocks(cfg.train.compile, backend, on_gpu=True),
             weights_gathered_in_fp8=gathers_weights_in_fp8(plan.row, backend, recipe),
         )
+
+    @property
+    def tp_gathers_in_fp8(self) -> bool:
+        """torchao's float8 TP styles: fp8 sequence-parallel gathers (train/spec/traffic.py)."""
+        return tp_gathers_in_fp8(self.backend, on_gpu=True)
 
     @property
     def amaxes_all_reduced(self) -> bool:

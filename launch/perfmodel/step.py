@@ -187,6 +187,7 @@ def predict(
         precision=precision,
         fp8_all_gather_min_dim=fp8.min_dim if fp8 and fp8.weights_gathered_in_fp8 else None,
         fp8_delayed_min_dim=fp8.min_dim if fp8 and fp8.amaxes_all_reduced else None,
+        fp8_tp_min_dim=fp8.min_dim if fp8 and fp8.tp_gathers_in_fp8 else None,
     )
     if plan.pipeline is not None:
         plan = _with_batch_pipeline(cfg, plan, global_batch)

@@ -12,6 +12,7 @@ from launch.perfmodel.step import Placement, predict
 from tests.conftest import compose_run_config
 from train.spec.config import ModelConfig
 from train.spec.degrees import Degrees, LayoutPlan, plan_layout
+from train.spec.traffic import StepShape, step_collectives
 
 # d 64, 4 heads of 16, f 128: Linears (in, out) wq wk wv wo (64, 64), w1 w3 (64, 128),
 # w2 (128, 64).
@@ -82,12 +83,13 @@ def fp8_prediction(precision: str, *overrides: str):
 def test_an_fp8_step_pays_its_casts_and_gathers_its_weights_in_fp8():
     bf16, fp8 = fp8_prediction("bf16"), fp8_prediction("fp8")
     assert fp8.compute.matmul_s < bf16.compute.matmul_s
-    assert fp8.compute.memory_s > bf16.compute.memory_s  # the casts
     assert fp8.comm_s["all_gather"] < 0.75 * bf16.comm_s["all_gather"]  # fp8 linears in 1 byte
-    eager_casts = fp8.compute.memory_s - bf16.compute.memory_s
-    compiled = fp8_prediction("fp8", "train.compile=true")
+    # torchao's fp8 runs compile their blocks on a GPU whatever train.compile says (the
+    # runtime's rule, train/spec/precision.py compiles_blocks): the elementwise work is the
+    # compiled bf16 run's, plus the casts.
+    assert fp8_prediction("fp8", "train.compile=true").step_time_s == fp8.step_time_s
     compiled_bf16 = fp8_prediction("bf16", "train.compile=true")
-    assert compiled.compute.memory_s - compiled_bf16.compute.memory_s < eager_casts / 5
+    assert fp8.compute.memory_s > compiled_bf16.compute.memory_s
 
 
 def test_sequence_parallelism_shards_the_norms_and_residual_adds():
@@ -109,3 +111,30 @@ def test_a_projection_says_which_fp8_it_assumed():
     te = compose_run_config(["run_dir=/unused", "precision=fp8", "precision.fp8.backend=te"])
     assert "fp8 via torchao tensorwise (backend=auto" in projection_note(auto)
     assert projection_note(te).startswith("fp8 via te current, Linears >= 4096 wide")
+
+
+def test_torchaos_float8_tp_styles_gather_fp8_activations():
+    """Under sequence parallelism the all-gathers into fp8 linears (forward) and out of them
+    (backward) carry 1 byte when torchao's float8 styles run (train/spec/traffic.py); the
+    reduce-scatters stay 16-bit."""
+    m = ModelConfig(
+        name="m", d_model=4096, n_layers=2, n_heads=32, n_kv_heads=32, ffn_hidden=8192,
+        vocab_size=256, max_seq_len=128,
+    )  # fmt: skip
+    plan = LayoutPlan("tp", Degrees(1, 1, 4), True, [])
+
+    def gathered(min_dim):
+        shape = StepShape(1, 128, 1, False, "fp8", fp8_tp_min_dim=min_dim)
+        by_kind = {}
+        for c in step_collectives(m, plan, shape):
+            by_kind[c.kind] = by_kind.get(c.kind, 0) + c.nbytes * c.calls
+        return by_kind
+
+    plain, fp8 = gathered(None), gathered(16)
+    assert fp8["reduce_scatter"] == plain["reduce_scatter"]
+    # Per block 2 inputs (the norms' outputs: fp32 under autocast over tp's fp32 weights, 4
+    # bytes) and 2 output gradients (16-bit) in 1 byte; the head's input and the embedding's
+    # gradient keep their width.
+    elements = 128 * m.d_model
+    saved = m.n_layers * elements * (2 * (4 - 1) + 2 * (2 - 1))
+    assert plain["all_gather"] - fp8["all_gather"] == saved

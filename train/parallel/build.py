@@ -44,7 +44,7 @@ from train.parallel.zero import (  # DeepSpeed itself is imported only there
 from train.spec.config import RunConfig
 from train.spec.config_error import ConfigError
 from train.spec.degrees import LayoutPlan
-from train.spec.precision import gathers_weights_in_fp8
+from train.spec.precision import gathers_weights_in_fp8, tp_gathers_in_fp8
 
 
 def build_model(
@@ -105,7 +105,8 @@ def build_layout(
             sequence_parallel=layout.sequence_parallel,
             # torchao's float8 styles all-gather fp8 tensors, which gloo cannot carry: on CPU
             # ranks the fp8 linears take the plain styles (their collectives in bf16/fp32).
-            float8=precision == "fp8" and fp8_backend == "torchao" and device.type == "cuda",
+            float8=precision == "fp8"
+            and tp_gathers_in_fp8(fp8_backend, on_gpu=device.type == "cuda"),
         )
         if cfg.parallel.async_tp:
             enable_async_tp(mesh["tp"], device)

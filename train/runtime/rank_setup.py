@@ -32,7 +32,13 @@ from train.runtime.shared_folders import check_shared_folders, folders_to_share
 from train.spec.config import RunConfig
 from train.spec.degrees import LayoutPlan
 from train.spec.devices import profile_mismatch
-from train.spec.precision import PrecisionPlan, peak_tflops_for, precision_for_run
+from train.spec.precision import (
+    PrecisionPlan,
+    compiles_blocks,
+    peak_tflops_for,
+    precision_for_run,
+    tp_gathers_in_fp8,
+)
 from train.spec.rules import check_run
 from train.spec.shapes import count_params, flops_per_token, recompute_flops_per_token
 from train.spec.traffic import Collective, CommVolume, StepShape, step_collectives
@@ -105,6 +111,7 @@ def set_up(cfg: RunConfig, run_dir: Path, rank: distributed.RankInfo) -> RankRun
         precision=plan.resolved,
         fp8_all_gather_min_dim=plan.fp8_min_dim if fp8_all_gather else None,
         fp8_delayed_min_dim=plan.fp8_min_dim if _te_delayed(plan) else None,
+        fp8_tp_min_dim=plan.fp8_min_dim if _fp8_tp(plan, rank.device) else None,
     )
     scaler = _loss_scaler(cfg, plan, layout, layout_plan, rank.device)
     # Resumes from the latest complete checkpoint (train/checkpoint/checkpointer.py).
@@ -153,6 +160,13 @@ def set_up(cfg: RunConfig, run_dir: Path, rank: distributed.RankInfo) -> RankRun
     )
 
 
+def _fp8_tp(plan: PrecisionPlan, device: torch.device) -> bool:
+    """torchao's float8 TP styles (train/parallel/build.py): fp8 sequence-parallel gathers."""
+    return plan.resolved == "fp8" and tp_gathers_in_fp8(
+        plan.fp8_backend, on_gpu=device.type == "cuda"
+    )
+
+
 def _te_delayed(plan: PrecisionPlan) -> bool:
     """Transformer Engine's delayed scaling, whose amaxes are all-reduced every micro-step."""
     return plan.fp8_backend == "te" and plan.fp8_recipe == "delayed"
@@ -189,8 +203,6 @@ def _place_model(
     model = build_model(cfg, layout_plan, plan.resolved, accum_steps, device)
     fp8_all_gather = fsdp_float8_all_gather(layout_plan, plan.fp8_backend, plan.fp8_recipe)
     model = prepare_model(model, plan, device, fsdp_float8_all_gather=fp8_all_gather)
-    # torchao's fp8 casts are only fast once fused by the compiler.
-    fp8_needs_compile = plan.fp8_backend == "torchao" and device.type == "cuda"
     layout = build_layout(
         model,
         cfg,
@@ -198,7 +210,9 @@ def _place_model(
         plan.resolved,
         accum_steps,
         device,
-        compile_blocks=cfg.train.compile or fp8_needs_compile,
+        compile_blocks=compiles_blocks(
+            cfg.train.compile, plan.fp8_backend, on_gpu=device.type == "cuda"
+        ),
         fp8_backend=plan.fp8_backend,
         fp8_recipe=plan.fp8_recipe,
     )

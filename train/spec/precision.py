@@ -79,6 +79,19 @@ def gathers_weights_in_fp8(row: Layout, fp8_backend: str | None, fp8_recipe: str
     return row.shards_parameters and fp8_backend == "torchao" and fp8_recipe == "tensorwise"
 
 
+def compiles_blocks(train_compile: bool, fp8_backend: str | None, *, on_gpu: bool) -> bool:
+    """Whether a run's blocks (and loss) are compiled: train.compile, or torchao fp8 on a GPU,
+    whose casts are only fast once the compiler fuses them (the performance model reads this
+    rule too)."""
+    return train_compile or (fp8_backend == "torchao" and on_gpu)
+
+
+def tp_gathers_in_fp8(fp8_backend: str | None, *, on_gpu: bool) -> bool:
+    """Whether tensor parallelism takes torchao's float8 styles, whose sequence-parallel
+    all-gathers carry fp8 (gloo cannot: CPU ranks keep the plain styles)."""
+    return fp8_backend == "torchao" and on_gpu
+
+
 def fp8_linear_count(model: ModelConfig, min_dim: int) -> int:
     """Linear layers per block that fp8 runs (the head never)."""
     return sum(

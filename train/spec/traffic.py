@@ -153,6 +153,9 @@ class StepShape:
     fp8_all_gather_min_dim: int | None = None
     # Transformer Engine's delayed scaling: linears this wide all-reduce their amaxes.
     fp8_delayed_min_dim: int | None = None
+    # torchao's float8 TP styles: sequence-parallel all-gathers into (forward) or out of
+    # (backward) fp8 linears this wide carry 1 byte.
+    fp8_tp_min_dim: int | None = None
 
     @classmethod
     def of_run(
@@ -163,6 +166,7 @@ class StepShape:
         precision: str,
         fp8_all_gather_min_dim: int | None = None,
         fp8_delayed_min_dim: int | None = None,
+        fp8_tp_min_dim: int | None = None,
     ) -> StepShape:
         """A step of ``cfg``: its micro batch and sequence, clipping and FSDP reduce dtype."""
         train = cfg.train
@@ -175,6 +179,7 @@ class StepShape:
             fsdp_reduce_dtype=cfg.parallel.fsdp_reduce_dtype,
             fp8_all_gather_min_dim=fp8_all_gather_min_dim,
             fp8_delayed_min_dim=fp8_delayed_min_dim,
+            fp8_tp_min_dim=fp8_tp_min_dim,
         )
 
     @property
@@ -336,9 +341,19 @@ def _tensor_parallel(m: ModelConfig, layout: LayoutPlan, shape: StepShape) -> li
             loss,
         ]
     norm_grads = m.d_model * GRADIENT_BYTES
-    return [
-        activations("all_gather", widths.norm_out, (passes + 2 * n_ckpt + 1) * accum),
-        activations("all_gather", widths.matmul_out, passes * accum),
+    # Per block: the attention's and the MLP's input gathered forward (and per replay), the
+    # gradients of wo's and w2's outputs gathered backward; torchao's float8 styles gather
+    # those of fp8 linears in 1 byte (an input only when every linear reading it is fp8).
+    fp8 = _fp8_tp_linears(m, shape.fp8_tp_min_dim)
+    inputs_fp8 = sum(group <= fp8 for group in ({"wq", "wk", "wv"}, {"w1", "w3"}))
+    outputs_fp8 = len(fp8 & {"wo", "w2"})
+    gathered_inputs = (m.n_layers + n_ckpt) * accum  # per input kind (attention, MLP)
+    gathered_grads = m.n_layers * accum  # per output kind (wo, w2)
+    collectives = [
+        activations("all_gather", widths.norm_out, (2 - inputs_fp8) * gathered_inputs + accum),
+        activations("all_gather", 1, inputs_fp8 * gathered_inputs),
+        activations("all_gather", widths.matmul_out, (2 - outputs_fp8) * gathered_grads),
+        activations("all_gather", 1, outputs_fp8 * gathered_grads),
         activations("all_gather", widths.stream, accum),
         activations("reduce_scatter", widths.matmul_out, (passes + n_ckpt) * accum),
         activations("reduce_scatter", widths.norm_out, (passes + 1) * accum),
@@ -346,6 +361,18 @@ def _tensor_parallel(m: ModelConfig, layout: LayoutPlan, shape: StepShape) -> li
         loss,
         Collective("all_reduce", "norm gradients", norm_grads, passes + 1, ("tp",), Phase.exposed),
     ]
+    return [c for c in collectives if c.calls]
+
+
+def _fp8_tp_linears(m: ModelConfig, min_dim: int | None) -> set[str]:
+    """The block linears (short names) torchao's float8 TP styles run, if they are in use."""
+    if min_dim is None:
+        return set()
+    return {
+        lin.name.split(".")[-1]
+        for lin in block_linears(m)
+        if fp8_eligible(lin.in_features, lin.out_features, min_dim)
+    }
 
 
 # -- FSDP2 ------------------------------------------------------------------------------------
