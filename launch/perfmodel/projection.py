@@ -27,7 +27,7 @@ from launch.perfmodel.step import Placement, Prediction, predict, projected_prec
 from train.spec.catalog import CATALOG, layout
 from train.spec.config import GpuConfig, RunConfig
 from train.spec.degrees import BatchRule, plan_layout
-from train.spec.rules import check_gpu
+from train.spec.rules import check_gpu, check_precision, layout_precision_refusal
 
 MODES = ("runs", "comm")
 COST_TOKENS = 1e9  # the cost column: dollars per billion tokens
@@ -77,6 +77,13 @@ def check_project(cfg: RunConfig) -> None:
     for name, price in p.price_per_gpu_hour.items():
         if price <= 0:
             raise ConfigError("project.price_per_gpu_hour", f"{name}: {price} must be > 0")
+    # The run rules on precision, as `python -m launch` applies them: an fp8 request whose
+    # layout cannot run fp8 is refused, not projected as fp8 (parallel=auto skips such layouts).
+    check_precision(cfg)
+    if cfg.parallel.name != "auto":
+        refusal = layout_precision_refusal(cfg)
+        if refusal:
+            raise ConfigError("precision.name", f"{cfg.precision.name}: {refusal}")
 
 
 def projection_record(cfg: RunConfig) -> dict:

@@ -267,6 +267,14 @@ def test_predict_run_on_the_cpu_uses_the_given_ceiling_and_the_emulated_link():
         (["train.global_batch=-1"], "train.global_batch"),
         (["project.interconnect_bound_share=1.5"], "project.interconnect_bound_share"),
         (["project.attention=bogus"], "project.attention"),
+        # The run rules on precision, as python -m launch applies them.
+        (["precision=fp8", "model=llama_7b", "parallel=zero3"], "precision.name"),  # DeepSpeed
+        (["precision=fp8", "model=llama_7b", "parallel=pp_fsdp"], "precision.name"),  # stages
+        (
+            ["precision=fp8", "model=llama_7b", "train.seq_len=100", "train.micro_batch=1"],
+            "train.micro_batch",
+        ),
+        (["precision=fp8"], "precision.fp8.min_dim"),  # tiny: nothing 4096 wide
     ],
 )
 def test_bad_projection_input_is_one_config_error_before_anything_is_written(
