@@ -986,10 +986,7 @@ def fp8_table() -> list[str]:
         pred = _prediction(run)
         got = pred.tokens_per_s_per_device
         ratios.append((run.split, got / run.published))
-        casts = (
-            pred.compute.memory_s
-            - _prediction(dataclasses.replace(run, precision="bf16")).compute.memory_s
-        )
+        casts = pred.compute.fp8_casts_s
         peak, usable = peak_memory(run, pred.memory)
         lines.append(
             f"| {run.split} | {run.config} | {run.published:,.0f} | {got:,.0f} "

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from launch.perfmodel.fp8 import Fp8Casts, cast_work
+from launch.perfmodel.fp8 import CastWork, Fp8Casts, cast_work
 from launch.perfmodel.hardware import KERNEL_GAP_S, PartRates
 from launch.perfmodel.host import (
     BACKWARD_KERNELS_PER_BLOCK,
@@ -113,6 +113,7 @@ class ComputeTime:
     model_flops: float  # per rank per step, without recompute (MFU's numerator)
     hardware_flops: float  # with recompute (HFU's)
     gaps_s: float = 0.0  # kernel-to-kernel gaps
+    fp8_casts_s: float = 0.0  # of memory_s: the casts into fp8 (fp8.py)
 
     @property
     def total_s(self) -> float:
@@ -197,17 +198,21 @@ def compute_time(
         compiled=compiled,
     )
     gaps_s = kernel_gaps_s(m.n_layers, n_ckpt, accum_steps, compiled) if rates.sms else 0.0
+    casts = CastWork(0.0, 0)
     if precision == "fp8":
         shard = plan.degrees.dp_shard if plan.row.shards_parameters else 1
         casts = cast_work(fp8, m, plan, tokens=tokens, accum_steps=accum_steps, shard_ranks=shard)
-        nbytes += casts.nbytes
         gaps_s += casts.kernels * KERNEL_GAP_S if rates.sms else 0.0
     # No memory bandwidth known (a profile without one): left out, stated in the docs.
-    memory_s = nbytes / (rates.hbm_gbytes_per_s * 1e9) if rates.hbm_gbytes_per_s else 0.0
+    rate = rates.hbm_gbytes_per_s * 1e9 if rates.hbm_gbytes_per_s else None
+    casts_s = casts.nbytes / rate if rate else 0.0
+    memory_s = (nbytes / rate if rate else 0.0) + casts_s
     # Forward: a third of each block's work; a replayed forward belongs to backward.
     work = matmul_s + attention_s + memory_s + gaps_s
     forward_s = work * m.n_layers / (3 * m.n_layers + n_ckpt)
-    return ComputeTime(matmul_s, attention_s, memory_s, forward_s, *flops.of_step(tokens), gaps_s)
+    return ComputeTime(
+        matmul_s, attention_s, memory_s, forward_s, *flops.of_step(tokens), gaps_s, casts_s
+    )
 
 
 @dataclass(frozen=True)

@@ -121,6 +121,7 @@ class Prediction:
                 "attention": self.compute.attention_s,
                 "memory_bound": self.compute.memory_s,
                 "kernel_gaps": self.compute.gaps_s,
+                "fp8_casts": self.compute.fp8_casts_s,  # part of memory_bound
             },
             "attention_kernel": self.attention,
             "contention_s": self.contention_s,

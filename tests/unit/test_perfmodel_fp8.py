@@ -90,6 +90,10 @@ def test_an_fp8_step_pays_its_casts_and_gathers_its_weights_in_fp8():
     assert fp8_prediction("fp8", "train.compile=true").step_time_s == fp8.step_time_s
     compiled_bf16 = fp8_prediction("bf16", "train.compile=true")
     assert fp8.compute.memory_s > compiled_bf16.compute.memory_s
+    # projection.json itemises the casts (part of the memory-bound work).
+    casts = fp8.as_dict()["compute_breakdown_s"]["fp8_casts"]
+    assert casts == pytest.approx(fp8.compute.memory_s - compiled_bf16.compute.memory_s)
+    assert compiled_bf16.as_dict()["compute_breakdown_s"]["fp8_casts"] == 0
 
 
 def test_sequence_parallelism_shards_the_norms_and_residual_adds():
