@@ -8,7 +8,7 @@ import pytest
 from launch.perfmodel.compute import ELEMENTWISE_D, ROPE_SHARE_OF_D, memory_bound_bytes
 from launch.perfmodel.fp8 import Fp8Casts, cast_work, projection_note
 from launch.perfmodel.hardware import part_rates
-from launch.perfmodel.step import Placement, predict
+from launch.perfmodel.step import Placement, predict, predict_run
 from tests.conftest import compose_run_config
 from train.spec.config import ModelConfig
 from train.spec.degrees import Degrees, LayoutPlan, plan_layout
@@ -142,3 +142,21 @@ def test_torchaos_float8_tp_styles_gather_fp8_activations():
     elements = 128 * m.d_model
     saved = m.n_layers * elements * (2 * (4 - 1) + 2 * (2 - 1))
     assert plain["all_gather"] - fp8["all_gather"] == saved
+
+
+def test_a_measured_runs_prediction_takes_the_fp8_library_it_resolved():
+    """The report predicts a run as it ran: summary.json's precision names the backend and
+    recipe that precision.fp8.backend=auto resolved to on its nodes."""
+    cfg = compose_run_config(
+        ["gpu=h100_sxm", "run_dir=/unused", "model=llama_7b", "train.seq_len=4096",
+         "train.micro_batch=1", "train.global_batch=8", "parallel=fsdp", "precision=fp8"]
+    )  # fmt: skip
+    ran = {"world_size": 8, "nproc_per_node": 8, "nodes": 1}
+
+    def casts_s(**resolved):
+        return predict_run(cfg, ran, precision="fp8", fp8_resolved=resolved).compute.fp8_casts_s
+
+    te = casts_s(resolved="fp8", fp8_backend="te", fp8_recipe="delayed")
+    torchao = casts_s(resolved="fp8", fp8_backend="torchao", fp8_recipe="tensorwise")
+    assert te > 0 and torchao > 0 and te != torchao
+    assert casts_s(resolved="fp8") == torchao  # none recorded: auto, projected as torchao
