@@ -200,8 +200,9 @@ def compute_time(
     gaps_s = kernel_gaps_s(m.n_layers, n_ckpt, accum_steps, compiled) if rates.sms else 0.0
     casts = CastWork(0.0, 0)
     if precision == "fp8":
-        shard = plan.degrees.dp_shard if plan.row.shards_parameters else 1
-        casts = cast_work(fp8, m, plan, tokens=tokens, accum_steps=accum_steps, shard_ranks=shard)
+        # FSDP's fp8 pre-gather casts: of the shard the optimizer steps (a single-device base
+        # splits them as its layout does, like the optimizer step: not a scaling gain).
+        casts = cast_work(fp8, m, plan, tokens=tokens, accum_steps=accum_steps, shard_ranks=split)
         gaps_s += casts.kernels * KERNEL_GAP_S if rates.sms else 0.0
     # No memory bandwidth known (a profile without one): left out, stated in the docs.
     rate = rates.hbm_gbytes_per_s * 1e9 if rates.hbm_gbytes_per_s else None
