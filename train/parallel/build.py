@@ -103,10 +103,8 @@ def build_layout(
             model,
             mesh["tp"],
             sequence_parallel=layout.sequence_parallel,
-            # torchao's float8 styles all-gather fp8 tensors, which gloo cannot carry: on CPU
-            # ranks the fp8 linears take the plain styles (their collectives in bf16/fp32).
-            float8=precision == "fp8"
-            and tp_gathers_in_fp8(fp8_backend, on_gpu=device.type == "cuda"),
+            # torchao's float8 styles gather fp8, which gloo cannot carry (CPU: plain styles).
+            float8=precision == "fp8" and tp_gathers_in_fp8(fp8_backend, on_gpu=device.is_cuda),
         )
         if cfg.parallel.async_tp:
             enable_async_tp(mesh["tp"], device)
