@@ -97,14 +97,14 @@ def build_layout(
         )
     if row.expert_parallel:  # ep, ep_fsdp: experts split over ranks, tokens by all-to-all
         return _expert_parallel(model, cfg, layout, precision, device, compile_blocks, te_layers)
-    mesh = build_mesh(degrees, device)
+    mesh, on_gpu = build_mesh(degrees, device), device.type == "cuda"
     if degrees.tp > 1:
         apply_tensor_parallel(
             model,
             mesh["tp"],
             sequence_parallel=layout.sequence_parallel,
             # torchao's float8 styles gather fp8, which gloo cannot carry (CPU: plain styles).
-            float8=precision == "fp8" and tp_gathers_in_fp8(fp8_backend, on_gpu=device.is_cuda),
+            float8=precision == "fp8" and tp_gathers_in_fp8(fp8_backend, on_gpu=on_gpu),
         )
         if cfg.parallel.async_tp:
             enable_async_tp(mesh["tp"], device)
