@@ -32,6 +32,7 @@ communication behind).
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from launch.perfmodel.fp8 import CastWork, Fp8Casts, cast_work
@@ -46,6 +47,7 @@ from train.spec import shapes
 from train.spec.config import ModelConfig
 from train.spec.degrees import LayoutPlan
 from train.spec.precision import SIXTEEN_BIT, fp8_eligible
+from train.spec.traffic import Collective
 
 # Bytes per token per block that elementwise kernels stream, counted from
 # train/model/transformer.py under bf16 autocast (fp32 residual): forward 56 per d element (two
@@ -114,6 +116,7 @@ class ComputeTime:
     hardware_flops: float  # with recompute (HFU's)
     gaps_s: float = 0.0  # kernel-to-kernel gaps
     fp8_casts_s: float = 0.0  # of memory_s: the casts into fp8 (fp8.py)
+    regroup_s: float = 0.0  # of memory_s: sequence-parallel regrouping copies
 
     @property
     def total_s(self) -> float:
@@ -384,3 +387,40 @@ def _local_params(m: ModelConfig, plan: LayoutPlan) -> int:
 def layout_optimizer_split(plan: LayoutPlan) -> int:
     """Ranks the optimizer step is split over (sharded layouts step their shard)."""
     return plan.row.optimizer_split(plan.degrees.dp_shard)
+
+
+def sequence_regroup_bytes(collectives: list[Collective], micro_batch: int) -> float:
+    """Bytes of the copies DTensor's sequence-parallel collectives make: they gather and
+    scatter along the sequence (dim 1) while NCCL works along dim 0, so torch reorders every
+    tensor it reduce-scatters (torch/_utils.py _chunk_or_narrow_cat: torch.cat of the chunks,
+    always a copy) and every gathered one unless a micro-step holds one sequence
+    (_maybe_view_chunk_cat: a view only when every dimension crossed has size 1); each copy
+    reads and writes the whole tensor. torch 2.13's code; compiled or not, the copy stays
+    (a GEMM, an extern kernel, reads its input whole)."""
+    total = 0.0
+    for c in collectives:
+        dims = c.group  # mesh dimensions: the TP group's activations alone
+        if dims != ("tp",) or c.role != "activations":
+            continue
+        if c.kind == "reduce_scatter" or (c.kind == "all_gather" and micro_batch > 1):
+            total += 2 * c.nbytes * c.calls
+    return total
+
+
+def with_sequence_regroups(
+    compute: ComputeTime, collectives: list[Collective], micro_batch: int, rates: PartRates
+) -> ComputeTime:
+    """``compute`` with the sequence-parallel regrouping copies (sequence_regroup_bytes) added
+    to its memory-bound work, shared between forward and backward as the rest is."""
+    rate = rates.hbm_gbytes_per_s or (rates.host.memory_gbytes_per_s if rates.host else None)
+    nbytes = sequence_regroup_bytes(collectives, micro_batch)
+    if not nbytes or not rate:
+        return compute
+    seconds = nbytes / (rate * 1e9)
+    forward_share = compute.forward_s / compute.total_s if compute.total_s else 0.0
+    return dataclasses.replace(
+        compute,
+        memory_s=compute.memory_s + seconds,
+        forward_s=compute.forward_s + seconds * forward_share,
+        regroup_s=seconds,
+    )

@@ -18,7 +18,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from launch.errors import ConfigError
-from launch.perfmodel.compute import ComputeTime, compute_time, layout_optimizer_split
+from launch.perfmodel.compute import (
+    ComputeTime,
+    compute_time,
+    layout_optimizer_split,
+    with_sequence_regroups,
+)
 from launch.perfmodel.fp8 import Fp8Casts
 from launch.perfmodel.hardware import PartRates, part_rates
 from launch.perfmodel.host import HostRates
@@ -122,6 +127,7 @@ class Prediction:
                 "memory_bound": self.compute.memory_s,
                 "kernel_gaps": self.compute.gaps_s,
                 "fp8_casts": self.compute.fp8_casts_s,  # part of memory_bound
+                "sequence_regroups": self.compute.regroup_s,  # part of memory_bound
             },
             "attention_kernel": self.attention,
             "contention_s": self.contention_s,
@@ -197,8 +203,10 @@ def predict(
         )
     else:
         compute = _compute_time(cfg, plan, accum, precision, rates, attention=attention)
+        collectives = step_collectives(m, plan, shape)
+        compute = with_sequence_regroups(compute, collectives, train.micro_batch, rates)
         comm = comm_time(
-            step_collectives(m, plan, shape),
+            collectives,
             compute,
             degrees=plan.degrees,
             nproc_per_node=where.nproc_per_node,

@@ -1,11 +1,17 @@
-"""fp8's casts in the step model (launch/perfmodel/fp8.py) and the elementwise work sequence
-parallelism shards (compute.py): the counts their docstrings derive, checked by hand."""
+"""fp8's casts in the step model (launch/perfmodel/fp8.py), and what sequence parallelism
+changes (compute.py: the elementwise work it shards, the copies its collectives make): the
+counts their docstrings derive, checked by hand."""
 
 from __future__ import annotations
 
 import pytest
 
-from launch.perfmodel.compute import ELEMENTWISE_D, ROPE_SHARE_OF_D, memory_bound_bytes
+from launch.perfmodel.compute import (
+    ELEMENTWISE_D,
+    ROPE_SHARE_OF_D,
+    memory_bound_bytes,
+    sequence_regroup_bytes,
+)
 from launch.perfmodel.fp8 import Fp8Casts, cast_work, projection_note
 from launch.perfmodel.hardware import part_rates
 from launch.perfmodel.step import Placement, predict, predict_run
@@ -163,3 +169,31 @@ def test_a_measured_runs_prediction_takes_the_fp8_library_it_resolved():
     torchao = casts_s(resolved="fp8", fp8_backend="torchao", fp8_recipe="tensorwise")
     assert te > 0 and torchao > 0 and te != torchao
     assert casts_s(resolved="fp8") == torchao  # none recorded: auto, projected as torchao
+
+
+def test_sequence_parallel_collectives_pay_torchs_regrouping_copies():
+    """DTensor gathers and scatters along the sequence, NCCL along dim 0: every reduce-scatter
+    input is reordered (a copy), every gathered tensor too unless a micro-step holds one
+    sequence; each copy reads and writes the whole tensor. No SP, no copies."""
+    m = ModelConfig(
+        name="m", d_model=256, n_layers=2, n_heads=4, n_kv_heads=4, ffn_hidden=512,
+        vocab_size=256, max_seq_len=128,
+    )  # fmt: skip
+    sp = LayoutPlan("tp", Degrees(1, 1, 4), True, [])
+    plain = LayoutPlan("tp", Degrees(1, 1, 4), False, [])
+
+    def regrouped(plan, micro_batch):
+        shape = StepShape(micro_batch, 128, 1, False, "bf16")
+        return sequence_regroup_bytes(step_collectives(m, plan, shape), micro_batch)
+
+    def moved(plan, micro_batch, kind):
+        shape = StepShape(micro_batch, 128, 1, False, "bf16")
+        return sum(
+            c.nbytes * c.calls
+            for c in step_collectives(m, plan, shape)
+            if c.kind == kind and c.role == "activations"
+        )
+
+    assert regrouped(plain, 2) == 0
+    assert regrouped(sp, 1) == 2 * moved(sp, 1, "reduce_scatter")
+    assert regrouped(sp, 2) == 2 * (moved(sp, 2, "reduce_scatter") + moved(sp, 2, "all_gather"))
