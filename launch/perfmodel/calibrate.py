@@ -49,6 +49,9 @@ class Calibration:
             ),
             attention_fraction=rates.attention_fraction * self.compute_scale,
             hbm_gbytes_per_s=hbm * self.compute_scale if hbm else hbm,
+            copy_gbytes_per_s=(
+                rates.copy_gbytes_per_s * self.compute_scale if rates.copy_gbytes_per_s else None
+            ),
             intra=scaled(rates.intra, self.intra_scale),
             pcie=scaled(rates.pcie, self.intra_scale),
             inter=scaled(rates.inter, self.inter_scale),

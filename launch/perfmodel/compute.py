@@ -207,9 +207,11 @@ def compute_time(
         # splits them as its layout does, like the optimizer step: not a scaling gain).
         casts = cast_work(fp8, m, plan, tokens=tokens, accum_steps=accum_steps, shard_ranks=split)
         gaps_s += casts.kernels * KERNEL_GAP_S if rates.sms else 0.0
-    # No memory bandwidth known (a profile without one): left out, stated in the docs.
+    # No memory bandwidth known (a profile without one): left out, stated in the docs. The
+    # casts are counted exactly and only stream: a device copy's rate (hardware.COPY_FRACTION).
     rate = rates.hbm_gbytes_per_s * 1e9 if rates.hbm_gbytes_per_s else None
-    casts_s = casts.nbytes / rate if rate else 0.0
+    copy_rate = rates.copy_gbytes_per_s * 1e9 if rates.copy_gbytes_per_s else rate
+    casts_s = casts.nbytes / copy_rate if copy_rate else 0.0
     memory_s = (nbytes / rate if rate else 0.0) + casts_s
     # Forward: a third of each block's work; a replayed forward belongs to backward.
     work = matmul_s + attention_s + memory_s + gaps_s
@@ -410,9 +412,10 @@ def sequence_regroup_bytes(collectives: list[Collective], micro_batch: int) -> f
 def with_sequence_regroups(
     compute: ComputeTime, collectives: list[Collective], micro_batch: int, rates: PartRates
 ) -> ComputeTime:
-    """``compute`` with the sequence-parallel regrouping copies (sequence_regroup_bytes) added
-    to its memory-bound work, shared between forward and backward as the rest is."""
-    rate = rates.hbm_gbytes_per_s or (rates.host.memory_gbytes_per_s if rates.host else None)
+    """``compute`` with the sequence-parallel regrouping copies (sequence_regroup_bytes), at a
+    device copy's rate (hardware.COPY_FRACTION), added to its memory-bound work, shared
+    between forward and backward as the rest is."""
+    rate = rates.copy_gbytes_per_s or (rates.host.memory_gbytes_per_s if rates.host else None)
     nbytes = sequence_regroup_bytes(collectives, micro_batch)
     if not nbytes or not rate:
         return compute

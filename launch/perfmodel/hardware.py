@@ -70,6 +70,13 @@ ATTENTION_FRACTION = {"ampere": 0.60, "hopper": 0.38, "ada": 0.35}
 # copy's 0.86-0.88 (the H200 device copy, anchors.md): the count misses fp32 intermediates
 # and kernels run below bandwidth. Other parts ASSUMED alike (the same code runs there).
 HBM_FRACTION = 0.43
+# Bytes counted exactly, in kernels that only stream (fp8's casts, compute.py's sequence-
+# parallel regrouping copies: torch.cat), at a device copy's share of the datasheet rate:
+# 4.13-4.23 of 4.8 TB/s (read + write) on an H200 (shared/reference/anchors.md, 2026-11-27):
+# 0.87. Other parts ASSUMED alike. Chosen for these after fp8 was first counted at
+# HBM_FRACTION, which put torchtitan's compiled Float8 runs and this project's own H100
+# fp8 run (results/gpu/2026-11-28-h100-sxm) 10-12% slow against bf16 (docs: the fp8 casts).
+COPY_FRACTION = 0.87
 DEFAULT_MATMUL_FRACTION = 0.78  # a part of no known generation (assumed)
 # A board power limit below TDP (gpu.power_limit_w, e.g. Meta's Grand Teton H100s at 500 W of
 # 700): throughput of LLM training relative to the TDP, by limit / TDP. H100: Mayr et al.
@@ -215,7 +222,7 @@ class PartRates:
     attention_fraction: float
     compute_source: str
     hbm_bytes: float | None
-    hbm_gbytes_per_s: float | None  # achievable
+    hbm_gbytes_per_s: float | None  # achievable by the counted elementwise work
     gpus_per_node: int
     intra: Link | None  # between ranks of one node joined by NVLink (or loopback on CPU)
     intra_span: int  # ranks the intra link joins (NVSwitch: the node)
@@ -233,6 +240,7 @@ class PartRates:
     nvls_efficiency: float | None = None
     sms: int | None = None  # streaming multiprocessors (NCCL's channels take some)
     fp8_matmul_fraction: float | None = None  # of the fp8 peak (None: the bf16 fraction)
+    copy_gbytes_per_s: float | None = None  # by kernels that only stream (COPY_FRACTION)
 
     def link_inside(self, group_ranks_in_node: int) -> Link | None:
         if self.intra is not None and group_ranks_in_node <= self.intra_span:
@@ -266,6 +274,7 @@ def part_rates(
     if power_source:
         source = f"{source}; {power_source}"
     hbm = gpu.hbm_gbytes_per_s * HBM_FRACTION * power if gpu.hbm_gbytes_per_s else None
+    copy = gpu.hbm_gbytes_per_s * COPY_FRACTION * power if gpu.hbm_gbytes_per_s else None
     span = NVLINK_SPAN.get(gpu.name, gpu.gpus_per_node)
     nvswitch = bool(gpu.nvlink_gbytes_per_s_bidir) and span == gpu.gpus_per_node
     return PartRates(
@@ -288,6 +297,7 @@ def part_rates(
         nvls_efficiency=NVLS_EFFICIENCY.get(generation or "") if nvswitch else None,
         sms=SMS.get(gpu.name),
         fp8_matmul_fraction=_fp8_fraction(generation, matmul),
+        copy_gbytes_per_s=copy,
     )
 
 

@@ -9,11 +9,13 @@ import pytest
 from launch.perfmodel.compute import (
     ELEMENTWISE_D,
     ROPE_SHARE_OF_D,
+    ComputeTime,
     memory_bound_bytes,
     sequence_regroup_bytes,
+    with_sequence_regroups,
 )
 from launch.perfmodel.fp8 import Fp8Casts, cast_work, projection_note
-from launch.perfmodel.hardware import part_rates
+from launch.perfmodel.hardware import COPY_FRACTION, HBM_FRACTION, part_rates
 from launch.perfmodel.step import Placement, predict, predict_run
 from tests.conftest import compose_run_config
 from train.spec.config import ModelConfig
@@ -197,3 +199,18 @@ def test_sequence_parallel_collectives_pay_torchs_regrouping_copies():
     assert regrouped(plain, 2) == 0
     assert regrouped(sp, 1) == 2 * moved(sp, 1, "reduce_scatter")
     assert regrouped(sp, 2) == 2 * (moved(sp, 2, "reduce_scatter") + moved(sp, 2, "all_gather"))
+
+
+def test_exactly_counted_streaming_bytes_run_at_a_device_copys_rate():
+    """The casts and the regrouping copies stream at COPY_FRACTION of the datasheet rate, not
+    at the elementwise work's HBM_FRACTION (which stands in for what that count misses)."""
+    rates = part_rates(compose_run_config(["gpu=h100_sxm", "run_dir=/unused"]).gpu)
+    assert rates.copy_gbytes_per_s == pytest.approx(3350 * COPY_FRACTION)
+    assert rates.hbm_gbytes_per_s == pytest.approx(3350 * HBM_FRACTION)
+    sp = LayoutPlan("tp", Degrees(1, 1, 4), True, [])
+    collectives = step_collectives(TINY, sp, StepShape(2, 128, 1, False, "bf16"))
+    before = ComputeTime(1.0, 0.0, 0.5, 0.4, 0.0, 0.0)
+    after = with_sequence_regroups(before, collectives, 2, rates)
+    seconds = sequence_regroup_bytes(collectives, 2) / (rates.copy_gbytes_per_s * 1e9)
+    assert after.regroup_s == pytest.approx(seconds)
+    assert after.memory_s == pytest.approx(0.5 + seconds)
