@@ -161,6 +161,9 @@ class RealCluster:
             "MPLCONFIGDIR": str(cache / "matplotlib"),
             "PYTHONPATH": str(REPO),
             "SLURM_CONF": str(self.slurm_conf),
+            # torchrun's --log-dir: its torchelastic_* folders inside the cluster's root, which
+            # teardown removes, not in the system's temporary folder.
+            "PET_LOG_DIR": str(self.root / "torchelastic"),
             "OMP_NUM_THREADS": "1",
             "WANDB_MODE": "disabled",
             "HYDRA_FULL_ERROR": "0",
