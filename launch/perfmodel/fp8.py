@@ -77,11 +77,12 @@ SHARED_INPUT = {
 PROJECTED_AUTO_BACKEND = "torchao"
 
 
-def backend_and_recipe(cfg: RunConfig, backend: str | None = None) -> tuple[str, str]:
-    """The fp8 library and scaling recipe a projection takes for ``cfg``: ``backend`` (a run's
-    resolved one), else precision.fp8.backend, auto taken as PROJECTED_AUTO_BACKEND."""
+def backend_and_recipe(cfg: RunConfig) -> tuple[str, str]:
+    """The fp8 library and scaling recipe a projection takes for ``cfg``: precision.fp8's,
+    backend=auto taken as PROJECTED_AUTO_BACKEND (a measured run's report puts the backend it
+    resolved into the config: step.predict_run)."""
     fp8 = cfg.precision.fp8
-    backend = backend or str(fp8.backend)
+    backend = str(fp8.backend)
     if backend == "auto":
         backend = PROJECTED_AUTO_BACKEND
     return backend, str(fp8.recipe) if fp8.recipe is not None else FP8_RECIPES[backend][0]
@@ -108,14 +109,14 @@ class Fp8Casts:
     backend: str  # torchao | te
     recipe: str  # torchao: tensorwise | rowwise; te: current | delayed
     min_dim: int  # precision.fp8.min_dim: narrower Linears stay 16-bit
-    compiled: bool  # train.compile (torchao's casts fuse; TE's kernels are its own)
+    compiled: bool  # the blocks are compiled (torchao's casts fuse; TE's kernels are its own)
     weights_gathered_in_fp8: bool  # torchao's float8 all-gather under FSDP2
 
     @classmethod
-    def of_run(cls, cfg: RunConfig, plan: LayoutPlan, backend: str | None = None) -> Fp8Casts:
-        """``cfg``'s fp8, ``backend`` (a run's resolved one) in place of its setting."""
+    def of_run(cls, cfg: RunConfig, plan: LayoutPlan) -> Fp8Casts:
+        """``cfg``'s fp8 under ``plan``."""
         fp8 = cfg.precision.fp8
-        backend, recipe = backend_and_recipe(cfg, backend)
+        backend, recipe = backend_and_recipe(cfg)
         return cls(
             backend=backend,
             recipe=recipe,
