@@ -99,9 +99,6 @@ TRITON_FA_SLOWDOWN = (1.4, 2.0)
 MATH_SCORE_BYTES = 22  # per score element and block, forward + backward, 16-bit
 MATH_REPLAY_SCORE_BYTES = 8
 GEMMS_PER_BLOCK = (7, 14)  # forward, backward (input and weight gradients)
-# An fp8 run given no Fp8Casts: torchao's tensorwise defaults (compiled, as the runtime runs
-# them on a GPU), bf16 weight gathers.
-DEFAULT_FP8_CASTS = Fp8Casts("torchao", "tensorwise", 4096, True, False)
 
 
 @dataclass(frozen=True)
@@ -162,8 +159,8 @@ def compute_time(
     head: bool = True,
     compiled: bool = False,
 ) -> ComputeTime:
-    """``fp8``: how an fp8 run casts (its linears, its casts' bytes and kernels: fp8.py;
-    None: torchao's tensorwise defaults); ``optimizer_split``: ranks the AdamW step is split
+    """``fp8``: how an fp8 run casts (its linears, its casts' bytes and kernels: fp8.py; an
+    fp8 step needs it); ``optimizer_split``: ranks the AdamW step is split
     over (default: the layout's);
     ``attention``: the attention kernel (ATTENTION_KERNELS); ``head``: whether this rank runs
     the output head (a pipeline stage other than the last does not); ``compiled``:
@@ -176,7 +173,8 @@ def compute_time(
     width = "bf16" if precision == "fp8" else precision
     bf16_rate = matmul_rate(rates, width)
     if precision == "fp8":
-        fp8 = fp8 or DEFAULT_FP8_CASTS
+        if fp8 is None:
+            raise ValueError("an fp8 step needs its Fp8Casts (fp8.Fp8Casts.of_run)")
         compiled = compiled or fp8.compiled  # torchao's fp8 runs compile their blocks
         share = fp8_share(m, fp8.min_dim)
         fp8_rate = matmul_rate(rates, "fp8")
