@@ -20,6 +20,7 @@ import copy
 from dataclasses import dataclass
 
 from launch.errors import ConfigError
+from launch.perfmodel.compute import RUNTIME_KERNELS, Kernels
 from launch.perfmodel.hardware import PartRates, part_rates
 from launch.perfmodel.step import Placement, Prediction, predict, projected_precision
 from train.spec.catalog import ROWS, Layout
@@ -154,7 +155,7 @@ def choose_layout(
     precision: str | None = None,
     rates: PartRates | None = None,
     batch: BatchRule | None = None,
-    attention: str = "flash",
+    kernels: Kernels = RUNTIME_KERNELS,
 ) -> Choice:
     """The best layout for ``cfg`` at this shape; ConfigError naming the memory if none fits.
     ``batch``: each candidate's global batch (default: train.global_batch for all); under
@@ -164,7 +165,7 @@ def choose_layout(
     width = "bf16" if precision == "fp8" else precision
     rates = rates or part_rates(cfg.gpu, precision=width)
     batch = batch or BatchRule(global_batch=cfg.train.global_batch)
-    candidates, refusals = _candidates(cfg, where, precision, rates, batch, attention)
+    candidates, refusals = _candidates(cfg, where, precision, rates, batch, kernels)
     if not candidates:
         # Refused whatever the layout (a sequence too long, fp8 with nothing to run in it):
         # the first rule's own error, naming its key.
@@ -218,7 +219,7 @@ def _candidates(
     precision: str,
     rates: PartRates,
     batch: BatchRule,
-    attention: str,
+    kernels: Kernels,
 ) -> tuple[list[Candidate], list[ConfigError]]:
     """Every candidate layout with and without full checkpointing that passes the run rules,
     predicted (in candidate order; no checkpointing first), and why the others were refused.
@@ -237,7 +238,7 @@ def _candidates(
                     global_batch=global_batch,
                     precision=precision,
                     rates=rates,
-                    attention=attention,
+                    kernels=kernels,
                 )
             except ConfigError as exc:
                 refusals.append(exc)

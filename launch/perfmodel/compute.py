@@ -22,6 +22,10 @@
 - a gap of hardware.KERNEL_GAP_S between consecutive kernels: per block the elementwise
   kernels counted from train/model/transformer.py (host.py's counts), its 7 GEMMs forward and
   14 backward, attention's one each way; replayed blocks their forward again.
+Which kernels run is an input (Kernels): this project's runtime runs the defaults; a
+published run the model is checked against names its own attention kernel, block
+(``mpt``: llm-foundry's MPT, whose elementwise work and GEMMs differ from this project's
+block) and loss (``fused``: flash_attn's cross-entropy kernel).
 train.compile=true fuses the elementwise work: fewer bytes and kernels (the *_COMPILED counts).
 fp8 runs the Linear layers precision.fp8.min_dim wide or wider at the fp8 peak, the rest in
 bf16 (train/runtime/numerics.py's rule), and adds their casts into fp8 to the memory-bound
@@ -77,6 +81,28 @@ ELEMENTWISE_D_COMPILED = ELEMENTWISE_D * 36 / 56
 ELEMENTWISE_F_COMPILED = ELEMENTWISE_F * 6 / 10
 HEAD_BYTES_PER_VOCAB_COMPILED = 6
 COMPILED_KERNELS_PER_BLOCK = (5, 10)  # forward, backward
+# llm-foundry's MPT as its benchmark yamls build it (scripts/train/yamls/pretrain/mpt-*.yaml,
+# llmfoundry/models/mpt/modeling_mpt.py, layers/blocks.py, norm.py, ffn.py; eager, bf16
+# autocast). Composer's FSDP mixed precision DEFAULT (the README's "MP Mode") sets param_dtype
+# to the autocast dtype, so the embeddings' output, and with it the residual stream, is 16-bit
+# (ours is fp32). Forward per d element: low_precision_layernorm's casts are then no-ops and
+# it normalises in 16 bits (read 2, write 2), twice: 8; the two residual adds read 2 + 2 and
+# write 2: 12; positions are learned and added once, at the embedding (learned_pos_emb; the
+# README's parameter counts grow with the sequence by seq x d): no rope. 20 against our 56.
+# Its MLP is GELU over 4d hidden elements (read 2, write 2 forward): 4 per hidden element,
+# hidden = 3/2 of the stand-in SwiGLU's f (the GELU width of the same parameters, hence the
+# same FLOPs). Backward twice the forward, as ours. Kernels per block forward: two layer
+# norms, two adds and the GELU (5; backward twice that), and 4 GEMMs (Wqkv, out_proj,
+# up_proj, down_proj; 8 backward) against our 7 (14).
+MPT_ELEMENTWISE_D = 3 * 20
+MPT_ELEMENTWISE_HIDDEN = 3 * 4
+MPT_HIDDEN_PER_FFN = 3 / 2
+# flash_attn's fused cross-entropy (xentropy, MPT's default loss_fn): the head GEMM writes the
+# 16-bit logits (2), the forward kernel reads them (2), the backward kernel reads them again
+# and writes their gradient (2 + 2): no fp32 copy, no log-softmax tensor.
+HEAD_BYTES_PER_VOCAB_FUSED = 8
+BLOCK_KERNELS = ("llama", "mpt")
+LOSS_KERNELS = ("torch", "fused")
 # Autocast casts each fp32 weight to 16 bits every forward (read 4, write 2) and turns its
 # 16-bit weight gradient into the fp32 .grad (write 2, read 2, read+write 4): 18 bytes per
 # parameter per micro-step; fp32 runs only accumulate (8).
@@ -99,6 +125,35 @@ TRITON_FA_SLOWDOWN = (1.4, 2.0)
 MATH_SCORE_BYTES = 22  # per score element and block, forward + backward, 16-bit
 MATH_REPLAY_SCORE_BYTES = 8
 GEMMS_PER_BLOCK = (7, 14)  # forward, backward (input and weight gradients)
+MPT_KERNELS_PER_BLOCK = (5, 10)  # elementwise, forward and backward (above)
+MPT_GEMMS_PER_BLOCK = (4, 8)
+
+
+@dataclass(frozen=True)
+class Kernels:
+    """Which kernels a step runs where stacks differ. This project's runtime runs the defaults;
+    a published run the model is checked against names its own (bench/published_points.py)."""
+
+    attention: str = "flash"
+    """ATTENTION_KERNELS: flash (SDPA on CUDA), math (unfused), flash_triton."""
+    block: str = "llama"
+    """BLOCK_KERNELS: llama (train/model/transformer.py: fp32 RMSNorm, rope, SwiGLU) or mpt
+    (llm-foundry's MPT: 16-bit LayerNorm, learned positions, GELU MLP; MPT_* counts)."""
+    loss: str = "torch"
+    """LOSS_KERNELS: torch (log-softmax + NLL over fp32 logits) or fused (flash_attn's
+    cross-entropy kernel: HEAD_BYTES_PER_VOCAB_FUSED)."""
+
+    def __post_init__(self) -> None:
+        for what, value, allowed in (
+            ("attention", self.attention, ATTENTION_KERNELS),
+            ("block", self.block, BLOCK_KERNELS),
+            ("loss", self.loss, LOSS_KERNELS),
+        ):
+            if value not in allowed:
+                raise ValueError(f"{what} kernel {value!r}: one of {', '.join(allowed)}")
+
+
+RUNTIME_KERNELS = Kernels()  # what this project's runtime runs
 
 
 @dataclass(frozen=True)
@@ -155,16 +210,16 @@ def compute_time(
     rates: PartRates,
     fp8: Fp8Casts | None = None,
     optimizer_split: int | None = None,
-    attention: str = "flash",
+    kernels: Kernels = RUNTIME_KERNELS,
     head: bool = True,
     compiled: bool = False,
 ) -> ComputeTime:
     """``fp8``: how an fp8 run casts (its linears, its casts' bytes and kernels: fp8.py; an
     fp8 step needs it); ``optimizer_split``: ranks the AdamW step is split
     over (default: the layout's);
-    ``attention``: the attention kernel (ATTENTION_KERNELS); ``head``: whether this rank runs
-    the output head (a pipeline stage other than the last does not); ``compiled``:
-    train.compile (fused elementwise kernels: the *_COMPILED counts above)."""
+    ``kernels``: the attention kernel, block and loss that run (Kernels); ``head``: whether
+    this rank runs the output head (a pipeline stage other than the last does not);
+    ``compiled``: train.compile (fused elementwise kernels: the *_COMPILED counts above)."""
     t = plan.degrees.tp
     tokens = micro_batch * seq_len * accum_steps  # every rank of a TP group sees them all
     n_ckpt = len(plan.checkpointed)
@@ -186,7 +241,7 @@ def compute_time(
     if rates.host is not None:
         return _host_compute_time(m, plan, micro_batch, seq_len, accum_steps, rates, split, flops)
     attention_s = tokens * _attention_s_per_token(
-        m, n_ckpt, seq_len, t, precision, rates, attention
+        m, n_ckpt, seq_len, t, precision, rates, kernels.attention
     )
     nbytes = memory_bound_bytes(
         m,
@@ -197,8 +252,10 @@ def compute_time(
         optimizer_split=split,
         head=head,
         compiled=compiled,
+        kernels=kernels,
     )
-    gaps_s = kernel_gaps_s(m.n_layers, n_ckpt, accum_steps, compiled) if rates.sms else 0.0
+    gaps = kernel_gaps_s(m.n_layers, n_ckpt, accum_steps, compiled, kernels.block)
+    gaps_s = gaps if rates.sms else 0.0
     casts = CastWork(0.0, 0)
     if precision == "fp8":
         # FSDP's fp8 pre-gather casts: of the shard the optimizer steps (a single-device base
@@ -295,16 +352,23 @@ def _attention_s_per_token(
 
 
 def kernel_gaps_s(
-    n_layers: int, n_checkpointed: int, accum_steps: int, compiled: bool = False
+    n_layers: int,
+    n_checkpointed: int,
+    accum_steps: int,
+    compiled: bool = False,
+    block: str = "llama",
 ) -> float:
     """hardware.KERNEL_GAP_S per GPU kernel of the blocks (module docstring)."""
-    elementwise = (
-        COMPILED_KERNELS_PER_BLOCK
-        if compiled
-        else (FORWARD_KERNELS_PER_BLOCK, BACKWARD_KERNELS_PER_BLOCK)
-    )
-    forward = elementwise[0] + GEMMS_PER_BLOCK[0] + 1
-    backward = elementwise[1] + GEMMS_PER_BLOCK[1] + 1
+    if block == "mpt":
+        _no_compiled_counts(block, compiled)
+        elementwise, gemms = MPT_KERNELS_PER_BLOCK, MPT_GEMMS_PER_BLOCK
+    elif compiled:
+        elementwise, gemms = COMPILED_KERNELS_PER_BLOCK, GEMMS_PER_BLOCK
+    else:
+        elementwise = (FORWARD_KERNELS_PER_BLOCK, BACKWARD_KERNELS_PER_BLOCK)
+        gemms = GEMMS_PER_BLOCK
+    forward = elementwise[0] + gemms[0] + 1
+    backward = elementwise[1] + gemms[1] + 1
     kernels = (forward + backward) * n_layers + forward * n_checkpointed
     return kernels * accum_steps * KERNEL_GAP_S
 
@@ -319,9 +383,10 @@ def memory_bound_bytes(
     optimizer_split: int,
     head: bool = True,
     compiled: bool = False,
+    kernels: Kernels = RUNTIME_KERNELS,
 ) -> float:
     """Bytes the memory-bound kernels of one step stream on one rank (module docstring;
-    ``compiled``: train.compile's fused kernels)."""
+    ``compiled``: train.compile's fused kernels; ``kernels``: the block and loss that run)."""
     t = plan.degrees.tp
     half_width = (2 if precision in SIXTEEN_BIT else 4) / 2
     n_ckpt = len(plan.checkpointed)
@@ -331,6 +396,12 @@ def memory_bound_bytes(
         else (ELEMENTWISE_D, ELEMENTWISE_F, HEAD_BYTES_PER_VOCAB)
     )
     rope = ROPE_SHARE_OF_D[compiled]
+    if kernels.block == "mpt":
+        _no_compiled_counts(kernels.block, compiled)
+        per_d, rope = MPT_ELEMENTWISE_D, 0.0
+        per_f = MPT_ELEMENTWISE_HIDDEN * MPT_HIDDEN_PER_FFN
+    if kernels.loss == "fused":
+        per_vocab = HEAD_BYTES_PER_VOCAB_FUSED
     token_share = 1 / t if plan.sequence_parallel else 1.0
     per_d *= rope / t + (1 - rope) * token_share
     per_block = (per_d * m.d_model + per_f * m.ffn_hidden / t) * half_width
@@ -348,6 +419,11 @@ def memory_bound_bytes(
         weights = WEIGHT_BYTES_PER_MICRO_STEP[key] * local_params * accum
     optimizer = OPTIMIZER_BYTES_PER_PARAM * local_params / max(1, optimizer_split)
     return tokens * per_token + weights + optimizer
+
+
+def _no_compiled_counts(block: str, compiled: bool) -> None:
+    if compiled:
+        raise ValueError(f"the {block} block has no compiled counts (train.compile=false)")
 
 
 def _host_compute_time(

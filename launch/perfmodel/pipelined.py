@@ -27,7 +27,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from launch.perfmodel.compute import ComputeTime, compute_time
+from launch.perfmodel.compute import RUNTIME_KERNELS, ComputeTime, Kernels, compute_time
 from launch.perfmodel.fp8 import Fp8Casts
 from launch.perfmodel.hardware import PartRates
 from launch.perfmodel.memory import (
@@ -98,7 +98,7 @@ def stage_steps(
     nproc_per_node: int,
     precision: str,
     rates: PartRates,
-    attention: str = "flash",
+    kernels: Kernels = RUNTIME_KERNELS,
 ) -> list[StageStep]:
     """Every pipeline rank's step (the step is the slowest)."""
     pipe = plan.pipeline
@@ -115,7 +115,7 @@ def stage_steps(
             precision=precision,
             rates=rates,
             fp8=Fp8Casts.of_run(cfg, plan),
-            attention=attention,
+            kernels=kernels,
             head=runs_head(pipe, r),
             compiled=cfg.train.compile,
         )

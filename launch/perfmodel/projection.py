@@ -20,7 +20,7 @@ from launch.errors import ConfigError
 from launch.perfmodel.calibrate import Calibration, load_calibration
 from launch.perfmodel.choose import choose_layout
 from launch.perfmodel.collectives import OPS, bus_factor, collective_time
-from launch.perfmodel.compute import ATTENTION_KERNELS
+from launch.perfmodel.compute import ATTENTION_KERNELS, Kernels
 from launch.perfmodel.fp8 import projection_note
 from launch.perfmodel.hardware import PartRates, part_rates, power_limit_share
 from launch.perfmodel.step import Placement, Prediction, predict, projected_precision
@@ -185,7 +185,8 @@ def _predict_one(
     cfg: RunConfig, where: Placement, precision: str, rates: PartRates, batch: BatchRule
 ) -> tuple[Prediction, str]:
     """The prediction of one placement with ``batch``'s global batch, and why this layout."""
-    given = {"precision": precision, "rates": rates, "attention": cfg.project.attention}
+    kernels = Kernels(attention=cfg.project.attention)
+    given = {"precision": precision, "rates": rates, "kernels": kernels}
     if cfg.parallel.name == "auto":
         choice = choose_layout(cfg, where, batch=batch, **given)
         return choice.prediction, choice.reason

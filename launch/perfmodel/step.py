@@ -19,7 +19,9 @@ from dataclasses import dataclass, field
 
 from launch.errors import ConfigError
 from launch.perfmodel.compute import (
+    RUNTIME_KERNELS,
     ComputeTime,
+    Kernels,
     compute_time,
     layout_optimizer_split,
     with_sequence_regroups,
@@ -58,7 +60,7 @@ class Prediction:
     contention_s: float = 0.0  # compute slowed by the SMs of hidden NCCL collectives
     pipeline_s: float = 0.0  # stage-to-stage sends (pipelines)
     bubble_s: float = 0.0  # the pipeline schedule's idle time
-    attention: str = "flash"
+    kernels: Kernels = RUNTIME_KERNELS
 
     @property
     def degrees(self) -> Degrees:
@@ -129,7 +131,7 @@ class Prediction:
                 "fp8_casts": self.compute.fp8_casts_s,  # part of memory_bound
                 "sequence_regroups": self.compute.regroup_s,  # part of memory_bound
             },
-            "attention_kernel": self.attention,
+            "attention_kernel": self.kernels.attention,
             "contention_s": self.contention_s,
             "pipeline_send_s": self.pipeline_s,
             "pipeline_bubble_s": self.bubble_s,
@@ -178,12 +180,12 @@ def predict(
     global_batch: int,
     precision: str,
     rates: PartRates,
-    attention: str = "flash",
+    kernels: Kernels = RUNTIME_KERNELS,
 ) -> Prediction:
     """One step of ``cfg`` under ``plan`` at ``where``, ``global_batch`` sequences over the
     data-parallel ranks: compute, then the collectives it issues and what of them overlap
     leaves exposed, memory per rank, and the single-device base of its efficiency.
-    ``attention``: the attention kernel (compute.ATTENTION_KERNELS)."""
+    ``kernels``: the attention kernel, block and loss that run (compute.Kernels)."""
     m, train = cfg.model, cfg.train
     batch = plan_batch(global_batch, train.micro_batch, plan.degrees.dp, where.world_size)
     accum = batch.accum_steps
@@ -199,10 +201,10 @@ def predict(
     if plan.pipeline is not None:
         plan = _with_batch_pipeline(cfg, plan, global_batch)
         compute, comm, bubble_s, memory = _pipeline_parts(
-            cfg, plan, shape, where, precision, rates, attention
+            cfg, plan, shape, where, precision, rates, kernels
         )
     else:
-        compute = _compute_time(cfg, plan, accum, precision, rates, attention=attention)
+        compute = _compute_time(cfg, plan, accum, precision, rates, kernels=kernels)
         collectives = step_collectives(m, plan, shape)
         compute = with_sequence_regroups(compute, collectives, train.micro_batch, rates)
         comm = comm_time(
@@ -243,12 +245,12 @@ def predict(
         memory=memory,
         peak_tflops=rates.peak_tflops.get(precision),
         base_tokens_per_s_per_device=_base_tokens_per_s(
-            cfg, plan, tokens / where.world_size, precision, rates, attention
+            cfg, plan, tokens / where.world_size, precision, rates, kernels
         ),
         contention_s=comm.contention_s,
         pipeline_s=comm.pipeline_s,
         bubble_s=bubble_s,
-        attention=attention,
+        kernels=kernels,
     )
 
 
@@ -273,7 +275,7 @@ def _pipeline_parts(
     where: Placement,
     precision: str,
     rates: PartRates,
-    attention: str,
+    kernels: Kernels,
 ) -> tuple[ComputeTime, CommTime, float, MemoryEstimate]:
     """The busiest pipeline rank's compute, comm and bubble (pipelined.py), its compute's
     FLOPs replaced by the whole model's over the pipeline ranks (MFU's per-device share)."""
@@ -284,10 +286,10 @@ def _pipeline_parts(
         nproc_per_node=where.nproc_per_node,
         precision=precision,
         rates=rates,
-        attention=attention,
+        kernels=kernels,
     )
     busiest = max(steps, key=lambda s: s.step_s)
-    whole = _compute_time(cfg, plan, shape.accum_steps, precision, rates, attention=attention)
+    whole = _compute_time(cfg, plan, shape.accum_steps, precision, rates, kernels=kernels)
     pp = plan.degrees.pp
     compute = dataclasses.replace(
         busiest.compute,
@@ -305,7 +307,7 @@ def _compute_time(
     precision: str,
     rates: PartRates,
     optimizer_split: int | None = None,
-    attention: str = "flash",
+    kernels: Kernels = RUNTIME_KERNELS,
 ) -> ComputeTime:
     return compute_time(
         cfg.model,
@@ -317,7 +319,7 @@ def _compute_time(
         rates=rates,
         fp8=Fp8Casts.of_run(cfg, plan),
         optimizer_split=optimizer_split,
-        attention=attention,
+        kernels=kernels,
         compiled=cfg.train.compile,
     )
 
@@ -328,7 +330,7 @@ def _base_tokens_per_s(
     tokens_per_device: float,
     precision: str,
     rates: PartRates,
-    attention: str = "flash",
+    kernels: Kernels = RUNTIME_KERNELS,
 ) -> float:
     """One device, no communication, the same per-device tokens, the optimizer step split
     as the layout splits it (sharding it is not a scaling gain); memory not checked."""
@@ -340,7 +342,7 @@ def _base_tokens_per_s(
     micro = cfg.train.micro_batch
     sequences = tokens_per_device / cfg.train.seq_len
     accum = max(1, round(sequences / micro))
-    t = _compute_time(cfg, one, accum, precision, rates, layout_optimizer_split(plan), attention)
+    t = _compute_time(cfg, one, accum, precision, rates, layout_optimizer_split(plan), kernels)
     return micro * accum * cfg.train.seq_len / t.total_s
 
 

@@ -1,11 +1,12 @@
 """The step model's layout-specific parts: pipelines (bubble per schedule, sends over NVLink or
 the NIC, in-flight microbatches), async TP's overlap, the memory of a published run that ran,
-and the attention kernel as an input."""
+and the kernels (attention, block, loss) as an input."""
 
 from __future__ import annotations
 
 import pytest
 
+from launch.perfmodel.compute import RUNTIME_KERNELS, Kernels
 from launch.perfmodel.hardware import part_rates
 from launch.perfmodel.pipelined import in_flight
 from launch.perfmodel.step import Placement, predict
@@ -15,7 +16,7 @@ from train.spec.degrees import plan_layout
 LLAMA = ["model=llama_7b", "train.seq_len=4096", "train.micro_batch=1"]
 
 
-def prediction(gpu: str, nodes: int, *overrides: str, attention: str = "flash"):
+def prediction(gpu: str, nodes: int, *overrides: str, kernels: Kernels = RUNTIME_KERNELS):
     cfg = compose_run_config([f"gpu={gpu}", "run_dir=/unused", *overrides])
     world = 8 * nodes
     plan = plan_layout(cfg, world, 8)
@@ -26,7 +27,7 @@ def prediction(gpu: str, nodes: int, *overrides: str, attention: str = "flash"):
         global_batch=cfg.train.global_batch,
         precision="bf16",
         rates=part_rates(cfg.gpu),
-        attention=attention,
+        kernels=kernels,
     )
 
 
@@ -140,7 +141,7 @@ def test_the_attention_kernel_is_an_input():
     streams the score matrix: slower than flash at the same shape."""
     fsdp = [*LLAMA, "parallel=fsdp", "train.global_batch=8"]
     flash = prediction("a100_80g", 1, *fsdp)
-    math = prediction("a100_80g", 1, *fsdp, attention="math")
+    math = prediction("a100_80g", 1, *fsdp, kernels=Kernels(attention="math"))
     assert math.compute.attention_s > 2 * flash.compute.attention_s
     assert math.compute.matmul_s == flash.compute.matmul_s
 
@@ -151,11 +152,40 @@ def test_flashattention_in_triton_is_fa2s_flops_at_its_papers_slowdown():
     nearer 2x (the backward is 5 of FA2's 7 units); nothing else changes."""
     fsdp = [*LLAMA, "parallel=fsdp", "train.global_batch=8"]
     flash = prediction("h100_sxm", 1, *fsdp)
-    triton = prediction("h100_sxm", 1, *fsdp, attention="flash_triton")
+    triton = prediction("h100_sxm", 1, *fsdp, kernels=Kernels(attention="flash_triton"))
     slowdown = triton.compute.attention_s / flash.compute.attention_s
     assert slowdown == pytest.approx((2 * 1.4 + 5 * 2.0) / 7)
     assert triton.compute.matmul_s == flash.compute.matmul_s
     assert triton.compute.memory_s == flash.compute.memory_s
+
+
+def test_mpts_block_and_fused_loss_stream_fewer_bytes_and_change_nothing_else():
+    """Kernels(block="mpt", loss="fused") (llm-foundry's MPT, bench/published_points.py's
+    sensitivity table): its 16-bit residual, LayerNorm, GELU and no rope stream 60 bytes per d
+    element and 18 per f element against 168 and 30, flash_attn's cross-entropy 8 per vocab
+    entry against 20; its 4 GEMMs and 5 elementwise kernels a block leave fewer gaps; matmuls
+    and attention are unchanged. MPT has no compiled counts, and an unknown kernel is refused."""
+    from launch.perfmodel import compute
+
+    fsdp = [*LLAMA, "parallel=fsdp", "train.global_batch=8"]
+    ours = prediction("h100_sxm", 1, *fsdp)
+    mpt = prediction("h100_sxm", 1, *fsdp, kernels=Kernels(block="mpt", loss="fused"))
+    assert mpt.compute.matmul_s == ours.compute.matmul_s
+    assert mpt.compute.attention_s == ours.compute.attention_s
+    assert mpt.compute.gaps_s < ours.compute.gaps_s
+    cfg = compose_run_config(["gpu=h100_sxm", "run_dir=/unused", *fsdp])
+    m, plan = cfg.model, plan_layout(cfg, 8, 8)
+    given = {"tokens": 4096, "accum": 1, "precision": "bf16", "optimizer_split": 8}
+    whole = compute.memory_bound_bytes(m, plan, **given)
+    block = compute.memory_bound_bytes(m, plan, **given, kernels=Kernels(block="mpt"))
+    both = compute.memory_bound_bytes(m, plan, **given, kernels=Kernels(block="mpt", loss="fused"))
+    per_block = (168 - 60) * m.d_model + (30 - 18) * m.ffn_hidden  # bf16: half width 1
+    assert whole - block == pytest.approx(4096 * m.n_layers * per_block)
+    assert block - both == pytest.approx(4096 * (20 - 8) * m.vocab_size)
+    with pytest.raises(ValueError, match="no compiled counts"):
+        compute.memory_bound_bytes(m, plan, **given, compiled=True, kernels=Kernels(block="mpt"))
+    with pytest.raises(ValueError, match="block kernel 'gpt': one of llama, mpt"):
+        Kernels(block="gpt")
 
 
 def test_train_compile_fuses_the_elementwise_work_and_nothing_else():
