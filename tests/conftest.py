@@ -334,8 +334,9 @@ CACHE_VARIABLES = {
     "WANDB_CACHE_DIR": "wandb/cache",
     "WANDB_CONFIG_DIR": "wandb/config",
     "WANDB_DATA_DIR": "wandb/data",
-    # torchrun's --log-dir (its PET_ variable): without one, every torchrun the tests start
-    # leaves a torchelastic_* folder in the system's temporary folder.
+    # torchrun's --log-dir (its PET_ variable), for a torchrun started without one (the
+    # driver gives its own, in the run dir): torchrun would leave a torchelastic_* folder in
+    # the system's temporary folder.
     "PET_LOG_DIR": "torchelastic",
 }
 

@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import argparse
 
+from torch.distributed.elastic.multiprocessing.errors import record
+
 from train.runtime.rank_exit import run_or_exit
 from train.runtime.worker import run
 
 
+# A rank's uncaught exception goes to torchrun's error file too (TORCHELASTIC_ERROR_FILE, in
+# the run's torchelastic folder): torchrun's failure summary then names it, not a link.
+@record
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m train", description=__doc__)
     parser.add_argument(

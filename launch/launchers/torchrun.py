@@ -27,7 +27,8 @@ def torchrun_argv(
     *,
     rendezvous: list[str],
 ) -> list[str]:
-    """`torchrun <rendezvous> --nproc-per-node N --max-restarts R -m module --config PATH`."""
+    """`torchrun <rendezvous> --nproc-per-node N --max-restarts R --log-dir DIR -m module
+    --config PATH`, DIR the run's torchelastic folder (torchelastic_log_dir)."""
     return [
         executable_beside_python("torchrun"),
         *rendezvous,
@@ -35,11 +36,20 @@ def torchrun_argv(
         str(plan.nproc_per_node),
         "--max-restarts",
         str(cfg.cluster.max_restarts),
+        "--log-dir",
+        str(torchelastic_log_dir(config_path)),
         "-m",
         module,
         "--config",
         str(config_path),
     ]
+
+
+def torchelastic_log_dir(config_path: Path) -> Path:
+    """Where torchrun keeps each attempt's per-rank folders (and a rank's error.json): beside
+    the run's config, so they stay with the run, rather than in a torchelastic_* folder that
+    torchrun would otherwise leave in the machine's temporary directory after every run."""
+    return config_path.parent / "torchelastic"
 
 
 def multinode_rendezvous(

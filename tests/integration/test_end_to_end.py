@@ -41,6 +41,10 @@ def test_the_sweep_writes_every_file(sweep_dir):
     for name in ("report.md", "results.json", "scaling.png", "command.sh"):
         assert (sweep_dir / name).is_file(), name
     assert (sweep_dir / "scaling.png").read_bytes()[:4] == b"\x89PNG"
+    # torchrun's per-attempt, per-rank folders stay with the point (--log-dir), not in /tmp.
+    for ws in (1, 2):
+        ranks = sorted((sweep_dir / f"ws{ws}" / "torchelastic").glob("*/attempt_0/*"))
+        assert [r.name for r in ranks] == [str(r) for r in range(ws)], ranks
 
 
 def test_report_efficiency_is_recomputable_from_the_summaries(sweep_dir):

@@ -34,6 +34,8 @@ def test_a_killed_rank_restarts_and_the_run_finishes(tmp_path):
     assert summary["timed_steps"] == 24 - 2
     log = (run_dir / "launch.log").read_text()
     assert log.count("step    1/24") == 2, log[-3000:]  # rank 0 started twice
+    attempts = sorted(p.name for p in (run_dir / "torchelastic").glob("*/attempt_*"))
+    assert attempts == ["attempt_0", "attempt_1"], attempts  # both kept with the run
 
 
 def test_progress_follows_a_restarted_metrics_file(tmp_path):

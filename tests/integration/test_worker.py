@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import json
+import sys
 
 import pytest
 
 from launch.pipeline import write_run_config
 from launch.plan import plan_runs
-from tests.conftest import FAST, compose_run_config, rank_config, run_one_rank_here
+from tests.conftest import (
+    FAST,
+    compose_run_config,
+    rank_config,
+    run_command,
+    run_one_rank_here,
+)
 from train.runtime.worker import run
 
 
@@ -69,3 +76,18 @@ def test_same_seed_same_losses_other_seed_other_losses(tmp_path, monkeypatch):
         runs[name] = losses(tmp_path / name)
     assert runs["a"] == runs["b"]
     assert runs["a"] != runs["c"]
+
+
+def test_a_ranks_uncaught_error_reaches_torchruns_error_file(tmp_path):
+    """`python -m train` is torchelastic's @record entry: an uncaught exception is written to
+    TORCHELASTIC_ERROR_FILE (which torchrun points into the run's torchelastic folder), so
+    torchrun's failure summary names it."""
+    error_file = tmp_path / "error.json"
+    missing = tmp_path / "no" / "config.yaml"
+    result = run_command(
+        [sys.executable, "-m", "train", "--config", str(missing)],
+        env={"TORCHELASTIC_ERROR_FILE": str(error_file)},
+    )
+    assert result.returncode == 1, result.stderr[-2000:]
+    message = json.loads(error_file.read_text())["message"]["message"]
+    assert message.startswith("FileNotFoundError") and str(missing) in message, message
