@@ -168,6 +168,9 @@ def write_run_files(prepared: Prepared, job: Job, node: int) -> None:
             if cfg.overwrite and not cfg.checkpoint.dir:
                 # The run is replaced: its own checkpoints must not resume it.
                 shutil.rmtree(plan.run_dir / "checkpoints", ignore_errors=True)
+            if cfg.overwrite:
+                # Nor may the old run's torchrun folders (a rank's error.json) describe it.
+                shutil.rmtree(plan.run_dir / "torchelastic", ignore_errors=True)
         path = write_run_config(cfg, plan, prepared.sweep_id, config_name(node))
         prepared.config_paths[plan.name] = path
         if cfg.launcher.name != "slurm":

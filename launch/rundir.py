@@ -41,7 +41,7 @@ LOCK = ".scaleprobe.lock"
 # What makes a folder a run (a point of a sweep): the driver's config, or a result.
 POINT_MARKS = ("config.yaml", "summary.json", FAILED)
 # A run's own files, when the run dir itself is one (sweep=none) and is set aside.
-RUN_FILES = (*POINT_MARKS, "metrics.jsonl", "launch.log")
+RUN_FILES = (*POINT_MARKS, "metrics.jsonl", "launch.log", "torchelastic")
 # A sweep's report (launch/report/write.py): it describes the runs it was written from.
 REPORT_FILES = ("report.md", "results.json", "scaling.png", "breakdown.png")
 

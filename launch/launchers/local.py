@@ -78,8 +78,15 @@ def log_tail(path: Path, lines: int = 25) -> str:
         return "".join(deque(f, maxlen=lines))
 
 
-# The launcher's own traceback and footer after a rank failed: frames of these files.
-LAUNCHER_FRAMES = ("torch/distributed/run.py", "torch/distributed/elastic", "deepspeed/launcher")
+# The launcher's own traceback and footer after a rank failed: frames of these files. Not all
+# of torch/distributed/elastic: a rank's own traceback passes through its @record wrapper
+# (elastic/multiprocessing/errors), which python -m train runs under.
+LAUNCHER_FRAMES = (
+    "torch/distributed/run.py",
+    "torch/distributed/launcher/",
+    "torch/distributed/elastic/agent/",
+    "deepspeed/launcher",
+)
 
 
 def failing_rank_lines(path: Path, lines: int = 20) -> str:

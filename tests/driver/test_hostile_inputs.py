@@ -168,6 +168,20 @@ def test_overwrite_moves_aside_the_runs_the_new_sweep_lacks_and_the_old_report(t
     assert [run["world_size"] for run in load_runs([root])] == [1]  # the new report's view
 
 
+def test_overwrite_moves_a_single_runs_torchrun_folders_with_it(tmp_path):
+    """A single run replaced by a sweep: its files go aside, its torchelastic/ (torchrun's
+    per-attempt folders, a failed rank's error.json) with them, not left beside the sweep."""
+    root = tmp_path / "run"
+    root.mkdir()
+    (root / "config.yaml").write_text("name: scaleprobe\n")
+    (root / "summary.json").write_text(json.dumps(summary("h100_sxm", 2, 1e3, 0.4)))
+    (root / "torchelastic" / "id_x" / "attempt_0" / "1").mkdir(parents=True)
+    cfg = compose_run_config([*FAST, "sweep.world_sizes=[1]", f"run_dir={root}"])
+    aside = set_aside_other_runs(root, plan_runs(cfg), Console(record=True, width=200))
+    assert (aside / "run" / "torchelastic" / "id_x" / "attempt_0" / "1").is_dir()
+    assert not (root / "torchelastic").exists() and not (root / "summary.json").exists()
+
+
 def test_overwrite_says_what_it_would_move_and_a_dry_run_moves_nothing(launch_in_process, tmp_path):
     root = tmp_path / "sweep"
     for size in (1, 2):
