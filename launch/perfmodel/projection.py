@@ -134,6 +134,7 @@ def project_runs(
     calibration = calibration or Calibration()
     rows: list[dict] = []
     unfit: list[tuple[int, str]] = []  # (peak bytes per rank, where) of each that does not fit
+    refused: list[ConfigError] = []  # why each skipped row was
     for gpu in profiles:
         work = copy.deepcopy(cfg)
         work.gpu = gpu
@@ -149,6 +150,7 @@ def project_runs(
                 pred, reason = _predict_one(work, where, precision, rates, batch)
             except ConfigError as exc:
                 rows.append(_skipped(gpu, where, str(exc)))
+                refused.append(exc)
                 continue
             if cfg.sweep.name != "strong" and batch.rows_per_dp_rank is None:
                 # Weak scaling: the smallest projected run's sequences per data-parallel rank.
@@ -156,6 +158,11 @@ def project_runs(
             if not pred.fits:
                 unfit.append((pred.memory.peak_bytes, f"{gpu.name} at {nodes} node(s)"))
             rows.append(_run_row(cfg, gpu, pred, reason, precision_reason))
+    if refused and len(refused) == len(rows):
+        # Nothing could be projected (a batch no projected size divides, a sequence too long
+        # for every part): bad input, one line, nothing written, rather than a table of skips.
+        first = refused[0]
+        raise ConfigError(first.key, f"{first.message}; no projected part or node count can run it")
     if rows and not any(r.get("fits") for r in rows) and unfit:
         need, where = min(unfit, key=lambda u: u[0])
         raise ConfigError(

@@ -275,6 +275,9 @@ def test_predict_run_on_the_cpu_uses_the_given_ceiling_and_the_emulated_link():
             "train.micro_batch",
         ),
         (["precision=fp8"], "precision.fp8.min_dim"),  # tiny: nothing 4096 wide
+        # The main job's batch (8 sequences, micro batch 4): no projected size divides it, so
+        # nothing is projected (it was a table of 44 skipped rows, exit 0).
+        (["model=tiny", "train.seq_len=128", "train.global_batch=8"], "train.global_batch"),
     ],
 )
 def test_bad_projection_input_is_one_config_error_before_anything_is_written(
