@@ -25,7 +25,15 @@ def run_projection(cfg: RunConfig, console: Console) -> int:
     record = projection_record(cfg)
     out = Path(cfg.project.out or cfg.run_dir)
     write_projection(record, out)
-    console.print(projection_table(record))
+    table = projection_table(record)
+    # A file or a pipe gets the width the table needs: rich's default there is 80 columns,
+    # which folds its numbers ("10,9 / 72"). A terminal keeps its own width.
+    width = console.width
+    if not console.is_terminal:
+        unbounded = console.options.update_width(10_000)
+        console.width = max(width, console.measure(table, options=unbounded).maximum)
+    console.print(table)
+    console.width = width
     console.print(f"wrote {out / 'projection.md'}, projection.json, projection.png")
     return 0
 

@@ -123,7 +123,8 @@ def _runs_table(record: dict) -> Table:
         f"parallel={record['parallel']}"
     )
     for column in RUN_COLUMNS:
-        table.add_column(column, justify="left" if column in ("gpu", "layout", "") else "right")
+        justify = "left" if column in ("gpu", "layout", "") else "right"
+        table.add_column(column, justify=justify, overflow="fold")  # never "…" in a number
     for cells in _run_lines(record["runs"]):
         table.add_row(*cells)
     return table
@@ -196,7 +197,8 @@ def _comm_table(rows: list[dict]) -> Table:
     table = Table(title="Projected collectives (largest size per op)")
     columns = [c for c in COMM_COLUMNS if c != "algbw GB/s"]  # algbw: in the .md and .json
     for column in columns:
-        table.add_column(column, justify="left" if column in ("algorithm", "") else "right")
+        justify = "left" if column in ("algorithm", "") else "right"
+        table.add_column(column, justify=justify, overflow="fold")
     for row in _largest(rows):
         cells = dict(zip(COMM_COLUMNS, _comm_cells(row), strict=True))
         table.add_row(*(cells[c] for c in columns))

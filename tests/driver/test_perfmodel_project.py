@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 
 import pytest
@@ -123,6 +124,19 @@ def test_projection_writes_its_files_with_the_interface_keys(tmp_path):
     assert all(r["tokens_per_dollar"] > 0 for r in priced)
     assert (tmp_path / "projection.png").stat().st_size > 0
     assert "node boundary" in (tmp_path / "projection.md").read_text()
+
+
+def test_piped_the_table_keeps_its_numbers_whole(tmp_path):
+    """Printed to a file or a pipe (rich's default there: 80 columns), the projected table
+    takes the width it needs, so every row's tokens/s reads whole, not folded or cut."""
+    cfg = projection_cfg(tmp_path, "project.gpus=[h100_sxm,h800]", "project.nodes=[1,2]")
+    out = io.StringIO()
+    run_projection(cfg, Console(file=out, width=80))
+    printed = out.getvalue()
+    assert "…" not in printed
+    for run in json.loads((tmp_path / "projection.json").read_text())["runs"]:
+        assert f"{run['tokens_per_s_per_device']:,.0f}" in printed
+        assert "crosses node boundary" in printed
 
 
 def test_comm_mode_projects_collectives(tmp_path):
