@@ -143,6 +143,14 @@ def project_runs(
             precision_reason += f"; {projection_note(cfg)}"
         width = "bf16" if precision == "fp8" else precision
         rates = calibration.apply(part_rates(gpu, precision=width))
+        if not rates.peak_tflops.get(width):
+            # The cpu profile's rate is a host's measured ceiling, which python -m launch
+            # uses for its own runs; there is none to project another machine from.
+            raise ConfigError(
+                "project.gpus",
+                f"{gpu.name} has no {width} peak to project compute from; project GPU "
+                "profiles (or project.mode=comm)",
+            )
         batch = BatchRule(global_batch=cfg.train.global_batch)  # the smallest node count's
         for nodes in sorted(cfg.project.nodes):
             where = Placement(nodes * gpu.gpus_per_node, gpu.gpus_per_node, nodes)
