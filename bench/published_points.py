@@ -886,6 +886,29 @@ def comm_table() -> list[str]:
     return lines
 
 
+# Published configurations that ran out of memory: the model must refuse them, as it must fit
+# every run that ran. torchtitan docs/performance.md (2024), footnote 1 of its Llama 2 table:
+# "the 70B training with local batch size 2 will cause an OOM error when selective activation
+# checkpointing is used" (64 A100 80GB, FSDP2, seq 4096, op-level SAC: the table's 70B row at
+# local batch 1 is the one that ran). Added 2026-12-01.
+OUT_OF_MEMORY = [
+    Run(
+        TITAN_A100,
+        "llama2-70b",
+        "a100_80g",
+        64,
+        4096,
+        2,
+        128,
+        0.0,  # no throughput: it did not run
+        "check",
+        checkpoint="selective",
+        op_sac=True,
+        note="OOM (footnote 1); " + OP_SAC,
+    ),
+]
+
+
 def training_table() -> list[str]:
     lines = [
         "| split | source | config | published tok/s/GPU | predicted | predicted / published "
@@ -919,10 +942,25 @@ def training_table() -> list[str]:
             f"ran: {'; '.join(refused)}."
         ),
         "",
+        *out_of_memory_lines(),
+        "",
         "Left out, and why:",
         "",
         *[f"- {why}" for why in LEFT_OUT],
     ]
+    return lines
+
+
+def out_of_memory_lines() -> list[str]:
+    """Each published out-of-memory configuration, and whether the model refuses it."""
+    lines = []
+    for run in OUT_OF_MEMORY:
+        peak, usable = peak_memory(run)
+        verdict = "refused, as it should be" if peak > usable else "FITS: the model is optimistic"
+        lines.append(
+            f"A published out-of-memory run ({run.source}, {run.note}): {run.config}: "
+            f"predicted peak {peak / 2**30:.1f} GiB of {usable / 2**30:.1f} usable: {verdict}."
+        )
     return lines
 
 

@@ -130,6 +130,16 @@ def test_every_published_run_fits_as_it_ran():
     assert max(peak / usable for peak, usable in shares.values()) > 0.9
 
 
+def test_a_published_out_of_memory_run_is_refused():
+    """torchtitan's Llama 2 70B at local batch 2 with op-level SAC ran out of memory on its 64
+    A100 80GB (docs/performance.md, footnote 1): the model's peak must exceed the usable."""
+    pp = published_points()
+    assert pp.OUT_OF_MEMORY
+    for run in pp.OUT_OF_MEMORY:
+        peak, usable = pp.peak_memory(run)
+        assert peak > usable, run.config
+
+
 def test_the_docs_tables_are_what_the_model_predicts_today():
     """docs/performance-model.md's published-points tables are generated: a model change that
     moves a number must regenerate them (python bench/published_points.py --write)."""
