@@ -445,6 +445,22 @@ FP8_SPEEDUPS = [
                       "explored", compile=True), 5768.6 / 5033.8, "explored"),
 ]  # fmt: skip
 
+# torchtitan's H100 tables' Memory(GiB) beside the runs above (TITAN_H100; torchtitan's
+# metrics log max_reserved_gib, the caching allocator's peak, taken to be what the tables
+# show): what the model's peak (allocated, before its reserve) is against. Added 2026-12-01;
+# nothing in the model was changed on it.
+TITAN_MEMORY_GIB = [
+    (_titan_h100(8, 5762, compiled=False), 82.4),
+    (_titan_h100(8, 6667, compiled=True), 77.0),
+    (FP8_RUNS[0], 76.8),
+    (FP8_RUNS[2], 83.9),
+    (_titan_h100(128, 5605, compiled=False), 67.0),
+    (_titan_h100(128, 6514, compiled=True), 62.0),
+    (FP8_RUNS[1], 61.8),
+    (FP8_RUNS[3], 71.9),
+    (FP8_RUNS[4], 67.6),
+]
+
 # (model, GPUs, TP, local batch, checkpointing, published tok/s/GPU vanilla TP, async TP)
 ASYNC_TP = [
     ("llama3-8b", 64, 8, 12, "selective", 4378, 4809.4),  # per-op SAC, as OP_SAC maps it
@@ -1207,6 +1223,33 @@ def foundry_block_table() -> list[str]:
     return lines
 
 
+def memory_table() -> list[str]:
+    """torchtitan's published peak memory beside the model's (TITAN_MEMORY_GIB)."""
+    lines = [
+        f"Peak memory against torchtitan's H100 tables ({TITAN_H100}; they report the caching "
+        "allocator's peak reserved memory, the model predicts the peak allocated and keeps "
+        "its reserve on the capacity side):",
+        "",
+        "| config | published GiB | predicted peak GiB | predicted / published | usable GiB |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    ratios = []
+    for run, published in TITAN_MEMORY_GIB:
+        peak, usable = peak_memory(run)
+        ratios.append(peak / 2**30 / published)
+        lines.append(
+            f"| {run.config} | {published:.1f} | {peak / 2**30:.1f} | {ratios[-1]:.2f} "
+            f"| {usable / 2**30:.1f} |"
+        )
+    lines += [
+        "",
+        f"Predicted / published: {min(ratios):.2f}-{max(ratios):.2f} (mean "
+        f"{sum(ratios) / len(ratios):.2f}). Every run fits both ways; a plan the model puts "
+        "near the edge can need more than it says.",
+    ]
+    return lines
+
+
 def moe_table() -> list[str]:
     lines = [
         "Mixture of experts (the closest layout this project runs; not in the error above):",
@@ -1250,6 +1293,8 @@ def render() -> str:
             *foundry_sweep_table(),
             "",
             *foundry_block_table(),
+            "",
+            *memory_table(),
             "",
             *moe_table(),
             END,
