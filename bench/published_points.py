@@ -1223,6 +1223,29 @@ def foundry_block_table() -> list[str]:
     return lines
 
 
+def megatron_block_table() -> list[str]:
+    """Megatron-LM 2021's rows predicted with this project's block and with Megatron's own
+    (compute.MEGATRON_BLOCK): its fused LayerNorm, bias-dropout-add and bias-GeLU, an fp16
+    residual, and the attention dropout on the math path's probabilities."""
+    runs = [r for r in RUNS if r.source == MEGATRON]
+    lines = [
+        "Megatron-LM 2021's rows with its own block counted (compute.Kernels block=megatron: "
+        "fused LayerNorm, bias-dropout-add and bias-GeLU on an fp16 residual, attention "
+        "dropout on the probabilities; added 2026-12-01 after the rows were seen, not used "
+        "for the tables' predictions):",
+        "",
+        "| config | published tok/s/GPU | predicted / published: this project's block "
+        "| Megatron's block |",
+        "|---|---:|---:|---:|",
+    ]
+    for run in runs:
+        ours = predict_run(run) / run.published
+        kernels = dataclasses.replace(run.kernels, block="megatron")
+        theirs = _prediction(run, kernels).tokens_per_s_per_device / run.published
+        lines.append(f"| {run.config} | {run.published:,.0f} | {ours:.2f} | {theirs:.2f} |")
+    return lines
+
+
 def memory_table() -> list[str]:
     """torchtitan's published peak memory beside the model's (TITAN_MEMORY_GIB)."""
     lines = [
@@ -1293,6 +1316,8 @@ def render() -> str:
             *foundry_sweep_table(),
             "",
             *foundry_block_table(),
+            "",
+            *megatron_block_table(),
             "",
             *memory_table(),
             "",

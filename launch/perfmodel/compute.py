@@ -81,27 +81,11 @@ ELEMENTWISE_D_COMPILED = ELEMENTWISE_D * 36 / 56
 ELEMENTWISE_F_COMPILED = ELEMENTWISE_F * 6 / 10
 HEAD_BYTES_PER_VOCAB_COMPILED = 6
 COMPILED_KERNELS_PER_BLOCK = (5, 10)  # forward, backward
-# llm-foundry's MPT as its benchmark yamls build it (scripts/train/yamls/pretrain/mpt-*.yaml,
-# llmfoundry/models/mpt/modeling_mpt.py, layers/blocks.py, norm.py, ffn.py; eager, bf16
-# autocast). Composer's FSDP mixed precision DEFAULT (the README's "MP Mode") sets param_dtype
-# to the autocast dtype, so the embeddings' output, and with it the residual stream, is 16-bit
-# (ours is fp32). Forward per d element: low_precision_layernorm's casts are then no-ops and
-# it normalises in 16 bits (read 2, write 2), twice: 8; the two residual adds read 2 + 2 and
-# write 2: 12; positions are learned and added once, at the embedding (learned_pos_emb; the
-# README's parameter counts grow with the sequence by seq x d): no rope. 20 against our 56.
-# Its MLP is GELU over 4d hidden elements (read 2, write 2 forward): 4 per hidden element,
-# hidden = 3/2 of the stand-in SwiGLU's f (the GELU width of the same parameters, hence the
-# same FLOPs). Backward twice the forward, as ours. Kernels per block forward: two layer
-# norms, two adds and the GELU (5; backward twice that), and 4 GEMMs (Wqkv, out_proj,
-# up_proj, down_proj; 8 backward) against our 7 (14).
-MPT_ELEMENTWISE_D = 3 * 20
-MPT_ELEMENTWISE_HIDDEN = 3 * 4
-MPT_HIDDEN_PER_FFN = 3 / 2
 # flash_attn's fused cross-entropy (xentropy, MPT's default loss_fn): the head GEMM writes the
 # 16-bit logits (2), the forward kernel reads them (2), the backward kernel reads them again
 # and writes their gradient (2 + 2): no fp32 copy, no log-softmax tensor.
 HEAD_BYTES_PER_VOCAB_FUSED = 8
-BLOCK_KERNELS = ("llama", "mpt")
+BLOCK_KERNELS = ("llama", "mpt", "megatron")
 LOSS_KERNELS = ("torch", "fused")
 # Autocast casts each fp32 weight to 16 bits every forward (read 4, write 2) and turns its
 # 16-bit weight gradient into the fp32 .grad (write 2, read 2, read+write 4): 18 bytes per
@@ -125,8 +109,52 @@ TRITON_FA_SLOWDOWN = (1.4, 2.0)
 MATH_SCORE_BYTES = 22  # per score element and block, forward + backward, 16-bit
 MATH_REPLAY_SCORE_BYTES = 8
 GEMMS_PER_BLOCK = (7, 14)  # forward, backward (input and weight gradients)
-MPT_KERNELS_PER_BLOCK = (5, 10)  # elementwise, forward and backward (above)
-MPT_GEMMS_PER_BLOCK = (4, 8)
+
+
+@dataclass(frozen=True)
+class BlockCounts:
+    """The elementwise work of another stack's block, counted as this project's is: forward
+    bytes per d element (x3 with backward) and per hidden MLP element, the hidden width per
+    stand-in SwiGLU f (the same parameters, hence the same FLOPs), kernels and GEMMs per
+    block (forward, backward), and bytes per attention score element its math path adds."""
+
+    d_bytes: float  # forward + backward, per d element of a token
+    hidden_bytes: float  # forward + backward, per hidden MLP element
+    hidden_per_ffn: float
+    kernels: tuple[int, int]  # elementwise, forward and backward
+    gemms: tuple[int, int]
+    score_bytes: float = 0.0  # per score element and block (math attention), 16-bit
+    replay_score_bytes: float = 0.0
+
+
+# llm-foundry's MPT as its benchmark yamls build it (scripts/train/yamls/pretrain/mpt-*.yaml,
+# llmfoundry/models/mpt/modeling_mpt.py, layers/blocks.py, norm.py, ffn.py; eager, bf16
+# autocast). Composer's FSDP mixed precision DEFAULT (the README's "MP Mode") sets param_dtype
+# to the autocast dtype, so the embeddings' output, and with it the residual stream, is 16-bit
+# (ours is fp32). Forward per d element: low_precision_layernorm's casts are then no-ops and
+# it normalises in 16 bits (read 2, write 2), twice: 8; the two residual adds read 2 + 2 and
+# write 2: 12; positions are learned and added once, at the embedding (learned_pos_emb; the
+# README's parameter counts grow with the sequence by seq x d): no rope. 20 against our 56.
+# Its MLP is GELU over 4d hidden elements (read 2, write 2 forward): 4 per hidden element.
+# Backward twice the forward, as ours. Kernels per block forward: two layer norms, two adds
+# and the GELU (5; backward twice that), and 4 GEMMs (Wqkv, out_proj, up_proj, down_proj; 8
+# backward) against our 7 (14).
+MPT_BLOCK = BlockCounts(d_bytes=3 * 20, hidden_bytes=3 * 4, hidden_per_ffn=3 / 2,
+                        kernels=(5, 10), gemms=(4, 8))  # fmt: skip
+# Megatron-LM's GPT of 2021 (megatron/model/transformer.py, fused_bias_gelu.py; fp16 weights
+# and activations, fp32_residual_connection off, hidden and attention dropout 0.1 by default,
+# bias-dropout-add and bias-GeLU fusion on). Forward per d element: two fused LayerNorms (read
+# 2, write 2): 8; two bias-dropout-adds (read 2 + 2, write 2, the dropout mask 1): 14; the
+# context's permute().contiguous() before the output projection (read 2, write 2): 4; learned
+# positions, no rope: 26. Bias-GeLU over 4d hidden elements: 4 forward. Attention dropout on
+# the probabilities, a kernel of its own after the fused softmax: read 2, write 2, mask 1
+# forward, read 2 + 1 and write 2 backward: 10 per score element, 5 more per replay.
+# Kernels per block forward: two LayerNorms, two bias-dropout-adds, bias-GeLU, the dropout and
+# the copy (7; backward twice that); GEMMs: QKV, dense, fc1, fc2 (4; 8 backward).
+MEGATRON_BLOCK = BlockCounts(d_bytes=3 * 26, hidden_bytes=3 * 4, hidden_per_ffn=3 / 2,
+                             kernels=(7, 14), gemms=(4, 8), score_bytes=10,
+                             replay_score_bytes=5)  # fmt: skip
+OTHER_BLOCKS = {"mpt": MPT_BLOCK, "megatron": MEGATRON_BLOCK}
 
 
 @dataclass(frozen=True)
@@ -137,8 +165,10 @@ class Kernels:
     attention: str = "flash"
     """ATTENTION_KERNELS: flash (SDPA on CUDA), math (unfused), flash_triton."""
     block: str = "llama"
-    """BLOCK_KERNELS: llama (train/model/transformer.py: fp32 RMSNorm, rope, SwiGLU) or mpt
-    (llm-foundry's MPT: 16-bit LayerNorm, learned positions, GELU MLP; MPT_* counts)."""
+    """BLOCK_KERNELS: llama (train/model/transformer.py: fp32 RMSNorm, rope, SwiGLU), mpt
+    (llm-foundry's MPT: 16-bit LayerNorm, learned positions, GELU MLP) or megatron (Megatron-LM
+    2021's GPT: fused LayerNorm, bias-dropout-add and bias-GeLU, attention dropout):
+    OTHER_BLOCKS."""
     loss: str = "torch"
     """LOSS_KERNELS: torch (log-softmax + NLL over fp32 logits) or fused (flash_attn's
     cross-entropy kernel: HEAD_BYTES_PER_VOCAB_FUSED)."""
@@ -241,7 +271,7 @@ def compute_time(
     if rates.host is not None:
         return _host_compute_time(m, plan, micro_batch, seq_len, accum_steps, rates, split, flops)
     attention_s = tokens * _attention_s_per_token(
-        m, n_ckpt, seq_len, t, precision, rates, kernels.attention
+        m, n_ckpt, seq_len, t, precision, rates, kernels.attention, kernels.block
     )
     nbytes = memory_bound_bytes(
         m,
@@ -323,8 +353,10 @@ def _attention_s_per_token(
     precision: str,
     rates: PartRates,
     kernel: str,
+    block: str = "llama",
 ) -> float:
-    """Seconds of attention per token of one micro-step (module docstring: flash or math)."""
+    """Seconds of attention per token of one micro-step (module docstring: flash or math;
+    ``block``: another stack's score traffic on the math path, OTHER_BLOCKS)."""
     if kernel not in EXECUTED_ATTENTION:
         raise ValueError(f"attention kernel {kernel!r}: one of {', '.join(ATTENTION_KERNELS)}")
     width = "bf16" if precision == "fp8" else precision
@@ -347,6 +379,9 @@ def _attention_s_per_token(
         width_bytes = 2 if precision in SIXTEEN_BIT else 4
         scores = m.n_heads / tp * seq_len  # score elements per token and block
         per_elem = MATH_SCORE_BYTES * m.n_layers + MATH_REPLAY_SCORE_BYTES * n_ckpt
+        if block in OTHER_BLOCKS:
+            other = OTHER_BLOCKS[block]
+            per_elem += other.score_bytes * m.n_layers + other.replay_score_bytes * n_ckpt
         seconds += scores * per_elem * width_bytes / 2 / (rates.hbm_gbytes_per_s * 1e9)
     return seconds
 
@@ -359,9 +394,9 @@ def kernel_gaps_s(
     block: str = "llama",
 ) -> float:
     """hardware.KERNEL_GAP_S per GPU kernel of the blocks (module docstring)."""
-    if block == "mpt":
+    if block in OTHER_BLOCKS:
         _no_compiled_counts(block, compiled)
-        elementwise, gemms = MPT_KERNELS_PER_BLOCK, MPT_GEMMS_PER_BLOCK
+        elementwise, gemms = OTHER_BLOCKS[block].kernels, OTHER_BLOCKS[block].gemms
     elif compiled:
         elementwise, gemms = COMPILED_KERNELS_PER_BLOCK, GEMMS_PER_BLOCK
     else:
@@ -396,10 +431,11 @@ def memory_bound_bytes(
         else (ELEMENTWISE_D, ELEMENTWISE_F, HEAD_BYTES_PER_VOCAB)
     )
     rope = ROPE_SHARE_OF_D[compiled]
-    if kernels.block == "mpt":
+    if kernels.block in OTHER_BLOCKS:
         _no_compiled_counts(kernels.block, compiled)
-        per_d, rope = MPT_ELEMENTWISE_D, 0.0
-        per_f = MPT_ELEMENTWISE_HIDDEN * MPT_HIDDEN_PER_FFN
+        other = OTHER_BLOCKS[kernels.block]
+        per_d, rope = other.d_bytes, 0.0  # neither has rope
+        per_f = other.hidden_bytes * other.hidden_per_ffn
     if kernels.loss == "fused":
         per_vocab = HEAD_BYTES_PER_VOCAB_FUSED
     token_share = 1 / t if plan.sequence_parallel else 1.0

@@ -194,8 +194,32 @@ def test_mpts_block_and_fused_loss_stream_fewer_bytes_and_change_nothing_else():
     assert block - both == pytest.approx(4096 * (20 - 8) * m.vocab_size)
     with pytest.raises(ValueError, match="no compiled counts"):
         compute.memory_bound_bytes(m, plan, **given, compiled=True, kernels=Kernels(block="mpt"))
-    with pytest.raises(ValueError, match="block kernel 'gpt': one of llama, mpt"):
+    with pytest.raises(ValueError, match="block kernel 'gpt': one of llama, mpt, megatron"):
         Kernels(block="gpt")
+
+
+def test_megatrons_block_adds_its_attention_dropout_to_the_math_paths_score_traffic():
+    """Kernels(block="megatron") on the math path: the dropout on the probabilities streams
+    10 more bytes per score element and block (5 per replay), at the HBM rate; flash attention
+    has no score matrix to drop out, so nothing changes there."""
+    from launch.perfmodel import compute
+
+    fsdp = [*LLAMA, "parallel=fsdp", "train.global_batch=8"]
+    math, megatron_math = (
+        Kernels(attention="math"),
+        Kernels(attention="math", block="megatron"),
+    )
+    ours = prediction("a100_80g", 1, *fsdp, kernels=math)
+    theirs = prediction("a100_80g", 1, *fsdp, kernels=megatron_math)
+    cfg = compose_run_config(["gpu=a100_80g", "run_dir=/unused", *fsdp])
+    m, rates = cfg.model, part_rates(cfg.gpu)
+    tokens = cfg.train.seq_len * cfg.train.micro_batch * ours.accum_steps
+    scores = m.n_heads * cfg.train.seq_len * tokens * m.n_layers  # no checkpointing
+    extra_s = 10 * scores / (rates.hbm_gbytes_per_s * 1e9)
+    assert theirs.compute.attention_s - ours.compute.attention_s == pytest.approx(extra_s)
+    flash = prediction("a100_80g", 1, *fsdp, kernels=Kernels(block="megatron"))
+    assert flash.compute.attention_s == prediction("a100_80g", 1, *fsdp).compute.attention_s
+    assert compute.MEGATRON_BLOCK.d_bytes < compute.ELEMENTWISE_D
 
 
 def test_train_compile_fuses_the_elementwise_work_and_nothing_else():
