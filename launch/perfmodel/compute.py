@@ -24,8 +24,9 @@
   14 backward, attention's one each way; replayed blocks their forward again.
 Which kernels run is an input (Kernels): this project's runtime runs the defaults; a
 published run the model is checked against names its own attention kernel, block
-(``mpt``: llm-foundry's MPT, whose elementwise work and GEMMs differ from this project's
-block) and loss (``fused``: flash_attn's cross-entropy kernel).
+(``mpt``: llm-foundry's MPT; ``megatron``: Megatron-LM 2021's GPT; OTHER_BLOCKS: their
+elementwise work, GEMMs and attention-score traffic differ from this project's block) and loss
+(``fused``: flash_attn's cross-entropy kernel).
 train.compile=true fuses the elementwise work: fewer bytes and kernels (the *_COMPILED counts).
 fp8 runs the Linear layers precision.fp8.min_dim wide or wider at the fp8 peak, the rest in
 bf16 (train/runtime/numerics.py's rule), and adds their casts into fp8 to the memory-bound
