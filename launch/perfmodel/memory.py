@@ -118,6 +118,15 @@ def _zero_held(m: ModelConfig, stage: int, n: int, precision: str) -> tuple[int,
     return params, grads, optimizer, part * 4
 
 
+# Bytes per vocabulary entry and token at the loss's peak without TP (activation_bytes): its
+# saved fp32 log-softmax and the two fp32 gradients its backward allocates. torch's autograd
+# (saved_tensors_hooks over F.cross_entropy(logits.float(), ...) under bf16 autocast, torch
+# 2.13 CPU, 2026-12-01: the only vocabulary-wide tensor saved is the fp32 log-softmax, held
+# once by log_softmax and nll_loss alike). Until then 10 for 16-bit runs (the logits and the
+# fp32 copy counted as saved, the backward's gradients not), 12 for fp32 runs.
+LOSS_BACKWARD_PEAK_PER_VOCAB = 12
+
+
 def activation_bytes(
     m: ModelConfig,
     plan: LayoutPlan,
@@ -136,8 +145,13 @@ def activation_bytes(
     repeat, and the attention output (4a q); w1 and w3 outputs, silu(w1) and the product
     (4a f). TP splits the head-wise and MLP terms; sequence parallelism also the norm terms.
     A checkpointed block keeps its input only (r d), and backward rebuilds one block at a
-    time. The head adds the final norm (r d + a d), the logits (a V) and the fp32 log-softmax
-    and its input (8 V), the vocabulary split over TP (vocab-parallel head and loss).
+    time. The head adds the final norm (r d + a d) and the loss. Without TP, the loss's own
+    peak (LOSS_BACKWARD_PEAK_PER_VOCAB): F.cross_entropy over the logits' fp32 copy saves
+    only its fp32 log-softmax (4 V; the logits and their copy are freed after the forward),
+    and its backward, the first thing backward runs while every saved tensor is still held,
+    allocates two fp32 gradients of that size (nll_loss's, then log_softmax's): 12 V. Under
+    TP (vocab-parallel head, DTensor's loss_parallel): the logits (a V) and the fp32
+    log-softmax and its input (8 V), the vocabulary split over TP.
     """
     t = plan.degrees.tp
     a = 2 if precision in SIXTEEN_BIT else 4
@@ -156,7 +170,8 @@ def activation_bytes(
     if len(saved) < m.n_layers:
         per_token += max(block(i) for i in range(m.n_layers))  # the one being recomputed
     if head:  # a pipeline stage without the head has none of it
-        per_token += (r + a) * m.d_model / norm_split + (a + 8) * m.vocab_size / t
+        loss = LOSS_BACKWARD_PEAK_PER_VOCAB if t == 1 else a + 8
+        per_token += (r + a) * m.d_model / norm_split + loss * m.vocab_size / t
     return int(per_token * micro_batch * seq_len)
 
 

@@ -92,6 +92,36 @@ def test_checkpointing_and_sequence_parallelism_shrink_activations():
     assert act(ckpt) < act(none) / 5
 
 
+def test_the_losss_peak_is_its_saved_log_softmax_and_two_fp32_gradients():
+    """memory.LOSS_BACKWARD_PEAK_PER_VOCAB, from torch's own autograd: the runtime's loss
+    (train/model/transformer.py cross_entropy_loss) over bf16 logits saves one
+    vocabulary-wide tensor, the fp32 log-softmax (4 bytes per entry); its backward allocates
+    nll_loss's and log_softmax's fp32 gradients (4 + 4) while that one is held: 12."""
+    from train.model.transformer import cross_entropy_loss
+
+    tokens, vocab, d = 8, 1000, 16
+    hidden = torch.randn(1, tokens, d, requires_grad=True)
+    weight = torch.randn(vocab, d, requires_grad=True)
+    saved: dict[int, torch.Tensor] = {}
+
+    def pack(t):
+        saved[t.untyped_storage().data_ptr()] = t
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            logits = hidden @ weight.t()
+        loss = cross_entropy_loss(logits, torch.randint(0, vocab, (1, tokens)))
+    wide = [t for t in saved.values() if t.numel() == tokens * vocab]
+    assert [(t.dtype, t.element_size()) for t in wide] == [(torch.float32, 4)]
+    assert logits.dtype == torch.bfloat16  # the logits and their fp32 copy: not saved
+    # Backward's first two nodes (NllLossBackward, LogSoftmaxBackward) each make an fp32
+    # gradient the size of the log-softmax: 4 saved + 4 + 4.
+    nll = loss.grad_fn
+    assert "NllLoss" in nll.name() and "LogSoftmax" in nll.next_functions[0][0].name()
+    assert memory.LOSS_BACKWARD_PEAK_PER_VOCAB == 4 + 4 + 4
+
+
 def test_the_model_needs_no_torch():
     """Nor does rendering: the projection's and the report's outputs, and the modules that
     measure import torch only when they measure."""
