@@ -119,12 +119,18 @@ def _zero_held(m: ModelConfig, stage: int, n: int, precision: str) -> tuple[int,
 
 
 # Bytes per vocabulary entry and token at the loss's peak without TP (activation_bytes): its
-# saved fp32 log-softmax and the two fp32 gradients its backward allocates. torch's autograd
-# (saved_tensors_hooks over F.cross_entropy(logits.float(), ...) under bf16 autocast, torch
-# 2.13 CPU, 2026-12-01: the only vocabulary-wide tensor saved is the fp32 log-softmax, held
-# once by log_softmax and nll_loss alike). Until then 10 for 16-bit runs (the logits and the
-# fp32 copy counted as saved, the backward's gradients not), 12 for fp32 runs.
+# saved fp32 log-softmax and the two fp32 gradients its backward allocates. Measured on torch
+# 2.13 (CPU, 2026-12-01; tests/unit/test_perfmodel_counts.py tracks the live storages while the
+# runtime's cross_entropy_loss runs over bf16 logits): after the forward only the fp32
+# log-softmax is held, and the backward peaks at three of its size. Until then 10 for 16-bit
+# runs (the logits and the fp32 copy counted as saved, the backward's gradients not).
 LOSS_BACKWARD_PEAK_PER_VOCAB = 12
+# Under TP (DTensor's loss_parallel, torch/distributed/tensor/parallel/loss.py, torch 2.13):
+# the forward's log-softmax keeps its fp32 result (4); the backward
+# (_nll_loss_and_log_softmax_backward: (zeros_like(x) + exp(x)) * grad_output, with x the
+# saved log-softmax) holds x, the zeros with the targets scattered in, and the sum, and
+# writes the product: 16. Counted from the code; until 2026-12-01 10 for 16-bit runs.
+LOSS_BACKWARD_PEAK_PER_VOCAB_TP = 16
 
 
 def activation_bytes(
@@ -150,8 +156,8 @@ def activation_bytes(
     only its fp32 log-softmax (4 V; the logits and their copy are freed after the forward),
     and its backward, the first thing backward runs while every saved tensor is still held,
     allocates two fp32 gradients of that size (nll_loss's, then log_softmax's): 12 V. Under
-    TP (vocab-parallel head, DTensor's loss_parallel): the logits (a V) and the fp32
-    log-softmax and its input (8 V), the vocabulary split over TP.
+    TP (vocab-parallel head, DTensor's loss_parallel): LOSS_BACKWARD_PEAK_PER_VOCAB_TP, the
+    vocabulary split over TP.
     """
     t = plan.degrees.tp
     a = 2 if precision in SIXTEEN_BIT else 4
@@ -170,7 +176,7 @@ def activation_bytes(
     if len(saved) < m.n_layers:
         per_token += max(block(i) for i in range(m.n_layers))  # the one being recomputed
     if head:  # a pipeline stage without the head has none of it
-        loss = LOSS_BACKWARD_PEAK_PER_VOCAB if t == 1 else a + 8
+        loss = LOSS_BACKWARD_PEAK_PER_VOCAB if t == 1 else LOSS_BACKWARD_PEAK_PER_VOCAB_TP
         per_token += (r + a) * m.d_model / norm_split + loss * m.vocab_size / t
     return int(per_token * micro_batch * seq_len)
 

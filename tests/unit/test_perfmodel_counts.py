@@ -6,10 +6,13 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import weakref
 
 import pytest
 import torch
 from omegaconf import OmegaConf
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
 
 from launch.perfmodel import memory
 from tests.conftest import REPO
@@ -92,34 +95,75 @@ def test_checkpointing_and_sequence_parallelism_shrink_activations():
     assert act(ckpt) < act(none) / 5
 
 
+class _LiveBytes(TorchDispatchMode):
+    """Bytes of the storages that ops create under this mode and that are still referenced,
+    and their peak (storages of at least ``min_bytes``; a storage leaves when the last tensor
+    on it does, through weakref finalizers: views share their base's storage)."""
+
+    def __init__(self, min_bytes: int):
+        super().__init__()
+        self.min_bytes, self.now, self.peak = min_bytes, 0, 0
+        self.tensors: dict[int, int] = {}  # storage address -> live tensors on it
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in tree_flatten(out)[0]:
+            if isinstance(t, torch.Tensor) and t.untyped_storage().nbytes() >= self.min_bytes:
+                storage = t.untyped_storage()
+                key = storage.data_ptr()
+                if key not in self.tensors:
+                    self.tensors[key] = 0
+                    self.now += storage.nbytes()
+                    self.peak = max(self.peak, self.now)
+                self.tensors[key] += 1
+                weakref.finalize(t, self._release, key, storage.nbytes())
+        return out
+
+    def _release(self, key: int, size: int) -> None:
+        self.tensors[key] -= 1
+        if not self.tensors[key]:
+            del self.tensors[key]
+            self.now -= size
+
+
 def test_the_losss_peak_is_its_saved_log_softmax_and_two_fp32_gradients():
-    """memory.LOSS_BACKWARD_PEAK_PER_VOCAB, from torch's own autograd: the runtime's loss
-    (train/model/transformer.py cross_entropy_loss) over bf16 logits saves one
-    vocabulary-wide tensor, the fp32 log-softmax (4 bytes per entry); its backward allocates
-    nll_loss's and log_softmax's fp32 gradients (4 + 4) while that one is held: 12."""
+    """memory.LOSS_BACKWARD_PEAK_PER_VOCAB, measured on torch itself: the runtime's loss
+    (train/model/transformer.py cross_entropy_loss) over bf16 logits keeps one
+    vocabulary-wide tensor for backward, the fp32 log-softmax (4 bytes per entry; the logits
+    and their fp32 copy are gone once the forward returns), and its backward peaks at 12 bytes
+    per entry (that, and nll_loss's and log_softmax's fp32 gradients) while the saved
+    activations of every block are still held. Under TP the model counts DTensor's
+    loss_parallel backward from its code: 16."""
     from train.model.transformer import cross_entropy_loss
 
-    tokens, vocab, d = 8, 1000, 16
+    tokens, vocab, d = 64, 4096, 16
     hidden = torch.randn(1, tokens, d, requires_grad=True)
     weight = torch.randn(vocab, d, requires_grad=True)
-    saved: dict[int, torch.Tensor] = {}
+    targets = torch.randint(0, vocab, (1, tokens))
+    live = _LiveBytes(min_bytes=tokens * vocab)  # vocabulary-wide tensors only
 
-    def pack(t):
-        saved[t.untyped_storage().data_ptr()] = t
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+    def forward():  # the logits die with this frame, as in Transformer.forward
         with torch.autocast("cpu", dtype=torch.bfloat16):
             logits = hidden @ weight.t()
-        loss = cross_entropy_loss(logits, torch.randint(0, vocab, (1, tokens)))
-    wide = [t for t in saved.values() if t.numel() == tokens * vocab]
-    assert [(t.dtype, t.element_size()) for t in wide] == [(torch.float32, 4)]
-    assert logits.dtype == torch.bfloat16  # the logits and their fp32 copy: not saved
-    # Backward's first two nodes (NllLossBackward, LogSoftmaxBackward) each make an fp32
-    # gradient the size of the log-softmax: 4 saved + 4 + 4.
-    nll = loss.grad_fn
-    assert "NllLoss" in nll.name() and "LogSoftmax" in nll.next_functions[0][0].name()
-    assert memory.LOSS_BACKWARD_PEAK_PER_VOCAB == 4 + 4 + 4
+        return cross_entropy_loss(logits, targets)
+
+    with live:
+        loss = forward()
+        assert live.now == 4 * tokens * vocab  # the saved fp32 log-softmax, nothing else
+        live.peak = live.now
+        loss.backward()
+    assert live.peak == memory.LOSS_BACKWARD_PEAK_PER_VOCAB * tokens * vocab == 12 * tokens * vocab
+    m = model("llama_7b")
+    one = LayoutPlan("ddp", Degrees(1, 1, 1), False, [])
+    tp = LayoutPlan("tp", Degrees(1, 1, 4), False, [])
+
+    def head(plan):  # the final norm and the loss of one token
+        given = (m, plan, 1, 1, "bf16")
+        return memory.activation_bytes(*given) - memory.activation_bytes(*given, head=False)
+
+    norm = (4 + 2) * m.d_model  # fp32 residual in, 16-bit out (no sequence parallelism)
+    assert head(one) == norm + 12 * m.vocab_size
+    assert head(tp) == norm + 16 * m.vocab_size // 4
 
 
 def test_the_model_needs_no_torch():
