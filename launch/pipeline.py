@@ -48,6 +48,7 @@ from launch.resolve import (
 from launch.rundir import (
     FAILED,
     config_name,
+    dry_run_path,
     finished_points,
     previous_sweep_id,
     record_failure,
@@ -148,7 +149,7 @@ def prepare(cfg: RunConfig, overrides: list[str], job: Job, console: Console) ->
     kept = [o for o in overrides if o.split("=", 1)[0] not in ("run_dir", "resume")]
     again = ["python", "-m", job.driver_module, *kept, f"run_dir={root}", "resume=true"]
     prepared.resume_command = shlex.join(again)
-    if node == 0 and not (cfg.resume and (root / "command.sh").exists()):
+    if node == 0 and not ((cfg.resume or cfg.dry_run) and (root / "command.sh").exists()):
         reproduce = shlex.join([sys.executable, "-m", job.driver_module, *overrides])
         write_atomic(
             root / "command.sh", f"#!/bin/sh\n# reproduces this run or sweep\n{reproduce}\n"
@@ -163,7 +164,7 @@ def write_run_files(prepared: Prepared, job: Job, node: int) -> None:
     for plan in prepared.plans:
         if plan.name in prepared.finished:
             continue  # its files stay as they are
-        if node == 0:
+        if node == 0 and not cfg.dry_run:  # a dry run deletes nothing (launch/rundir.py)
             (plan.run_dir / FAILED).unlink(missing_ok=True)
             if cfg.overwrite and not cfg.checkpoint.dir:
                 # The run is replaced: its own checkpoints must not resume it.
@@ -171,7 +172,8 @@ def write_run_files(prepared: Prepared, job: Job, node: int) -> None:
             if cfg.overwrite:
                 # Nor may the old run's torchrun folders (a rank's error.json) describe it.
                 shutil.rmtree(plan.run_dir / "torchelastic", ignore_errors=True)
-        path = write_run_config(cfg, plan, prepared.sweep_id, config_name(node))
+        name = dry_run_path(plan.run_dir / config_name(node), cfg.dry_run).name
+        path = write_run_config(cfg, plan, prepared.sweep_id, name)
         prepared.config_paths[plan.name] = path
         if cfg.launcher.name != "slurm":
             prepared.commands[plan.name] = launch_commands(cfg, plan, path, setup, job.rank_module)

@@ -15,6 +15,8 @@
   aside into `replaced-<time>/` (said on the console), so the new report never shows them.
 - A failed point leaves `failed.json` (exit code, the failing rank's last lines) for the
   report; rerunning the point removes it.
+- `dry_run=true` deletes and replaces nothing: where a run's file exists already, the dry
+  run's goes beside it (`dry_run_path`), and the printed command names that one.
 """
 
 from __future__ import annotations
@@ -44,6 +46,14 @@ POINT_MARKS = ("config.yaml", "summary.json", FAILED)
 RUN_FILES = (*POINT_MARKS, "metrics.jsonl", "launch.log", "torchelastic")
 # A sweep's report (launch/report/write.py): it describes the runs it was written from.
 REPORT_FILES = ("report.md", "results.json", "scaling.png", "breakdown.png")
+
+
+def dry_run_path(path: Path, dry_run: bool) -> Path:
+    """Where a run file is written: ``path``, except that a dry run never replaces a file an
+    earlier run wrote (its config, its sbatch script): ``<stem>.dry-run<suffix>`` beside it."""
+    if dry_run and path.exists():
+        return path.with_name(f"{path.stem}.dry-run{path.suffix}")
+    return path
 
 
 def lock_name(node_rank: int = 0) -> str:

@@ -74,11 +74,18 @@ def env_command(cfg: RunConfig) -> NodeCommand:
 
 
 def write_launch_files(cfg: RunConfig, plan: RunPlan, nodes: list[ClusterNode]) -> None:
-    """The run's hostfile (its first plan.nodes hosts) and .deepspeed_env, in its run dir."""
+    """The run's hostfile (its first plan.nodes hosts) and .deepspeed_env, in its run dir.
+    A dry run keeps an earlier run's files as they are (the command names the paths a real
+    run writes) and writes only those not there yet."""
     plan.run_dir.mkdir(parents=True, exist_ok=True)
+
+    def write(name: str, text: str) -> None:
+        if not (cfg.dry_run and (plan.run_dir / name).exists()):
+            write_atomic(plan.run_dir / name, text)
+
     if plan.nodes > 1:
         names = [node.name for node in nodes[: plan.nodes]]
-        write_atomic(plan.run_dir / HOSTFILE, format_hostfile(names, plan.nproc_per_node))
+        write(HOSTFILE, format_hostfile(names, plan.nproc_per_node))
     env = env_command(cfg)
     if plan.nodes > 1 and cfg.launcher.runner != "pdsh":
         # The openmpi and slurm runners pass no rendezvous to the ranks; the file reaches them.
@@ -89,7 +96,7 @@ def write_launch_files(cfg: RunConfig, plan: RunPlan, nodes: list[ClusterNode]) 
         env = NodeCommand(0, [], {**env.env, **master})
     # DeepSpeed reads each value up to the end of its line and quotes it itself: raw values
     # (the fabric check refuses newlines).
-    write_atomic(plan.run_dir / ENV_FILE, env.dotenv())
+    write(ENV_FILE, env.dotenv())
 
 
 def runner_options(runner: str, nproc_per_node: int) -> list[str]:

@@ -18,6 +18,7 @@ from pathlib import Path
 from launch.errors import ConfigError, RunFailed
 from launch.launchers.torchrun import slurm_task_command
 from launch.plan import RunPlan
+from launch.rundir import dry_run_path
 from train.files.safe_files import write_atomic
 from train.spec.config import RunConfig
 
@@ -159,7 +160,7 @@ def sbatch_argv(script_path: Path) -> list[str]:
 
 
 def write_script(cfg: RunConfig, plan: RunPlan, config_path: Path, module: str = "train") -> Path:
-    path = plan.run_dir / SCRIPT_NAME
+    path = dry_run_path(plan.run_dir / SCRIPT_NAME, cfg.dry_run)
     write_atomic(path, sbatch_script(cfg, plan, config_path, module))
     os.chmod(path, 0o755)
     return path

@@ -194,6 +194,39 @@ def test_overwrite_says_what_it_would_move_and_a_dry_run_moves_nothing(launch_in
     assert (root / "ws2" / "summary.json").is_file()
 
 
+def _tree(root: Path) -> dict[str, bytes]:
+    return {
+        str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()
+    }
+
+
+@pytest.mark.parametrize("flags", [[], ["overwrite=true"]])
+def test_a_dry_run_changes_nothing_an_earlier_run_left(launch_in_process, tmp_path, flags):
+    """A dry run over a sweep with a failed point, checkpoints and torchrun's folders deleted
+    failed.json (the failure's record), the checkpoints and torchelastic/ (overwrite=true),
+    and rewrote config.yaml and command.sh to describe a run that never happened."""
+    root = tmp_path / "sweep"
+    if flags:  # a finished point, which a plain run refuses to replace
+        write_point(root, 1)
+    failed = root / "ws2"
+    failed.mkdir(parents=True)
+    (failed / "config.yaml").write_text("name: scaleprobe\n")
+    (failed / "failed.json").write_text('{"exit_code": 1}\n')
+    (failed / "checkpoints" / "step_000003").mkdir(parents=True)
+    (failed / "checkpoints" / "step_000003" / "__0_0.distcp").write_bytes(b"shard")
+    (failed / "torchelastic" / "id_x" / "attempt_0" / "0").mkdir(parents=True)
+    (failed / "torchelastic" / "id_x" / "attempt_0" / "0" / "error.json").write_text("{}")
+    (root / "command.sh").write_text("#!/bin/sh\npython -m launch\n")
+    before = _tree(root)
+    result = launch_in_process(*FAST, f"run_dir={root}", *flags, "dry_run=true")
+    assert result.returncode == 0, result.stderr
+    after = _tree(root)
+    assert {k: after.get(k) for k in before} == before  # every file there, unchanged
+    # The printed commands name the dry run's own configs, written beside the runs' ones.
+    assert str(failed / "config.dry-run.yaml") in result.stdout
+    assert yaml.safe_load((failed / "config.dry-run.yaml").read_text())["train"]
+
+
 def test_a_dir_with_finished_runs_of_other_world_sizes_is_refused_without_overwrite(
     launch_in_process, tmp_path
 ):
