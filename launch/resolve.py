@@ -240,7 +240,13 @@ def _overridden(overrides: list[str], key: str) -> bool:
 def resolve_node_defaults(cfg: RunConfig, overrides: list[str], console: Console) -> None:
     """On a GPU node the defaults use the node: one rank per visible GPU of GPU 0's kind, and a
     weak sweep over powers of two up to them, unless the command line set either. A node
-    whose GPUs are of several kinds: more ranks than the first run of one kind is refused."""
+    whose GPUs are of several kinds: more ranks than the first run of one kind is refused.
+    On real nodes (cluster=slurm or multinode) the sweep's default reaches all of them:
+    powers of two up to cluster.nodes x cluster.nproc_per_node (sweep/weak.yaml's [1, 2]
+    would leave every node but one idle)."""
+    if cfg.cluster.name in ("slurm", "multinode"):
+        _sweep_the_nodes(cfg, overrides, console)
+        return
     if cfg.cluster.name != "local" or cfg.launcher.name == "slurm" or cfg.gpu.name == "cpu":
         return
     with quiet_third_party():
@@ -262,11 +268,30 @@ def resolve_node_defaults(cfg: RunConfig, overrides: list[str], console: Console
         )
     if cfg.sweep.name != "none" and not _overridden(overrides, "sweep.world_sizes"):
         top = cfg.cluster.nodes * cfg.cluster.nproc_per_node
-        cfg.sweep.world_sizes = [2**k for k in range(top.bit_length()) if 2**k <= top]
+        cfg.sweep.world_sizes = _powers_of_two_up_to(top)
         changed.append(f"sweep.world_sizes={cfg.sweep.world_sizes}")
     if changed:
         kinds = f" of one kind (left out: {other_kinds(found)})" if gpus < len(found) else ""
         console.print(f"this node has {gpus} GPU(s){kinds}: " + ", ".join(changed))
+
+
+def _powers_of_two_up_to(top: int) -> list[int]:
+    return [2**k for k in range(top.bit_length()) if 2**k <= top]
+
+
+def _sweep_the_nodes(cfg: RunConfig, overrides: list[str], console: Console) -> None:
+    if cfg.sweep.name == "none" or _overridden(overrides, "sweep.world_sizes"):
+        return
+    nodes, per_node = cfg.cluster.nodes, cfg.cluster.nproc_per_node
+    if nodes < 1 or per_node < 1:
+        return  # refused by validation, naming the key
+    sizes = _powers_of_two_up_to(nodes * per_node)
+    if sizes != list(cfg.sweep.world_sizes):
+        cfg.sweep.world_sizes = sizes
+        console.print(
+            f"cluster={cfg.cluster.name}: {nodes} node(s) x {per_node} rank(s): "
+            f"sweep.world_sizes={sizes} (set it, or sweep=none for one run on them all)"
+        )
 
 
 def state_precision(cfg: RunConfig, setup, console: Console) -> str | None:

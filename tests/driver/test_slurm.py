@@ -17,6 +17,7 @@ from launch.cluster.setup import set_up_cluster
 from launch.errors import ConfigError, RunFailed
 from launch.launchers import slurm, slurm_jobs
 from launch.plan import plan_runs
+from launch.resolve import resolve_node_defaults
 from launch.rundir import LOCK
 from launch.training import TRAINING
 from tests.conftest import FAST, compose_run_config, run_launch
@@ -203,3 +204,24 @@ def test_job_states_from_squeue_then_sacct(tmp_path, monkeypatch):
     assert states["101"] == slurm_jobs.JobState("RUNNING")
     assert states["102"] == slurm_jobs.JobState("CANCELLED", 0) and states["102"].ended
     assert states["103"].state == "ENDED" and not states["101"].ended
+
+
+@pytest.mark.parametrize(
+    ("cluster", "top"),
+    [
+        (["cluster=slurm", "launcher=slurm", "gpu=h100_sxm", "cluster.nodes=4"], 32),
+        (["cluster=multinode", "cluster.hosts=[gpu-01,gpu-02]", "gpu=h100_sxm"], 16),
+    ],
+)
+def test_the_default_sweep_reaches_every_node(cluster, top):
+    """README's Slurm line with cluster.nodes=4 submitted two 1-node jobs (sweep/weak.yaml's
+    [1, 2]), and a multinode sweep never left the head node: the default now reaches all."""
+    cfg = compose_run_config([*FAST, *cluster])
+    console = Console(record=True, width=200)
+    resolve_node_defaults(cfg, [*cluster], console)
+    assert cfg.sweep.world_sizes == [2**k for k in range(top.bit_length())]
+    assert f"sweep.world_sizes={cfg.sweep.world_sizes}" in console.export_text()
+    pinned = [*cluster, "sweep.world_sizes=[1,2]"]
+    cfg = compose_run_config([*FAST, *pinned])
+    resolve_node_defaults(cfg, pinned, Console(record=True))
+    assert cfg.sweep.world_sizes == [1, 2]  # the command line's own sweep is kept
