@@ -5,6 +5,7 @@ import pytest
 from launch.errors import ConfigError
 from launch.plan import config_for, plan_runs
 from tests.conftest import compose_run_config
+from train.spec.degrees import plan_layout
 
 
 def plans_for(*overrides: str):
@@ -61,3 +62,17 @@ def test_config_for_a_run_carries_its_shape_and_sweep_id():
     run_cfg = config_for(cfg, plan, "sweep-1")
     assert run_cfg.cluster.nproc_per_node == 2 and run_cfg.resolved.sweep_id == "sweep-1"
     assert run_cfg.run_dir == "/tmp/s/ws2" and cfg.run_dir == "/tmp/s"  # original untouched
+
+
+def test_a_world_size_too_small_for_the_fixed_degrees_names_them_not_the_rest():
+    """The default weak sweep's world size 1 under parallel=pp_fsdp (pp 2) said
+    `parallel.dp_shard: -1 (the rest) is world size 1 / 2`, naming the key the user did not
+    set; it names the degree that does not fit and the way out."""
+    cfg = compose_run_config(["run_dir=/tmp/s", "parallel=pp_fsdp"])
+    with pytest.raises(ConfigError, match=r"parallel.pp: pp 2 does not divide world size 1 .*"
+                       r"sweep.world_sizes=\[2,4\], or sweep=none"):  # fmt: skip
+        plan_layout(cfg, 1, 1)
+    two = ["parallel=tp_fsdp", "parallel.tp=2", "parallel.dp_replicate=2"]
+    cfg = compose_run_config(["run_dir=/tmp/s", *two])
+    with pytest.raises(ConfigError, match=r"replicate 2 x tp 2 = 4 ranks does not divide world s"):
+        plan_layout(cfg, 2, 2)

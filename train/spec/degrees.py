@@ -156,9 +156,16 @@ def _fill_rest(row: Layout, values: dict[str, int], world_size: int, nproc_per_n
         for key, value in values.items():
             fixed *= value if key != rest[0] else 1
         if world_size % fixed:
+            # Name the degrees that fix the product: a sweep's small world size (the default
+            # weak sweep starts at 1) is the usual cause, not the -1 itself.
+            named = {k: v for k, v in values.items() if k != rest[0] and v > 1}
+            product = " x ".join(f"{k} {v}" for k, v in named.items())
+            product += f" = {fixed} ranks" if len(named) > 1 else ""
             raise ConfigError(
-                f"parallel.{rest[0]}",
-                f"-1 (the rest) is world size {world_size} / {fixed}, not a whole number",
+                f"parallel.{next(iter(named))}",
+                f"{product} does not divide world size {world_size} "
+                f"({rest[0]}=-1 takes the rest): every world size must be a multiple of "
+                f"{fixed} (sweep.world_sizes=[{fixed},{2 * fixed}], or sweep=none)",
             )
         values[rest[0]] = world_size // fixed
 
