@@ -10,7 +10,7 @@ from launch.errors import ConfigError
 from launch.launchers.deepspeed import validate_deepspeed
 from launch.launchers.slurm import validate_slurm
 from launch.plan import RunPlan
-from train.spec.config import RunConfig
+from train.spec.config import ClusterConfig, LauncherConfig, RunConfig
 
 # Which launchers each cluster can start ranks with.
 CLUSTER_LAUNCHERS = {
@@ -21,8 +21,43 @@ CLUSTER_LAUNCHERS = {
 }
 
 
+# Keys only one choice of a group reads: set under another they would be ignored without a
+# word (cluster.hosts without cluster=multinode ran a plain local job).
+ONLY_UNDER = {
+    "cluster": (
+        ClusterConfig(),
+        {key: ("multinode",) for key in ("hosts", "hostfile", "fabric_addrs", "node_rank")},
+    ),
+    "launcher": (
+        LauncherConfig(),
+        {
+            "runner": ("deepspeed",),
+            **{
+                key: ("slurm",)
+                for key in ("partition", "account", "time", "wait", "cpus_per_task", "cpus_per_gpu")
+            },
+        },
+    ),
+}
+
+
+def refuse_keys_of_other_choices(cfg: RunConfig) -> None:
+    for group, (defaults, keys) in ONLY_UNDER.items():
+        section = getattr(cfg, group)
+        for key, choices in keys.items():
+            value = getattr(section, key)
+            if section.name not in choices and value != getattr(defaults, key):
+                shown = getattr(value, "value", value)  # an enum's own spelling
+                raise ConfigError(
+                    f"{group}.{key}",
+                    f"{shown!r} applies only to {group}={' or '.join(choices)}, "
+                    f"not {group}={section.name} (it would be ignored)",
+                )
+
+
 def validate_launch(cfg: RunConfig, plans: list[RunPlan]) -> None:
     c = cfg.cluster
+    refuse_keys_of_other_choices(cfg)
     allowed = CLUSTER_LAUNCHERS.get(c.name, ())
     if cfg.launcher.name not in allowed:
         raise ConfigError(

@@ -35,6 +35,17 @@ BAD = [
         "cluster.link_match_gpu: unknown gpu profile 'h900'",
     ),
     (["cluster=emulated", "cluster.link_match=pcie"], "cluster.link_match: Invalid value 'pcie'"),
+    # Keys of another choice, which ran a plain local job without a word.
+    (
+        ["cluster.hosts=[a,b]"],
+        "cluster.hosts: ['a', 'b'] applies only to cluster=multinode, not cluster=local",
+    ),
+    (["cluster.node_rank=1"], "cluster.node_rank: 1 applies only to cluster=multinode"),
+    (["launcher.partition=gpu"], "launcher.partition: 'gpu' applies only to launcher=slurm"),
+    (
+        ["launcher.runner=openmpi"],
+        "launcher.runner: 'openmpi' applies only to launcher=deepspeed, not launcher=torchrun",
+    ),
 ]
 
 
