@@ -39,6 +39,7 @@ def test_torchao_fp8_emulated_on_cpu_trains_like_bf16(tmp_path):
     assert summary["precision"]["fp8_backend"] == "torchao"
     assert "emulated on CPU" in summary["precision"]["reason"]
     assert summary["gpu_warning"]  # an h100 profile on a CPU is flagged
+    assert summary["mfu"] is None  # and its peak is not this CPU's
     assert fp8[-1] < fp8[0] - 0.1  # it learns
     # Tolerance: fp8 (e4m3 forward, tensorwise scales) perturbs each matmul by about 2^-4
     # relative; over 20 steps of the tiny model the per-step losses stay within 2% of bf16's.

@@ -15,7 +15,7 @@ from train.measure.metrics import mfu_figures
 from train.model.transformer import Transformer
 from train.runtime.numerics import fp8_module_filter, prepare_model
 from train.spec.config import Fp8Config
-from train.spec.devices import MachineProbe
+from train.spec.devices import MachineProbe, peaks_describe
 from train.spec.precision import resolve_precision
 
 
@@ -57,6 +57,12 @@ def test_mfu_by_hand_for_bf16_and_fp8():
     assert fp8.mfu_vs_bf16_peak == pytest.approx(300 / 989.4)
     # A part with no known peak never borrows one.
     assert mfu_figures(flops_per_token, per_device, load_gpu_profile("cpu"), "bf16").mfu is None
+    # Nor does a CPU run borrow the H100's it was given as its profile (the fp8 emulation
+    # runs): the rank passes no profile where devices.peaks_describe says no.
+    assert not peaks_describe(h100, "cpu") and peaks_describe(h100, "cuda")
+    assert peaks_describe(load_gpu_profile("cpu"), "cpu")
+    fp8 = mfu_figures(flops_per_token, per_device, None, "fp8")
+    assert (fp8.mfu, fp8.mfu_vs_bf16_peak, fp8.mfu_vs_measured, fp8.peak_tflops) == (None,) * 4
 
 
 def test_fp16_loss_scaling_skips_an_overflowing_step_and_goes_on():

@@ -57,13 +57,15 @@ class MfuFigures:
 
 
 def mfu_figures(
-    flops_per_token: float, tokens_per_s_per_device: float, gpu: GpuConfig, resolved: str
+    flops_per_token: float, tokens_per_s_per_device: float, gpu: GpuConfig | None, resolved: str
 ) -> MfuFigures:
     """MFU against the peak of the precision in use; fp8 runs also against the bf16 peak (the
     head and narrow layers stay bf16, so neither figure alone is the whole truth), and against
-    the measured matmul ceiling when `python -m launch.mamf` has measured one."""
-    peak = getattr(gpu.peak_tflops, resolved, None)
-    measured = getattr(gpu.measured_peak_tflops, resolved, None)
+    the measured matmul ceiling when `python -m launch.mamf` has measured one. ``gpu`` None:
+    no profile describes the device (devices.peaks_describe), so every figure is None."""
+    peak = getattr(gpu.peak_tflops, resolved, None) if gpu else None
+    measured = getattr(gpu.measured_peak_tflops, resolved, None) if gpu else None
+    bf16_peak = gpu.peak_tflops.bf16 if gpu else None
     figure = mfu(flops_per_token, tokens_per_s_per_device, peak)
     fp8 = resolved == "fp8"
     return MfuFigures(
@@ -73,7 +75,7 @@ def mfu_figures(
         measured_peak_tflops=measured,
         mfu_vs_measured=mfu(flops_per_token, tokens_per_s_per_device, measured),
         mfu_vs_bf16_peak=(
-            mfu(flops_per_token, tokens_per_s_per_device, gpu.peak_tflops.bf16) if fp8 else None
+            mfu(flops_per_token, tokens_per_s_per_device, bf16_peak) if fp8 else None
         ),
         mfu_vs_fp8_peak=figure if fp8 else None,
     )

@@ -31,7 +31,7 @@ from train.runtime.rank_step import RankSteps
 from train.runtime.shared_folders import check_shared_folders, folders_to_share
 from train.spec.config import RunConfig
 from train.spec.degrees import LayoutPlan
-from train.spec.devices import profile_mismatch
+from train.spec.devices import peaks_describe, profile_mismatch
 from train.spec.precision import (
     PrecisionPlan,
     compiles_blocks,
@@ -152,7 +152,7 @@ def set_up(cfg: RunConfig, run_dir: Path, rank: distributed.RankInfo) -> RankRun
         layout=layout,
         steps=steps,
         checkpoints=checkpoints,
-        workload=_workload(cfg, layout_plan, plan),
+        workload=_workload(cfg, layout_plan, plan, rank.device.type),
         start_step=start_step,
         after_restart=after_restart,
         device_notes=notes,
@@ -241,7 +241,9 @@ def _loss_scaler(
     )
 
 
-def _workload(cfg: RunConfig, layout_plan: LayoutPlan, plan: PrecisionPlan) -> Workload:
+def _workload(
+    cfg: RunConfig, layout_plan: LayoutPlan, plan: PrecisionPlan, device_type: str
+) -> Workload:
     model_flops = flops_per_token(cfg.model, cfg.train.seq_len)
     recomputed = recompute_flops_per_token(cfg.model, cfg.train.seq_len, layout_plan.checkpointed)
     return Workload(
@@ -249,7 +251,11 @@ def _workload(cfg: RunConfig, layout_plan: LayoutPlan, plan: PrecisionPlan) -> W
         flops_per_token=model_flops,
         hardware_flops_per_token=model_flops + recomputed,
         tokens_per_step=cfg.train.global_batch * cfg.train.seq_len,
-        peak_tflops=peak_tflops_for(cfg.gpu, plan.resolved),
+        peak_tflops=(
+            peak_tflops_for(cfg.gpu, plan.resolved)
+            if peaks_describe(cfg.gpu, device_type)
+            else None
+        ),
     )
 
 

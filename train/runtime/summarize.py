@@ -18,6 +18,7 @@ from train.measure.summary import RunSummary
 from train.runtime.loop import Trained
 from train.runtime.rank_setup import RankRun
 from train.spec.config import config_digest
+from train.spec.devices import peaks_describe
 from train.spec.shapes import count_active_params
 
 
@@ -27,7 +28,8 @@ def run_summary(run: RankRun, trained: Trained, profiled: ProfileResult | None) 
     stats = step_time_stats(step_times)
     tokens_per_s = work.tokens_per_step / stats["median"]
     per_device = tokens_per_s / rank.world_size
-    figures = mfu_figures(work.flops_per_token, per_device, cfg.gpu, run.precision.resolved)
+    profile = cfg.gpu if peaks_describe(cfg.gpu, rank.device.type) else None
+    figures = mfu_figures(work.flops_per_token, per_device, profile, run.precision.resolved)
     return RunSummary(
         run_name=run.run_dir.name,
         sweep={"id": cfg.resolved.sweep_id, "name": cfg.sweep.name},

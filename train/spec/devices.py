@@ -61,13 +61,22 @@ def cpu_has_native_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
+def peaks_describe(gpu: GpuConfig, device_type: str) -> bool:
+    """Whether the profile's peaks can be this device's: a GPU profile's are no CPU's, nor the
+    cpu profile's a GPU's (an h100_sxm profile on a CPU run, as the fp8 emulation tests use,
+    gave an MFU of 0.0055% against 989 TFLOP/s: another part's figure)."""
+    return (gpu.name == "cpu") == (device_type == "cpu")
+
+
 def profile_mismatch(gpu: GpuConfig, device_type: str, device_name: str) -> str | None:
     """A warning when the requested profile does not describe this device, else None."""
     if gpu.name == "unknown":
         return f"no gpu profile matches {device_name!r}: MFU is null"
     if device_type == "cpu":
         if gpu.name != "cpu":
-            return f"gpu={gpu.name} was requested but this run is on CPU ({device_name})"
+            return (
+                f"gpu={gpu.name} was requested but this run is on CPU ({device_name}): MFU is null"
+            )
         return None
     if gpu.name == "cpu":
         return f"gpu=cpu was requested but this run is on {device_name}"
