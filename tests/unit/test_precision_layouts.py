@@ -88,6 +88,17 @@ def test_zero_reason_names_deepspeed():
     plan = on_h100_with_te_and_torchao("auto", "zero2")
     assert plan.resolved == "bf16"
     assert "fp8 skipped: parallel=zero2 runs through DeepSpeed, which has no fp8" in plan.reason
+    # DeepSpeed's engine casts the model itself; the loop does not autocast (it said it did).
+    assert "DeepSpeed's bf16 engine: bf16 weights, fp32 master weights" in plan.reason
+    assert "autocast" not in plan.reason
+    cpu = MachineProbe(False, False, None, True)
+    plan = resolve_precision("auto", Fp8Config(), load_gpu_profile("cpu"), WIDE, cpu,
+                             layout_name="zero1")  # fmt: skip
+    assert plan.resolved == "bf16" and "DeepSpeed's bf16 engine" in plan.reason
+    ampere = MachineProbe(False, False, AMPERE, False)
+    plan = resolve_precision("auto", Fp8Config(), load_gpu_profile("a100_80g"), WIDE, ampere,
+                             layout_name="fsdp")  # fmt: skip
+    assert "bf16 autocast over fp32 master weights" in plan.reason
 
 
 def test_an_explicit_request_is_not_rewritten_by_the_layout():

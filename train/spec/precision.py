@@ -125,6 +125,13 @@ def resolve_precision(
     out for it. Ranks always pass it.
     """
     on_cpu = probe.compute_capability is None
+    deepspeed = layout_name not in (None, "auto") and layout(layout_name).deepspeed
+    # DeepSpeed's engine casts the model itself (train/parallel/zero.py): no autocast there.
+    how = (
+        "DeepSpeed's bf16 engine: bf16 weights, fp32 master weights in the optimizer"
+        if deepspeed
+        else "bf16 autocast over fp32 master weights"
+    )
     if requested != "auto":
         if requested != "fp8":
             reason = f"requested {requested}"
@@ -135,13 +142,13 @@ def resolve_precision(
     if on_cpu:  # whatever the profile says, the matmuls run on this CPU
         if probe.cpu_native_bf16:
             return PrecisionPlan(
-                "auto", "bf16", "auto on cpu: native bf16 (avx512_bf16/amx), bf16 autocast"
+                "auto", "bf16", f"auto on cpu: native bf16 (avx512_bf16/amx), {how}"
             )
         # Measured on an AVX2-only EPYC: bf16 autocast ran the tiny model 9x slower than fp32.
         return PrecisionPlan(
             "auto", "fp32", "auto on cpu: no native bf16 (avx512_bf16/amx), fp32 is faster"
         )
-    bf16 = f"auto on {gpu.name}: bf16 autocast over fp32 master weights, TF32 elsewhere"
+    bf16 = f"auto on {gpu.name}: {how}, TF32 elsewhere"
     if not gpu.fp8:
         return PrecisionPlan("auto", "bf16", bf16)
     skipped = _why_not_fp8(fp8, model, probe, layout_name, tokens_per_micro_batch)
