@@ -109,6 +109,13 @@ def check_deepspeed_runner(cfg: RunConfig) -> None:
         )
 
 
+def free_port() -> int:
+    """A port the kernel says is free now (a suggestion: it may be taken by the next run)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("", 0))
+        return probe.getsockname()[1]
+
+
 def check_port_free(port: int) -> None:
     """The rendezvous port must be free on the node that hosts it (this one).
 
@@ -121,6 +128,8 @@ def check_port_free(port: int) -> None:
         except OSError as exc:
             if exc.errno == errno.EADDRINUSE:
                 raise ConfigError(
-                    "cluster.master_port", f"port {port} is in use on this machine"
+                    "cluster.master_port",
+                    f"port {port} is in use on this machine: pick a free one, 1024..65535 "
+                    f"(e.g. cluster.master_port={free_port()})",
                 ) from None
             raise

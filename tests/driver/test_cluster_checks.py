@@ -98,9 +98,10 @@ def test_rendezvous_port_in_use_on_the_head(launch_in_process, tmp_path):
             f"run_dir={tmp_path / 'run'}",
         )
     assert result.returncode == 2, result.stderr
-    assert result.stderr.strip().splitlines()[-1] == (
-        f"error: cluster.master_port: port {port} is in use on this machine"
-    )
+    line = result.stderr.strip().splitlines()[-1]
+    assert line.startswith(f"error: cluster.master_port: port {port} is in use on this machine")
+    suggested = int(line.rsplit("cluster.master_port=", 1)[1].rstrip(")"))
+    assert suggested != port and 1024 <= suggested <= 65535
     assert not (tmp_path / "run").exists()
 
 
