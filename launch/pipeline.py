@@ -359,16 +359,36 @@ def finish(
 
 
 def print_commands(prepared: Prepared) -> None:
+    """The lines a run would start. With one driver per node (cluster=multinode, torchrun)
+    node k > 0 prints only its own, as it would run only those; node 0 prints every node's,
+    each naming the config that node's driver writes (config-node<k>.yaml)."""
+    cfg = prepared.cfg
+    node = driver_node_rank(cfg)
+    per_node_drivers = cfg.cluster.name == "multinode" and cfg.launcher.name == "torchrun"
     for plan in prepared.plans:
         commands = prepared.commands[plan.name]
         print(
             f"# {plan.name}: world size {plan.world_size} = {plan.nodes} node(s) x "
             f"{plan.nproc_per_node}, global batch {plan.global_batch}"
         )
-        for node in commands:
+        if per_node_drivers and node > 0:
+            commands = commands_run_here(cfg, commands)
+            if not commands:
+                used = "node 0" if plan.nodes == 1 else f"nodes 0-{plan.nodes - 1}"
+                print(f"# nothing on node {node}: this run uses {used}")
+        for command in commands:
             if len(commands) > 1:
-                print(f"# node {node.node_rank}")
-            print(node.shell_line())
+                print(f"# node {command.node_rank}")
+            if per_node_drivers and command.node_rank != node:
+                command = _with_config_of(command, plan, prepared.config_paths[plan.name])
+            print(command.shell_line())
+
+
+def _with_config_of(command: NodeCommand, plan: RunPlan, config: Path) -> NodeCommand:
+    """Another node's line as its own driver renders it: with the config it writes."""
+    theirs = str(plan.run_dir / config_name(command.node_rank))
+    argv = [theirs if a == str(config) else a for a in command.argv]
+    return NodeCommand(command.node_rank, argv, command.env)
 
 
 def run_job(cfg: RunConfig, overrides: list[str], job: Job, console: Console) -> int:

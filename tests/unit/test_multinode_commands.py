@@ -219,7 +219,30 @@ def test_dry_run_prints_each_nodes_command(launch_in_process, tmp_path):
     assert [line for line in lines if line.startswith("# node")] == ["# node 0", "# node 1"]
     assert [c[c.index("--rdzv-conf") + 1] for c in commands] == ["is_host=1", "is_host=0"]
     assert all(c[c.index("--rdzv-endpoint") + 1] == "node-a:29500" for c in commands)
+    # Each line names the config its node's driver writes (node 1 printed node 0's).
+    configs = [c[c.index("--config") + 1] for c in commands]
+    assert configs == [str(tmp_path / "dry" / n) for n in ("config.yaml", "config-node1.yaml")]
     assert not (tmp_path / "dry" / "summary.json").exists()
+
+
+def test_a_later_nodes_dry_run_prints_only_what_it_would_run(launch_in_process, tmp_path):
+    """Node 1's dry run printed node 0's lines for the one-node points, which its real run
+    skips."""
+    result = launch_in_process(
+        "gpu=cpu",
+        "cluster=multinode",
+        "cluster.hosts=[node-a,node-b]",
+        "cluster.nproc_per_node=2",
+        "sweep.world_sizes=[2,4]",
+        "cluster.node_rank=1",
+        "dry_run=true",
+        f"run_dir={tmp_path / 'dry'}",
+    )
+    assert result.returncode == 0, result.stderr
+    assert "# nothing on node 1: this run uses node 0" in result.stdout
+    (line,) = [shlex.split(x) for x in result.stdout.splitlines() if "--rdzv-endpoint" in x]
+    assert line[line.index("--rdzv-conf") + 1] == "is_host=0"
+    assert line[-1] == str(tmp_path / "dry" / "ws4" / "config-node1.yaml")
 
 
 def test_every_nodes_driver_derives_the_same_rendezvous_id():
