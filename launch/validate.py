@@ -137,7 +137,9 @@ def validate_cpu_share(cfg: RunConfig, plans: list[RunPlan]) -> None:
             "use fewer ranks or threads, or cluster.allow_oversubscribe=true (figures are "
             "then marked oversubscribed)"
         )
-        raise ConfigError("cluster.cpu_threads_per_rank", contention)
+        # Blame what multiplies past the cores: the threads per rank, else the ranks.
+        key = "cpu_threads_per_rank" if c.cpu_threads_per_rank > 1 else "nproc_per_node"
+        raise ConfigError(f"cluster.{key}", contention)
 
 
 def ranks_here(cfg: RunConfig, plan: RunPlan) -> int:

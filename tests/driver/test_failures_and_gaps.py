@@ -33,7 +33,11 @@ def validated(*overrides: str):
     [
         (["train.global_batch=0"], "train.global_batch: 0: must be >= 1"),
         (["train.lr=nan"], "train.lr: nan: must be a finite number >= 0"),
-        (["cluster.nproc_per_node=64"], "cluster.cpu_threads_per_rank: 64 rank thread(s) on"),
+        (["cluster.nproc_per_node=64"], "cluster.nproc_per_node: 64 rank thread(s) on"),
+        (
+            ["cluster.nproc_per_node=1", "cluster.cpu_threads_per_rank=64"],
+            "cluster.cpu_threads_per_rank: 64 rank thread(s) on",
+        ),
         (["precision=fp8", "gpu=h100_sxm"], "precision.fp8.min_dim: no Linear layer of model tiny"),
         (["resume=true", "overwrite=true"], "resume: resume=true keeps finished runs"),
         (
