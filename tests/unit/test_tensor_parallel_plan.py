@@ -51,18 +51,21 @@ def test_sequence_parallelism_is_on_by_default_under_tp_and_can_be_turned_off():
 @pytest.mark.parametrize(
     ("overrides", "why"),
     [
-        (["parallel=tp", "parallel.async_tp=true", "train.compile=true"], "CUDA symmetric"),
-        (["parallel=tp", "parallel.async_tp=true"], "train.compile=true"),
+        (["gpu=cpu", "parallel=tp", "parallel.async_tp=true", "train.compile=true"], "CUDA sym"),
+        # On CPU nothing else helps, so that is said first (it asked for train.compile).
+        (["gpu=cpu", "parallel=tp", "parallel.async_tp=true"], "CUDA symmetric"),
+        (["gpu=h100_sxm", "parallel=tp", "parallel.async_tp=true"], "train.compile=true"),
         (
-            ["parallel=tp", "parallel.async_tp=true", "parallel.sequence_parallel=false"],
+            ["gpu=h100_sxm", "parallel=tp", "parallel.async_tp=true", "train.compile=true"]
+            + ["parallel.sequence_parallel=false"],
             "sequence_parallel=false",
         ),
-        (["parallel=ddp", "parallel.async_tp=true"], "no tensor-parallel group"),
+        (["gpu=h100_sxm", "parallel=ddp", "parallel.async_tp=true"], "no tensor-parallel group"),
     ],
 )
 def test_async_tp_is_refused_with_the_reason(overrides, why):
     with pytest.raises(ConfigError, match=why) as err:
-        validated([*overrides, "gpu=cpu", "sweep=none", "cluster.nproc_per_node=2", "model=tiny"])
+        validated([*overrides, "sweep=none", "cluster.nproc_per_node=2", "model=tiny"])
     assert err.value.key == "parallel.async_tp"
 
 

@@ -288,17 +288,18 @@ def check_async_tp(cfg: RunConfig, plan: LayoutPlan) -> None:
     """Async TP micro-pipelines sequence parallelism's collectives with their matmuls: it
     needs TP with SP, the compiler (which rewrites them) and CUDA's symmetric memory."""
     why = None
-    if plan.degrees.tp < 2:
+    # What no setting can change comes first: on CPU, asking for train.compile would not help.
+    if cfg.gpu.name == "cpu":
+        why = (
+            "it needs CUDA symmetric memory (NCCL); CPU ranks talk through gloo, so run TP "
+            "without it there"
+        )
+    elif plan.degrees.tp < 2:
         why = f"parallel={plan.name} at this world size has no tensor-parallel group"
     elif not plan.sequence_parallel:
         why = "it overlaps sequence parallelism's collectives: parallel.sequence_parallel=false"
     elif not cfg.train.compile:
         why = "the compiler rewrites the matmuls and collectives: set train.compile=true"
-    elif cfg.gpu.name == "cpu":
-        why = (
-            "it needs CUDA symmetric memory (NCCL); CPU ranks talk through gloo, so run TP "
-            "without it there"
-        )
     if why:
         raise ConfigError("parallel.async_tp", f"true: {why}")
 
