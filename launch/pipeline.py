@@ -131,7 +131,11 @@ def check(cfg: RunConfig, overrides: list[str], job: Job, console: Console) -> l
 
 def prepare(cfg: RunConfig, overrides: list[str], job: Job, console: Console) -> Prepared:
     """Everything up to the start of the ranks; ConfigError before anything is written."""
-    plans = check(cfg, overrides, job, console)
+    # What the checks resolve (gpu=auto, layouts) is said once they have all passed: a
+    # refused call prints its one error line, not the layouts of a run that never starts.
+    with console.capture() as resolved:
+        plans = check(cfg, overrides, job, console)
+    console.file.write(resolved.get())
     setup = set_up_cluster(cfg, plans, console)  # nodes, emulated links; ConfigError too
     # What precision=auto resolves to on this machine (None: decided on other nodes), which
     # a checkpoint to resume from must have been saved in.

@@ -78,6 +78,8 @@ def test_refused_up_front(overrides, message, also, launch_in_process, tmp_path)
     assert len(lines) == 1 and lines[0].startswith(f"error: {message}"), result.stderr
     assert also in lines[0]
     assert not (tmp_path / "run").exists()
+    # Nor does it describe the run it refused (layout and precision lines came first).
+    assert "layout:" not in result.stdout and "precision:" not in result.stdout
 
 
 def test_a_multirun_checks_every_job_before_the_first_starts(launch_in_process, tmp_path):
