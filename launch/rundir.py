@@ -13,7 +13,8 @@
   would rerun its points and overwrite the other workload's files.
 - `overwrite=true`: runs the new sweep does not contain, and the previous report, are moved
   aside into `replaced-<time>/` (said on the console), so the new report never shows them.
-- A failed point leaves `failed.json` (exit code, the failing rank's last lines) for the
+- A failed point leaves `failed.json` (exit code, the failing rank's last lines; the rank the
+  launcher saw fail first and the signal that ended it, where it said so) for the
   report; rerunning the point removes it.
 """
 
@@ -216,6 +217,9 @@ def record_failure(plan: RunPlan, exc: RunFailed) -> Path:
         "error": str(exc).splitlines()[0],
         "last_lines": exc.log_tail.splitlines(),
     }
+    # The rank the launcher saw fail first, not the one whose traceback came first.
+    if exc.rank is not None or exc.signal:
+        record.update(rank=exc.rank, rank_exit_code=exc.rank_exit_code, signal=exc.signal)
     return write_atomic(path, json.dumps(record, indent=2) + "\n")
 
 
