@@ -55,6 +55,7 @@ from launch.rundir import (
     set_aside_other_runs,
     take_run_dir,
 )
+from launch.stops import clear_stop, record_stops
 from launch.validate import validate, validate_checkpoint_precision
 from launch.wandb_env import apply_wandb_env
 from train.checkpoint.markers import checkpoint_root, latest_complete
@@ -191,15 +192,20 @@ def execute(prepared: Prepared, job: Job, console: Console) -> int:
     for name in prepared.finished:
         console.print(f"{name}: finished earlier with this same workload; kept")
     failures: list[str] = []
+    running: RunPlan | None = None  # the point a stop interrupts (launch/stops.py)
     try:
         # The emulated cluster's namespaces exist only inside this block, stopped or not.
         with prepared.setup.running(), progress_bar() as progress:
             for plan in plans:
                 if plan.name in prepared.finished:
                     continue
+                if driver_node_rank(cfg) == 0:
+                    clear_stop(plan)
+                running = plan
                 try:
                     result = run_point(prepared, job, plan, progress)
                 except RunFailed as exc:
+                    running = None
                     progress.console.print(str(exc), markup=False, highlight=False)
                     if driver_node_rank(cfg) == 0:  # node k > 0 writes only its own files
                         failures.append(str(record_failure(plan, exc)))
@@ -208,12 +214,17 @@ def execute(prepared: Prepared, job: Job, console: Console) -> int:
                     if cfg.sweep.stop_on_failure:
                         break
                     continue
+                running = None
                 done.add(plan.name)  # here, or its result is on the node of rank 0
                 if result is not None:
                     results.append(result)
                     job.on_result(cfg, plan, result, progress.console)
-    except (KeyboardInterrupt, Stopped):
-        # Every rank is stopped by now (run_nodes). Keep what finished, say how to go on.
+    except (KeyboardInterrupt, Stopped) as exc:
+        # Every rank is stopped by now (run_nodes). Keep what finished, say where the stop
+        # came (a stop, not a failure: the report lists it so), say how to go on.
+        if driver_node_rank(cfg) == 0:  # node k > 0 writes only its own files
+            name = exc.args[0] if isinstance(exc, Stopped) else "SIGINT"
+            record_stops(plans, running, done, name, job.progress_file, job.total_steps(cfg))
         finish(prepared, job, results, console, done)
         raise
     finish(prepared, job, results, console, done)

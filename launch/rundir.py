@@ -16,6 +16,9 @@
 - A failed point leaves `failed.json` (exit code, the failing rank's last lines; the rank the
   launcher saw fail first and the signal that ended it, where it said so) for the
   report; rerunning the point removes it.
+- A point the driver was stopped in (Ctrl-C, SIGTERM, SIGHUP) leaves `stopped.json` (the
+  signal, rank 0's last step, the time): the report lists it as stopped, not failed;
+  `resume=true` reruns it (it has no summary), and rerunning it removes the record.
 """
 
 from __future__ import annotations
@@ -38,9 +41,11 @@ from train.files.safe_files import make_dirs, write_atomic
 from train.spec.config import RunConfig, config_digest, load_run_config, workload
 
 FAILED = "failed.json"
+# A point the driver was stopped in (launch/stops.py): not a failure of the run.
+STOPPED = "stopped.json"
 LOCK = ".scaleprobe.lock"
 # What makes a folder a run (a point of a sweep): the driver's config, or a result.
-POINT_MARKS = ("config.yaml", "summary.json", FAILED)
+POINT_MARKS = ("config.yaml", "summary.json", FAILED, STOPPED)
 # A run's own files, when the run dir itself is one (sweep=none) and is set aside.
 RUN_FILES = (*POINT_MARKS, "metrics.jsonl", "launch.log", "torchelastic")
 # A sweep's report (launch/report/write.py): it describes the runs it was written from.
@@ -224,22 +229,35 @@ def record_failure(plan: RunPlan, exc: RunFailed) -> Path:
 
 
 def failed_points(directory: Path) -> list[dict]:
-    """Every point under a sweep dir that has no summary: failed.json where the driver
-    recorded the failure, else a point written but never finished (a Slurm job that failed
-    while nobody followed it, or one still running). For the report."""
+    """Every point under a sweep dir that has no summary, with its ``status``: failed
+    (failed.json, where the driver recorded the failure), stopped (stopped.json: the driver
+    was stopped while it ran), else unfinished (a point written but never finished: a Slurm
+    job that failed while nobody followed it, or one still running). For the report."""
     if not directory.is_dir():
         return []
     out = []
     for point in [directory, *sorted(p for p in directory.iterdir() if p.is_dir())]:
         if (point / "summary.json").is_file():
             continue
-        try:
-            out.append({**json.loads((point / FAILED).read_text()), "path": str(point / FAILED)})
-        except (OSError, ValueError):
-            unfinished = unfinished_point(point)
-            if unfinished:
-                out.append(unfinished)
+        record = _point_record(point)
+        if record is not None:
+            out.append(record)
     return out
+
+
+def _point_record(point: Path) -> dict | None:
+    # failed.json first: a rerun that failed after a stop describes the point as it is now.
+    for name, status in ((FAILED, "failed"), (STOPPED, "stopped")):
+        try:
+            record = json.loads((point / name).read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(record, dict):
+            if status == "stopped":
+                record.setdefault("exit_code", None)
+            return {**record, "status": status, "path": str(point / name)}
+    unfinished = unfinished_point(point)
+    return {**unfinished, "status": "unfinished"} if unfinished else None
 
 
 def unfinished_point(point: Path) -> dict | None:

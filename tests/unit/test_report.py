@@ -146,6 +146,7 @@ def test_write_report(sweep: Path, tmp_path: Path):
         "series": [H100, H800],
         "rows": json.loads(json.dumps(expected)),
         "failed": [],
+        "stopped": [],
     }
 
     png = paths["plot"].read_bytes()
