@@ -11,7 +11,7 @@ from launch.report.scaling import group_series
 
 SWEEP_KINDS = {
     "strong": "strong scaling (fixed global batch)",
-    "weak": "weak scaling (fixed per-device batch)",
+    "weak": "weak scaling (fixed batch per data-parallel rank)",
     "none": "single runs (no sweep)",
 }
 
