@@ -224,7 +224,8 @@ def execute(prepared: Prepared, job: Job, console: Console) -> int:
         # came (a stop, not a failure: the report lists it so), say how to go on.
         if driver_node_rank(cfg) == 0:  # node k > 0 writes only its own files
             name = exc.args[0] if isinstance(exc, Stopped) else "SIGINT"
-            record_stops(plans, running, done, name, job.progress_file, job.total_steps(cfg))
+            files = (job.progress_file, job.result_file)
+            record_stops(plans, running, done, name, files, job.total_steps(cfg))
         finish(prepared, job, results, console, done)
         raise
     finish(prepared, job, results, console, done)

@@ -20,13 +20,18 @@ def record_stops(
     running: RunPlan | None,
     done: set[str],
     signal_name: str,
-    progress_file: str,
+    files: tuple[str, str],
     steps: int | None,
 ) -> None:
     """stopped.json in the point running when ``signal_name`` stopped the driver, and in each
-    point after it that never started: neither failed (no failed.json), nor finished."""
+    point after it that never started: neither failed (no failed.json), nor finished. A point
+    whose result is there (``files``: its progress and result file) finished: rank 0 wrote
+    it before the stop reached the driver (run_nodes removes a stale one when a point starts)."""
+    progress_file, result_file = files
     for plan in plans:
         if plan.name in done or (plan.run_dir / FAILED).exists():
+            continue
+        if (plan.run_dir / result_file).exists():
             continue
         record_stop(plan, signal_name, progress_file, steps, started=plan is running)
 

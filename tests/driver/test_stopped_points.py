@@ -127,3 +127,19 @@ def test_a_point_stopped_before_its_first_step_says_so(tmp_path):
     record_stop(plan, "SIGINT", "metrics.jsonl", 6)
     (point,) = failed_points(tmp_path)
     assert point["error"] == "stopped by SIGINT before its first step" and point["step"] is None
+
+
+def test_a_point_whose_summary_was_written_before_the_stop_is_not_stopped(tmp_path, monkeypatch):
+    """Rank 0 wrote summary.json, then the stop reached the driver before it saw the ranks
+    exit: the point finished (its summary counts for the report and for resume=true)."""
+
+    def run_point(prepared, job, plan, progress):
+        (plan.run_dir / "summary.json").write_text(json.dumps(summary("cpu", 1, 1000.0, 0.1)))
+        raise Stopped(signal.SIGTERM)
+
+    monkeypatch.setattr(pipeline, "run_point", run_point)
+    with pytest.raises(Stopped):
+        pipeline.execute(prepared_sweep(tmp_path), TRAINING, Console(quiet=True))
+    root = tmp_path / "sweep"
+    assert not (root / "ws1" / STOPPED).exists()
+    assert json.loads((root / "ws2" / STOPPED).read_text())["started"] is False

@@ -174,9 +174,11 @@ def test_a_root_cause_without_its_traceback_in_the_log_reads_its_error_json(tmp_
 
 
 def test_deepspeeds_launcher_says_a_rank_was_killed_without_naming_it(tmp_path):
+    """The shape of a real launcher=deepspeed run whose rank 1 was SIGKILLed (DeepSpeed 0.19:
+    rank 0's gloo traceback, then the launcher's line, which names no rank)."""
     log = tmp_path / "launch.log"
     exit_line = (
-        "[2026-12-01 05:03:26,145] [ERROR] [launch.py:325:sigkill_handler] ['/usr/bin/python', "
+        "[2026-12-01 05:03:26,145] [ERROR] [launch.py:259:sigkill_handler] ['/usr/bin/python', "
         "'-u', '-m', 'train', '--config', '/runs/ws2/config.yaml'] exits with return code = {}"
     )
     log.write_text("\n".join([*GLOO_TRACEBACK, exit_line.format(-9)]) + "\n")
