@@ -118,8 +118,8 @@ def rank_failure(path: Path, lines: int = 20) -> RankFailure:
             or "\n".join(error_file_traceback(cause, path.parent)[-lines:])
             or "\n".join(cause.traceback[-lines:])
         )
-        shown = own.rstrip("\n") + "\n" if own.strip() else _first_traceback(text, lines)
-        shown = shown or log_tail(path, lines)
+        fallback = _first_traceback(text, lines) or log_tail(path, lines)
+        shown = own.rstrip("\n") + "\n" if own.strip() else fallback
     return RankFailure(shown, cause.rank, cause.exitcode, cause.signal_name)
 
 
