@@ -114,7 +114,7 @@ def rank_failure(path: Path, lines: int = 20) -> RankFailure:
         shown = cause.killed_line() + "\n"
     else:
         own = (
-            _first_traceback(_lines_of_rank(text, cause.rank), lines)
+            _last_traceback(_lines_of_rank(text, cause.rank), lines)
             or "\n".join(error_file_traceback(cause, path.parent)[-lines:])
             or "\n".join(cause.traceback[-lines:])
         )
@@ -138,6 +138,17 @@ def _first_traceback(text: list[str], lines: int) -> str:
     """The end of the first traceback a rank printed, rather than torchrun's generic footer
     ("ChildFailedError ... To enable traceback see ..."), which says nothing about why; ""
     when there is none."""
+    return next(_rank_tracebacks(text, lines), "")
+
+
+def _last_traceback(text: list[str], lines: int) -> str:
+    """The last one: of one rank, the attempt that failed for good (cluster.max_restarts
+    keeps the earlier attempts' tracebacks in the same log)."""
+    return ([""] + list(_rank_tracebacks(text, lines)))[-1]
+
+
+def _rank_tracebacks(text: list[str], lines: int):
+    """The end of each traceback in ``text`` that is not the launcher's own."""
     # torchrun prefixes each line a rank prints with "[rankN]:".
     bodies = [re.sub(r"^\[rank\d+\]: ?", "", line) for line in text]
     for start, body in enumerate(bodies):
@@ -148,8 +159,7 @@ def _first_traceback(text: list[str], lines: int) -> str:
             end += 1
         block = text[start : end + 1]  # the frames and the exception line after them
         if not any(frame in line for line in block for frame in LAUNCHER_FRAMES):
-            return "\n".join(block[-lines:]) + "\n"
-    return ""
+            yield "\n".join(block[-lines:]) + "\n"
 
 
 def node_log_path(run_dir: Path, node_rank: int) -> Path:

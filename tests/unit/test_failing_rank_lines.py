@@ -154,6 +154,11 @@ def test_the_root_cause_ranks_own_traceback_is_shown_not_the_first_one(tmp_path)
     failure = rank_failure(log)
     assert failure.lines.splitlines()[-1] == "[rank1]: ValueError: boom in rank 1"
     assert (failure.rank, failure.rank_exit_code, failure.signal) == (1, 1, None)
+    # cluster.max_restarts: an earlier attempt's traceback of the same rank stays in the log;
+    # the one shown is the last attempt's, which torchrun's verdict is about.
+    earlier = [*rank1[:-1], "[rank1]: OSError: an earlier attempt"]
+    log.write_text("\n".join([*earlier, *GLOO_TRACEBACK, *rank1, *raised_footer("<N/A>")]) + "\n")
+    assert failing_rank_lines(log).splitlines()[-1] == "[rank1]: ValueError: boom in rank 1"
 
 
 def test_a_root_cause_without_its_traceback_in_the_log_reads_its_error_json(tmp_path):
