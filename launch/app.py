@@ -222,11 +222,40 @@ def _first_line(exc: Exception) -> str:
     return str(exc).splitlines()[0]
 
 
-def remove_if_empty(output_dir: Path) -> None:
+def existing_part_of_run_dir(argv: list[str]) -> Path | None:
+    """Before Hydra makes its output dir: the deepest dir of an explicit ``hydra.run.dir`` that
+    exists already (the dir itself when it does). It and what is above it are the user's, never
+    removed; what is below it Hydra makes for this call. None for a multirun (one dir per job
+    under hydra.sweep.dir) or a dir named by an interpolation (``${now:...}``, known only once
+    Hydra resolves it)."""
+    from hydra._internal.utils import get_args_parser
+
+    args = get_args_parser().parse_args(argv)
+    if args.multirun:
+        return None
+    values = [
+        o.get_value_element_as_str()
+        for o in parse_overrides(args.overrides)
+        if o.key_or_group == "hydra.run.dir" and not o.is_sweep_override()
+    ]
+    if not values or "${" in values[-1]:
+        return None
+    path = Path(values[-1]).absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path.resolve()
+
+
+def remove_if_empty(output_dir: Path, existed: Path | None = None) -> None:
     """Hydra makes its output dir before the job runs: when nothing went there (an explicit
-    run_dir, a refused input) leave no empty runs/DATE/TIME behind, nor its empty parents."""
-    stop = Path.cwd().resolve()
+    run_dir, a refused input) leave no empty dir behind, nor its empty parents, that this call
+    made. ``existed`` (existing_part_of_run_dir) is where that stops: the user's dir and its
+    parents are kept, wherever they are. Without it (a timestamped runs/DATE/TIME), only dirs
+    below the current directory are removed, never the current directory itself."""
     path = output_dir.resolve()
+    stop = Path.cwd().resolve()
+    if existed is not None and (path == existed or existed in path.parents):
+        stop = existed
     while path != stop and stop in path.parents:
         try:
             path.rmdir()  # only ever removes an empty directory
@@ -252,6 +281,10 @@ def run_app(command: Command, check: Check | None = None) -> None:
     except USER_ERRORS as exc:
         fail(exc)
 
+    # Recorded before Hydra makes its output dir: an empty dir left by a refused call is removed
+    # only where this call made it.
+    existed = existing_part_of_run_dir(sys.argv[1:])
+
     @hydra.main(config_path=str(conf_dir()), config_name="config", version_base=None)
     def hydra_main(dict_cfg: DictConfig) -> None:
         previous = {s: signal.signal(s, _raise_stopped) for s in (signal.SIGTERM, signal.SIGHUP)}
@@ -274,7 +307,7 @@ def run_app(command: Command, check: Check | None = None) -> None:
         finally:
             for s, handler in previous.items():
                 signal.signal(s, handler)
-            remove_if_empty(Path(HydraConfig.get().runtime.output_dir))
+            remove_if_empty(Path(HydraConfig.get().runtime.output_dir), existed)
         if code:
             sys.exit(code)
 

@@ -34,13 +34,25 @@ class LaunchError(Exception):
 
 
 class RunFailed(LaunchError):
-    """A run started and failed; the message carries the failing node's last log lines."""
+    """A run started and failed; the message carries the failing node's last log lines, and
+    where the launcher named it, the rank that failed first, its exit code and the signal
+    that ended it (launch/launchers/root_cause.py)."""
 
     exit_code = EXIT_RUN_FAILED
 
-    def __init__(self, message: str, *, returncode: int | None = None, log_tail: str = ""):
+    def __init__(
+        self,
+        message: str,
+        *,
+        returncode: int | None = None,
+        log_tail: str = "",
+        rank: int | None = None,
+        rank_exit_code: int | None = None,
+        signal: str | None = None,
+    ):
         super().__init__(message)
         self.returncode, self.log_tail = returncode, log_tail
+        self.rank, self.rank_exit_code, self.signal = rank, rank_exit_code, signal
 
 
 class Stopped(BaseException):

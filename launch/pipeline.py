@@ -56,6 +56,7 @@ from launch.rundir import (
     set_aside_other_runs,
     take_run_dir,
 )
+from launch.stops import clear_stop, record_stops
 from launch.validate import validate, validate_checkpoint_precision
 from launch.wandb_env import apply_wandb_env
 from train.checkpoint.markers import checkpoint_root, latest_complete
@@ -170,6 +171,7 @@ def write_run_files(prepared: Prepared, job: Job, node: int) -> None:
             continue  # its files stay as they are
         if node == 0 and not cfg.dry_run:  # a dry run deletes nothing (launch/rundir.py)
             (plan.run_dir / FAILED).unlink(missing_ok=True)
+            clear_stop(plan)  # here, not as it starts: a Slurm job's point runs again too
             if cfg.overwrite and not cfg.checkpoint.dir:
                 # The run is replaced: its own checkpoints must not resume it.
                 shutil.rmtree(plan.run_dir / "checkpoints", ignore_errors=True)
@@ -197,15 +199,18 @@ def execute(prepared: Prepared, job: Job, console: Console) -> int:
     for name in prepared.finished:
         console.print(f"{name}: finished earlier with this same workload; kept")
     failures: list[str] = []
+    running: RunPlan | None = None  # the point a stop interrupts (launch/stops.py)
     try:
         # The emulated cluster's namespaces exist only inside this block, stopped or not.
         with prepared.setup.running(), progress_bar() as progress:
             for plan in plans:
                 if plan.name in prepared.finished:
                     continue
+                running = plan
                 try:
                     result = run_point(prepared, job, plan, progress)
                 except RunFailed as exc:
+                    running = None
                     progress.console.print(str(exc), markup=False, highlight=False)
                     if driver_node_rank(cfg) == 0:  # node k > 0 writes only its own files
                         failures.append(str(record_failure(plan, exc)))
@@ -214,12 +219,18 @@ def execute(prepared: Prepared, job: Job, console: Console) -> int:
                     if cfg.sweep.stop_on_failure:
                         break
                     continue
+                running = None
                 done.add(plan.name)  # here, or its result is on the node of rank 0
                 if result is not None:
                     results.append(result)
                     job.on_result(cfg, plan, result, progress.console)
-    except (KeyboardInterrupt, Stopped):
-        # Every rank is stopped by now (run_nodes). Keep what finished, say how to go on.
+    except (KeyboardInterrupt, Stopped) as exc:
+        # Every rank is stopped by now (run_nodes). Keep what finished, say where the stop
+        # came (a stop, not a failure: the report lists it so), say how to go on.
+        if driver_node_rank(cfg) == 0:  # node k > 0 writes only its own files
+            name = exc.args[0] if isinstance(exc, Stopped) else "SIGINT"
+            files = (job.progress_file, job.result_file)
+            record_stops(plans, running, done, name, files, job.total_steps(cfg))
         finish(prepared, job, results, console, done)
         raise
     finish(prepared, job, results, console, done)

@@ -13,8 +13,12 @@
   would rerun its points and overwrite the other workload's files.
 - `overwrite=true`: runs the new sweep does not contain, and the previous report, are moved
   aside into `replaced-<time>/` (said on the console), so the new report never shows them.
-- A failed point leaves `failed.json` (exit code, the failing rank's last lines) for the
+- A failed point leaves `failed.json` (exit code, the failing rank's last lines; the rank the
+  launcher saw fail first and the signal that ended it, where it said so) for the
   report; rerunning the point removes it.
+- A point the driver was stopped in (Ctrl-C, SIGTERM, SIGHUP) leaves `stopped.json` (the
+  signal, rank 0's last step, the time): the report lists it as stopped, not failed;
+  `resume=true` reruns it (it has no summary), and rerunning it removes the record.
 - `dry_run=true` deletes and replaces nothing: where a run's file exists already, the dry
   run's goes beside it (`dry_run_path`), and the printed command names that one.
 """
@@ -39,9 +43,11 @@ from train.files.safe_files import make_dirs, write_atomic
 from train.spec.config import RunConfig, config_digest, load_run_config, workload
 
 FAILED = "failed.json"
+# A point the driver was stopped in (launch/stops.py): not a failure of the run.
+STOPPED = "stopped.json"
 LOCK = ".scaleprobe.lock"
 # What makes a folder a run (a point of a sweep): the driver's config, or a result.
-POINT_MARKS = ("config.yaml", "summary.json", FAILED)
+POINT_MARKS = ("config.yaml", "summary.json", FAILED, STOPPED)
 # A run's own files, when the run dir itself is one (sweep=none) and is set aside.
 RUN_FILES = (*POINT_MARKS, "metrics.jsonl", "launch.log", "torchelastic")
 # A sweep's report (launch/report/write.py): it describes the runs it was written from.
@@ -226,26 +232,42 @@ def record_failure(plan: RunPlan, exc: RunFailed) -> Path:
         "error": str(exc).splitlines()[0],
         "last_lines": exc.log_tail.splitlines(),
     }
+    # The rank the launcher saw fail first, not the one whose traceback came first.
+    if exc.rank is not None or exc.signal:
+        record.update(rank=exc.rank, rank_exit_code=exc.rank_exit_code, signal=exc.signal)
     return write_atomic(path, json.dumps(record, indent=2) + "\n")
 
 
 def failed_points(directory: Path) -> list[dict]:
-    """Every point under a sweep dir that has no summary: failed.json where the driver
-    recorded the failure, else a point written but never finished (a Slurm job that failed
-    while nobody followed it, or one still running). For the report."""
+    """Every point under a sweep dir that has no summary, with its ``status``: failed
+    (failed.json, where the driver recorded the failure), stopped (stopped.json: the driver
+    was stopped while it ran), else unfinished (a point written but never finished: a Slurm
+    job that failed while nobody followed it, or one still running). For the report."""
     if not directory.is_dir():
         return []
     out = []
     for point in [directory, *sorted(p for p in directory.iterdir() if p.is_dir())]:
         if (point / "summary.json").is_file():
             continue
-        try:
-            out.append({**json.loads((point / FAILED).read_text()), "path": str(point / FAILED)})
-        except (OSError, ValueError):
-            unfinished = unfinished_point(point)
-            if unfinished:
-                out.append(unfinished)
+        record = _point_record(point)
+        if record is not None:
+            out.append(record)
     return out
+
+
+def _point_record(point: Path) -> dict | None:
+    # failed.json first: a rerun that failed after a stop describes the point as it is now.
+    for name, status in ((FAILED, "failed"), (STOPPED, "stopped")):
+        try:
+            record = json.loads((point / name).read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(record, dict):
+            if status == "stopped":
+                record.setdefault("exit_code", None)
+            return {**record, "status": status, "path": str(point / name)}
+    unfinished = unfinished_point(point)
+    return {**unfinished, "status": "unfinished"} if unfinished else None
 
 
 def unfinished_point(point: Path) -> dict | None:

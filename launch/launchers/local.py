@@ -26,6 +26,7 @@ from rich.progress import (
 
 from launch.errors import RunFailed
 from launch.launchers.command import NodeCommand
+from launch.launchers.root_cause import error_file_traceback, root_cause
 from launch.launchers.watchdog import StallWatch, kill_ranks
 from launch.plan import RunPlan
 from train.files.heartbeat import HEARTBEAT_DIR
@@ -89,11 +90,65 @@ LAUNCHER_FRAMES = (
 )
 
 
-def failing_rank_lines(path: Path, lines: int = 20) -> str:
-    """The end of the first traceback a rank printed, rather than torchrun's generic footer
-    ("ChildFailedError ... To enable traceback see ..."), which says nothing about why; the
-    log's last lines when no rank traceback is found."""
+@dataclass(frozen=True)
+class RankFailure:
+    """What the driver shows of a failed run, and which rank failed how where the launcher
+    said so (launch/launchers/root_cause.py): for failed.json, the console and the report."""
+
+    lines: str
+    rank: int | None = None
+    rank_exit_code: int | None = None
+    signal: str | None = None
+
+
+def rank_failure(path: Path, lines: int = 20) -> RankFailure:
+    """The rank the launcher saw fail first and why: killed by a signal, said plainly (it
+    left no traceback; the survivors' tracebacks are the consequence, not the cause), or its
+    own traceback (from the log, else its error.json). Without the launcher's verdict, the
+    first rank traceback in the log, else the log's last lines."""
     text = path.read_text(errors="replace").splitlines()
+    cause = root_cause(text)
+    if cause is None or (cause.rank is None and cause.signal_name is None):
+        return RankFailure(_first_traceback(text, lines) or log_tail(path, lines))
+    if cause.signal_name:
+        shown = cause.killed_line() + "\n"
+    else:
+        own = (
+            _last_traceback(_lines_of_rank(text, cause.rank), lines)
+            or "\n".join(error_file_traceback(cause, path.parent)[-lines:])
+            or "\n".join(cause.traceback[-lines:])
+        )
+        fallback = _first_traceback(text, lines) or log_tail(path, lines)
+        shown = own.rstrip("\n") + "\n" if own.strip() else fallback
+    return RankFailure(shown, cause.rank, cause.exitcode, cause.signal_name)
+
+
+def failing_rank_lines(path: Path, lines: int = 20) -> str:
+    """What rank_failure shows, as text (the Slurm path's job output)."""
+    return rank_failure(path, lines).lines
+
+
+def _lines_of_rank(text: list[str], rank: int | None) -> list[str]:
+    """The lines torchrun's ranks prefix with ``[rankN]:``, of rank ``rank`` only."""
+    prefix = f"[rank{rank}]:"
+    return [line for line in text if line.startswith(prefix)]
+
+
+def _first_traceback(text: list[str], lines: int) -> str:
+    """The end of the first traceback a rank printed, rather than torchrun's generic footer
+    ("ChildFailedError ... To enable traceback see ..."), which says nothing about why; ""
+    when there is none."""
+    return next(_rank_tracebacks(text, lines), "")
+
+
+def _last_traceback(text: list[str], lines: int) -> str:
+    """The last one: of one rank, the attempt that failed for good (cluster.max_restarts
+    keeps the earlier attempts' tracebacks in the same log)."""
+    return ([""] + list(_rank_tracebacks(text, lines)))[-1]
+
+
+def _rank_tracebacks(text: list[str], lines: int):
+    """The end of each traceback in ``text`` that is not the launcher's own."""
     # torchrun prefixes each line a rank prints with "[rankN]:".
     bodies = [re.sub(r"^\[rank\d+\]: ?", "", line) for line in text]
     for start, body in enumerate(bodies):
@@ -104,8 +159,7 @@ def failing_rank_lines(path: Path, lines: int = 20) -> str:
             end += 1
         block = text[start : end + 1]  # the frames and the exception line after them
         if not any(frame in line for line in block for frame in LAUNCHER_FRAMES):
-            return "\n".join(block[-lines:]) + "\n"
-    return log_tail(path, lines)
+            yield "\n".join(block[-lines:]) + "\n"
 
 
 def node_log_path(run_dir: Path, node_rank: int) -> Path:
@@ -233,12 +287,15 @@ def result_of(
     if outcome.failed:
         node, code = outcome.failed
         log_path = node_log_path(plan.run_dir, node.node_rank)
-        lines = failing_rank_lines(log_path)
+        failure = rank_failure(log_path)
         raise RunFailed(
             f"{plan.name}: node {node.node_rank} ({node.argv[0]}) exited with {code}; "
-            f"from {log_path}:\n" + lines,
+            f"from {log_path}:\n" + failure.lines,
             returncode=code,
-            log_tail=lines,
+            log_tail=failure.lines,
+            rank=failure.rank,
+            rank_exit_code=failure.rank_exit_code,
+            signal=failure.signal,
         )
     summary_path = plan.run_dir / result_file
     if not summary_path.exists():

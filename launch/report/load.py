@@ -63,19 +63,37 @@ def _with_driver_link(run: dict[str, Any], run_dir: Path) -> dict[str, Any]:
     return run
 
 
+def data_parallel_size(run: dict[str, Any]) -> int:
+    """The ranks a step's batch splits over (train/spec/degrees.py Degrees.dp): the summary's
+    data_parallel_size, else its layout's degrees, else the world size (summaries written
+    before layouts other than data parallel existed)."""
+    size = run.get("data_parallel_size")
+    if isinstance(size, int) and size > 0:
+        return size
+    layout = run.get("layout") or {}
+    degrees = [layout.get(k) for k in ("dp_replicate", "dp_shard", "ep")]
+    if all(isinstance(d, int) and d > 0 for d in degrees):
+        return degrees[0] * degrees[1] * degrees[2]
+    return run["world_size"]
+
+
 def _workload(run: dict[str, Any]) -> tuple:
     """What must match for runs to share one scaling curve: sequence length and the batch the
-    sweep holds fixed (per device for weak scaling, global for strong), and the sweep itself
-    (a sweep re-run by hand with other world sizes is another curve, not more points)."""
+    sweep holds fixed (per data-parallel rank for weak scaling, global for strong), and the
+    sweep itself (a sweep re-run by hand with other world sizes is another curve, not more
+    points). Weak scaling keeps each data-parallel rank's sequences (README), so under TP or a
+    pipeline the tokens per device shrink as the world grows while the workload stays one."""
     sweep = run.get("sweep") or {}
     tokens = run.get("tokens_per_step")
-    fixed = tokens / run["world_size"] if tokens and sweep.get("name") == "weak" else tokens
+    weak = tokens and sweep.get("name") == "weak"
+    fixed = tokens / data_parallel_size(run) if weak else tokens
     return (run.get("seq_len"), fixed, sweep.get("name"), sweep.get("id"))
 
 
 def _workload_label(run: dict[str, Any]) -> str:
     seq, fixed, kind, sweep_id = _workload(run)
-    batch = f"{fixed:g} tokens/step{' per device' if kind == 'weak' else ''}" if fixed else ""
+    per = " per data-parallel rank" if kind == "weak" else ""
+    batch = f"{fixed:g} tokens/step{per}" if fixed else ""
     return ", ".join(p for p in (f"seq {seq}" if seq else "", batch, f"sweep {sweep_id}") if p)
 
 

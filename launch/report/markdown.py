@@ -11,7 +11,7 @@ from launch.report.scaling import group_series
 
 SWEEP_KINDS = {
     "strong": "strong scaling (fixed global batch)",
-    "weak": "weak scaling (fixed per-device batch)",
+    "weak": "weak scaling (fixed batch per data-parallel rank)",
     "none": "single runs (no sweep)",
 }
 
@@ -89,8 +89,9 @@ def mfu_label(run: dict[str, Any]) -> str:
 def missing_below_base(
     members: list[dict[str, Any]], base_world_size: int, failed: list[dict[str, Any]]
 ) -> list[dict[str, Any]]:
-    """Failed or unfinished points of this series' sweep dir smaller than its base: the base
-    they would have been, so the efficiencies must say they are relative to another one."""
+    """Failed, stopped or unfinished points of this series' sweep dir smaller than its base:
+    the base they would have been, so the efficiencies must say they are relative to another
+    one."""
     sweep_dirs = {str(Path(r["run_dir"]).resolve().parent) for r in members if r.get("run_dir")}
     return [
         point
@@ -104,7 +105,7 @@ def _base_note(base: dict[str, Any], missing: list[dict[str, Any]]) -> str:
     names = ", ".join(f"{p.get('name')} (world size {p.get('world_size')})" for p in missing)
     return (
         f"**the base is not the sweep's smallest point:** {names} failed or did not finish "
-        f"(see Failed points), so every efficiency here is relative to world size "
+        f"(see Failed or Stopped points), so every efficiency here is relative to world size "
         f"{base['world_size']}."
     )
 

@@ -44,9 +44,12 @@ def write_files(
     if profiled:
         section = where_the_time_went(runs)
         markdown = markdown.rstrip("\n") + "\n\n" + "\n".join(section) + "\n"
-    markdown += failed_section(failed)
+    # A point the driver was stopped in is no failure of the run: listed on its own.
+    stopped = [p for p in failed if p.get("status") == "stopped"]
+    failed = [p for p in failed if p.get("status") != "stopped"]
+    markdown += failed_section(failed) + stopped_section(stopped)
     series = list(dict.fromkeys(r["series"] for r in rows))
-    results = finite_json({"series": series, "rows": rows, "failed": list(failed)})
+    results = finite_json({"series": series, "rows": rows, "failed": failed, "stopped": stopped})
     with staged(out_dir, replaces=("breakdown.png",)) as stage:
         (stage / names["markdown"]).write_text(markdown)
         # Strict JSON: a NaN (a diverged loss) is null, never an invalid token.
@@ -73,5 +76,27 @@ def failed_section(failed: list[dict[str, Any]]) -> str:
         lines.append(
             f"| {point.get('name')} | {point.get('world_size')} | {point.get('exit_code')} "
             f"| `{last}` | {point['path']} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def stopped_section(stopped: list[dict[str, Any]]) -> str:
+    """Points the driver was stopped in (launch/stops.py): the signal and the last step."""
+    if not stopped:
+        return ""
+    lines = [
+        "",
+        "## Stopped points",
+        "",
+        "Stopped by a signal to the driver, not failed: `resume=true` runs them again.",
+        "",
+        "| run | world size | stopped by | last step | at | record |",
+        "|---|---:|---|---:|---|---|",
+    ]
+    for point in stopped:
+        step = "none" if point.get("step") is None else point["step"]
+        lines.append(
+            f"| {point.get('name')} | {point.get('world_size')} | {point.get('signal')} "
+            f"| {step} | {point.get('time')} | {point['path']} |"
         )
     return "\n".join(lines) + "\n"

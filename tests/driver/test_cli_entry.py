@@ -39,6 +39,28 @@ def test_no_empty_run_dirs_are_left_behind(launch_in_process, tmp_path):
     assert (tmp_path / "d" / "config.yaml").is_file()
 
 
+def test_a_refused_call_removes_the_dirs_it_made_outside_the_cwd(
+    launch_in_process, tmp_path_factory
+):
+    """hydra.run.dir outside the working directory (`hydra.run.dir=/tmp/x/bad3` run from
+    elsewhere): the dirs Hydra made for a refused call go, up to the first that existed."""
+    elsewhere = tmp_path_factory.mktemp("elsewhere")
+    result = launch_in_process("train.steps=0", f"hydra.run.dir={elsewhere / 'x' / 'bad3'}")
+    assert result.returncode == 2 and result.stderr.startswith("error: train.steps"), result
+    assert elsewhere.is_dir() and not (elsewhere / "x").exists()
+
+
+def test_a_refused_call_never_removes_a_dir_that_existed_before_it(
+    launch_in_process, tmp_path, tmp_path_factory
+):
+    """The user's own empty dir is kept, outside the working directory or inside it (where
+    every empty dir below the working directory used to be removed)."""
+    for mine in (tmp_path_factory.mktemp("users") / "mine", tmp_path / "mine"):
+        mine.mkdir()
+        assert launch_in_process("train.steps=0", f"hydra.run.dir={mine}").returncode == 2
+        assert mine.is_dir()
+
+
 def test_a_refusal_after_composition_is_the_same_in_the_process_and_in_process(
     launch_cli, launch_in_process, tmp_path
 ):

@@ -1,5 +1,6 @@
 """A sweep stopped by SIGTERM keeps its finished points, stops every rank, writes a partial
-report and says how to resume; `resume=true` runs only what is missing (issue 12)."""
+report and says how to resume; `resume=true` runs only what is missing (issue 12). The point
+it stopped in is recorded as stopped (stopped.json), not failed, until its rerun finishes."""
 
 from __future__ import annotations
 
@@ -41,6 +42,12 @@ def test_sigterm_keeps_finished_points_and_resume_runs_the_rest(tmp_path):
     assert "resume=true" in " ".join(out.split())
     partial = json.loads((root / "results.json").read_text())
     assert [row["world_size"] for row in partial["rows"]] == [1]
+    # ws2 was stopped, not failed: recorded so (launch/stops.py) and reported so.
+    stopped = json.loads((root / "ws2" / "stopped.json").read_text())
+    assert stopped["signal"] == "SIGTERM" and stopped["steps"] == 4
+    assert partial["failed"] == []  # ws3 never started: stopped before it, not failed
+    assert [p["name"] for p in partial["stopped"]] == ["ws2", "ws3"]
+    assert "## Stopped points" in (root / "report.md").read_text()
 
     first = root / "ws1" / "summary.json"
     kept_mtime = first.stat().st_mtime_ns
@@ -54,3 +61,4 @@ def test_sigterm_keeps_finished_points_and_resume_runs_the_rest(tmp_path):
         json.loads((root / f"ws{n}" / "summary.json").read_text())["sweep"]["id"] for n in (1, 2, 3)
     }
     assert len(sweep_ids) == 1  # one sweep, resumed
+    assert not list(root.glob("*/stopped.json"))  # the reruns finished them

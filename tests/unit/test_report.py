@@ -97,6 +97,55 @@ def test_efficiency_is_per_device_throughput_relative_to_base(sweep: Path):
     assert last == {H100: pytest.approx(0.78), H800: pytest.approx(0.70)}
 
 
+def tp_run(world_size: int, tp: int, per_device: float, **changes) -> dict:
+    """A weak-sweep run under TP: the batch per data-parallel rank is fixed (README), so at
+    world size 2 with TP 2 the one data-parallel rank keeps the base's 1024 tokens per step."""
+    dp = world_size // tp
+    run = {
+        **summary("cpu", world_size, per_device, None),
+        "parallel": "tp",
+        "seq_len": 128,
+        "global_batch": 8 * dp,
+        "tokens_per_step": 1024 * dp,
+        "data_parallel_size": dp,
+        "layout": {"name": "tp", "pp": 1, "dp_replicate": 1, "dp_shard": dp, "tp": tp, "ep": 1},
+    }
+    return {**run, **changes}
+
+
+def write_runs(root: Path, runs: list[dict]) -> Path:
+    for run in runs:
+        (root / run["run_name"]).mkdir(parents=True)
+        (root / run["run_name"] / "summary.json").write_text(json.dumps(run))
+    return root
+
+
+def test_a_weak_sweep_under_tp_is_one_curve(tmp_path: Path):
+    """Grouped by tokens per data-parallel rank, not per device: ws1 (TP 1) and ws2 (TP 2)
+    hold the same 1024 tokens per data-parallel rank; they used to split into two one-point
+    series of 1024 and 512 tokens per device, each at 100%."""
+    runs = load_runs([write_runs(tmp_path, [tp_run(1, 1, 1000.0), tp_run(2, 2, 800.0)])])
+    assert len({run["series"] for run in runs}) == 1, {run["series"] for run in runs}
+    rows = scaling_rows(runs)
+    # Efficiency is still per-device tokens/s against the base's (README).
+    assert [round(row["scaling_efficiency"], 3) for row in rows] == [1.0, 0.8]
+
+
+def test_the_data_parallel_size_comes_from_the_layout_or_the_world_size(tmp_path: Path):
+    """Without data_parallel_size: the layout's degrees; without a layout either (older
+    summaries of data-parallel runs): the world size. Another batch is still another curve."""
+    no_dp = tp_run(2, 2, 800.0, data_parallel_size=None)
+    runs = load_runs([write_runs(tmp_path / "a", [tp_run(1, 1, 1000.0), no_dp])])
+    assert len({run["series"] for run in runs}) == 1
+    old = [
+        {**summary("cpu", size, 1000.0, None), "layout": None, "tokens_per_step": tokens}
+        for size, tokens in ((1, 1024), (2, 2048), (4, 2048))
+    ]
+    series = [run["series"] for run in load_runs([write_runs(tmp_path / "b", old)])]
+    assert series[0] == series[1] != series[2]
+    assert "512 tokens/step per data-parallel rank" in series[2]
+
+
 def test_only_first_multi_node_size_is_flagged(sweep: Path):
     rows = scaling_rows(load_runs([sweep / "h100", sweep / "h800"]))
     flagged = [(r["series"], r["world_size"]) for r in rows if r["crosses_node_boundary"]]
@@ -146,6 +195,7 @@ def test_write_report(sweep: Path, tmp_path: Path):
         "series": [H100, H800],
         "rows": json.loads(json.dumps(expected)),
         "failed": [],
+        "stopped": [],
     }
 
     png = paths["plot"].read_bytes()
