@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import signal
 import sys
 import tempfile
@@ -113,20 +114,58 @@ def parse_overrides(overrides: list[str]) -> list:
 
 
 def with_open_map_keys_added(argv: list[str]) -> list[str]:
-    """``++`` before an override of a key under an open map of the schema (fabric.nccl_env.X,
-    project.price_per_gpu_hour.X): Hydra wants ``+`` to add a key and refuses it for one that
-    exists, ``++`` does both, and a user writes neither."""
-    schema = RunConfig()
+    """``++`` before an override of an open map of the schema or a key under one
+    (fabric.nccl_env.X, project.price_per_gpu_hour={h100_sxm:2}): Hydra wants ``+`` to add a
+    key and refuses it for one that exists, and refuses a whole map into the config's struct
+    (``Key 'h100_sxm' is not in struct``); ``++`` does both, and a user writes neither."""
     out = []
     for arg in argv:
         key, equals, _ = arg.partition("=")
-        parent_path, _, _name = key.rpartition(".")
-        parent = schema
-        for part in filter(None, parent_path.split(".")):
-            parent = getattr(parent, part, None)
-        is_override = equals and not arg.startswith(("-", "+", "~")) and parent_path
-        out.append(f"++{arg}" if is_override and isinstance(parent, dict) else arg)
+        bare = key[1:] if key.startswith("+") and not key.startswith("++") else key
+        parent_path = bare.rpartition(".")[0]
+        is_override = equals and not bare.startswith(("-", "+", "~"))
+        open_map = is_open_map(bare) or (parent_path and is_open_map(parent_path))
+        out.append(f"++{bare}={arg.partition('=')[2]}" if is_override and open_map else arg)
     return out
+
+
+def schema_default(key: str) -> object:
+    """The schema's default at a dotted key (a dataclass, a dict, a list, a value), or None
+    where the schema has no such key (a group choice's own key, hydra.*, a typo)."""
+    node: object = _schema()
+    for part in filter(None, key.split(".")):
+        node = node.get(part) if isinstance(node, dict) else getattr(node, part, None)
+    return node
+
+
+@functools.cache
+def _schema() -> RunConfig:
+    return RunConfig()  # read only: the defaults, built once
+
+
+def is_open_map(key: str) -> bool:
+    """Whether the schema's node at ``key`` is a map of names the user chooses."""
+    return bool(key) and isinstance(schema_default(key), dict)
+
+
+def expected_form(key: str, overrides: list[str]) -> str:
+    """How to write ``key``'s value where OmegaConf's own words (``str is not a ListConfig``,
+    ``Cannot assign int to Dict``) do not say: the list form, or the open map's forms."""
+    # The last override of the key is the one Hydra applied.
+    values = [o.partition("=")[2] for o in overrides if o.partition("=")[0].lstrip("+~") == key]
+    given = values[-1] if values else ""
+    default = schema_default(key)
+    if isinstance(default, list) and not given.startswith("["):
+        return f"; write the list form {key}=[{given or '...'}]"
+    if isinstance(default, dict):
+        return f"; it is a map: {key}.NAME=VALUE, or {key}={{NAME:VALUE}}"
+    return ""
+
+
+def _refused(key: str, exc: Exception, overrides: list[str]) -> ConfigError:
+    """OmegaConf's first line for ``key``, with the expected form where it lacks one."""
+    form = expected_form(key, overrides)
+    return ConfigError(key, _first_line(exc).rstrip(".") + form if form else _first_line(exc))
 
 
 def check_every_job(parsed, check: Check) -> None:
@@ -182,6 +221,9 @@ def refuse_unknown_addition(key: str, cfg: RunConfig) -> None:
         return  # an open map: any key may be added
     if dataclasses.is_dataclass(parent):
         known = [f.name for f in dataclasses.fields(parent)]
+        if name in known:
+            # Hydra's `+` adds a key; this one exists, so it is set without it.
+            raise ConfigError(key, f"is a key of the config already: set it without +, {key}=...")
         close = difflib.get_close_matches(name, known, n=1)
         hint = (
             f"; did you mean {parent_path + '.' if parent_path else ''}{close[0]}?" if close else ""
@@ -205,12 +247,12 @@ def compose(overrides: list[str]) -> RunConfig:
                 cfg.run_dir = "."
             return OmegaConf.to_object(cfg)  # enum values and nested types surface here
     except OmegaConfBaseException as exc:
-        raise ConfigError(_full_key(exc) or "config", _first_line(exc)) from None
+        raise _refused(_full_key(exc) or "config", exc, overrides) from None
     except HydraException as exc:
         # Hydra wraps OmegaConf's error, which knows the full key and the expected type.
         cause = exc.__cause__
         if isinstance(cause, OmegaConfBaseException) and _full_key(cause):
-            raise ConfigError(_full_key(cause), _first_line(cause)) from None
+            raise _refused(_full_key(cause), cause, overrides) from None
         raise ConfigError("override", " ".join(str(exc).split())) from None
 
 

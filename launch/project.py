@@ -15,13 +15,33 @@ from pathlib import Path
 from rich.console import Console
 
 from launch.app import run_app
+from launch.bench.comm_job import validate_comm
+from launch.errors import ConfigError
 from launch.perfmodel.projection import projection_record
 from launch.report.projected import projection_table, write_projection
 from train.spec.config import RunConfig
 
 
+def check_inputs(cfg: RunConfig) -> None:
+    """What launch/perfmodel/ does not check itself, refused before anything is computed:
+    comm mode's sweep by the rules of `python -m launch.comm` (one source: a min_bytes of 0
+    would double forever, a negative one fill memory, an empty sweep print an empty table),
+    and an output dir that cannot be one."""
+    if cfg.project.mode == "comm":
+        validate_comm(cfg)
+    out = Path(cfg.project.out or cfg.run_dir)
+    # The nearest existing path decides: a file there (or above) makes mkdir fail.
+    existing = next((p for p in (out, *out.parents) if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        key = "project.out" if cfg.project.out else "run_dir"
+        raise ConfigError(
+            key, f"{existing} is a file; expected a directory for projection.md, .json and .png"
+        )
+
+
 def run_projection(cfg: RunConfig, console: Console) -> int:
     """launch/perfmodel/ computes the record, launch/report/ writes and prints it."""
+    check_inputs(cfg)
     record = projection_record(cfg)
     out = Path(cfg.project.out or cfg.run_dir)
     write_projection(record, out)
@@ -39,7 +59,10 @@ def run_projection(cfg: RunConfig, console: Console) -> int:
 
 
 def main() -> None:
-    run_app(lambda cfg, overrides, console: run_projection(cfg, console))
+    run_app(
+        lambda cfg, overrides, console: run_projection(cfg, console),
+        check=lambda cfg, overrides, console: check_inputs(cfg),
+    )
 
 
 if __name__ == "__main__":
