@@ -76,7 +76,7 @@ def load_calibration(run_dir: str | None, comm_json: str | None) -> Calibration:
         config_path = path / "config.yaml"
         if not config_path.is_file():
             raise ConfigError("project.calibrate", f"{run_dir} has no config.yaml")
-        workload = _load_config(config_path, "project.calibrate")
+        workload = load_config_file(config_path, "project.calibrate")
         measured = (summary.get("step_time_s") or {}).get("median")
         if not measured:
             raise ConfigError("project.calibrate", f"{summary_path} has no step_time_s.median")
@@ -97,7 +97,8 @@ def load_calibration(run_dir: str | None, comm_json: str | None) -> Calibration:
     return Calibration(compute_scale, intra_scale, inter_scale, workload, "; ".join(notes))
 
 
-def _load_config(path: Path, key: str) -> RunConfig:
+def load_config_file(path: Path, key: str) -> RunConfig:
+    """The run config at ``path``; ConfigError naming ``key`` when this version cannot read it."""
     try:
         return load_run_config(path)
     except Exception as exc:  # noqa: BLE001 - OmegaConf's errors for a file it cannot read
@@ -129,7 +130,11 @@ def _link_scales(comm_json: str, workload: RunConfig | None) -> tuple[float, flo
     record = _read_json(path, "project.calibrate_comm")
     points = _all_reduce_points(record, comm_json)
     config_path = path.parent / "config.yaml"
-    cfg = _load_config(config_path, "project.calibrate_comm") if config_path.is_file() else workload
+    cfg = (
+        load_config_file(config_path, "project.calibrate_comm")
+        if config_path.is_file()
+        else workload
+    )
     if cfg is None:
         raise ConfigError("project.calibrate_comm", f"no config.yaml beside {comm_json}")
     link = cfg.cluster.link_gbps if cfg.cluster.name == "emulated" else None
