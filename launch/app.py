@@ -18,6 +18,7 @@ import functools
 import signal
 import sys
 import tempfile
+import textwrap
 from collections.abc import Callable
 from pathlib import Path
 
@@ -282,12 +283,50 @@ def fail(exc: LaunchError | ConfigError) -> None:
     sys.exit(exc.exit_code)
 
 
-def run_app(command: Command, check: Check | None = None) -> None:
-    """Check the command line, compose the config with Hydra, run `command` on it."""
+# The Hydra help config (group hydra/help) a command's own --help page is stored as.
+HELP_CONFIG = "scaleprobe_command"
+
+
+def help_page(summary: str, keys: list[tuple[str, str]], examples: list[str]) -> str:
+    """A command's --help (Hydra's help template): what it does, its main keys with what each
+    takes, examples, then the config groups Hydra lists. ``$`` is the template's own syntax."""
+    width = max(len(key) for key, _ in keys) + 2
+    lines = [textwrap.fill(summary, 98), "", "== Main keys =="]
+    for key, what in keys:
+        # The description column wrapped to fit 100 columns beside the widest key.
+        folded = textwrap.wrap(what, max(40, 98 - width)) or [""]
+        lines += [f"  {key:<{width}}{folded[0]}", *(f"  {'':<{width}}{f}" for f in folded[1:])]
+    lines += ["", "== Examples ==", *(f"  {e}" for e in examples), ""]
+    text = "\n".join(lines)
+    # OmegaConf would resolve an interpolation in the template: none may be written.
+    assert "${" not in text, "an interpolation in a help page"
+    text = text.replace("$", "$$")
+    groups = "== Config groups (group=option) ==\n$APP_CONFIG_GROUPS\n"
+    return f"{text}\n{groups}"
+
+
+def select_help(argv: list[str], page: Callable[[], str] | None) -> list[str]:
+    """With --help, ``page`` as Hydra's help: each command says what it does and its keys
+    instead of Hydra's generic text and the whole config (which `python -m launch` keeps)."""
+    if page is None or not {"--help", "-h"} & set(argv):
+        return argv
+    from hydra.core.config_store import ConfigStore
+
+    node = {"app_name": "", "header": "", "footer": "", "template": page()}
+    ConfigStore.instance().store(group="hydra/help", name=HELP_CONFIG, node=node)
+    return [*argv, f"hydra/help={HELP_CONFIG}"]
+
+
+def run_app(
+    command: Command, check: Check | None = None, help_text: Callable[[], str] | None = None
+) -> None:
+    """Check the command line, compose the config with Hydra, run `command` on it;
+    ``help_text`` makes the command's --help page (help_page)."""
     import hydra
     from hydra.core.hydra_config import HydraConfig
 
     register_schema()
+    sys.argv[1:] = select_help(sys.argv[1:], help_text)
     sys.argv[1:] = with_open_map_keys_added(sys.argv[1:])
     try:
         precheck(sys.argv[1:], check)

@@ -83,6 +83,8 @@ class Job:
     # After the runs (all, or those finished before a failure or a stop): (cfg, sweep_id,
     # results, console).
     on_all: Callable[[RunConfig, str, list[dict], Console], None] = lambda *a: None
+    # --help's page (launch/app.py help_page); None: Hydra's own, with the whole config.
+    help_text: Callable[[], str] | None = None
 
 
 @dataclass
@@ -405,4 +407,5 @@ def job_app(job: Job) -> None:
     run_app(
         lambda cfg, overrides, console: run_job(cfg, overrides, job, console),
         check=lambda cfg, overrides, console: check(cfg, overrides, job, console),
+        help_text=job.help_text,
     )

@@ -14,12 +14,21 @@ from pathlib import Path
 
 from rich.console import Console
 
-from launch.app import run_app
-from launch.bench.comm_job import validate_comm
+from launch.app import help_page, run_app
+from launch.bench.comm_job import comm_keys, validate_comm
+from launch.conf_tree import group_choices
 from launch.errors import ConfigError
-from launch.perfmodel.projection import projection_record
+from launch.perfmodel.compute import ATTENTION_KERNELS
+from launch.perfmodel.projection import MODES, projection_record
 from launch.report.projected import projection_table, write_projection
-from train.spec.config import RunConfig
+from train.spec.config import ProjectConfig, RunConfig
+
+EXAMPLES = [
+    "python -m launch.project model=llama_7b parallel=auto "
+    "project.gpus=[h100_sxm,h800,a100_80g,a800]",
+    "python -m launch.project project.mode=comm project.gpus=[h100_sxm,h800] project.nodes=[1,2]",
+    "python -m launch.project project.calibrate=runs/DATE/TIME/ws1   # from a measured run",
+]
 
 
 def check_inputs(cfg: RunConfig) -> None:
@@ -58,10 +67,43 @@ def run_projection(cfg: RunConfig, console: Console) -> int:
     return 0
 
 
+def project_help() -> str:
+    """--help: what the projection does and its keys, the allowed values from their sources."""
+    d = ProjectConfig()
+    profiles = [g for g in group_choices("gpu") if g not in ("auto", "cpu")]
+    keys = [
+        ("project.mode=" + "|".join(MODES), "runs: projected training steps of model=, "
+         "parallel=, precision=, train.*; comm: projected collectives of the comm.* sweep"),
+        ("project.gpus=[NAME,...]", "profiles to project (default []: all of them): "
+         + ", ".join(profiles)),
+        (f"project.nodes={list(d.nodes)}".replace(" ", ""),
+         "node counts, each >= 1 (a node holds its profile's gpus_per_node)"),
+        ("project.price_per_gpu_hour.NAME=P", "price per GPU-hour of a projected profile, > 0: "
+         "adds $ per 1B tokens (or project.price_per_gpu_hour={NAME:P,...})"),
+        ("project.calibrate=RUN_DIR", "a measured run (summary.json, config.yaml) scales compute"),
+        ("project.calibrate_comm=FILE", "comm.json of python -m launch.comm scales the links"),
+        ("project.attention=" + "|".join(ATTENTION_KERNELS), f"attention kernel (default "
+         f"{d.attention})"),
+        ("project.interconnect_bound_share=S", f"in (0, 1], default {d.interconnect_bound_share}: "
+         "exposed comm share labelled interconnect-bound"),
+        ("project.out=DIR", "where the files go (default: the run dir, hydra.run.dir)"),
+        ("train.global_batch=N", "sequences per step at the fewest projected nodes (mode=runs); "
+         "train.micro_batch, train.seq_len, sweep=weak|strong as in python -m launch"),
+        *[(key, f"mode=comm: {what}") for key, what in comm_keys()],
+    ]  # fmt: skip
+    summary = (
+        "python -m launch.project [KEY=VALUE ...]: projected scaling per GPU type from the "
+        "performance model (launch/perfmodel/). Pure arithmetic: no rank starts. Writes "
+        "projection.md, projection.json and projection.png into project.out and prints the table."
+    )
+    return help_page(summary, keys, EXAMPLES)
+
+
 def main() -> None:
     run_app(
         lambda cfg, overrides, console: run_projection(cfg, console),
         check=lambda cfg, overrides, console: check_inputs(cfg),
+        help_text=project_help,
     )
 
 

@@ -54,3 +54,26 @@ def test_a_refusal_after_composition_is_the_same_in_the_process_and_in_process(
     assert not (tmp_path / "run").exists() and not (tmp_path / "runs").exists()
     here = launch_in_process(*args)
     assert (here.returncode, here.stdout, here.stderr) == (2, process.stdout, process.stderr)
+
+
+def test_each_command_has_its_own_help(module_in_process):
+    """launch.project and launch.comm were Hydra's generic text and the whole config, the same
+    as python -m launch: each now says what it does, its keys with what they take, examples."""
+    project = module_in_process("launch.project", "--help")
+    comm = module_in_process("launch.comm", "--help")
+    launch = module_in_process("launch.__main__", "--help")
+    assert project.returncode == comm.returncode == launch.returncode == 0
+    for key in ("project.mode=runs|comm", "project.gpus=", "h100_sxm", "project.nodes=",
+                "project.calibrate_comm=", "project.out=", "projection.json", "comm.min_bytes",
+                "python -m launch.project project.mode=comm"):  # fmt: skip
+        assert key in project.stdout, key
+    for key in ("comm.ops=", "all_reduce, all_gather", "comm.min_bytes=1024", "comm.max_bytes=",
+                "comm.seconds_per_size=", "cluster=emulated|local", "busbw",
+                "python -m launch.comm cluster.nproc_per_node=2"):  # fmt: skip
+        assert key in comm.stdout, key
+    assert "== Config ==" not in project.stdout + comm.stdout  # no whole-config dump
+    # python -m launch keeps Hydra's page: its groups and the whole config to override.
+    assert "== Config ==" in launch.stdout and "train:" in launch.stdout
+    assert len({project.stdout, comm.stdout, launch.stdout}) == 3
+    ours = [out.split("== Config groups")[0] for out in (project.stdout, comm.stdout)]
+    assert max(len(line) for line in "".join(ours).splitlines()) <= 100  # Hydra's lines are its own
