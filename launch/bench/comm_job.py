@@ -24,7 +24,7 @@ from launch.conf_tree import group_choices
 from launch.errors import ConfigError
 from launch.pipeline import Job
 from launch.plan import RunPlan
-from train.spec.bus import COLLECTIVES
+from train.spec.bus import COLLECTIVES, message_sizes, scope_labels
 from train.spec.config import CommConfig, RunConfig
 
 # A size's few timed calls are bounded by seconds_per_size; these bound the counts and sizes
@@ -104,6 +104,36 @@ def one_run_one_batch(cfg: RunConfig) -> None:
     """
     cfg.sweep.name = "none"
     cfg.train.global_batch = cfg.train.micro_batch * cfg.cluster.nodes * cfg.cluster.nproc_per_node
+
+
+def points(cfg: RunConfig) -> int:
+    """The points the ranks time: every scope x op x size (fewer where an op's
+    comm.seconds_per_op runs out before its largest sizes)."""
+    c, scopes = cfg.comm, scope_labels(cfg.cluster.nodes, cfg.cluster.nproc_per_node)
+    return len(scopes) * len(c.ops) * len(message_sizes(c.min_bytes, c.max_bytes))
+
+
+def announce(cfg: RunConfig, console: Console) -> None:
+    """What the benchmark times, before it starts (the bar then counts its points)."""
+    c, sizes = cfg.comm, message_sizes(cfg.comm.min_bytes, cfg.comm.max_bytes)
+    scopes = scope_labels(cfg.cluster.nodes, cfg.cluster.nproc_per_node)
+    console.print(
+        f"timing {', '.join(c.ops)} at {len(sizes)} sizes ({human_bytes(sizes[0])} to "
+        f"{human_bytes(sizes[-1])}, doubling) in {' and '.join(scopes)} groups, "
+        f"{cfg.cluster.nodes} node(s) x {cfg.cluster.nproc_per_node} ranks: {points(cfg)} points",
+        markup=False,
+        highlight=False,
+    )
+
+
+def point_status(record: dict | None) -> str:
+    """The bar's text: the point just timed (comm.jsonl's last line)."""
+    if record is None:
+        return "starting the ranks"
+    return (
+        f"{record['scope']} {record['op']} {human_bytes(_row_key(record['bytes']))}: "
+        f"busbw {record['busbw_gbytes_per_s']:.4f} GB/s"
+    )
 
 
 def show_result(cfg: RunConfig, plan: RunPlan, result: dict, console: Console) -> None:
@@ -211,6 +241,11 @@ COMM = Job(
     result_file="comm.json",
     adjust=one_run_one_batch,
     validate=validate_comm,
+    total_steps=points,
     on_result=show_result,
     help_text=comm_help,
+    # It trains nothing: no layout, precision or global batch lines; its own sweep instead.
+    trains=False,
+    announce=announce,
+    progress_status=point_status,
 )

@@ -77,3 +77,26 @@ def test_each_command_has_its_own_help(module_in_process):
     assert len({project.stdout, comm.stdout, launch.stdout}) == 3
     ours = [out.split("== Config groups")[0] for out in (project.stdout, comm.stdout)]
     assert max(len(line) for line in "".join(ours).splitlines()) <= 100  # Hydra's lines are its own
+
+
+def test_the_comm_benchmark_says_what_it_times_and_no_training_lines(module_in_process, tmp_path):
+    """launch.comm printed `layout: auto -> ddp`, `precision: auto -> bf16` and a dry run's
+    `global batch`, none of which a collective benchmark has (launch/pipeline.py Job.trains);
+    it says its ops, sizes and points instead. python -m launch keeps its lines."""
+    comm = module_in_process(
+        "launch.comm", "gpu=cpu", "cluster.nproc_per_node=2", "comm.ops=[all_reduce,broadcast]",
+        "comm.max_bytes=4096", "dry_run=true", f"run_dir={tmp_path / 'comm'}",
+    )  # fmt: skip
+    assert comm.returncode == 0, comm.stderr
+    said = " ".join(comm.stdout.split())
+    assert "timing all_reduce, broadcast at 3 sizes (1 KiB to 4 KiB, doubling)" in said
+    assert "in intra-node groups, 1 node(s) x 2 ranks: 6 points" in said
+    for training_only in ("layout:", "precision:", "global batch", "peak:"):
+        assert training_only not in comm.stdout, training_only
+    train = module_in_process(
+        "launch.__main__", "gpu=cpu", "sweep=none", "cluster.nproc_per_node=1", "dry_run=true",
+        f"run_dir={tmp_path / 'train'}",
+    )  # fmt: skip
+    assert train.returncode == 0, train.stderr
+    assert "layout: auto ->" in train.stdout and "precision: auto ->" in train.stdout
+    assert "global batch" in train.stdout and "timing" not in train.stdout
