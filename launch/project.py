@@ -16,10 +16,9 @@ from rich.console import Console
 
 from launch.app import help_page, run_app
 from launch.bench.comm_job import comm_keys, validate_comm
-from launch.conf_tree import group_choices
 from launch.errors import ConfigError
 from launch.perfmodel.compute import ATTENTION_KERNELS
-from launch.perfmodel.projection import MODES, projection_record
+from launch.perfmodel.projection import MODES, projected_profiles, projection_record
 from launch.report.projected import projection_table, write_projection
 from train.spec.config import ProjectConfig, RunConfig
 
@@ -70,7 +69,7 @@ def run_projection(cfg: RunConfig, console: Console) -> int:
 def project_help() -> str:
     """--help: what the projection does and its keys, the allowed values from their sources."""
     d = ProjectConfig()
-    profiles = [g for g in group_choices("gpu") if g not in ("auto", "cpu")]
+    profiles = [g.name for g in projected_profiles([])]  # what an empty project.gpus projects
     keys = [
         ("project.mode=" + "|".join(MODES), "runs: projected training steps of model=, "
          "parallel=, precision=, train.*; comm: projected collectives of the comm.* sweep"),

@@ -182,12 +182,17 @@ def _sizes(text: str) -> list[int]:
 
 
 def _positive(kind: type):
+    """An argparse type: a finite ``kind`` (int or float) above 0."""
+
     def parse(text: str):
         try:
             value = kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r}: not a number") from None
-        if not (math.isfinite(value) and value > 0):
+            whole = "whole " if kind is int else ""
+            raise argparse.ArgumentTypeError(f"{text!r}: not a {whole}number") from None
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"{text}: must be a finite number > 0")
+        if value <= 0:
             raise argparse.ArgumentTypeError(f"{text}: must be > 0")
         return value
 

@@ -87,7 +87,8 @@ def own_cache(tmp_path, monkeypatch):
         (["--cpu-threads", "0"], "argument --cpu-threads: 0: must be > 0"),
         (["--seconds", "0"], "argument --seconds: 0: must be > 0"),  # saved 0.000 TFLOP/s
         (["--seconds=-1"], "argument --seconds: -1: must be > 0"),
-        (["--seconds", "nan"], "argument --seconds: nan: must be > 0"),
+        (["--seconds", "nan"], "argument --seconds: nan: must be a finite number > 0"),
+        (["--cpu-threads", "1.5"], "argument --cpu-threads: '1.5': not a whole number"),
         (["--host-shapes", "/nonexistent.yaml"], "argument --host-shapes: /nonexistent.yaml does"),
         (["--precisions", "fp4"], "argument --precisions: unknown ['fp4']; choose from fp32,"),
         # On a CPU it saved a 5e-5 TFLOP/s fp8 "ceiling" (torch's emulation) into the record.
