@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import signal
 import sys
 import tempfile
+import textwrap
 from collections.abc import Callable
 from pathlib import Path
 
@@ -113,20 +115,58 @@ def parse_overrides(overrides: list[str]) -> list:
 
 
 def with_open_map_keys_added(argv: list[str]) -> list[str]:
-    """``++`` before an override of a key under an open map of the schema (fabric.nccl_env.X,
-    project.price_per_gpu_hour.X): Hydra wants ``+`` to add a key and refuses it for one that
-    exists, ``++`` does both, and a user writes neither."""
-    schema = RunConfig()
+    """``++`` before an override of an open map of the schema or a key under one
+    (fabric.nccl_env.X, project.price_per_gpu_hour={h100_sxm:2}): Hydra wants ``+`` to add a
+    key and refuses it for one that exists, and refuses a whole map into the config's struct
+    (``Key 'h100_sxm' is not in struct``); ``++`` does both, and a user writes neither."""
     out = []
     for arg in argv:
         key, equals, _ = arg.partition("=")
-        parent_path, _, _name = key.rpartition(".")
-        parent = schema
-        for part in filter(None, parent_path.split(".")):
-            parent = getattr(parent, part, None)
-        is_override = equals and not arg.startswith(("-", "+", "~")) and parent_path
-        out.append(f"++{arg}" if is_override and isinstance(parent, dict) else arg)
+        bare = key[1:] if key.startswith("+") and not key.startswith("++") else key
+        parent_path = bare.rpartition(".")[0]
+        is_override = equals and not bare.startswith(("-", "+", "~"))
+        open_map = is_open_map(bare) or (parent_path and is_open_map(parent_path))
+        out.append(f"++{bare}={arg.partition('=')[2]}" if is_override and open_map else arg)
     return out
+
+
+def schema_default(key: str) -> object:
+    """The schema's default at a dotted key (a dataclass, a dict, a list, a value), or None
+    where the schema has no such key (a group choice's own key, hydra.*, a typo)."""
+    node: object = _schema()
+    for part in filter(None, key.split(".")):
+        node = node.get(part) if isinstance(node, dict) else getattr(node, part, None)
+    return node
+
+
+@functools.cache
+def _schema() -> RunConfig:
+    return RunConfig()  # read only: the defaults, built once
+
+
+def is_open_map(key: str) -> bool:
+    """Whether the schema's node at ``key`` is a map of names the user chooses."""
+    return bool(key) and isinstance(schema_default(key), dict)
+
+
+def expected_form(key: str, overrides: list[str]) -> str:
+    """How to write ``key``'s value where OmegaConf's own words (``str is not a ListConfig``,
+    ``Cannot assign int to Dict``) do not say: the list form, or the open map's forms."""
+    # The last override of the key is the one Hydra applied.
+    values = [o.partition("=")[2] for o in overrides if o.partition("=")[0].lstrip("+~") == key]
+    given = values[-1] if values else ""
+    default = schema_default(key)
+    if isinstance(default, list) and not given.startswith("["):
+        return f"; write the list form {key}=[{given or '...'}]"
+    if isinstance(default, dict):
+        return f"; it is a map: {key}.NAME=VALUE, or {key}={{NAME:VALUE}}"
+    return ""
+
+
+def _refused(key: str, exc: Exception, overrides: list[str]) -> ConfigError:
+    """OmegaConf's first line for ``key``, with the expected form where it lacks one."""
+    form = expected_form(key, overrides)
+    return ConfigError(key, _first_line(exc).rstrip(".") + form if form else _first_line(exc))
 
 
 def check_every_job(parsed, check: Check) -> None:
@@ -182,6 +222,9 @@ def refuse_unknown_addition(key: str, cfg: RunConfig) -> None:
         return  # an open map: any key may be added
     if dataclasses.is_dataclass(parent):
         known = [f.name for f in dataclasses.fields(parent)]
+        if name in known:
+            # Hydra's `+` adds a key; this one exists, so it is set without it.
+            raise ConfigError(key, f"is a key of the config already: set it without +, {key}=...")
         close = difflib.get_close_matches(name, known, n=1)
         hint = (
             f"; did you mean {parent_path + '.' if parent_path else ''}{close[0]}?" if close else ""
@@ -205,12 +248,12 @@ def compose(overrides: list[str]) -> RunConfig:
                 cfg.run_dir = "."
             return OmegaConf.to_object(cfg)  # enum values and nested types surface here
     except OmegaConfBaseException as exc:
-        raise ConfigError(_full_key(exc) or "config", _first_line(exc)) from None
+        raise _refused(_full_key(exc) or "config", exc, overrides) from None
     except HydraException as exc:
         # Hydra wraps OmegaConf's error, which knows the full key and the expected type.
         cause = exc.__cause__
         if isinstance(cause, OmegaConfBaseException) and _full_key(cause):
-            raise ConfigError(_full_key(cause), _first_line(cause)) from None
+            raise _refused(_full_key(cause), cause, overrides) from None
         raise ConfigError("override", " ".join(str(exc).split())) from None
 
 
@@ -269,12 +312,50 @@ def fail(exc: LaunchError | ConfigError) -> None:
     sys.exit(exc.exit_code)
 
 
-def run_app(command: Command, check: Check | None = None) -> None:
-    """Check the command line, compose the config with Hydra, run `command` on it."""
+# The Hydra help config (group hydra/help) a command's own --help page is stored as.
+HELP_CONFIG = "scaleprobe_command"
+
+
+def help_page(summary: str, keys: list[tuple[str, str]], examples: list[str]) -> str:
+    """A command's --help (Hydra's help template): what it does, its main keys with what each
+    takes, examples, then the config groups Hydra lists. ``$`` is the template's own syntax."""
+    width = max(len(key) for key, _ in keys) + 2
+    lines = [textwrap.fill(summary, 98), "", "== Main keys =="]
+    for key, what in keys:
+        # The description column wrapped to fit 100 columns beside the widest key.
+        folded = textwrap.wrap(what, max(40, 98 - width)) or [""]
+        lines += [f"  {key:<{width}}{folded[0]}", *(f"  {'':<{width}}{f}" for f in folded[1:])]
+    lines += ["", "== Examples ==", *(f"  {e}" for e in examples), ""]
+    text = "\n".join(lines)
+    # OmegaConf would resolve an interpolation in the template: none may be written.
+    assert "${" not in text, "an interpolation in a help page"
+    text = text.replace("$", "$$")
+    groups = "== Config groups (group=option) ==\n$APP_CONFIG_GROUPS\n"
+    return f"{text}\n{groups}"
+
+
+def select_help(argv: list[str], page: Callable[[], str] | None) -> list[str]:
+    """With --help, ``page`` as Hydra's help: each command says what it does and its keys
+    instead of Hydra's generic text and the whole config (which `python -m launch` keeps)."""
+    if page is None or not {"--help", "-h"} & set(argv):
+        return argv
+    from hydra.core.config_store import ConfigStore
+
+    node = {"app_name": "", "header": "", "footer": "", "template": page()}
+    ConfigStore.instance().store(group="hydra/help", name=HELP_CONFIG, node=node)
+    return [*argv, f"hydra/help={HELP_CONFIG}"]
+
+
+def run_app(
+    command: Command, check: Check | None = None, help_text: Callable[[], str] | None = None
+) -> None:
+    """Check the command line, compose the config with Hydra, run `command` on it;
+    ``help_text`` makes the command's --help page (help_page)."""
     import hydra
     from hydra.core.hydra_config import HydraConfig
 
     register_schema()
+    sys.argv[1:] = select_help(sys.argv[1:], help_text)
     sys.argv[1:] = with_open_map_keys_added(sys.argv[1:])
     try:
         precheck(sys.argv[1:], check)

@@ -35,7 +35,13 @@ from launch.cluster.setup import ClusterSetup, set_up_cluster
 from launch.errors import RunFailed, Stopped
 from launch.launchers import slurm
 from launch.launchers.command import NodeCommand
-from launch.launchers.local import MetricsTail, failing_rank_lines, progress_bar, run_nodes
+from launch.launchers.local import (
+    MetricsTail,
+    failing_rank_lines,
+    progress_bar,
+    run_nodes,
+    training_status,
+)
 from launch.launchers.select import commands_run_here, driver_node_rank, launch_commands
 from launch.launchers.slurm_jobs import exit_code, follow, record_jobs, refuse_active_jobs
 from launch.plan import RunPlan, config_for, plan_runs
@@ -84,6 +90,15 @@ class Job:
     # After the runs (all, or those finished before a failure or a stop): (cfg, sweep_id,
     # results, console).
     on_all: Callable[[RunConfig, str, list[dict], Console], None] = lambda *a: None
+    # --help's page (launch/app.py help_page); None: Hydra's own, with the whole config.
+    help_text: Callable[[], str] | None = None
+    # Whether the ranks train the model: only then does the console say the layout and
+    # precision resolved for them, the measured peak, and a dry run's global batch.
+    trains: bool = True
+    # What the job is about to do, said once its config has passed every check.
+    announce: Callable[[RunConfig, Console], None] = lambda *a: None
+    # The progress bar's text for rank 0's last progress record (None before the first).
+    progress_status: Callable[[dict | None], str] = training_status
 
 
 @dataclass
@@ -122,12 +137,18 @@ def check(cfg: RunConfig, overrides: list[str], job: Job, console: Console) -> l
     resolve_node_defaults(cfg, overrides, console)
     apply_wandb_env(cfg, overrides)
     job.adjust(cfg)
-    plans = resolve_layouts(cfg, plan_runs(cfg), console)
+    plans = resolve_layouts(cfg, plan_runs(cfg), training_lines(job, console))
     validate(cfg, plans)
     job.validate(cfg)
+    job.announce(cfg, console)
     if cfg.resume:
         refuse_other_workloads(cfg, plans)  # resuming must not mix two workloads
     return plans
+
+
+def training_lines(job: Job, console: Console) -> Console:
+    """Where the lines only a training run needs go: ``console``, or nowhere."""
+    return console if job.trains else Console(quiet=True)
 
 
 def prepare(cfg: RunConfig, overrides: list[str], job: Job, console: Console) -> Prepared:
@@ -140,7 +161,8 @@ def prepare(cfg: RunConfig, overrides: list[str], job: Job, console: Console) ->
     setup = set_up_cluster(cfg, plans, console)  # nodes, emulated links; ConfigError too
     # What precision=auto resolves to on this machine (None: decided on other nodes), which
     # a checkpoint to resume from must have been saved in.
-    validate_checkpoint_precision(cfg, plans, state_precision(cfg, setup, console))
+    precision = state_precision(cfg, setup, training_lines(job, console))
+    validate_checkpoint_precision(cfg, plans, precision)
 
     root, node = Path(cfg.run_dir), driver_node_rank(cfg)
     finished = finished_points(cfg, plans, node) if cfg.resume else {}
@@ -191,7 +213,7 @@ def execute(prepared: Prepared, job: Job, console: Console) -> int:
     if cfg.launcher.name == "slurm":
         return run_on_slurm(prepared, job, console)
     if cfg.dry_run:
-        print_commands(prepared)
+        print_commands(prepared, job)
         return 0
 
     results = list(prepared.finished.values())
@@ -261,6 +283,7 @@ def run_point(prepared: Prepared, job: Job, plan: RunPlan, progress) -> dict | N
         keep_progress=resumes or driver_node_rank(cfg) > 0,
         keep_result=driver_node_rank(cfg) > 0,
         stall_timeout_s=stall_timeout_s(cfg.cluster),
+        status=job.progress_status,
     )
     if result is None:
         progress.console.print(
@@ -373,7 +396,7 @@ def finish(
         )
 
 
-def print_commands(prepared: Prepared) -> None:
+def print_commands(prepared: Prepared, job: Job) -> None:
     """The lines a run would start. With one driver per node (cluster=multinode, torchrun)
     node k > 0 prints only its own, as it would run only those; node 0 prints every node's,
     each naming the config that node's driver writes (config-node<k>.yaml)."""
@@ -382,9 +405,10 @@ def print_commands(prepared: Prepared) -> None:
     per_node_drivers = cfg.cluster.name == "multinode" and cfg.launcher.name == "torchrun"
     for plan in prepared.plans:
         commands = prepared.commands[plan.name]
+        batch = f", global batch {plan.global_batch}" if job.trains else ""
         print(
             f"# {plan.name}: world size {plan.world_size} = {plan.nodes} node(s) x "
-            f"{plan.nproc_per_node}, global batch {plan.global_batch}"
+            f"{plan.nproc_per_node}{batch}"
         )
         if per_node_drivers and node > 0:
             commands = commands_run_here(cfg, commands)
@@ -416,4 +440,5 @@ def job_app(job: Job) -> None:
     run_app(
         lambda cfg, overrides, console: run_job(cfg, overrides, job, console),
         check=lambda cfg, overrides, console: check(cfg, overrides, job, console),
+        help_text=job.help_text,
     )

@@ -14,14 +14,42 @@ from pathlib import Path
 
 from rich.console import Console
 
-from launch.app import run_app
-from launch.perfmodel.projection import projection_record
+from launch.app import help_page, run_app
+from launch.bench.comm_job import comm_keys, validate_comm
+from launch.errors import ConfigError
+from launch.perfmodel.compute import ATTENTION_KERNELS
+from launch.perfmodel.projection import MODES, projected_profiles, projection_record
 from launch.report.projected import projection_table, write_projection
-from train.spec.config import RunConfig
+from train.spec.config import ProjectConfig, RunConfig
+
+EXAMPLES = [
+    "python -m launch.project model=llama_7b parallel=auto "
+    "project.gpus=[h100_sxm,h800,a100_80g,a800]",
+    "python -m launch.project project.mode=comm project.gpus=[h100_sxm,h800] project.nodes=[1,2]",
+    "python -m launch.project project.calibrate=runs/DATE/TIME/ws1   # from a measured run",
+]
+
+
+def check_inputs(cfg: RunConfig) -> None:
+    """What launch/perfmodel/ does not check itself, refused before anything is computed:
+    comm mode's sweep by the rules of `python -m launch.comm` (one source: a min_bytes of 0
+    would double forever, a negative one fill memory, an empty sweep print an empty table),
+    and an output dir that cannot be one."""
+    if cfg.project.mode == "comm":
+        validate_comm(cfg)
+    out = Path(cfg.project.out or cfg.run_dir)
+    # The nearest existing path decides: a file there (or above) makes mkdir fail.
+    existing = next((p for p in (out, *out.parents) if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        key = "project.out" if cfg.project.out else "run_dir"
+        raise ConfigError(
+            key, f"{existing} is a file; expected a directory for projection.md, .json and .png"
+        )
 
 
 def run_projection(cfg: RunConfig, console: Console) -> int:
     """launch/perfmodel/ computes the record, launch/report/ writes and prints it."""
+    check_inputs(cfg)
     record = projection_record(cfg)
     out = Path(cfg.project.out or cfg.run_dir)
     write_projection(record, out)
@@ -38,8 +66,44 @@ def run_projection(cfg: RunConfig, console: Console) -> int:
     return 0
 
 
+def project_help() -> str:
+    """--help: what the projection does and its keys, the allowed values from their sources."""
+    d = ProjectConfig()
+    profiles = [g.name for g in projected_profiles([])]  # what an empty project.gpus projects
+    keys = [
+        ("project.mode=" + "|".join(MODES), "runs: projected training steps of model=, "
+         "parallel=, precision=, train.*; comm: projected collectives of the comm.* sweep"),
+        ("project.gpus=[NAME,...]", "profiles to project (default []: all of them): "
+         + ", ".join(profiles)),
+        (f"project.nodes={list(d.nodes)}".replace(" ", ""),
+         "node counts, each >= 1 (a node holds its profile's gpus_per_node)"),
+        ("project.price_per_gpu_hour.NAME=P", "price per GPU-hour of a projected profile, > 0: "
+         "adds $ per 1B tokens (or project.price_per_gpu_hour={NAME:P,...})"),
+        ("project.calibrate=RUN_DIR", "a measured run (summary.json, config.yaml) scales compute"),
+        ("project.calibrate_comm=FILE", "comm.json of python -m launch.comm scales the links"),
+        ("project.attention=" + "|".join(ATTENTION_KERNELS), f"attention kernel (default "
+         f"{d.attention})"),
+        ("project.interconnect_bound_share=S", f"in (0, 1], default {d.interconnect_bound_share}: "
+         "exposed comm share labelled interconnect-bound"),
+        ("project.out=DIR", "where the files go (default: the run dir, hydra.run.dir)"),
+        ("train.global_batch=N", "sequences per step at the fewest projected nodes (mode=runs); "
+         "train.micro_batch, train.seq_len, sweep=weak|strong as in python -m launch"),
+        *[(key, f"mode=comm: {what}") for key, what in comm_keys()],
+    ]  # fmt: skip
+    summary = (
+        "python -m launch.project [KEY=VALUE ...]: projected scaling per GPU type from the "
+        "performance model (launch/perfmodel/). Pure arithmetic: no rank starts. Writes "
+        "projection.md, projection.json and projection.png into project.out and prints the table."
+    )
+    return help_page(summary, keys, EXAMPLES)
+
+
 def main() -> None:
-    run_app(lambda cfg, overrides, console: run_projection(cfg, console))
+    run_app(
+        lambda cfg, overrides, console: run_projection(cfg, console),
+        check=lambda cfg, overrides, console: check_inputs(cfg),
+        help_text=project_help,
+    )
 
 
 if __name__ == "__main__":

@@ -19,11 +19,13 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from launch.app import help_page
+from launch.conf_tree import group_choices
 from launch.errors import ConfigError
 from launch.pipeline import Job
 from launch.plan import RunPlan
-from train.spec.bus import COLLECTIVES
-from train.spec.config import RunConfig
+from train.spec.bus import COLLECTIVES, message_sizes, scope_labels
+from train.spec.config import CommConfig, RunConfig
 
 # A size's few timed calls are bounded by seconds_per_size; these bound the counts and sizes
 # a typo could make hang (a 1 TiB message, a million warm-up calls).
@@ -52,6 +54,48 @@ def validate_comm(cfg: RunConfig) -> None:
         raise ConfigError("comm.warmup_iters", f"{c.warmup_iters}: must be 0..{MAX_WARMUP_ITERS}")
 
 
+def comm_keys() -> list[tuple[str, str]]:
+    """The comm.* keys and what validate_comm lets each take (launch.comm's and
+    launch.project's --help)."""
+    d = CommConfig()
+    return [
+        ("comm.ops=[OP,...]", f"collectives, from: {', '.join(COLLECTIVES)} (default: all)"),
+        (f"comm.min_bytes={d.min_bytes}", "the first message size, >= 4; sizes double from it"),
+        (f"comm.max_bytes={d.max_bytes}", f"the last, >= comm.min_bytes, <= {MAX_BYTES} (16 GiB)"),
+    ]
+
+
+def comm_help() -> str:
+    """--help of python -m launch.comm."""
+    d = CommConfig()
+    keys = [
+        *comm_keys(),
+        (f"comm.seconds_per_op={d.seconds_per_op:g}", "> 0: budget per op and group; larger "
+         "sizes are skipped once spent"),
+        (f"comm.seconds_per_size={d.seconds_per_size:g}", "> 0: a size's timed calls stop "
+         "after about this long, or at comm.max_iters calls"),
+        (f"comm.max_iters={d.max_iters}", f"1..{MAX_ITERS}: the most timed calls per size"),
+        (f"comm.warmup_iters={d.warmup_iters}", f"untimed calls first, 0..{MAX_WARMUP_ITERS}"),
+        ("cluster=" + "|".join(group_choices("cluster")), "where the ranks run: "
+         "cluster.nodes=N x cluster.nproc_per_node=N ranks, one run (no sweep)"),
+        ("launcher=" + "|".join(group_choices("launcher")), "what starts them"),
+        ("dry_run=true", "print each node's command and start nothing"),
+        ("run_dir=DIR", "where comm.json (every point), comm.jsonl and comm.png go"),
+    ]  # fmt: skip
+    summary = (
+        "python -m launch.comm [KEY=VALUE ...]: the collective benchmark, nccl-tests style, "
+        "started like a training run (same cluster and launcher choices) with python -m "
+        "train.bench.comm_rank as the ranks. Per group scope (intra-node, inter-node, world) "
+        "and op it times each message size and prints busbw per size and op."
+    )
+    examples = [
+        "python -m launch.comm cluster.nproc_per_node=2 comm.max_bytes=16777216",
+        "python -m launch.comm cluster=emulated cluster.nodes=2 cluster.link_gbps=0.2 "
+        "comm.ops=[all_reduce]",
+    ]
+    return help_page(summary, keys, examples)
+
+
 def one_run_one_batch(cfg: RunConfig) -> None:
     """The benchmark is one run at cluster.nodes x cluster.nproc_per_node (no sweep).
 
@@ -60,6 +104,36 @@ def one_run_one_batch(cfg: RunConfig) -> None:
     """
     cfg.sweep.name = "none"
     cfg.train.global_batch = cfg.train.micro_batch * cfg.cluster.nodes * cfg.cluster.nproc_per_node
+
+
+def points(cfg: RunConfig) -> int:
+    """The points the ranks time: every scope x op x size (fewer where an op's
+    comm.seconds_per_op runs out before its largest sizes)."""
+    c, scopes = cfg.comm, scope_labels(cfg.cluster.nodes, cfg.cluster.nproc_per_node)
+    return len(scopes) * len(c.ops) * len(message_sizes(c.min_bytes, c.max_bytes))
+
+
+def announce(cfg: RunConfig, console: Console) -> None:
+    """What the benchmark times, before it starts (the bar then counts its points)."""
+    c, sizes = cfg.comm, message_sizes(cfg.comm.min_bytes, cfg.comm.max_bytes)
+    scopes = scope_labels(cfg.cluster.nodes, cfg.cluster.nproc_per_node)
+    console.print(
+        f"timing {', '.join(c.ops)} at {len(sizes)} sizes ({human_bytes(sizes[0])} to "
+        f"{human_bytes(sizes[-1])}, doubling) in {' and '.join(scopes)} groups, "
+        f"{cfg.cluster.nodes} node(s) x {cfg.cluster.nproc_per_node} ranks: {points(cfg)} points",
+        markup=False,
+        highlight=False,
+    )
+
+
+def point_status(record: dict | None) -> str:
+    """The bar's text: the point just timed (comm.jsonl's last line)."""
+    if record is None:
+        return "starting the ranks"
+    return (
+        f"{record['scope']} {record['op']} {human_bytes(_row_key(record['bytes']))}: "
+        f"busbw {record['busbw_gbytes_per_s']:.4f} GB/s"
+    )
 
 
 def show_result(cfg: RunConfig, plan: RunPlan, result: dict, console: Console) -> None:
@@ -167,5 +241,11 @@ COMM = Job(
     result_file="comm.json",
     adjust=one_run_one_batch,
     validate=validate_comm,
+    total_steps=points,
     on_result=show_result,
+    help_text=comm_help,
+    # It trains nothing: no layout, precision or global batch lines; its own sweep instead.
+    trains=False,
+    announce=announce,
+    progress_status=point_status,
 )

@@ -12,6 +12,7 @@ import signal
 import subprocess
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,12 +38,19 @@ def progress_bar() -> Progress:
         TextColumn("[bold]{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
-        TextColumn("loss {task.fields[loss]}"),
-        TextColumn("tok/s {task.fields[tokens_per_s]}"),
+        TextColumn("{task.fields[status]}"),
         TimeElapsedColumn(),
         TextColumn("ETA"),
         TimeRemainingColumn(),
     )
+
+
+def training_status(record: dict | None) -> str:
+    """The bar's text beside a training run's steps: rank 0's last loss and tokens/s. A job's
+    own (launch/pipeline.py Job.progress_status) says what its progress records hold."""
+    loss, rate = (record or {}).get("loss"), (record or {}).get("tokens_per_s")
+    loss_text = "-" if loss is None else f"{loss:.4f}"
+    return f"loss {loss_text} tok/s {'-' if rate is None else f'{rate:,.0f}'}"
 
 
 class MetricsTail:
@@ -201,6 +209,7 @@ def run_nodes(
     keep_progress: bool = False,
     keep_result: bool = False,
     stall_timeout_s: float = 0.0,
+    status: Callable[[dict | None], str] = training_status,
 ) -> dict | None:
     """Start every node's command together, follow rank 0's metrics, return its summary.
 
@@ -216,7 +225,7 @@ def run_nodes(
         (plan.run_dir / name).unlink(missing_ok=True)
     if not keep_result:  # the last run's heartbeats would read as silent ranks
         shutil.rmtree(plan.run_dir / HEARTBEAT_DIR, ignore_errors=True)
-    task = progress.add_task(plan.name, total=total_steps, loss="-", tokens_per_s="-")
+    task = progress.add_task(plan.name, total=total_steps, status=status(None))
     watch = StallWatch(plan.run_dir, stall_timeout_s)
     procs: list[subprocess.Popen] = []
     with contextlib.ExitStack() as logs:
@@ -238,7 +247,9 @@ def run_nodes(
                 procs,
                 MetricsTail(plan.run_dir / progress_file),
                 watch,
-                lambda **fields: progress.update(task, **fields),
+                lambda record: progress.update(
+                    task, completed=record["step"], status=status(record)
+                ),
             )
             if outcome.stalled:
                 kill_ranks(plan.run_dir)  # a stopped rank ignores the launcher's SIGTERM
@@ -261,12 +272,7 @@ def follow(
     while True:
         codes = [proc.poll() for proc in procs]
         for record in tail.new_records():
-            fields = {}
-            if "loss" in record:
-                fields["loss"] = f"{record['loss']:.4f}"
-            if "tokens_per_s" in record:
-                fields["tokens_per_s"] = f"{record['tokens_per_s']:,.0f}"
-            show(completed=record["step"], **fields)
+            show(record)
             watch.saw_progress()
         exits = zip(nodes, codes, strict=True)
         failed = next(((n, code) for n, code in exits if code not in (None, 0)), None)

@@ -23,6 +23,11 @@ from launch.perfmodel.hardware import Link, PartRates, part_rates
 from launch.perfmodel.step import predict_run
 from train.spec.config import RunConfig, load_run_config
 
+# What _link_scales reads of each comm.json point (train/bench/comm_rank.py writes them).
+POINT_KEYS = ("op", "scope", "bytes", "group_size", "busbw_gbytes_per_s")
+# The scopes whose all_reduce scales a link: a node's own group, one rank per node.
+LINK_SCOPES = ("intra-node", "inter-node")
+
 
 @dataclass(frozen=True)
 class Calibration:
@@ -71,7 +76,7 @@ def load_calibration(run_dir: str | None, comm_json: str | None) -> Calibration:
         config_path = path / "config.yaml"
         if not config_path.is_file():
             raise ConfigError("project.calibrate", f"{run_dir} has no config.yaml")
-        workload = _load_config(config_path, "project.calibrate")
+        workload = load_config_file(config_path, "project.calibrate")
         measured = (summary.get("step_time_s") or {}).get("median")
         if not measured:
             raise ConfigError("project.calibrate", f"{summary_path} has no step_time_s.median")
@@ -92,7 +97,8 @@ def load_calibration(run_dir: str | None, comm_json: str | None) -> Calibration:
     return Calibration(compute_scale, intra_scale, inter_scale, workload, "; ".join(notes))
 
 
-def _load_config(path: Path, key: str) -> RunConfig:
+def load_config_file(path: Path, key: str) -> RunConfig:
+    """The run config at ``path``; ConfigError naming ``key`` when this version cannot read it."""
     try:
         return load_run_config(path)
     except Exception as exc:  # noqa: BLE001 - OmegaConf's errors for a file it cannot read
@@ -113,24 +119,33 @@ def _read_json(path: Path, key: str) -> dict:
 
 def _link_scales(comm_json: str, workload: RunConfig | None) -> tuple[float, float, str]:
     path = Path(comm_json)
+    if path.is_dir():
+        raise ConfigError(
+            "project.calibrate_comm",
+            f"{comm_json} is a directory; expected a comm.json file (python -m launch.comm "
+            "writes RUN_DIR/comm.json)",
+        )
     if not path.is_file():
         raise ConfigError("project.calibrate_comm", f"{comm_json} does not exist")
     record = _read_json(path, "project.calibrate_comm")
+    points = _all_reduce_points(record, comm_json)
     config_path = path.parent / "config.yaml"
-    cfg = _load_config(config_path, "project.calibrate_comm") if config_path.is_file() else workload
+    cfg = (
+        load_config_file(config_path, "project.calibrate_comm")
+        if config_path.is_file()
+        else workload
+    )
     if cfg is None:
         raise ConfigError("project.calibrate_comm", f"no config.yaml beside {comm_json}")
     link = cfg.cluster.link_gbps if cfg.cluster.name == "emulated" else None
     rates = part_rates(cfg.gpu, link_gbps=link or None)
-    scales = {"intra-node": 1.0, "inter-node": 1.0}
+    scales = dict.fromkeys(LINK_SCOPES, 1.0)
     per_node = record.get("nproc_per_node", 1)
     for scope in scales:
-        points = [
-            p for p in record.get("results", []) if p["op"] == "all_reduce" and p["scope"] == scope
-        ]
-        if not points:
+        mine = [p for p in points if p["scope"] == scope]
+        if not mine:
             continue
-        largest = max(points, key=lambda p: p["bytes"])
+        largest = max(mine, key=lambda p: p["bytes"])
         group_per_node = per_node if scope == "intra-node" else 1
         model = collective_time(
             "all_reduce", largest["bytes"], largest["group_size"], group_per_node, rates
@@ -138,3 +153,29 @@ def _link_scales(comm_json: str, workload: RunConfig | None) -> tuple[float, flo
         scales[scope] = largest["busbw_gbytes_per_s"] / model.achieved_busbw_gbytes_per_s
     note = f"links: intra x{scales['intra-node']:.2f}, inter x{scales['inter-node']:.2f}"
     return scales["intra-node"], scales["inter-node"], note
+
+
+def _all_reduce_points(record: dict, comm_json: str) -> list[dict]:
+    """comm.json's all_reduce points. A file without any (``{}``, another tool's JSON, a run
+    of other ops) would calibrate nothing yet read as "links: intra x1.00": refused instead."""
+    results = record.get("results")
+    if not isinstance(results, list) or not results:
+        raise ConfigError(
+            "project.calibrate_comm",
+            f"{comm_json} has no results list (not a comm.json of python -m launch.comm)",
+        )
+    bad = [p for p in results if not isinstance(p, dict) or not set(POINT_KEYS) <= set(p)]
+    if bad:
+        raise ConfigError(
+            "project.calibrate_comm",
+            f"{comm_json}: a result lacks one of {', '.join(POINT_KEYS)} ({bad[0]!r:.80})",
+        )
+    points = [p for p in results if p["op"] == "all_reduce" and p["scope"] in LINK_SCOPES]
+    if not points:
+        raise ConfigError(
+            "project.calibrate_comm",
+            f"{comm_json} has no intra-node or inter-node all_reduce results, which calibrate "
+            "the links "
+            "(run python -m launch.comm with all_reduce in comm.ops)",
+        )
+    return points

@@ -76,3 +76,49 @@ def test_a_refusal_after_composition_is_the_same_in_the_process_and_in_process(
     assert not (tmp_path / "run").exists() and not (tmp_path / "runs").exists()
     here = launch_in_process(*args)
     assert (here.returncode, here.stdout, here.stderr) == (2, process.stdout, process.stderr)
+
+
+def test_each_command_has_its_own_help(module_in_process):
+    """launch.project and launch.comm were Hydra's generic text and the whole config, the same
+    as python -m launch: each now says what it does, its keys with what they take, examples."""
+    project = module_in_process("launch.project", "--help")
+    comm = module_in_process("launch.comm", "--help")
+    launch = module_in_process("launch.__main__", "--help")
+    assert project.returncode == comm.returncode == launch.returncode == 0
+    for key in ("project.mode=runs|comm", "project.gpus=", "h100_sxm", "project.nodes=",
+                "project.calibrate_comm=", "project.out=", "projection.json", "comm.min_bytes",
+                "python -m launch.project project.mode=comm"):  # fmt: skip
+        assert key in project.stdout, key
+    for key in ("comm.ops=", "all_reduce, all_gather", "comm.min_bytes=1024", "comm.max_bytes=",
+                "comm.seconds_per_size=", "cluster=emulated|local", "busbw",
+                "python -m launch.comm cluster.nproc_per_node=2"):  # fmt: skip
+        assert key in comm.stdout, key
+    assert "== Config ==" not in project.stdout + comm.stdout  # no whole-config dump
+    # python -m launch keeps Hydra's page: its groups and the whole config to override.
+    assert "== Config ==" in launch.stdout and "train:" in launch.stdout
+    assert len({project.stdout, comm.stdout, launch.stdout}) == 3
+    ours = [out.split("== Config groups")[0] for out in (project.stdout, comm.stdout)]
+    assert max(len(line) for line in "".join(ours).splitlines()) <= 100  # Hydra's lines are its own
+
+
+def test_the_comm_benchmark_says_what_it_times_and_no_training_lines(module_in_process, tmp_path):
+    """launch.comm printed `layout: auto -> ddp`, `precision: auto -> bf16` and a dry run's
+    `global batch`, none of which a collective benchmark has (launch/pipeline.py Job.trains);
+    it says its ops, sizes and points instead. python -m launch keeps its lines."""
+    comm = module_in_process(
+        "launch.comm", "gpu=cpu", "cluster.nproc_per_node=2", "comm.ops=[all_reduce,broadcast]",
+        "comm.max_bytes=4096", "dry_run=true", f"run_dir={tmp_path / 'comm'}",
+    )  # fmt: skip
+    assert comm.returncode == 0, comm.stderr
+    said = " ".join(comm.stdout.split())
+    assert "timing all_reduce, broadcast at 3 sizes (1 KiB to 4 KiB, doubling)" in said
+    assert "in intra-node groups, 1 node(s) x 2 ranks: 6 points" in said
+    for training_only in ("layout:", "precision:", "global batch", "peak:"):
+        assert training_only not in comm.stdout, training_only
+    train = module_in_process(
+        "launch.__main__", "gpu=cpu", "sweep=none", "cluster.nproc_per_node=1", "dry_run=true",
+        f"run_dir={tmp_path / 'train'}",
+    )  # fmt: skip
+    assert train.returncode == 0, train.stderr
+    assert "layout: auto ->" in train.stdout and "precision: auto ->" in train.stdout
+    assert "global batch" in train.stdout and "timing" not in train.stdout

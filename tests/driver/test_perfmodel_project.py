@@ -361,3 +361,114 @@ def test_pipelines_are_projected_rows(tmp_path):
     (row,) = rows
     assert row["layout"]["name"] == "pp_fsdp" and row["layout"]["pp"] == 2
     assert row["pipeline_bubble_s"] > 0 and row["pipeline_send_s"] > 0
+
+
+# -- launch.project's own inputs as a user types them ------------------------------------------
+
+COMM_PROJECTION = ["project.mode=comm", "project.gpus=[h100_sxm]", "project.nodes=[1]"]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "key"),
+    [
+        (["comm.min_bytes=0"], "comm.min_bytes"),  # doubled 0 forever
+        (["comm.min_bytes=-5"], "comm.min_bytes"),  # doubled towards -inf until OOM-killed
+        (["comm.max_bytes=34359738368"], "comm.max_bytes"),  # past launch.comm's 16 GiB
+    ],
+)
+def test_comm_mode_checks_its_sweep_as_launch_comm_does(tmp_path, overrides, key):
+    """The same rule (launch/bench/comm_job.py validate_comm) before projecting: the values
+    that never ended are refused without projecting (so this test cannot hang)."""
+    from launch.project import check_inputs
+
+    with pytest.raises(ConfigError) as err:
+        check_inputs(projection_cfg(tmp_path, *COMM_PROJECTION, *overrides))
+    assert err.value.key == key
+
+
+@pytest.mark.parametrize(
+    ("overrides", "line"),
+    [
+        (["comm.ops=[]"], "error: comm.ops: []: choose from all_reduce,"),
+        (["comm.max_bytes=10", "comm.min_bytes=100"], "error: comm.max_bytes: 10: must be >="),
+        (["project.gpus=h100_sxm"], "write the list form project.gpus=[h100_sxm]"),
+        (["project.price_per_gpu_hour=2"], "project.price_per_gpu_hour.NAME=VALUE"),
+        (["+project.mode=comm"], "error: project.mode: is a key of the config already"),
+    ],
+)
+def test_refused_projection_input_is_one_line_exit_2_and_nothing_written(
+    module_in_process, tmp_path, overrides, line
+):
+    """Each was an empty table and exit 0, or OmegaConf's words without the form to write."""
+    out = tmp_path / "out"
+    result = module_in_process("launch.project", *COMM_PROJECTION, f"project.out={out}", *overrides)
+    assert result.returncode == 2, result.stderr
+    assert len(result.stderr.splitlines()) == 1 and line in result.stderr, result.stderr
+    assert not out.exists()
+
+
+def test_an_existing_file_as_project_out_is_one_line_exit_2(module_in_process, tmp_path):
+    taken = tmp_path / "taken"
+    taken.write_text("mine\n")
+    result = module_in_process("launch.project", *COMM_PROJECTION, f"project.out={taken}")
+    assert result.returncode == 2
+    assert result.stderr == f"error: project.out: {taken} is a file; expected a directory for " \
+        "projection.md, .json and .png\n"  # fmt: skip
+    assert taken.read_text() == "mine\n"
+
+
+@pytest.mark.parametrize(
+    "form",
+    ["project.price_per_gpu_hour={h100_sxm:2}", "+project.price_per_gpu_hour={h100_sxm:2}"],
+)
+def test_a_price_map_in_one_override_is_taken(module_in_process, tmp_path, form):
+    """Was `Key 'h100_sxm' is not in struct`, or `+` refused with itself as the suggestion."""
+    out = tmp_path / "out"
+    result = module_in_process(
+        "launch.project", "project.gpus=[h100_sxm]", "project.nodes=[1]", "model=gpt_1_3b",
+        "train.seq_len=2048", "train.micro_batch=4", "train.global_batch=64",
+        f"project.out={out}", form,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    (run,) = json.loads((out / "projection.json").read_text())["runs"]
+    assert run["tokens_per_dollar"] > 0
+
+
+def comm_json(directory, record: dict):
+    """A comm.json beside the config.yaml of an 8-GPU H100 node (what calibration reads)."""
+    cfg = compose_run_config(["gpu=h100_sxm", "cluster.nproc_per_node=8", "run_dir=/unused"])
+    directory.mkdir(exist_ok=True)
+    (directory / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
+    path = directory / "comm.json"
+    path.write_text(json.dumps(record))
+    return path
+
+
+POINT = {"scope": "intra-node", "bytes": 2**26, "group_size": 8, "busbw_gbytes_per_s": 300.0}
+
+
+@pytest.mark.parametrize(
+    ("record", "says"),
+    [
+        ({}, "has no results list"),  # was taken: "links: intra x1.00, inter x1.00"
+        ({"results": [{**POINT, "op": "all_gather"}]}, "no intra-node or inter-node all_reduce"),
+        ({"results": [{"op": "all_reduce"}]}, "a result lacks one of op, scope, bytes"),
+    ],
+)
+def test_a_comm_json_that_calibrates_nothing_is_refused(tmp_path, record, says):
+    path = comm_json(tmp_path / "comm", record)
+    with pytest.raises(ConfigError) as err:
+        load_calibration(None, str(path))
+    assert err.value.key == "project.calibrate_comm"
+    assert str(path) in str(err.value) and says in str(err.value)
+
+
+def test_a_comm_json_with_all_reduce_points_calibrates_the_links(tmp_path):
+    path = comm_json(tmp_path / "comm", {"results": [{**POINT, "op": "all_reduce"}]})
+    calibration = load_calibration(None, str(path))
+    assert calibration.intra_scale != 1.0 and calibration.inter_scale == 1.0
+
+
+def test_a_directory_as_calibrate_comm_says_it_is_one(tmp_path):
+    with pytest.raises(ConfigError, match="is a directory; expected a comm.json file"):
+        load_calibration(None, str(tmp_path))

@@ -62,6 +62,9 @@ def test_every_op_and_size_is_measured(comm_run):
         assert sizes == message_sizes(4096, 65536)[: len(sizes)] and len(sizes) >= 3
     assert (out / "comm.png").read_bytes()[:4] == b"\x89PNG"
     assert "all_reduce" in stdout and "busbw" in stdout
+    # Its own lines (launch/bench/comm_job.py), not a training run's layout, precision, loss.
+    assert "timing all_reduce, all_gather" in " ".join(stdout.split())
+    assert not {"layout:", "precision:", "tok/s"} & set(stdout.split())
 
 
 def test_busbw_is_bytes_over_time_times_the_factor(comm_run):

@@ -26,21 +26,13 @@ from train.files.safe_files import append_line, write_atomic
 from train.measure.cluster_record import cluster_record
 from train.runtime import distributed
 from train.runtime.rank_exit import run_or_exit
-from train.spec.bus import COLLECTIVES, bus_factor
+from train.spec.bus import COLLECTIVES, bus_factor, message_sizes, scope_labels
 from train.spec.config import RunConfig, load_run_config
 
 ELEMENT = torch.float32
 ELEMENT_BYTES = 4
 
 OPS = COLLECTIVES
-
-
-def message_sizes(min_bytes: int, max_bytes: int) -> list[int]:
-    sizes, size = [], min_bytes
-    while size <= max_bytes:
-        sizes.append(size)
-        size *= 2
-    return sizes
 
 
 def collective(
@@ -99,14 +91,13 @@ def scopes(rank: distributed.RankInfo) -> list[tuple[str, list[list[int]]]]:
     """
     world, per_node = rank.world_size, rank.local_world_size
     nodes = world // per_node
-    all_ranks = [list(range(world))]
-    if nodes == 1:
-        return [("intra-node", all_ranks)]
-    if per_node == 1:
-        return [("inter-node", all_ranks)]
-    intra = [list(range(n * per_node, (n + 1) * per_node)) for n in range(nodes)]
-    inter = [list(range(local, world, per_node)) for local in range(per_node)]
-    return [("world", all_ranks), ("intra-node", intra), ("inter-node", inter)]
+    groups = {
+        "world": [list(range(world))],
+        "intra-node": [list(range(n * per_node, (n + 1) * per_node)) for n in range(nodes)],
+        "inter-node": [list(range(local, world, per_node)) for local in range(per_node)],
+    }
+    # Which of them, from the spec the driver counts the benchmark's points with.
+    return [(label, groups[label]) for label in scope_labels(nodes, per_node)]
 
 
 def run(config_path: str | Path) -> None:

@@ -25,3 +25,23 @@ def bus_factor(op: str, n: int) -> float:
     if op not in BUS_FACTORS:
         raise ValueError(f"unknown collective {op!r}; one of {', '.join(COLLECTIVES)}")
     return BUS_FACTORS[op](max(n, 1))
+
+
+def message_sizes(min_bytes: int, max_bytes: int) -> list[int]:
+    """The comm benchmark's sweep: sizes doubling from min_bytes to max_bytes (nccl-tests'
+    -b/-e/-f 2). Here, torch-free, so the driver counts the points the ranks will time."""
+    sizes, size = [], min_bytes
+    while size <= max_bytes:
+        sizes.append(size)
+        size *= 2
+    return sizes
+
+
+def scope_labels(nodes: int, per_node: int) -> list[str]:
+    """The groups the comm benchmark times, in order: one node's ranks, one rank per node,
+    or (several nodes of several ranks) all ranks first, then each of the two."""
+    if nodes == 1:
+        return ["intra-node"]
+    if per_node == 1:
+        return ["inter-node"]
+    return ["world", "intra-node", "inter-node"]
