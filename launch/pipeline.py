@@ -50,6 +50,7 @@ from launch.resolve import (
     resolve_layouts,
     resolve_node_defaults,
     state_precision,
+    sweep_every_node,
 )
 from launch.rundir import (
     FAILED,
@@ -135,6 +136,7 @@ def check(cfg: RunConfig, overrides: list[str], job: Job, console: Console) -> l
     slurm.refuse_gpu_auto(cfg)  # before detection: on a login node it would find the CPU
     resolve_gpu(cfg, overrides, console)
     resolve_node_defaults(cfg, overrides, console)
+    sweep_every_node(cfg, overrides, training_lines(job, console))  # the comm job sweeps none
     apply_wandb_env(cfg, overrides)
     job.adjust(cfg)
     plans = resolve_layouts(cfg, plan_runs(cfg), training_lines(job, console))

@@ -241,12 +241,7 @@ def resolve_node_defaults(cfg: RunConfig, overrides: list[str], console: Console
     """On a GPU node the defaults use the node: one rank per visible GPU of GPU 0's kind, and a
     weak sweep over powers of two up to them, unless the command line set either. A node
     whose GPUs are of several kinds: more ranks than the first run of one kind is refused.
-    On real nodes (cluster=slurm or multinode) the sweep's default reaches all of them:
-    powers of two up to cluster.nodes x cluster.nproc_per_node (sweep/weak.yaml's [1, 2]
-    would leave every node but one idle)."""
-    if cfg.cluster.name in ("slurm", "multinode"):
-        _sweep_the_nodes(cfg, overrides, console)
-        return
+    Real nodes (cluster=slurm or multinode): sweep_every_node."""
     if cfg.cluster.name != "local" or cfg.launcher.name == "slurm" or cfg.gpu.name == "cpu":
         return
     with quiet_third_party():
@@ -279,7 +274,12 @@ def _powers_of_two_up_to(top: int) -> list[int]:
     return [2**k for k in range(top.bit_length()) if 2**k <= top]
 
 
-def _sweep_the_nodes(cfg: RunConfig, overrides: list[str], console: Console) -> None:
+def sweep_every_node(cfg: RunConfig, overrides: list[str], console: Console) -> None:
+    """On real nodes (cluster=slurm or multinode) the sweep's default reaches all of them:
+    powers of two up to cluster.nodes x cluster.nproc_per_node (sweep/weak.yaml's [1, 2]
+    would leave every node but one idle), unless the command line set the sweep."""
+    if cfg.cluster.name not in ("slurm", "multinode"):
+        return
     if cfg.sweep.name == "none" or _overridden(overrides, "sweep.world_sizes"):
         return
     nodes, per_node = cfg.cluster.nodes, cfg.cluster.nproc_per_node

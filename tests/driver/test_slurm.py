@@ -17,7 +17,7 @@ from launch.cluster.setup import set_up_cluster
 from launch.errors import ConfigError, RunFailed
 from launch.launchers import slurm, slurm_jobs
 from launch.plan import plan_runs
-from launch.resolve import resolve_node_defaults
+from launch.resolve import sweep_every_node
 from launch.rundir import LOCK
 from launch.training import TRAINING
 from tests.conftest import FAST, compose_run_config, run_launch
@@ -218,10 +218,10 @@ def test_the_default_sweep_reaches_every_node(cluster, top):
     [1, 2]), and a multinode sweep never left the head node: the default now reaches all."""
     cfg = compose_run_config([*FAST, *cluster])
     console = Console(record=True, width=200)
-    resolve_node_defaults(cfg, [*cluster], console)
+    sweep_every_node(cfg, [*cluster], console)
     assert cfg.sweep.world_sizes == [2**k for k in range(top.bit_length())]
     assert f"sweep.world_sizes={cfg.sweep.world_sizes}" in console.export_text()
     pinned = [*cluster, "sweep.world_sizes=[1,2]"]
     cfg = compose_run_config([*FAST, *pinned])
-    resolve_node_defaults(cfg, pinned, Console(record=True))
+    sweep_every_node(cfg, pinned, Console(record=True))
     assert cfg.sweep.world_sizes == [1, 2]  # the command line's own sweep is kept
