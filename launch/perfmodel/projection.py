@@ -74,6 +74,12 @@ def check_project(cfg: RunConfig) -> None:
     bad = [n for n in p.nodes if n <= 0]
     if bad:
         raise ConfigError("project.nodes", f"{bad[0]}: node counts must be >= 1")
+    # A repeated point would print twice (at another batch, for a node count: the first
+    # fixes weak scaling's base), so it is refused rather than silently deduplicated.
+    for key, values in (("project.nodes", list(p.nodes)), ("project.gpus", list(p.gpus))):
+        repeated = next((v for i, v in enumerate(values) if v in values[:i]), None)
+        if repeated is not None:
+            raise ConfigError(key, f"{repeated} is listed twice; each may appear once")
     for name, price in p.price_per_gpu_hour.items():
         if price <= 0:
             raise ConfigError("project.price_per_gpu_hour", f"{name}: {price} must be > 0")

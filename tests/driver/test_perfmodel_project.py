@@ -293,6 +293,9 @@ def test_predict_run_on_the_cpu_uses_the_given_ceiling_and_the_emulated_link():
         # nothing is projected (it was a table of 44 skipped rows, exit 0).
         (["model=tiny", "train.seq_len=128", "train.global_batch=8"], "train.global_batch"),
         (["project.gpus=[cpu]"], "project.gpus"),  # was ValueError: cpu has no fp32 peak
+        # Duplicates printed the same point twice (node counts at two batches).
+        (["project.nodes=[1,1]"], "project.nodes"),
+        (["project.gpus=[h100_sxm,h100_sxm]"], "project.gpus"),
     ],
 )
 def test_bad_projection_input_is_one_config_error_before_anything_is_written(
