@@ -4,9 +4,11 @@ projected collectives, as one record for launch/report/projected.py to write.
 For each profile in project.gpus (default: every profile but auto and cpu) and each node
 count in project.nodes, predict the step of cfg's model and layout (parallel=auto: the best
 layout for that part and shape). train.global_batch means what it means to `python -m
-launch`: sequences per optimizer step, at the smallest projected node count; under weak
+launch`: sequences per optimizer step, at the fewest projected node count; under weak
 scaling (sweep=weak, the default) each data-parallel rank keeps its sequences at the larger
-node counts, under sweep=strong the global batch stays. The record holds ``runs`` (or with
+node counts (where the layout is refused at the fewest, what it would have held there: the
+global batch times nodes / fewest), under sweep=strong the global batch stays. Each row
+states its own global batch. The record holds ``runs`` (or with
 project.mode=comm ``collectives``). Pure arithmetic: all profiles x 4 node counts take
 milliseconds.
 """
@@ -33,7 +35,7 @@ MODES = ("runs", "comm")
 COST_TOKENS = 1e9  # the cost column: dollars per billion tokens
 # projection.json's run keys a skipped run holds as null.
 UNPREDICTED = (
-    "layout step_time_s compute_s comm_s exposed_comm_s tokens_per_s_per_device mfu "
+    "layout global_batch step_time_s compute_s comm_s exposed_comm_s tokens_per_s_per_device mfu "
     "memory_bytes_per_rank"
 ).split()
 
@@ -114,6 +116,7 @@ def projection_record(cfg: RunConfig) -> dict:
         "micro_batch": workload.train.micro_batch,
         "global_batch": workload.train.global_batch,
         "batch_scaling": "strong" if workload.sweep.name == "strong" else "weak",
+        "batch_nodes": min(workload.project.nodes),  # where global_batch holds
         "parallel": workload.parallel.name,
         "interconnect_bound_share": cfg.project.interconnect_bound_share,
         "calibration": calibration.source,
@@ -157,18 +160,20 @@ def project_runs(
                 f"{gpu.name} has no {width} peak to project compute from; project GPU "
                 "profiles (or project.mode=comm)",
             )
-        batch = BatchRule(global_batch=cfg.train.global_batch)  # the smallest node count's
+        fewest = min(cfg.project.nodes)
+        batch = BatchRule(global_batch=cfg.train.global_batch)  # the fewest node count's
         for nodes in sorted(cfg.project.nodes):
             where = Placement(nodes * gpu.gpus_per_node, gpu.gpus_per_node, nodes)
             try:
-                pred, reason = _predict_one(work, where, precision, rates, batch)
+                here = _batch_at(cfg, batch, nodes, fewest)
+                pred, reason = _predict_one(work, where, precision, rates, here)
             except ConfigError as exc:
                 rows.append(_skipped(gpu, where, str(exc)))
                 refused.append(exc)
                 continue
             if cfg.sweep.name != "strong" and batch.rows_per_dp_rank is None:
-                # Weak scaling: the smallest projected run's sequences per data-parallel rank.
-                batch = BatchRule.weak_from(cfg.train.global_batch, pred.degrees, where.world_size)
+                # Weak scaling: the sequences per data-parallel rank of the fewest node count.
+                batch = BatchRule.weak_from(here.global_batch, pred.degrees, where.world_size)
             if not pred.fits:
                 unfit.append((pred.memory.peak_bytes, f"{gpu.name} at {nodes} node(s)"))
             rows.append(_run_row(cfg, gpu, pred, reason, precision_reason))
@@ -186,6 +191,26 @@ def project_runs(
             f"{need / 2**30:.1f} GiB per rank ({where}); try {_remedies(cfg)}",
         )
     return rows
+
+
+def _batch_at(cfg: RunConfig, batch: BatchRule, nodes: int, fewest: int) -> BatchRule:
+    """The batch rule at ``nodes``. Weak scaling's base is the fewest node count of
+    project.nodes whatever happens there: where the layout was refused at it (hsdp on one node)
+    a data-parallel rank keeps what it would have held there, train.global_batch over the
+    fewest count's data-parallel ranks, so the global batch grows with the node count (x nodes
+    / fewest, taking the row's tp x pp as the same at both). Taking the first node
+    count that ran as the base instead made one point's batch depend on the list
+    (hsdp at 8 nodes: 1 sequence per GPU with [1,8], 4 with [1,2,8])."""
+    if cfg.sweep.name == "strong" or batch.rows_per_dp_rank is not None or nodes == fewest:
+        return batch
+    if cfg.train.global_batch * nodes % fewest:
+        raise ConfigError(
+            "train.global_batch",
+            f"{cfg.train.global_batch} at {fewest} node(s) is "
+            f"{cfg.train.global_batch * nodes / fewest:g} at {nodes}: weak scaling keeps each "
+            "data-parallel rank's sequences, and that is not a whole number",
+        )
+    return BatchRule(global_batch=cfg.train.global_batch * nodes // fewest)
 
 
 def _remedies(cfg: RunConfig) -> str:
@@ -222,6 +247,7 @@ def _run_row(
     """projection.json's run: the prediction, why its layout and precision, its labels and,
     where project.price_per_gpu_hour prices the part, its cost."""
     row = pred.as_dict()
+    row["global_batch"] = pred.tokens_per_step // cfg.train.seq_len  # this row's own
     row["layout"]["reason"] = reason
     row["precision_reason"] = precision_reason
     share, power_source = power_limit_share(gpu)

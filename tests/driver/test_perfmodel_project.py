@@ -414,3 +414,32 @@ def test_a_pipeline_stage_casts_and_steps_only_its_own_parameters():
     held = [shapes.numel(stage_tensors(cfg.model, plan.pipeline, r)) for r in range(8)]
     # The stages partition the model: the embedding and head are counted once, not per stage.
     assert sum(held) == shapes.numel(shapes.all_param_shapes(cfg.model))
+
+
+def test_weak_scalings_base_is_the_fewest_node_count_even_where_the_layout_is_refused(tmp_path):
+    # hsdp cannot run on one node. The base was the first node count that ran, so the same
+    # 8-node point had 1 sequence per GPU with [1,8] and 4 with [1,2,8] (85.8% and 93.4%).
+    def at_eight(nodes):
+        cfg = projection_cfg(
+            tmp_path, "parallel=hsdp", "train.micro_batch=1", "project.gpus=[h100_sxm]",
+            f"project.nodes={nodes}",
+        )  # fmt: skip
+        return {r["nodes"]: r for r in project_runs(cfg, projected_profiles(["h100_sxm"]))}[8]
+
+    short, long = at_eight("[1,8]"), at_eight("[1,2,8]")
+    # 64 sequences at 1 node of 8 GPUs: 8 per data-parallel rank, 512 over 64.
+    assert short["global_batch"] == long["global_batch"] == 512
+    assert short["scaling_efficiency"] == pytest.approx(long["scaling_efficiency"])
+    # With 8 nodes the fewest, the 64 sequences are at 8 nodes, and the header says where.
+    run_projection(
+        projection_cfg(
+            tmp_path,
+            "parallel=hsdp",
+            "train.micro_batch=1",
+            "project.gpus=[h100_sxm]",
+            "project.nodes=[8]",
+        ),  # fmt: skip
+        Console(record=True),
+    )
+    assert json.loads((tmp_path / "projection.json").read_text())["runs"][0]["global_batch"] == 64
+    assert "global batch 64 at 8 node(s)" in (tmp_path / "projection.md").read_text()
