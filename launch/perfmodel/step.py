@@ -64,7 +64,9 @@ class Prediction:
 
     @property
     def degrees(self) -> Degrees:
-        return Degrees(**{k: self.layout[k] for k in ("dp_replicate", "dp_shard", "tp", "pp")})
+        # ep too: EP ranks are data-parallel ranks (Degrees.dp), which weak scaling counts.
+        keys = ("dp_replicate", "dp_shard", "tp", "pp", "ep")
+        return Degrees(**{k: self.layout[k] for k in keys})
 
     @property
     def compute_s(self) -> float:

@@ -443,3 +443,19 @@ def test_weak_scalings_base_is_the_fewest_node_count_even_where_the_layout_is_re
     )
     assert json.loads((tmp_path / "projection.json").read_text())["runs"][0]["global_batch"] == 64
     assert "global batch 64 at 8 node(s)" in (tmp_path / "projection.md").read_text()
+
+
+def test_expert_parallel_ranks_count_as_data_parallel_ranks_under_weak_scaling(tmp_path):
+    # ep_fsdp EP 8 on one node: 8 data-parallel ranks (dp_shard 1 x ep 8), 8 sequences each.
+    # The prediction's degrees left ep out, so 4 nodes took 64 per rank (2,048 sequences).
+    cfg = projection_cfg(
+        tmp_path,
+        "model=olmoe_1b_7b",
+        "parallel=ep_fsdp",
+        "parallel.ep=8",
+        "train.seq_len=4096",
+        "train.micro_batch=1",
+        "project.nodes=[1,4]",
+    )
+    rows = {r["nodes"]: r for r in project_runs(cfg, projected_profiles(["h100_sxm"]))}
+    assert rows[1]["global_batch"] == 64 and rows[4]["global_batch"] == 256
