@@ -10,6 +10,7 @@ and prints the table; pure arithmetic, no rank starts.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 from rich.console import Console
@@ -20,9 +21,9 @@ from launch.report.projected import projection_table, write_projection
 from train.spec.config import RunConfig
 
 
-def run_projection(cfg: RunConfig, console: Console) -> int:
+def run_projection(cfg: RunConfig, console: Console, overrides: Sequence[str] = ()) -> int:
     """launch/perfmodel/ computes the record, launch/report/ writes and prints it."""
-    record = projection_record(cfg)
+    record = projection_record(cfg, overrides)
     out = Path(cfg.project.out or cfg.run_dir)
     write_projection(record, out)
     table = projection_table(record)
@@ -39,7 +40,7 @@ def run_projection(cfg: RunConfig, console: Console) -> int:
 
 
 def main() -> None:
-    run_app(lambda cfg, overrides, console: run_projection(cfg, console))
+    run_app(lambda cfg, overrides, console: run_projection(cfg, console, overrides))
 
 
 if __name__ == "__main__":

@@ -16,8 +16,12 @@ milliseconds.
 from __future__ import annotations
 
 import copy
+import re
+from collections.abc import Sequence
 
-from launch.conf_tree import group_choices, load_gpu_profile
+from omegaconf import OmegaConf
+
+from launch.conf_tree import conf_dir, group_choices, load_gpu_profile
 from launch.errors import ConfigError
 from launch.perfmodel.calibrate import Calibration, load_calibration
 from launch.perfmodel.choose import choose_layout
@@ -26,8 +30,8 @@ from launch.perfmodel.compute import ATTENTION_KERNELS, Kernels
 from launch.perfmodel.fp8 import projection_note
 from launch.perfmodel.hardware import PartRates, part_rates, power_limit_share
 from launch.perfmodel.step import Placement, Prediction, predict, projected_precision
-from train.spec.catalog import CATALOG, layout
-from train.spec.config import GpuConfig, RunConfig
+from train.spec.catalog import CATALOG, DEGREE_KEYS, layout
+from train.spec.config import GpuConfig, ParallelConfig, RunConfig
 from train.spec.degrees import BatchRule, plan_layout
 from train.spec.rules import check_gpu, check_precision, layout_precision_refusal
 
@@ -94,8 +98,10 @@ def check_project(cfg: RunConfig) -> None:
             raise ConfigError("precision.name", f"{cfg.precision.name}: {refusal}")
 
 
-def projection_record(cfg: RunConfig) -> dict:
-    """projection.json's content: the projected runs (or collectives) and what they assume."""
+def projection_record(cfg: RunConfig, overrides: Sequence[str] = ()) -> dict:
+    """projection.json's content: the projected runs (or collectives) and what they assume.
+    ``overrides``: the command line's (Hydra's task overrides); with project.calibrate they
+    apply to the measured run's config (_workload)."""
     check_project(cfg)
     check_gpu(cfg.gpu)
     profiles = projected_profiles(list(cfg.project.gpus), cfg.gpu)
@@ -105,7 +111,9 @@ def projection_record(cfg: RunConfig) -> dict:
             "project.price_per_gpu_hour", f"{sorted(unpriced)[0]} is not a projected profile"
         )
     calibration = load_calibration(cfg.project.calibrate, cfg.project.calibrate_comm)
-    workload = _workload(cfg, calibration)
+    workload = _workload(cfg, calibration, overrides)
+    if workload is not cfg:
+        check_project(workload)  # the measured run's batch and precision, as overridden
     if cfg.project.mode == "comm":
         rows = project_collectives(workload, profiles, calibration)
         return {"mode": "comm", "calibration": calibration.source, "collectives": rows}
@@ -124,16 +132,69 @@ def projection_record(cfg: RunConfig) -> dict:
     }
 
 
-def _workload(cfg: RunConfig, calibration: Calibration) -> RunConfig:
+def _workload(cfg: RunConfig, calibration: Calibration, overrides: Sequence[str] = ()) -> RunConfig:
     """cfg, or the calibration run's model, batch and layout with cfg's project settings
-    (its global batch then stands for the smallest projected node count)."""
+    (its global batch then stands for the fewest projected node count) and the command
+    line's other overrides applied to it.
+
+    A run under parallel=auto (resolved.layout_reason set) wrote the layout and degrees the
+    model chose for its own world size into config.yaml; taken whole they cannot run at
+    another size ("dp_shard 1 x ... = 1, but the world size is 8"), so the projection asks
+    parallel=auto again at each projected size, as that run did. Any other run keeps the
+    parallel config it asked for (its -1 degrees resolve per size)."""
     if calibration.workload is None:
         return cfg
     work = copy.deepcopy(calibration.workload)
+    if work.resolved.layout_reason is not None:
+        work.parallel = _auto_parallel(work.parallel)
     work.project = cfg.project
     work.sweep = cfg.sweep
     work.run_dir = cfg.run_dir
+    for override in overrides:
+        _apply_override(work, cfg, override)
     return work
+
+
+def _auto_parallel(ran: ParallelConfig) -> ParallelConfig:
+    """``ran`` (the layout auto chose) asked as parallel=auto again: conf/parallel/auto.yaml's
+    name, degrees and checkpointing, the run's other parallel settings (buckets, schedule)."""
+    node = OmegaConf.load(conf_dir() / "parallel" / "auto.yaml")
+    auto = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(ParallelConfig), node))
+    out = copy.deepcopy(ran)
+    for key in ("name", *DEGREE_KEYS, "activation_checkpoint"):
+        setattr(out, key, getattr(auto, key))
+    return out
+
+
+# Top-level keys the projection takes from its own command line whatever the workload.
+PROJECTION_KEYS = ("project", "sweep", "run_dir", "hydra")
+
+
+def _apply_override(work: RunConfig, cfg: RunConfig, override: str) -> None:
+    """One command-line override applied to the measured run's config: its value as Hydra
+    composed it into ``cfg`` (a group choice carries its whole group, dotted keys included).
+    Before, every override but project.* and sweep was dropped without a word."""
+    key = override.split("=", 1)[0].lstrip("+")
+    if re.split(r"[./@]", key.lstrip("~"))[0] in PROJECTION_KEYS:  # hydra/launcher too
+        return
+    if override.startswith("~"):
+        raise ConfigError(
+            key.lstrip("~"),
+            "cannot be deleted under project.calibrate (the measured run's config.yaml holds "
+            "it); set a value instead",
+        )
+    *parents, leaf = key.split(".")
+    source, target = cfg, work
+    for part in parents:  # open maps (fabric.nccl_env) are dicts
+        source, target = _child(source, part), _child(target, part)
+    if isinstance(target, dict):
+        target[leaf] = copy.deepcopy(_child(source, leaf))
+    else:
+        setattr(target, leaf, copy.deepcopy(_child(source, leaf)))
+
+
+def _child(node, name: str):
+    return node[name] if isinstance(node, dict) else getattr(node, name)
 
 
 def project_runs(

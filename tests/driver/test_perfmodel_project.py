@@ -459,3 +459,69 @@ def test_expert_parallel_ranks_count_as_data_parallel_ranks_under_weak_scaling(t
     )
     rows = {r["nodes"]: r for r in project_runs(cfg, projected_profiles(["h100_sxm"]))}
     assert rows[1]["global_batch"] == 64 and rows[4]["global_batch"] == 256
+
+
+def _measured_auto_run(tmp_path):
+    """A run dir as `python -m launch` (parallel=auto) leaves it at world size 1: config.yaml
+    holds the layout auto chose with its degrees fixed for that size."""
+    run = tmp_path / "ws1"
+    run.mkdir()
+    cfg = compose_run_config(
+        [
+            "gpu=h100_sxm",
+            "model=gpt_125m",
+            "parallel=ddp",
+            "parallel.dp_replicate=1",
+            "train.seq_len=1024",
+            "train.micro_batch=4",
+            "train.global_batch=8",
+            "cluster.nproc_per_node=1",
+            f"run_dir={run}",
+        ]
+    )
+    cfg.resolved.layout_reason = "parallel=auto: ddp (the model's choice at world size 1)"
+    (run / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
+    summary = {
+        "world_size": 1,
+        "nproc_per_node": 1,
+        "nodes": 1,
+        "precision": {"resolved": "bf16"},
+        "step_time_s": {"median": 0.1},
+    }
+    (run / "summary.json").write_text(json.dumps(summary))
+    return run
+
+
+def test_calibrating_from_an_auto_run_projects_auto_at_every_size(tmp_path):
+    # Was: "parallel.dp_replicate: dp_replicate 1 x dp_shard 1 x tp 1 = 1, but the world
+    # size is 8" for every run of the default `python -m launch`.
+    run = _measured_auto_run(tmp_path)
+    overrides = [f"project.calibrate={run}", "project.gpus=[h100_sxm]", "project.nodes=[1,2]"]
+    cfg = compose_run_config([*overrides, f"run_dir={tmp_path}"])
+    run_projection(cfg, Console(record=True))  # project.* keys: applied with no overrides
+    record = json.loads((tmp_path / "projection.json").read_text())
+    assert record["parallel"] == "auto" and record["model"] == "gpt_125m"
+    assert all(not r.get("skipped") for r in record["runs"])
+    assert [r["world_size"] for r in record["runs"]] == [8, 16]
+
+
+def test_command_line_overrides_apply_to_the_calibration_runs_config(tmp_path):
+    run = _measured_auto_run(tmp_path)
+    overrides = [
+        f"project.calibrate={run}",
+        "project.gpus=[h100_sxm]",
+        "project.nodes=[1]",
+        "train.global_batch=64",  # was silently the run's 8
+        "parallel=fsdp",  # was silently auto's choice for the measured run
+        "model=gpt_350m",
+    ]
+    cfg = compose_run_config([*overrides, f"run_dir={tmp_path}"])
+    run_projection(cfg, Console(record=True), overrides)
+    record = json.loads((tmp_path / "projection.json").read_text())
+    assert record["global_batch"] == 64 and record["parallel"] == "fsdp"
+    assert record["model"] == "gpt_350m"
+    (row,) = record["runs"]
+    assert row["layout"]["name"] == "fsdp" and row["global_batch"] == 64
+    with pytest.raises(ConfigError) as err:
+        run_projection(cfg, Console(record=True), [*overrides, "~train.lr"])
+    assert err.value.key == "train.lr"
