@@ -391,6 +391,13 @@ def test_a_pipeline_never_scores_above_one_device_doing_its_work(tmp_path, pp):
     assert row["scaling_efficiency"] < 1
 
 
+def test_tensor_parallel_never_scores_above_one_device_doing_its_work(tmp_path):
+    # Each TP rank steps 1/tp of the AdamW state; the base stepped all of it (101.4% here).
+    row = _pipeline_row(tmp_path, "parallel=tp")
+    assert row["layout"]["tp"] == 8
+    assert row["scaling_efficiency"] < 1
+
+
 def test_pp_fsdp_of_one_rank_per_stage_scores_as_plain_pp(tmp_path):
     # dp_shard 1: the same stages, microbatches and bubble; the two layouts differ only in how
     # they hold 16-bit weights (autocast's per-micro-step casts under pp), which each one's
