@@ -33,7 +33,13 @@ from launch.perfmodel.step import Placement, Prediction, predict, projected_prec
 from train.spec.catalog import CATALOG, DEGREE_KEYS, layout
 from train.spec.config import GpuConfig, ParallelConfig, RunConfig
 from train.spec.degrees import BatchRule, plan_layout
-from train.spec.rules import check_gpu, check_precision, layout_precision_refusal
+from train.spec.rules import (
+    check_gpu,
+    check_layout_features,
+    check_moe_layout,
+    check_precision,
+    layout_precision_refusal,
+)
 
 MODES = ("runs", "comm")
 COST_TOKENS = 1e9  # the cost column: dollars per billion tokens
@@ -298,6 +304,11 @@ def _predict_one(
         choice = choose_layout(cfg, where, batch=batch, **given)
         return choice.prediction, choice.reason
     plan = plan_layout(cfg, where.world_size, where.nproc_per_node)
+    # The rules python -m launch applies to a layout (parallel=auto's candidates pass them
+    # through check_run): an MoE model in pipeline stages was projected from dense stage
+    # counts (olmoe_1b_7b under pp: 290% efficiency) though no run can take it.
+    check_layout_features(cfg, plan)
+    check_moe_layout(cfg.model, plan, where.nproc_per_node)
     pred = predict(cfg, plan, where, global_batch=batch.global_batch_for(plan.degrees), **given)
     return pred, f"parallel={cfg.parallel.name} as configured"
 

@@ -296,6 +296,9 @@ def test_predict_run_on_the_cpu_uses_the_given_ceiling_and_the_emulated_link():
         # Duplicates printed the same point twice (node counts at two batches).
         (["project.nodes=[1,1]"], "project.nodes"),
         (["project.gpus=[h100_sxm,h100_sxm]"], "project.gpus"),
+        # No run can put MoE blocks in pipeline stages; projected from dense stage counts it
+        # scored 290%.
+        (["model=olmoe_1b_7b", "parallel=pp", "train.micro_batch=1"], "parallel.name"),
     ],
 )
 def test_bad_projection_input_is_one_config_error_before_anything_is_written(
