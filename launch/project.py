@@ -10,6 +10,7 @@ and prints the table; pure arithmetic, no rank starts.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 from rich.console import Console
@@ -47,10 +48,10 @@ def check_inputs(cfg: RunConfig) -> None:
         )
 
 
-def run_projection(cfg: RunConfig, console: Console) -> int:
+def run_projection(cfg: RunConfig, console: Console, overrides: Sequence[str] = ()) -> int:
     """launch/perfmodel/ computes the record, launch/report/ writes and prints it."""
     check_inputs(cfg)
-    record = projection_record(cfg)
+    record = projection_record(cfg, overrides)
     out = Path(cfg.project.out or cfg.run_dir)
     write_projection(record, out)
     table = projection_table(record)
@@ -100,7 +101,7 @@ def project_help() -> str:
 
 def main() -> None:
     run_app(
-        lambda cfg, overrides, console: run_projection(cfg, console),
+        lambda cfg, overrides, console: run_projection(cfg, console, overrides),
         check=lambda cfg, overrides, console: check_inputs(cfg),
         help_text=project_help,
     )

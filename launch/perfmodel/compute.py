@@ -244,13 +244,16 @@ def compute_time(
     kernels: Kernels = RUNTIME_KERNELS,
     head: bool = True,
     compiled: bool = False,
+    stage_params: int | None = None,
 ) -> ComputeTime:
     """``fp8``: how an fp8 run casts (its linears, its casts' bytes and kernels: fp8.py; an
     fp8 step needs it); ``optimizer_split``: ranks the AdamW step is split
     over (default: the layout's);
     ``kernels``: the attention kernel, block and loss that run (Kernels); ``head``: whether
     this rank runs the output head (a pipeline stage other than the last does not);
-    ``compiled``: train.compile (fused elementwise kernels: the *_COMPILED counts above)."""
+    ``compiled``: train.compile (fused elementwise kernels: the *_COMPILED counts above);
+    ``stage_params``: the parameters a pipeline rank casts and steps (its stages' only: the
+    embedding on the first, the head on the last), in place of the whole model's."""
     t = plan.degrees.tp
     tokens = micro_batch * seq_len * accum_steps  # every rank of a TP group sees them all
     n_ckpt = len(plan.checkpointed)
@@ -284,6 +287,7 @@ def compute_time(
         head=head,
         compiled=compiled,
         kernels=kernels,
+        stage_params=stage_params,
     )
     gaps = kernel_gaps_s(m.n_layers, n_ckpt, accum_steps, compiled, kernels.block)
     gaps_s = gaps if rates.sms else 0.0
@@ -420,9 +424,11 @@ def memory_bound_bytes(
     head: bool = True,
     compiled: bool = False,
     kernels: Kernels = RUNTIME_KERNELS,
+    stage_params: int | None = None,
 ) -> float:
     """Bytes the memory-bound kernels of one step stream on one rank (module docstring;
-    ``compiled``: train.compile's fused kernels; ``kernels``: the block and loss that run)."""
+    ``compiled``: train.compile's fused kernels; ``kernels``: the block and loss that run;
+    ``stage_params``: a pipeline rank's own parameters, compute_time's)."""
     t = plan.degrees.tp
     half_width = (2 if precision in SIXTEEN_BIT else 4) / 2
     n_ckpt = len(plan.checkpointed)
@@ -445,7 +451,9 @@ def memory_bound_bytes(
     replay = per_block / 3 * n_ckpt  # a replayed forward
     per_token = m.n_layers * per_block + replay
     per_token += per_vocab * m.vocab_size / t if head else 0.0
-    local_params = _local_params(m, plan)
+    # A pipeline stage's model (pipelined.stage_model) keeps the root's embedding and head,
+    # which only the first and last stages hold: its own count comes from the caller.
+    local_params = _local_params(m, plan) if stage_params is None else stage_params
     row = plan.row
     if precision in SIXTEEN_BIT and (row.deepspeed or row.shards_parameters):
         # DeepSpeed runs the model in 16 bits, FSDP2 casts the shard before gathering it:

@@ -79,6 +79,12 @@ def stage_model(m: ModelConfig, plan: PipelinePlan, pp_rank: int) -> ModelConfig
     return dataclasses.replace(m, n_layers=blocks)
 
 
+def stage_tensors(m: ModelConfig, plan: PipelinePlan, pp_rank: int) -> list[tuple[int, ...]]:
+    """The parameter shapes rank ``pp_rank`` holds: its stages' blocks, the embedding on the
+    first stage's rank, the final norm and head on the last's."""
+    return [s for stage in plan.stages_of(pp_rank) for s in stage_param_shapes(m, plan, stage)]
+
+
 def runs_head(plan: PipelinePlan, pp_rank: int) -> bool:
     return plan.stages - 1 in plan.stages_of(pp_rank)
 
@@ -118,6 +124,7 @@ def stage_steps(
             kernels=kernels,
             head=runs_head(pipe, r),
             compiled=cfg.train.compile,
+            stage_params=shapes.numel(stage_tensors(cfg.model, pipe, r)),
         )
         comm = comm_time(
             step_collectives(cfg.model, plan, shape, pp_rank=r),
@@ -145,7 +152,7 @@ def stage_memory(
     width = 2 if precision in SIXTEEN_BIT else 4
     best: MemoryEstimate | None = None
     for r in range(pipe.pp):
-        tensors = [s for stage in pipe.stages_of(r) for s in stage_param_shapes(m, pipe, stage)]
+        tensors = stage_tensors(m, pipe, r)
         local = shapes.numel(tensors, pad_to=shard) // shard
         params = local * 4
         model = stage_model(m, pipe, r)

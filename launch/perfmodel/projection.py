@@ -4,9 +4,11 @@ projected collectives, as one record for launch/report/projected.py to write.
 For each profile in project.gpus (default: every profile but auto and cpu) and each node
 count in project.nodes, predict the step of cfg's model and layout (parallel=auto: the best
 layout for that part and shape). train.global_batch means what it means to `python -m
-launch`: sequences per optimizer step, at the smallest projected node count; under weak
+launch`: sequences per optimizer step, at the fewest projected node count; under weak
 scaling (sweep=weak, the default) each data-parallel rank keeps its sequences at the larger
-node counts, under sweep=strong the global batch stays. The record holds ``runs`` (or with
+node counts (where the layout is refused at the fewest, what it would have held there: the
+global batch times nodes / fewest), under sweep=strong the global batch stays. Each row
+states its own global batch. The record holds ``runs`` (or with
 project.mode=comm ``collectives``). Pure arithmetic: all profiles x 4 node counts take
 milliseconds.
 """
@@ -14,8 +16,12 @@ milliseconds.
 from __future__ import annotations
 
 import copy
+import re
+from collections.abc import Sequence
 
-from launch.conf_tree import group_choices, load_gpu_profile
+from omegaconf import OmegaConf
+
+from launch.conf_tree import conf_dir, group_choices, load_gpu_profile
 from launch.errors import ConfigError
 from launch.perfmodel.calibrate import Calibration, load_calibration
 from launch.perfmodel.choose import choose_layout
@@ -24,16 +30,22 @@ from launch.perfmodel.compute import ATTENTION_KERNELS, Kernels
 from launch.perfmodel.fp8 import projection_note
 from launch.perfmodel.hardware import PartRates, part_rates, power_limit_share
 from launch.perfmodel.step import Placement, Prediction, predict, projected_precision
-from train.spec.catalog import CATALOG, layout
-from train.spec.config import GpuConfig, RunConfig
+from train.spec.catalog import CATALOG, DEGREE_KEYS, layout
+from train.spec.config import GpuConfig, ParallelConfig, RunConfig
 from train.spec.degrees import BatchRule, plan_layout
-from train.spec.rules import check_gpu, check_precision, layout_precision_refusal
+from train.spec.rules import (
+    check_gpu,
+    check_layout_features,
+    check_moe_layout,
+    check_precision,
+    layout_precision_refusal,
+)
 
 MODES = ("runs", "comm")
 COST_TOKENS = 1e9  # the cost column: dollars per billion tokens
 # projection.json's run keys a skipped run holds as null.
 UNPREDICTED = (
-    "layout step_time_s compute_s comm_s exposed_comm_s tokens_per_s_per_device mfu "
+    "layout global_batch step_time_s compute_s comm_s exposed_comm_s tokens_per_s_per_device mfu "
     "memory_bytes_per_rank"
 ).split()
 
@@ -74,6 +86,12 @@ def check_project(cfg: RunConfig) -> None:
     bad = [n for n in p.nodes if n <= 0]
     if bad:
         raise ConfigError("project.nodes", f"{bad[0]}: node counts must be >= 1")
+    # A repeated point would print twice (at another batch, for a node count: the first
+    # fixes weak scaling's base), so it is refused rather than silently deduplicated.
+    for key, values in (("project.nodes", list(p.nodes)), ("project.gpus", list(p.gpus))):
+        repeated = next((v for i, v in enumerate(values) if v in values[:i]), None)
+        if repeated is not None:
+            raise ConfigError(key, f"{repeated} is listed twice; each may appear once")
     for name, price in p.price_per_gpu_hour.items():
         if price <= 0:
             raise ConfigError("project.price_per_gpu_hour", f"{name}: {price} must be > 0")
@@ -86,8 +104,10 @@ def check_project(cfg: RunConfig) -> None:
             raise ConfigError("precision.name", f"{cfg.precision.name}: {refusal}")
 
 
-def projection_record(cfg: RunConfig) -> dict:
-    """projection.json's content: the projected runs (or collectives) and what they assume."""
+def projection_record(cfg: RunConfig, overrides: Sequence[str] = ()) -> dict:
+    """projection.json's content: the projected runs (or collectives) and what they assume.
+    ``overrides``: the command line's (Hydra's task overrides); with project.calibrate they
+    apply to the measured run's config (_workload)."""
     check_project(cfg)
     check_gpu(cfg.gpu)
     profiles = projected_profiles(list(cfg.project.gpus), cfg.gpu)
@@ -97,7 +117,9 @@ def projection_record(cfg: RunConfig) -> dict:
             "project.price_per_gpu_hour", f"{sorted(unpriced)[0]} is not a projected profile"
         )
     calibration = load_calibration(cfg.project.calibrate, cfg.project.calibrate_comm)
-    workload = _workload(cfg, calibration)
+    workload = _workload(cfg, calibration, overrides)
+    if workload is not cfg:
+        check_project(workload)  # the measured run's batch and precision, as overridden
     if cfg.project.mode == "comm":
         rows = project_collectives(workload, profiles, calibration)
         return {"mode": "comm", "calibration": calibration.source, "collectives": rows}
@@ -108,6 +130,7 @@ def projection_record(cfg: RunConfig) -> dict:
         "micro_batch": workload.train.micro_batch,
         "global_batch": workload.train.global_batch,
         "batch_scaling": "strong" if workload.sweep.name == "strong" else "weak",
+        "batch_nodes": min(workload.project.nodes),  # where global_batch holds
         "parallel": workload.parallel.name,
         "interconnect_bound_share": cfg.project.interconnect_bound_share,
         "calibration": calibration.source,
@@ -115,16 +138,69 @@ def projection_record(cfg: RunConfig) -> dict:
     }
 
 
-def _workload(cfg: RunConfig, calibration: Calibration) -> RunConfig:
+def _workload(cfg: RunConfig, calibration: Calibration, overrides: Sequence[str] = ()) -> RunConfig:
     """cfg, or the calibration run's model, batch and layout with cfg's project settings
-    (its global batch then stands for the smallest projected node count)."""
+    (its global batch then stands for the fewest projected node count) and the command
+    line's other overrides applied to it.
+
+    A run under parallel=auto (resolved.layout_reason set) wrote the layout and degrees the
+    model chose for its own world size into config.yaml; taken whole they cannot run at
+    another size ("dp_shard 1 x ... = 1, but the world size is 8"), so the projection asks
+    parallel=auto again at each projected size, as that run did. Any other run keeps the
+    parallel config it asked for (its -1 degrees resolve per size)."""
     if calibration.workload is None:
         return cfg
     work = copy.deepcopy(calibration.workload)
+    if work.resolved.layout_reason is not None:
+        work.parallel = _auto_parallel(work.parallel)
     work.project = cfg.project
     work.sweep = cfg.sweep
     work.run_dir = cfg.run_dir
+    for override in overrides:
+        _apply_override(work, cfg, override)
     return work
+
+
+def _auto_parallel(ran: ParallelConfig) -> ParallelConfig:
+    """``ran`` (the layout auto chose) asked as parallel=auto again: conf/parallel/auto.yaml's
+    name, degrees and checkpointing, the run's other parallel settings (buckets, schedule)."""
+    node = OmegaConf.load(conf_dir() / "parallel" / "auto.yaml")
+    auto = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(ParallelConfig), node))
+    out = copy.deepcopy(ran)
+    for key in ("name", *DEGREE_KEYS, "activation_checkpoint"):
+        setattr(out, key, getattr(auto, key))
+    return out
+
+
+# Top-level keys the projection takes from its own command line whatever the workload.
+PROJECTION_KEYS = ("project", "sweep", "run_dir", "hydra")
+
+
+def _apply_override(work: RunConfig, cfg: RunConfig, override: str) -> None:
+    """One command-line override applied to the measured run's config: its value as Hydra
+    composed it into ``cfg`` (a group choice carries its whole group, dotted keys included).
+    Before, every override but project.* and sweep was dropped without a word."""
+    key = override.split("=", 1)[0].lstrip("+")
+    if re.split(r"[./@]", key.lstrip("~"))[0] in PROJECTION_KEYS:  # hydra/launcher too
+        return
+    if override.startswith("~"):
+        raise ConfigError(
+            key.lstrip("~"),
+            "cannot be deleted under project.calibrate (the measured run's config.yaml holds "
+            "it); set a value instead",
+        )
+    *parents, leaf = key.split(".")
+    source, target = cfg, work
+    for part in parents:  # open maps (fabric.nccl_env) are dicts
+        source, target = _child(source, part), _child(target, part)
+    if isinstance(target, dict):
+        target[leaf] = copy.deepcopy(_child(source, leaf))
+    else:
+        setattr(target, leaf, copy.deepcopy(_child(source, leaf)))
+
+
+def _child(node, name: str):
+    return node[name] if isinstance(node, dict) else getattr(node, name)
 
 
 def project_runs(
@@ -151,18 +227,20 @@ def project_runs(
                 f"{gpu.name} has no {width} peak to project compute from; project GPU "
                 "profiles (or project.mode=comm)",
             )
-        batch = BatchRule(global_batch=cfg.train.global_batch)  # the smallest node count's
+        fewest = min(cfg.project.nodes)
+        batch = BatchRule(global_batch=cfg.train.global_batch)  # the fewest node count's
         for nodes in sorted(cfg.project.nodes):
             where = Placement(nodes * gpu.gpus_per_node, gpu.gpus_per_node, nodes)
             try:
-                pred, reason = _predict_one(work, where, precision, rates, batch)
+                here = _batch_at(cfg, batch, nodes, fewest)
+                pred, reason = _predict_one(work, where, precision, rates, here)
             except ConfigError as exc:
                 rows.append(_skipped(gpu, where, str(exc)))
                 refused.append(exc)
                 continue
             if cfg.sweep.name != "strong" and batch.rows_per_dp_rank is None:
-                # Weak scaling: the smallest projected run's sequences per data-parallel rank.
-                batch = BatchRule.weak_from(cfg.train.global_batch, pred.degrees, where.world_size)
+                # Weak scaling: the sequences per data-parallel rank of the fewest node count.
+                batch = BatchRule.weak_from(here.global_batch, pred.degrees, where.world_size)
             if not pred.fits:
                 unfit.append((pred.memory.peak_bytes, f"{gpu.name} at {nodes} node(s)"))
             rows.append(_run_row(cfg, gpu, pred, reason, precision_reason))
@@ -180,6 +258,26 @@ def project_runs(
             f"{need / 2**30:.1f} GiB per rank ({where}); try {_remedies(cfg)}",
         )
     return rows
+
+
+def _batch_at(cfg: RunConfig, batch: BatchRule, nodes: int, fewest: int) -> BatchRule:
+    """The batch rule at ``nodes``. Weak scaling's base is the fewest node count of
+    project.nodes whatever happens there: where the layout was refused at it (hsdp on one node)
+    a data-parallel rank keeps what it would have held there, train.global_batch over the
+    fewest count's data-parallel ranks, so the global batch grows with the node count (x nodes
+    / fewest, taking the row's tp x pp as the same at both). Taking the first node
+    count that ran as the base instead made one point's batch depend on the list
+    (hsdp at 8 nodes: 1 sequence per GPU with [1,8], 4 with [1,2,8])."""
+    if cfg.sweep.name == "strong" or batch.rows_per_dp_rank is not None or nodes == fewest:
+        return batch
+    if cfg.train.global_batch * nodes % fewest:
+        raise ConfigError(
+            "train.global_batch",
+            f"{cfg.train.global_batch} at {fewest} node(s) is "
+            f"{cfg.train.global_batch * nodes / fewest:g} at {nodes}: weak scaling keeps each "
+            "data-parallel rank's sequences, and that is not a whole number",
+        )
+    return BatchRule(global_batch=cfg.train.global_batch * nodes // fewest)
 
 
 def _remedies(cfg: RunConfig) -> str:
@@ -206,6 +304,11 @@ def _predict_one(
         choice = choose_layout(cfg, where, batch=batch, **given)
         return choice.prediction, choice.reason
     plan = plan_layout(cfg, where.world_size, where.nproc_per_node)
+    # The rules python -m launch applies to a layout (parallel=auto's candidates pass them
+    # through check_run): an MoE model in pipeline stages was projected from dense stage
+    # counts (olmoe_1b_7b under pp: 290% efficiency) though no run can take it.
+    check_layout_features(cfg, plan)
+    check_moe_layout(cfg.model, plan, where.nproc_per_node)
     pred = predict(cfg, plan, where, global_batch=batch.global_batch_for(plan.degrees), **given)
     return pred, f"parallel={cfg.parallel.name} as configured"
 
@@ -216,6 +319,7 @@ def _run_row(
     """projection.json's run: the prediction, why its layout and precision, its labels and,
     where project.price_per_gpu_hour prices the part, its cost."""
     row = pred.as_dict()
+    row["global_batch"] = pred.tokens_per_step // cfg.train.seq_len  # this row's own
     row["layout"]["reason"] = reason
     row["precision_reason"] = precision_reason
     share, power_source = power_limit_share(gpu)

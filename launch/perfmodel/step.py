@@ -64,7 +64,9 @@ class Prediction:
 
     @property
     def degrees(self) -> Degrees:
-        return Degrees(**{k: self.layout[k] for k in ("dp_replicate", "dp_shard", "tp", "pp")})
+        # ep too: EP ranks are data-parallel ranks (Degrees.dp), which weak scaling counts.
+        keys = ("dp_replicate", "dp_shard", "tp", "pp", "ep")
+        return Degrees(**{k: self.layout[k] for k in keys})
 
     @property
     def compute_s(self) -> float:
@@ -339,10 +341,15 @@ def _base_tokens_per_s(
     # (each rank steps only its own: like a sharded optimizer, not a scaling gain).
     experts = Degrees(1, 1, 1, ep=plan.degrees.ep)
     one = LayoutPlan(plan.row.base_layout, experts, False, list(plan.checkpointed))
+    # TP and pipelines split the optimizer step too: each rank steps only its TP shard of its
+    # stage's parameters, so the base steps 1/(tp x pp) of them (as a sharded optimizer's
+    # shard). Left whole, the base's step held the whole model's AdamW against a rank's part
+    # and TP and pipelines scored above 100% where the optimizer dominates (small batches).
+    split = layout_optimizer_split(plan) * plan.degrees.tp * plan.degrees.pp
     micro = cfg.train.micro_batch
     sequences = tokens_per_device / cfg.train.seq_len
     accum = max(1, round(sequences / micro))
-    t = _compute_time(cfg, one, accum, precision, rates, layout_optimizer_split(plan), kernels)
+    t = _compute_time(cfg, one, accum, precision, rates, split, kernels)
     return micro * accum * cfg.train.seq_len / t.total_s
 
 

@@ -15,6 +15,7 @@ RUN_COLUMNS = (
     "nodes",
     "GPUs",
     "layout",
+    "batch",
     "step (s)",
     "tok/s/device",
     "MFU",
@@ -94,6 +95,7 @@ def _run_cells(row: dict, first_multi: bool) -> list[str]:
         return where + ["-"] * (len(RUN_COLUMNS) - 4) + [row["skipped"]]
     return where + [
         _layout_text(row["layout"]),
+        str(row["global_batch"]),
         f"{row['step_time_s']:.3f}",
         f"{row['tokens_per_s_per_device']:,.0f}",
         _fmt(row["mfu"], ".1%"),
@@ -119,8 +121,8 @@ def _run_lines(rows: list[dict]) -> list[list[str]]:
 def _runs_table(record: dict) -> Table:
     table = Table(
         title=f"Projected: {record['model']}, seq {record['seq_len']}, "
-        f"global batch {record['global_batch']} ({record['batch_scaling']} scaling), "
-        f"parallel={record['parallel']}"
+        f"global batch {record['global_batch']} at {_base_nodes(record)} ("
+        f"{record['batch_scaling']} scaling; batch: each row's), parallel={record['parallel']}"
     )
     for column in RUN_COLUMNS:
         justify = "left" if column in ("gpu", "layout", "") else "right"
@@ -130,18 +132,25 @@ def _runs_table(record: dict) -> Table:
     return table
 
 
+def _base_nodes(record: dict) -> str:
+    """Where train.global_batch holds: the fewest projected node count."""
+    nodes = record.get("batch_nodes")
+    return f"{nodes} node(s)" if nodes else "the fewest nodes"
+
+
 def _runs_markdown(record: dict) -> str:
     rows = record["runs"]
     lines = [
         f"# Projection: {record['model']}, seq {record['seq_len']}, micro batch "
-        f"{record['micro_batch']}, global batch {record['global_batch']} at the fewest nodes "
-        f"({record['batch_scaling']} scaling: "
+        f"{record['micro_batch']}, global batch {record['global_batch']} at "
+        f"{_base_nodes(record)} ({record['batch_scaling']} scaling: "
         + (
-            "each data-parallel rank keeps its sequences"
+            "each data-parallel rank keeps the sequences it has there, also where a layout "
+            "cannot run there: the global batch then grows with the node count"
             if record["batch_scaling"] == "weak"
             else "the same global batch at every size"
         )
-        + f"), parallel={record['parallel']}",
+        + f"; the batch column is each row's), parallel={record['parallel']}",
         "",
         "Predicted by the performance model (docs/performance-model.md), not measured. "
         "Efficiency: tokens/s per device over one device doing the same per-device work with "

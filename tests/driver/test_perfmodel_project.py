@@ -293,6 +293,12 @@ def test_predict_run_on_the_cpu_uses_the_given_ceiling_and_the_emulated_link():
         # nothing is projected (it was a table of 44 skipped rows, exit 0).
         (["model=tiny", "train.seq_len=128", "train.global_batch=8"], "train.global_batch"),
         (["project.gpus=[cpu]"], "project.gpus"),  # was ValueError: cpu has no fp32 peak
+        # Duplicates printed the same point twice (node counts at two batches).
+        (["project.nodes=[1,1]"], "project.nodes"),
+        (["project.gpus=[h100_sxm,h100_sxm]"], "project.gpus"),
+        # No run can put MoE blocks in pipeline stages; projected from dense stage counts it
+        # scored 290%.
+        (["model=olmoe_1b_7b", "parallel=pp", "train.micro_batch=1"], "parallel.name"),
     ],
 )
 def test_bad_projection_input_is_one_config_error_before_anything_is_written(
@@ -472,3 +478,171 @@ def test_a_comm_json_with_all_reduce_points_calibrates_the_links(tmp_path):
 def test_a_directory_as_calibrate_comm_says_it_is_one(tmp_path):
     with pytest.raises(ConfigError, match="is a directory; expected a comm.json file"):
         load_calibration(None, str(tmp_path))
+
+
+def _pipeline_row(tmp_path, *layout):
+    (row,) = project_runs(
+        projection_cfg(
+            tmp_path,
+            "model=llama_7b",
+            "train.seq_len=128",
+            "train.micro_batch=1",
+            "train.global_batch=8",
+            "project.nodes=[1]",
+            *layout,
+        ),
+        projected_profiles(["h800"]),
+    )
+    return row
+
+
+@pytest.mark.parametrize("pp", [4, 8])
+def test_a_pipeline_never_scores_above_one_device_doing_its_work(tmp_path, pp):
+    # At 8 sequences of 128 tokens the AdamW step dominates; each pipeline rank steps 1/pp of
+    # it. The base stepped the whole model's (1.2 at pp 4, 2.0 at pp 8), and parallel=auto
+    # picked those rows.
+    row = _pipeline_row(tmp_path, "parallel=pp_fsdp", f"parallel.pp={pp}")
+    assert row["scaling_efficiency"] < 1
+
+
+def test_tensor_parallel_never_scores_above_one_device_doing_its_work(tmp_path):
+    # Each TP rank steps 1/tp of the AdamW state; the base stepped all of it (101.4% here).
+    row = _pipeline_row(tmp_path, "parallel=tp")
+    assert row["layout"]["tp"] == 8
+    assert row["scaling_efficiency"] < 1
+
+
+def test_pp_fsdp_of_one_rank_per_stage_scores_as_plain_pp(tmp_path):
+    # dp_shard 1: the same stages, microbatches and bubble; the two layouts differ only in how
+    # they hold 16-bit weights (autocast's per-micro-step casts under pp), which each one's
+    # base holds the same way, so the efficiencies agree (they were 0.89 and 2.02).
+    pp = _pipeline_row(tmp_path, "parallel=pp", "parallel.pp=8")
+    fsdp = _pipeline_row(tmp_path, "parallel=pp_fsdp", "parallel.pp=8")
+    assert fsdp["layout"]["dp_shard"] == 1
+    assert fsdp["grad_accum"] == pp["grad_accum"] == 8
+    assert abs(fsdp["scaling_efficiency"] - pp["scaling_efficiency"]) < 0.03
+
+
+def test_a_pipeline_stage_casts_and_steps_only_its_own_parameters():
+    from launch.perfmodel.pipelined import stage_tensors
+    from train.spec import shapes
+
+    cfg = compose_run_config(
+        ["model=llama_7b", "parallel=pp", "train.global_batch=8", "train.micro_batch=1",
+         "run_dir=/unused"]
+    )  # fmt: skip
+    plan = plan_layout(cfg, 8, 8)
+    held = [shapes.numel(stage_tensors(cfg.model, plan.pipeline, r)) for r in range(8)]
+    # The stages partition the model: the embedding and head are counted once, not per stage.
+    assert sum(held) == shapes.numel(shapes.all_param_shapes(cfg.model))
+
+
+def test_weak_scalings_base_is_the_fewest_node_count_even_where_the_layout_is_refused(tmp_path):
+    # hsdp cannot run on one node. The base was the first node count that ran, so the same
+    # 8-node point had 1 sequence per GPU with [1,8] and 4 with [1,2,8] (85.8% and 93.4%).
+    def at_eight(nodes):
+        cfg = projection_cfg(
+            tmp_path, "parallel=hsdp", "train.micro_batch=1", "project.gpus=[h100_sxm]",
+            f"project.nodes={nodes}",
+        )  # fmt: skip
+        return {r["nodes"]: r for r in project_runs(cfg, projected_profiles(["h100_sxm"]))}[8]
+
+    short, long = at_eight("[1,8]"), at_eight("[1,2,8]")
+    # 64 sequences at 1 node of 8 GPUs: 8 per data-parallel rank, 512 over 64.
+    assert short["global_batch"] == long["global_batch"] == 512
+    assert short["scaling_efficiency"] == pytest.approx(long["scaling_efficiency"])
+    # With 8 nodes the fewest, the 64 sequences are at 8 nodes, and the header says where.
+    run_projection(
+        projection_cfg(
+            tmp_path,
+            "parallel=hsdp",
+            "train.micro_batch=1",
+            "project.gpus=[h100_sxm]",
+            "project.nodes=[8]",
+        ),  # fmt: skip
+        Console(record=True),
+    )
+    assert json.loads((tmp_path / "projection.json").read_text())["runs"][0]["global_batch"] == 64
+    assert "global batch 64 at 8 node(s)" in (tmp_path / "projection.md").read_text()
+
+
+def test_expert_parallel_ranks_count_as_data_parallel_ranks_under_weak_scaling(tmp_path):
+    # ep_fsdp EP 8 on one node: 8 data-parallel ranks (dp_shard 1 x ep 8), 8 sequences each.
+    # The prediction's degrees left ep out, so 4 nodes took 64 per rank (2,048 sequences).
+    cfg = projection_cfg(
+        tmp_path,
+        "model=olmoe_1b_7b",
+        "parallel=ep_fsdp",
+        "parallel.ep=8",
+        "train.seq_len=4096",
+        "train.micro_batch=1",
+        "project.nodes=[1,4]",
+    )
+    rows = {r["nodes"]: r for r in project_runs(cfg, projected_profiles(["h100_sxm"]))}
+    assert rows[1]["global_batch"] == 64 and rows[4]["global_batch"] == 256
+
+
+def _measured_auto_run(tmp_path):
+    """A run dir as `python -m launch` (parallel=auto) leaves it at world size 1: config.yaml
+    holds the layout auto chose with its degrees fixed for that size."""
+    run = tmp_path / "ws1"
+    run.mkdir()
+    cfg = compose_run_config(
+        [
+            "gpu=h100_sxm",
+            "model=gpt_125m",
+            "parallel=ddp",
+            "parallel.dp_replicate=1",
+            "train.seq_len=1024",
+            "train.micro_batch=4",
+            "train.global_batch=8",
+            "cluster.nproc_per_node=1",
+            f"run_dir={run}",
+        ]
+    )
+    cfg.resolved.layout_reason = "parallel=auto: ddp (the model's choice at world size 1)"
+    (run / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
+    summary = {
+        "world_size": 1,
+        "nproc_per_node": 1,
+        "nodes": 1,
+        "precision": {"resolved": "bf16"},
+        "step_time_s": {"median": 0.1},
+    }
+    (run / "summary.json").write_text(json.dumps(summary))
+    return run
+
+
+def test_calibrating_from_an_auto_run_projects_auto_at_every_size(tmp_path):
+    # Was: "parallel.dp_replicate: dp_replicate 1 x dp_shard 1 x tp 1 = 1, but the world
+    # size is 8" for every run of the default `python -m launch`.
+    run = _measured_auto_run(tmp_path)
+    overrides = [f"project.calibrate={run}", "project.gpus=[h100_sxm]", "project.nodes=[1,2]"]
+    cfg = compose_run_config([*overrides, f"run_dir={tmp_path}"])
+    run_projection(cfg, Console(record=True))  # project.* keys: applied with no overrides
+    record = json.loads((tmp_path / "projection.json").read_text())
+    assert record["parallel"] == "auto" and record["model"] == "gpt_125m"
+    assert all(not r.get("skipped") for r in record["runs"])
+    assert [r["world_size"] for r in record["runs"]] == [8, 16]
+
+
+def test_command_line_overrides_apply_to_the_calibration_runs_config(tmp_path):
+    run = _measured_auto_run(tmp_path)
+    overrides = [
+        f"project.calibrate={run}",
+        "project.gpus=[h100_sxm]",
+        "project.nodes=[1]",
+        "train.global_batch=64",  # was silently the run's 8
+        "parallel=fsdp",  # was silently auto's choice for the measured run
+        "model=gpt_350m",
+    ]
+    cfg = compose_run_config([*overrides, f"run_dir={tmp_path}"])
+    run_projection(cfg, Console(record=True), overrides)
+    record = json.loads((tmp_path / "projection.json").read_text())
+    assert record["global_batch"] == 64 and record["parallel"] == "fsdp"
+    assert record["model"] == "gpt_350m"
+    (row,) = record["runs"]
+    assert row["layout"]["name"] == "fsdp" and row["global_batch"] == 64
+    with pytest.raises(ConfigError) as err:
+        run_projection(cfg, Console(record=True), [*overrides, "~train.lr"])
+    assert err.value.key == "train.lr"
