@@ -88,10 +88,15 @@ COMPILED_KERNELS_PER_BLOCK = (5, 10)  # forward, backward
 HEAD_BYTES_PER_VOCAB_FUSED = 8
 BLOCK_KERNELS = ("llama", "mpt", "megatron")
 LOSS_KERNELS = ("torch", "fused")
-# Autocast casts each fp32 weight to 16 bits every forward (read 4, write 2) and turns its
-# 16-bit weight gradient into the fp32 .grad (write 2, read 2, read+write 4): 18 bytes per
-# parameter per micro-step; fp32 runs only accumulate (8).
-WEIGHT_BYTES_PER_MICRO_STEP = {"sixteen": 18, "fp32": 8}
+# Autocast casts each fp32 weight to 16 bits once per autocast context (read 4, write 2):
+# every micro-step in the runtime's loop (train/runtime/rank_step.py enters one per forward),
+# but once per step under a pipeline, whose schedule runs all its microbatches in one context
+# (train/parallel/pipeline_stages.py) where torch caches a leaf weight's cast (autocast's
+# cached_cast; tests/unit/test_perfmodel_counts.py counts the casts torch runs). Every
+# micro-step's backward turns the 16-bit weight gradient into the fp32 .grad (write 2, read 2,
+# read + write 4): 12; fp32 runs only accumulate (8).
+WEIGHT_CAST_BYTES = 6
+WEIGHT_GRAD_BYTES_PER_MICRO_STEP = {"sixteen": 12, "fp32": 8}
 # AdamW: read param, grad, two moments; write param and moments; read grad for the norm.
 OPTIMIZER_BYTES_PER_PARAM = 32
 ATTENTION_KERNELS = ("flash", "math", "flash_triton")
@@ -460,8 +465,15 @@ def memory_bound_bytes(
         # no per-micro-step casts of whole weights.
         weights = 0
     else:
-        key = "sixteen" if precision in SIXTEEN_BIT else "fp32"
-        weights = WEIGHT_BYTES_PER_MICRO_STEP[key] * local_params * accum
+        sixteen = precision in SIXTEEN_BIT
+        # Once a step (a pipeline) the casts are per-step work on each parameter, like AdamW,
+        # and split as it is: 1 on a pipeline rank (pp_fsdp's shards cast nothing here), the
+        # stages on the efficiency base's one device (step.py), so fewer parameters per rank
+        # is not counted as a scaling gain.
+        per_step = 1 / max(1, optimizer_split) if row.pipeline else accum
+        casts = per_step * WEIGHT_CAST_BYTES if sixteen else 0
+        grads = WEIGHT_GRAD_BYTES_PER_MICRO_STEP["sixteen" if sixteen else "fp32"] * accum
+        weights = (casts + grads) * local_params
     optimizer = OPTIMIZER_BYTES_PER_PARAM * local_params / max(1, optimizer_split)
     return tokens * per_token + weights + optimizer
 

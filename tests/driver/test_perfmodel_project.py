@@ -514,7 +514,7 @@ def test_tensor_parallel_never_scores_above_one_device_doing_its_work(tmp_path):
 
 def test_pp_fsdp_of_one_rank_per_stage_scores_as_plain_pp(tmp_path):
     # dp_shard 1: the same stages, microbatches and bubble; the two layouts differ only in how
-    # they hold 16-bit weights (autocast's per-micro-step casts under pp), which each one's
+    # they hold 16-bit weights (autocast's casts under pp), which each one's
     # base holds the same way, so the efficiencies agree (they were 0.89 and 2.02).
     pp = _pipeline_row(tmp_path, "parallel=pp", "parallel.pp=8")
     fsdp = _pipeline_row(tmp_path, "parallel=pp_fsdp", "parallel.pp=8")

@@ -14,7 +14,7 @@ from omegaconf import OmegaConf
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-from launch.perfmodel import memory
+from launch.perfmodel import compute, memory
 from tests.conftest import REPO
 from train.measure.held_memory import optimizer_state_tensors, tensor_bytes
 from train.model.transformer import Transformer
@@ -175,3 +175,46 @@ def test_the_model_needs_no_torch():
         "launch.mamf; assert 'torch' not in sys.modules, 'torch imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
+
+
+class _WeightCasts(TorchDispatchMode):
+    """aten._to_copy calls on tensors of one shape: a weight's cast, or its gradient's."""
+
+    def __init__(self, shape: tuple[int, ...]):
+        super().__init__()
+        self.shape, self.calls = shape, 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func is torch.ops.aten._to_copy.default and tuple(args[0].shape) == self.shape:
+            self.calls += 1
+        return func(*args, **(kwargs or {}))
+
+
+def test_a_pipeline_casts_its_weights_once_per_step_and_their_gradients_per_microbatch():
+    """compute.WEIGHT_CAST_BYTES per context: the runtime's loop enters autocast per micro-step
+    (train/runtime/rank_step.py), a pipeline's schedule runs every microbatch in one context
+    (train/parallel/pipeline_stages.py), where torch caches a leaf weight's cast; each
+    backward still turns the 16-bit gradient into the fp32 .grad."""
+    linear, x, microbatches = torch.nn.Linear(32, 32), torch.randn(4, 32), 3
+    with _WeightCasts((32, 32)) as per_context:
+        for _ in range(microbatches):
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                y = linear(x)
+            y.float().sum().backward()
+    with _WeightCasts((32, 32)) as one_context:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            for _ in range(microbatches):
+                linear(x).float().sum().backward()
+    assert per_context.calls == 2 * microbatches  # a cast and a gradient's each time
+    assert one_context.calls == 1 + microbatches  # one cast, a gradient's each time
+
+    m = model("llama_7b")
+    params = shapes.count_params(m)
+
+    def weights(name: str, accum: int) -> float:
+        plan = LayoutPlan(name, Degrees(1, 1, 1), False, [])
+        given = dict(tokens=0, accum=accum, precision="bf16", optimizer_split=1, head=False)
+        return compute.memory_bound_bytes(m, plan, **given) - 32 * params  # less AdamW
+
+    assert weights("ddp", 4) == (6 + 12) * 4 * params
+    assert weights("pp", 4) == (6 + 12 * 4) * params
