@@ -250,15 +250,19 @@ def compute_time(
     head: bool = True,
     compiled: bool = False,
     stage_params: int | None = None,
+    per_step_split: int = 1,
+    fsdp_reduce_each: bool = True,
 ) -> ComputeTime:
     """``fp8``: how an fp8 run casts (its linears, its casts' bytes and kernels: fp8.py; an
-    fp8 step needs it); ``optimizer_split``: ranks the AdamW step is split
-    over (default: the layout's);
-    ``kernels``: the attention kernel, block and loss that run (Kernels); ``head``: whether
+    fp8 step needs it); ``optimizer_split``: ranks the AdamW step is split over (default: the
+    layout's); ``kernels``: the attention kernel, block and loss that run; ``head``: whether
     this rank runs the output head (a pipeline stage other than the last does not);
     ``compiled``: train.compile (fused elementwise kernels: the *_COMPILED counts above);
     ``stage_params``: the parameters a pipeline rank casts and steps (its stages' only: the
-    embedding on the first, the head on the last), in place of the whole model's."""
+    embedding on the first, the head on the last), in place of the whole model's;
+    ``per_step_split``: what a pipeline's once-a-step weight work is split over (1 on a rank;
+    on the efficiency base's one device its stages and TP ranks, as its AdamW step);
+    ``fsdp_reduce_each``: parallel.fsdp_reduce_every_micro_step."""
     t = plan.degrees.tp
     tokens = micro_batch * seq_len * accum_steps  # every rank of a TP group sees them all
     n_ckpt = len(plan.checkpointed)
@@ -283,19 +287,12 @@ def compute_time(
         m, n_ckpt, seq_len, t, precision, rates, kernels.attention, kernels.block
     )
     nbytes = memory_bound_bytes(
-        m,
-        plan,
-        tokens=tokens,
-        accum=accum_steps,
-        precision=precision,
-        optimizer_split=split,
-        head=head,
-        compiled=compiled,
-        kernels=kernels,
-        stage_params=stage_params,
-    )
-    gaps = kernel_gaps_s(m.n_layers, n_ckpt, accum_steps, compiled, kernels.block)
-    gaps_s = gaps if rates.sms else 0.0
+        m, plan, tokens=tokens, accum=accum_steps, precision=precision, optimizer_split=split,
+        head=head, compiled=compiled, kernels=kernels, stage_params=stage_params,
+        per_step_split=per_step_split, fsdp_reduce_each=fsdp_reduce_each,
+    )  # fmt: skip
+    gaps_s = kernel_gaps_s(m.n_layers, n_ckpt, accum_steps, compiled, kernels.block)
+    gaps_s = gaps_s if rates.sms else 0.0
     casts = CastWork(0.0, 0)
     if precision == "fp8":
         # FSDP's fp8 pre-gather casts: of the shard the optimizer steps (a single-device base
@@ -430,6 +427,8 @@ def memory_bound_bytes(
     compiled: bool = False,
     kernels: Kernels = RUNTIME_KERNELS,
     stage_params: int | None = None,
+    per_step_split: int = 1,
+    fsdp_reduce_each: bool = True,
 ) -> float:
     """Bytes the memory-bound kernels of one step stream on one rank (module docstring;
     ``compiled``: train.compile's fused kernels; ``kernels``: the block and loss that run;
@@ -460,17 +459,32 @@ def memory_bound_bytes(
     # which only the first and last stages hold: its own count comes from the caller.
     local_params = _local_params(m, plan) if stage_params is None else stage_params
     row = plan.row
-    if precision in SIXTEEN_BIT and (row.deepspeed or row.shards_parameters):
-        # DeepSpeed runs the model in 16 bits, FSDP2 casts the shard before gathering it:
-        # no per-micro-step casts of whole weights.
-        weights = 0
+    if precision in SIXTEEN_BIT and row.deepspeed:
+        weights = 0  # DeepSpeed runs the model in 16 bits: no casts of whole weights
+    elif row.shards_parameters:
+        fsdp = fsdp2_bytes_per_param(
+            accum=accum,
+            precision=precision,
+            shard_split=max(1, optimizer_split),
+            reduce_each=fsdp_reduce_each and not row.pipeline,
+        )
+        if row.pipeline:
+            # A stage's units stay gathered from the first microbatch to the step's last
+            # (reshard_after_forward=False, and torch's PipelineStage turns resharding after
+            # backward off until its final reduce): one gather a step, per-step work split as
+            # AdamW's (per_step_split).
+            weights = (fsdp.copy_out / per_step_split + fsdp.shard_in + fsdp.grads) * local_params
+        else:
+            root = _root_params(m, plan)
+            per_gather = fsdp.copy_out + fsdp.shard_in
+            gathers = 2 * accum * (local_params - root) + accum * root  # the root stays gathered
+            weights = per_gather * gathers + fsdp.grads * local_params
     else:
         sixteen = precision in SIXTEEN_BIT
-        # Once a step (a pipeline) the casts are per-step work on each parameter, like AdamW,
-        # and split as it is: 1 on a pipeline rank (pp_fsdp's shards cast nothing here), the
-        # stages on the efficiency base's one device (step.py), so fewer parameters per rank
-        # is not counted as a scaling gain.
-        per_step = 1 / max(1, optimizer_split) if row.pipeline else accum
+        # Once a step (a pipeline) the casts are per-step work on each parameter, like AdamW:
+        # the efficiency base's one device splits it over the stages (per_step_split), so
+        # fewer parameters per rank is not counted as a scaling gain.
+        per_step = 1 / per_step_split if row.pipeline else accum
         casts = per_step * WEIGHT_CAST_BYTES if sixteen else 0
         grads = WEIGHT_GRAD_BYTES_PER_MICRO_STEP["sixteen" if sixteen else "fp32"] * accum
         weights = (casts + grads) * local_params
@@ -515,6 +529,57 @@ def _host_compute_time(
 def _local_params(m: ModelConfig, plan: LayoutPlan) -> int:
     """Parameters one rank steps and casts: TP's shards and EP's experts split."""
     return shapes.numel(shapes.all_param_shapes(m, plan.degrees.tp, plan.degrees.ep))
+
+
+# FSDP2 (torch 2.13, torch/distributed/fsdp/_fully_shard/_fsdp_collectives.py and
+# _fsdp_param.py) copies on the device around each collective. Per gather of a unit: the
+# shard cast to the gather dtype (read 4, write w; fp32 gathers skip it) and copied into the
+# flat all-gather input (read w, write w), per shard element; then split_with_sizes_copy out
+# of the flat output into the unsharded parameters (read w, write w per element of the
+# whole unit), on the compute stream. Blocks are gathered twice a micro-step (forward, and
+# again for backward after resharding), the root once (it stays gathered: train/parallel/
+# fsdp.py). Gradients, with reduce dtype r (parallel.fsdp_reduce_dtype, fp32 by default) and
+# compute width g: the weight-gradient GEMM writes g every micro-step. The runtime's loop
+# reduce-scatters every micro-step (train/parallel/fsdp.py fsdp_accumulate): chunk_cat copies
+# the gradient into the reduce-scatter input (read g, write r) and the shard's output is added
+# to .grad (read r twice, write r, per shard element). A pipeline stage (torch's PipelineStage
+# turns gradient sync off until its last microbatch) accumulates instead: the first
+# micro-step upcasts the gradient to r (read g, write r; none where g = r), each later one
+# adds to it (read r + g, write r), the last one's chunk_cat reads and writes r, and the
+# shard's output is copied into .grad (read, write r per shard element).
+FSDP_REDUCE_BYTES = 4
+
+
+@dataclass(frozen=True)
+class Fsdp2Bytes:
+    copy_out: float  # per parameter of the unit and gather
+    shard_in: float  # per parameter of the unit and gather, already split over the shard
+    grads: float  # per parameter of the unit and step
+
+
+def fsdp2_bytes_per_param(
+    *, accum: int, precision: str, shard_split: int, reduce_each: bool
+) -> Fsdp2Bytes:
+    """FSDP2's device copies per parameter (the comment above). ``shard_split``: the ranks a
+    shard is 1/n of (the optimizer's split: a single-device base splits it as its layout
+    does, as it does the AdamW step); ``reduce_each``: a reduce-scatter every micro-step
+    (the runtime's loop, train/parallel/fsdp.py fsdp_accumulate), else one after
+    accumulating unsharded gradients (a pipeline stage: torch's PipelineStage)."""
+    w = 2 if precision in SIXTEEN_BIT else 4
+    g, r = w, FSDP_REDUCE_BYTES
+    shard_in = ((4 + w if w != 4 else 0) + 2 * w) / shard_split
+    if reduce_each or accum == 1:
+        # The GEMM's gradient, chunk_cat into the reduce-scatter input, and the output added
+        # to the shard's .grad (read, read, write r per shard element).
+        return Fsdp2Bytes(2 * w, shard_in, accum * (g + g + r + 3 * r / shard_split))
+    upcast = g + r if g != r else 0
+    grads = accum * g + upcast + (accum - 1) * (2 * r + g) + 2 * r
+    return Fsdp2Bytes(2 * w, shard_in, grads + 2 * r / shard_split)
+
+
+def _root_params(m: ModelConfig, plan: LayoutPlan) -> int:
+    """The root unit's parameters on one rank (embedding, final norm, head; TP splits them)."""
+    return shapes.numel(shapes.root_param_shapes(m, plan.degrees.tp))
 
 
 def layout_optimizer_split(plan: LayoutPlan) -> int:

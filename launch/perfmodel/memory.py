@@ -227,14 +227,19 @@ def estimate_memory(
     seq_len: int,
     precision: str,
     hbm_bytes: float | None,
+    unsharded_grads: bool = False,
 ) -> MemoryEstimate:
+    """``unsharded_grads``: FSDP keeps every micro-step's unsharded gradients, in fp32, until
+    the step's last (parallel.fsdp_reduce_every_micro_step=false with accumulation)."""
     params, grads, optimizer, masters = held_memory(m, plan, precision)
+    d = plan.degrees  # unsharded: all of the model a TP / EP rank holds
+    kept = shapes.numel(shapes.all_param_shapes(m, d.tp, d.ep)) * 4 if unsharded_grads else 0
     return MemoryEstimate(
         param_bytes=params,
         grad_bytes=grads,
         optimizer_state_bytes=optimizer,
         master_weight_bytes=masters,
         activation_bytes=activation_bytes(m, plan, micro_batch, seq_len, precision),
-        transient_bytes=transient_bytes(m, plan, precision),
+        transient_bytes=transient_bytes(m, plan, precision) + kept,
         capacity_bytes=usable_bytes(hbm_bytes),
     )

@@ -7,7 +7,8 @@
   so a unit's gather hides behind the previous unit's compute: exposed = the first gather +
   the excess of each gather over one unit's compute; in backward a unit's gather and its
   gradient reduction (reduce-scatter, and the replicas' all-reduce under hsdp) share the
-  link behind one unit's backward. The root unit's gather and reduction are exposed.
+  link behind one unit's backward (reduce-scatters every micro-step, the replicas'
+  all-reduce on the last). The root unit's gather and reduction are exposed.
 - TP activations: on the critical path, except under async TP (parallel.async_tp, which
   needs sequence parallelism): torchtitan's micro-pipelined all-gather / reduce-scatter
   overlap each one with its own matmul, split in tp chunks, so the first chunk's transfer
@@ -32,7 +33,14 @@ from train.spec.traffic import Collective, Phase
 
 BUCKETED_BACKWARD, UNIT_FORWARD = Phase.bucketed_backward, Phase.unit_forward
 UNIT_BACKWARD, UNIT_BACKWARD_LAST = Phase.unit_backward, Phase.unit_backward_last
-OVERLAPPED = (BUCKETED_BACKWARD, UNIT_FORWARD, UNIT_BACKWARD, UNIT_BACKWARD_LAST)
+UNIT_BACKWARD_EACH = Phase.unit_backward_each
+OVERLAPPED = (
+    BUCKETED_BACKWARD,
+    UNIT_FORWARD,
+    UNIT_BACKWARD,
+    UNIT_BACKWARD_EACH,
+    UNIT_BACKWARD_LAST,
+)
 BASE_KINDS = ("all_reduce", "all_gather", "reduce_scatter")
 
 
@@ -136,13 +144,18 @@ def _exposed_of_phases(
         unit_forward = forward_micro / n_layers
         exposed += gather * accum_steps + max(0.0, gather - unit_forward) * (units - accum_steps)
     unit_backward = backward_micro / n_layers
-    if UNIT_BACKWARD in phase_s or UNIT_BACKWARD_LAST in phase_s:
-        gather = phase_s.get(UNIT_BACKWARD, 0.0) / units
+    backward_phases = (UNIT_BACKWARD, UNIT_BACKWARD_EACH, UNIT_BACKWARD_LAST)
+    if any(p in phase_s for p in backward_phases):
+        # Per unit and micro-step: its gather, and its reduce-scatter (every micro-step); on
+        # the last micro-step also the replicas' all-reduce.
+        gather = (phase_s.get(UNIT_BACKWARD, 0.0) + phase_s.get(UNIT_BACKWARD_EACH, 0.0)) / units
         reduce = phase_s.get(UNIT_BACKWARD_LAST, 0.0) / n_layers  # last micro-step only
         exposed += max(0.0, gather - unit_backward) * (units - n_layers)
         exposed += max(0.0, gather + reduce - unit_backward) * n_layers
-        # The last unit's reduction has no backward left to hide behind.
-        exposed += min(reduce, one_call.get(UNIT_BACKWARD_LAST, 0.0))
+        # The last unit's reductions have no backward left to hide behind.
+        each = phase_s.get(UNIT_BACKWARD_EACH, 0.0) / units
+        last_unit = one_call.get(UNIT_BACKWARD_EACH, 0.0) + one_call.get(UNIT_BACKWARD_LAST, 0.0)
+        exposed += min(each + reduce, last_unit)
     return exposed
 
 

@@ -160,6 +160,10 @@ def stage_memory(
             model, stage_plan(plan, r), rows, shape.seq_len, precision, head=runs_head(pipe, r)
         )
         gathered = shapes.numel(tensors) * width if shard > 1 else 0
+        # torch's PipelineStage turns FSDP2's gradient sync off until the last microbatch:
+        # the stage's unsharded gradients are kept, upcast to the fp32 reduce dtype
+        # (FSDPParam.to_accumulated_grad_if_needed), between them.
+        accumulated = shapes.numel(tensors) * 4 if shard > 1 and pipe.microbatches > 1 else 0
         buckets = local * 4 if d.dp_replicate > 1 else 0
         estimate = MemoryEstimate(
             param_bytes=params,
@@ -167,7 +171,7 @@ def stage_memory(
             optimizer_state_bytes=2 * params + ADAM_STEP_BYTES * len(tensors),
             master_weight_bytes=0,
             activation_bytes=int(acts * in_flight(pipe, r)),
-            transient_bytes=gathered + buckets,
+            transient_bytes=gathered + accumulated + buckets,
             capacity_bytes=usable_bytes(hbm_bytes),
         )
         if best is None or estimate.peak_bytes > best.peak_bytes:

@@ -221,14 +221,7 @@ def predict(
             async_tp=cfg.parallel.async_tp and plan.sequence_parallel,
         )
         bubble_s = 0.0
-        memory = estimate_memory(
-            m,
-            plan,
-            micro_batch=train.micro_batch,
-            seq_len=train.seq_len,
-            precision=precision,
-            hbm_bytes=rates.hbm_bytes,
-        )
+        memory = _memory(cfg, plan, accum, precision, rates)
     tokens = global_batch * train.seq_len
     return Prediction(
         gpu=rates.name,
@@ -302,6 +295,21 @@ def _pipeline_parts(
     return compute, busiest.comm, busiest.bubble_s, memory
 
 
+def _memory(
+    cfg: RunConfig, plan: LayoutPlan, accum: int, precision: str, rates: PartRates
+) -> MemoryEstimate:
+    unsharded = plan.row.shards_parameters and not cfg.parallel.fsdp_reduce_every_micro_step
+    return estimate_memory(
+        cfg.model,
+        plan,
+        micro_batch=cfg.train.micro_batch,
+        seq_len=cfg.train.seq_len,
+        precision=precision,
+        hbm_bytes=rates.hbm_bytes,
+        unsharded_grads=unsharded and accum > 1,
+    )
+
+
 def _compute_time(
     cfg: RunConfig,
     plan: LayoutPlan,
@@ -310,6 +318,7 @@ def _compute_time(
     rates: PartRates,
     optimizer_split: int | None = None,
     kernels: Kernels = RUNTIME_KERNELS,
+    per_step_split: int = 1,
 ) -> ComputeTime:
     return compute_time(
         cfg.model,
@@ -323,6 +332,8 @@ def _compute_time(
         optimizer_split=optimizer_split,
         kernels=kernels,
         compiled=cfg.train.compile,
+        per_step_split=per_step_split,
+        fsdp_reduce_each=cfg.parallel.fsdp_reduce_every_micro_step,
     )
 
 
@@ -345,11 +356,12 @@ def _base_tokens_per_s(
     # stage's parameters, so the base steps 1/(tp x pp) of them (as a sharded optimizer's
     # shard). Left whole, the base's step held the whole model's AdamW against a rank's part
     # and TP and pipelines scored above 100% where the optimizer dominates (small batches).
-    split = layout_optimizer_split(plan) * plan.degrees.tp * plan.degrees.pp
+    per_step_split = plan.degrees.tp * plan.degrees.pp
+    split = layout_optimizer_split(plan) * per_step_split
     micro = cfg.train.micro_batch
     sequences = tokens_per_device / cfg.train.seq_len
     accum = max(1, round(sequences / micro))
-    t = _compute_time(cfg, one, accum, precision, rates, split, kernels)
+    t = _compute_time(cfg, one, accum, precision, rates, split, kernels, per_step_split)
     return micro * accum * cfg.train.seq_len / t.total_s
 
 

@@ -514,13 +514,17 @@ def test_tensor_parallel_never_scores_above_one_device_doing_its_work(tmp_path):
 
 def test_pp_fsdp_of_one_rank_per_stage_scores_as_plain_pp(tmp_path):
     # dp_shard 1: the same stages, microbatches and bubble; the two layouts differ only in how
-    # they hold 16-bit weights (autocast's casts under pp), which each one's
-    # base holds the same way, so the efficiencies agree (they were 0.89 and 2.02).
+    # they hold 16-bit weights and gradients, which each one's base holds the same way, so
+    # the efficiencies come out close (they were 0.89 and 2.02).
     pp = _pipeline_row(tmp_path, "parallel=pp", "parallel.pp=8")
     fsdp = _pipeline_row(tmp_path, "parallel=pp_fsdp", "parallel.pp=8")
     assert fsdp["layout"]["dp_shard"] == 1
     assert fsdp["grad_accum"] == pp["grad_accum"] == 8
-    assert abs(fsdp["scaling_efficiency"] - pp["scaling_efficiency"]) < 0.03
+    # Close, not equal: FSDP2 under torch's PipelineStage keeps the stage's unsharded
+    # gradients in fp32 from microbatch to microbatch, which one device with one microbatch
+    # never does (compute.py's FSDP2 count); plain pp accumulates in place.
+    eff = fsdp["scaling_efficiency"], pp["scaling_efficiency"]
+    assert 0 < eff[0] < eff[1] <= 1 and eff[1] - eff[0] < 0.1, eff
 
 
 def test_a_pipeline_stage_casts_and_steps_only_its_own_parameters():

@@ -47,6 +47,8 @@ COMMON = [*LOSS_FOR_LOSS, "model.n_layers=2"]
 TWO_RANKS = {
     "ddp": ["parallel=ddp"],
     "fsdp": ["parallel=fsdp", "parallel.activation_checkpoint=full"],
+    # Unsharded gradients kept between micro-steps, one reduce-scatter a step.
+    "fsdp_unsharded": ["parallel=fsdp", "parallel.fsdp_reduce_every_micro_step=false"],
     # Two "nodes" of one rank each: replicate across them, nothing to shard inside one.
     "hsdp": ["parallel=hsdp", "parallel.dp_replicate=2", "parallel.dp_shard=1"],
     "tp": [
@@ -115,7 +117,8 @@ def test_two_ranks_match_one_rank_loss_for_loss(runs, name):
     assert reference[-1] < reference[0] - 0.2  # it trains
     assert got == pytest.approx(reference, abs=TOLERANCE[name], rel=0)
     summary = summaries[name]
-    assert summary["world_size"] == 2 and summary["parallel"] == name.split("_sp")[0]
+    layout = {"tp_sp": "tp", "fsdp_unsharded": "fsdp"}.get(name, name)
+    assert summary["world_size"] == 2 and summary["parallel"] == layout
     assert summary["layout"]["name"] == summary["parallel"]
 
 

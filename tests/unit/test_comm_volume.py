@@ -6,6 +6,7 @@ kind, is checked on the layout runs of tests/test_parallel.py.
 
 from __future__ import annotations
 
+from launch.perfmodel.memory import estimate_memory
 from tests.conftest import TINY, model_config
 from train.spec.degrees import Degrees, LayoutPlan
 from train.spec.traffic import CommVolume, StepShape, comm_bytes_per_step
@@ -22,15 +23,28 @@ def test_ddp_all_reduces_every_gradient_once_per_step():
     assert volume == CommVolume(all_reduce=4 * PARAMS)  # no grad-norm: nothing is sharded
 
 
-def test_fsdp_gathers_blocks_twice_and_root_once_per_micro_step():
+def test_fsdp_gathers_blocks_twice_and_root_once_and_reduces_every_micro_step():
     volume = comm_bytes_per_step(TINY, layout("fsdp", dp_shard=2), StepShape(2, 64, 3, False))
     block = 196_864  # weights of one block
     root = PARAMS - 4 * block
     assert volume.all_gather == 4 * 3 * (2 * 4 * block + root)
-    assert volume.reduce_scatter == 4 * PARAMS
+    assert volume.reduce_scatter == 3 * 4 * PARAMS  # every micro-step (fsdp_accumulate)
     # Over 2 nodes of 2 ranks each shard is all-reduced across the replicas.
     hsdp = comm_bytes_per_step(TINY, layout("hsdp", 2, 2), StepShape(2, 64, 1, True))
     assert hsdp.all_reduce == 4 * PARAMS // 2 + 4
+
+
+def test_fsdp_reduces_once_per_step_when_it_keeps_unsharded_gradients():
+    """parallel.fsdp_reduce_every_micro_step=false: one reduce-scatter a step, a quarter of the
+    traffic at 4 micro-steps, for the model's unsharded fp32 gradients held on every rank."""
+    kept = StepShape(2, 64, 4, False, fsdp_reduce_each=False)
+    each = StepShape(2, 64, 4, False)
+    fsdp = layout("fsdp", dp_shard=2)
+    assert comm_bytes_per_step(TINY, fsdp, kept).reduce_scatter == 4 * PARAMS
+    assert comm_bytes_per_step(TINY, fsdp, each).reduce_scatter == 4 * 4 * PARAMS
+    given = dict(micro_batch=2, seq_len=64, precision="bf16", hbm_bytes=None)
+    held = [estimate_memory(TINY, fsdp, **given, unsharded_grads=u) for u in (True, False)]
+    assert held[0].transient_bytes - held[1].transient_bytes == 4 * PARAMS
 
 
 def test_shards_are_padded_like_fsdp2():

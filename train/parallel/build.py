@@ -31,7 +31,7 @@ from train.parallel.expert_parallel import (
     configure_experts,
     grouped_mm_for,
 )
-from train.parallel.fsdp import apply_fsdp, fsdp_no_sync, mixed_precision_policy
+from train.parallel.fsdp import apply_fsdp, fsdp_sync_contexts, mixed_precision_policy
 from train.parallel.layout import Layout, TorchLayout, adamw
 from train.parallel.mesh import build_mesh, data_parallel_rank
 from train.parallel.pipeline_stages import build_pipeline_layout
@@ -111,12 +111,12 @@ def build_layout(
     apply_activation_checkpointing(model.layers, layout.checkpointed, te_layers)
     _compile_blocks(model, compile_blocks, loss=degrees.tp == 1)
 
-    no_sync = after_step = None
+    no_sync = accumulate = after_step = None
     if row.shards_parameters:
         dp_dims = ("dp_replicate", "dp_shard") if degrees.dp_replicate > 1 else ("dp_shard",)
         policy = mixed_precision_policy(precision, cfg.parallel.fsdp_reduce_dtype)
         apply_fsdp(model, mesh[dp_dims], policy)
-        no_sync = functools.partial(fsdp_no_sync, model)
+        no_sync, accumulate = fsdp_sync_contexts(model, cfg.parallel.fsdp_reduce_every_micro_step)
         if fsdp_float8_all_gather(layout, fp8_backend, fp8_recipe):
             # torchao: the fp8 extra, imported only by runs that use it.
             from torchao.float8 import precompute_float8_dynamic_scale_for_fsdp
@@ -136,6 +136,7 @@ def build_layout(
         dp_rank,
         degrees.dp,
         no_sync,
+        accumulate=accumulate,
         after_step=after_step,
         vocab_parallel=degrees.tp > 1,
     )
@@ -162,8 +163,15 @@ def _expert_parallel(
     apply_expert_fsdp(model, mesh, layout, policy, cfg.model)
     _materialize(model, cfg, device)  # each rank its own experts and FSDP shards
     optimizer = adamw(model, cfg.train, device)
-    no_sync = functools.partial(fsdp_no_sync, model)
-    return TorchLayout(model, optimizer, data_parallel_rank(mesh, degrees), degrees.dp, no_sync)
+    no_sync, accumulate = fsdp_sync_contexts(model, cfg.parallel.fsdp_reduce_every_micro_step)
+    return TorchLayout(
+        model,
+        optimizer,
+        data_parallel_rank(mesh, degrees),
+        degrees.dp,
+        no_sync,
+        accumulate=accumulate,
+    )
 
 
 def enable_async_tp(tp_mesh, device: torch.device) -> None:

@@ -15,6 +15,7 @@ fp32 shards remain the master weights the optimizer steps.
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Iterator
 
 import torch
@@ -56,10 +57,34 @@ def apply_fsdp(
 
 
 @contextlib.contextmanager
+def fsdp_accumulate(model: nn.Module) -> Iterator[None]:
+    """A non-final micro-step: reduce-scatter as every micro-step does (FSDP2 adds each
+    shard's result to the last), but leave HSDP's all-reduce across the replicas to the last
+    micro-step (FSDP2 keeps the partial shard until then). Without it a micro-step would keep
+    the whole model's unsharded gradients, upcast to fp32, until the step's last (FSDP2's
+    no-sync accumulation): 4 bytes per parameter of the model on every rank, which sharding
+    exists to avoid. torchtitan reduce-scatters every micro-step too."""
+    model.set_requires_all_reduce(False)
+    try:
+        yield
+    finally:
+        model.set_requires_all_reduce(True)
+
+
+@contextlib.contextmanager
 def fsdp_no_sync(model: nn.Module) -> Iterator[None]:
-    """Accumulate unsharded gradients locally: no reduce-scatter until the last micro-step."""
+    """No reduction at all: the no-sync twin (train/measure/profiling.py), whose gradients
+    are never used."""
     model.set_requires_gradient_sync(False)
     try:
         yield
     finally:
         model.set_requires_gradient_sync(True)
+
+
+def fsdp_sync_contexts(model: nn.Module, reduce_each_micro_step: bool):
+    """(no_sync, accumulate) for train/parallel/layout.py's TorchLayout: the twin's context,
+    and a non-final micro-step's (None: no_sync's, the unsharded accumulation that
+    parallel.fsdp_reduce_every_micro_step=false asks for)."""
+    accumulate = functools.partial(fsdp_accumulate, model) if reduce_each_micro_step else None
+    return functools.partial(fsdp_no_sync, model), accumulate

@@ -1,7 +1,7 @@
 """What the training loop talks to: a model placed on ranks, its optimizer, and the rules for
 when gradients are synchronised.
 
-``train_step`` calls, per micro-batch, ``gradient_sync(last)``, ``autocast``, ``model(...)``,
+``train_step`` calls, per micro-batch, ``gradient_sync(last=...)``, ``autocast``, ``model(...)``,
 ``backward(loss)``; then once per step ``finish_gradients(max_norm)``, ``step()`` and
 ``zero_grad()``. Torch layouts (ddp, fsdp, hsdp, tp, tp_fsdp and one rank alone) share
 ``TorchLayout``; DeepSpeed's engine, which owns its backward, step, precision and clipping,
@@ -71,8 +71,9 @@ class Layout:
     def autocast(self, plan, device: torch.device) -> AbstractContextManager:
         return autocast(plan, device)
 
-    def gradient_sync(self, enabled: bool) -> AbstractContextManager:
-        """Context for one micro-step; ``enabled`` on the last, where gradients are reduced."""
+    def gradient_sync(self, *, last: bool, sync: bool = True) -> AbstractContextManager:
+        """Context for one micro-step: ``last`` on the step's last, where gradients are all
+        reduced; ``sync=False`` (the no-sync twin) reduces nothing on any."""
         return contextlib.nullcontext()
 
     def loss_context(self) -> AbstractContextManager:
@@ -107,12 +108,17 @@ class TorchLayout(Layout):
         dp_size: int,
         no_sync: Callable[[], AbstractContextManager] | None = None,
         *,
+        accumulate: Callable[[], AbstractContextManager] | None = None,
         after_step: Callable[[], None] | None = None,
         vocab_parallel: bool = False,
     ):
         self.model, self.optimizer = model, optimizer
         self.dp_rank, self.dp_size = dp_rank, dp_size
-        self._no_sync = no_sync  # skips the gradient reduction of a non-final micro-step
+        self._no_sync = no_sync  # skips every gradient reduction of a micro-step
+        # A non-final micro-step of a synced step, where that differs from no_sync (FSDP2:
+        # reduce-scatter each micro-step, so unsharded gradients never pile up; default:
+        # no_sync, as DDP accumulates its whole gradients anyway).
+        self._accumulate = accumulate or no_sync
         self._after_step = after_step  # e.g. torchao's fp8 scales for FSDP's fp8 all-gather
         self._vocab_parallel = vocab_parallel  # TP: logits sharded over the vocabulary
 
@@ -124,10 +130,9 @@ class TorchLayout(Layout):
         if self._after_step is not None:
             self._after_step()
 
-    def gradient_sync(self, enabled: bool) -> AbstractContextManager:
-        if enabled or self._no_sync is None:
-            return contextlib.nullcontext()
-        return self._no_sync()
+    def gradient_sync(self, *, last: bool, sync: bool = True) -> AbstractContextManager:
+        context = self._no_sync if not sync else None if last else self._accumulate
+        return context() if context is not None else contextlib.nullcontext()
 
     def finish_gradients(self, max_norm: float) -> None:
         params = [p for p in self.model.parameters() if p.grad is not None]

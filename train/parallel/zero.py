@@ -107,9 +107,9 @@ class DeepSpeedLayout(Layout):
     def autocast(self, plan, device: torch.device) -> AbstractContextManager:
         return contextlib.nullcontext()  # the engine already runs the model in bf16/fp16
 
-    def gradient_sync(self, enabled: bool) -> AbstractContextManager:
+    def gradient_sync(self, *, last: bool, sync: bool = True) -> AbstractContextManager:
         # DeepSpeed's documented way to own the accumulation loop: mark the last micro-step.
-        self.model.set_gradient_accumulation_boundary(enabled)
+        self.model.set_gradient_accumulation_boundary(sync and last)
         return contextlib.nullcontext()
 
     def backward(self, loss: torch.Tensor) -> None:

@@ -44,9 +44,10 @@ def train_step(
         return layout.train_step(micro_batches, plan, device, grad_clip, marks)
     loss_sum = torch.zeros((), device=device)
     for i, (inputs, targets) in enumerate(micro_batches):
-        # Data-parallel layouts reduce gradients once per step, on the last micro-step.
+        # DDP reduces gradients on the last micro-step; FSDP2 reduce-scatters each one and
+        # all-reduces across HSDP's replicas on the last (train/parallel/fsdp.py).
         last = i == accum_steps - 1
-        with layout.gradient_sync(enabled=sync and last), layout.loss_context():
+        with layout.gradient_sync(last=last, sync=sync), layout.loss_context():
             with marks("forward"), layout.autocast(plan, device):
                 loss = layout.model(
                     inputs.to(device, non_blocking=True), targets.to(device, non_blocking=True)

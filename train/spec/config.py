@@ -258,6 +258,13 @@ class ParallelConfig:
     # 16-bit parameter all-gathers) or bf16 (half the bytes, rounding in the sum). fp32 runs
     # reduce in fp32 whatever this says.
     fsdp_reduce_dtype: ReduceDtype = ReduceDtype.fp32
+    # FSDP layouts with gradient accumulation: reduce-scatter every micro-step (true,
+    # torchtitan's way: FSDP2 adds each result to the shard's gradient, nothing unsharded is
+    # kept) or keep every micro-step's unsharded gradients, in the fp32 reduce dtype, and
+    # reduce once per step (false: a quarter of the traffic at 4 micro-steps, like Megatron's
+    # fp32 gradient buffers, for 4 bytes per parameter of the model on every rank). HSDP's
+    # all-reduce across the replicas runs once per step either way.
+    fsdp_reduce_every_micro_step: bool = True
 
 
 @dataclass

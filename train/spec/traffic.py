@@ -89,6 +89,7 @@ class Phase(str, Enum):
     bucketed_backward = "bucketed_backward"  # DDP: buckets all-reduced while backward runs
     unit_forward = "unit_forward"  # FSDP/ZeRO-3 gathers, prefetched one unit ahead
     unit_backward = "unit_backward"  # the same in backward, beside the gradient reductions
+    unit_backward_each = "unit_backward_each"  # FSDP2's reduce-scatters, every micro-step
     unit_backward_last = "unit_backward_last"  # gradient reductions, last micro-step only
     pipeline = "pipeline"  # stage-to-stage sends, inside the schedule
     # EP's token all-to-alls, forward and backward of every MoE block: the block waits for
@@ -149,6 +150,7 @@ class StepShape:
     grad_clip: bool
     precision: str = "fp32"  # the resolved one: the width of activations on the wire
     fsdp_reduce_dtype: str = "fp32"  # FSDP's reduce-scatter dtype (parallel.fsdp_reduce_dtype)
+    fsdp_reduce_each: bool = True  # parallel.fsdp_reduce_every_micro_step
     # torchao fp8 with FSDP's float8 all-gather: linears this wide gather in 1 byte.
     fp8_all_gather_min_dim: int | None = None
     # Transformer Engine's delayed scaling: linears this wide all-reduce their amaxes.
@@ -177,6 +179,7 @@ class StepShape:
             grad_clip=train.grad_clip > 0,
             precision=precision,
             fsdp_reduce_dtype=cfg.parallel.fsdp_reduce_dtype,
+            fsdp_reduce_each=cfg.parallel.fsdp_reduce_every_micro_step,
             fp8_all_gather_min_dim=fp8_all_gather_min_dim,
             fp8_delayed_min_dim=fp8_delayed_min_dim,
             fp8_tp_min_dim=fp8_tp_min_dim,
@@ -309,7 +312,8 @@ def _tensor_parallel(m: ModelConfig, layout: LayoutPlan, shape: StepShape) -> li
     reduce-scatter); the loss on the sharded logits all-reduces three float32 values per
     token in forward (the max and the sum of exponentials for the log-softmax, and the target
     logit). With SP the norm weights' partial gradients (2 per block and the final norm) are
-    all-reduced once per step, in fp32 (FSDP2 returns them in the parameters' dtype).
+    all-reduced once per step, in fp32, or under FSDP2 every micro-step in the compute dtype,
+    as it reduces the unsharded gradients then.
 
     A checkpointed block replays its forward during backward, but torch's non-reentrant
     checkpoint stops the replay once the last tensor backward needs is recomputed, before
@@ -340,7 +344,13 @@ def _tensor_parallel(m: ModelConfig, layout: LayoutPlan, shape: StepShape) -> li
             activations("all_reduce", widths.stream, accum),
             loss,
         ]
-    norm_grads = m.d_model * GRADIENT_BYTES
+    norm_grads, norm_reduces = m.d_model * GRADIENT_BYTES, passes + 1
+    if layout.row.shards_parameters and shape.fsdp_reduce_each:
+        # FSDP2 reduces every micro-step (train/parallel/fsdp.py fsdp_accumulate), the norms'
+        # partial gradients with the rest, unsharded, in the compute dtype (counted on
+        # tp_fsdp runs in fp32 and bf16: tests/integration).
+        norm_grads = m.d_model * (2 if shape.sixteen_bit else GRADIENT_BYTES)
+        norm_reduces *= accum
     # Per block: the attention's and the MLP's input gathered forward (and per replay), the
     # gradients of wo's and w2's outputs gathered backward; torchao's float8 styles gather
     # those of fp8 linears in 1 byte (an input only when every linear reading it is fp8).
@@ -359,7 +369,9 @@ def _tensor_parallel(m: ModelConfig, layout: LayoutPlan, shape: StepShape) -> li
         activations("reduce_scatter", widths.norm_out, (passes + 1) * accum),
         activations("reduce_scatter", widths.stream, accum),
         loss,
-        Collective("all_reduce", "norm gradients", norm_grads, passes + 1, ("tp",), Phase.exposed),
+        Collective(
+            "all_reduce", "norm gradients", norm_grads, norm_reduces, ("tp",), Phase.exposed
+        ),
     ]
     return [c for c in collectives if c.calls]
 
@@ -445,16 +457,21 @@ def fsdp_units(
 def _fsdp(m: ModelConfig, layout: LayoutPlan, shape: StepShape) -> list[Collective]:
     """FSDP2 units (``fsdp_units``): each block unit gathered for forward and again for
     backward, the root once per micro-step (it is not freed between its forward and
-    backward). Gradients are reduce-scattered once per step (no_sync on earlier micro-steps),
-    then, on a 2-D mesh, each shard is all-reduced across the replicas. With torchao's float8
+    backward). Gradients are reduce-scattered every micro-step (train/parallel/fsdp.py
+    fsdp_accumulate: no unsharded gradients kept between them), or once per step under
+    parallel.fsdp_reduce_every_micro_step=false, and on a 2-D mesh each shard is all-reduced
+    across the replicas once per step, on the last. With torchao's float8
     all-gather the fp8 linears gather in 1 byte, and their scales cost one all-reduce of all
     their amaxes per step (precompute_float8_dynamic_scale_for_fsdp)."""
     d, accum = layout.degrees, shape.accum_steps
+    reduce_each = shape.fsdp_reduce_each
+    scatters = accum if reduce_each else 1
     units = fsdp_units(m, layout, shape.fp8_all_gather_min_dim)
     gathers, reductions, replicas, n_fp8 = [], [], [], 0
     for u in units:
         shard, root = d.size(u.shard), u.kind == "root"
         last = Phase.exposed if root else Phase.unit_backward_last
+        each = (Phase.exposed if root else Phase.unit_backward_each) if reduce_each else last
         if shard > 1:
             gathered = u.elements * shape.gather_width
             gathered -= u.fp8_elements * (shape.gather_width - 1)
@@ -465,7 +482,7 @@ def _fsdp(m: ModelConfig, layout: LayoutPlan, shape: StepShape) -> list[Collecti
             ]
             size = u.elements * shape.reduce_width
             reductions.append(
-                Collective("reduce_scatter", "gradients", size, u.count, u.shard, last)
+                Collective("reduce_scatter", "gradients", size, u.count * scatters, u.shard, each)
             )
             n_fp8 += u.fp8_linears * u.count
         if d.size(u.replicate) > 1:  # each rank's shard, all-reduced across the replicas
