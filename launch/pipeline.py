@@ -37,8 +37,9 @@ from launch.launchers import slurm
 from launch.launchers.command import NodeCommand
 from launch.launchers.local import (
     MetricsTail,
-    failing_rank_lines,
+    RankFailure,
     progress_bar,
+    rank_failure,
     run_nodes,
     training_status,
 )
@@ -364,13 +365,16 @@ def collect_slurm_results(
             continue
         job_id, state = jobs[plan.name], states[plan.name]
         output = slurm.output_path(plan, job_id)
-        lines = failing_rank_lines(output) if output.is_file() else ""
+        failure = rank_failure(output) if output.is_file() else RankFailure("")
         code = state.exit_code if state.exit_code is not None else exit_code(job_id)
         exc = RunFailed(
             f"{plan.name}: Slurm job {job_id} ended {state.state} without {path.name}; "
-            f"from {output}:\n{lines}",
+            f"from {output}:\n{failure.lines}",
             returncode=code,
-            log_tail=lines,
+            log_tail=failure.lines,
+            rank=failure.rank,  # torchrun's Root Cause, as a local run's (launchers/local.py)
+            rank_exit_code=failure.rank_exit_code,
+            signal=failure.signal,
         )
         console.print(str(exc), markup=False, highlight=False)
         failures.append(str(record_failure(plan, exc)))

@@ -21,6 +21,7 @@ from launch.resolve import sweep_every_node
 from launch.rundir import LOCK
 from launch.training import TRAINING
 from tests.conftest import FAST, compose_run_config, run_launch
+from tests.unit.test_failing_rank_lines import GLOO_TRACEBACK, KILLED_FOOTER
 from tests.unit.test_report import summary
 
 
@@ -225,3 +226,23 @@ def test_the_default_sweep_reaches_every_node(cluster, top):
     cfg = compose_run_config([*FAST, *pinned])
     sweep_every_node(cfg, pinned, Console(record=True))
     assert cfg.sweep.world_sizes == [1, 2]  # the command line's own sweep is kept
+
+
+def test_a_slurm_jobs_killed_rank_is_named_as_a_local_runs_is(tmp_path, fake_slurm):
+    """torchrun's Root Cause in the job's output decides which rank failed.json blames (a
+    local run already read it). The Slurm path used to take the first traceback: rank 0's
+    gloo error after rank 1 was SIGKILLed."""
+    cfg, overrides = slurm_sweep(tmp_path)
+    root = Path(cfg.run_dir)
+
+    def jobs_end():
+        (root / "ws2" / "summary.json").write_text(json.dumps(summary("cpu", 2, 900.0, None)))
+        (root / "ws1" / "slurm-101.out").write_text("\n".join(GLOO_TRACEBACK + KILLED_FOOTER))
+
+    fake_slurm.on_poll.append(jobs_end)
+    fake_slurm.polls += [{"101": "FAILED", "102": "COMPLETED"}]
+    with pytest.raises(RunFailed, match="1 of 2 run"):
+        pipeline.run_job(cfg, overrides, TRAINING, Console(file=io.StringIO(), width=300))
+    failed = json.loads((root / "ws1" / "failed.json").read_text())
+    assert (failed["rank"], failed["signal"]) == (1, "SIGKILL")
+    assert "rank 1 was killed by SIGKILL" in "\n".join(failed["last_lines"])
