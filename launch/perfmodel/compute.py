@@ -577,6 +577,15 @@ def fsdp2_bytes_per_param(
     return Fsdp2Bytes(2 * w, shard_in, grads + 2 * r / shard_split)
 
 
+def optimizer_step_s(params: int, optimizer_split: int, rates: PartRates) -> float:
+    """The AdamW step's streaming time on one rank (OPTIMIZER_BYTES_PER_PARAM per parameter
+    it steps), of the memory-bound time compute_time counts."""
+    gbytes = rates.host.memory_gbytes_per_s if rates.host else rates.hbm_gbytes_per_s
+    if not gbytes:
+        return 0.0
+    return OPTIMIZER_BYTES_PER_PARAM * params / max(1, optimizer_split) / (gbytes * 1e9)
+
+
 def _root_params(m: ModelConfig, plan: LayoutPlan) -> int:
     """The root unit's parameters on one rank (embedding, final norm, head; TP splits them)."""
     return shapes.numel(shapes.root_param_shapes(m, plan.degrees.tp))

@@ -9,8 +9,9 @@ Per pipeline rank r (train/spec/stages.py's plan; its sends from train/spec/traf
   (collectives.py send_recv). torch's schedules wait for a microbatch's input before its
   compute, so sends are charged in the schedule, not hidden;
 - the schedule: m microbatch slots of (compute + sends) / m and the bubble's idle slots,
-  b / (m + b) of the step (PipelinePlan.predicted_bubble, from the GPipe, 1F1B, interleaved
-  and zero-bubble papers); the step is the busiest rank's;
+  b / (m + b) of the schedule (PipelinePlan.predicted_bubble, from the GPipe, 1F1B,
+  interleaved and zero-bubble papers), the AdamW step after it; the step is the busiest
+  rank's;
 - its other collectives (pp: DDP's all-reduce of the stage gradients once per step; pp_fsdp:
   the stage gathered once and reduce-scattered once): exposed (the schedule starts after the
   gather and the step ends with the reduction).
@@ -27,7 +28,14 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from launch.perfmodel.compute import RUNTIME_KERNELS, ComputeTime, Kernels, compute_time
+from launch.perfmodel.compute import (
+    RUNTIME_KERNELS,
+    ComputeTime,
+    Kernels,
+    compute_time,
+    layout_optimizer_split,
+    optimizer_step_s,
+)
 from launch.perfmodel.fp8 import Fp8Casts
 from launch.perfmodel.hardware import PartRates
 from launch.perfmodel.memory import (
@@ -136,9 +144,13 @@ def stage_steps(
             bucket_bytes=int(cfg.parallel.bucket_mb * 2**20),
             rates=rates,
         )
-        busy = compute.total_s + comm.pipeline_s
+        # The idle slots are the schedule's: its compute and sends, not the AdamW step the
+        # rank runs after it (train/parallel/pipeline_stages.py train_step).
+        params = shapes.numel(stage_tensors(cfg.model, pipe, r))
+        after = optimizer_step_s(params, layout_optimizer_split(plan), rates)
+        scheduled = compute.total_s - after + comm.pipeline_s
         idle = pipe.predicted_bubble / (1 - pipe.predicted_bubble)
-        out.append(StageStep(r, compute, comm, busy * idle))
+        out.append(StageStep(r, compute, comm, scheduled * idle))
     return out
 
 
