@@ -131,11 +131,6 @@ def rank_failure(path: Path, lines: int = 20) -> RankFailure:
     return RankFailure(shown, cause.rank, cause.exitcode, cause.signal_name)
 
 
-def failing_rank_lines(path: Path, lines: int = 20) -> str:
-    """What rank_failure shows, as text (the Slurm path's job output)."""
-    return rank_failure(path, lines).lines
-
-
 def _lines_of_rank(text: list[str], rank: int | None) -> list[str]:
     """The lines torchrun's ranks prefix with ``[rankN]:``, of rank ``rank`` only."""
     prefix = f"[rank{rank}]:"

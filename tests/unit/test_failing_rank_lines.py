@@ -1,4 +1,4 @@
-"""What the driver shows of a failed run (launch/launchers/local.py failing_rank_lines): the
+"""What the driver shows of a failed run (launch/launchers/local.py rank_failure): the
 rank's own traceback, which passes through torchelastic's @record wrapper (python -m train
 runs under it), and not torchrun's ChildFailedError footer. The log below is the shape of a
 real torchrun --nproc-per-node 2 log of a rank that failed (torch 2.13), paths shortened."""
@@ -12,7 +12,7 @@ import pytest
 
 from launch.errors import RunFailed
 from launch.launchers.command import NodeCommand
-from launch.launchers.local import Outcome, failing_rank_lines, rank_failure, result_of
+from launch.launchers.local import Outcome, rank_failure, result_of
 from launch.rundir import record_failure
 
 SITE = "/usr/lib/python3.11/site-packages"
@@ -47,7 +47,7 @@ TORCHRUN_FOOTER = [
 def test_the_ranks_own_traceback_is_shown_not_torchruns_footer(tmp_path):
     log = tmp_path / "launch.log"
     log.write_text("\n".join(["step 1/6", *RANK_TRACEBACK, *TORCHRUN_FOOTER]) + "\n")
-    shown = failing_rank_lines(log).splitlines()
+    shown = rank_failure(log).lines.splitlines()
     assert shown[-1].endswith("No such file or directory: '/runs/x/config.yaml'"), shown
     assert not any("ChildFailedError" in line for line in shown)
 
@@ -55,7 +55,7 @@ def test_the_ranks_own_traceback_is_shown_not_torchruns_footer(tmp_path):
 def test_only_the_launchers_traceback_falls_back_to_the_logs_last_lines(tmp_path):
     log = tmp_path / "launch.log"
     log.write_text("\n".join(["step 1/6", *TORCHRUN_FOOTER]) + "\n")
-    assert failing_rank_lines(log).splitlines()[-1] == "train FAILED"
+    assert rank_failure(log).lines.splitlines()[-1] == "train FAILED"
 
 
 # The reviewer's OOM case, from a real run (`python -m launch train.steps=30
@@ -143,7 +143,7 @@ def test_a_rank_killed_by_a_signal_is_blamed_not_the_peer_that_raised_after_it(t
         "from outside"
     )
     assert (failure.rank, failure.rank_exit_code, failure.signal) == (1, -9, "SIGKILL")
-    assert "gloo" not in failing_rank_lines(log)
+    assert "gloo" not in rank_failure(log).lines
 
 
 def test_the_root_cause_ranks_own_traceback_is_shown_not_the_first_one(tmp_path):
@@ -158,7 +158,7 @@ def test_the_root_cause_ranks_own_traceback_is_shown_not_the_first_one(tmp_path)
     # the one shown is the last attempt's, which torchrun's verdict is about.
     earlier = [*rank1[:-1], "[rank1]: OSError: an earlier attempt"]
     log.write_text("\n".join([*earlier, *GLOO_TRACEBACK, *rank1, *raised_footer("<N/A>")]) + "\n")
-    assert failing_rank_lines(log).splitlines()[-1] == "[rank1]: ValueError: boom in rank 1"
+    assert rank_failure(log).lines.splitlines()[-1] == "[rank1]: ValueError: boom in rank 1"
 
 
 def test_a_root_cause_without_its_traceback_in_the_log_reads_its_error_json(tmp_path):
@@ -173,9 +173,9 @@ def test_a_root_cause_without_its_traceback_in_the_log_reads_its_error_json(tmp_
     log = tmp_path / "launch.log"
     # Named where torchrun saw it (another node's path): not here, so searched for.
     log.write_text("\n".join([*GLOO_TRACEBACK, *raised_footer("/elsewhere/error.json")]) + "\n")
-    assert failing_rank_lines(log).splitlines()[-1] == "KeyError: 'from json'"
+    assert rank_failure(log).lines.splitlines()[-1] == "KeyError: 'from json'"
     error_json.unlink()  # no error.json either: the block's own traceback field
-    assert failing_rank_lines(log).splitlines()[-1] == "ValueError: boom in rank 1"
+    assert rank_failure(log).lines.splitlines()[-1] == "ValueError: boom in rank 1"
 
 
 def test_deepspeeds_launcher_says_a_rank_was_killed_without_naming_it(tmp_path):
@@ -192,7 +192,7 @@ def test_deepspeeds_launcher_says_a_rank_was_killed_without_naming_it(tmp_path):
     assert (failure.rank, failure.signal) == (None, "SIGKILL")
     # A rank that raised: its traceback, as before.
     log.write_text("\n".join([*RANK_TRACEBACK, exit_line.format(1)]) + "\n")
-    assert failing_rank_lines(log).splitlines()[-1] == RANK_TRACEBACK[-1]
+    assert rank_failure(log).lines.splitlines()[-1] == RANK_TRACEBACK[-1]
 
 
 def test_failed_json_records_the_rank_and_the_signal(tmp_path):
