@@ -252,6 +252,7 @@ def compute_time(
     stage_params: int | None = None,
     per_step_split: int = 1,
     fsdp_reduce_each: bool = True,
+    fsdp_reduce_width: int = 4,
 ) -> ComputeTime:
     """``fp8``: how an fp8 run casts (its linears, its casts' bytes and kernels: fp8.py; an
     fp8 step needs it); ``optimizer_split``: ranks the AdamW step is split over (default: the
@@ -262,7 +263,8 @@ def compute_time(
     embedding on the first, the head on the last), in place of the whole model's;
     ``per_step_split``: what a pipeline's once-a-step weight work is split over (1 on a rank;
     on the efficiency base's one device its stages and TP ranks, as its AdamW step);
-    ``fsdp_reduce_each``: parallel.fsdp_reduce_every_micro_step."""
+    ``fsdp_reduce_each``: parallel.fsdp_reduce_every_micro_step; ``fsdp_reduce_width``: the
+    bytes of its reduce dtype (traffic.StepShape.reduce_width)."""
     t = plan.degrees.tp
     tokens = micro_batch * seq_len * accum_steps  # every rank of a TP group sees them all
     n_ckpt = len(plan.checkpointed)
@@ -290,6 +292,7 @@ def compute_time(
         m, plan, tokens=tokens, accum=accum_steps, precision=precision, optimizer_split=split,
         head=head, compiled=compiled, kernels=kernels, stage_params=stage_params,
         per_step_split=per_step_split, fsdp_reduce_each=fsdp_reduce_each,
+        fsdp_reduce_width=fsdp_reduce_width,
     )  # fmt: skip
     gaps_s = kernel_gaps_s(m.n_layers, n_ckpt, accum_steps, compiled, kernels.block)
     gaps_s = gaps_s if rates.sms else 0.0
@@ -429,6 +432,7 @@ def memory_bound_bytes(
     stage_params: int | None = None,
     per_step_split: int = 1,
     fsdp_reduce_each: bool = True,
+    fsdp_reduce_width: int = 4,
 ) -> float:
     """Bytes the memory-bound kernels of one step stream on one rank (module docstring;
     ``compiled``: train.compile's fused kernels; ``kernels``: the block and loss that run;
@@ -467,6 +471,7 @@ def memory_bound_bytes(
             precision=precision,
             shard_split=max(1, optimizer_split),
             reduce_each=fsdp_reduce_each and not row.pipeline,
+            reduce_width=fsdp_reduce_width,
         )
         if row.pipeline:
             # A stage's units stay gathered from the first microbatch to the step's last
@@ -538,16 +543,19 @@ def _local_params(m: ModelConfig, plan: LayoutPlan) -> int:
 # of the flat output into the unsharded parameters (read w, write w per element of the
 # whole unit), on the compute stream. Blocks are gathered twice a micro-step (forward, and
 # again for backward after resharding), the root once (it stays gathered: train/parallel/
-# fsdp.py). Gradients, with reduce dtype r (parallel.fsdp_reduce_dtype, fp32 by default) and
-# compute width g: the weight-gradient GEMM writes g every micro-step. The runtime's loop
-# reduce-scatters every micro-step (train/parallel/fsdp.py fsdp_accumulate): chunk_cat copies
-# the gradient into the reduce-scatter input (read g, write r) and the shard's output is added
-# to .grad (read r twice, write r, per shard element). A pipeline stage (torch's PipelineStage
-# turns gradient sync off until its last microbatch) accumulates instead: the first
-# micro-step upcasts the gradient to r (read g, write r; none where g = r), each later one
-# adds to it (read r + g, write r), the last one's chunk_cat reads and writes r, and the
-# shard's output is copied into .grad (read, write r per shard element).
-FSDP_REDUCE_BYTES = 4
+# fsdp.py). Gradients, with reduce dtype r (parallel.fsdp_reduce_dtype: traffic.StepShape
+# reduce_width) and compute width g: the weight-gradient GEMM writes g every micro-step. The
+# runtime's loop reduce-scatters every micro-step (train/parallel/fsdp.py fsdp_accumulate):
+# chunk_cat copies the gradient into the reduce-scatter input (read g, write r). Per shard
+# element of each result (foreach_reduce): a reduce dtype other than the fp32 master's is
+# cast to it (_to_dtype_if_needed: read r, write 4), and the result becomes .grad, a view
+# on the step's first micro-step (zero_grad sets .grad to None) and added to it on each
+# later one (read 4 twice, write 4). A pipeline stage (torch's PipelineStage turns gradient
+# sync off until its last microbatch) accumulates instead: the first micro-step upcasts the
+# gradient to r (read g, write r; none where g = r), each later one adds to it (read r + g,
+# write r), the last one's chunk_cat reads and writes r, and the one result per shard
+# element is cast as above and becomes .grad.
+MASTER_BYTES = 4  # fp32 master weights and their gradients: what AdamW steps
 
 
 @dataclass(frozen=True)
@@ -558,23 +566,27 @@ class Fsdp2Bytes:
 
 
 def fsdp2_bytes_per_param(
-    *, accum: int, precision: str, shard_split: int, reduce_each: bool
+    *, accum: int, precision: str, shard_split: int, reduce_each: bool, reduce_width: int = 4
 ) -> Fsdp2Bytes:
     """FSDP2's device copies per parameter (the comment above). ``shard_split``: the ranks a
     shard is 1/n of (the optimizer's split: a single-device base splits it as its layout
     does, as it does the AdamW step); ``reduce_each``: a reduce-scatter every micro-step
     (the runtime's loop, train/parallel/fsdp.py fsdp_accumulate), else one after
-    accumulating unsharded gradients (a pipeline stage: torch's PipelineStage)."""
+    accumulating unsharded gradients (a pipeline stage: torch's PipelineStage);
+    ``reduce_width``: bytes of the reduce dtype (traffic.StepShape.reduce_width)."""
     w = 2 if precision in SIXTEEN_BIT else 4
-    g, r = w, FSDP_REDUCE_BYTES
-    shard_in = ((4 + w if w != 4 else 0) + 2 * w) / shard_split
+    g, r, o = w, reduce_width, MASTER_BYTES
+    shard_in = ((o + w if w != o else 0) + 2 * w) / shard_split
+    to_master = r + o if r != o else 0  # per shard element of each reduce-scatter's result
     if reduce_each or accum == 1:
-        # The GEMM's gradient, chunk_cat into the reduce-scatter input, and the output added
-        # to the shard's .grad (read, read, write r per shard element).
-        return Fsdp2Bytes(2 * w, shard_in, accum * (g + g + r + 3 * r / shard_split))
+        # Each micro-step: the GEMM's gradient and its chunk_cat into the reduce-scatter
+        # input; per shard element the result's cast, and its addition to .grad after the
+        # first micro-step.
+        per_shard = accum * to_master + (accum - 1) * 3 * o
+        return Fsdp2Bytes(2 * w, shard_in, accum * (g + g + r) + per_shard / shard_split)
     upcast = g + r if g != r else 0
     grads = accum * g + upcast + (accum - 1) * (2 * r + g) + 2 * r
-    return Fsdp2Bytes(2 * w, shard_in, grads + 2 * r / shard_split)
+    return Fsdp2Bytes(2 * w, shard_in, grads + to_master / shard_split)
 
 
 def optimizer_step_s(params: int, optimizer_split: int, rates: PartRates) -> float:

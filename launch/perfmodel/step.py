@@ -320,6 +320,7 @@ def _compute_time(
     kernels: Kernels = RUNTIME_KERNELS,
     per_step_split: int = 1,
 ) -> ComputeTime:
+    shape = StepShape.of_run(cfg, accum_steps=accum, precision=precision)
     return compute_time(
         cfg.model,
         plan,
@@ -333,7 +334,8 @@ def _compute_time(
         kernels=kernels,
         compiled=cfg.train.compile,
         per_step_split=per_step_split,
-        fsdp_reduce_each=cfg.parallel.fsdp_reduce_every_micro_step,
+        fsdp_reduce_each=shape.fsdp_reduce_each,
+        fsdp_reduce_width=shape.reduce_width,
     )
 
 

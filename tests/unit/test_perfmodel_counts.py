@@ -4,6 +4,8 @@ train/measure/held_memory.py's semantics; and it needs no torch."""
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 import sys
 import weakref
@@ -218,3 +220,65 @@ def test_a_pipeline_casts_its_weights_once_per_step_and_their_gradients_per_micr
 
     assert weights("ddp", 4) == (6 + 12) * 4 * params
     assert weights("pp", 4) == (6 + 12 * 4) * params
+
+
+# One rank of FSDP2 (gloo, in a child process: a process group is global state) under each
+# reduce dtype: the fp32 casts of 16-bit reduce-scatter results and the additions into the
+# shard's fp32 .grad, on tensors of one parameter's size, over a 3-micro-step step.
+_FSDP2_COPIES = """
+import json, torch, torch.distributed as dist
+from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+from torch.utils._python_dispatch import TorchDispatchMode
+
+class Copies(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.to_fp32 = self.adds = 0
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        a = args[0]
+        if isinstance(a, torch.Tensor) and a.numel() == 64 * 64:
+            bf16_to_fp32 = a.dtype == torch.bfloat16 and out.dtype == torch.float32
+            self.to_fp32 += func is torch.ops.aten._to_copy.default and bf16_to_fp32
+            self.adds += func is torch.ops.aten.add_.Tensor and a.dtype == torch.float32
+        return out
+
+dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+counts = {}
+for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+    policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=dtype)
+    net = torch.nn.Sequential(*(torch.nn.Linear(64, 64, bias=False) for _ in range(2)))
+    for layer in net:
+        fully_shard(layer, mp_policy=policy)
+    fully_shard(net, mp_policy=policy)
+    with Copies() as copies:
+        for _ in range(3):
+            net(torch.randn(8, 64)).float().sum().backward()
+    counts[name] = {"to_fp32": copies.to_fp32, "adds": copies.adds}
+print(json.dumps(counts))
+dist.destroy_process_group()
+"""
+
+
+def test_fsdp2_result_casts_and_additions_are_what_the_model_counts():
+    """compute.fsdp2_bytes_per_param, reducing every micro-step: per shard element each
+    result of a 16-bit reduce dtype is cast to the fp32 master's (read 2, write 4), fp32
+    results are not, and the result is added to .grad on every micro-step but the step's
+    first (read 4 twice, write 4), as torch's FSDP2 runs it (counted on one rank)."""
+    run = subprocess.run(
+        [sys.executable, "-c", _FSDP2_COPIES],
+        capture_output=True, text=True, check=True, cwd=REPO,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )  # fmt: skip
+    counts = json.loads(run.stdout.strip().splitlines()[-1])
+    params, accum = 2, 3
+    for name, r in (("fp32", 4), ("bf16", 2)):
+        measured = counts[name]
+        assert measured["adds"] == (accum - 1) * params
+        per_param = (measured["to_fp32"] * (r + 4) + measured["adds"] * 12) / params
+        expected = accum * (2 + 2 + r) + per_param  # the GEMM's gradient, chunk_cat, the shard's
+        modelled = compute.fsdp2_bytes_per_param(
+            accum=accum, precision="bf16", shard_split=1, reduce_each=True, reduce_width=r
+        )
+        assert modelled.grads == expected, name
+    assert counts["fp32"]["to_fp32"] == 0 and counts["bf16"]["to_fp32"] == accum * params
