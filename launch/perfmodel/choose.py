@@ -8,10 +8,14 @@ count (a stage per node: only activations cross the NIC) with the configured sch
 a mixture-of-experts model expert parallelism (ep, ep_fsdp) inside a node. Each
 with and without full activation checkpointing, each checked by every rule a run must pass
 (train/spec/rules.py check_run: a refused one is no candidate). Among those that fit the
-part's memory, the best predicted tokens/s per device wins; a TP or pipeline layout must beat
-the best other one by MODEL_PARALLEL_MARGIN, because it puts communication (or a bubble) on
-the critical path where a misprediction costs most. The reason names the winner, its
-throughput and the runner-up.
+part's memory, the best predicted tokens/s per device wins. A layout that shards its parameters
+(fsdp, hsdp, tp_fsdp, ep_fsdp) under gradient accumulation is also tried reducing once a step
+(parallel.fsdp_reduce_every_micro_step=false: fewer reduce-scatters, the model's unsharded fp32
+gradients kept on every rank), after the default every-micro-step one; pipelines accumulate
+unsharded whatever it says (torch's PipelineStage), so they are tried once. A TP or pipeline
+layout must beat the best other one by MODEL_PARALLEL_MARGIN, because it puts communication
+(or a bubble) on the critical path where a misprediction costs most. The reason names the
+winner, its throughput and the runner-up.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from launch.perfmodel.hardware import PartRates, part_rates
 from launch.perfmodel.step import Placement, Prediction, predict, projected_precision
 from train.spec.catalog import ROWS, Layout
 from train.spec.config import RunConfig
-from train.spec.degrees import BatchRule, Degrees
+from train.spec.degrees import BatchRule, Degrees, LayoutPlan
 from train.spec.rules import check_run
 
 MODEL_PARALLEL_MARGIN = 0.05  # TP / pipelines must predict 5% more tokens/s per device
@@ -50,6 +54,9 @@ class Candidate:
     degrees: Degrees
     activation_checkpoint: str
     prediction: Prediction
+    # parallel.fsdp_reduce_every_micro_step: False only where it changes the step (a sharded,
+    # non-pipeline layout with several micro-steps a step).
+    reduce_every_micro_step: bool = True
 
     @property
     def tokens_per_s(self) -> float:
@@ -62,7 +69,8 @@ class Candidate:
     @property
     def label(self) -> str:
         parts = [f"{k} {v}" for k, v in _degree_values(self.degrees).items() if v > 1]
-        return f"{self.name} ({', '.join(parts) or 'one rank'})"
+        once = "" if self.reduce_every_micro_step else ", gradients reduced once a step"
+        return f"{self.name} ({', '.join(parts) or 'one rank'}){once}"
 
 
 @dataclass(frozen=True)
@@ -72,13 +80,15 @@ class Choice:
     activation_checkpoint: str
     reason: str
     prediction: Prediction
+    fsdp_reduce_every_micro_step: bool = True
 
     def as_dict(self) -> dict:
-        """The layout resolved, its degrees, checkpointing and why."""
+        """The layout resolved, its degrees, checkpointing, FSDP's accumulation and why."""
         return {
             "resolved": self.name,
             **_degree_values(self.degrees),
             "activation_checkpoint": self.activation_checkpoint,
+            "fsdp_reduce_every_micro_step": self.fsdp_reduce_every_micro_step,
             "reason": self.reason,
         }
 
@@ -179,7 +189,14 @@ def choose_layout(
     ranked = sorted(fitting, key=lambda c: c.tokens_per_s, reverse=True)
     runner_up = next((c for c in ranked if c is not best), None)
     reason = _reason(best, runner_up, rates, len(fitting))
-    return Choice(best.name, best.degrees, best.activation_checkpoint, reason, best.prediction)
+    return Choice(
+        best.name,
+        best.degrees,
+        best.activation_checkpoint,
+        reason,
+        best.prediction,
+        fsdp_reduce_every_micro_step=best.reduce_every_micro_step,
+    )
 
 
 def _fits_nowhere(
@@ -201,14 +218,21 @@ def _fits_nowhere(
 
 
 def candidate_config(
-    cfg: RunConfig, name: str, degrees: Degrees, checkpoint: str, global_batch: int
+    cfg: RunConfig,
+    name: str,
+    degrees: Degrees,
+    checkpoint: str,
+    global_batch: int,
+    reduce_every_micro_step: bool = True,
 ) -> RunConfig:
-    """``cfg`` with this candidate's layout, degrees, checkpointing and global batch."""
+    """``cfg`` with this candidate's layout, degrees, checkpointing, FSDP accumulation and
+    global batch."""
     out = copy.deepcopy(cfg)
     out.parallel.name = name
     for key in DEGREE_NAMES:
         setattr(out.parallel, key, getattr(degrees, key))
     out.parallel.activation_checkpoint = checkpoint
+    out.parallel.fsdp_reduce_every_micro_step = reduce_every_micro_step
     out.train.global_batch = global_batch
     return out
 
@@ -222,29 +246,42 @@ def _candidates(
     kernels: Kernels,
 ) -> tuple[list[Candidate], list[ConfigError]]:
     """Every candidate layout with and without full checkpointing that passes the run rules,
-    predicted (in candidate order; no checkpointing first), and why the others were refused.
-    TP candidates run sequence parallelism unless parallel.sequence_parallel=false."""
+    predicted (in candidate order; no checkpointing first; a sharded layout's reduction every
+    micro-step before its reduction once a step), and why the others were refused. TP
+    candidates run sequence parallelism unless parallel.sequence_parallel=false."""
     out, refusals = [], []
     for name, degrees in candidate_degrees(cfg, where, rates):
         global_batch = batch.global_batch_for(degrees)
         for ckpt in CHECKPOINTING:
-            work = candidate_config(cfg, name, degrees, ckpt, global_batch)
-            try:
-                plan = check_run(work, where.world_size, where.nproc_per_node).layout
-                pred = predict(
-                    work,
-                    plan,
-                    where,
-                    global_batch=global_batch,
-                    precision=precision,
-                    rates=rates,
-                    kernels=kernels,
-                )
-            except ConfigError as exc:
-                refusals.append(exc)
-                continue
-            out.append(Candidate(name, plan.degrees, ckpt, pred))
+            for every_micro_step in (True, False):
+                work = candidate_config(cfg, name, degrees, ckpt, global_batch, every_micro_step)
+                try:
+                    plan = check_run(work, where.world_size, where.nproc_per_node).layout
+                    if not every_micro_step and not _accumulates_sharded(plan, cfg, global_batch):
+                        break  # the same step as the one just predicted
+                    pred = predict(
+                        work,
+                        plan,
+                        where,
+                        global_batch=global_batch,
+                        precision=precision,
+                        rates=rates,
+                        kernels=kernels,
+                    )
+                except ConfigError as exc:
+                    refusals.append(exc)
+                    break
+                out.append(Candidate(name, plan.degrees, ckpt, pred, every_micro_step))
     return out, refusals
+
+
+def _accumulates_sharded(plan: LayoutPlan, cfg: RunConfig, global_batch: int) -> bool:
+    """Whether parallel.fsdp_reduce_every_micro_step changes this candidate's step: a layout
+    sharding its parameters outside pipeline stages, with more than one micro-step a step."""
+    if not plan.row.shards_parameters or plan.row.pipeline:
+        return False
+    micro_steps = global_batch // (cfg.train.micro_batch * plan.degrees.dp)
+    return micro_steps > 1
 
 
 def _best(fitting: list[Candidate]) -> Candidate:

@@ -163,11 +163,12 @@ def _workload(cfg: RunConfig, calibration: Calibration, overrides: Sequence[str]
 
 def _auto_parallel(ran: ParallelConfig) -> ParallelConfig:
     """``ran`` (the layout auto chose) asked as parallel=auto again: conf/parallel/auto.yaml's
-    name, degrees and checkpointing, the run's other parallel settings (buckets, schedule)."""
+    name, degrees, checkpointing and FSDP accumulation (all of which auto chooses), the run's
+    other parallel settings (buckets, schedule)."""
     node = OmegaConf.load(conf_dir() / "parallel" / "auto.yaml")
     auto = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(ParallelConfig), node))
     out = copy.deepcopy(ran)
-    for key in ("name", *DEGREE_KEYS, "activation_checkpoint"):
+    for key in ("name", *DEGREE_KEYS, "activation_checkpoint", "fsdp_reduce_every_micro_step"):
         setattr(out, key, getattr(auto, key))
     return out
 

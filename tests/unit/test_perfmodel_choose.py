@@ -6,6 +6,7 @@ import pytest
 
 from launch.errors import ConfigError
 from launch.perfmodel.choose import candidate_degrees, choose_layout
+from launch.perfmodel.compute import RUNTIME_KERNELS
 from launch.perfmodel.hardware import part_rates
 from launch.perfmodel.step import Placement
 from tests.conftest import compose_run_config
@@ -129,3 +130,56 @@ def test_auto_on_a_cpu_with_a_cached_ceiling_chooses_with_the_model(monkeypatch,
     (plan,) = plan_runs(cfg)
     assert plan.parallel.name in ("ddp", "fsdp")
     assert "tok/s/device predicted" in plan.layout_reason
+
+
+def _moe_plan(nodes: int, global_batch: int):
+    from launch.plan import plan_runs
+
+    cfg = compose_run_config(["gpu=h800", "model=deepseek_v2_lite_mha", "run_dir=/unused",
+                              "sweep=none", "cluster=slurm", f"cluster.nodes={nodes}",
+                              "cluster.nproc_per_node=8", "train.seq_len=4096",
+                              "train.micro_batch=1",
+                              f"train.global_batch={global_batch}"])  # fmt: skip
+    (plan,) = plan_runs(cfg)
+    return plan
+
+
+def test_auto_reduces_once_a_step_where_each_micro_steps_reduce_scatter_crosses_nodes():
+    """An MoE model over 4 H800 nodes, 8 micro-steps a step: ep_fsdp's reduce-scatters cross
+    the NICs, so keeping the unsharded fp32 gradients and reducing once a step predicts more
+    tokens/s, and fits; the run's config carries it (parallel.fsdp_reduce_every_micro_step)
+    and the reason says it. With one micro-step a step there is nothing to choose."""
+    plan = _moe_plan(4, 256)
+    assert plan.parallel.name == "ep_fsdp"
+    assert plan.parallel.fsdp_reduce_every_micro_step is False
+    assert "gradients reduced once a step" in plan.layout_reason
+    one_micro_step = _moe_plan(4, 32)
+    assert one_micro_step.parallel.fsdp_reduce_every_micro_step is True
+    assert "reduced once" not in one_micro_step.layout_reason
+
+
+def test_auto_tries_reducing_once_only_where_it_changes_the_step():
+    """Both ways for a sharded layout with accumulation; pipelines (torch's PipelineStage
+    accumulates unsharded either way), unsharded layouts and single micro-steps once each."""
+    from launch.perfmodel.choose import _candidates
+
+    for per_device in (8, 1):
+        cfg = compose_run_config(["gpu=h800", "model=llama_7b", *SHAPES["llama_7b"],
+                                  "run_dir=/unused"])  # fmt: skip
+        where = Placement(16, 8, 2)
+        batch = BatchRule(global_batch=per_device * 16)
+        rates = part_rates(cfg.gpu, precision="bf16")
+        candidates, _ = _candidates(cfg, where, "bf16", rates, batch, RUNTIME_KERNELS)
+        modes = {}
+        for c in candidates:
+            key = (c.name, c.degrees, c.activation_checkpoint)
+            modes.setdefault(key, []).append((c.reduce_every_micro_step, c.prediction))
+        assert {name for name, _, _ in modes} >= {"ddp", "fsdp", "tp_fsdp", "pp_fsdp"}
+        for (name, _, _), seen in modes.items():
+            micro_steps = seen[0][1].accum_steps
+            both = name in ("fsdp", "hsdp", "tp_fsdp") and micro_steps > 1
+            assert [every for every, _ in seen] == ([True, False] if both else [True]), name
+            if both:  # the same layout, reducing once: fewer bytes on the wire, more memory
+                each, once = seen[0][1], seen[1][1]
+                assert sum(once.comm_s.values()) < sum(each.comm_s.values())
+                assert once.memory.peak_bytes > each.memory.peak_bytes

@@ -263,7 +263,8 @@ class ParallelConfig:
     # kept) or keep every micro-step's unsharded gradients, in the fp32 reduce dtype, and
     # reduce once per step (false: a quarter of the traffic at 4 micro-steps, like Megatron's
     # fp32 gradient buffers, for 4 bytes per parameter of the model on every rank). HSDP's
-    # all-reduce across the replicas runs once per step either way.
+    # all-reduce across the replicas runs once per step either way. parallel=auto chooses it
+    # with the layout.
     fsdp_reduce_every_micro_step: bool = True
 
 
