@@ -27,6 +27,7 @@ REFERENCES = {
     "one_rank_capacity": ["model.capacity_factor=1.0"],
     "one_rank_bias": ["model.router_bias_update=0.001"],
     "one_rank_2_experts": ["model.n_experts=2"],
+    "one_rank_16": ["train.global_batch=16"],
 }
 TWO_RANKS = {  # name: (overrides, its one-rank reference)
     "ep2": (["parallel=ep", "parallel.ep=2"], "one_rank"),
@@ -51,6 +52,14 @@ FOUR_RANKS = {
     "ep_fsdp_2x2_one_expert_per_rank": (
         ["parallel=ep_fsdp", "parallel.ep=2", "parallel.dp_shard=2", "model.n_experts=2"],
         "one_rank_2_experts",
+    ),
+    # Two micro-steps a step, the unsharded gradients kept and reduced once (what
+    # parallel=auto picks for ep_fsdp across nodes): the experts' and the dense shards'
+    # reduce-scatters once a step, as the accounting has them.
+    "ep_fsdp_2x2_reduce_once": (
+        ["parallel=ep_fsdp", "parallel.ep=2", "parallel.dp_shard=2", "train.global_batch=16"]
+        + ["parallel.fsdp_reduce_every_micro_step=false"],
+        "one_rank_16",
     ),
 }
 CASES = {**TWO_RANKS, **FOUR_RANKS}
