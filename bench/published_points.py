@@ -978,7 +978,8 @@ def async_tp_table() -> list[str]:
     lines = [
         f"Async TP ({TITAN_ASYNC}, Grand Teton's 500 W H100s, bf16, compiled, FSDP x TP 8, "
         "seq 8192), explored: held out until 2026-12-01, when their tokens/s, 21-51% "
-        "optimistic, led to the sequence-parallel regrouping copies:",
+        "optimistic, led to the sequence-parallel regrouping copies and to which collectives "
+        "torch's micro-pipelining can fuse:",
         "",
         "| model, GPUs | published speedup | predicted | predicted / published "
         "| published tok/s/GPU: vanilla, async | predicted / published: vanilla, async |",

@@ -10,9 +10,11 @@
   link behind one unit's backward (reduce-scatters every micro-step, the replicas'
   all-reduce on the last). The root unit's gather and reduction are exposed.
 - TP activations: on the critical path, except under async TP (parallel.async_tp, which
-  needs sequence parallelism): torchtitan's micro-pipelined all-gather / reduce-scatter
-  overlap each one with its own matmul, split in tp chunks, so the first chunk's transfer
-  (1/tp of it) stays exposed, and whatever exceeds the matmul's time.
+  needs sequence parallelism): torch's micro-pipelining pass splits an all-gather into the
+  matmuls reading it as their left operand, and a reduce-scatter out of the one matmul
+  producing it (Phase.tp_matmul), in tp chunks, so the first chunk's transfer (1/tp of it)
+  stays exposed, and whatever exceeds the matmul's time; the others (a block's input
+  gradients, summed over several matmuls, and the embedding's) stay exposed.
 - DeepSpeed stage 1/2 reductions and the parameter all-gather after the step, the gradient
   norm, the loss: on the critical path, fully exposed.
 - pipeline sends (Phase.pipeline): returned apart; launch/perfmodel/pipelined.py puts them in
@@ -117,15 +119,10 @@ def _add(
             bucket = min(bucket_bytes, t.nbytes)
             last = collective_time(t.kind, bucket, ranks, per_node, rates)
             tally.one_call["last_bucket"] = last.time_s
-    elif async_tp and _tp_only(t.group) and t.kind in ("all_gather", "reduce_scatter"):
+    elif async_tp and t.phase == Phase.tp_matmul:
         tally.tp_calls.append((one.time_s, t.calls))
     else:
         tally.exposed += total
-
-
-def _tp_only(dims: tuple[str, ...]) -> bool:
-    """A collective over the TP mesh dim alone (its activations)."""
-    return dims == ("tp",)
 
 
 def _exposed_of_phases(
@@ -160,8 +157,9 @@ def _exposed_of_phases(
 
 
 def _async_tp_exposed(calls: list[tuple[float, int]], compute: ComputeTime, tp: int) -> float:
-    """Async TP: each SP all-gather / reduce-scatter overlaps its matmul (the block matmuls of
-    a micro-step shared evenly over its TP calls); 1/tp of each stays exposed."""
+    """Async TP: each SP all-gather / reduce-scatter beside a matmul (Phase.tp_matmul)
+    overlaps it (the block matmuls of a micro-step shared evenly over those calls); 1/tp of
+    each stays exposed."""
     n_calls = sum(count for _, count in calls)
     if not n_calls:
         return 0.0

@@ -108,6 +108,33 @@ def test_async_tp_hides_the_sequence_parallel_collectives_behind_their_matmuls()
     assert vanilla.exposed_comm_s >= activations
 
 
+def test_async_tp_leaves_the_reduce_scatters_no_single_matmul_produces_exposed():
+    """torch's micro-pipelining pass (torch/_inductor/fx_passes/micro_pipeline_tp.py) splits a
+    reduce-scatter only with the one matmul producing it: a block's input gradient sums wq's,
+    wk's and wv's (w1's and w3's), and the embedding's output is a lookup, so those stay
+    whole; every gather but the embedding gradient's feeds matmuls as their left operand."""
+    from launch.perfmodel.collectives import collective_time
+    from train.spec.traffic import Phase, StepShape, step_collectives
+
+    tp = [*LLAMA, "parallel=tp", "train.global_batch=1", "parallel.async_tp=true"]
+    cfg = compose_run_config(["gpu=h100_sxm", "run_dir=/unused", *tp])
+    plan = plan_layout(cfg, 8, 8)
+    collectives = step_collectives(cfg.model, plan, StepShape(1, 4096, 1, False, "bf16"))
+    activations = [c for c in collectives if c.role == "activations"]
+    whole = [c for c in activations if c.phase == Phase.exposed]
+    layers = cfg.model.n_layers
+    assert sorted((c.kind, c.calls) for c in whole) == [
+        ("all_gather", 1),  # the embedding's gradient
+        ("reduce_scatter", 1),  # the embedding's output
+        ("reduce_scatter", 2 * layers),  # the blocks' input gradients
+    ]
+    assert all(c.phase == Phase.tp_matmul for c in activations if c not in whole)
+    rates = part_rates(cfg.gpu, precision="bf16")
+    whole_s = sum(collective_time(c.kind, c.nbytes, 8, 8, rates).time_s * c.calls for c in whole)
+    overlapped = prediction("h100_sxm", 1, *tp)
+    assert overlapped.exposed_comm_s > whole_s
+
+
 def test_torchtitans_llama2_13b_on_64_a100_fits_as_it_ran():
     """Published: torchtitan, Llama 2 13B, 64 x A100 80GB, FSDP, seq 4096, local batch 2, no
     activation checkpointing (2,162 tokens/s/GPU): the model must not refuse it."""

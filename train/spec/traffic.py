@@ -95,6 +95,12 @@ class Phase(str, Enum):
     # EP's token all-to-alls, forward and backward of every MoE block: the block waits for
     # its tokens (nothing here computes beside them; shared experts could, not overlapped).
     expert_dispatch = "expert_dispatch"
+    # Sequence-parallel activations one matmul produces (a reduce-scatter of its output) or
+    # reads as its left operand (an all-gather of its input): what torch's micro-pipelining
+    # pass can split with that matmul under async TP (torch/_inductor/fx_passes/
+    # micro_pipeline_tp.py, torch 2.13: _find_producer_matmul, _find_consumer_matmuls); on
+    # the critical path without it.
+    tp_matmul = "tp_matmul"
     exposed = "exposed"  # on the critical path
 
 
@@ -326,8 +332,9 @@ def _tensor_parallel(m: ModelConfig, layout: LayoutPlan, shape: StepShape) -> li
     elements = tokens * m.d_model
     accum, n_ckpt, passes = shape.accum_steps, len(layout.checkpointed), 2 * m.n_layers
 
-    def activations(kind: str, width: int, calls: int) -> Collective:
-        return Collective(kind, "activations", elements * width, calls, ("tp",), Phase.exposed)
+    def activations(kind: str, width: int, calls: int, beside_matmul: bool = False) -> Collective:
+        phase = Phase.tp_matmul if beside_matmul else Phase.exposed
+        return Collective(kind, "activations", elements * width, calls, ("tp",), phase)
 
     loss = Collective(
         "all_reduce",
@@ -344,13 +351,6 @@ def _tensor_parallel(m: ModelConfig, layout: LayoutPlan, shape: StepShape) -> li
             activations("all_reduce", widths.stream, accum),
             loss,
         ]
-    norm_grads, norm_reduces = m.d_model * GRADIENT_BYTES, passes + 1
-    if layout.row.shards_parameters and shape.fsdp_reduce_each:
-        # FSDP2 reduces every micro-step (train/parallel/fsdp.py fsdp_accumulate), the norms'
-        # partial gradients with the rest, unsharded, in the compute dtype (counted on
-        # tp_fsdp runs in fp32 and bf16: tests/integration).
-        norm_grads = m.d_model * (2 if shape.sixteen_bit else GRADIENT_BYTES)
-        norm_reduces *= accum
     # Per block: the attention's and the MLP's input gathered forward (and per replay), the
     # gradients of wo's and w2's outputs gathered backward; torchao's float8 styles gather
     # those of fp8 linears in 1 byte (an input only when every linear reading it is fp8).
@@ -359,21 +359,40 @@ def _tensor_parallel(m: ModelConfig, layout: LayoutPlan, shape: StepShape) -> li
     outputs_fp8 = len(fp8 & {"wo", "w2"})
     gathered_inputs = (m.n_layers + n_ckpt) * accum  # per input kind (attention, MLP)
     gathered_grads = m.n_layers * accum  # per output kind (wo, w2)
+    # Beside a matmul (Phase.tp_matmul): every gather feeds matmuls as their left operand
+    # (wq/wk/wv, w1/w3 and the head forward; wo's and w2's input gradients backward) but the
+    # embedding gradient's; the reduce-scatters of wo's and w2's outputs (forward, replays)
+    # and of the head's input gradient come from one matmul, while a block's input gradients
+    # are sums of several (wq + wk + wv, w1 + w3: an add produces them) and the embedding's
+    # output is a lookup.
     collectives = [
-        activations("all_gather", widths.norm_out, (2 - inputs_fp8) * gathered_inputs + accum),
-        activations("all_gather", 1, inputs_fp8 * gathered_inputs),
-        activations("all_gather", widths.matmul_out, (2 - outputs_fp8) * gathered_grads),
-        activations("all_gather", 1, outputs_fp8 * gathered_grads),
+        activations(
+            "all_gather", widths.norm_out, (2 - inputs_fp8) * gathered_inputs + accum, True
+        ),
+        activations("all_gather", 1, inputs_fp8 * gathered_inputs, True),
+        activations("all_gather", widths.matmul_out, (2 - outputs_fp8) * gathered_grads, True),
+        activations("all_gather", 1, outputs_fp8 * gathered_grads, True),
         activations("all_gather", widths.stream, accum),
-        activations("reduce_scatter", widths.matmul_out, (passes + n_ckpt) * accum),
-        activations("reduce_scatter", widths.norm_out, (passes + 1) * accum),
+        activations("reduce_scatter", widths.matmul_out, (passes + n_ckpt) * accum, True),
+        activations("reduce_scatter", widths.norm_out, accum, True),  # the head's
+        activations("reduce_scatter", widths.norm_out, passes * accum),  # the blocks'
         activations("reduce_scatter", widths.stream, accum),
         loss,
-        Collective(
-            "all_reduce", "norm gradients", norm_grads, norm_reduces, ("tp",), Phase.exposed
-        ),
+        _norm_gradients(m, layout, shape),
     ]
     return [c for c in collectives if c.calls]
+
+
+def _norm_gradients(m: ModelConfig, layout: LayoutPlan, shape: StepShape) -> Collective:
+    """Sequence parallelism's all-reduce of the norm weights' partial gradients (2 per block
+    and the final norm's): once per step in fp32, or under FSDP2 every micro-step in the
+    compute dtype, as it reduces the unsharded gradients then (train/parallel/fsdp.py
+    fsdp_accumulate; counted on tp_fsdp runs in fp32 and bf16: tests/integration)."""
+    nbytes, calls = m.d_model * GRADIENT_BYTES, 2 * m.n_layers + 1
+    if layout.row.shards_parameters and shape.fsdp_reduce_each:
+        nbytes = m.d_model * (2 if shape.sixteen_bit else GRADIENT_BYTES)
+        calls *= shape.accum_steps
+    return Collective("all_reduce", "norm gradients", nbytes, calls, ("tp",), Phase.exposed)
 
 
 def _fp8_tp_linears(m: ModelConfig, min_dim: int | None) -> set[str]:
