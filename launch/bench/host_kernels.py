@@ -60,21 +60,24 @@ def _interleaved_medians(loops: dict, seconds: float = 0.03) -> tuple[dict, dict
 
 
 def measure_host(
-    gemms: list[tuple[int, int, int]],
+    gemms: list[tuple[int, int, int, str]],
     attention: list[tuple[int, int, int, int]],
     *,
     cpu_threads: int = 1,
 ) -> dict:
-    """fp32 seconds of each GEMM (M, K, N) and of each SDPA forward + backward (batch, heads,
-    seq, head_dim; causal, as train/model/transformer.py), and the elementwise latency and
-    bandwidth."""
+    """fp32 seconds of each GEMM (M, K, N, layout) and of each SDPA forward + backward (batch,
+    heads, seq, head_dim; causal, as train/model/transformer.py), and the elementwise latency
+    and bandwidth."""
     import torch  # only when measuring: the driver imports this module before every report
 
     torch.set_num_threads(cpu_threads)
     loops = {}
-    for m, k, n in gemms:
-        a, b = torch.randn(m, k), torch.randn(k, n)
-        loops[gemm_key(m, k, n)] = lambda a=a, b=b: a @ b
+    for m, k, n, layout in gemms:
+        # The layout torch's Linear runs it in (host.GEMM_LAYOUTS): a transposed view is
+        # another BLAS kernel than a contiguous operand.
+        a = torch.randn(k, m).t() if layout == "tn" else torch.randn(m, k)
+        b = torch.randn(n, k).t() if layout == "nt" else torch.randn(k, n)
+        loops[gemm_key(m, k, n, layout)] = lambda a=a, b=b: a @ b
     for shape in attention:
         q, k, v = (torch.randn(*shape, requires_grad=True) for _ in range(3))
         grad = torch.randn(*shape)

@@ -8,8 +8,12 @@ hundreds of small elementwise kernels each pay a dispatch latency. So for the cp
 compute time is itemised over what was measured on this machine (``python -m launch.mamf
 --host-shapes``, cached beside the ceiling; launch/bench/host_kernels.py):
 
-- each GEMM the step runs, by shape: forward (tokens, in, out), input gradient (tokens, out,
-  in), weight gradient (out, tokens, in), per Linear of a block (TP: its shard) and the head;
+- each GEMM the step runs, by shape and operand layout: forward (tokens, in, out) against the
+  weight's transposed view, input gradient (tokens, out, in) on contiguous operands, weight
+  gradient (out, tokens, in) from the output gradient's transposed view, per Linear of a
+  block (TP: its shard) and the head (a layout changes the kernel the CPU BLAS runs: +9%
+  over the tiny model's GEMMs on the Xeon of docs/performance-model.md, against timing
+  them all on contiguous operands);
 - scaled-dot-product attention forward + backward at (micro batch, heads, seq, head dim);
 - memory-bound work as kernels x a measured per-kernel latency + bytes / a measured
   streaming bandwidth (an alpha-beta model of elementwise kernels).
@@ -36,21 +40,27 @@ BACKWARD_KERNELS_PER_BLOCK = 59  # 237 / 4
 OPTIMIZER_KERNELS_PER_TENSOR = 9  # 351 / 39 parameter tensors
 
 
-def gemm_key(m: int, k: int, n: int) -> str:
-    return f"{m}x{k}x{n}"
+# Which operand of A @ B is a transposed view: y = x W^T ("nt"), dx = dy W ("nn"),
+# dW = dy^T x ("tn"), as torch's Linear and its backward run them.
+GEMM_LAYOUTS = ("nt", "nn", "tn")
+
+
+def gemm_key(m: int, k: int, n: int, layout: str) -> str:
+    return f"{m}x{k}x{n}:{layout}"
 
 
 def sdpa_key(batch: int, heads: int, seq: int, head_dim: int) -> str:
     return f"{batch}x{heads}x{seq}x{head_dim}"
 
 
-def gemms_of_linear(tokens: int, fan_in: int, fan_out: int) -> list[tuple[int, int, int]]:
-    """(M, K, N) of the three GEMMs of one Linear per micro-step: y = x W^T, dx = dy W,
-    dW = dy^T x."""
-    return [(tokens, fan_in, fan_out), (tokens, fan_out, fan_in), (fan_out, tokens, fan_in)]
+def gemms_of_linear(tokens: int, fan_in: int, fan_out: int) -> list[tuple[int, int, int, str]]:
+    """(M, K, N, layout) of the three GEMMs of one Linear per micro-step: y = x W^T,
+    dx = dy W, dW = dy^T x (GEMM_LAYOUTS)."""
+    shapes_ = [(tokens, fan_in, fan_out), (tokens, fan_out, fan_in), (fan_out, tokens, fan_in)]
+    return [(*shape, layout) for shape, layout in zip(shapes_, GEMM_LAYOUTS, strict=True)]
 
 
-def step_gemms(m: ModelConfig, tokens: int, tp: int) -> list[tuple[int, int, int]]:
+def step_gemms(m: ModelConfig, tokens: int, tp: int) -> list[tuple[int, int, int, str]]:
     """Every distinct GEMM shape of one micro-step (blocks and head), for measurement."""
     out = []
     linears = [(lin.in_features, lin.out_features) for lin in shapes.block_linears(m, tp)]
@@ -74,7 +84,7 @@ class HostWorkload:
     tps: tuple[int, ...]
     cpu_threads: int
 
-    def gemms(self) -> list[tuple[int, int, int]]:
+    def gemms(self) -> list[tuple[int, int, int, str]]:
         tokens = self.micro_batch * self.seq_len
         return sorted({g for tp in self.tps for g in step_gemms(self.model, tokens, tp)})
 
@@ -112,15 +122,15 @@ def host_workload(cfg: RunConfig, ran: Mapping[str, Any]) -> HostWorkload | None
 class HostRates:
     """Measured on this host, one rank's threads (launch.mamf --host-shapes)."""
 
-    gemm_s: dict[str, float]  # gemm_key -> seconds of one fp32 GEMM
+    gemm_s: dict[str, float]  # gemm_key -> seconds of one fp32 GEMM in its layout
     sdpa_s: dict[str, float]  # sdpa_key -> seconds of forward + backward
     kernel_latency_s: float  # one small elementwise kernel, dispatch included
     memory_gbytes_per_s: float  # streaming bandwidth of one core
     matmul_flops: float  # the launch.mamf ceiling: for a shape not measured
     source: str
 
-    def gemm_time(self, m: int, k: int, n: int) -> float:
-        measured = self.gemm_s.get(gemm_key(m, k, n))
+    def gemm_time(self, m: int, k: int, n: int, layout: str) -> float:
+        measured = self.gemm_s.get(gemm_key(m, k, n, layout))
         return measured if measured is not None else 2 * m * k * n / self.matmul_flops
 
     def sdpa_time(self, shape: tuple, attention_flops: float) -> float:

@@ -80,12 +80,38 @@ def test_micro_step_sums_every_gemm_the_attention_and_the_kernels():
 def test_a_measured_shape_replaces_the_ceiling_and_tp_halves_the_block_shapes():
     m = _cpu().model
     shapes_tp2 = step_gemms(m, 512, 2)
-    assert (512, 128, 64) in shapes_tp2  # wq's column shard: 4 heads x 32 / 2
-    assert (512, 192, 128) in shapes_tp2  # w2's row shard: ffn 384 / 2
-    assert (2048, 512, 128) in shapes_tp2  # the head is not split
-    slow = HostRates({"512x128x64": 1.0}, {}, 0.0, 10.0, 1e11, "test")
-    assert slow.gemm_time(512, 128, 64) == 1.0
-    assert slow.gemm_time(512, 128, 32) == pytest.approx(2 * 512 * 128 * 32 / 1e11)
+    assert (512, 128, 64, "nt") in shapes_tp2  # wq's column shard forward: 4 heads x 32 / 2
+    assert (512, 192, 128, "nt") in shapes_tp2  # w2's row shard forward: ffn 384 / 2
+    assert (2048, 512, 128, "tn") in shapes_tp2  # the head's weight gradient: not split
+    slow = HostRates({"512x128x64:nt": 1.0}, {}, 0.0, 10.0, 1e11, "test")
+    assert slow.gemm_time(512, 128, 64, "nt") == 1.0
+    # Another layout of the same shape is another kernel: not measured, the ceiling's.
+    assert slow.gemm_time(512, 128, 64, "nn") == pytest.approx(2 * 512 * 128 * 64 / 1e11)
+
+
+def test_gemms_are_measured_in_the_layouts_torchs_linear_runs_them():
+    """y = x W^T reads the weight through a transposed view, dW = dy^T x the output
+    gradient: host.GEMM_LAYOUTS, counted on a Linear's forward and backward."""
+    import torch
+
+    from launch.bench.host_kernels import measure_host
+    from launch.perfmodel.host import GEMM_LAYOUTS
+
+    seen = []
+
+    class Layouts(torch.utils._python_dispatch.TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func is torch.ops.aten.mm.default:
+                a, b = args
+                seen.append("tn"[a.is_contiguous()] + "tn"[b.is_contiguous()])  # contiguous: n
+            return func(*args, **(kwargs or {}))
+
+    linear, x = torch.nn.Linear(16, 8, bias=False), torch.randn(4, 16, requires_grad=True)
+    with Layouts():
+        linear(x).backward(torch.randn(4, 8))
+    assert sorted(seen) == sorted(GEMM_LAYOUTS)  # n: a contiguous operand, t: a transposed one
+    record = measure_host([(8, 4, 16, "tn"), (4, 16, 8, "nt")], [])
+    assert set(record["gemm_s"]) == {"8x4x16:tn", "4x16x8:nt"}
 
 
 def test_cpu_compute_uses_the_host_measurement_when_given():
