@@ -283,16 +283,17 @@ def compute_time(
         block_s = flops.blocks / bf16_rate
     matmul_s = tokens * (block_s + flops.head / bf16_rate)
     split = optimizer_split or layout_optimizer_split(plan)
+    fsdp = {"fsdp_reduce_each": fsdp_reduce_each, "fsdp_reduce_width": fsdp_reduce_width}
     if rates.host is not None:
-        return _host_compute_time(m, plan, micro_batch, seq_len, accum_steps, rates, split, flops)
+        shape = (micro_batch, seq_len, accum_steps)
+        return _host_compute_time(m, plan, *shape, rates, split, flops, fsdp)
     attention_s = tokens * _attention_s_per_token(
         m, n_ckpt, seq_len, t, precision, rates, kernels.attention, kernels.block
     )
     nbytes = memory_bound_bytes(
         m, plan, tokens=tokens, accum=accum_steps, precision=precision, optimizer_split=split,
         head=head, compiled=compiled, kernels=kernels, stage_params=stage_params,
-        per_step_split=per_step_split, fsdp_reduce_each=fsdp_reduce_each,
-        fsdp_reduce_width=fsdp_reduce_width,
+        per_step_split=per_step_split, **fsdp,
     )  # fmt: skip
     gaps_s = kernel_gaps_s(m.n_layers, n_ckpt, accum_steps, compiled, kernels.block)
     gaps_s = gaps_s if rates.sms else 0.0
@@ -472,6 +473,7 @@ def memory_bound_bytes(
             shard_split=max(1, optimizer_split),
             reduce_each=fsdp_reduce_each and not row.pipeline,
             reduce_width=fsdp_reduce_width,
+            replicated=plan.degrees.dp_replicate > 1,
         )
         if row.pipeline:
             # A stage's units stay gathered from the first microbatch to the step's last
@@ -511,8 +513,10 @@ def _host_compute_time(
     rates: PartRates,
     split: int,
     flops: StepFlops,
+    fsdp: dict,
 ) -> ComputeTime:
-    """The cpu profile: kernel times measured at this workload's shapes (perfmodel/host.py)."""
+    """The cpu profile: kernel times measured at this workload's shapes (perfmodel/host.py);
+    ``fsdp``: compute_time's FSDP accumulation arguments, for memory_bound_bytes."""
     host = rates.host
     t, n_ckpt = plan.degrees.tp, len(plan.checkpointed)
     micro = host_micro_step(
@@ -520,7 +524,7 @@ def _host_compute_time(
     )
     tokens = micro_batch * seq_len * accum
     nbytes = memory_bound_bytes(
-        m, plan, tokens=tokens, accum=accum, precision="fp32", optimizer_split=split
+        m, plan, tokens=tokens, accum=accum, precision="fp32", optimizer_split=split, **fsdp
     )
     streamed = nbytes / (host.memory_gbytes_per_s * 1e9)
     optimizer_kernels = OPTIMIZER_KERNELS_PER_TENSOR * shapes.param_tensors(m)
@@ -550,11 +554,13 @@ def _local_params(m: ModelConfig, plan: LayoutPlan) -> int:
 # element of each result (foreach_reduce): a reduce dtype other than the fp32 master's is
 # cast to it (_to_dtype_if_needed: read r, write 4), and the result becomes .grad, a view
 # on the step's first micro-step (zero_grad sets .grad to None) and added to it on each
-# later one (read 4 twice, write 4). A pipeline stage (torch's PipelineStage turns gradient
-# sync off until its last microbatch) accumulates instead: the first micro-step upcasts the
-# gradient to r (read g, write r; none where g = r), each later one adds to it (read r + g,
-# write r), the last one's chunk_cat reads and writes r, and the one result per shard
-# element is cast as above and becomes .grad.
+# later one (read 4 twice, write 4). HSDP's non-final micro-steps (all-reduce off) add each
+# result to the partial one in the reduce dtype instead (read r twice, write r), and the last
+# adds the partial, all-reduces and casts once. A pipeline stage (torch's PipelineStage turns
+# gradient sync off until its last microbatch) accumulates instead: the first micro-step
+# upcasts the gradient to r (read g, write r; none where g = r), each later one adds to it
+# (read r + g, write r), the last one's chunk_cat reads and writes r, and the one result per
+# shard element is cast as above and becomes .grad.
 MASTER_BYTES = 4  # fp32 master weights and their gradients: what AdamW steps
 
 
@@ -566,14 +572,22 @@ class Fsdp2Bytes:
 
 
 def fsdp2_bytes_per_param(
-    *, accum: int, precision: str, shard_split: int, reduce_each: bool, reduce_width: int = 4
+    *,
+    accum: int,
+    precision: str,
+    shard_split: int,
+    reduce_each: bool,
+    reduce_width: int = 4,
+    replicated: bool = False,
 ) -> Fsdp2Bytes:
     """FSDP2's device copies per parameter (the comment above). ``shard_split``: the ranks a
     shard is 1/n of (the optimizer's split: a single-device base splits it as its layout
     does, as it does the AdamW step); ``reduce_each``: a reduce-scatter every micro-step
     (the runtime's loop, train/parallel/fsdp.py fsdp_accumulate), else one after
     accumulating unsharded gradients (a pipeline stage: torch's PipelineStage);
-    ``reduce_width``: bytes of the reduce dtype (traffic.StepShape.reduce_width)."""
+    ``reduce_width``: bytes of the reduce dtype (traffic.StepShape.reduce_width);
+    ``replicated``: HSDP, whose non-final micro-steps keep each result in the reduce dtype
+    for the replicas' all-reduce on the last (train/parallel/fsdp.py fsdp_accumulate)."""
     w = 2 if precision in SIXTEEN_BIT else 4
     g, r, o = w, reduce_width, MASTER_BYTES
     shard_in = ((o + w if w != o else 0) + 2 * w) / shard_split
@@ -583,6 +597,10 @@ def fsdp2_bytes_per_param(
         # input; per shard element the result's cast, and its addition to .grad after the
         # first micro-step.
         per_shard = accum * to_master + (accum - 1) * 3 * o
+        if replicated:
+            # foreach_reduce with the all-reduce off adds each result to the partial one in
+            # the reduce dtype; the last micro-step adds the partial, all-reduces, casts once.
+            per_shard = (accum - 1) * 3 * r + to_master
         return Fsdp2Bytes(2 * w, shard_in, accum * (g + g + r) + per_shard / shard_split)
     upcast = g + r if g != r else 0
     grads = accum * g + upcast + (accum - 1) * (2 * r + g) + 2 * r

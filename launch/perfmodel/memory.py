@@ -228,12 +228,16 @@ def estimate_memory(
     precision: str,
     hbm_bytes: float | None,
     unsharded_grads: bool = False,
+    reduce_width: int = 4,
 ) -> MemoryEstimate:
-    """``unsharded_grads``: FSDP keeps every micro-step's unsharded gradients, in fp32, until
-    the step's last (parallel.fsdp_reduce_every_micro_step=false with accumulation)."""
+    """``unsharded_grads``: FSDP keeps every micro-step's unsharded gradients, in its reduce
+    dtype (``reduce_width`` bytes: FSDP2 upcasts a 16-bit gradient to an fp32 reduce dtype
+    and accumulates a bf16 one as it is), until the step's last
+    (parallel.fsdp_reduce_every_micro_step=false with accumulation)."""
     params, grads, optimizer, masters = held_memory(m, plan, precision)
     d = plan.degrees  # unsharded: all of the model a TP / EP rank holds
-    kept = shapes.numel(shapes.all_param_shapes(m, d.tp, d.ep)) * 4 if unsharded_grads else 0
+    kept = shapes.numel(shapes.all_param_shapes(m, d.tp, d.ep)) * reduce_width
+    kept = kept if unsharded_grads else 0
     return MemoryEstimate(
         param_bytes=params,
         grad_bytes=grads,

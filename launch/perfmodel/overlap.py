@@ -12,9 +12,10 @@
 - TP activations: on the critical path, except under async TP (parallel.async_tp, which
   needs sequence parallelism): torch's micro-pipelining pass splits an all-gather into the
   matmuls reading it as their left operand, and a reduce-scatter out of the one matmul
-  producing it (Phase.tp_matmul), in tp chunks, so the first chunk's transfer (1/tp of it)
-  stays exposed, and whatever exceeds the matmul's time; the others (a block's input
-  gradients, summed over several matmuls, and the embedding's) stay exposed.
+  producing it, in the compiled blocks (Phase.tp_matmul), in tp chunks, so the first chunk's
+  transfer (1/tp of it) stays exposed, and whatever exceeds the matmul's time; the others
+  (a block's input gradients, summed over several matmuls, the embedding's and the eager
+  head's) stay exposed.
 - DeepSpeed stage 1/2 reductions and the parameter all-gather after the step, the gradient
   norm, the loss: on the critical path, fully exposed.
 - pipeline sends (Phase.pipeline): returned apart; launch/perfmodel/pipelined.py puts them in

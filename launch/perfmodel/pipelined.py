@@ -133,6 +133,7 @@ def stage_steps(
             head=runs_head(pipe, r),
             compiled=cfg.train.compile,
             stage_params=shapes.numel(stage_tensors(cfg.model, pipe, r)),
+            fsdp_reduce_width=shape.reduce_width,
         )
         comm = comm_time(
             step_collectives(cfg.model, plan, shape, pp_rank=r),
@@ -173,9 +174,11 @@ def stage_memory(
         )
         gathered = shapes.numel(tensors) * width if shard > 1 else 0
         # torch's PipelineStage turns FSDP2's gradient sync off until the last microbatch:
-        # the stage's unsharded gradients are kept, upcast to the fp32 reduce dtype
-        # (FSDPParam.to_accumulated_grad_if_needed), between them.
-        accumulated = shapes.numel(tensors) * 4 if shard > 1 and pipe.microbatches > 1 else 0
+        # the stage's unsharded gradients are kept between them, in the reduce dtype
+        # (FSDPParam.to_accumulated_grad_if_needed upcasts a 16-bit one to an fp32 reduce
+        # dtype; a bf16 one accumulates as it is).
+        kept = shapes.numel(tensors) * shape.reduce_width
+        accumulated = kept if shard > 1 and pipe.microbatches > 1 else 0
         buckets = local * 4 if d.dp_replicate > 1 else 0
         estimate = MemoryEstimate(
             param_bytes=params,

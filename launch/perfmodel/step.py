@@ -33,7 +33,14 @@ from launch.perfmodel.memory import MemoryEstimate, estimate_memory
 from launch.perfmodel.overlap import CommTime, comm_time
 from launch.perfmodel.pipelined import stage_memory, stage_steps
 from train.spec.config import Fp8Backend, Fp8Recipe, RunConfig
-from train.spec.degrees import BatchPlan, Degrees, LayoutPlan, plan_batch, plan_layout
+from train.spec.degrees import (
+    BatchPlan,
+    Degrees,
+    LayoutPlan,
+    layout_record,
+    plan_batch,
+    plan_layout,
+)
 from train.spec.stages import plan_pipeline
 from train.spec.traffic import StepShape, step_collectives
 
@@ -228,7 +235,7 @@ def predict(
         nodes=where.nodes,
         nproc_per_node=where.nproc_per_node,
         world_size=where.world_size,
-        layout=plan.as_dict(),
+        layout=layout_record(cfg, plan),
         precision=precision,
         micro_batch=train.micro_batch,
         accum_steps=accum,
@@ -307,6 +314,7 @@ def _memory(
         precision=precision,
         hbm_bytes=rates.hbm_bytes,
         unsharded_grads=unsharded and accum > 1,
+        reduce_width=StepShape.of_run(cfg, accum_steps=accum, precision=precision).reduce_width,
     )
 
 

@@ -65,10 +65,14 @@ def _layout_text(layout: dict | None) -> str:
     if not layout:
         return "-"
     degrees = "x".join(str(layout[k]) for k in ("dp_replicate", "dp_shard", "tp"))
-    if layout.get("pp", 1) > 1:
-        degrees = f"pp{layout['pp']} " + degrees
+    for dim in ("ep", "pp"):
+        if layout.get(dim, 1) > 1:
+            degrees = f"{dim}{layout[dim]} " + degrees
     ckpt = " +ckpt" if layout.get("checkpointed_layers") else ""
-    return f"{layout['name']} {degrees}{ckpt}"
+    # FSDP keeping its unsharded gradients and reducing once a step: more memory, fewer
+    # reduce-scatters (parallel.fsdp_reduce_every_micro_step=false).
+    once = " reduce-once" if layout.get("fsdp_reduce_every_micro_step") is False else ""
+    return f"{layout['name']} {degrees}{ckpt}{once}"
 
 
 def _notes(row: dict, first_multi: bool) -> str:

@@ -183,3 +183,22 @@ def test_auto_tries_reducing_once_only_where_it_changes_the_step():
                 each, once = seen[0][1], seen[1][1]
                 assert sum(once.comm_s.values()) < sum(each.comm_s.values())
                 assert once.memory.peak_bytes > each.memory.peak_bytes
+
+
+def test_the_layout_record_says_how_fsdp_accumulates():
+    """summary.json's and the projection's layout record carry the mode parallel=auto may
+    pick (train/spec/degrees.py layout_record); the projection table marks reducing once."""
+    from launch.report.projected import _layout_text
+    from train.spec.degrees import layout_record, plan_layout
+
+    def record(*overrides):
+        cfg = compose_run_config(["run_dir=/unused", "cluster.nproc_per_node=4", *overrides])
+        return layout_record(cfg, plan_layout(cfg, 4, 4))
+
+    once = record("parallel=fsdp", "parallel.fsdp_reduce_every_micro_step=false")
+    assert once["fsdp_reduce_every_micro_step"] is False
+    assert _layout_text(once) == "fsdp 1x4x1 reduce-once"
+    assert _layout_text(record("parallel=fsdp")) == "fsdp 1x4x1"
+    pipeline = ["parallel=pp_fsdp", "parallel.pp=2", "train.global_batch=16"]
+    for unsharded in (["parallel=ddp"], pipeline):
+        assert "fsdp_reduce_every_micro_step" not in record(*unsharded)

@@ -227,34 +227,40 @@ def test_a_pipeline_casts_its_weights_once_per_step_and_their_gradients_per_micr
 # shard's fp32 .grad, on tensors of one parameter's size, over a 3-micro-step step.
 _FSDP2_COPIES = """
 import json, torch, torch.distributed as dist
+from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 from torch.utils._python_dispatch import TorchDispatchMode
 
 class Copies(TorchDispatchMode):
     def __init__(self):
         super().__init__()
-        self.to_fp32 = self.adds = 0
+        self.to_fp32 = self.adds = self.adds_16 = 0
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
         a = args[0]
         if isinstance(a, torch.Tensor) and a.numel() == 64 * 64:
             bf16_to_fp32 = a.dtype == torch.bfloat16 and out.dtype == torch.float32
             self.to_fp32 += func is torch.ops.aten._to_copy.default and bf16_to_fp32
-            self.adds += func is torch.ops.aten.add_.Tensor and a.dtype == torch.float32
+            add = func is torch.ops.aten.add_.Tensor
+            self.adds += add and a.dtype == torch.float32
+            self.adds_16 += add and a.dtype == torch.bfloat16
         return out
 
 dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+hsdp = init_device_mesh("cpu", (1, 1), mesh_dim_names=("replicate", "shard"))
 counts = {}
-for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+for name, dtype, mesh in (("fp32", torch.float32, None), ("bf16", torch.bfloat16, None),
+                          ("hsdp_bf16", torch.bfloat16, hsdp)):
     policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=dtype)
     net = torch.nn.Sequential(*(torch.nn.Linear(64, 64, bias=False) for _ in range(2)))
     for layer in net:
-        fully_shard(layer, mp_policy=policy)
-    fully_shard(net, mp_policy=policy)
+        fully_shard(layer, mesh=mesh, mp_policy=policy)
+    fully_shard(net, mesh=mesh, mp_policy=policy)
     with Copies() as copies:
-        for _ in range(3):
+        for micro_step in range(3):
+            net.set_requires_all_reduce(micro_step == 2)  # train/parallel/fsdp.py's loop
             net(torch.randn(8, 64)).float().sum().backward()
-    counts[name] = {"to_fp32": copies.to_fp32, "adds": copies.adds}
+    counts[name] = {"to_fp32": copies.to_fp32, "adds": copies.adds, "adds_16": copies.adds_16}
 print(json.dumps(counts))
 dist.destroy_process_group()
 """
@@ -264,7 +270,9 @@ def test_fsdp2_result_casts_and_additions_are_what_the_model_counts():
     """compute.fsdp2_bytes_per_param, reducing every micro-step: per shard element each
     result of a 16-bit reduce dtype is cast to the fp32 master's (read 2, write 4), fp32
     results are not, and the result is added to .grad on every micro-step but the step's
-    first (read 4 twice, write 4), as torch's FSDP2 runs it (counted on one rank)."""
+    first (read 4 twice, write 4), as torch's FSDP2 runs it (counted on one rank). HSDP
+    keeps its non-final results in the reduce dtype for the replicas' all-reduce: it adds
+    them in bf16 and casts once."""
     run = subprocess.run(
         [sys.executable, "-c", _FSDP2_COPIES],
         capture_output=True, text=True, check=True, cwd=REPO,
@@ -272,13 +280,20 @@ def test_fsdp2_result_casts_and_additions_are_what_the_model_counts():
     )  # fmt: skip
     counts = json.loads(run.stdout.strip().splitlines()[-1])
     params, accum = 2, 3
-    for name, r in (("fp32", 4), ("bf16", 2)):
+    for name, r in (("fp32", 4), ("bf16", 2), ("hsdp_bf16", 2)):
         measured = counts[name]
-        assert measured["adds"] == (accum - 1) * params
-        per_param = (measured["to_fp32"] * (r + 4) + measured["adds"] * 12) / params
+        adds = measured["adds"] * 12 + measured["adds_16"] * 3 * r  # read twice, write once
+        per_param = (measured["to_fp32"] * (r + 4) + adds) / params
         expected = accum * (2 + 2 + r) + per_param  # the GEMM's gradient, chunk_cat, the shard's
         modelled = compute.fsdp2_bytes_per_param(
-            accum=accum, precision="bf16", shard_split=1, reduce_each=True, reduce_width=r
+            accum=accum,
+            precision="bf16",
+            shard_split=1,
+            reduce_each=True,
+            reduce_width=r,
+            replicated=name.startswith("hsdp"),
         )
         assert modelled.grads == expected, name
     assert counts["fp32"]["to_fp32"] == 0 and counts["bf16"]["to_fp32"] == accum * params
+    assert counts["bf16"]["adds"] == (accum - 1) * params
+    assert counts["hsdp_bf16"] == {"to_fp32": params, "adds": 0, "adds_16": (accum - 1) * params}

@@ -110,9 +110,10 @@ def test_async_tp_hides_the_sequence_parallel_collectives_behind_their_matmuls()
 
 def test_async_tp_leaves_the_reduce_scatters_no_single_matmul_produces_exposed():
     """torch's micro-pipelining pass (torch/_inductor/fx_passes/micro_pipeline_tp.py) splits a
-    reduce-scatter only with the one matmul producing it: a block's input gradient sums wq's,
-    wk's and wv's (w1's and w3's), and the embedding's output is a lookup, so those stay
-    whole; every gather but the embedding gradient's feeds matmuls as their left operand."""
+    reduce-scatter only with the one matmul producing it, in a compiled graph: a block's input
+    gradient sums wq's, wk's and wv's (w1's and w3's), the embedding's output is a lookup and
+    the head runs eager (only the blocks are compiled), so those stay whole; so do the
+    gathers of the head's input and of the embedding's gradient."""
     from launch.perfmodel.collectives import collective_time
     from train.spec.traffic import Phase, StepShape, step_collectives
 
@@ -124,9 +125,10 @@ def test_async_tp_leaves_the_reduce_scatters_no_single_matmul_produces_exposed()
     whole = [c for c in activations if c.phase == Phase.exposed]
     layers = cfg.model.n_layers
     assert sorted((c.kind, c.calls) for c in whole) == [
+        ("all_gather", 1),  # the head's input
         ("all_gather", 1),  # the embedding's gradient
         ("reduce_scatter", 1),  # the embedding's output
-        ("reduce_scatter", 2 * layers),  # the blocks' input gradients
+        ("reduce_scatter", 2 * layers + 1),  # the blocks' and the head's input gradients
     ]
     assert all(c.phase == Phase.tp_matmul for c in activations if c not in whole)
     rates = part_rates(cfg.gpu, precision="bf16")
@@ -281,3 +283,21 @@ def test_train_compile_fuses_the_elementwise_work_and_nothing_else():
     assert streamed(0, True) == streamed(0, False)
     assert compiled.compute.memory_s < eager.compute.memory_s
     assert compiled.step_time_s < eager.step_time_s
+
+
+@pytest.mark.parametrize(
+    "layout",
+    [
+        # A pipeline stage accumulates unsharded gradients in the reduce dtype (bf16: as they
+        # are, no upcast), and holds them between microbatches.
+        ["parallel=pp_fsdp", "parallel.pp=2", "parallel.dp_shard=4"],
+        # FSDP keeping its unsharded gradients: the same, in the runtime's loop.
+        ["parallel=fsdp", "parallel.fsdp_reduce_every_micro_step=false"],
+    ],
+)
+def test_a_bf16_reduce_dtype_streams_and_keeps_fewer_gradient_bytes(layout):
+    run = [*LLAMA, *layout, "train.global_batch=64"]
+    fp32 = prediction("h100_sxm", 1, *run)
+    bf16 = prediction("h100_sxm", 1, *run, "parallel.fsdp_reduce_dtype=bf16")
+    assert bf16.compute.memory_s < fp32.compute.memory_s
+    assert bf16.memory.transient_bytes < fp32.memory.transient_bytes

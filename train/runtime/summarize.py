@@ -18,6 +18,7 @@ from train.measure.summary import RunSummary
 from train.runtime.loop import Trained
 from train.runtime.rank_setup import RankRun
 from train.spec.config import config_digest
+from train.spec.degrees import layout_record
 from train.spec.devices import peaks_describe
 from train.spec.shapes import count_active_params
 
@@ -101,7 +102,7 @@ def run_summary(run: RankRun, trained: Trained, profiled: ProfileResult | None) 
 def _layout_record(run: RankRun) -> dict:
     """The layout plan (degrees, checkpointed blocks, sequence parallel), what it resolved to
     and why."""
-    record = run.layout_plan.as_dict()
+    record = layout_record(run.cfg, run.layout_plan)
     # parallel=auto: the performance model's reason (launch/perfmodel/choose.py).
     reason = run.cfg.resolved.layout_reason or f"requested parallel={run.layout_plan.name}"
     record.update(resolved=run.layout_plan.name, reason=reason)

@@ -260,6 +260,16 @@ class LayoutPlan:
         }
 
 
+def layout_record(cfg: RunConfig, plan: LayoutPlan) -> dict:
+    """``plan.as_dict()`` and, where the layout shards its parameters outside pipeline stages,
+    how FSDP accumulates (parallel.fsdp_reduce_every_micro_step, which parallel=auto chooses):
+    summary.json's and the performance model's layout record."""
+    record = plan.as_dict()
+    if plan.row.shards_parameters and not plan.row.pipeline:
+        record["fsdp_reduce_every_micro_step"] = cfg.parallel.fsdp_reduce_every_micro_step
+    return record
+
+
 def plan_layout(cfg: RunConfig, world_size: int, nproc_per_node: int) -> LayoutPlan:
     """The layout ``cfg`` asks for at this world size; ConfigError naming the key if none."""
     p = cfg.parallel

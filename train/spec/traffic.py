@@ -359,23 +359,22 @@ def _tensor_parallel(m: ModelConfig, layout: LayoutPlan, shape: StepShape) -> li
     outputs_fp8 = len(fp8 & {"wo", "w2"})
     gathered_inputs = (m.n_layers + n_ckpt) * accum  # per input kind (attention, MLP)
     gathered_grads = m.n_layers * accum  # per output kind (wo, w2)
-    # Beside a matmul (Phase.tp_matmul): every gather feeds matmuls as their left operand
-    # (wq/wk/wv, w1/w3 and the head forward; wo's and w2's input gradients backward) but the
-    # embedding gradient's; the reduce-scatters of wo's and w2's outputs (forward, replays)
-    # and of the head's input gradient come from one matmul, while a block's input gradients
-    # are sums of several (wq + wk + wv, w1 + w3: an add produces them) and the embedding's
-    # output is a lookup.
+    # Beside a matmul (Phase.tp_matmul), inside the compiled blocks (the micro-pipelining
+    # pass sees only compiled graphs: train/parallel/build.py compiles block by block, as
+    # torchtitan does): the gathers into wq/wk/wv and w1/w3 (their left operand) and of wo's
+    # and w2's output gradients (into their input-gradient matmuls), and the reduce-scatters
+    # of wo's and w2's outputs (forward, replays), each from one matmul. Not: a block's input
+    # gradients, sums of several matmuls (wq + wk + wv, w1 + w3: an add produces them), the
+    # embedding's (a lookup) and the head's, which runs eager.
     collectives = [
-        activations(
-            "all_gather", widths.norm_out, (2 - inputs_fp8) * gathered_inputs + accum, True
-        ),
+        activations("all_gather", widths.norm_out, (2 - inputs_fp8) * gathered_inputs, True),
+        activations("all_gather", widths.norm_out, accum),  # the head's input
         activations("all_gather", 1, inputs_fp8 * gathered_inputs, True),
         activations("all_gather", widths.matmul_out, (2 - outputs_fp8) * gathered_grads, True),
         activations("all_gather", 1, outputs_fp8 * gathered_grads, True),
         activations("all_gather", widths.stream, accum),
         activations("reduce_scatter", widths.matmul_out, (passes + n_ckpt) * accum, True),
-        activations("reduce_scatter", widths.norm_out, accum, True),  # the head's
-        activations("reduce_scatter", widths.norm_out, passes * accum),  # the blocks'
+        activations("reduce_scatter", widths.norm_out, (passes + 1) * accum),
         activations("reduce_scatter", widths.stream, accum),
         loss,
         _norm_gradients(m, layout, shape),
