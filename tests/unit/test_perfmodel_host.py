@@ -95,7 +95,7 @@ def test_gemms_are_measured_in_the_layouts_torchs_linear_runs_them():
     import torch
 
     from launch.bench.host_kernels import measure_host
-    from launch.perfmodel.host import GEMM_LAYOUTS
+    from launch.perfmodel.host import GEMM_LAYOUTS, gemms_of_linear
 
     seen = []
 
@@ -103,13 +103,15 @@ def test_gemms_are_measured_in_the_layouts_torchs_linear_runs_them():
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
             if func is torch.ops.aten.mm.default:
                 a, b = args
-                seen.append("tn"[a.is_contiguous()] + "tn"[b.is_contiguous()])  # contiguous: n
+                layout = "tn"[a.is_contiguous()] + "tn"[b.is_contiguous()]  # contiguous: n
+                seen.append((*a.shape, b.shape[1], layout))
             return func(*args, **(kwargs or {}))
 
     linear, x = torch.nn.Linear(16, 8, bias=False), torch.randn(4, 16, requires_grad=True)
     with Layouts():
         linear(x).backward(torch.randn(4, 8))
-    assert sorted(seen) == sorted(GEMM_LAYOUTS)  # n: a contiguous operand, t: a transposed one
+    assert sorted(seen) == sorted(gemms_of_linear(4, 16, 8))  # tokens, in, out
+    assert sorted(layout for *_, layout in seen) == sorted(GEMM_LAYOUTS)
     record = measure_host([(8, 4, 16, "tn"), (4, 16, 8, "nt")], [])
     assert set(record["gemm_s"]) == {"8x4x16:tn", "4x16x8:nt"}
 
