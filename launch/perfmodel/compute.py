@@ -466,7 +466,9 @@ def memory_bound_bytes(
     row = plan.row
     if precision in SIXTEEN_BIT and row.deepspeed:
         weights = 0  # DeepSpeed runs the model in 16 bits: no casts of whole weights
-    elif row.shards_parameters:
+    elif row.shards_parameters or row.expert_parallel:
+        # FSDP2 units; ep's dense ones on a mesh without a shard dim
+        # (train/parallel/expert_parallel.py), cast and copied per gather all the same.
         fsdp = fsdp2_bytes_per_param(
             accum=accum,
             precision=precision,

@@ -512,6 +512,22 @@ def test_tensor_parallel_never_scores_above_one_device_doing_its_work(tmp_path):
     assert row["scaling_efficiency"] < 1
 
 
+@pytest.mark.parametrize("model", ["olmoe_1b_7b", "deepseek_v2_lite_mha"])
+def test_expert_parallel_never_scores_above_one_device_doing_its_work(tmp_path, model):
+    # ep runs its dense units in FSDP2 on a mesh without a shard dim, which casts and copies
+    # them per gather as its one-device base (FSDP) does; the rank was charged autocast's
+    # casts instead, fewer bytes than its base: 101% and 113% here.
+    (row,) = project_runs(
+        projection_cfg(
+            tmp_path, f"model={model}", "train.seq_len=4096", "train.micro_batch=1",
+            "train.global_batch=64", "project.nodes=[1]", "parallel=ep", "parallel.ep=8",
+        ),
+        projected_profiles(["h100_sxm"]),
+    )  # fmt: skip
+    assert row["layout"]["ep"] == 8
+    assert 0 < row["scaling_efficiency"] < 1
+
+
 def test_pp_fsdp_of_one_rank_per_stage_scores_as_plain_pp(tmp_path):
     # dp_shard 1: the same stages, microbatches and bubble; the two layouts differ only in how
     # they hold 16-bit weights and gradients, which each one's base holds the same way, so
