@@ -4,8 +4,10 @@ measured here and cached (launch/bench/cache.py) for the performance model to re
 
 Measured by ``python -m launch.mamf --host-shapes CONFIG_YAML`` and, before a sweep's report,
 by the training job for the runs that ran on this host (``cache_run_kernels``): the report
-itself only reads the cache. Each figure is the median of HOST_REPEATS timed loops (the cores
-are shared: one loop can land on a busy moment), the spread kept beside it.
+itself only reads the cache. GEMMs and attention: the median of single calls timed in
+round-robin passes over all of them, as a step runs them; elementwise kernels: the median of
+HOST_REPEATS timed loops, in interleaved passes (the cores are shared: one loop can land on
+a busy moment). The spread is kept beside each.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from train.spec.config import load_run_config
 from train.spec.devices import cpu_model_name
 
 HOST_REPEATS = 5
+ROUND_ROBIN_PASSES = 50  # GEMMs and attention: passes of one call each (_round_robin_medians)
 # Elementwise c = a + b over these element counts: t(n) = latency + 12 n / bandwidth.
 STREAM_ELEMENTS = [1, 1024, 16384, 131072, 1048576, 4194304]
 
@@ -59,6 +62,33 @@ def _interleaved_medians(loops: dict, seconds: float = 0.03) -> tuple[dict, dict
     return medians, spread
 
 
+def _round_robin_medians(calls: dict, seconds: float = 1.0) -> tuple[dict, dict]:
+    """Per key, the median time of one call, each call timed alone in passes over every key:
+    as a step runs its GEMMs and attention, each after the others, its operands not left in
+    cache by a loop of its own (on the AMX Xeon of docs/performance-model.md the tiny model's
+    GEMMs took 19.6 ms a micro-step timed this way, 17.1 in loops of their own, 18.2 in the
+    step's order, about 20 in a profiled step). As many passes as fit ``seconds``, at least
+    HOST_REPEATS and at most ROUND_ROBIN_PASSES; the spread is max / min - 1."""
+    for fn in calls.values():
+        fn()  # warm: first-call allocations and kernel selection
+    started = time.perf_counter()
+    for fn in calls.values():
+        fn()
+    one_pass = max(time.perf_counter() - started, 1e-7)
+    passes = max(HOST_REPEATS, min(ROUND_ROBIN_PASSES, int(seconds / one_pass)))
+    samples = {key: [] for key in calls}
+    for _ in range(passes):
+        for key, fn in calls.items():
+            started = time.perf_counter()
+            fn()
+            samples[key].append(time.perf_counter() - started)
+    medians, spread = {}, {}
+    for key, times in samples.items():
+        times.sort()
+        medians[key], spread[key] = times[len(times) // 2], times[-1] / times[0] - 1
+    return medians, spread
+
+
 def measure_host(
     gemms: list[tuple[int, int, int, str]],
     attention: list[tuple[int, int, int, int]],
@@ -71,13 +101,13 @@ def measure_host(
     import torch  # only when measuring: the driver imports this module before every report
 
     torch.set_num_threads(cpu_threads)
-    loops = {}
+    calls = {}  # GEMMs and attention: timed call by call (_round_robin_medians)
     for m, k, n, layout in gemms:
         # The layout torch's Linear runs it in (host.GEMM_LAYOUTS): a transposed view is
         # another BLAS kernel than a contiguous operand.
         a = torch.randn(k, m).t() if layout == "tn" else torch.randn(m, k)
         b = torch.randn(n, k).t() if layout == "nt" else torch.randn(k, n)
-        loops[gemm_key(m, k, n, layout)] = lambda a=a, b=b: a @ b
+        calls[gemm_key(m, k, n, layout)] = lambda a=a, b=b: a @ b
     for shape in attention:
         q, k, v = (torch.randn(*shape, requires_grad=True) for _ in range(3))
         grad = torch.randn(*shape)
@@ -86,11 +116,14 @@ def measure_host(
             out = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
             out.backward(grad)
 
-        loops[sdpa_key(*shape)] = fwd_bwd
+        calls[sdpa_key(*shape)] = fwd_bwd
+    medians, spread = _round_robin_medians(calls) if calls else ({}, {})
+    loops = {}  # elementwise: loops of their own, sizes fitted (t = latency + bytes / rate)
     for n in STREAM_ELEMENTS:
         a, b, c = torch.randn(n), torch.randn(n), torch.empty(n)
         loops[f"add_{n}"] = lambda a=a, b=b, c=c: torch.add(a, b, out=c)
-    medians, spread = _interleaved_medians(loops)
+    elementwise, elementwise_spread = _interleaved_medians(loops)
+    medians, spread = {**medians, **elementwise}, {**spread, **elementwise_spread}
     points = [(12 * n, medians[f"add_{n}"]) for n in STREAM_ELEMENTS]
     latency, bandwidth = fit_alpha_beta(points)
     return {
