@@ -192,3 +192,19 @@ def test_streamed_bytes_run_at_the_largest_copys_rate_not_the_cache_inflated_fit
     }
     assert host.streaming_gbytes_per_s(memory) == pytest.approx(22.0)
     assert host.streaming_gbytes_per_s({"kernel_latency_s": 0.0, "gbytes_per_s": 5.0}) == 5.0
+
+
+def test_gemms_and_attention_are_timed_a_call_at_a_time_in_turn():
+    """As a step runs them: each call after the others, never in a loop of its own (which
+    keeps its operands in cache); at least HOST_REPEATS passes, at most ROUND_ROBIN_PASSES."""
+    from launch.bench import host_kernels
+
+    order = []
+    calls = {key: (lambda key=key: order.append(key)) for key in ("a", "b", "c")}
+    medians, spread = host_kernels._round_robin_medians(calls, seconds=0.0)
+    assert set(medians) == set(spread) == {"a", "b", "c"}
+    timed = order[6:]  # after the warm-up and the sizing pass
+    assert timed == ["a", "b", "c"] * host_kernels.HOST_REPEATS
+    order.clear()
+    host_kernels._round_robin_medians(calls, seconds=10.0)
+    assert len(order) == 3 * (2 + host_kernels.ROUND_ROBIN_PASSES)
