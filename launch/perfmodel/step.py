@@ -305,7 +305,8 @@ def _pipeline_parts(
 def _memory(
     cfg: RunConfig, plan: LayoutPlan, accum: int, precision: str, rates: PartRates
 ) -> MemoryEstimate:
-    unsharded = plan.row.shards_parameters and not cfg.parallel.fsdp_reduce_every_micro_step
+    shape = StepShape.of_run(cfg, accum_steps=accum, precision=precision)
+    unsharded = plan.row.shards_parameters and not shape.fsdp_reduce_each
     return estimate_memory(
         cfg.model,
         plan,
@@ -314,7 +315,7 @@ def _memory(
         precision=precision,
         hbm_bytes=rates.hbm_bytes,
         unsharded_grads=unsharded and accum > 1,
-        reduce_width=StepShape.of_run(cfg, accum_steps=accum, precision=precision).reduce_width,
+        reduce_width=shape.reduce_width,
     )
 
 
