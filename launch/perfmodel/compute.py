@@ -467,27 +467,11 @@ def memory_bound_bytes(
     if precision in SIXTEEN_BIT and row.deepspeed:
         weights = 0  # DeepSpeed runs the model in 16 bits: no casts of whole weights
     elif row.shards_parameters or row.expert_parallel:
-        # FSDP2 units; ep's dense ones on a mesh without a shard dim
-        # (train/parallel/expert_parallel.py), cast and copied per gather all the same.
-        fsdp = fsdp2_bytes_per_param(
-            accum=accum,
-            precision=precision,
-            shard_split=max(1, optimizer_split),
-            reduce_each=fsdp_reduce_each and not row.pipeline,
-            reduce_width=fsdp_reduce_width,
-            replicated=plan.degrees.dp_replicate > 1,
-        )
-        if row.pipeline:
-            # A stage's units stay gathered from the first microbatch to the step's last
-            # (reshard_after_forward=False, and torch's PipelineStage turns resharding after
-            # backward off until its final reduce): one gather a step, per-step work split as
-            # AdamW's (per_step_split).
-            weights = (fsdp.copy_out / per_step_split + fsdp.shard_in + fsdp.grads) * local_params
-        else:
-            root = _root_params(m, plan)
-            per_gather = fsdp.copy_out + fsdp.shard_in
-            gathers = 2 * accum * (local_params - root) + accum * root  # the root stays gathered
-            weights = per_gather * gathers + fsdp.grads * local_params
+        weights = _fsdp2_weight_bytes(
+            m, plan, local_params, accum=accum, precision=precision,
+            shard_split=max(1, optimizer_split), per_step_split=per_step_split,
+            reduce_each=fsdp_reduce_each and not row.pipeline, reduce_width=fsdp_reduce_width,
+        )  # fmt: skip
     else:
         sixteen = precision in SIXTEEN_BIT
         # Once a step (a pipeline) the casts are per-step work on each parameter, like AdamW:
@@ -566,11 +550,88 @@ def _local_params(m: ModelConfig, plan: LayoutPlan) -> int:
 MASTER_BYTES = 4  # fp32 master weights and their gradients: what AdamW steps
 
 
+def _fsdp2_weight_bytes(
+    m: ModelConfig,
+    plan: LayoutPlan,
+    local_params: int,
+    *,
+    accum: int,
+    precision: str,
+    shard_split: int,
+    per_step_split: int,
+    reduce_each: bool,
+    reduce_width: int,
+) -> float:
+    """FSDP2's copies of weights and gradients in one step on one rank, per mesh its units
+    are on (fsdp2_groups: ep's dense ones on a shard dim of 1, cast and copied per gather
+    all the same)."""
+    weights = 0.0
+    for group in fsdp2_groups(m, plan, local_params):
+        fsdp = fsdp2_bytes_per_param(
+            accum=accum,
+            precision=precision,
+            shard_split=shard_split,
+            reduce_each=reduce_each,
+            reduce_width=reduce_width,
+            replicated=group.replicated,
+            gather_world=group.gather_world,
+        )
+        if plan.row.pipeline:
+            # A stage's units stay gathered from the first microbatch to the step's last
+            # (reshard_after_forward=False, and torch's PipelineStage turns resharding after
+            # backward off until its final reduce): one gather a step, per-step work split as
+            # AdamW's (per_step_split).
+            # The one reduction's copy is per-step work too, as the copy-out it replaces.
+            per_step = (fsdp.copy_out + fsdp.reduce_copy * fsdp.reductions) / per_step_split
+            weights += (per_step + fsdp.shard_in + fsdp.grads) * group.params
+            continue
+        root = _root_params(m, plan) if group.holds_root else 0
+        per_gather = fsdp.copy_out + fsdp.shard_in
+        gathers = 2 * accum * (group.params - root) + accum * root  # the root stays gathered
+        reduced = fsdp.grads + fsdp.reduce_copy * fsdp.reductions
+        weights += per_gather * gathers + reduced * group.params
+    return weights
+
+
+@dataclass(frozen=True)
+class Fsdp2Group:
+    """Parameters one rank holds on one FSDP2 mesh."""
+
+    params: int
+    # Ranks of the mesh's shard dim: each all-gather's and reduce-scatter's group. At 1,
+    # torch's world-size-1 path runs instead of the collectives (Fsdp2Bytes).
+    gather_world: int
+    # A replicate dim above 1: the gradients are all-reduced across it too (HSDP's path).
+    replicated: bool
+    # The root unit's parameters (embedding, final norm, head) are in this group.
+    holds_root: bool = True
+
+
+def fsdp2_groups(m: ModelConfig, plan: LayoutPlan, local_params: int) -> list[Fsdp2Group]:
+    """One rank's FSDP2 parameters by mesh (train/parallel/expert_parallel.py fsdp_meshes):
+    every unit on (dp_replicate, dp_shard), except under EP, where the routed experts are and
+    the dense parameters go on (dp_replicate, dp_shard x ep) under ep_fsdp or on
+    (dp_replicate x ep, a shard dim of 1) under ep."""
+    d = plan.degrees
+    if not plan.row.expert_parallel:
+        return [Fsdp2Group(local_params, d.dp_shard, d.dp_replicate > 1)]
+    experts = shapes.numel(shapes.expert_param_shapes(m, d.ep)) * len(shapes.moe_layers(m))
+    if plan.row.shards_parameters:
+        dense = Fsdp2Group(local_params - experts, d.dp_shard * d.ep, d.dp_replicate > 1)
+    else:
+        dense = Fsdp2Group(local_params - experts, 1, d.dp_replicate * d.ep > 1)
+    return [dense, Fsdp2Group(experts, d.dp_shard, d.dp_replicate > 1, holds_root=False)]
+
+
 @dataclass(frozen=True)
 class Fsdp2Bytes:
     copy_out: float  # per parameter of the unit and gather
     shard_in: float  # per parameter of the unit and gather, already split over the shard
     grads: float  # per parameter of the unit and step
+    # gather_world 1: the copy each reduction makes in place of the collective, per
+    # parameter of the unit (the shard is the whole unit), and the reductions a step.
+    reduce_copy: float = 0.0
+    reductions: int = 0
 
 
 def fsdp2_bytes_per_param(
@@ -581,6 +642,7 @@ def fsdp2_bytes_per_param(
     reduce_each: bool,
     reduce_width: int = 4,
     replicated: bool = False,
+    gather_world: int,
 ) -> Fsdp2Bytes:
     """FSDP2's device copies per parameter (the comment above). ``shard_split``: the ranks a
     shard is 1/n of (the optimizer's split: a single-device base splits it as its layout
@@ -589,10 +651,19 @@ def fsdp2_bytes_per_param(
     accumulating unsharded gradients (a pipeline stage: torch's PipelineStage);
     ``reduce_width``: bytes of the reduce dtype (traffic.StepShape.reduce_width);
     ``replicated``: HSDP, whose non-final micro-steps keep each result in the reduce dtype
-    for the replicas' all-reduce on the last (train/parallel/fsdp.py fsdp_accumulate)."""
+    for the replicas' all-reduce on the last (train/parallel/fsdp.py fsdp_accumulate);
+    ``gather_world``: the ranks of the mesh's shard dim (Fsdp2Group). At 1, torch's
+    world-size-1 path (_fsdp_param_group.py unshard, wait_for_unshard; _fsdp_collectives.py
+    foreach_reduce) copies the cast shard straight into the unsharded parameter, with no
+    flat buffer to copy out of, and copies each reduce-scatter input into its output (read r,
+    write r) where a collective would have written it."""
     w = 2 if precision in SIXTEEN_BIT else 4
     g, r, o = w, reduce_width, MASTER_BYTES
     shard_in = ((o + w if w != o else 0) + 2 * w) / shard_split
+    copy_out = 2 * w if gather_world > 1 else 0
+    # Per parameter, like the copy-out it replaces: a one-device base (gather_world 1) pays
+    # it whole, as a one-GPU run does.
+    reduce_copy = 2 * r if gather_world == 1 else 0
     to_master = r + o if r != o else 0  # per shard element of each reduce-scatter's result
     if reduce_each or accum == 1:
         # Each micro-step: the GEMM's gradient and its chunk_cat into the reduce-scatter
@@ -603,10 +674,11 @@ def fsdp2_bytes_per_param(
             # foreach_reduce with the all-reduce off adds each result to the partial one in
             # the reduce dtype; the last micro-step adds the partial, all-reduces, casts once.
             per_shard = (accum - 1) * 3 * r + to_master
-        return Fsdp2Bytes(2 * w, shard_in, accum * (g + g + r) + per_shard / shard_split)
+        grads = accum * (g + g + r) + per_shard / shard_split
+        return Fsdp2Bytes(copy_out, shard_in, grads, reduce_copy, accum)
     upcast = g + r if g != r else 0
     grads = accum * g + upcast + (accum - 1) * (2 * r + g) + 2 * r
-    return Fsdp2Bytes(2 * w, shard_in, grads + to_master / shard_split)
+    return Fsdp2Bytes(copy_out, shard_in, grads + to_master / shard_split, reduce_copy, 1)
 
 
 def optimizer_step_s(params: int, optimizer_split: int, rates: PartRates) -> float:

@@ -222,6 +222,39 @@ def test_a_pipeline_casts_its_weights_once_per_step_and_their_gradients_per_micr
     assert weights("pp", 4) == (6 + 12 * 4) * params
 
 
+def test_fsdp2_groups_follow_the_meshes_expert_parallel_puts_units_on():
+    """train/parallel/expert_parallel.py fsdp_meshes: under ep the dense units sit on a
+    shard dim of 1 (torch's world-size-1 path) replicated over the EP ranks; under ep_fsdp
+    they are sharded over dp_shard x ep; the routed experts over dp_shard either way."""
+    m = model("olmoe_1b_7b")
+    experts = shapes.numel(shapes.expert_param_shapes(m, 8)) * len(shapes.moe_layers(m))
+    local = shapes.numel(shapes.all_param_shapes(m, 1, 8))
+
+    def groups(name: str, degrees: Degrees) -> list[tuple[int, int, bool, bool]]:
+        plan = LayoutPlan(name, degrees, False, [])
+        found = compute.fsdp2_groups(m, plan, local)
+        return [(g.params, g.gather_world, g.replicated, g.holds_root) for g in found]
+
+    assert groups("ep", Degrees(1, 1, 1, ep=8)) == [
+        (local - experts, 1, True, True),
+        (experts, 1, False, False),
+    ]
+    assert groups("ep_fsdp", Degrees(2, 2, 1, ep=8)) == [
+        (local - experts, 16, True, True),
+        (experts, 2, True, False),
+    ]
+    assert groups("fsdp", Degrees(1, 8, 1)) == [(local, 8, False, True)]
+    # One rank gathers nothing: no flat output to copy out of.
+    one = compute.fsdp2_bytes_per_param(
+        accum=1, precision="bf16", shard_split=1, reduce_each=True, gather_world=1
+    )
+    eight = compute.fsdp2_bytes_per_param(
+        accum=1, precision="bf16", shard_split=1, reduce_each=True, gather_world=8
+    )
+    assert (one.copy_out, eight.copy_out) == (0, 4)
+    assert (one.reduce_copy, eight.reduce_copy) == (2 * 4, 0)  # fp32 reduce: read 4, write 4
+
+
 # One rank of FSDP2 (gloo, in a child process: a process group is global state) under each
 # reduce dtype: the fp32 casts of 16-bit reduce-scatter results and the additions into the
 # shard's fp32 .grad, on tensors of one parameter's size, over a 3-micro-step step.
@@ -234,7 +267,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 class Copies(TorchDispatchMode):
     def __init__(self):
         super().__init__()
-        self.to_fp32 = self.adds = self.adds_16 = 0
+        self.to_fp32 = self.adds = self.adds_16 = self.copies = self.copies_16 = 0
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
         a = args[0]
@@ -244,6 +277,9 @@ class Copies(TorchDispatchMode):
             add = func is torch.ops.aten.add_.Tensor
             self.adds += add and a.dtype == torch.float32
             self.adds_16 += add and a.dtype == torch.bfloat16
+            copy = func is torch.ops.aten.copy_.default
+            self.copies += copy and a.dtype == torch.float32
+            self.copies_16 += copy and a.dtype == torch.bfloat16
         return out
 
 dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
@@ -260,7 +296,8 @@ for name, dtype, mesh in (("fp32", torch.float32, None), ("bf16", torch.bfloat16
         for micro_step in range(3):
             net.set_requires_all_reduce(micro_step == 2)  # train/parallel/fsdp.py's loop
             net(torch.randn(8, 64)).float().sum().backward()
-    counts[name] = {"to_fp32": copies.to_fp32, "adds": copies.adds, "adds_16": copies.adds_16}
+    counts[name] = {k: getattr(copies, k) for k in ("to_fp32", "adds", "adds_16", "copies",
+                                                    "copies_16")}
 print(json.dumps(counts))
 dist.destroy_process_group()
 """
@@ -272,7 +309,9 @@ def test_fsdp2_result_casts_and_additions_are_what_the_model_counts():
     results are not, and the result is added to .grad on every micro-step but the step's
     first (read 4 twice, write 4), as torch's FSDP2 runs it (counted on one rank). HSDP
     keeps its non-final results in the reduce dtype for the replicas' all-reduce: it adds
-    them in bf16 and casts once."""
+    them in bf16 and casts once. One rank is torch's world-size-1 path: each gather copies
+    the cast shard into the parameter (no copy-out) and each reduction copies its input to
+    its output (read r, write r)."""
     run = subprocess.run(
         [sys.executable, "-c", _FSDP2_COPIES],
         capture_output=True, text=True, check=True, cwd=REPO,
@@ -280,9 +319,12 @@ def test_fsdp2_result_casts_and_additions_are_what_the_model_counts():
     )  # fmt: skip
     counts = json.loads(run.stdout.strip().splitlines()[-1])
     params, accum = 2, 3
+    gathers = 2 * accum * params  # forward and backward, each micro-step
     for name, r in (("fp32", 4), ("bf16", 2), ("hsdp_bf16", 2)):
         measured = counts[name]
         adds = measured["adds"] * 12 + measured["adds_16"] * 3 * r  # read twice, write once
+        reduce_copies = measured["copies"] if r == 4 else measured["copies_16"] - gathers
+        assert reduce_copies == accum * params, name
         per_param = (measured["to_fp32"] * (r + 4) + adds) / params
         expected = accum * (2 + 2 + r) + per_param  # the GEMM's gradient, chunk_cat, the shard's
         modelled = compute.fsdp2_bytes_per_param(
@@ -292,8 +334,14 @@ def test_fsdp2_result_casts_and_additions_are_what_the_model_counts():
             reduce_each=True,
             reduce_width=r,
             replicated=name.startswith("hsdp"),
+            gather_world=1,
         )
         assert modelled.grads == expected, name
+        copies = modelled.reduce_copy * modelled.reductions
+        assert copies == reduce_copies * 2 * r / params, name  # read r, write r
+        assert modelled.copy_out == 0  # the cast shard is copied into the parameter itself
+    assert counts["fp32"]["copies_16"] == gathers
     assert counts["fp32"]["to_fp32"] == 0 and counts["bf16"]["to_fp32"] == accum * params
     assert counts["bf16"]["adds"] == (accum - 1) * params
-    assert counts["hsdp_bf16"] == {"to_fp32": params, "adds": 0, "adds_16": (accum - 1) * params}
+    hsdp = {k: counts["hsdp_bf16"][k] for k in ("to_fp32", "adds", "adds_16")}
+    assert hsdp == {"to_fp32": params, "adds": 0, "adds_16": (accum - 1) * params}
