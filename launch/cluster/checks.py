@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from launch.cluster.emulated import MAX_NODES, check_requirements
+from launch.cluster.emulated import MAX_NODES, check_congestion_control, check_requirements
 from launch.cluster.fabric import validate_fabric
 from launch.cluster.hosts import multinode_hosts
 from launch.conf_tree import group_choices
@@ -26,7 +26,10 @@ CLUSTER_LAUNCHERS = {
 ONLY_UNDER = {
     "cluster": (
         ClusterConfig(),
-        {key: ("multinode",) for key in ("hosts", "hostfile", "fabric_addrs", "node_rank")},
+        {
+            **{key: ("multinode",) for key in ("hosts", "hostfile", "fabric_addrs", "node_rank")},
+            "link_congestion_control": ("emulated",),
+        },
     ),
     "launcher": (
         LauncherConfig(),
@@ -100,3 +103,4 @@ def validate_emulated(cfg: RunConfig) -> None:
             )
     if not cfg.dry_run:
         check_requirements()  # root, ip, tc: only a real run needs them
+        check_congestion_control(str(c.link_congestion_control))

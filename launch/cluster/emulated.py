@@ -63,6 +63,38 @@ def check_requirements() -> None:
         )
 
 
+CONGESTION_CONTROL_SYSCTL = "/proc/sys/net/ipv4/tcp_congestion_control"
+AVAILABLE_CONGESTION_CONTROLS = "/proc/sys/net/ipv4/tcp_available_congestion_control"
+
+
+def host_congestion_control() -> str:
+    """The congestion control of the namespace this process runs in (what `host` inherits)."""
+    with open(CONGESTION_CONTROL_SYSCTL) as f:
+        return f.read().strip()
+
+
+def check_congestion_control(name: str) -> None:
+    """cluster.link_congestion_control must be one this kernel has loaded (root may set only
+    those inside a namespace; `modprobe tcp_<name>` loads one)."""
+    if name == "host":
+        return
+    with open(AVAILABLE_CONGESTION_CONTROLS) as f:
+        available = f.read().split()
+    if name not in available:
+        raise ConfigError(
+            "cluster.link_congestion_control",
+            f"{name} is not loaded in this kernel (available: {', '.join(available)}, or host); "
+            f"`modprobe tcp_{name}` loads it",
+        )
+
+
+def set_congestion_control(ns: str, name: str) -> None:
+    """TCP in namespace ``ns`` uses congestion control ``name`` (a new namespace inherits
+    the host's)."""
+    # /proc/sys/net is the namespace's of the process that opens it.
+    _must(["ip", "netns", "exec", ns, "sh", "-c", f"echo {name} > {CONGESTION_CONTROL_SYSCTL}"])
+
+
 def tbf_args(link_gbps: float) -> list[str]:
     """`tc ... tbf` arguments for a link of link_gbps per direction."""
     rate_bits = int(link_gbps * 1e9)
@@ -150,6 +182,8 @@ class EmulatedCluster:
     nodes: int
     link_gbps: float
     latency_ms: float = 0.0
+    # TCP congestion control set in each node namespace; `host` leaves the inherited one.
+    congestion_control: str = "cubic"
     tag: str = field(default_factory=lambda: f"{os.getpid()}-{secrets.token_hex(2)}")
     created: list[str] = field(default_factory=list)
     latency_applied: bool = False
@@ -187,6 +221,11 @@ class EmulatedCluster:
             "latency_requested_ms": self.latency_ms,
             "latency_applied": self.latency_applied,
             "qdisc": " ".join(tbf_args(self.link_gbps)) if self.link_gbps > 0 else "none",
+            "tcp_congestion_control": (
+                host_congestion_control()
+                if self.congestion_control == "host"
+                else self.congestion_control
+            ),
             "subnet": f"{SUBNET_PREFIX}0/24",
         }
 
@@ -227,6 +266,8 @@ class EmulatedCluster:
         _must([*sw, "link", "set", port, "master", BRIDGE, "up"])
         _must(["ip", "-n", ns, "addr", "add", f"{self.node_addr(k)}/24", "dev", NODE_IFACE])
         _must(["ip", "-n", ns, "link", "set", NODE_IFACE, "up"])
+        if self.congestion_control != "host":
+            set_congestion_control(ns, self.congestion_control)
         if self.link_gbps > 0:
             self._shape(ns, NODE_IFACE, delay=True)  # what the node sends
             self._shape(self.switch_ns, port, delay=False)  # what it receives

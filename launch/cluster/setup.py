@@ -50,7 +50,10 @@ def set_up_cluster(cfg: RunConfig, plans: list[RunPlan], console: Console) -> Cl
     if c.name == "emulated":
         matched_to = match_link_to_gpu(cfg, console) if c.link_match_gpu else None
         largest = max(plan.nodes for plan in plans)
-        emulated = EmulatedCluster(largest, c.link_gbps, c.link_latency_ms)
+        congestion_control = str(c.link_congestion_control)
+        emulated = EmulatedCluster(
+            largest, c.link_gbps, c.link_latency_ms, congestion_control=congestion_control
+        )
         if c.link_latency_ms > 0 and not cfg.dry_run:
             emulated.latency_applied = netem_available()
             if not emulated.latency_applied:

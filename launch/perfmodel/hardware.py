@@ -171,6 +171,9 @@ GLOO_LOOPBACK_SOURCE = "gloo on loopback, measured with launch.comm on the refer
 # The emulated cluster's link: TCP over a veth pair shaped by tc tbf. Goodput: the tbf counts
 # whole Ethernet frames (1514 bytes at MTU 1500) of which TCP carries MSS 1448 (20 IP + 32 TCP
 # with timestamps + 14 Ethernet bytes of headers): 1448 / 1514 = 0.956 of the configured rate.
+# That holds for a loss-based sender that keeps the tbf queue full: the node namespaces run
+# cubic (cluster.link_congestion_control; bbr's ProbeRTT and gain cycling leave the link idle
+# part of the time, docs/performance-model.md "Emulated link").
 # Latency of one gloo collective across it: 1.7 ms, the median time of launch.comm's 1-4 KiB
 # all-reduces at 200 and 20 Mbit/s (cluster=emulated cluster.nodes=2 cluster.nproc_per_node=1;
 # size-independent there, so it is alpha, not bandwidth).

@@ -119,6 +119,8 @@ def _where_line(run: dict[str, Any]) -> list[str]:
     link = cluster.get("link") or {}
     if link.get("gbps"):
         how = "declared" if link.get("declared") else "tc tbf"
+        if link.get("tcp_congestion_control"):
+            how += f", TCP {link['tcp_congestion_control']}"
         parts.append(f"link {link['gbps'] * 1000:g} Mbit/s per node ({how})")
     parts.append(f"fabric {(run.get('fabric') or {}).get('name') or 'none'}")
     return [" · ".join(parts), ""]

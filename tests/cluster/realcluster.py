@@ -36,7 +36,7 @@ import sys
 import time
 from pathlib import Path
 
-from launch.cluster.emulated import list_namespaces, tbf_args
+from launch.cluster.emulated import list_namespaces, set_congestion_control, tbf_args
 
 NS_PREFIX = "sprc-"
 SUBNET = "10.79.0."
@@ -328,6 +328,7 @@ class RealCluster:
             _run(["ip", "-n", sw, "link", "set", f"p{k}", "master", "br0", "up"])
             _run(["ip", "-n", ns, "addr", "add", f"{self.addr(host)}/24", "dev", "eth0"])
             _run(["ip", "-n", ns, "link", "set", "eth0", "up"])
+            set_congestion_control(ns, "cubic")  # as the emulated cluster's nodes: steady on tbf
 
     def _add_ns(self, ns: str) -> None:
         _run(["ip", "netns", "add", ns])

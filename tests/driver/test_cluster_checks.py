@@ -41,6 +41,14 @@ BAD = [
         "cluster.hosts: ['a', 'b'] applies only to cluster=multinode, not cluster=local",
     ),
     (["cluster.node_rank=1"], "cluster.node_rank: 1 applies only to cluster=multinode"),
+    (
+        ["cluster.link_congestion_control=bbr"],
+        "cluster.link_congestion_control: 'bbr' applies only to cluster=emulated",
+    ),
+    (
+        ["cluster=emulated", "cluster.link_congestion_control=vegas"],
+        "cluster.link_congestion_control: Invalid value 'vegas'",
+    ),
     (["launcher.partition=gpu"], "launcher.partition: 'gpu' applies only to launcher=slurm"),
     (
         ["launcher.runner=openmpi"],
@@ -67,6 +75,20 @@ def test_emulated_cluster_needs_root_ip_and_tc(monkeypatch):
     monkeypatch.setattr(emulated.shutil, "which", lambda tool: None if tool == "tc" else "/x")
     with pytest.raises(ConfigError, match=r"needs tc \(package iproute2\)"):
         emulated.check_requirements()
+
+
+def test_a_congestion_control_the_kernel_has_not_loaded_is_refused(monkeypatch, tmp_path):
+    available = tmp_path / "tcp_available_congestion_control"
+    available.write_text("reno cubic\n")
+    monkeypatch.setattr(emulated, "AVAILABLE_CONGESTION_CONTROLS", str(available))
+    emulated.check_congestion_control("cubic")
+    emulated.check_congestion_control("host")  # inherits, whatever that is
+    with pytest.raises(ConfigError) as caught:
+        emulated.check_congestion_control("bbr")
+    assert str(caught.value) == (
+        "cluster.link_congestion_control: bbr is not loaded in this kernel "
+        "(available: reno, cubic, or host); `modprobe tcp_bbr` loads it"
+    )
 
 
 def test_rendezvous_port_in_use_on_the_head(launch_in_process, tmp_path):

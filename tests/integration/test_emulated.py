@@ -15,7 +15,13 @@ import pytest
 from rich.progress import Progress
 
 from launch.app import _raise_stopped
-from launch.cluster.emulated import NAME_PREFIX, EmulatedCluster, list_namespaces
+from launch.cluster.emulated import (
+    CONGESTION_CONTROL_SYSCTL,
+    NAME_PREFIX,
+    EmulatedCluster,
+    host_congestion_control,
+    list_namespaces,
+)
 from launch.errors import RunFailed, Stopped
 from launch.launchers.command import NodeCommand
 from launch.launchers.local import run_nodes
@@ -72,6 +78,10 @@ def test_two_node_training_run_records_the_link(two_node_run):
     link = summary["cluster"]["link"]
     assert summary["cluster"]["name"] == "emulated"
     assert link["gbps"] == LINK_GBPS and link["qdisc"].startswith("tbf rate 200000000bit")
+    assert link["tcp_congestion_control"] == "cubic"  # the config's default, whatever the host's
+    assert run_module("launch.report", [str(out)], out).returncode == 0
+    report = (out / "report.md").read_text()
+    assert "link 200 Mbit/s per node (tc tbf, TCP cubic)" in report
     assert summary["fabric"]["nccl_env"]["NCCL_SOCKET_IFNAME"] == "eth0"
     assert (out / "launch.log").is_file() and (out / "launch-node1.log").is_file()
     assert leftover == []  # every namespace (and so every veth, the bridge) is gone
@@ -98,6 +108,23 @@ def test_all_reduce_busbw_reaches_the_link_rate(tmp_path):
     assert largest["busbw_gbytes_per_s"] >= 0.8 * link_gbytes_per_s, largest
     # And never faster than the link: the throttle is what is measured.
     assert largest["busbw_gbytes_per_s"] <= 1.05 * link_gbytes_per_s, largest
+
+
+def namespace_congestion_control(ns: str) -> str:
+    read = ["ip", "netns", "exec", ns, "cat", CONGESTION_CONTROL_SYSCTL]
+    return subprocess.run(read, capture_output=True, text=True, check=True).stdout.strip()
+
+
+def test_each_node_runs_the_configured_congestion_control():
+    """Not the host's (a host set to bbr made each step's all-reduce vary by up to 26%)."""
+    with EmulatedCluster(2, LINK_GBPS, congestion_control="reno") as cluster:
+        nodes = [cluster.node_ns(k) for k in range(2)]
+        assert [namespace_congestion_control(ns) for ns in nodes] == ["reno", "reno"]
+        assert cluster.applied_link()["tcp_congestion_control"] == "reno"
+    with EmulatedCluster(2, LINK_GBPS, congestion_control="host") as cluster:
+        inherited = namespace_congestion_control(cluster.node_ns(0))
+        assert cluster.applied_link()["tcp_congestion_control"] == inherited
+        assert inherited == host_congestion_control()
 
 
 def test_namespaces_go_after_a_failed_run_ctrl_c_and_sigterm(tmp_path):

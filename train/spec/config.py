@@ -59,6 +59,8 @@ PipelineSchedule = closed_choice(
 ActivationCheckpoint = closed_choice("ActivationCheckpoint", "none full selective")
 ClusterName = closed_choice("ClusterName", "local multinode emulated slurm")
 LinkKind = closed_choice("LinkKind", "nic nvlink")
+# cluster.link_congestion_control: Linux TCP congestion controls, or `host` (inherit).
+CongestionControl = closed_choice("CongestionControl", "cubic reno bbr host")
 LauncherName = closed_choice("LauncherName", "torchrun deepspeed slurm")
 # DeepSpeed's --launcher choices (deepspeed/launcher/runner.py).
 DeepSpeedRunner = closed_choice("DeepSpeedRunner", "pdsh openmpi mvapich mpich impi slurm")
@@ -318,6 +320,13 @@ class ClusterConfig:
     link_match_gpu: str | None = None
     # Which of that profile's links the emulated link stands for: `nic` or `nvlink`.
     link_match: LinkKind = LinkKind.nic
+    # cluster=emulated: the TCP congestion control inside every node namespace. cubic (Linux's
+    # default) keeps a tbf-shaped link full and steady, every step at the same rate. bbr (v1),
+    # which some hosts set as theirs, paces at 1.25x and 0.75x its bandwidth estimate in turn
+    # and every 10 s drops to 4 packets in flight for 200 ms (ProbeRTT), so the same
+    # all-reduce takes 0-26% longer from one step to the next (docs/performance-model.md,
+    # "Emulated link"). `host`: whatever the host's namespace uses.
+    link_congestion_control: CongestionControl = CongestionControl.cubic
 
 
 @dataclass
