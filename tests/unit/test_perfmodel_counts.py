@@ -345,3 +345,72 @@ def test_fsdp2_result_casts_and_additions_are_what_the_model_counts():
     assert counts["bf16"]["adds"] == (accum - 1) * params
     hsdp = {k: counts["hsdp_bf16"][k] for k in ("to_fp32", "adds", "adds_16")}
     assert hsdp == {"to_fp32": params, "adds": 0, "adds_16": (accum - 1) * params}
+
+
+# Two ranks of FSDP2 (gloo, FileStore): what one rank copies around each all-gather of a
+# 64 x 64 Linear unit, by op: the shard's cast (torch's foreach-copy fast path into a flat
+# 16-bit buffer), the copy into the all-gather input, the split copy out of the output.
+_FSDP2_GATHERS = """
+import collections, json, sys, torch, torch.distributed as dist
+from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+from torch.utils._python_dispatch import TorchDispatchMode
+
+def numel(tensors):
+    return [t.numel() for t in tensors]
+
+class Gathers(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.seen = collections.defaultdict(list)
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        if func is torch.ops.aten._foreach_copy_.default:
+            self.seen["cast"].append([args[1][0].dtype == torch.float32, numel(args[0])])
+        elif func is torch.ops.fsdp.all_gather_copy_in.default:
+            self.seen["copy_in"].append(out[0].numel())
+        elif func is torch.ops.fsdp.split_with_sizes_copy.default:
+            self.seen["copy_out"].append(numel(kwargs["out"]))
+        return out
+
+rank, store = int(sys.argv[1]), sys.argv[2]
+dist.init_process_group("gloo", store=dist.FileStore(store, 2), rank=rank, world_size=2)
+policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+net = torch.nn.Sequential(*(torch.nn.Linear(64, 64, bias=False) for _ in range(2)))
+for layer in net:
+    fully_shard(layer, mp_policy=policy)
+fully_shard(net, mp_policy=policy)
+with Gathers() as gathers:
+    net(torch.randn(8, 64)).float().sum().backward()
+if rank == 0:
+    print(json.dumps(gathers.seen))
+dist.destroy_process_group()
+"""
+
+
+def test_fsdp2_gathers_across_ranks_copy_what_the_model_counts(tmp_path):
+    """compute.fsdp2_bytes_per_param at a shard dim of 2: per gather, each shard element is
+    cast from the fp32 master to bf16 (read 4, write 2) and copied into the all-gather input
+    (read 2, write 2); every element of the unit is copied out of the output (read 2, write
+    2), as torch's FSDP2 runs it on two ranks. (One rank: the test above.)"""
+    store = tmp_path / "store"
+    probe = [sys.executable, "-c", _FSDP2_GATHERS]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    other = subprocess.Popen([*probe, "1", str(store)], cwd=REPO, env=env)
+    try:
+        run = subprocess.run(
+            [*probe, "0", str(store)], capture_output=True, text=True, cwd=REPO, env=env,
+            timeout=120, check=True,
+        )  # fmt: skip
+    finally:
+        assert other.wait(timeout=120) == 0
+    seen = json.loads(run.stdout.strip().splitlines()[-1])
+    unit, shard, gathers = 64 * 64, 64 * 64 // 2, 4  # 2 units, gathered for forward and backward
+    assert seen["cast"] == [[True, [shard]]] * gathers
+    assert seen["copy_in"] == [shard] * gathers
+    assert seen["copy_out"] == [[unit]] * gathers
+    modelled = compute.fsdp2_bytes_per_param(
+        accum=1, precision="bf16", shard_split=2, reduce_each=True, gather_world=2
+    )
+    assert modelled.copy_out == 2 + 2  # per element of the unit
+    assert modelled.shard_in == ((4 + 2) + (2 + 2)) / 2  # per element of the unit: per shard's
