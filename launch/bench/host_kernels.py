@@ -12,6 +12,11 @@ a busy moment). The spread is kept beside each.
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from datetime import datetime, timezone
@@ -19,8 +24,15 @@ from pathlib import Path
 from typing import Any
 
 from launch.bench.cache import host_cache_path, load_host, save
-from launch.perfmodel.host import HostWorkload, gemm_key, host_workload, sdpa_key
-from train.spec.config import load_run_config
+from launch.perfmodel.host import (
+    HostWorkload,
+    gemm_key,
+    host_workload,
+    loss_key,
+    overhead_key,
+    sdpa_key,
+)
+from train.spec.config import ModelConfig, load_run_config
 from train.spec.devices import cpu_model_name
 
 HOST_REPEATS = 5
@@ -93,10 +105,14 @@ def measure_host(
     gemms: list[tuple[int, int, int, str]],
     attention: list[tuple[int, int, int, int]],
     *,
+    losses: list[tuple[int, int]] = (),
+    models: list[ModelConfig] = (),
     cpu_threads: int = 1,
 ) -> dict:
-    """fp32 seconds of each GEMM (M, K, N, layout) and of each SDPA forward + backward (batch,
-    heads, seq, head_dim; causal, as train/model/transformer.py), and the elementwise latency
+    """fp32 seconds of each GEMM (M, K, N, layout), of each SDPA forward + backward (batch,
+    heads, seq, head_dim; causal, as train/model/transformer.py), of each loss forward +
+    backward (tokens, vocab: the runtime's cross_entropy_loss), of each model's forward +
+    backward at one token (its fixed cost: host.overhead_key), and the elementwise latency
     and bandwidth."""
     import torch  # only when measuring: the driver imports this module before every report
 
@@ -117,7 +133,19 @@ def measure_host(
             out.backward(grad)
 
         calls[sdpa_key(*shape)] = fwd_bwd
+    for tokens, vocab in losses:
+        logits = torch.randn(tokens, vocab, requires_grad=True)
+        targets = torch.randint(0, vocab, (tokens,))
+
+        def loss_fwd_bwd(logits=logits, targets=targets):
+            # train/model/transformer.py cross_entropy_loss on fp32 logits: this call (its
+            # .float() is a no-op, its flatten a view).
+            torch.nn.functional.cross_entropy(logits, targets).backward()
+            logits.grad = None
+
+        calls[loss_key(tokens, vocab)] = loss_fwd_bwd
     medians, spread = _round_robin_medians(calls) if calls else ({}, {})
+    fixed = _fixed_costs(models, cpu_threads) if models else []
     loops = {}  # elementwise: loops of their own, sizes fitted (t = latency + bytes / rate)
     for n in STREAM_ELEMENTS:
         a, b, c = torch.randn(n), torch.randn(n), torch.empty(n)
@@ -129,6 +157,8 @@ def measure_host(
     return {
         "gemm_s": {gemm_key(*g): medians[gemm_key(*g)] for g in gemms},
         "sdpa_s": {sdpa_key(*a): medians[sdpa_key(*a)] for a in attention},
+        "loss_s": {loss_key(*shape): medians[loss_key(*shape)] for shape in losses},
+        "overhead_s": {overhead_key(m): t for m, t in zip(models, fixed, strict=True)},
         "memory": {
             "kernel_latency_s": latency,
             "gbytes_per_s": bandwidth / 1e9,
@@ -136,6 +166,21 @@ def measure_host(
         },
         "relative_spread": spread,
     }
+
+
+def _fixed_costs(models: list[ModelConfig], cpu_threads: int) -> list[float]:
+    """train/measure/fixed_cost.py in a child process (it imports the model, which the driver
+    does not): each model's one-token forward + backward, its fixed cost per micro-step."""
+    request = {"threads": cpu_threads, "models": [dataclasses.asdict(m) for m in models]}
+    env = {**os.environ, "OMP_NUM_THREADS": str(cpu_threads)}
+    result = subprocess.run(
+        [sys.executable, "-m", "train.measure.fixed_cost"],
+        input=json.dumps(request, default=str), capture_output=True, text=True, env=env,
+        check=False, timeout=600,
+    )  # fmt: skip
+    if result.returncode != 0:
+        raise RuntimeError(f"train.measure.fixed_cost failed: {result.stderr.strip()[-2000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])["models"]
 
 
 def fit_alpha_beta(points: list[tuple[int, float]]) -> tuple[float, float]:
@@ -157,15 +202,18 @@ def ensure_host(work: HostWorkload) -> dict:
 
     device_name = cpu_model_name()
     record = load_host(device_name, work.cpu_threads) or {}
-    record.setdefault("gemm_s", {})
-    record.setdefault("sdpa_s", {})
+    for part in ("gemm_s", "sdpa_s", "loss_s", "overhead_s"):
+        record.setdefault(part, {})
     gemms = [g for g in work.gemms() if gemm_key(*g) not in record["gemm_s"]]
     attention = [a for a in work.attention() if sdpa_key(*a) not in record["sdpa_s"]]
-    if not gemms and not attention and "memory" in record:
+    losses = [shape for shape in work.losses() if loss_key(*shape) not in record["loss_s"]]
+    key = overhead_key(work.model)
+    models = [work.model] if key and key not in record["overhead_s"] else []
+    if not (gemms or attention or losses or models) and "memory" in record:
         return record
-    new = measure_host(gemms, attention, cpu_threads=work.cpu_threads)
-    record["gemm_s"].update(new["gemm_s"])
-    record["sdpa_s"].update(new["sdpa_s"])
+    new = measure_host(gemms, attention, losses=losses, models=models, cpu_threads=work.cpu_threads)
+    for part in ("gemm_s", "sdpa_s", "loss_s", "overhead_s"):
+        record[part].update(new[part])
     record["relative_spread"] = {**record.get("relative_spread", {}), **new["relative_spread"]}
     record["memory"] = new["memory"]
     record.update(

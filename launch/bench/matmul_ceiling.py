@@ -354,7 +354,8 @@ def _host_shapes(config: Path, cpu_threads: int) -> int:
         cpu_threads=cpu_threads,
     )
     record = ensure_host(work)
-    print(json.dumps({k: record[k] for k in ("gemm_s", "sdpa_s", "memory")}, indent=2))
+    shown = ("gemm_s", "sdpa_s", "loss_s", "overhead_s", "memory")
+    print(json.dumps({k: record[k] for k in shown}, indent=2))
     print(f"saved {host_cache_path(record['device_name'], cpu_threads)}")
     return 0
 

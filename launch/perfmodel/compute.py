@@ -509,14 +509,19 @@ def _host_compute_time(
         m, host, micro_batch=micro_batch, seq_len=seq_len, tp=t, n_checkpointed=n_ckpt
     )
     tokens = micro_batch * seq_len * accum
+    # A measured loss replaces the head's streamed bytes (logits, log-softmax, its gradient).
     nbytes = memory_bound_bytes(
-        m, plan, tokens=tokens, accum=accum, precision="fp32", optimizer_split=split, **fsdp
-    )
+        m, plan, tokens=tokens, accum=accum, precision="fp32", optimizer_split=split,
+        head=micro.loss_s is None, **fsdp,
+    )  # fmt: skip
     streamed = nbytes / (host.memory_gbytes_per_s * 1e9)
     optimizer_kernels = OPTIMIZER_KERNELS_PER_TENSOR * shapes.param_tensors(m)
-    memory_s = micro.kernels_s * accum + streamed + optimizer_kernels * host.kernel_latency_s
+    loss_s = micro.loss_s or 0.0
+    memory_s = (micro.kernels_s + loss_s) * accum + streamed
+    memory_s += optimizer_kernels * host.kernel_latency_s
     matmul_s, attention_s = micro.gemm_s * accum, micro.attention_s * accum
-    forward_s = (micro.gemm_s + micro.attention_s + micro.kernels_s) * accum * micro.forward_share
+    micro_s = micro.gemm_s + micro.attention_s + micro.kernels_s + loss_s
+    forward_s = micro_s * accum * micro.forward_share
     forward_s += streamed * m.n_layers / (3 * m.n_layers + n_ckpt)
     return ComputeTime(matmul_s, attention_s, memory_s, forward_s, *flops.of_step(tokens))
 

@@ -15,8 +15,16 @@ compute time is itemised over what was measured on this machine (``python -m lau
   over the tiny model's GEMMs on the Xeon of docs/performance-model.md, against timing
   them all on contiguous operands);
 - scaled-dot-product attention forward + backward at (micro batch, heads, seq, head dim);
-- memory-bound work as kernels x a measured per-kernel latency + bytes / a measured
-  streaming bandwidth (an alpha-beta model of elementwise kernels).
+- the loss (log-softmax and its gradient over the vocabulary: exp and log, which one core
+  computes at 1-3 ns an element, far below its streaming rate) forward + backward at
+  (tokens, vocab);
+- the model's fixed cost per micro-step: its forward + backward at one token, where every
+  op runs and none has work to do (dispatch, autograd's nodes, allocation, view ops: 3.5 ms
+  for the tiny model on the Xeon of docs/performance-model.md, where its counted
+  elementwise kernels at `c = a + b`'s latency came to 0.26 ms); models too large to build
+  on a CPU fall back to that count;
+- memory-bound work as bytes / a measured streaming bandwidth (an alpha-beta model of
+  elementwise kernels; the per-kernel latency where the fixed cost is not measured).
 
 Kernel counts are counted, not fitted: torch.profiler over train/model/transformer.py on
 torch 2.13 CPU (fp32) runs 136 forward and 237 backward elementwise / reduction kernels for the
@@ -27,6 +35,9 @@ CPU) 9 per parameter tensor. docs/performance-model.md has the command.
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -51,6 +62,24 @@ def gemm_key(m: int, k: int, n: int, layout: str) -> str:
 
 def sdpa_key(batch: int, heads: int, seq: int, head_dim: int) -> str:
     return f"{batch}x{heads}x{seq}x{head_dim}"
+
+
+def loss_key(tokens: int, vocab: int) -> str:
+    return f"{tokens}x{vocab}"
+
+
+# The fixed cost is measured on the model itself, built on this CPU: only up to this size.
+OVERHEAD_MAX_PARAMS = 50_000_000
+
+
+def overhead_key(m: ModelConfig) -> str | None:
+    """The model's shape, naming its one-token forward + backward; None for a model too
+    large to build here (OVERHEAD_MAX_PARAMS)."""
+    if shapes.count_params(m) > OVERHEAD_MAX_PARAMS:
+        return None
+    fields = {k: v for k, v in dataclasses.asdict(m).items() if k not in ("name", "source")}
+    digest = hashlib.sha1(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()
+    return f"{m.name}:{digest[:12]}"
 
 
 def gemms_of_linear(tokens: int, fan_in: int, fan_out: int) -> list[tuple[int, int, int, str]]:
@@ -92,10 +121,22 @@ class HostWorkload:
         m, micro, seq = self.model, self.micro_batch, self.seq_len
         return sorted({attention_shape(m, micro, seq, tp) for tp in self.tps})
 
+    def losses(self) -> list[tuple[int, int]]:
+        """(tokens, vocabulary) of the loss at each TP degree (vocab-parallel: its shard)."""
+        tokens = self.micro_batch * self.seq_len
+        return sorted({(tokens, self.model.vocab_size // tp) for tp in self.tps})
+
     def missing(self, record: dict | None) -> list[str]:
         """The keys of the shapes ``record`` (launch/bench/cache.py load_host) has no time for."""
-        measured = {**(record or {}).get("gemm_s", {}), **(record or {}).get("sdpa_s", {})}
+        record = record or {}
+        measured = {
+            key: None
+            for part in ("gemm_s", "sdpa_s", "loss_s", "overhead_s")
+            for key in record.get(part, {})
+        }
         keys = [gemm_key(*g) for g in self.gemms()] + [sdpa_key(*a) for a in self.attention()]
+        keys += [loss_key(*shape) for shape in self.losses()]
+        keys += [key] if (key := overhead_key(self.model)) else []
         return [key for key in keys if key not in measured]
 
 
@@ -128,6 +169,9 @@ class HostRates:
     memory_gbytes_per_s: float  # streaming bandwidth of one core
     matmul_flops: float  # the launch.mamf ceiling: for a shape not measured
     source: str
+    loss_s: dict[str, float] = dataclasses.field(default_factory=dict)  # loss_key -> fwd + bwd
+    # overhead_key -> the model's forward + backward at one token (its fixed cost)
+    overhead_s: dict[str, float] = dataclasses.field(default_factory=dict)
 
     def gemm_time(self, m: int, k: int, n: int, layout: str) -> float:
         measured = self.gemm_s.get(gemm_key(m, k, n, layout))
@@ -137,9 +181,18 @@ class HostRates:
         measured = self.sdpa_s.get(sdpa_key(*shape))
         return measured if measured is not None else attention_flops / self.matmul_flops
 
+    def loss_time(self, tokens: int, vocab: int) -> float | None:
+        return self.loss_s.get(loss_key(tokens, vocab))
+
+    def overhead_time(self, m: ModelConfig) -> float | None:
+        key = overhead_key(m)
+        return self.overhead_s.get(key) if key else None
+
     @classmethod
     def from_record(cls, record: dict, matmul_flops: float) -> HostRates:
         return cls(
+            loss_s=dict(record.get("loss_s") or {}),
+            overhead_s=dict(record.get("overhead_s") or {}),
             gemm_s=dict(record.get("gemm_s") or {}),
             sdpa_s=dict(record.get("sdpa_s") or {}),
             kernel_latency_s=record["memory"]["kernel_latency_s"],
@@ -171,8 +224,9 @@ class HostMicroStep:
 
     gemm_s: float
     attention_s: float
-    kernels_s: float  # elementwise kernels' latency
-    forward_share: float  # of gemm + attention + kernels
+    kernels_s: float  # the fixed cost (measured), else the elementwise kernels' latency
+    forward_share: float  # of gemm + attention + kernels + loss
+    loss_s: float | None = None  # the loss forward + backward, where measured
 
 
 def host_micro_step(
@@ -198,11 +252,18 @@ def host_micro_step(
     shape = attention_shape(m, micro_batch, seq_len, tp)
     flops = 12 * m.n_heads // tp * shapes.head_dim(m) * seq_len * tokens  # one block, fwd+bwd
     attention = host.sdpa_time(shape, flops) * (m.n_layers + n_checkpointed / 3)
-    kernels = host.kernel_latency_s * (
-        (FORWARD_KERNELS_PER_BLOCK + BACKWARD_KERNELS_PER_BLOCK) * m.n_layers
-        + FORWARD_KERNELS_PER_BLOCK * n_checkpointed
-    )
+    per_block = FORWARD_KERNELS_PER_BLOCK + BACKWARD_KERNELS_PER_BLOCK
+    replayed = FORWARD_KERNELS_PER_BLOCK * n_checkpointed  # a replayed block's forward ops
+    fixed = host.overhead_time(m)
+    if fixed is not None:
+        kernels = fixed * (1 + replayed / (per_block * m.n_layers))
+    else:
+        kernels = host.kernel_latency_s * (per_block * m.n_layers + replayed)
+    loss = host.loss_time(tokens, m.vocab_size // tp)
     gemm = forward + backward + head_forward + head_backward
-    total = gemm + attention + kernels
-    forward_part = forward + head_forward + attention / 3 + kernels / 3
-    return HostMicroStep(gemm, attention, kernels, forward_part / total if total else 0.0)
+    total = gemm + attention + kernels + (loss or 0.0)
+    # The loss's forward: about a third of its time (the log-softmax; its backward recomputes
+    # the exponentials), measured 1.5 of 4.3 ms at the tiny model's shape.
+    forward_part = forward + head_forward + attention / 3 + kernels / 3 + (loss or 0.0) / 3
+    share = forward_part / total if total else 0.0
+    return HostMicroStep(gemm, attention, kernels, share, loss)

@@ -2,12 +2,14 @@
 alpha-beta collectives (loopback, emulated link), the itemised micro-step over measured kernel
 times, and the alpha-beta fit of launch.mamf's elementwise measurement."""
 
+import dataclasses
+
 import pytest
 from omegaconf import OmegaConf
 
 from launch.bench.cache import host_cache_path, save
 from launch.bench.host_kernels import cache_run_kernels, fit_alpha_beta
-from launch.perfmodel import hardware, host
+from launch.perfmodel import compute, hardware, host
 from launch.perfmodel.collectives import collective_time
 from launch.perfmodel.hardware import part_rates
 from launch.perfmodel.host import (
@@ -15,6 +17,8 @@ from launch.perfmodel.host import (
     gemm_key,
     host_micro_step,
     host_workload,
+    loss_key,
+    overhead_key,
     sdpa_key,
     step_gemms,
 )
@@ -132,6 +136,52 @@ def test_cpu_compute_uses_the_host_measurement_when_given():
     assert with_host.compute.memory_s > step.kernels_s  # + optimizer kernels + streamed bytes
 
 
+def test_a_measured_loss_and_fixed_cost_replace_the_head_bytes_and_the_kernel_count():
+    """The loss (exp and log over the vocabulary) and the model's one-token forward +
+    backward, where measured, stand in for the head's streamed bytes and for the counted
+    elementwise kernels at `c = a + b`'s latency."""
+    cfg = _cpu("train.micro_batch=4", "train.seq_len=128", "train.global_batch=8")
+    m, ran = cfg.model, {"world_size": 1, "nproc_per_node": 1, "nodes": 1}
+    counted = _flat_host(1e11, 2e-3, 5e-6)
+    measured = dataclasses.replace(
+        counted, loss_s={loss_key(512, 2048): 4e-3}, overhead_s={overhead_key(m): 3.5e-3}
+    )
+    step = host_micro_step(m, measured, micro_batch=4, seq_len=128, tp=1, n_checkpointed=0)
+    assert (step.kernels_s, step.loss_s) == (3.5e-3, 4e-3)
+    ckpt = host_micro_step(m, measured, micro_batch=4, seq_len=128, tp=1, n_checkpointed=4)
+    forward_ops = host.FORWARD_KERNELS_PER_BLOCK / (
+        host.FORWARD_KERNELS_PER_BLOCK + host.BACKWARD_KERNELS_PER_BLOCK
+    )
+    assert ckpt.kernels_s == pytest.approx(3.5e-3 * (1 + forward_ops))  # replayed forwards
+
+    def memory_s(rates: HostRates) -> float:
+        given = dict(compute_tflops=0.1, precision="fp32", host=rates)
+        return predict_run(cfg, ran, **given).compute.memory_s
+
+    head_bytes = 512 * 2 * compute.HEAD_BYTES_PER_VOCAB * 2048  # 2 micro-steps of 512 tokens
+    counted_kernels = host_micro_step(
+        m, counted, micro_batch=4, seq_len=128, tp=1, n_checkpointed=0
+    ).kernels_s
+    expected = 2 * (3.5e-3 + 4e-3 - counted_kernels) - head_bytes / 10e9  # 2 micro-steps
+    assert memory_s(measured) - memory_s(counted) == pytest.approx(expected)
+
+
+def test_the_loss_and_the_models_one_token_pass_are_measured():
+    """launch.mamf --host-shapes times the loss at each (tokens, vocab) in the round-robin
+    passes and the model's forward + backward at one token in a child process
+    (train/measure/fixed_cost.py: the driver does not import the model)."""
+    from launch.bench.host_kernels import measure_host
+
+    m = _cpu().model
+    record = measure_host([], [], losses=[(64, 2048)], models=[m])
+    assert set(record["loss_s"]) == {loss_key(64, 2048)}
+    assert set(record["overhead_s"]) == {overhead_key(m)}
+    assert 0 < record["loss_s"][loss_key(64, 2048)] < 1
+    assert 0 < record["overhead_s"][overhead_key(m)] < 1
+    # A model too large to build on a CPU has no fixed cost to measure: its count stands.
+    assert overhead_key(_cpu("model=llama_7b").model) is None
+
+
 def test_alpha_beta_fit_recovers_latency_and_bandwidth():
     points = [(b, 3e-6 + b / 20e9) for b in (12, 12_288, 196_608, 1_572_864, 12_582_912)]
     alpha, beta = fit_alpha_beta(points)
@@ -174,6 +224,13 @@ def test_the_report_reads_kernel_times_and_never_measures_them(tmp_path, monkeyp
         "sdpa_s": {sdpa_key(*a): 1e-3 for a in work.attention()},
         "memory": {"kernel_latency_s": 5e-6, "gbytes_per_s": 10.0},
     }
+    save(host_cache_path(run["device_name"], work.cpu_threads), record)
+    # The loss at each vocabulary shard and the model's fixed cost are kernel times too.
+    assert sorted(work.missing(record)) == sorted(
+        [loss_key(512, 2048), loss_key(512, 1024), overhead_key(cfg.model)]
+    )
+    record["loss_s"] = {loss_key(*shape): 2e-3 for shape in work.losses()}
+    record["overhead_s"] = {overhead_key(cfg.model): 3e-3}
     save(host_cache_path(run["device_name"], work.cpu_threads), record)
     predicted = predicted_for(run)
     assert "unavailable" not in predicted, predicted
