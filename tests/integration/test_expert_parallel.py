@@ -15,8 +15,10 @@ case (EP across a throttled link) is tests/integration/test_emulated_expert_para
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
+import torch
 
 from tests.conftest import LOSS_FOR_LOSS, losses, rank_config, run_one_rank_here, torchrun
 from train.spec.traffic import KINDS
@@ -123,3 +125,41 @@ def test_the_summary_and_metrics_say_how_the_experts_were_loaded(root):
     assert all(json.loads(line)["moe"]["load_max_over_mean"] >= 1.0 for line in lines)
     capped = json.loads((root / "ep2_capacity_checkpointed" / "summary.json").read_text())
     assert 0 < capped["moe"]["dropped_share_mean"] < 1
+
+
+@pytest.mark.parametrize(
+    "nproc, overrides",
+    [
+        (2, ["parallel=ep", "parallel.ep=2"]),
+        (4, ["parallel=ep_fsdp", "parallel.ep=2"]),
+        (4, ["parallel=ep", "parallel.ep=2", "parallel.dp_replicate=2"]),
+    ],
+    ids=["ep2", "ep_fsdp_2x2", "ep2_replicas2"],
+)
+def test_every_gradient_is_a_one_rank_runs(tmp_path, nproc, overrides):
+    """Each expert's gradient sums what every EP rank's tokens sent it: averaged over the
+    experts' own mesh only, it came out ep times a one-rank run's (2x here), which the
+    loss-for-loss check cannot see (AdamW divides the scale out). Dense and expert
+    gradients, before clipping, against the one-rank reference of the same rows."""
+    from tests.ranks.expert_gradients import gradients
+    from train.runtime import distributed
+
+    _, reference_path = rank_config(
+        tmp_path / "one", [*COMMON, "parallel=ddp", "cluster.nproc_per_node=1"]
+    )
+    saved = {k: os.environ.pop(k) for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK") if k in os.environ}
+    try:
+        reference = gradients(reference_path, distributed.init_distributed())
+    finally:
+        os.environ.update(saved)
+    _, path = rank_config(tmp_path / "ep", [*COMMON, *overrides, f"cluster.nproc_per_node={nproc}"])
+    torchrun(nproc, "tests.ranks.expert_gradients", str(tmp_path / "grads.pt"), str(path))
+    got = torch.load(tmp_path / "grads.pt")
+    assert set(got) == set(reference)
+    experts = [name for name in got if ".experts." in name]
+    assert experts
+    for name, grad in got.items():
+        ratio = (grad.norm() / reference[name].norm()).item()
+        torch.testing.assert_close(
+            grad, reference[name], rtol=1e-4, atol=1e-7, msg=f"{name}: norm ratio {ratio:.4f}"
+        )

@@ -131,6 +131,16 @@ def apply_expert_fsdp(
     for block in model.layers:
         for moe in moe_blocks(block):
             fully_shard(moe.experts, mesh=experts, mp_policy=policy, shard_placement_fn=placement)
+            # An expert's gradient already sums what every EP rank's tokens sent it (the
+            # all-to-all's backward): averaging over the experts' mesh alone left it ep times
+            # a one-rank run's. Divide by every data-parallel rank, as the dense units are
+            # (torchtitan sets the same factor).
+            moe.experts.set_gradient_divide_factor(d.dp)
+            if mesh.device_type == "cpu" and d.dp_shard > 1:
+                # gloo has no PREMUL_SUM, which a custom factor asks of the reduce-scatter:
+                # sum, then divide. (A one-rank shard dim runs no reduce-scatter; it divides
+                # as it copies, and forcing the sum would divide a second time.)
+                moe.experts.set_force_sum_reduction_for_comms(True)
         fully_shard(block, mesh=dense, mp_policy=policy)
     fully_shard(model, mesh=dense, mp_policy=policy)
 
