@@ -64,28 +64,38 @@ def check_requirements() -> None:
 
 
 CONGESTION_CONTROL_SYSCTL = "/proc/sys/net/ipv4/tcp_congestion_control"
-AVAILABLE_CONGESTION_CONTROLS = "/proc/sys/net/ipv4/tcp_available_congestion_control"
-
-
-def host_congestion_control() -> str:
-    """The congestion control of the namespace this process runs in (what `host` inherits)."""
-    with open(CONGESTION_CONTROL_SYSCTL) as f:
-        return f.read().strip()
+# A namespace other than the host's may set only these (the kernel's tcp_cong.c refuses the
+# rest with EPERM), whatever is loaded (tcp_available_congestion_control).
+ALLOWED_CONGESTION_CONTROLS = "/proc/sys/net/ipv4/tcp_allowed_congestion_control"
 
 
 def check_congestion_control(name: str) -> None:
-    """cluster.link_congestion_control must be one this kernel has loaded (root may set only
-    those inside a namespace; `modprobe tcp_<name>` loads one)."""
+    """cluster.link_congestion_control must be one a node namespace may set."""
     if name == "host":
         return
-    with open(AVAILABLE_CONGESTION_CONTROLS) as f:
-        available = f.read().split()
-    if name not in available:
+    with open(ALLOWED_CONGESTION_CONTROLS) as f:
+        allowed = f.read().split()
+    if name not in allowed:
         raise ConfigError(
             "cluster.link_congestion_control",
-            f"{name} is not loaded in this kernel (available: {', '.join(available)}, or host); "
-            f"`modprobe tcp_{name}` loads it",
+            f"{name} may not be set inside a network namespace on this host (allowed: "
+            f"{', '.join(allowed)}, or host); add it to net.ipv4.tcp_allowed_congestion_control "
+            f"(after `modprobe tcp_{name}` if it is not loaded)",
         )
+
+
+def inherited_congestion_control() -> str:
+    """What a new namespace starts with (the host's default, as the kernel sets it in a new
+    namespace, not necessarily this process's): read in a scratch namespace."""
+    probe = f"{NAME_PREFIX}{os.getpid()}-ccprobe"
+    try:
+        _must(["ip", "netns", "add", probe])
+        read = run_ip(["ip", "netns", "exec", probe, "cat", CONGESTION_CONTROL_SYSCTL])
+        if read.returncode != 0:
+            raise EmulationError(f"reading {CONGESTION_CONTROL_SYSCTL} failed: {read.stderr}")
+        return read.stdout.strip()
+    finally:
+        delete_namespace(probe)
 
 
 def set_congestion_control(ns: str, name: str) -> None:
@@ -184,6 +194,9 @@ class EmulatedCluster:
     latency_ms: float = 0.0
     # TCP congestion control set in each node namespace; `host` leaves the inherited one.
     congestion_control: str = "cubic"
+    # Under `host`: what the node namespaces inherit (inherited_congestion_control), once
+    # probed; None records "host".
+    inherited: str | None = None
     tag: str = field(default_factory=lambda: f"{os.getpid()}-{secrets.token_hex(2)}")
     created: list[str] = field(default_factory=list)
     latency_applied: bool = False
@@ -222,7 +235,7 @@ class EmulatedCluster:
             "latency_applied": self.latency_applied,
             "qdisc": " ".join(tbf_args(self.link_gbps)) if self.link_gbps > 0 else "none",
             "tcp_congestion_control": (
-                host_congestion_control()
+                (self.inherited or "host")
                 if self.congestion_control == "host"
                 else self.congestion_control
             ),

@@ -12,7 +12,11 @@ from dataclasses import dataclass
 
 from rich.console import Console
 
-from launch.cluster.emulated import EmulatedCluster, netem_available
+from launch.cluster.emulated import (
+    EmulatedCluster,
+    inherited_congestion_control,
+    netem_available,
+)
 from launch.cluster.hosts import ClusterNode, multinode_hosts
 from launch.cluster.link_match import cpu_flops_per_rank, matched_link_gbps
 from launch.conf_tree import load_gpu_profile
@@ -61,6 +65,8 @@ def set_up_cluster(cfg: RunConfig, plans: list[RunPlan], console: Console) -> Cl
                     f"[yellow]warning:[/] this kernel has no sch_netem: cluster.link_latency_ms="
                     f"{c.link_latency_ms} is not applied (the links are rate-limited only)"
                 )
+        if congestion_control == "host" and not cfg.dry_run:
+            emulated.inherited = inherited_congestion_control()
         cfg.resolved.applied_link = emulated.applied_link()
         if matched_to:
             cfg.resolved.applied_link["matched_to"] = matched_to

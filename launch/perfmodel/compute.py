@@ -283,17 +283,17 @@ def compute_time(
         block_s = flops.blocks / bf16_rate
     matmul_s = tokens * (block_s + flops.head / bf16_rate)
     split = optimizer_split or layout_optimizer_split(plan)
-    fsdp = {"fsdp_reduce_each": fsdp_reduce_each, "fsdp_reduce_width": fsdp_reduce_width}
+    given = dict(fsdp_reduce_each=fsdp_reduce_each, fsdp_reduce_width=fsdp_reduce_width,
+                 stage_params=stage_params, per_step_split=per_step_split, head=head)  # fmt: skip
     if rates.host is not None:
         shape = (micro_batch, seq_len, accum_steps)
-        return _host_compute_time(m, plan, *shape, rates, split, flops, fsdp)
+        return _host_compute_time(m, plan, *shape, rates, split, flops, given)
     attention_s = tokens * _attention_s_per_token(
         m, n_ckpt, seq_len, t, precision, rates, kernels.attention, kernels.block
     )
     nbytes = memory_bound_bytes(
         m, plan, tokens=tokens, accum=accum_steps, precision=precision, optimizer_split=split,
-        head=head, compiled=compiled, kernels=kernels, stage_params=stage_params,
-        per_step_split=per_step_split, **fsdp,
+        compiled=compiled, kernels=kernels, **given,
     )  # fmt: skip
     gaps_s = kernel_gaps_s(m.n_layers, n_ckpt, accum_steps, compiled, kernels.block)
     gaps_s = gaps_s if rates.sms else 0.0
@@ -499,21 +499,23 @@ def _host_compute_time(
     rates: PartRates,
     split: int,
     flops: StepFlops,
-    fsdp: dict,
+    given: dict,
 ) -> ComputeTime:
     """The cpu profile: kernel times measured at this workload's shapes (perfmodel/host.py);
-    ``fsdp``: compute_time's FSDP accumulation arguments, for memory_bound_bytes."""
+    ``given``: compute_time's FSDP accumulation and pipeline-stage arguments, for
+    memory_bound_bytes (a stage without the head runs neither its GEMMs nor the loss)."""
     host = rates.host
-    t, n_ckpt = plan.degrees.tp, len(plan.checkpointed)
+    t, n_ckpt, head = plan.degrees.tp, len(plan.checkpointed), given.get("head", True)
     micro = host_micro_step(
-        m, host, micro_batch=micro_batch, seq_len=seq_len, tp=t, n_checkpointed=n_ckpt
-    )
+        m, host, micro_batch=micro_batch, seq_len=seq_len, tp=t, n_checkpointed=n_ckpt,
+        head=head,
+    )  # fmt: skip
     tokens = micro_batch * seq_len * accum
     # A measured loss replaces the head's streamed bytes (logits, log-softmax, its gradient).
+    given = {**given, "head": head and micro.loss_s is None}
     nbytes = memory_bound_bytes(
-        m, plan, tokens=tokens, accum=accum, precision="fp32", optimizer_split=split,
-        head=micro.loss_s is None, **fsdp,
-    )  # fmt: skip
+        m, plan, tokens=tokens, accum=accum, precision="fp32", optimizer_split=split, **given
+    )
     streamed = nbytes / (host.memory_gbytes_per_s * 1e9)
     optimizer_kernels = OPTIMIZER_KERNELS_PER_TENSOR * shapes.param_tensors(m)
     loss_s = micro.loss_s or 0.0
@@ -580,6 +582,7 @@ def _fsdp2_weight_bytes(
             reduce_width=reduce_width,
             replicated=group.replicated,
             gather_world=group.gather_world,
+            divides_out_of_place=group.divides_out_of_place,
         )
         if plan.row.pipeline:
             # A stage's units stay gathered from the first microbatch to the step's last
@@ -610,6 +613,10 @@ class Fsdp2Group:
     replicated: bool
     # The root unit's parameters (embedding, final norm, head) are in this group.
     holds_root: bool = True
+    # A gradient divide factor set on the units (the routed experts: by every data-parallel
+    # rank, train/parallel/expert_parallel.py): at gather_world 1 torch divides out of place
+    # before its copy (foreach_reduce: reduce_output.copy_(input / factor)).
+    divides_out_of_place: bool = False
 
 
 def fsdp2_groups(m: ModelConfig, plan: LayoutPlan, local_params: int) -> list[Fsdp2Group]:
@@ -624,8 +631,13 @@ def fsdp2_groups(m: ModelConfig, plan: LayoutPlan, local_params: int) -> list[Fs
     if plan.row.shards_parameters:
         dense = Fsdp2Group(local_params - experts, d.dp_shard * d.ep, d.dp_replicate > 1)
     else:
-        dense = Fsdp2Group(local_params - experts, 1, d.dp_replicate * d.ep > 1)
-    return [dense, Fsdp2Group(experts, d.dp_shard, d.dp_replicate > 1, holds_root=False)]
+        # Always a 2-D mesh (train/parallel/expert_parallel.py fsdp_meshes), so torch takes
+        # HSDP's path, partial results kept between micro-steps, even at one rank.
+        dense = Fsdp2Group(local_params - experts, 1, True)
+    routed = Fsdp2Group(
+        experts, d.dp_shard, d.dp_replicate > 1, holds_root=False, divides_out_of_place=True
+    )
+    return [dense, routed]
 
 
 @dataclass(frozen=True)
@@ -648,6 +660,7 @@ def fsdp2_bytes_per_param(
     reduce_width: int = 4,
     replicated: bool = False,
     gather_world: int,
+    divides_out_of_place: bool = False,
 ) -> Fsdp2Bytes:
     """FSDP2's device copies per parameter (the comment above). ``shard_split``: the ranks a
     shard is 1/n of (the optimizer's split: a single-device base splits it as its layout
@@ -668,7 +681,7 @@ def fsdp2_bytes_per_param(
     copy_out = 2 * w if gather_world > 1 else 0
     # Per parameter, like the copy-out it replaces: a one-device base (gather_world 1) pays
     # it whole, as a one-GPU run does.
-    reduce_copy = 2 * r if gather_world == 1 else 0
+    reduce_copy = (4 if divides_out_of_place else 2) * r if gather_world == 1 else 0
     to_master = r + o if r != o else 0  # per shard element of each reduce-scatter's result
     if reduce_each or accum == 1:
         # Each micro-step: the GEMM's gradient and its chunk_cat into the reduce-scatter

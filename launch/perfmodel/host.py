@@ -237,9 +237,11 @@ def host_micro_step(
     seq_len: int,
     tp: int,
     n_checkpointed: int,
+    head: bool = True,
 ) -> HostMicroStep:
     """GEMMs and attention at their measured times; a replayed (checkpointed) block runs its
-    forward GEMMs, attention forward (a third of forward + backward) and kernels again."""
+    forward GEMMs, attention forward (a third of forward + backward) and kernels again.
+    ``head``: this rank runs the output head and the loss (a pipeline's last stage)."""
     tokens = micro_batch * seq_len
     forward = backward = 0.0
     for lin in shapes.block_linears(m, tp):
@@ -249,6 +251,8 @@ def host_micro_step(
     forward, backward = forward * m.n_layers, backward * m.n_layers
     fwd, dx, dw = gemms_of_linear(tokens, m.d_model, m.vocab_size)
     head_forward, head_backward = host.gemm_time(*fwd), host.gemm_time(*dx) + host.gemm_time(*dw)
+    if not head:
+        head_forward = head_backward = 0.0
     shape = attention_shape(m, micro_batch, seq_len, tp)
     flops = 12 * m.n_heads // tp * shapes.head_dim(m) * seq_len * tokens  # one block, fwd+bwd
     attention = host.sdpa_time(shape, flops) * (m.n_layers + n_checkpointed / 3)
@@ -259,7 +263,7 @@ def host_micro_step(
         kernels = fixed * (1 + replayed / (per_block * m.n_layers))
     else:
         kernels = host.kernel_latency_s * (per_block * m.n_layers + replayed)
-    loss = host.loss_time(tokens, m.vocab_size // tp)
+    loss = host.loss_time(tokens, m.vocab_size // tp) if head else None
     gemm = forward + backward + head_forward + head_backward
     total = gemm + attention + kernels + (loss or 0.0)
     # The loss's forward: about a third of its time (the log-softmax; its backward recomputes

@@ -77,17 +77,20 @@ def test_emulated_cluster_needs_root_ip_and_tc(monkeypatch):
         emulated.check_requirements()
 
 
-def test_a_congestion_control_the_kernel_has_not_loaded_is_refused(monkeypatch, tmp_path):
-    available = tmp_path / "tcp_available_congestion_control"
-    available.write_text("reno cubic\n")
-    monkeypatch.setattr(emulated, "AVAILABLE_CONGESTION_CONTROLS", str(available))
+def test_a_congestion_control_a_namespace_may_not_set_is_refused(monkeypatch, tmp_path):
+    # The kernel lets a namespace other than the host's set only the allowed ones (EPERM
+    # otherwise, in the first node's namespace, after setup had begun).
+    allowed = tmp_path / "tcp_allowed_congestion_control"
+    allowed.write_text("reno cubic\n")
+    monkeypatch.setattr(emulated, "ALLOWED_CONGESTION_CONTROLS", str(allowed))
     emulated.check_congestion_control("cubic")
     emulated.check_congestion_control("host")  # inherits, whatever that is
     with pytest.raises(ConfigError) as caught:
         emulated.check_congestion_control("bbr")
     assert str(caught.value) == (
-        "cluster.link_congestion_control: bbr is not loaded in this kernel "
-        "(available: reno, cubic, or host); `modprobe tcp_bbr` loads it"
+        "cluster.link_congestion_control: bbr may not be set inside a network namespace on "
+        "this host (allowed: reno, cubic, or host); add it to "
+        "net.ipv4.tcp_allowed_congestion_control (after `modprobe tcp_bbr` if it is not loaded)"
     )
 
 

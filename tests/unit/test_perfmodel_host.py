@@ -25,6 +25,8 @@ from launch.perfmodel.host import (
 from launch.perfmodel.step import predict_run
 from launch.report.predicted import predicted_for
 from tests.conftest import compose_run_config
+from train.spec import shapes
+from train.spec.degrees import Degrees, LayoutPlan
 from train.spec.devices import cpu_model_name
 
 
@@ -180,6 +182,30 @@ def test_the_loss_and_the_models_one_token_pass_are_measured():
     assert 0 < record["overhead_s"][overhead_key(m)] < 1
     # A model too large to build on a CPU has no fixed cost to measure: its count stands.
     assert overhead_key(_cpu("model=llama_7b").model) is None
+
+
+def test_a_pipeline_stage_on_the_host_runs_its_own_parameters_and_the_head_if_last():
+    """compute_time's stage arguments reach the cpu path: a stage holding fewer parameters
+    streams fewer bytes, and one without the head runs neither its GEMMs nor the loss."""
+    cfg = _cpu("parallel=pp", "train.micro_batch=4", "train.seq_len=128")
+    m = cfg.model
+    rates = dataclasses.replace(
+        part_rates(cfg.gpu, compute_tflops=0.1, precision="fp32"),
+        host=dataclasses.replace(_flat_host(1e11, 2e-3, 5e-6), loss_s={loss_key(512, 2048): 4e-3}),
+    )
+    plan = LayoutPlan("pp", Degrees(1, 1, 1, pp=2), False, [])
+
+    def step(**stage) -> compute.ComputeTime:
+        given = dict(micro_batch=4, seq_len=128, accum_steps=2, precision="fp32", rates=rates)
+        return compute.compute_time(m, plan, **given, **stage)
+
+    whole = step()
+    half = step(stage_params=shapes.count_params(m) // 2)
+    first = step(stage_params=shapes.count_params(m) // 2, head=False)
+    assert half.memory_s < whole.memory_s
+    head_gemms = 3 * 2 * 512 * 128 * 2048 / 1e11  # its three GEMMs at the ceiling, per micro-step
+    assert half.matmul_s - first.matmul_s == pytest.approx(2 * head_gemms)
+    assert half.memory_s - first.memory_s == pytest.approx(2 * 4e-3)  # the loss, 2 micro-steps
 
 
 def test_alpha_beta_fit_recovers_latency_and_bandwidth():

@@ -19,7 +19,10 @@ then shards it over dp_shard (ep_fsdp: on dim 0, or on dim 1 where an EP rank ho
 experts than there are shards, as torchtitan does) and replicates it over dp_replicate. The
 rest of the model is FSDP2's: under ep_fsdp sharded over dp_shard x ep (torchtitan's dense
 sharding over the EP ranks too), under ep replicated over every data-parallel rank (an FSDP2
-mesh without a shard dim: gradients all-reduced, parameters whole). The collectives are
+mesh whose shard dim is one rank: gradients all-reduced; torch copies each parameter into
+its unsharded tensor at every use, with no collective). The experts' gradients are divided
+by every data-parallel rank, since each already sums what every EP rank's tokens sent it.
+The collectives are
 itemised in train/spec/traffic.py (``expert_all_to_all``, ``fsdp_units``).
 """
 

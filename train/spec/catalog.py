@@ -302,14 +302,14 @@ ROWS = (
            ("pp", "dp_shard"), GradientSync.shard, pipeline=True,
            degree_refusals=_PIPELINE_NO_TP, refusals=_PIPELINE),
     Layout(LayoutName.ep, "expert parallel: each MoE block's experts split over parallel.ep "
-           "ranks (tokens sent by all-to-all), the rest of the model replicated (FSDP2 with "
-           "no shard dim: gradients all-reduced over every data-parallel rank)",
+           "ranks (tokens sent by all-to-all), the rest of the model replicated (FSDP2 on a "
+           "shard dim of one rank: gradients all-reduced over every data-parallel rank)",
            ("dp_replicate", "ep"), GradientSync.replicate, refusals=_EXPERT_PARALLEL,
            node_split=("dp_replicate", "ep"), single_rank=LayoutName.fsdp),
     Layout(LayoutName.ep_fsdp, "expert parallel inside a node, FSDP2 over the dense parameters "
            "(over the EP ranks too, as torchtitan) and over each expert across the rest",
            ("dp_replicate", "dp_shard", "ep"), GradientSync.shard, refusals=_EXPERT_PARALLEL,
-           node_split=("dp_shard", "ep")),
+           node_split=("dp_shard", "ep"), single_rank=LayoutName.fsdp),
 )
 # fmt: on
 CATALOG: dict[str, Layout] = {row.name.value: row for row in ROWS}

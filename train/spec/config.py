@@ -325,7 +325,7 @@ class ClusterConfig:
     # which some hosts set as theirs, paces at 1.25x and 0.75x its bandwidth estimate in turn
     # and every 10 s drops to 4 packets in flight for 200 ms (ProbeRTT), so the same
     # all-reduce takes 0-26% longer from one step to the next (docs/performance-model.md,
-    # "Emulated link"). `host`: whatever the host's namespace uses.
+    # "Emulated link"). `host`: whatever a new namespace inherits from the host.
     link_congestion_control: CongestionControl = CongestionControl.cubic
 
 

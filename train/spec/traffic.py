@@ -228,7 +228,7 @@ def step_collectives(
         out += _tensor_parallel(model, layout, shape)
     if d.ep > 1:
         out += expert_all_to_all(model, layout, shape)
-    if row.shards_parameters or row.expert_parallel:  # FSDP2 units (ep: no shard dim)
+    if row.shards_parameters or row.expert_parallel:  # FSDP2 units (ep: a one-rank shard dim)
         out += _fsdp(model, layout, shape)
     elif d.dp_replicate > 1:  # DDP: the whole model's fp32 gradients, bucketed in backward
         size = numel(all_param_shapes(model)) * GRADIENT_BYTES
