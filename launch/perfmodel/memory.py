@@ -201,12 +201,14 @@ def transient_bytes(m: ModelConfig, plan: LayoutPlan, precision: str) -> int:
     d = plan.degrees
     row = plan.row
     units = fsdp_units(m, plan) if row.shards_parameters or row.expert_parallel else []
-    if any(d.size(u.shard) > 1 for u in units):
+    if units:
         # Two gathered blocks (the running one, the prefetched one) with their experts, the
         # root (kept through the micro-step), and one block's unsharded gradients before its
-        # reduce-scatter. FSDP2 gathers in the compute dtype (train/parallel/fsdp.py).
+        # reduce-scatter. FSDP2 gathers in the compute dtype (train/parallel/fsdp.py); a
+        # shard dim of one rank copies each unit into its unsharded tensor all the same
+        # (torch's world-size-1 path), so ep's units are gathered copies too.
         width = 2 if precision in SIXTEEN_BIT else 4
-        gathered = {u.kind: u.elements for u in units if d.size(u.shard) > 1}
+        gathered = {u.kind: u.elements for u in units}
         block = max((u.elements for u in units if u.kind == "block"), default=0)
         block += gathered.get("experts", 0)
         return (3 * block + gathered.get("root", 0)) * width

@@ -306,7 +306,8 @@ def _memory(
     cfg: RunConfig, plan: LayoutPlan, accum: int, precision: str, rates: PartRates
 ) -> MemoryEstimate:
     shape = StepShape.of_run(cfg, accum_steps=accum, precision=precision)
-    unsharded = plan.row.shards_parameters and not shape.fsdp_reduce_each
+    fsdp2 = plan.row.shards_parameters or plan.row.expert_parallel  # ep: FSDP2 units too
+    unsharded = fsdp2 and not shape.fsdp_reduce_each
     return estimate_memory(
         cfg.model,
         plan,
