@@ -49,3 +49,19 @@ def test_summary_without_a_process_group_is_this_rank():
         "peak_bytes": 100,
         "peak_reserved_bytes": None,  # CPU: no caching allocator, null rather than a guess
     }
+
+
+def test_a_one_rank_shard_dim_still_holds_gathered_copies_and_no_ddp_buckets():
+    """torch's world-size-1 path copies each FSDP2 unit into its unsharded tensor, as a
+    gather would: fsdp on one rank and ep's units (a shard dim of one) hold the same
+    transient blocks as a sharded rank, and ep across replicas holds no DDP bucket copy."""
+    from launch.perfmodel.memory import transient_bytes
+    from tests.conftest import model_config
+    from train.spec.degrees import Degrees, LayoutPlan
+
+    m = model_config(n_experts=8, top_k=2, expert_ffn_hidden=64, moe_every=1)
+    one, two = (LayoutPlan("fsdp", Degrees(1, n, 1), False, []) for n in (1, 2))
+    assert transient_bytes(m, one, "bf16") > 0
+    replicas = LayoutPlan("ep", Degrees(2, 1, 1, ep=2), False, [])
+    held = transient_bytes(m, replicas, "bf16")
+    assert 0 < held < transient_bytes(m, two, "bf16")  # gathered blocks, 2 bytes: not buckets
