@@ -92,8 +92,14 @@ def inherited_congestion_control() -> str:
         _must(["ip", "netns", "add", probe])
         read = run_ip(["ip", "netns", "exec", probe, "cat", CONGESTION_CONTROL_SYSCTL])
         if read.returncode != 0:
-            raise EmulationError(f"reading {CONGESTION_CONTROL_SYSCTL} failed: {read.stderr}")
+            raise EmulationError(f"reading it failed: {read.stderr.strip()}")
         return read.stdout.strip()
+    except EmulationError as exc:  # e.g. a container without CAP_SYS_ADMIN: one line, exit 2
+        raise ConfigError(
+            "cluster.link_congestion_control",
+            f"host: reading what a new namespace inherits failed ({exc}); name one instead "
+            "(cubic, reno, bbr)",
+        ) from exc
     finally:
         delete_namespace(probe)
 

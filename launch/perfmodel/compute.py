@@ -582,7 +582,7 @@ def _fsdp2_weight_bytes(
             reduce_width=reduce_width,
             replicated=group.replicated,
             gather_world=group.gather_world,
-            divides_out_of_place=group.divides_out_of_place,
+            custom_divide=group.custom_divide,
         )
         if plan.row.pipeline:
             # A stage's units stay gathered from the first microbatch to the step's last
@@ -615,8 +615,9 @@ class Fsdp2Group:
     holds_root: bool = True
     # A gradient divide factor set on the units (the routed experts: by every data-parallel
     # rank, train/parallel/expert_parallel.py): at gather_world 1 torch divides out of place
-    # before its copy (foreach_reduce: reduce_output.copy_(input / factor)).
-    divides_out_of_place: bool = False
+    # before its copy (foreach_reduce: reduce_output.copy_(input / factor)); above it the
+    # runtime forces a sum and torch divides each result in place.
+    custom_divide: bool = False
 
 
 def fsdp2_groups(m: ModelConfig, plan: LayoutPlan, local_params: int) -> list[Fsdp2Group]:
@@ -635,7 +636,7 @@ def fsdp2_groups(m: ModelConfig, plan: LayoutPlan, local_params: int) -> list[Fs
         # HSDP's path, partial results kept between micro-steps, even at one rank.
         dense = Fsdp2Group(local_params - experts, 1, True)
     routed = Fsdp2Group(
-        experts, d.dp_shard, d.dp_replicate > 1, holds_root=False, divides_out_of_place=True
+        experts, d.dp_shard, d.dp_replicate > 1, holds_root=False, custom_divide=True
     )
     return [dense, routed]
 
@@ -660,7 +661,7 @@ def fsdp2_bytes_per_param(
     reduce_width: int = 4,
     replicated: bool = False,
     gather_world: int,
-    divides_out_of_place: bool = False,
+    custom_divide: bool = False,
 ) -> Fsdp2Bytes:
     """FSDP2's device copies per parameter (the comment above). ``shard_split``: the ranks a
     shard is 1/n of (the optimizer's split: a single-device base splits it as its layout
@@ -681,8 +682,11 @@ def fsdp2_bytes_per_param(
     copy_out = 2 * w if gather_world > 1 else 0
     # Per parameter, like the copy-out it replaces: a one-device base (gather_world 1) pays
     # it whole, as a one-GPU run does.
-    reduce_copy = (4 if divides_out_of_place else 2) * r if gather_world == 1 else 0
+    reduce_copy = (4 if custom_divide else 2) * r if gather_world == 1 else 0
     to_master = r + o if r != o else 0  # per shard element of each reduce-scatter's result
+    # Above one rank with a custom factor: each result divided in place (read r, write r per
+    # shard element and reduction; _div_if_needed), counted with the cast to the master's.
+    to_master += 2 * r if custom_divide and gather_world > 1 else 0
     if reduce_each or accum == 1:
         # Each micro-step: the GEMM's gradient and its chunk_cat into the reduce-scatter
         # input; per shard element the result's cast, and its addition to .grad after the

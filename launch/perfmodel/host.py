@@ -18,13 +18,13 @@ compute time is itemised over what was measured on this machine (``python -m lau
 - the loss (log-softmax and its gradient over the vocabulary: exp and log, which one core
   computes at 1-3 ns an element, far below its streaming rate) forward + backward at
   (tokens, vocab);
-- the model's fixed cost per micro-step: its forward + backward at one token, where every
-  op runs and none has work to do (dispatch, autograd's nodes, allocation, view ops: 3.5 ms
-  for the tiny model on the Xeon of docs/performance-model.md, where its counted
-  elementwise kernels at `c = a + b`'s latency came to 0.26 ms); models too large to build
-  on a CPU fall back to that count;
+- the model's fixed cost per micro-step: the forward + backward at one token of a narrow
+  copy with the same op graph (narrow_model), where every op runs and none has work to do
+  (dispatch, autograd's nodes, allocation, view ops), timed at two block counts for a root
+  part and a part per block (a pipeline stage runs its own blocks); where it is not measured,
+  the counted elementwise kernels at `c = a + b`'s latency stand;
 - memory-bound work as bytes / a measured streaming bandwidth (an alpha-beta model of
-  elementwise kernels; the per-kernel latency where the fixed cost is not measured).
+  elementwise kernels).
 
 Kernel counts are counted, not fitted: torch.profiler over train/model/transformer.py on
 torch 2.13 CPU (fp32) runs 136 forward and 237 backward elementwise / reduction kernels for the
@@ -68,16 +68,37 @@ def loss_key(tokens: int, vocab: int) -> str:
     return f"{tokens}x{vocab}"
 
 
-# The fixed cost is measured on the model itself, built on this CPU: only up to this size.
-OVERHEAD_MAX_PARAMS = 50_000_000
+def narrow_model(m: ModelConfig, n_layers: int) -> ModelConfig:
+    """``m``'s op graph where no op has work to do: the same heads, KV heads, experts,
+    routing and kinds of block, at 8 dims a head, SwiGLU widths of 16 and 64 words, with
+    ``n_layers`` blocks (its first n_dense_layers dense, as ``m``'s). Its one-token forward +
+    backward is the per-op cost a micro-step pays whatever its size (at ``m``'s own widths
+    the weights' reads and the gradients' writes, counted elsewhere, would be in it too)."""
+    return dataclasses.replace(
+        m,
+        name=f"{m.name}-narrow",
+        n_layers=n_layers,
+        d_model=8 * m.n_heads,
+        ffn_hidden=16,
+        expert_ffn_hidden=16 if m.expert_ffn_hidden else None,
+        vocab_size=64,
+        n_dense_layers=min(m.n_dense_layers, n_layers),
+    )
 
 
-def overhead_key(m: ModelConfig) -> str | None:
-    """The model's shape, naming its one-token forward + backward; None for a model too
-    large to build here (OVERHEAD_MAX_PARAMS)."""
-    if shapes.count_params(m) > OVERHEAD_MAX_PARAMS:
-        return None
-    fields = {k: v for k, v in dataclasses.asdict(m).items() if k not in ("name", "source")}
+def fixed_cost_points(m: ModelConfig) -> tuple[int, int]:
+    """Block counts the narrow model is timed at: the fixed cost is fitted as a root part
+    (embedding, final norm, head, loss) plus a part per block."""
+    low = max(1, m.n_layers // 2)
+    return low, m.n_layers if m.n_layers > low else low + 1
+
+
+def overhead_key(m: ModelConfig) -> str:
+    """``m``'s op graph, its block count and widths aside (narrow_model): what names its
+    fixed cost, the same for a pipeline stage's blocks as for the whole model's."""
+    fields = dataclasses.asdict(narrow_model(m, 1))
+    fields = {k: v for k, v in fields.items() if k not in ("name", "source", "n_dense_layers")}
+    fields["n_dense_layers"] = m.n_dense_layers
     digest = hashlib.sha1(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()
     return f"{m.name}:{digest[:12]}"
 
@@ -136,7 +157,7 @@ class HostWorkload:
         }
         keys = [gemm_key(*g) for g in self.gemms()] + [sdpa_key(*a) for a in self.attention()]
         keys += [loss_key(*shape) for shape in self.losses()]
-        keys += [key] if (key := overhead_key(self.model)) else []
+        keys.append(overhead_key(self.model))
         return [key for key in keys if key not in measured]
 
 
@@ -170,8 +191,8 @@ class HostRates:
     matmul_flops: float  # the launch.mamf ceiling: for a shape not measured
     source: str
     loss_s: dict[str, float] = dataclasses.field(default_factory=dict)  # loss_key -> fwd + bwd
-    # overhead_key -> the model's forward + backward at one token (its fixed cost)
-    overhead_s: dict[str, float] = dataclasses.field(default_factory=dict)
+    # overhead_key -> {"root_s", "per_block_s"}: the fixed cost (narrow_model at one token)
+    overhead_s: dict[str, dict] = dataclasses.field(default_factory=dict)
 
     def gemm_time(self, m: int, k: int, n: int, layout: str) -> float:
         measured = self.gemm_s.get(gemm_key(m, k, n, layout))
@@ -184,9 +205,15 @@ class HostRates:
     def loss_time(self, tokens: int, vocab: int) -> float | None:
         return self.loss_s.get(loss_key(tokens, vocab))
 
-    def overhead_time(self, m: ModelConfig) -> float | None:
-        key = overhead_key(m)
-        return self.overhead_s.get(key) if key else None
+    def fixed_cost(self, m: ModelConfig, *, head: bool, n_checkpointed: int) -> float | None:
+        """A micro-step's fixed cost on ``m``'s blocks (a pipeline stage's own), the root's
+        part where this rank runs the head; a replayed block adds its forward's share."""
+        measured = self.overhead_s.get(overhead_key(m))
+        if not isinstance(measured, dict):  # not measured (or an older record's float)
+            return None
+        ops = FORWARD_KERNELS_PER_BLOCK + BACKWARD_KERNELS_PER_BLOCK
+        blocks = m.n_layers + FORWARD_KERNELS_PER_BLOCK / ops * n_checkpointed
+        return measured["per_block_s"] * blocks + (measured["root_s"] if head else 0.0)
 
     @classmethod
     def from_record(cls, record: dict, matmul_flops: float) -> HostRates:
@@ -256,12 +283,10 @@ def host_micro_step(
     shape = attention_shape(m, micro_batch, seq_len, tp)
     flops = 12 * m.n_heads // tp * shapes.head_dim(m) * seq_len * tokens  # one block, fwd+bwd
     attention = host.sdpa_time(shape, flops) * (m.n_layers + n_checkpointed / 3)
-    per_block = FORWARD_KERNELS_PER_BLOCK + BACKWARD_KERNELS_PER_BLOCK
-    replayed = FORWARD_KERNELS_PER_BLOCK * n_checkpointed  # a replayed block's forward ops
-    fixed = host.overhead_time(m)
-    if fixed is not None:
-        kernels = fixed * (1 + replayed / (per_block * m.n_layers))
-    else:
+    kernels = host.fixed_cost(m, head=head, n_checkpointed=n_checkpointed)
+    if kernels is None:
+        per_block = FORWARD_KERNELS_PER_BLOCK + BACKWARD_KERNELS_PER_BLOCK
+        replayed = FORWARD_KERNELS_PER_BLOCK * n_checkpointed  # a replayed block's forward ops
         kernels = host.kernel_latency_s * (per_block * m.n_layers + replayed)
     loss = host.loss_time(tokens, m.vocab_size // tp) if head else None
     gemm = forward + backward + head_forward + head_backward

@@ -94,6 +94,22 @@ def test_a_congestion_control_a_namespace_may_not_set_is_refused(monkeypatch, tm
     )
 
 
+def test_an_unreadable_inherited_congestion_control_is_one_line(monkeypatch):
+    """`host` reads what a new namespace inherits in a scratch one: where namespaces cannot be
+    made (a container without CAP_SYS_ADMIN), one line naming the key, not a traceback."""
+    import subprocess
+
+    def no_namespaces(args):
+        return subprocess.CompletedProcess(args, 1, "", "mount --make-shared: Permission denied")
+
+    monkeypatch.setattr(emulated, "run_ip", no_namespaces)
+    with pytest.raises(ConfigError) as caught:
+        emulated.inherited_congestion_control()
+    message = str(caught.value)
+    assert message.startswith("cluster.link_congestion_control: host: reading what a new")
+    assert "Permission denied" in message and "\n" not in message
+
+
 def test_rendezvous_port_in_use_on_the_head(launch_in_process, tmp_path):
     with socket.socket() as taken:
         taken.bind(("", 0))

@@ -234,8 +234,7 @@ def test_fsdp2_groups_follow_the_meshes_expert_parallel_puts_units_on():
         plan = LayoutPlan(name, degrees, False, [])
         found = compute.fsdp2_groups(m, plan, local)
         return [
-            (g.params, g.gather_world, g.replicated, g.holds_root, g.divides_out_of_place)
-            for g in found
+            (g.params, g.gather_world, g.replicated, g.holds_root, g.custom_divide) for g in found
         ]
 
     assert groups("ep", Degrees(1, 1, 1, ep=8)) == [

@@ -145,16 +145,23 @@ def test_a_measured_loss_and_fixed_cost_replace_the_head_bytes_and_the_kernel_co
     cfg = _cpu("train.micro_batch=4", "train.seq_len=128", "train.global_batch=8")
     m, ran = cfg.model, {"world_size": 1, "nproc_per_node": 1, "nodes": 1}
     counted = _flat_host(1e11, 2e-3, 5e-6)
+    fixed = {"root_s": 0.5e-3, "per_block_s": 0.75e-3}  # 3.5 ms over the tiny model's 4 blocks
     measured = dataclasses.replace(
-        counted, loss_s={loss_key(512, 2048): 4e-3}, overhead_s={overhead_key(m): 3.5e-3}
+        counted, loss_s={loss_key(512, 2048): 4e-3}, overhead_s={overhead_key(m): fixed}
     )
     step = host_micro_step(m, measured, micro_batch=4, seq_len=128, tp=1, n_checkpointed=0)
-    assert (step.kernels_s, step.loss_s) == (3.5e-3, 4e-3)
+    assert (step.kernels_s, step.loss_s) == (pytest.approx(3.5e-3), 4e-3)
     ckpt = host_micro_step(m, measured, micro_batch=4, seq_len=128, tp=1, n_checkpointed=4)
     forward_ops = host.FORWARD_KERNELS_PER_BLOCK / (
         host.FORWARD_KERNELS_PER_BLOCK + host.BACKWARD_KERNELS_PER_BLOCK
     )
-    assert ckpt.kernels_s == pytest.approx(3.5e-3 * (1 + forward_ops))  # replayed forwards
+    assert ckpt.kernels_s == pytest.approx(3.5e-3 + 4 * forward_ops * 0.75e-3)  # replays
+    # A pipeline stage's two blocks without the head: their part only (the same key: the
+    # model's op graph, whatever its block count).
+    stage = dataclasses.replace(m, n_layers=2)
+    first = host_micro_step(stage, measured, micro_batch=4, seq_len=128, tp=1, n_checkpointed=0,
+                            head=False)  # fmt: skip
+    assert (first.kernels_s, first.loss_s) == (pytest.approx(1.5e-3), None)
 
     def memory_s(rates: HostRates) -> float:
         given = dict(compute_tflops=0.1, precision="fp32", host=rates)
@@ -179,9 +186,17 @@ def test_the_loss_and_the_models_one_token_pass_are_measured():
     assert set(record["loss_s"]) == {loss_key(64, 2048)}
     assert set(record["overhead_s"]) == {overhead_key(m)}
     assert 0 < record["loss_s"][loss_key(64, 2048)] < 1
-    assert 0 < record["overhead_s"][overhead_key(m)] < 1
-    # A model too large to build on a CPU has no fixed cost to measure: its count stands.
-    assert overhead_key(_cpu("model=llama_7b").model) is None
+    fixed = record["overhead_s"][overhead_key(m)]
+    assert 0 < fixed["per_block_s"] < 1 and 0 <= fixed["root_s"] < 1
+    # Timed on a narrow copy with the same op graph: a large model builds in no time, and
+    # its widths do not name another fixed cost.
+    big = _cpu("model=llama_7b").model
+    narrow = host.narrow_model(big, 2)
+    widths = (narrow.n_heads, narrow.n_kv_heads, narrow.d_model, narrow.vocab_size)
+    assert widths == (32, 32, 256, 64)
+    assert overhead_key(dataclasses.replace(big, d_model=8192)) == overhead_key(big)
+    assert overhead_key(dataclasses.replace(big, n_layers=3)) == overhead_key(big)
+    assert overhead_key(dataclasses.replace(big, n_heads=16)) != overhead_key(big)
 
 
 def test_a_pipeline_stage_on_the_host_runs_its_own_parameters_and_the_head_if_last():
@@ -206,6 +221,30 @@ def test_a_pipeline_stage_on_the_host_runs_its_own_parameters_and_the_head_if_la
     head_gemms = 3 * 2 * 512 * 128 * 2048 / 1e11  # its three GEMMs at the ceiling, per micro-step
     assert half.matmul_s - first.matmul_s == pytest.approx(2 * head_gemms)
     assert half.memory_s - first.memory_s == pytest.approx(2 * 4e-3)  # the loss, 2 micro-steps
+
+
+def test_a_failed_measurement_leaves_the_report_to_say_what_to_run(tmp_path, monkeypatch, capsys):
+    """The measurement's child process can fail (or time out): the sweep's report still
+    comes, the run's row naming the command, and one line says what failed."""
+    from launch.bench import host_kernels
+
+    monkeypatch.setenv("SCALEPROBE_CACHE_DIR", str(tmp_path / "cache"))
+    cfg = _cpu("precision=fp32", "train.micro_batch=4", "train.seq_len=128")
+    cfg.gpu.measured_peak_tflops.fp32 = 0.088
+    (tmp_path / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
+    run = {
+        "run_dir": str(tmp_path), "device_name": cpu_model_name(), "world_size": 1,
+        "nproc_per_node": 1, "nodes": 1, "precision": {"resolved": "fp32"},
+    }  # fmt: skip
+
+    def crashed(work):
+        raise RuntimeError("train.measure.fixed_cost failed: killed\nmore")
+
+    monkeypatch.setattr(host_kernels, "ensure_host", crashed)
+    assert host_kernels.cache_run_kernels([run]) == 0
+    err = capsys.readouterr().err
+    assert "kernel times failed: train.measure.fixed_cost failed: killed" in err
+    assert "more" not in err
 
 
 def test_alpha_beta_fit_recovers_latency_and_bandwidth():
@@ -256,7 +295,7 @@ def test_the_report_reads_kernel_times_and_never_measures_them(tmp_path, monkeyp
         [loss_key(512, 2048), loss_key(512, 1024), overhead_key(cfg.model)]
     )
     record["loss_s"] = {loss_key(*shape): 2e-3 for shape in work.losses()}
-    record["overhead_s"] = {overhead_key(cfg.model): 3e-3}
+    record["overhead_s"] = {overhead_key(cfg.model): {"root_s": 1e-3, "per_block_s": 5e-4}}
     save(host_cache_path(run["device_name"], work.cpu_threads), record)
     predicted = predicted_for(run)
     assert "unavailable" not in predicted, predicted

@@ -3,11 +3,11 @@ on the runtime's own code (launch/bench/host_kernels.py runs it in a child proce
 driver does not import torch or the model until it measures).
 
 Reads JSON on stdin: ``{"threads": n, "models": [ModelConfig fields, ...]}``; prints
-``{"models": [seconds, ...]}``: each model's fixed cost, its forward + backward at one token
-(train/model/transformer.py, fp32, the runtime's loss included), where every op runs and none
-has work to do: dispatch, autograd's nodes, allocations, view ops, which a micro-step pays
-whatever its size. Each is the median of single calls timed in round-robin passes, after a
-warm-up call.
+``{"models": [seconds, ...]}``: each model's forward + backward at one token
+(train/model/transformer.py, fp32, the runtime's loss included). The driver sends narrow
+copies (launch/perfmodel/host.py narrow_model), where every op runs and none has work to do:
+dispatch, autograd's nodes, allocations, view ops, which a micro-step pays whatever its size.
+Each is the median of single calls timed in round-robin passes, after a warm-up call.
 """
 
 from __future__ import annotations

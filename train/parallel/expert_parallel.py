@@ -138,11 +138,18 @@ def apply_expert_fsdp(
             # all-to-all's backward): averaging over the experts' mesh alone left it ep times
             # a one-rank run's. Divide by every data-parallel rank, as the dense units are
             # (torchtitan sets the same factor).
+            if not hasattr(moe.experts, "set_gradient_divide_factor"):
+                raise RuntimeError(
+                    f"parallel={layout.row.name}: this torch ({torch.__version__}) has no "
+                    "FSDPModule.set_gradient_divide_factor, which the experts' gradients need "
+                    "(checked on torch 2.13)"
+                )
             moe.experts.set_gradient_divide_factor(d.dp)
-            if mesh.device_type == "cpu" and d.dp_shard > 1:
-                # gloo has no PREMUL_SUM, which a custom factor asks of the reduce-scatter:
-                # sum, then divide. (A one-rank shard dim runs no reduce-scatter; it divides
-                # as it copies, and forcing the sum would divide a second time.)
+            if d.dp_shard > 1:
+                # A custom factor makes the reduce-scatter a PREMUL_SUM, which gloo lacks and
+                # NCCL got wrong in bf16 for powers of two (pytorch#190745): sum, then divide
+                # the shard. (A one-rank shard dim runs no reduce-scatter; it divides as it
+                # copies, and forcing the sum would divide a second time.)
                 moe.experts.set_force_sum_reduction_for_comms(True)
         fully_shard(block, mesh=dense, mp_policy=policy)
     fully_shard(model, mesh=dense, mp_policy=policy)
