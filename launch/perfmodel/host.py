@@ -11,9 +11,9 @@ compute time is itemised over what was measured on this machine (``python -m lau
 - each GEMM the step runs, by shape and operand layout: forward (tokens, in, out) against the
   weight's transposed view, input gradient (tokens, out, in) on contiguous operands, weight
   gradient (out, tokens, in) from the output gradient's transposed view, per Linear of a
-  block (TP: its shard) and the head (a layout changes the kernel the CPU BLAS runs: +9%
-  over the tiny model's GEMMs on the Xeon of docs/performance-model.md, against timing
-  them all on contiguous operands);
+  block (TP: its shard) and the head (TP: its vocabulary shard). A layout changes the
+  kernel the CPU BLAS runs: +9% over the tiny model's GEMMs on the Xeon of
+  docs/performance-model.md, against timing them all on contiguous operands;
 - scaled-dot-product attention forward + backward at (micro batch, heads, seq, head dim);
 - the loss (log-softmax and its gradient over the vocabulary: exp and log, which one core
   computes at 1-3 ns an element, far below its streaming rate) forward + backward at
@@ -114,7 +114,8 @@ def step_gemms(m: ModelConfig, tokens: int, tp: int) -> list[tuple[int, int, int
     """Every distinct GEMM shape of one micro-step (blocks and head), for measurement."""
     out = []
     linears = [(lin.in_features, lin.out_features) for lin in shapes.block_linears(m, tp)]
-    for fan_in, fan_out in [*linears, (m.d_model, m.vocab_size)]:
+    # The head is column-parallel over the vocabulary (train/parallel/tensor_parallel.py).
+    for fan_in, fan_out in [*linears, (m.d_model, m.vocab_size // tp)]:
         out += gemms_of_linear(tokens, fan_in, fan_out)
     return sorted(set(out))
 
@@ -276,7 +277,7 @@ def host_micro_step(
         forward += host.gemm_time(*fwd) * (m.n_layers + n_checkpointed) / m.n_layers
         backward += host.gemm_time(*dx) + host.gemm_time(*dw)
     forward, backward = forward * m.n_layers, backward * m.n_layers
-    fwd, dx, dw = gemms_of_linear(tokens, m.d_model, m.vocab_size)
+    fwd, dx, dw = gemms_of_linear(tokens, m.d_model, m.vocab_size // tp)  # vocab-parallel
     head_forward, head_backward = host.gemm_time(*fwd), host.gemm_time(*dx) + host.gemm_time(*dw)
     if not head:
         head_forward = head_backward = 0.0
