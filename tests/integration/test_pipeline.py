@@ -3,7 +3,8 @@ global batch, send exactly the bytes train/spec/traffic.py computes for each ran
 report their stages, bubble and memory in summary.json.
 
 One torchrun start of 2 ranks runs every schedule (tests/ranks/pipeline_ranks.py); one of 4
-ranks runs pp with 2 replicas and pp_fsdp with 2 shards per stage. The model has 5 blocks, so
+ranks runs pp with 2 replicas, pp_fsdp with 2 shards per stage, and TP inside 2 stages (pp
+and pp_fsdp, with and without sequence parallelism, interleaved). The model has 5 blocks, so
 the stages are uneven (2 stages: 3 + 2 blocks; 4 stages: 2 + 1 + 1 + 1). Global batch 8,
 micro batch 2: 4 microbatches per step (2 under 2 data-parallel ranks).
 
@@ -48,8 +49,31 @@ TWO_RANKS = {
 FOUR_RANKS = {
     "pp_replicas": ["parallel=pp", "parallel.pp=2", "parallel.dp_replicate=2"],
     "pp_fsdp_4": ["parallel=pp_fsdp", "parallel.activation_checkpoint=full"],
+    # Megatron-LM's 3-D layout: TP inside each stage (sequence parallel by default).
+    "pp_tp": ["parallel=pp", "parallel.pp=2", "parallel.tp=2"],
+    "pp_tp_interleaved_no_sp": [
+        "parallel=pp",
+        "parallel.pp=2",
+        "parallel.tp=2",
+        "parallel.sequence_parallel=false",
+        "parallel.pp_schedule=interleaved_one_f_one_b",
+        *TWO,
+    ],
+    # One stage, 2 replicas of a TP pair: the replicas all-reduce each TP shard of the
+    # embedding's gradient, which DTensor's backward leaves whole (match_parameter_placements).
+    "pp1_tp_replicas": ["parallel=pp", "parallel.pp=1", "parallel.tp=2", "parallel.dp_replicate=2"],
+    "pp_fsdp_tp": [
+        "parallel=pp_fsdp",
+        "parallel.pp=2",
+        "parallel.tp=2",
+        "parallel.activation_checkpoint=full",
+    ],
 }
 BF16 = {"one_f_one_b_bf16": ["parallel=pp", "precision=bf16"]}
+# Bytes only: under FSDP2's 16-bit parameters TP moves a 16-bit stream.
+BF16_FOUR = {
+    "pp_fsdp_tp_bf16": ["parallel=pp_fsdp", "parallel.pp=2", "parallel.tp=2", "precision=bf16"]
+}
 TOLERANCE = 1e-4  # relative; see the module docstring
 
 
@@ -68,7 +92,7 @@ def runs(tmp_path_factory):
     # The reference: one rank in-process, no process group.
     run_one_rank_here(config(root, "one_rank", ["parallel=ddp"], 1)[1])
     cfgs, counted = {}, {}
-    for nproc, group in ((2, {**TWO_RANKS, **BF16}), (4, FOUR_RANKS)):
+    for nproc, group in ((2, {**TWO_RANKS, **BF16}), (4, {**FOUR_RANKS, **BF16_FOUR})):
         sub = root / f"ranks{nproc}"
         sub.mkdir()
         written = {n: config(sub, n, o, nproc) for n, o in group.items()}
@@ -89,7 +113,7 @@ def test_pipeline_matches_one_rank_loss_for_loss(runs, name):
     assert len(got) == len(reference) == 5
     assert reference[-1] < reference[0] - 0.2  # it trains
     assert got == pytest.approx(reference, rel=TOLERANCE, abs=0)
-    assert summaries[name]["layout"]["pp"] == 2
+    assert summaries[name]["layout"]["pp"] == (1 if name == "pp1_tp_replicas" else 2)
 
 
 def test_bf16_pipeline_trains_close_to_fp32(runs):
@@ -100,7 +124,7 @@ def test_bf16_pipeline_trains_close_to_fp32(runs):
     assert got == pytest.approx(reference, abs=0.02)  # bf16 matmuls round; the stream is fp32
 
 
-@pytest.mark.parametrize("name", [*TWO_RANKS, *FOUR_RANKS, *BF16])
+@pytest.mark.parametrize("name", [*TWO_RANKS, *FOUR_RANKS, *BF16, *BF16_FOUR])
 def test_every_rank_sends_the_bytes_of_the_formula(runs, name):
     _, cfgs, counted, summaries = runs
     cfg, nproc = cfgs[name]
@@ -120,12 +144,12 @@ def test_every_rank_sends_the_bytes_of_the_formula(runs, name):
     pp_size = layout.degrees.pp
     for rank, seen in enumerate(counted[name]):
         assert seen["unknown"] == []
-        # Mesh (pp, dp_replicate, dp_shard): the pipeline rank is the outermost coordinate.
+        # Mesh (pp, dp_replicate, dp_shard, tp): the pipeline rank is the outermost one.
         want = expected[rank // (nproc // pp_size)].as_dict()
         assert seen["bytes"] == {k: v for k, v in want.items() if k != "total" and v}, rank
     busiest = max(expected, key=lambda v: v.total).as_dict()
     assert summaries[name]["comm_bytes_per_step"] == busiest
-    assert busiest["send_recv"] > 0
+    assert busiest["send_recv"] > 0 or pp_size == 1
 
 
 def test_summary_reports_stages_bubble_and_memory_per_stage(runs):

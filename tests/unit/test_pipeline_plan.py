@@ -120,9 +120,10 @@ BAD = [
         "parallel.pp_microbatches: 3 does not divide the 8 rows",
     ),
     (["parallel=zero3", "parallel.pp=2"], "parallel.pp: 2: pipeline stages with DeepSpeed ZeRO"),
+    # TP inside stages takes TP's own rules (train/spec/degrees.py check_tensor_parallel).
     (
-        ["parallel=pp", "parallel.pp=1", "parallel.tp=2"],
-        "parallel.tp: 2: tensor parallel inside a pipeline stage is not wired up",
+        ["parallel=pp", "model=tiny", "parallel.pp=1", "parallel.tp=2", "model.n_kv_heads=1"],
+        "parallel.tp: 2 does not divide model.n_kv_heads 1",
     ),
     (["parallel=pp", "model=gpt_125m"], "model.tie_embeddings: model gpt_125m ties"),
     (

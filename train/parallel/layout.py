@@ -185,7 +185,7 @@ def clip_grad_norm_(params: list[nn.Parameter], max_norm: float) -> torch.Tensor
     norms = torch._foreach_norm(local, 2, dtype=torch.float32) if local else []
     by_shards: dict[int, list[torch.Tensor]] = {}
     for grad, norm in zip(grads, norms, strict=True):
-        by_shards.setdefault(_distinct_shards(grad), []).append(norm)
+        by_shards.setdefault(distinct_shards(grad), []).append(norm)
     for shards, group in by_shards.items():
         sq = torch.stack(group).pow(2).sum()
         if shards == 1:
@@ -203,7 +203,7 @@ def clip_grad_norm_(params: list[nn.Parameter], max_norm: float) -> torch.Tensor
     return total_norm
 
 
-def _distinct_shards(tensor: torch.Tensor) -> int:
+def distinct_shards(tensor: torch.Tensor) -> int:
     if not isinstance(tensor, DTensor):
         return 1
     shards = 1

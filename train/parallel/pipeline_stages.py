@@ -4,10 +4,14 @@ The reference transformer is cut by blocks into ``pp x pp_stages_per_rank`` stag
 (train/spec/stages.py: the first stages get one more block when the count is uneven); the
 embedding runs on the first stage, the final norm, head and loss on the last. Each stage keeps
 its parameters' names (``layers.3.attention.wq``), so every rank initialises them exactly as
-one rank would (train/model/weights.py). Inside a stage group the stage is wrapped in FSDP2
-(pp_fsdp, across parallel.dp_shard; torch's PipelineStage reduces its gradients on the last
-microbatch's backward only), or replicated (pp, across parallel.dp_replicate): gradients are
-all-reduced in flat buckets of parallel.bucket_mb after the schedule. Not DDP itself: in torch
+one rank would (train/model/weights.py). With parallel.tp > 1 each stage is tensor parallel
+over its TP group (train/parallel/tensor_parallel.py; Megatron-LM's and torchtitan's 3-D
+layout): stages pass plain tensors (under sequence parallelism each TP rank's 1/tp of the
+sequence), and the last stage's loss runs on its vocab/tp logits (vocab_parallel_loss).
+Inside a stage group the stage is wrapped in FSDP2 (pp_fsdp, across parallel.dp_shard;
+torch's PipelineStage reduces its gradients on the last microbatch's backward only), or
+replicated (pp, across parallel.dp_replicate): gradients are all-reduced in flat buckets of
+parallel.bucket_mb after the schedule. Not DDP itself: in torch
 2.13 a DDP-wrapped stage fails its bucket rebuild ("rebuilt parameter indices size is not same
 as original model parameters size"), the first step's shape inference having run a backward of
 its own; the price is that the all-reduce does not overlap the backward.
@@ -20,15 +24,19 @@ summed over the pipeline so every rank returns it (4 bytes, counted as an all-re
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
+from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.fsdp import fully_shard
 from torch.distributed.pipelining import PipelineStage
 from torch.distributed.pipelining import schedules as torch_schedules
-from torch.distributed.tensor import DTensor
+from torch.distributed.tensor import DTensor, Shard
+from torch.distributed.tensor.parallel import loss_parallel
 
 from train.measure.held_memory import (
     HeldMemory,
@@ -41,8 +49,9 @@ from train.model.transformer import Transformer
 from train.model.weights import materialize
 from train.parallel.activation_checkpoint import Checkpointed
 from train.parallel.fsdp import mixed_precision_policy
-from train.parallel.layout import Layout, adamw
+from train.parallel.layout import Layout, adamw, distinct_shards
 from train.parallel.mesh import build_mesh, data_parallel_rank
+from train.parallel.tensor_parallel import apply_tensor_parallel
 from train.spec.config import RunConfig
 from train.spec.degrees import LayoutPlan
 from train.spec.stages import SINGLE_STAGE, TORCH_SCHEDULES, PipelinePlan
@@ -53,8 +62,19 @@ class TransformerStage(nn.Module):
     the final norm and head on the last. Takes tokens (first stage) or the residual stream;
     returns the stream, or logits (last stage)."""
 
-    def __init__(self, model: Transformer, layer_ids: range, *, first: bool, last: bool):
+    def __init__(
+        self,
+        model: Transformer,
+        layer_ids: range,
+        *,
+        first: bool,
+        last: bool,
+        sequence_shards: int = 1,
+    ):
         super().__init__()
+        # Under sequence parallelism a stage receives its TP rank's 1/tp of the sequence:
+        # the rope tables still cover the whole of it (attention gathers the sequence).
+        self.sequence_shards = sequence_shards
         self.tok_embeddings = model.tok_embeddings if first else None
         # Keyed by the block's index in the whole model, so parameter names match it.
         self.layers = nn.ModuleDict({str(i): model.layers[i] for i in layer_ids})
@@ -64,8 +84,10 @@ class TransformerStage(nn.Module):
         self.register_buffer("rope_sin", model.rope_sin, persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.tok_embeddings(x) if self.tok_embeddings is not None else x
-        seq_len = h.shape[1]
+        if self.tok_embeddings is not None:
+            seq_len, h = x.shape[1], self.tok_embeddings(x)
+        else:
+            seq_len, h = x.shape[1] * self.sequence_shards, x
         cos, sin = self.rope_cos[:seq_len], self.rope_sin[:seq_len]
         for layer in self.layers.values():
             h = layer(h, cos, sin)
@@ -77,6 +99,18 @@ class TransformerStage(nn.Module):
 def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """The loss of train/model/transformer.py's Transformer.forward, on the last stage's logits."""
     return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
+
+
+def vocab_parallel_loss(tp_mesh: DeviceMesh):
+    """The loss on a TP stage's vocab/tp logits (plain tensors, as the schedule passes them),
+    wrapped back into the DTensor loss_parallel takes (train/parallel/tensor_parallel.py): no
+    gather of the logits. The schedule's step runs under loss_parallel (PipelineLayout)."""
+
+    def loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        sharded = DTensor.from_local(logits, tp_mesh, (Shard(-1),), run_check=False)
+        return cross_entropy(sharded, targets)
+
+    return loss
 
 
 def build_pipeline_layout(
@@ -96,10 +130,17 @@ def build_pipeline_layout(
     mesh = build_mesh(degrees, device)
     pp_rank = mesh["pp"].get_local_rank()
     pp_group = mesh["pp"].get_group()
+    tp = degrees.tp > 1
+    shards = degrees.tp if layout.sequence_parallel else 1
     modules, stages = [], []
     for s in plan.stages_of(pp_rank):
         ids = plan.layer_ids(s)
-        module = TransformerStage(model, ids, first=s == 0, last=s == plan.stages - 1)
+        last = s == plan.stages - 1
+        module = TransformerStage(model, ids, first=s == 0, last=last, sequence_shards=shards)
+        if tp:  # Megatron-LM's 3-D layout: each stage's blocks split over the TP group
+            apply_tensor_parallel(
+                module, mesh["tp"], sequence_parallel=layout.sequence_parallel, local_logits=True
+            )
         for i in (i for i in layout.checkpointed if i in ids):
             module.layers[str(i)] = Checkpointed(module.layers[str(i)])
         if compile_blocks:
@@ -123,7 +164,7 @@ def build_pipeline_layout(
     schedule = schedule_class(
         stages[0] if plan.schedule in SINGLE_STAGE else stages,
         n_microbatches=plan.microbatches,
-        loss_fn=cross_entropy,
+        loss_fn=vocab_parallel_loss(mesh["tp"]) if tp else cross_entropy,
         scale_grads=True,  # gradients of the mean over microbatches, as the worker's loop
     )
     held = nn.ModuleList(modules)
@@ -140,6 +181,7 @@ def build_pipeline_layout(
         replicas=degrees.dp_replicate,
         replica_group=mesh["dp_replicate"].get_group() if degrees.dp_replicate > 1 else None,
         bucket_bytes=int(cfg.parallel.bucket_mb * 2**20),
+        vocab_parallel=tp,
     )
 
 
@@ -162,6 +204,7 @@ class PipelineLayout(Layout):
         replicas: int,
         replica_group: dist.ProcessGroup | None = None,
         bucket_bytes: int = 25 * 2**20,
+        vocab_parallel: bool = False,
     ):
         self.model, self.optimizer, self.schedule, self.plan = model, optimizer, schedule, plan
         self.pp_rank, self.pp_group = pp_rank, pp_group
@@ -170,6 +213,10 @@ class PipelineLayout(Layout):
         local = plan.stages_of(pp_rank)
         self.has_first, self.has_last = 0 in local, plan.stages - 1 in local
         self.pipeline_summary = plan.as_dict()
+        self._vocab_parallel = vocab_parallel  # TP stages: the loss on sharded logits
+
+    def loss_context(self):
+        return loss_parallel() if self._vocab_parallel else contextlib.nullcontext()
 
     def train_step(self, micro_batches, precision_plan, device, grad_clip: float, marks: Marks):
         """One optimizer step over this data-parallel rank's rows; the mean loss on every
@@ -179,11 +226,12 @@ class PipelineLayout(Layout):
         targets = torch.cat([y for _, y in micro_batches]).to(device, non_blocking=True)
         losses: list[torch.Tensor] = []
         args = (inputs,) if self.has_first else ()
-        with marks("pipeline"), self.autocast(precision_plan, device):
+        # The schedule runs each microbatch's loss and its backward inside step().
+        with marks("pipeline"), self.autocast(precision_plan, device), self.loss_context():
             self.schedule.step(*args, target=targets if self.has_last else None, losses=losses)
         loss = torch.zeros((), device=device, dtype=torch.float32)
         if self.has_last:
-            loss = torch.stack([x.detach().float() for x in losses]).mean()
+            loss = torch.stack([_local(x).detach().float() for x in losses]).mean()
         if self.plan.pp > 1:  # SUM: only the last stage's is non-zero
             dist.all_reduce(loss, group=self.pp_group)
         with marks("optimizer"):
@@ -194,11 +242,13 @@ class PipelineLayout(Layout):
 
     def finish_gradients(self, max_norm: float) -> None:
         params = [p for p in self.model.parameters() if p.grad is not None]
+        match_parameter_placements(params)
         if self.replica_group is not None:
-            average_over_replicas([p.grad for p in params], self.replica_group, self.bucket_bytes)
+            grads = [_local(p.grad) for p in params]
+            average_over_replicas(grads, self.replica_group, self.bucket_bytes)
         self.grad_bytes = tensor_bytes(p.grad for p in params)
         if max_norm > 0:
-            clip_pipeline_grad_norm_(params, max_norm, self.replicas)
+            clip_pipeline_grad_norm_(params, max_norm, self.plan.pp)
 
     def held_memory(self) -> HeldMemory:
         """This rank's bytes; also gathers every pipeline rank's into the summary (called
@@ -223,6 +273,18 @@ class PipelineLayout(Layout):
         return held
 
 
+def match_parameter_placements(params: list[nn.Parameter]) -> None:
+    """Bring each DTensor gradient to its parameter's placements before the replicas'
+    all-reduce: sequence parallelism's norm weights arrive Partial (an all-reduce over the TP
+    group, as train/parallel/layout.py reduce_partial_gradients), and the row-wise
+    embedding's weight gradient arrives Replicate, whole on every TP rank (DTensor's
+    embedding backward, torch 2.13), which becomes this rank's vocab/tp rows without any
+    communication; left whole, the replicas would all-reduce tp times its shard."""
+    for p in params:
+        if isinstance(p.grad, DTensor) and p.grad.placements != p.placements:
+            p.grad = p.grad.redistribute(placements=p.placements)
+
+
 def average_over_replicas(
     grads: list[torch.Tensor], group: dist.ProcessGroup, bucket_bytes: int
 ) -> None:
@@ -245,23 +307,30 @@ def average_over_replicas(
             grad.copy_(reduced)
 
 
-def clip_pipeline_grad_norm_(params: list[nn.Parameter], max_norm: float, replicas: int):
-    """Clip to the global L2 norm over every stage: each rank adds the squares of the
-    gradients it holds (FSDP's shards, or a DDP replica's share, divided by the number of
-    replicas), one float32 all-reduce over all ranks, then the formula of
-    torch.nn.utils.clip_grad_norm_ (as train/parallel/layout.py)."""
+def clip_pipeline_grad_norm_(params: list[nn.Parameter], max_norm: float, pp: int):
+    """Clip to the global L2 norm over every stage: one float32 all-reduce over all ranks of
+    each rank's weighted sum of squares, then the formula of torch.nn.utils.clip_grad_norm_
+    (as train/parallel/layout.py). A stage's parameter lives on world / pp ranks; split into
+    k distinct shards (FSDP's, TP's; 1 for a replica's whole copy), each shard is on
+    world / (pp k) of them, so its squares are weighted pp k / world and count once."""
+    world = dist.get_world_size() if dist.is_initialized() else 1
     device = params[0].device if params else torch.device("cpu")
     squares = torch.zeros((), dtype=torch.float32, device=device)
     for p in params:
-        local = p.grad.to_local() if isinstance(p.grad, DTensor) else p.grad
-        squares += local.detach().float().pow(2).sum()
-    squares /= replicas
-    if dist.get_world_size() > 1:
+        weight = distinct_shards(p.grad) * pp / world
+        squares += _local(p.grad).detach().float().pow(2).sum() * weight
+    if world > 1:
         dist.all_reduce(squares)
     total_norm = squares.sqrt()
     clip_coef = torch.clamp(max_norm / (total_norm + 1e-6), max=1.0)
     with torch.no_grad():
         for p in params:
-            local = p.grad.to_local() if isinstance(p.grad, DTensor) else p.grad
+            local = _local(p.grad)
             local.mul_(clip_coef.to(local.dtype))
     return total_norm
+
+
+def _local(tensor: torch.Tensor) -> torch.Tensor:
+    """This rank's part of a DTensor (its storage, so in-place ops reach the DTensor), or the
+    tensor itself."""
+    return tensor._local_tensor if isinstance(tensor, DTensor) else tensor

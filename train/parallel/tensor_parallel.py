@@ -123,28 +123,37 @@ def block_plan(block: nn.Module, sequence_parallel: bool, *, float8: bool = Fals
 
 
 def apply_tensor_parallel(
-    model: nn.Module, tp_mesh: DeviceMesh, *, sequence_parallel: bool, float8: bool = False
+    model: nn.Module,
+    tp_mesh: DeviceMesh,
+    *,
+    sequence_parallel: bool,
+    float8: bool = False,
+    local_logits: bool = False,
 ) -> None:
-    """Shard ``model`` (a train.model.transformer.Transformer) in place over ``tp_mesh``.
-    ``float8``: torchao fp8 (tensorwise) linears take torchao's float8 TP styles."""
-    for block in model.layers:
+    """Shard ``model`` (a train.model.transformer.Transformer, or a pipeline stage of one:
+    train/parallel/pipeline_stages.py TransformerStage, whose embedding, final norm and head
+    may be None) in place over ``tp_mesh``. ``float8``: torchao fp8 (tensorwise) linears take
+    torchao's float8 TP styles. ``local_logits``: the head returns this rank's vocab/tp
+    logits as a plain tensor (a pipeline's last stage, whose schedule passes plain tensors;
+    its loss wraps them back: pipeline_stages.vocab_parallel_loss)."""
+    layers = model.layers.values() if isinstance(model.layers, nn.ModuleDict) else model.layers
+    for block in layers:
         plan = block_plan(block, sequence_parallel, float8=float8)
         parallelize_module(block, tp_mesh, plan)
     stream = Shard(1) if sequence_parallel else Replicate()
-    tied = model.output.weight is model.tok_embeddings.weight
-    parallelize_module(
-        model,
-        tp_mesh,
-        {
-            # Token ids are whole on every rank; each rank holds vocab/tp rows.
-            "tok_embeddings": RowwiseParallel(input_layouts=Replicate(), output_layouts=stream),
-            "norm": SequenceParallel() if sequence_parallel else ReplicateParallel(),
-            # Logits stay sharded over the vocabulary for the loss (loss_parallel).
-            "output": ColwiseParallel(
-                input_layouts=stream, output_layouts=Shard(-1), use_local_output=False
-            ),
-        },
-    )
+    root = {
+        # Token ids are whole on every rank; each rank holds vocab/tp rows.
+        "tok_embeddings": RowwiseParallel(input_layouts=Replicate(), output_layouts=stream),
+        "norm": SequenceParallel() if sequence_parallel else ReplicateParallel(),
+        # Logits stay sharded over the vocabulary for the loss (loss_parallel).
+        "output": ColwiseParallel(
+            input_layouts=stream, output_layouts=Shard(-1), use_local_output=local_logits
+        ),
+    }
+    present = {name: style for name, style in root.items() if getattr(model, name) is not None}
+    tied = len(present) == len(root) and model.output.weight is model.tok_embeddings.weight
+    if present:
+        parallelize_module(model, tp_mesh, present)
     if tied:
         # Each style made its own DTensor of the shared matrix; both shard the vocabulary
         # rows on the same mesh, so one of them serves both modules.

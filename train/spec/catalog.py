@@ -200,10 +200,6 @@ _PIPELINE = _torch_refusals(moe=_NO_PIPELINE_MOE, fp8=_NO_PIPELINE_FP8, fp8_te=_
                             fp16=_NO_PIPELINE_FP16, checkpoint=_NO_PIPELINE_CHECKPOINT,
                             twin=_NO_PIPELINE_TWIN, tied_embeddings=_NO_PIPELINE_TIES)
 # fmt: on
-_PIPELINE_NO_TP = {
-    "tp": "tensor parallel inside a pipeline stage is not wired up (the stage boundary would "
-    "carry DTensor activations); use parallel=tp_fsdp or pp alone"
-}
 _ZERO_NO_PP = {
     "pp": "pipeline stages with DeepSpeed ZeRO are not wired up (its engine owns the backward a "
     "pipeline schedule must drive); use parallel=pp or parallel=pp_fsdp"
@@ -295,12 +291,13 @@ ROWS = (
     Layout(LayoutName.tp_fsdp, "tensor parallel inside a node, FSDP2 across the rest",
            ("dp_replicate", "dp_shard", "tp"), GradientSync.shard, refusals=_TENSOR_PARALLEL,
            node_split=("dp_shard", "tp"), auto_degrees=_auto_tp_fsdp),
-    Layout(LayoutName.pp, "pipeline stages across ranks, DDP within a stage group",
-           ("pp", "dp_replicate"), GradientSync.replicate, pipeline=True,
-           degree_refusals=_PIPELINE_NO_TP, refusals=_PIPELINE),
-    Layout(LayoutName.pp_fsdp, "pipeline stages across ranks, FSDP2 within a stage group",
-           ("pp", "dp_shard"), GradientSync.shard, pipeline=True,
-           degree_refusals=_PIPELINE_NO_TP, refusals=_PIPELINE),
+    Layout(LayoutName.pp, "pipeline stages across ranks, DDP within a stage group, optionally "
+           "tensor parallel inside each stage (Megatron-LM's 3-D layout)",
+           ("pp", "dp_replicate", "tp"), GradientSync.replicate, pipeline=True,
+           refusals=_PIPELINE),
+    Layout(LayoutName.pp_fsdp, "pipeline stages across ranks, FSDP2 within a stage group, "
+           "optionally tensor parallel inside each stage (torchtitan's 3-D layout)",
+           ("pp", "dp_shard", "tp"), GradientSync.shard, pipeline=True, refusals=_PIPELINE),
     Layout(LayoutName.ep, "expert parallel: each MoE block's experts split over parallel.ep "
            "ranks (tokens sent by all-to-all), the rest of the model replicated (FSDP2 on a "
            "shard dim of one rank: gradients all-reduced over every data-parallel rank)",

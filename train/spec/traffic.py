@@ -225,7 +225,7 @@ def step_collectives(
         return _zero(model, row.zero_stage, d.dp_shard, shape)
     out: list[Collective] = []
     if d.tp > 1:
-        out += _tensor_parallel(model, layout, shape)
+        out += _tensor_parallel(model, layout, shape, TpPart.whole(model, layout, shape))
     if d.ep > 1:
         out += expert_all_to_all(model, layout, shape)
     if row.shards_parameters or row.expert_parallel:  # FSDP2 units (ep: a one-rank shard dim)
@@ -301,9 +301,30 @@ def tp_widths(sixteen_bit: bool, *, fsdp_16bit_params: bool) -> TpWidths:
     return TpWidths(matmul_out=2, norm_out=4, stream=4)
 
 
-def _tensor_parallel(m: ModelConfig, layout: LayoutPlan, shape: StepShape) -> list[Collective]:
-    """Activation collectives, per micro-step, each of [micro_batch, seq_len, d_model] elements
-    unless said otherwise (train/parallel/tensor_parallel.py).
+@dataclass(frozen=True)
+class TpPart:
+    """What of the model one rank's TP collectives run over: the whole model, or a pipeline
+    rank's stages (their blocks; the embedding on the first stage's rank, the final norm,
+    head and loss on the last's), and its micro-steps of ``rows`` sequences each."""
+
+    blocks: int
+    checkpointed: int
+    embedding: bool
+    head: bool
+    rows: int
+    micro_steps: int
+
+    @classmethod
+    def whole(cls, m: ModelConfig, layout: LayoutPlan, shape: StepShape) -> TpPart:
+        n_ckpt = len(layout.checkpointed)
+        return cls(m.n_layers, n_ckpt, True, True, shape.micro_batch, shape.accum_steps)
+
+
+def _tensor_parallel(
+    m: ModelConfig, layout: LayoutPlan, shape: StepShape, part: TpPart
+) -> list[Collective]:
+    """Activation collectives, per micro-step, each of [rows, seq_len, d_model] elements
+    unless said otherwise (train/parallel/tensor_parallel.py), over ``part``'s blocks.
 
     Blocks, forward: without SP one all-reduce after wo and one after w2 (of the matmul
     outputs); with SP an all-gather of the norm's output before attention and MLP and a
@@ -328,27 +349,24 @@ def _tensor_parallel(m: ModelConfig, layout: LayoutPlan, shape: StepShape) -> li
     reduce-scatter.
     """
     widths = tp_widths(shape.sixteen_bit, fsdp_16bit_params=layout.row.shards_parameters)
-    tokens = shape.micro_batch * shape.seq_len
+    tokens = part.rows * shape.seq_len
     elements = tokens * m.d_model
-    accum, n_ckpt, passes = shape.accum_steps, len(layout.checkpointed), 2 * m.n_layers
+    accum, n_ckpt, passes = part.micro_steps, part.checkpointed, 2 * part.blocks
+    embedding, head = int(part.embedding), int(part.head)
 
     def activations(kind: str, width: int, calls: int, beside_matmul: bool = False) -> Collective:
         phase = Phase.tp_matmul if beside_matmul else Phase.exposed
         return Collective(kind, "activations", elements * width, calls, ("tp",), phase)
 
     loss = Collective(
-        "all_reduce",
-        "loss (vocab-parallel)",
-        tokens * LOSS_BYTES,
-        3 * accum,
-        ("tp",),
+        "all_reduce", "loss (vocab-parallel)", tokens * LOSS_BYTES, 3 * accum * head, ("tp",),
         Phase.exposed,
-    )
+    )  # fmt: skip
     if not layout.sequence_parallel:
         return [
             activations("all_reduce", widths.matmul_out, (passes + n_ckpt) * accum),
-            activations("all_reduce", widths.norm_out, (passes + 1) * accum),
-            activations("all_reduce", widths.stream, accum),
+            activations("all_reduce", widths.norm_out, (passes + head) * accum),
+            activations("all_reduce", widths.stream, embedding * accum),
             loss,
         ]
     # Per block: the attention's and the MLP's input gathered forward (and per replay), the
@@ -357,8 +375,8 @@ def _tensor_parallel(m: ModelConfig, layout: LayoutPlan, shape: StepShape) -> li
     fp8 = _fp8_tp_linears(m, shape.fp8_tp_min_dim)
     inputs_fp8 = sum(group <= fp8 for group in ({"wq", "wk", "wv"}, {"w1", "w3"}))
     outputs_fp8 = len(fp8 & {"wo", "w2"})
-    gathered_inputs = (m.n_layers + n_ckpt) * accum  # per input kind (attention, MLP)
-    gathered_grads = m.n_layers * accum  # per output kind (wo, w2)
+    gathered_inputs = (part.blocks + n_ckpt) * accum  # per input kind (attention, MLP)
+    gathered_grads = part.blocks * accum  # per output kind (wo, w2)
     # Beside a matmul (Phase.tp_matmul), inside the compiled blocks (the micro-pipelining
     # pass sees only compiled graphs: train/parallel/build.py compiles block by block, as
     # torchtitan does): the gathers into wq/wk/wv and w1/w3 (their left operand) and of wo's
@@ -368,27 +386,34 @@ def _tensor_parallel(m: ModelConfig, layout: LayoutPlan, shape: StepShape) -> li
     # embedding's (a lookup) and the head's, which runs eager.
     collectives = [
         activations("all_gather", widths.norm_out, (2 - inputs_fp8) * gathered_inputs, True),
-        activations("all_gather", widths.norm_out, accum),  # the head's input
+        activations("all_gather", widths.norm_out, head * accum),  # the head's input
         activations("all_gather", 1, inputs_fp8 * gathered_inputs, True),
         activations("all_gather", widths.matmul_out, (2 - outputs_fp8) * gathered_grads, True),
         activations("all_gather", 1, outputs_fp8 * gathered_grads, True),
-        activations("all_gather", widths.stream, accum),
+        activations("all_gather", widths.stream, embedding * accum),
         activations("reduce_scatter", widths.matmul_out, (passes + n_ckpt) * accum, True),
-        activations("reduce_scatter", widths.norm_out, (passes + 1) * accum),
-        activations("reduce_scatter", widths.stream, accum),
+        activations("reduce_scatter", widths.norm_out, (passes + head) * accum),
+        activations("reduce_scatter", widths.stream, embedding * accum),
         loss,
-        _norm_gradients(m, layout, shape),
+        _norm_gradients(m, layout, shape, part),
     ]
     return [c for c in collectives if c.calls]
 
 
-def _norm_gradients(m: ModelConfig, layout: LayoutPlan, shape: StepShape) -> Collective:
+def _norm_gradients(
+    m: ModelConfig, layout: LayoutPlan, shape: StepShape, part: TpPart
+) -> Collective:
     """Sequence parallelism's all-reduce of the norm weights' partial gradients (2 per block
     and the final norm's): once per step in fp32, or under FSDP2 every micro-step in the
     compute dtype, as it reduces the unsharded gradients then (train/parallel/fsdp.py
-    fsdp_accumulate; counted on tp_fsdp runs in fp32 and bf16: tests/integration)."""
-    nbytes, calls = m.d_model * GRADIENT_BYTES, 2 * m.n_layers + 1
-    if layout.row.shards_parameters and shape.fsdp_reduce_each:
+    fsdp_accumulate; counted on tp_fsdp runs in fp32 and bf16: tests/integration). A
+    pipeline stage reduces them once a step, in fp32 (counted on pp and pp_fsdp x tp runs in
+    fp32 and bf16, 2026-12-01: under FSDP2 the gradients accumulated over the microbatches
+    are in the fp32 reduce dtype by then)."""
+    nbytes, calls = m.d_model * GRADIENT_BYTES, 2 * part.blocks + int(part.head)
+    if layout.pipeline is not None:
+        pass
+    elif layout.row.shards_parameters and shape.fsdp_reduce_each:
         nbytes = m.d_model * (2 if shape.sixteen_bit else GRADIENT_BYTES)
         calls *= shape.accum_steps
     return Collective("all_reduce", "norm gradients", nbytes, calls, ("tp",), Phase.exposed)
@@ -595,14 +620,16 @@ def _zero(m: ModelConfig, stage: int, n: int, shape: StepShape) -> list[Collecti
 # -- pipelines --------------------------------------------------------------------------------
 
 
-def stage_param_shapes(m: ModelConfig, plan: PipelinePlan, stage: int) -> list[tuple[int, ...]]:
-    """Parameter shapes of one stage: its blocks, plus the embedding (first) or the final norm
-    and head (last)."""
-    shapes = block_param_shapes(m) * plan.layers_per_stage[stage]
+def stage_param_shapes(
+    m: ModelConfig, plan: PipelinePlan, stage: int, tp: int = 1
+) -> list[tuple[int, ...]]:
+    """Parameter shapes of one stage, as one TP rank holds them: its blocks, plus the
+    embedding (first) or the final norm and head (last), vocab/tp rows each."""
+    shapes = block_param_shapes(m, tp) * plan.layers_per_stage[stage]
     if stage == 0:
-        shapes = [(m.vocab_size, m.d_model), *shapes]
+        shapes = [(m.vocab_size // tp, m.d_model), *shapes]
     if stage == plan.stages - 1:
-        shapes = [*shapes, (m.d_model,), (m.vocab_size, m.d_model)]
+        shapes = [*shapes, (m.d_model,), (m.vocab_size // tp, m.d_model)]
     return shapes
 
 
@@ -611,8 +638,12 @@ def _pipeline(m: ModelConfig, layout: LayoutPlan, shape: StepShape, r: int) -> l
 
     - send_recv: the activations its stages send to the next stage's rank and the gradients
       they send back, each [rows, seq_len, d_model] over a step's microbatches (so independent
-      of how many microbatches: they split the same rows). Width: the residual stream's, fp32
-      except under pp_fsdp's 16-bit parameters (the embedding's output, hence the stream).
+      of how many microbatches: they split the same rows); seq_len / tp under sequence
+      parallelism. Width: the residual stream's, fp32 except under pp_fsdp's 16-bit
+      parameters (the embedding's output, hence the stream).
+    - tp > 1: its stages' TP collectives (_tensor_parallel over TpPart: its blocks, the
+      embedding's on the first stage's rank, the head's and the loss's on the last's), per
+      microbatch of the schedule.
     - the loss (float32) from the last stage to the others, every step (the loop logs it from
       rank 0, which may hold no last stage); the gradient norm when clipping.
     - pp with dp_replicate > 1: DDP's all-reduce of the stage's fp32 gradients, once per step
@@ -626,14 +657,25 @@ def _pipeline(m: ModelConfig, layout: LayoutPlan, shape: StepShape, r: int) -> l
     stream = 2 if fsdp and shape.sixteen_bit else 4
     # A data-parallel rank's rows, split into the schedule's microbatches.
     rows = shape.micro_batch * shape.accum_steps // plan.microbatches
-    activation = rows * shape.seq_len * m.d_model * stream
+    # Under sequence parallelism each TP rank sends its 1/tp of the sequence; without it,
+    # every TP rank sends the whole stream (no Megatron scatter-gather split).
+    positions = shape.seq_len // d.tp if layout.sequence_parallel else shape.seq_len
+    activation = rows * positions * m.d_model * stream
     sends = plan.sends_per_microbatch(r) * plan.microbatches
     out = [Collective("send_recv", "activations", activation, sends, ("pp",), Phase.pipeline)]
+    if d.tp > 1:
+        mine = plan.stages_of(r)
+        blocks = sum(plan.layers_per_stage[s] for s in mine)
+        ids = {i for s in mine for i in plan.layer_ids(s)}
+        ckpt = sum(1 for i in layout.checkpointed if i in ids)
+        last = plan.stages - 1 in mine
+        part = TpPart(blocks, ckpt, 0 in mine, last, rows, plan.microbatches)
+        out += _tensor_parallel(m, layout, shape, part)
     if plan.pp > 1:
         out.append(Collective("all_reduce", "loss", LOSS_BYTES, 1, ("pp",), Phase.exposed))
     if shape.grad_clip and d.world > 1:
         out.append(_grad_norm(GRAD_NORM_BYTES))
-    shapes = [s for stage in plan.stages_of(r) for s in stage_param_shapes(m, plan, stage)]
+    shapes = [s for stage in plan.stages_of(r) for s in stage_param_shapes(m, plan, stage, d.tp)]
     if not fsdp and d.dp_replicate > 1:
         size = numel(shapes) * GRADIENT_BYTES
         out.append(Collective("all_reduce", "gradients", size, 1, ("dp_replicate",), Phase.exposed))
