@@ -87,10 +87,12 @@ def stage_model(m: ModelConfig, plan: PipelinePlan, pp_rank: int) -> ModelConfig
     return dataclasses.replace(m, n_layers=blocks)
 
 
-def stage_tensors(m: ModelConfig, plan: PipelinePlan, pp_rank: int) -> list[tuple[int, ...]]:
+def stage_tensors(
+    m: ModelConfig, plan: PipelinePlan, pp_rank: int, tp: int = 1
+) -> list[tuple[int, ...]]:
     """The parameter shapes rank ``pp_rank`` holds: its stages' blocks, the embedding on the
-    first stage's rank, the final norm and head on the last's."""
-    return [s for stage in plan.stages_of(pp_rank) for s in stage_param_shapes(m, plan, stage)]
+    first stage's rank, the final norm and head on the last's; TP's shards of them."""
+    return [s for stage in plan.stages_of(pp_rank) for s in stage_param_shapes(m, plan, stage, tp)]
 
 
 def runs_head(plan: PipelinePlan, pp_rank: int) -> bool:
@@ -132,7 +134,7 @@ def stage_steps(
             kernels=kernels,
             head=runs_head(pipe, r),
             compiled=cfg.train.compile,
-            stage_params=shapes.numel(stage_tensors(cfg.model, pipe, r)),
+            stage_params=shapes.numel(stage_tensors(cfg.model, pipe, r, plan.degrees.tp)),
             fsdp_reduce_width=shape.reduce_width,
         )
         comm = comm_time(
@@ -147,7 +149,7 @@ def stage_steps(
         )
         # The idle slots are the schedule's: its compute and sends, not the AdamW step the
         # rank runs after it (train/parallel/pipeline_stages.py train_step).
-        params = shapes.numel(stage_tensors(cfg.model, pipe, r))
+        params = shapes.numel(stage_tensors(cfg.model, pipe, r, plan.degrees.tp))
         after = optimizer_step_s(params, layout_optimizer_split(plan), rates)
         scheduled = compute.total_s - after + comm.pipeline_s
         idle = pipe.predicted_bubble / (1 - pipe.predicted_bubble)
@@ -165,7 +167,7 @@ def stage_memory(
     width = 2 if precision in SIXTEEN_BIT else 4
     best: MemoryEstimate | None = None
     for r in range(pipe.pp):
-        tensors = stage_tensors(m, pipe, r)
+        tensors = stage_tensors(m, pipe, r, d.tp)
         local = shapes.numel(tensors, pad_to=shard) // shard
         params = local * 4
         model = stage_model(m, pipe, r)

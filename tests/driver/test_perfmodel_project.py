@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 
@@ -17,6 +18,7 @@ from launch.perfmodel.step import Placement, predict, predict_run
 from launch.project import run_projection
 from tests.conftest import compose_run_config
 from train.spec.degrees import plan_layout
+from train.spec.traffic import CommVolume, StepShape, step_collectives
 
 RUN_KEYS = {
     "gpu",
@@ -556,6 +558,47 @@ def test_a_pipeline_stage_casts_and_steps_only_its_own_parameters():
     held = [shapes.numel(stage_tensors(cfg.model, plan.pipeline, r)) for r in range(8)]
     # The stages partition the model: the embedding and head are counted once, not per stage.
     assert sum(held) == shapes.numel(shapes.all_param_shapes(cfg.model))
+
+
+def test_tp_inside_pipeline_stages_splits_each_stage_and_adds_its_tp_collectives(tmp_path):
+    from launch.perfmodel.pipelined import stage_tensors
+    from train.spec import shapes
+
+    # Each TP rank holds 1/tp of its stage's matrices: over the stages, one TP rank's share.
+    cfg = compose_run_config(
+        ["model=llama_7b", "parallel=pp", "parallel.pp=2", "parallel.tp=4",
+         "train.global_batch=8", "train.micro_batch=1", "run_dir=/unused"]
+    )  # fmt: skip
+    plan = plan_layout(cfg, 8, 8)
+    held = [shapes.numel(stage_tensors(cfg.model, plan.pipeline, r, 4)) for r in range(2)]
+    assert sum(held) == shapes.numel(shapes.all_param_shapes(cfg.model, 4))
+
+    alone = _pipeline_row(tmp_path, "parallel=pp", "parallel.pp=8")
+    inside = _pipeline_row(tmp_path, "parallel=pp", "parallel.pp=2", "parallel.tp=4")
+    assert inside["layout"]["tp"] == 4 and inside["layout"]["sequence_parallel"]
+    # The TP collectives of each microbatch's blocks (none in pp alone: its "activations" are
+    # the stages' sends), and a rank holds an eighth of the model either way, a quarter of a
+    # half here.
+    assert inside["comm_s"]["all_gather"] > 0 and inside["comm_s"]["reduce_scatter"] > 0
+    assert not alone["comm_s"].get("all_gather") and not alone["comm_s"].get("reduce_scatter")
+    memory = inside["memory"]["param_bytes"], alone["memory"]["param_bytes"]
+    assert memory[0] == pytest.approx(memory[1], rel=0.15)
+    assert 0 < inside["pipeline_send_s"] < alone["pipeline_send_s"]
+    # Under sequence parallelism a TP rank sends its quarter of the sequence; without it, the
+    # whole stream (train/spec/traffic.py _pipeline).
+    shape = StepShape(micro_batch=8, seq_len=128, accum_steps=1, grad_clip=True, precision="bf16")
+    no_sp = plan_layout(
+        dataclasses.replace(
+            cfg, parallel=dataclasses.replace(cfg.parallel, sequence_parallel=False)
+        ),
+        8,
+        8,
+    )
+    sent = [
+        CommVolume.of(step_collectives(cfg.model, layout, shape, pp_rank=0)).send_recv
+        for layout in (plan, no_sp)
+    ]
+    assert sent[0] * 4 == sent[1] > 0
 
 
 def test_weak_scalings_base_is_the_fewest_node_count_even_where_the_layout_is_refused(tmp_path):
