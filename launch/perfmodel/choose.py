@@ -21,6 +21,7 @@ winner, its throughput and the runner-up.
 from __future__ import annotations
 
 import copy
+import dataclasses
 from dataclasses import dataclass
 
 from launch.errors import ConfigError
@@ -101,7 +102,7 @@ def candidate_degrees(
     out = []
     for row in ROWS:
         if row.pipeline:
-            out += [(row.name.value, d) for d in _pipeline_degrees(row, cfg, where)]
+            out += [(row.name.value, d) for d in _pipeline_degrees(row, cfg, where, rates)]
             continue
         if row.expert_parallel:
             out += [(row.name.value, d) for d in _expert_degrees(row, cfg, where)]
@@ -126,11 +127,20 @@ def _tp_degrees(row: Layout, where: Placement, rates: PartRates) -> list[int]:
     return [tp for tp in TP_DEGREES if tp <= min(where.nproc_per_node, rates.intra_span)]
 
 
-def _pipeline_degrees(row: Layout, cfg: RunConfig, where: Placement) -> list[Degrees]:
-    """pp over PP_DEGREES and the node count (stage groups of consecutive ranks), the rest of
-    the world on the row's data-parallel degree (DDP's replicas or FSDP's shards)."""
+def _pipeline_degrees(
+    row: Layout, cfg: RunConfig, where: Placement, rates: PartRates
+) -> list[Degrees]:
+    """pp over PP_DEGREES and the node count (stage groups of consecutive ranks), with TP
+    inside each stage where NVLink joins a node's GPUs (Megatron-LM's 3-D layout: TP inside
+    a node, stages across nodes), the rest of the world on the row's data-parallel degree."""
     sizes = [pp for pp in sorted({*PP_DEGREES, where.nodes}) if pp <= cfg.model.n_layers]
-    return _split_degrees(row, "pp", sizes, where)
+    out = []
+    for tp in (1, *(tp for tp in _tp_degrees(row, where, rates) if tp > 1)):
+        if where.world_size % tp:
+            continue
+        inside = Placement(where.world_size // tp, max(1, where.nproc_per_node // tp), where.nodes)
+        out += [dataclasses.replace(d, tp=tp) for d in _split_degrees(row, "pp", sizes, inside)]
+    return out
 
 
 def _expert_degrees(row: Layout, cfg: RunConfig, where: Placement) -> list[Degrees]:
