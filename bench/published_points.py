@@ -509,8 +509,9 @@ LEFT_OUT = [
     "Megatron-LM's H100 tables (README, 2024+): published as images of MFU per size; their "
     "configurations (TP, PP, CP, overlap flags) are not in text.",
     "torchtitan's Float8 rows are in the fp8 table below, except those with context "
-    "parallelism (CP > 1) or the 405B's TP inside pipeline stages: neither is a layout of "
-    "this project.",
+    "parallelism (CP > 1), not a layout of this project, and the 405B's, whose fp8 runs "
+    "inside pipeline stages, which this project's pipelines refuse (fp8 under the "
+    "zero-bubble schedules' split backward is not checked).",
     "llm-foundry SHARD_GRAD_OP rows (1b, 3b at >= 128 GPUs) and fp8 rows: ZeRO-2-like FSDP1 "
     "and TE fp8 layers are not this project's layouts.",
 ]
