@@ -141,8 +141,11 @@ def activation_bytes(
     precision: str,
     *,
     head: bool = True,
+    rebuilt: bool = True,
 ) -> int:
-    """Bytes saved for backward by one micro-batch, at the start of backward.
+    """Bytes saved for backward by one micro-batch, at the start of backward (``rebuilt``:
+    with the block a checkpointed backward rebuilds, which a pipeline's in-flight microbatches
+    do not each hold: launch/perfmodel/pipelined.py stage_memory).
 
     Per token of a block (train/model/transformer.py), with a = the matmul width, r = the residual
     stream's (fp32 under autocast over fp32 parameters; 16 bits where the parameters the
@@ -173,7 +176,7 @@ def activation_bytes(
         return (2 * r + 2 * a) * m.d_model / norm_split + 4 * a * q / t + ffn
 
     per_token = sum(block(i) for i in saved) + (m.n_layers - len(saved)) * kept_input
-    if len(saved) < m.n_layers:
+    if rebuilt and len(saved) < m.n_layers:
         per_token += max(block(i) for i in range(m.n_layers))  # the one being recomputed
     if head:  # a pipeline stage without the head has none of it
         loss = LOSS_BACKWARD_PEAK_PER_VOCAB if t == 1 else LOSS_BACKWARD_PEAK_PER_VOCAB_TP

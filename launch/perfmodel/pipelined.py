@@ -35,6 +35,7 @@ from launch.perfmodel.compute import (
     compute_time,
     layout_optimizer_split,
     optimizer_step_s,
+    with_sequence_regroups,
 )
 from launch.perfmodel.fp8 import Fp8Casts
 from launch.perfmodel.hardware import PartRates
@@ -100,10 +101,14 @@ def runs_head(plan: PipelinePlan, pp_rank: int) -> bool:
 
 
 def stage_plan(plan: LayoutPlan, pp_rank: int) -> LayoutPlan:
-    """``plan`` as rank ``pp_rank`` sees it: only its own blocks' checkpointing."""
+    """``plan`` as rank ``pp_rank`` sees it: only its own blocks' checkpointing, numbered as
+    stage_model numbers its blocks (0 up, in the stages' order). Until 2026-12-01 they kept
+    their numbers in the whole model, so every rank but the first counted its checkpointed
+    blocks as keeping all their activations."""
     pipe = plan.pipeline
-    mine = {i for s in pipe.stages_of(pp_rank) for i in pipe.layer_ids(s)}
-    return dataclasses.replace(plan, checkpointed=[i for i in plan.checkpointed if i in mine])
+    mine = [i for s in pipe.stages_of(pp_rank) for i in pipe.layer_ids(s)]
+    local = [n for n, i in enumerate(mine) if i in set(plan.checkpointed)]
+    return dataclasses.replace(plan, checkpointed=local)
 
 
 def stage_steps(
@@ -137,8 +142,11 @@ def stage_steps(
             stage_params=shapes.numel(stage_tensors(cfg.model, pipe, r, plan.degrees.tp)),
             fsdp_reduce_width=shape.reduce_width,
         )
+        collectives = step_collectives(cfg.model, plan, shape, pp_rank=r)
+        # TP inside the stage: the sequence-parallel regrouping copies of its collectives.
+        compute = with_sequence_regroups(compute, collectives, rows, rates)
         comm = comm_time(
-            step_collectives(cfg.model, plan, shape, pp_rank=r),
+            collectives,
             compute,
             degrees=plan.degrees,
             nproc_per_node=nproc_per_node,
@@ -171,8 +179,17 @@ def stage_memory(
         local = shapes.numel(tensors, pad_to=shard) // shard
         params = local * 4
         model = stage_model(m, pipe, r)
-        acts = activation_bytes(
-            model, stage_plan(plan, r), rows, shape.seq_len, precision, head=runs_head(pipe, r)
+        # Each in-flight microbatch holds what its blocks saved (a checkpointed block, its
+        # input); the block a checkpointed backward rebuilds and the loss's backward peak
+        # exist for the one microbatch in backward. Until 2026-12-01 every in-flight
+        # microbatch was charged them: Megatron-LM 2021's 1T run (64 stages of 2 blocks, 1F1B)
+        # came out at 133 GiB on an 80 GB A100 where it ran.
+        mine = stage_plan(plan, r)
+        whole = activation_bytes(
+            model, mine, rows, shape.seq_len, precision, head=runs_head(pipe, r)
+        )
+        held = activation_bytes(
+            model, mine, rows, shape.seq_len, precision, head=False, rebuilt=False
         )
         gathered = shapes.numel(tensors) * width if shard > 1 else 0
         # torch's PipelineStage turns FSDP2's gradient sync off until the last microbatch:
@@ -180,6 +197,11 @@ def stage_memory(
         # (FSDPParam.to_accumulated_grad_if_needed upcasts a 16-bit one to an fp32 reduce
         # dtype; a bf16 one accumulates as it is).
         kept = shapes.numel(tensors) * shape.reduce_width
+        if d.tp > 1 and 0 in pipe.stages_of(r):
+            # Under TP, DTensor's embedding backward leaves that gradient whole (Replicate),
+            # and FSDP2 accumulates it so until it reduces (_fsdp_param.py
+            # to_accumulated_grad_if_needed keeps the DTensor's placement).
+            kept += m.vocab_size * m.d_model * (d.tp - 1) // d.tp * shape.reduce_width
         accumulated = kept if shard > 1 and pipe.microbatches > 1 else 0
         buckets = local * 4 if d.dp_replicate > 1 else 0
         estimate = MemoryEstimate(
@@ -187,7 +209,7 @@ def stage_memory(
             grad_bytes=params,
             optimizer_state_bytes=2 * params + ADAM_STEP_BYTES * len(tensors),
             master_weight_bytes=0,
-            activation_bytes=int(acts * in_flight(pipe, r)),
+            activation_bytes=int(held * in_flight(pipe, r) + whole - held),
             transient_bytes=gathered + accumulated + buckets,
             capacity_bytes=usable_bytes(hbm_bytes),
         )

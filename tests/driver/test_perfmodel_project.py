@@ -581,6 +581,8 @@ def test_tp_inside_pipeline_stages_splits_each_stage_and_adds_its_tp_collectives
     # half here.
     assert inside["comm_s"]["all_gather"] > 0 and inside["comm_s"]["reduce_scatter"] > 0
     assert not alone["comm_s"].get("all_gather") and not alone["comm_s"].get("reduce_scatter")
+    # and the copies torch makes to regroup the sequence around them (compute.py).
+    assert inside["compute_breakdown_s"]["sequence_regroups"] > 0
     memory = inside["memory"]["param_bytes"], alone["memory"]["param_bytes"]
     assert memory[0] == pytest.approx(memory[1], rel=0.15)
     assert 0 < inside["pipeline_send_s"] < alone["pipeline_send_s"]
@@ -599,6 +601,31 @@ def test_tp_inside_pipeline_stages_splits_each_stage_and_adds_its_tp_collectives
         for layout in (plan, no_sp)
     ]
     assert sent[0] * 4 == sent[1] > 0
+
+
+def test_every_pipeline_rank_keeps_only_its_checkpointed_blocks_inputs_per_microbatch():
+    from launch.perfmodel.memory import activation_bytes
+    from launch.perfmodel.pipelined import stage_memory, stage_model, stage_plan
+
+    cfg = compose_run_config(
+        ["model=llama_7b", "model.vocab_size=256", "parallel=pp", "parallel.pp=4",
+         "parallel.activation_checkpoint=full", "train.seq_len=4096", "train.global_batch=16",
+         "train.micro_batch=1", "run_dir=/unused"]
+    )  # fmt: skip
+    plan = plan_layout(cfg, 4, 4)
+    # Stage blocks are numbered as the stage model numbers them: rank 2 holds blocks 16-23.
+    assert stage_plan(plan, 2).checkpointed == list(range(8))
+    # Each of rank 0's 4 in-flight microbatches keeps its 8 blocks' inputs; the block a
+    # checkpointed backward rebuilds is one microbatch's at a time. (A small vocabulary, so
+    # that rank 0, not the loss's rank, holds the most.)
+    m, mine = stage_model(cfg.model, plan.pipeline, 0), stage_plan(plan, 0)
+    inputs = activation_bytes(m, mine, 1, 4096, "bf16", head=False, rebuilt=False)
+    rebuilt = activation_bytes(m, mine, 1, 4096, "bf16", head=False) - inputs
+    assert inputs == 8 * 4 * cfg.model.d_model * 4096  # fp32 stream under autocast
+    shape = StepShape(micro_batch=1, seq_len=4096, accum_steps=16, grad_clip=True,
+                      precision="bf16")  # fmt: skip
+    memory = stage_memory(cfg.model, plan, shape, 80 * 2**30)
+    assert memory.activation_bytes == 4 * inputs + rebuilt
 
 
 def test_weak_scalings_base_is_the_fewest_node_count_even_where_the_layout_is_refused(tmp_path):

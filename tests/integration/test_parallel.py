@@ -165,6 +165,9 @@ def test_sharded_layouts_hold_a_world_fraction_of_ddp(runs):
     # not the norms (2 per block and the final one).
     split = 4 * (PARAMS - 5 * 128)
     assert ddp["param_bytes"] - s["tp"]["memory"]["param_bytes"] == split // 2
+    # The embedding's gradient too: DTensor's backward leaves it whole on every TP rank,
+    # which the layout cuts to its rows (train/parallel/tensor_parallel.py).
+    assert s["tp"]["memory"]["grad_bytes"] == s["tp"]["memory"]["param_bytes"]
     for summary in s.values():
         memory = summary["memory"]
         assert memory["peak_bytes"] > 0

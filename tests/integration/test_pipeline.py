@@ -38,12 +38,9 @@ TWO_RANKS = {
     + TWO,
     "interleaved_zero_bubble": ["parallel=pp", "parallel.pp_schedule=interleaved_zero_bubble"]
     + TWO,
-    "zero_bubble_v": [
-        "parallel=pp",
-        "parallel.pp_schedule=zero_bubble_v",
-        "parallel.activation_checkpoint=selective",
-    ]
-    + TWO,
+    # Without checkpointing: the split backward would replay checkpointed blocks once per
+    # weight-gradient pass (refused: train/spec/stages.py).
+    "zero_bubble_v": ["parallel=pp", "parallel.pp_schedule=zero_bubble_v", *TWO],
     "pp_fsdp": ["parallel=pp_fsdp"],
 }
 FOUR_RANKS = {

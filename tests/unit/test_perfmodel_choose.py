@@ -43,8 +43,7 @@ def choose(gpu: str, model: str, nodes: int, *extra: str):
         # PipelineStage), where FSDP gathers each block twice a micro-step: pp_fsdp on H100;
         # FSDP2's 16-bit stream fits 40 GB without recomputation at one sequence per
         # micro-step; at two, TP 2 over NVLink beats recomputing every block.
-        # The runner-up: the same pipeline with TP 2 inside each stage (95%).
-        ("h100_sxm", "llama_7b", 1, "pp_fsdp", 1, "next pp_fsdp (pp 2, dp_shard 2, tp 2)", ()),
+        ("h100_sxm", "llama_7b", 1, "pp_fsdp", 1, "next fsdp", ()),
         ("a100_40g", "llama_7b", 1, "fsdp", 1, "next", ()),
         (
             "a100_40g",

@@ -127,6 +127,16 @@ BAD = [
     ),
     (["parallel=pp", "model=gpt_125m"], "model.tie_embeddings: model gpt_125m ties"),
     (
+        [
+            "parallel=pp",
+            "model=tiny",
+            "parallel.pp_schedule=zero_bubble_v",
+            "parallel.pp_stages_per_rank=2",
+            "parallel.activation_checkpoint=selective",
+        ],
+        "parallel.activation_checkpoint: selective: pp_schedule=zero_bubble_v computes weight",
+    ),
+    (
         ["parallel=pp", "model=tiny", "precision=fp16"],
         "precision.name: fp16: parallel=pp would have to scale the fp16 loss",
     ),

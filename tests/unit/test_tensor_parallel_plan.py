@@ -61,6 +61,11 @@ def test_sequence_parallelism_is_on_by_default_under_tp_and_can_be_turned_off():
             "sequence_parallel=false",
         ),
         (["gpu=h100_sxm", "parallel=ddp", "parallel.async_tp=true"], "no tensor-parallel group"),
+        (
+            ["gpu=h100_sxm", "parallel=pp", "parallel.pp=1", "parallel.tp=2"]
+            + ["parallel.async_tp=true", "train.compile=true"],
+            "not wired up inside pipeline stages",
+        ),
     ],
 )
 def test_async_tp_is_refused_with_the_reason(overrides, why):

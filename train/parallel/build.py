@@ -35,7 +35,7 @@ from train.parallel.fsdp import apply_fsdp, fsdp_sync_contexts, mixed_precision_
 from train.parallel.layout import Layout, TorchLayout, adamw
 from train.parallel.mesh import build_mesh, data_parallel_rank
 from train.parallel.pipeline_stages import build_pipeline_layout
-from train.parallel.tensor_parallel import apply_tensor_parallel
+from train.parallel.tensor_parallel import apply_tensor_parallel, shard_embedding_gradient
 from train.parallel.zero import (  # DeepSpeed itself is imported only there
     build_zero_layout,
     deepspeed_config,
@@ -124,22 +124,17 @@ def build_layout(
             # The fp8 weights' scales for the next all-gathers, from the updated weights:
             # one all-reduce of all their amaxes, instead of one per weight per gather.
             after_step = functools.partial(precompute_float8_dynamic_scale_for_fsdp, model)
-    _materialize(model, cfg, device)  # each rank its own TP/FSDP shards
+    _materialize(model, cfg, device)  # each rank its own TP/FSDP shards (new parameters)
+    if degrees.tp > 1 and not row.shards_parameters:
+        shard_embedding_gradient(model)
     if not row.shards_parameters and degrees.dp_replicate > 1:
         model = apply_ddp(model, device, cfg.parallel.bucket_mb)
         no_sync = model.no_sync
     optimizer = adamw(model, cfg.train, device)
-    dp_rank = data_parallel_rank(mesh, degrees)
     return TorchLayout(
-        model,
-        optimizer,
-        dp_rank,
-        degrees.dp,
-        no_sync,
-        accumulate=accumulate,
-        after_step=after_step,
-        vocab_parallel=degrees.tp > 1,
-    )
+        model, optimizer, data_parallel_rank(mesh, degrees), degrees.dp, no_sync,
+        accumulate=accumulate, after_step=after_step, vocab_parallel=degrees.tp > 1,
+    )  # fmt: skip
 
 
 def _expert_parallel(

@@ -51,7 +51,7 @@ from train.parallel.activation_checkpoint import Checkpointed
 from train.parallel.fsdp import mixed_precision_policy
 from train.parallel.layout import Layout, adamw, distinct_shards
 from train.parallel.mesh import build_mesh, data_parallel_rank
-from train.parallel.tensor_parallel import apply_tensor_parallel
+from train.parallel.tensor_parallel import apply_tensor_parallel, shard_embedding_gradient
 from train.spec.config import RunConfig
 from train.spec.degrees import LayoutPlan
 from train.spec.stages import SINGLE_STAGE, TORCH_SCHEDULES, PipelinePlan
@@ -158,6 +158,8 @@ def build_pipeline_layout(
                 module, mesh=mesh["dp_shard"], mp_policy=policy, reshard_after_forward=False
             )
         materialize(module, cfg.model, cfg.seed, device)
+        if tp and not layout.row.shards_parameters:
+            shard_embedding_gradient(module)  # after materialising, which replaces parameters
         modules.append(module)
         stages.append(PipelineStage(module, s, plan.stages, device, group=pp_group))
     schedule_class = getattr(torch_schedules, TORCH_SCHEDULES[plan.schedule])

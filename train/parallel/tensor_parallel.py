@@ -158,3 +158,28 @@ def apply_tensor_parallel(
         # Each style made its own DTensor of the shared matrix; both shard the vocabulary
         # rows on the same mesh, so one of them serves both modules.
         model.output.weight = model.tok_embeddings.weight
+
+
+def shard_embedding_gradient(model: nn.Module) -> None:
+    """Keep the row-wise embedding's weight gradient at its parameter's Shard placement.
+
+    DTensor's embedding backward (torch 2.13) leaves it Replicate: the whole vocabulary x d
+    matrix on every TP rank, tp times its shard, held through the accumulation and the step
+    (measured: a 2-rank tp run held 3.15 MB of gradients for 2.63 MB of parameters, the
+    difference the embedding's other half). Each accumulated gradient is cut to this rank's
+    rows as it lands (a local slice, copied so that the whole matrix is freed). For layouts
+    whose parameters are a TP rank's own (tp, pp); FSDP2 brings its unsharded gradients to
+    the parameters' placement itself when it reduces them."""
+    embedding = getattr(model, "tok_embeddings", None)
+    if embedding is None:
+        return
+
+    def shard(param: nn.Parameter) -> None:
+        grad = param.grad
+        if isinstance(grad, DTensor) and grad.placements != param.placements:
+            local = grad.redistribute(placements=param.placements).to_local()
+            param.grad = DTensor.from_local(
+                local.clone(), param.device_mesh, param.placements, run_check=False
+            )
+
+    embedding.weight.register_post_accumulate_grad_hook(shard)

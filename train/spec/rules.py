@@ -296,6 +296,11 @@ def check_async_tp(cfg: RunConfig, plan: LayoutPlan) -> None:
         )
     elif plan.degrees.tp < 2:
         why = f"parallel={plan.name} at this world size has no tensor-parallel group"
+    elif plan.pipeline is not None:
+        why = (
+            f"it is not wired up inside pipeline stages (parallel={plan.name}); use "
+            "parallel=tp or tp_fsdp for async TP"
+        )
     elif not plan.sequence_parallel:
         why = "it overlaps sequence parallelism's collectives: parallel.sequence_parallel=false"
     elif not cfg.train.compile:

@@ -30,6 +30,7 @@ TORCH_SCHEDULES = {
 SINGLE_STAGE = ("gpipe", "one_f_one_b")  # one model chunk per rank
 INTERLEAVED = ("interleaved_one_f_one_b", "interleaved_zero_bubble")  # >= 2 chunks per rank
 V_SHAPED = ("zero_bubble_v",)  # exactly 2 chunks per rank
+ZERO_BUBBLE = ("interleaved_zero_bubble", "zero_bubble_v")  # backward split into input, weight
 
 
 @dataclass(frozen=True)
@@ -134,6 +135,17 @@ def plan_pipeline(
     if schedule in V_SHAPED and v != 2:
         raise ConfigError(
             "parallel.pp_stages_per_rank", f"{v}: pp_schedule={schedule} needs exactly 2"
+        )
+    if schedule in ZERO_BUBBLE and str(p.activation_checkpoint) != "none":
+        # torch's split backward (pipelining/_backward.py stage_backward_weight) runs one
+        # autograd.grad per weight group on the retained graph, and each replays a checkpointed
+        # block again: 104 block forwards where 1F1B runs 32 (4 blocks x 4 microbatches, a
+        # review's count on torch 2.13), which neither the model nor traffic.py counts.
+        raise ConfigError(
+            "parallel.activation_checkpoint",
+            f"{p.activation_checkpoint}: pp_schedule={schedule} computes weight gradients in "
+            "separate backward passes, each of which would recompute the checkpointed blocks "
+            "again; use activation_checkpoint=none, or a 1F1B schedule with checkpointing",
         )
     stages = pp * v
     if stages > model.n_layers:

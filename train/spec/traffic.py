@@ -408,11 +408,13 @@ def _norm_gradients(
     compute dtype, as it reduces the unsharded gradients then (train/parallel/fsdp.py
     fsdp_accumulate; counted on tp_fsdp runs in fp32 and bf16: tests/integration). A
     pipeline stage reduces them once a step, in fp32 (counted on pp and pp_fsdp x tp runs in
-    fp32 and bf16, 2026-12-01: under FSDP2 the gradients accumulated over the microbatches
-    are in the fp32 reduce dtype by then)."""
+    fp32 and bf16, 2026-12-01), or under FSDP2 in its reduce dtype, in which the gradients
+    accumulated over the microbatches are by then (a bf16 one stays bf16: FSDP2 drops a
+    reduce dtype equal to the parameters', _fsdp_param.py)."""
     nbytes, calls = m.d_model * GRADIENT_BYTES, 2 * part.blocks + int(part.head)
     if layout.pipeline is not None:
-        pass
+        if layout.row.shards_parameters:
+            nbytes = m.d_model * shape.reduce_width
     elif layout.row.shards_parameters and shape.fsdp_reduce_each:
         nbytes = m.d_model * (2 if shape.sixteen_bit else GRADIENT_BYTES)
         calls *= shape.accum_steps
