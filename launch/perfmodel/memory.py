@@ -249,6 +249,21 @@ def estimate_memory(
         optimizer_state_bytes=optimizer,
         master_weight_bytes=masters,
         activation_bytes=activation_bytes(m, plan, micro_batch, seq_len, precision),
-        transient_bytes=transient_bytes(m, plan, precision) + kept,
+        transient_bytes=transient_bytes(m, plan, precision)
+        + kept
+        + divide_copy_bytes(m, plan, reduce_width),
         capacity_bytes=usable_bytes(hbm_bytes),
     )
+
+
+def divide_copy_bytes(m: ModelConfig, plan: LayoutPlan, reduce_width: int) -> int:
+    """The temporary FSDP2 makes reducing the routed experts where their shard dim has one
+    rank (ep; ep_fsdp at dp_shard 1) with the gradient divide factor the layout sets
+    (train/parallel/expert_parallel.py): torch 2.13's world-size-1 path writes
+    ``reduce_scatter_input / gradient_divide_factor`` into its output
+    (_fsdp_collectives.py foreach_reduce), a new tensor of one experts unit's gradients in
+    the reduce dtype; with more ranks it divides in place."""
+    if not plan.row.expert_parallel or plan.degrees.dp_shard > 1:
+        return 0
+    experts = [u.elements for u in fsdp_units(m, plan) if u.kind == "experts"]
+    return max(experts, default=0) * reduce_width

@@ -257,6 +257,23 @@ def test_fsdp2_groups_follow_the_meshes_expert_parallel_puts_units_on():
     assert (one.reduce_copy, eight.reduce_copy) == (2 * 4, 0)  # fp32 reduce: read 4, write 4
 
 
+def test_a_one_rank_expert_shard_holds_the_divided_copy_of_its_gradients():
+    """memory.divide_copy_bytes: where the routed experts' shard dim has one rank (ep; ep_fsdp
+    at dp_shard 1), FSDP2 divides their reduce-dtype gradients into a new tensor (the probe
+    above counts it); with more ranks it divides in place."""
+    from launch.perfmodel.memory import divide_copy_bytes
+
+    m = model("olmoe_1b_7b")
+    unit = shapes.numel(shapes.expert_param_shapes(m, 8))  # one MoE block's, on one EP rank
+    for name, degrees, expected in (
+        ("ep", Degrees(1, 1, 1, ep=8), unit * 4),
+        ("ep_fsdp", Degrees(1, 1, 1, ep=8), unit * 4),
+        ("ep_fsdp", Degrees(1, 2, 1, ep=8), 0),
+        ("fsdp", Degrees(1, 8, 1), 0),
+    ):
+        assert divide_copy_bytes(m, LayoutPlan(name, degrees, False, []), 4) == expected, name
+
+
 def test_fsdp2_weight_bytes_sum_the_groups_per_gather_and_per_reduction():
     """compute._fsdp2_weight_bytes by hand, bf16 with an fp32 reduce, one micro-step: per
     gather the shard's cast (4 + 2) and copy-in (2 + 2) per shard element and, across ranks,
@@ -299,10 +316,14 @@ class Copies(TorchDispatchMode):
     def __init__(self):
         super().__init__()
         self.to_fp32 = self.adds = self.adds_16 = self.copies = self.copies_16 = 0
+        self.new_divided = 0
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
         a = args[0]
         if isinstance(a, torch.Tensor) and a.numel() == 64 * 64:
+            # A division into a new tensor (not div_): the world-size-1 path's temporary.
+            divide = func in (torch.ops.aten.div.Tensor, torch.ops.aten.div.Scalar)
+            self.new_divided += divide and out.dtype == torch.float32
             bf16_to_fp32 = a.dtype == torch.bfloat16 and out.dtype == torch.float32
             self.to_fp32 += func is torch.ops.aten._to_copy.default and bf16_to_fp32
             add = func is torch.ops.aten.add_.Tensor
@@ -317,18 +338,20 @@ dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
 hsdp = init_device_mesh("cpu", (1, 1), mesh_dim_names=("replicate", "shard"))
 counts = {}
 for name, dtype, mesh in (("fp32", torch.float32, None), ("bf16", torch.bfloat16, None),
-                          ("hsdp_bf16", torch.bfloat16, hsdp)):
+                          ("hsdp_bf16", torch.bfloat16, hsdp), ("divided", torch.float32, None)):
     policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=dtype)
     net = torch.nn.Sequential(*(torch.nn.Linear(64, 64, bias=False) for _ in range(2)))
     for layer in net:
         fully_shard(layer, mesh=mesh, mp_policy=policy)
+        if name == "divided":  # as train/parallel/expert_parallel.py sets it on the experts
+            layer.set_gradient_divide_factor(2.0)
     fully_shard(net, mesh=mesh, mp_policy=policy)
     with Copies() as copies:
         for micro_step in range(3):
             net.set_requires_all_reduce(micro_step == 2)  # train/parallel/fsdp.py's loop
             net(torch.randn(8, 64)).float().sum().backward()
     counts[name] = {k: getattr(copies, k) for k in ("to_fp32", "adds", "adds_16", "copies",
-                                                    "copies_16")}
+                                                    "copies_16", "new_divided")}
 print(json.dumps(counts))
 dist.destroy_process_group()
 """
@@ -376,6 +399,10 @@ def test_fsdp2_result_casts_and_additions_are_what_the_model_counts():
     assert counts["bf16"]["adds"] == (accum - 1) * params
     hsdp = {k: counts["hsdp_bf16"][k] for k in ("to_fp32", "adds", "adds_16")}
     assert hsdp == {"to_fp32": params, "adds": 0, "adds_16": (accum - 1) * params}
+    # A gradient divide factor at one rank: each reduction divides into a new fp32 tensor of
+    # the unit's size (memory.divide_copy_bytes' temporary); without one, none.
+    assert counts["divided"]["new_divided"] == accum * params
+    assert counts["fp32"]["new_divided"] == 0
 
 
 # Two ranks of FSDP2 (gloo, FileStore): what one rank copies around each all-gather of a
