@@ -282,7 +282,7 @@ def compute_time(
     else:
         block_s = flops.blocks / bf16_rate
     matmul_s = tokens * (block_s + flops.head / bf16_rate)
-    split = optimizer_split or layout_optimizer_split(plan)
+    split = optimizer_split or layout_optimizer_split(plan, m)
     given = dict(fsdp_reduce_each=fsdp_reduce_each, fsdp_reduce_width=fsdp_reduce_width,
                  stage_params=stage_params, per_step_split=per_step_split, head=head)  # fmt: skip
     if rates.host is not None:
@@ -717,9 +717,19 @@ def _root_params(m: ModelConfig, plan: LayoutPlan) -> int:
     return shapes.numel(shapes.root_param_shapes(m, plan.degrees.tp))
 
 
-def layout_optimizer_split(plan: LayoutPlan) -> int:
-    """Ranks the optimizer step is split over (sharded layouts step their shard)."""
-    return plan.row.optimizer_split(plan.degrees.dp_shard)
+def layout_optimizer_split(plan: LayoutPlan, m: ModelConfig | None = None) -> float:
+    """Ranks the optimizer step is split over (sharded layouts step their shard). Under
+    ep_fsdp the dense parameters are sharded over dp_shard x ep and the routed experts over
+    dp_shard (fsdp2_groups): the split of the rank's parameters as a whole, so that the
+    AdamW step and the per-shard copies add up over the two (``m`` needed)."""
+    d, row = plan.degrees, plan.row
+    split = row.optimizer_split(d.dp_shard)
+    if m is None or not (row.expert_parallel and row.shards_parameters) or d.ep == 1:
+        return split
+    local = _local_params(m, plan)
+    experts = shapes.numel(shapes.expert_param_shapes(m, d.ep)) * len(shapes.moe_layers(m))
+    stepped = (local - experts) / (d.dp_shard * d.ep) + experts / d.dp_shard
+    return local / stepped
 
 
 def sequence_regroup_bytes(collectives: list[Collective], micro_batch: int) -> float:

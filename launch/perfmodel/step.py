@@ -369,7 +369,7 @@ def _base_tokens_per_s(
     # shard). Left whole, the base's step held the whole model's AdamW against a rank's part
     # and TP and pipelines scored above 100% where the optimizer dominates (small batches).
     per_step_split = plan.degrees.tp * plan.degrees.pp
-    split = layout_optimizer_split(plan) * per_step_split
+    split = layout_optimizer_split(plan, cfg.model) * per_step_split
     micro = cfg.train.micro_batch
     sequences = tokens_per_device / cfg.train.seq_len
     accum = max(1, round(sequences / micro))

@@ -257,6 +257,19 @@ def test_fsdp2_groups_follow_the_meshes_expert_parallel_puts_units_on():
     assert (one.reduce_copy, eight.reduce_copy) == (2 * 4, 0)  # fp32 reduce: read 4, write 4
 
 
+def test_ep_fsdp_steps_its_dense_shard_of_dp_shard_x_ep_and_its_experts_of_dp_shard():
+    """compute.layout_optimizer_split under ep_fsdp: what a rank steps is its dense shard
+    (over dp_shard x ep) and its experts' shard (over dp_shard), as its held memory
+    (traffic.fsdp_units) holds them; until 2026-12-01 the whole split was dp_shard's."""
+    m = model("olmoe_1b_7b")
+    plan = LayoutPlan("ep_fsdp", Degrees(1, 2, 1, ep=8), False, [])
+    local = shapes.numel(shapes.all_param_shapes(m, 1, 8))
+    experts = shapes.numel(shapes.expert_param_shapes(m, 8)) * len(shapes.moe_layers(m))
+    stepped = local / compute.layout_optimizer_split(plan, m)
+    assert stepped == pytest.approx((local - experts) / 16 + experts / 2)
+    assert compute.layout_optimizer_split(LayoutPlan("fsdp", Degrees(1, 8, 1), False, []), m) == 8
+
+
 def test_a_one_rank_expert_shard_holds_the_divided_copy_of_its_gradients():
     """memory.divide_copy_bytes: where the routed experts' shard dim has one rank (ep; ep_fsdp
     at dp_shard 1), FSDP2 divides their reduce-dtype gradients into a new tensor (the probe
