@@ -25,7 +25,7 @@ from launch.bench.cache import cache_path, ceiling_problem, host_cache_path, loa
 from launch.bench.host_kernels import ensure_host
 from launch.errors import ConfigError
 from launch.perfmodel.calibrate import load_config_file
-from launch.perfmodel.host import HostWorkload
+from launch.perfmodel.host import HostWorkload, pipeline_rows
 from train.spec.degrees import plan_layout
 from train.spec.devices import FP8_CAPABILITY, cpu_model_name
 
@@ -342,7 +342,7 @@ def _host_shapes(config: Path, cpu_threads: int) -> int:
         return 2
     nproc = cfg.cluster.nproc_per_node
     try:
-        tp = plan_layout(cfg, cfg.cluster.nodes * nproc, nproc).degrees.tp
+        plan = plan_layout(cfg, cfg.cluster.nodes * nproc, nproc)
     except ConfigError as exc:
         print(f"error: --host-shapes {config}: {exc}", file=sys.stderr)
         return 2
@@ -350,8 +350,9 @@ def _host_shapes(config: Path, cpu_threads: int) -> int:
         model=cfg.model,
         micro_batch=cfg.train.micro_batch,
         seq_len=cfg.train.seq_len,
-        tps=tuple(sorted({1, 2, tp})),
+        tps=tuple(sorted({1, 2, plan.degrees.tp})),
         cpu_threads=cpu_threads,
+        pipeline_rows=pipeline_rows(cfg, plan),
     )
     record = ensure_host(work)
     shown = ("gemm_s", "sdpa_s", "loss_s", "overhead_s", "memory")

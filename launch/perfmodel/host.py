@@ -44,7 +44,7 @@ from typing import Any
 
 from train.spec import shapes
 from train.spec.config import ModelConfig, RunConfig
-from train.spec.degrees import plan_layout
+from train.spec.degrees import LayoutPlan, plan_layout
 
 FORWARD_KERNELS_PER_BLOCK = 34  # 136 / 4 blocks: norms, rope, residual adds, silu, head's few
 BACKWARD_KERNELS_PER_BLOCK = 59  # 237 / 4
@@ -134,19 +134,43 @@ class HostWorkload:
     seq_len: int
     tps: tuple[int, ...]
     cpu_threads: int
+    # A pipeline's microbatch where its schedule re-splits a rank's rows into another size
+    # than train.micro_batch (parallel.pp_microbatches): its stages run at that size, the
+    # single-device base at train.micro_batch (pipeline_rows).
+    pipeline_rows: int | None = None
+
+    def _micro_batches(self) -> list[int]:
+        return sorted({self.micro_batch, self.pipeline_rows or self.micro_batch})
 
     def gemms(self) -> list[tuple[int, int, int, str]]:
-        tokens = self.micro_batch * self.seq_len
-        return sorted({g for tp in self.tps for g in step_gemms(self.model, tokens, tp)})
+        return sorted(
+            {
+                g
+                for micro in self._micro_batches()
+                for tp in self.tps
+                for g in step_gemms(self.model, micro * self.seq_len, tp)
+            }
+        )
 
     def attention(self) -> list[tuple]:
-        m, micro, seq = self.model, self.micro_batch, self.seq_len
-        return sorted({attention_shape(m, micro, seq, tp) for tp in self.tps})
+        m, seq = self.model, self.seq_len
+        return sorted(
+            {
+                attention_shape(m, micro, seq, tp)
+                for micro in self._micro_batches()
+                for tp in self.tps
+            }
+        )
 
     def losses(self) -> list[tuple[int, int]]:
         """(tokens, vocabulary) of the loss at each TP degree (vocab-parallel: its shard)."""
-        tokens = self.micro_batch * self.seq_len
-        return sorted({(tokens, self.model.vocab_size // tp) for tp in self.tps})
+        return sorted(
+            {
+                (micro * self.seq_len, self.model.vocab_size // tp)
+                for micro in self._micro_batches()
+                for tp in self.tps
+            }
+        )
 
     def missing(self, record: dict | None) -> list[str]:
         """The keys of the shapes ``record`` (launch/bench/cache.py load_host) has no time for."""
@@ -171,14 +195,23 @@ def host_workload(cfg: RunConfig, ran: Mapping[str, Any]) -> HostWorkload | None
         return None
     if ran["precision"]["resolved"] != "fp32":
         return None
-    tp = plan_layout(cfg, ran["world_size"], ran["nproc_per_node"]).degrees.tp
+    plan = plan_layout(cfg, ran["world_size"], ran["nproc_per_node"])
     return HostWorkload(
         model=cfg.model,
         micro_batch=cfg.train.micro_batch,
         seq_len=cfg.train.seq_len,
-        tps=tuple(sorted({1, tp})),
+        tps=tuple(sorted({1, plan.degrees.tp})),
         cpu_threads=cfg.cluster.cpu_threads_per_rank,
+        pipeline_rows=pipeline_rows(cfg, plan),
     )
+
+
+def pipeline_rows(cfg: RunConfig, plan: LayoutPlan) -> int | None:
+    """Rows of a pipeline's microbatch (a data-parallel rank's share of the global batch over
+    the schedule's microbatches: pipelined.stage_steps), or None for other layouts."""
+    if plan.pipeline is None:
+        return None
+    return cfg.train.global_batch // plan.degrees.dp // plan.pipeline.microbatches
 
 
 @dataclass(frozen=True)

@@ -224,6 +224,26 @@ def test_a_pipeline_stage_on_the_host_runs_its_own_parameters_and_the_head_if_la
     assert half.memory_s - first.memory_s == pytest.approx(2 * 4e-3)  # the loss, 2 micro-steps
 
 
+def test_a_pipelines_own_microbatch_is_measured_beside_the_runs_micro_batch():
+    """parallel.pp_microbatches re-splits a rank's rows: its stages run the GEMMs, attention
+    and loss at that size (pipelined.stage_steps), the single-device base at
+    train.micro_batch; the workload asks for both, where it asked for the latter only and
+    the stages' loss fell back to streamed bytes."""
+    from launch.perfmodel.host import host_workload
+
+    cfg = _cpu("parallel=pp", "train.micro_batch=1", "train.global_batch=8",
+               "parallel.pp_microbatches=2", "train.seq_len=32")  # fmt: skip
+    ddp = _cpu("parallel=ddp", "train.micro_batch=1", "train.seq_len=32")
+    for run in (cfg, ddp):
+        run.gpu.measured_peak_tflops.fp32 = 0.088  # as the driver fills it from launch.mamf
+    ran = {"world_size": 2, "nproc_per_node": 2, "precision": {"resolved": "fp32"}}
+    work = host_workload(cfg, ran)
+    assert work.pipeline_rows == 4  # 8 rows over 2 microbatches
+    assert work.losses() == [(32, cfg.model.vocab_size), (128, cfg.model.vocab_size)]
+    plain = host_workload(ddp, ran)
+    assert plain.pipeline_rows is None and len(plain.losses()) == 1
+
+
 def test_a_failed_measurement_leaves_the_report_to_say_what_to_run(tmp_path, monkeypatch, capsys):
     """The measurement's child process can fail (or time out): the sweep's report still
     comes, the run's row naming the command, and one line says what failed."""
