@@ -299,9 +299,9 @@ def compute_time(
     gaps_s = gaps_s if rates.sms else 0.0
     casts = CastWork(0.0, 0)
     if precision == "fp8":
-        # FSDP's fp8 pre-gather casts: of the shard the optimizer steps (a single-device base
-        # splits them as its layout does, like the optimizer step: not a scaling gain).
-        casts = cast_work(fp8, m, plan, tokens=tokens, accum_steps=accum_steps, shard_ranks=split)
+        # FSDP's fp8 pre-gather casts, of each rank's dense shard (a base splits them alike).
+        dense = _dense_shard_ranks(plan, split)
+        casts = cast_work(fp8, m, plan, tokens=tokens, accum_steps=accum_steps, shard_ranks=dense)
         gaps_s += casts.kernels * KERNEL_GAP_S if rates.sms else 0.0
     # No memory bandwidth known (a profile without one): left out, stated in the docs. The
     # casts are counted exactly and only stream: a device copy's rate (hardware.COPY_FRACTION).
@@ -485,6 +485,13 @@ def memory_bound_bytes(
     return tokens * per_token + weights + optimizer
 
 
+def _dense_shard_ranks(plan: LayoutPlan, split: float) -> float:
+    """The ranks a dense weight's FSDP shard is 1/n of: ``split`` (the optimizer's), but
+    dp_shard x ep under EP's meshes (fsdp2_groups)."""
+    d = plan.degrees
+    return d.dp_shard * d.ep if plan.row.expert_parallel else split
+
+
 def _no_compiled_counts(block: str, compiled: bool) -> None:
     if compiled:
         raise ValueError(f"the {block} block has no compiled counts (train.compile=false)")
@@ -577,7 +584,9 @@ def _fsdp2_weight_bytes(
         fsdp = fsdp2_bytes_per_param(
             accum=accum,
             precision=precision,
-            shard_split=shard_split,
+            # EP's meshes shard each group over its own ranks (the caller's split, their
+            # blend, totals the optimizer step); a single-device base has one group.
+            shard_split=group.gather_world if plan.row.expert_parallel else shard_split,
             reduce_each=reduce_each,
             reduce_width=reduce_width,
             replicated=group.replicated,

@@ -125,6 +125,7 @@ def _zero_held(m: ModelConfig, stage: int, n: int, precision: str) -> tuple[int,
 # log-softmax is held, and the backward peaks at three of its size. Until then 10 for 16-bit
 # runs (the logits and the fp32 copy counted as saved, the backward's gradients not).
 LOSS_BACKWARD_PEAK_PER_VOCAB = 12
+LOSS_SAVED_PER_VOCAB = 4  # the fp32 log-softmax the forward keeps, with and without TP
 # Under TP (DTensor's loss_parallel, torch/distributed/tensor/parallel/loss.py, torch 2.13):
 # the forward's log-softmax keeps its fp32 result (4); the backward
 # (_nll_loss_and_log_softmax_backward: (zeros_like(x) + exp(x)) * grad_output, with x the
@@ -141,11 +142,12 @@ def activation_bytes(
     precision: str,
     *,
     head: bool = True,
-    rebuilt: bool = True,
+    backward_peak: bool = True,
 ) -> int:
-    """Bytes saved for backward by one micro-batch, at the start of backward (``rebuilt``:
-    with the block a checkpointed backward rebuilds, which a pipeline's in-flight microbatches
-    do not each hold: launch/perfmodel/pipelined.py stage_memory).
+    """Bytes saved for backward by one micro-batch, at the start of backward
+    (``backward_peak``: with what backward adds for the one micro-batch it runs, the block a
+    checkpointed backward rebuilds and the loss's gradients beyond its saved log-softmax;
+    a pipeline's other in-flight microbatches hold neither: pipelined.stage_memory).
 
     Per token of a block (train/model/transformer.py), with a = the matmul width, r = the residual
     stream's (fp32 under autocast over fp32 parameters; 16 bits where the parameters the
@@ -176,10 +178,11 @@ def activation_bytes(
         return (2 * r + 2 * a) * m.d_model / norm_split + 4 * a * q / t + ffn
 
     per_token = sum(block(i) for i in saved) + (m.n_layers - len(saved)) * kept_input
-    if rebuilt and len(saved) < m.n_layers:
+    if backward_peak and len(saved) < m.n_layers:
         per_token += max(block(i) for i in range(m.n_layers))  # the one being recomputed
     if head:  # a pipeline stage without the head has none of it
         loss = LOSS_BACKWARD_PEAK_PER_VOCAB if t == 1 else LOSS_BACKWARD_PEAK_PER_VOCAB_TP
+        loss = loss if backward_peak else LOSS_SAVED_PER_VOCAB
         per_token += (r + a) * m.d_model / norm_split + loss * m.vocab_size / t
     return int(per_token * micro_batch * seq_len)
 
@@ -242,6 +245,9 @@ def estimate_memory(
     params, grads, optimizer, masters = held_memory(m, plan, precision)
     d = plan.degrees  # unsharded: all of the model a TP / EP rank holds
     kept = shapes.numel(shapes.all_param_shapes(m, d.tp, d.ep)) * reduce_width
+    # Under TP the embedding's gradient is kept whole (DTensor's embedding backward leaves it
+    # Replicate; FSDP2 brings it to the parameter's placement only when it reduces).
+    kept += m.vocab_size * m.d_model * (d.tp - 1) // d.tp * reduce_width
     kept = kept if unsharded_grads else 0
     return MemoryEstimate(
         param_bytes=params,

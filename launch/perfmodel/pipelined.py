@@ -180,16 +180,15 @@ def stage_memory(
         params = local * 4
         model = stage_model(m, pipe, r)
         # Each in-flight microbatch holds what its blocks saved (a checkpointed block, its
-        # input); the block a checkpointed backward rebuilds and the loss's backward peak
-        # exist for the one microbatch in backward. Until 2026-12-01 every in-flight
-        # microbatch was charged them: Megatron-LM 2021's 1T run (64 stages of 2 blocks, 1F1B)
-        # came out at 133 GiB on an 80 GB A100 where it ran.
-        mine = stage_plan(plan, r)
-        whole = activation_bytes(
-            model, mine, rows, shape.seq_len, precision, head=runs_head(pipe, r)
-        )
+        # input; on the last stage the head's and the loss's log-softmax: GPipe computes every
+        # microbatch's loss before any backward); the block a checkpointed backward rebuilds
+        # and the loss's backward gradients exist for the one microbatch in backward. Until
+        # 2026-12-01 every in-flight microbatch was charged them: Megatron-LM 2021's 1T run
+        # (64 stages of 2 blocks, 1F1B) came out at 133 GiB on an 80 GB A100 where it ran.
+        mine, head = stage_plan(plan, r), runs_head(pipe, r)
+        whole = activation_bytes(model, mine, rows, shape.seq_len, precision, head=head)
         held = activation_bytes(
-            model, mine, rows, shape.seq_len, precision, head=False, rebuilt=False
+            model, mine, rows, shape.seq_len, precision, head=head, backward_peak=False
         )
         gathered = shapes.numel(tensors) * width if shard > 1 else 0
         # torch's PipelineStage turns FSDP2's gradient sync off until the last microbatch:

@@ -40,6 +40,7 @@ from train.spec.rules import (
     check_precision,
     layout_precision_refusal,
 )
+from train.spec.stages import ZERO_BUBBLE
 
 MODES = ("runs", "comm")
 COST_TOKENS = 1e9  # the cost column: dollars per billion tokens
@@ -287,7 +288,10 @@ def _remedies(cfg: RunConfig) -> str:
     name = str(cfg.parallel.name)
     if name in CATALOG and not layout(name).shards_parameters:
         out.append("parallel=fsdp (or parallel=auto)")
-    if cfg.parallel.activation_checkpoint != "full":
+    # Zero-bubble schedules refuse checkpointing (train/spec/stages.py).
+    pipeline = name in CATALOG and layout(name).pipeline
+    zero_bubble = pipeline and str(cfg.parallel.pp_schedule) in ZERO_BUBBLE
+    if cfg.parallel.activation_checkpoint != "full" and not zero_bubble:
         out.append("parallel.activation_checkpoint=full")
     if cfg.train.micro_batch > 1:
         out.append("a smaller train.micro_batch")

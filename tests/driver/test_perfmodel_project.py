@@ -619,13 +619,36 @@ def test_every_pipeline_rank_keeps_only_its_checkpointed_blocks_inputs_per_micro
     # checkpointed backward rebuilds is one microbatch's at a time. (A small vocabulary, so
     # that rank 0, not the loss's rank, holds the most.)
     m, mine = stage_model(cfg.model, plan.pipeline, 0), stage_plan(plan, 0)
-    inputs = activation_bytes(m, mine, 1, 4096, "bf16", head=False, rebuilt=False)
+    inputs = activation_bytes(m, mine, 1, 4096, "bf16", head=False, backward_peak=False)
     rebuilt = activation_bytes(m, mine, 1, 4096, "bf16", head=False) - inputs
     assert inputs == 8 * 4 * cfg.model.d_model * 4096  # fp32 stream under autocast
     shape = StepShape(micro_batch=1, seq_len=4096, accum_steps=16, grad_clip=True,
                       precision="bf16")  # fmt: skip
     memory = stage_memory(cfg.model, plan, shape, 80 * 2**30)
     assert memory.activation_bytes == 4 * inputs + rebuilt
+
+
+def test_gpipes_last_rank_holds_every_microbatchs_loss_graph():
+    from launch.perfmodel.memory import activation_bytes
+    from launch.perfmodel.pipelined import stage_memory, stage_model, stage_plan
+
+    # GPipe runs every microbatch's forward and loss before any backward: the last rank holds
+    # each one's head activations and saved log-softmax (4 bytes per vocabulary entry and
+    # token), and the loss's backward gradients once.
+    cfg = compose_run_config(
+        ["model=llama_7b", "parallel=pp", "parallel.pp=4", "parallel.pp_schedule=gpipe",
+         "train.seq_len=4096", "train.global_batch=16", "train.micro_batch=1",
+         "run_dir=/unused"]
+    )  # fmt: skip
+    plan = plan_layout(cfg, 4, 4)
+    m, mine = stage_model(cfg.model, plan.pipeline, 3), stage_plan(plan, 3)
+    held = activation_bytes(m, mine, 1, 4096, "bf16", backward_peak=False)
+    whole = activation_bytes(m, mine, 1, 4096, "bf16")
+    assert whole - held == (12 - 4) * cfg.model.vocab_size * 4096  # the loss's two gradients
+    shape = StepShape(micro_batch=1, seq_len=4096, accum_steps=16, grad_clip=True,
+                      precision="bf16")  # fmt: skip
+    memory = stage_memory(cfg.model, plan, shape, None)
+    assert memory.activation_bytes == 16 * held + whole - held
 
 
 def test_weak_scalings_base_is_the_fewest_node_count_even_where_the_layout_is_refused(tmp_path):

@@ -270,6 +270,26 @@ def test_ep_fsdp_steps_its_dense_shard_of_dp_shard_x_ep_and_its_experts_of_dp_sh
     assert compute.layout_optimizer_split(LayoutPlan("fsdp", Degrees(1, 8, 1), False, []), m) == 8
 
 
+def test_fsdp_reducing_once_under_tp_keeps_the_embeddings_gradient_whole():
+    """memory.estimate_memory(unsharded_grads=True) under tp_fsdp: FSDP2 keeps each unsharded
+    gradient in the reduce dtype until the step's last micro-step, the embedding's whole
+    (DTensor's embedding backward leaves it Replicate; a review's 2-rank probe, 2026-12-01)."""
+    from launch.perfmodel.memory import estimate_memory
+
+    m = model("llama_7b")
+    plan = LayoutPlan("tp_fsdp", Degrees(1, 4, 2), True, [])
+
+    def transient(unsharded: bool) -> int:
+        return estimate_memory(
+            m, plan, micro_batch=1, seq_len=4096, precision="bf16", hbm_bytes=None,
+            unsharded_grads=unsharded, reduce_width=4,
+        ).transient_bytes  # fmt: skip
+
+    tp_rank = shapes.numel(shapes.all_param_shapes(m, 2))
+    other_half = m.vocab_size * m.d_model // 2
+    assert transient(True) - transient(False) == (tp_rank + other_half) * 4
+
+
 def test_a_one_rank_expert_shard_holds_the_divided_copy_of_its_gradients():
     """memory.divide_copy_bytes: where the routed experts' shard dim has one rank (ep; ep_fsdp
     at dp_shard 1), FSDP2 divides their reduce-dtype gradients into a new tensor (the probe

@@ -230,7 +230,14 @@ class PipelineLayout(Layout):
         args = (inputs,) if self.has_first else ()
         # The schedule runs each microbatch's loss and its backward inside step().
         with marks("pipeline"), self.autocast(precision_plan, device), self.loss_context():
-            self.schedule.step(*args, target=targets if self.has_last else None, losses=losses)
+            # return_outputs=False: the last stage would keep every microbatch's logits (and
+            # their concatenation) until the next step, for a caller that reads only losses.
+            self.schedule.step(
+                *args,
+                target=targets if self.has_last else None,
+                losses=losses,
+                return_outputs=False,
+            )
         loss = torch.zeros((), device=device, dtype=torch.float32)
         if self.has_last:
             loss = torch.stack([_local(x).detach().float() for x in losses]).mean()
