@@ -322,6 +322,9 @@ def test_the_report_reads_kernel_times_and_never_measures_them(tmp_path, monkeyp
     assert "unavailable" not in predicted, predicted
     assert predicted["compute_s"] > 0
     assert predicted["measured_over_predicted"] == pytest.approx(0.2 / predicted["step_time_s"])
+    # Ranks sharing cores (cluster.allow_oversubscribe): no prediction, and the reason.
+    shared = predicted_for({**run, "cluster": {"oversubscribed": True}})
+    assert shared["unavailable"].startswith("oversubscribed:")
 
 
 def test_streamed_bytes_run_at_the_largest_copys_rate_not_the_cache_inflated_fit():
