@@ -271,10 +271,11 @@ def _megatron_run(model, gpus, tp, tflops, batch, micro_batch, pp=1, stages_per_
     stages = (
         f"; PP {pp}"
         + (f" x {stages_per_rank} virtual stages (interleaved)" if stages_per_rank > 1 else "")
-        + ": every TP rank sends its stage's whole output (Megatron's scatter/gather sends 1/TP "
-        "of it and all-gathers over NVLink: Narayanan et al. 2021 section 4.1); fp16 as "
-        "published, which the model rates as bf16 on an A100 (this project's pipelines run "
-        "bf16, not fp16)"
+        + ": each TP rank sends 1/TP of its stage's output, which the next stage all-gathers "
+        "over NVLink, as Megatron's scatter/gather (Narayanan et al. 2021 section 4.1; this "
+        "project's stages without sequence parallelism since 2026-12-01, added after these "
+        "rows were seen: they sent the whole output, 0.74-0.81); fp16 as published, which the "
+        "model rates as bf16 on an A100 (this project's pipelines run bf16, not fp16)"
         if pp > 1
         else ""
     )

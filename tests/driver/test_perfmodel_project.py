@@ -586,8 +586,9 @@ def test_tp_inside_pipeline_stages_splits_each_stage_and_adds_its_tp_collectives
     memory = inside["memory"]["param_bytes"], alone["memory"]["param_bytes"]
     assert memory[0] == pytest.approx(memory[1], rel=0.15)
     assert 0 < inside["pipeline_send_s"] < alone["pipeline_send_s"]
-    # Under sequence parallelism a TP rank sends its quarter of the sequence; without it, the
-    # whole stream (train/spec/traffic.py _pipeline).
+    # A TP rank sends its quarter of the sequence either way: under sequence parallelism it
+    # holds only that; without it, Megatron's scatter/gather splits the stream to send and
+    # all-gathers it on the next stage (train/spec/traffic.py _pipeline).
     shape = StepShape(micro_batch=8, seq_len=128, accum_steps=1, grad_clip=True, precision="bf16")
     no_sp = plan_layout(
         dataclasses.replace(
@@ -596,11 +597,19 @@ def test_tp_inside_pipeline_stages_splits_each_stage_and_adds_its_tp_collectives
         8,
         8,
     )
-    sent = [
-        CommVolume.of(step_collectives(cfg.model, layout, shape, pp_rank=0)).send_recv
+    volume = [
+        CommVolume.of(step_collectives(cfg.model, layout, shape, pp_rank=0))
         for layout in (plan, no_sp)
     ]
-    assert sent[0] * 4 == sent[1] > 0
+    assert volume[0].send_recv == volume[1].send_recv > 0
+    boundary = [
+        c
+        for c in step_collectives(cfg.model, no_sp, shape, pp_rank=0)
+        if c.role == "stage boundary"
+    ]
+    # Rank 0's stage sends forward: the gradient's parts all-gathered once per microbatch.
+    assert [(c.kind, c.calls) for c in boundary] == [("all_gather", 8)]
+    assert boundary[0].nbytes == 4 * volume[0].send_recv // 8  # the whole stream, 4 parts
 
 
 def test_every_pipeline_rank_keeps_only_its_checkpointed_blocks_inputs_per_microbatch():

@@ -35,7 +35,7 @@ from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.fsdp import fully_shard
 from torch.distributed.pipelining import PipelineStage
 from torch.distributed.pipelining import schedules as torch_schedules
-from torch.distributed.tensor import DTensor, Shard
+from torch.distributed.tensor import DTensor, Replicate, Shard
 from torch.distributed.tensor.parallel import loss_parallel
 
 from train.measure.held_memory import (
@@ -70,11 +70,18 @@ class TransformerStage(nn.Module):
         first: bool,
         last: bool,
         sequence_shards: int = 1,
+        boundary_mesh: DeviceMesh | None = None,
     ):
         super().__init__()
         # Under sequence parallelism a stage receives its TP rank's 1/tp of the sequence:
         # the rope tables still cover the whole of it (attention gathers the sequence).
         self.sequence_shards = sequence_shards
+        # TP without sequence parallelism: Megatron-LM's scatter/gather (Narayanan et al.
+        # 2021, section 4.1). The stream between stages is whole on every TP rank; each sends
+        # only its 1/tp of the sequence, and the next stage all-gathers it over the TP group
+        # (NVLink) before its blocks. Backward mirrors it: the sender all-gathers the
+        # gradient's parts. None: the stream crosses whole (no TP) or already split (SP).
+        self.boundary_mesh = boundary_mesh
         self.tok_embeddings = model.tok_embeddings if first else None
         # Keyed by the block's index in the whole model, so parameter names match it.
         self.layers = nn.ModuleDict({str(i): model.layers[i] for i in layer_ids})
@@ -87,13 +94,20 @@ class TransformerStage(nn.Module):
         if self.tok_embeddings is not None:
             seq_len, h = x.shape[1], self.tok_embeddings(x)
         else:
-            seq_len, h = x.shape[1] * self.sequence_shards, x
+            h = self._across_boundary(x, Shard(1), Replicate())  # gathered, if split to send
+            seq_len = h.shape[1] * self.sequence_shards
         cos, sin = self.rope_cos[:seq_len], self.rope_sin[:seq_len]
         for layer in self.layers.values():
             h = layer(h, cos, sin)
         if self.output is None:
-            return h
+            return self._across_boundary(h, Replicate(), Shard(1))  # this rank's part to send
         return self.output(self.norm(h))
+
+    def _across_boundary(self, x: torch.Tensor, held, wanted) -> torch.Tensor:
+        if self.boundary_mesh is None:
+            return x
+        placed = DTensor.from_local(x, self.boundary_mesh, (held,), run_check=False)
+        return placed.redistribute(placements=(wanted,)).to_local()
 
 
 def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -136,7 +150,10 @@ def build_pipeline_layout(
     for s in plan.stages_of(pp_rank):
         ids = plan.layer_ids(s)
         last = s == plan.stages - 1
-        module = TransformerStage(model, ids, first=s == 0, last=last, sequence_shards=shards)
+        module = TransformerStage(
+            model, ids, first=s == 0, last=last, sequence_shards=shards,
+            boundary_mesh=mesh["tp"] if tp and not layout.sequence_parallel else None,
+        )  # fmt: skip
         if tp:  # Megatron-LM's 3-D layout: each stage's blocks split over the TP group
             apply_tensor_parallel(
                 module, mesh["tp"], sequence_parallel=layout.sequence_parallel, local_logits=True

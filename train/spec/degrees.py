@@ -286,6 +286,12 @@ def plan_layout(cfg: RunConfig, world_size: int, nproc_per_node: int) -> LayoutP
     sequence_parallel = degrees.tp > 1 and p.sequence_parallel is not False
     if degrees.tp > 1:
         check_tensor_parallel(cfg.model, degrees.tp, cfg.train.seq_len, sequence_parallel)
+        if row.pipeline and cfg.train.seq_len % degrees.tp:
+            raise ConfigError(
+                "parallel.tp",
+                f"{degrees.tp} does not divide train.seq_len {cfg.train.seq_len}: pipeline "
+                "stages send each TP rank's 1/tp of the sequence",
+            )
     for key, feature in (
         ("parallel.offload_optimizer", Feature.offload_optimizer),
         ("parallel.offload_params", Feature.offload_params),

@@ -640,12 +640,14 @@ def _pipeline(m: ModelConfig, layout: LayoutPlan, shape: StepShape, r: int) -> l
 
     - send_recv: the activations its stages send to the next stage's rank and the gradients
       they send back, each [rows, seq_len, d_model] over a step's microbatches (so independent
-      of how many microbatches: they split the same rows); seq_len / tp under sequence
-      parallelism. Width: the residual stream's, fp32 except under pp_fsdp's 16-bit
-      parameters (the embedding's output, hence the stream).
+      of how many microbatches: they split the same rows); seq_len / tp under TP. Width: the
+      residual stream's, fp32 except under pp_fsdp's 16-bit parameters (the embedding's
+      output, hence the stream).
     - tp > 1: its stages' TP collectives (_tensor_parallel over TpPart: its blocks, the
       embedding's on the first stage's rank, the head's and the loss's on the last's), per
-      microbatch of the schedule.
+      microbatch of the schedule; without sequence parallelism also the scatter/gather's
+      all-gather of the whole stream at each stage boundary (forward on the receiving stage,
+      backward on the sending one: train/parallel/pipeline_stages.py TransformerStage).
     - the loss (float32) from the last stage to the others, every step (the loop logs it from
       rank 0, which may hold no last stage); the gradient norm when clipping.
     - pp with dp_replicate > 1: DDP's all-reduce of the stage's fp32 gradients, once per step
@@ -659,10 +661,10 @@ def _pipeline(m: ModelConfig, layout: LayoutPlan, shape: StepShape, r: int) -> l
     stream = 2 if fsdp and shape.sixteen_bit else 4
     # A data-parallel rank's rows, split into the schedule's microbatches.
     rows = shape.micro_batch * shape.accum_steps // plan.microbatches
-    # Under sequence parallelism each TP rank sends its 1/tp of the sequence; without it,
-    # every TP rank sends the whole stream (no Megatron scatter-gather split).
-    positions = shape.seq_len // d.tp if layout.sequence_parallel else shape.seq_len
-    activation = rows * positions * m.d_model * stream
+    # Each TP rank sends its 1/tp of the sequence: under sequence parallelism the stream is
+    # split already; without it, Megatron's scatter/gather splits it to send, and the next
+    # stage all-gathers it over TP (its gradient's parts all-gathered back on the sender).
+    activation = rows * shape.seq_len // d.tp * m.d_model * stream
     sends = plan.sends_per_microbatch(r) * plan.microbatches
     out = [Collective("send_recv", "activations", activation, sends, ("pp",), Phase.pipeline)]
     if d.tp > 1:
@@ -673,6 +675,12 @@ def _pipeline(m: ModelConfig, layout: LayoutPlan, shape: StepShape, r: int) -> l
         last = plan.stages - 1 in mine
         part = TpPart(blocks, ckpt, 0 in mine, last, rows, plan.microbatches)
         out += _tensor_parallel(m, layout, shape, part)
+        if not layout.sequence_parallel:  # every stage boundary, on this rank's side of it
+            gathers = sum((s > 0) + (s < plan.stages - 1) for s in mine) * plan.microbatches
+            whole = rows * shape.seq_len * m.d_model * stream
+            out.append(
+                Collective("all_gather", "stage boundary", whole, gathers, ("tp",), Phase.exposed)
+            )
     if plan.pp > 1:
         out.append(Collective("all_reduce", "loss", LOSS_BYTES, 1, ("pp",), Phase.exposed))
     if shape.grad_clip and d.world > 1:
