@@ -126,8 +126,14 @@ BAD = [
         "parallel.tp: 2 does not divide model.n_kv_heads 1",
     ),
     (
-        ["parallel=pp", "model=tiny", "parallel.pp=1", "parallel.tp=2",
-         "parallel.sequence_parallel=false", "train.seq_len=63"],
+        [
+            "parallel=pp",
+            "model=tiny",
+            "parallel.pp=1",
+            "parallel.tp=2",
+            "parallel.sequence_parallel=false",
+            "train.seq_len=63",
+        ],
         "parallel.tp: 2 does not divide train.seq_len 63: pipeline stages send",
     ),  # fmt: skip
     (["parallel=pp", "model=gpt_125m"], "model.tie_embeddings: model gpt_125m ties"),

@@ -136,7 +136,7 @@ class TorchLayout(Layout):
 
     def finish_gradients(self, max_norm: float) -> None:
         params = [p for p in self.model.parameters() if p.grad is not None]
-        reduce_partial_gradients(params)
+        match_parameter_placements(params)
         self.grad_bytes = tensor_bytes(p.grad for p in params)
         if max_norm > 0:
             clip_grad_norm_(params, max_norm)
@@ -152,15 +152,18 @@ class TorchLayout(Layout):
         )
 
 
-def reduce_partial_gradients(params: Iterable[nn.Parameter]) -> None:
-    """Finish gradients that DTensor left as per-rank partial sums.
+def match_parameter_placements(params: Iterable[nn.Parameter]) -> None:
+    """Bring each DTensor gradient to its parameter's own placement.
 
     Under sequence parallelism a norm's weight is replicated but each rank saw only its part of
-    the sequence, so its gradient is Partial; bring it to the parameter's own placement (one
-    all-reduce of the weight per norm, once per step rather than per micro-step).
+    the sequence, so its gradient is Partial: one all-reduce of the weight per norm, once per
+    step rather than per micro-step. A gradient left whole (Replicate) where its parameter is
+    sharded (the row-wise embedding's, which DTensor's backward leaves so; tensor_parallel.py
+    shard_embedding_gradient usually cuts it already) becomes this rank's shard without any
+    communication, before a pipeline's replicas all-reduce it.
     """
     for p in params:
-        if isinstance(p.grad, DTensor) and any(pl.is_partial() for pl in p.grad.placements):
+        if isinstance(p.grad, DTensor) and p.grad.placements != p.placements:
             p.grad = p.grad.redistribute(placements=p.placements)
 
 

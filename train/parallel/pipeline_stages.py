@@ -49,7 +49,7 @@ from train.model.transformer import Transformer
 from train.model.weights import materialize
 from train.parallel.activation_checkpoint import Checkpointed
 from train.parallel.fsdp import mixed_precision_policy
-from train.parallel.layout import Layout, adamw, distinct_shards
+from train.parallel.layout import Layout, adamw, distinct_shards, match_parameter_placements
 from train.parallel.mesh import build_mesh, data_parallel_rank
 from train.parallel.tensor_parallel import apply_tensor_parallel, shard_embedding_gradient
 from train.spec.config import RunConfig
@@ -297,18 +297,6 @@ class PipelineLayout(Layout):
             "held_bytes_per_pp_rank": [int(t) for t in everyone],
         }
         return held
-
-
-def match_parameter_placements(params: list[nn.Parameter]) -> None:
-    """Bring each DTensor gradient to its parameter's placements before the replicas'
-    all-reduce: sequence parallelism's norm weights arrive Partial (an all-reduce over the TP
-    group, as train/parallel/layout.py reduce_partial_gradients), and the row-wise
-    embedding's weight gradient arrives Replicate, whole on every TP rank (DTensor's
-    embedding backward, torch 2.13), which becomes this rank's vocab/tp rows without any
-    communication; left whole, the replicas would all-reduce tp times its shard."""
-    for p in params:
-        if isinstance(p.grad, DTensor) and p.grad.placements != p.placements:
-            p.grad = p.grad.redistribute(placements=p.placements)
 
 
 def average_over_replicas(
