@@ -74,7 +74,8 @@ def project_help() -> str:
     keys = [
         ("project.mode=" + "|".join(MODES), "runs: projected training steps of model=, "
          "parallel=, precision=, train.*; comm: projected collectives of the comm.* sweep"),
-        ("project.gpus=[NAME,...]", "profiles to project (default []: all of them): "
+        ("project.gpus=[NAME,...]", "profiles to project (default []: the part gpu=NAME "
+         "names on the command line, else all of them): "
          + ", ".join(profiles)),
         (f"project.nodes={list(d.nodes)}".replace(" ", ""),
          "node counts, each >= 1 (a node holds its profile's gpus_per_node)"),

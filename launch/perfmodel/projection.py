@@ -16,6 +16,7 @@ milliseconds.
 from __future__ import annotations
 
 import copy
+import math
 import re
 from collections.abc import Sequence
 
@@ -62,6 +63,25 @@ def projected_profiles(names: list[str], given: GpuConfig | None = None) -> list
             "project.gpus", f"unknown profile {unknown[0]!r}; one of: {', '.join(available)}"
         )
     return [given if given and given.name == n else load_gpu_profile(n) for n in names]
+
+
+def projected_names(cfg: RunConfig, overrides: Sequence[str] = ()) -> list[str]:
+    """project.gpus; when it is empty and the command line names a part (``gpu=h800``, as
+    ``python -m launch`` takes it), that part; else [] (every profile). Projecting every
+    part when a user wrote gpu=h800 printed thirteen parts and kept the one asked for in a
+    crowd."""
+    if cfg.project.gpus:
+        return list(cfg.project.gpus)
+    if "gpu" not in {o.split("=", 1)[0].lstrip("+~") for o in overrides}:
+        return []
+    if cfg.gpu.name in ("auto", "cpu"):
+        available = [g.name for g in projected_profiles([])]
+        raise ConfigError(
+            "gpu",
+            f"{cfg.gpu.name}: launch.project projects GPU profiles ({', '.join(available)}); "
+            "a CPU run's own prediction is in python -m launch's report",
+        )
+    return [cfg.gpu.name]
 
 
 def check_project(cfg: RunConfig) -> None:
@@ -111,7 +131,7 @@ def projection_record(cfg: RunConfig, overrides: Sequence[str] = ()) -> dict:
     apply to the measured run's config (_workload)."""
     check_project(cfg)
     check_gpu(cfg.gpu)
-    profiles = projected_profiles(list(cfg.project.gpus), cfg.gpu)
+    profiles = projected_profiles(projected_names(cfg, overrides), cfg.gpu)
     unpriced = set(cfg.project.price_per_gpu_hour) - {g.name for g in profiles}
     if unpriced:
         raise ConfigError(
@@ -250,7 +270,12 @@ def project_runs(
         # Nothing could be projected (a batch no projected size divides, a sequence too long
         # for every part): bad input, one line, nothing written, rather than a table of skips.
         first = refused[0]
-        raise ConfigError(first.key, f"{first.message}; no projected part or node count can run it")
+        hint = ""
+        if first.key == "train.global_batch":
+            hint = f"; try train.global_batch={runnable_global_batch(cfg, profiles)}"
+        raise ConfigError(
+            first.key, f"{first.message}; no projected part or node count can run it{hint}"
+        )
     if rows and not any(r.get("fits") for r in rows) and unfit:
         need, where = min(unfit, key=lambda u: u[0])
         raise ConfigError(
@@ -260,6 +285,17 @@ def project_runs(
             f"{need / 2**30:.1f} GiB per rank ({where}); try {_remedies(cfg)}",
         )
     return rows
+
+
+def runnable_global_batch(cfg: RunConfig, profiles: list[GpuConfig]) -> int:
+    """A global batch every projected size divides: one micro batch per GPU where
+    train.global_batch holds (weak scaling: the fewest node count; strong: every count, so
+    their least common multiple). A layout's data-parallel size divides its GPU count, so
+    micro_batch x data-parallel size divides it whatever tp x pp the layout takes."""
+    per_node = math.lcm(*(g.gpus_per_node for g in profiles))
+    nodes = cfg.project.nodes
+    where = math.lcm(*nodes) if cfg.sweep.name == "strong" else min(nodes)
+    return cfg.train.micro_batch * per_node * where
 
 
 def _batch_at(cfg: RunConfig, batch: BatchRule, nodes: int, fewest: int) -> BatchRule:

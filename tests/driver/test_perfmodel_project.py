@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+import re
 
 import pytest
 from omegaconf import OmegaConf
@@ -769,3 +770,41 @@ def test_command_line_overrides_apply_to_the_calibration_runs_config(tmp_path):
     with pytest.raises(ConfigError) as err:
         run_projection(cfg, Console(record=True), [*overrides, "~train.lr"])
     assert err.value.key == "train.lr"
+
+
+def test_a_part_named_on_the_command_line_is_the_one_projected(tmp_path):
+    """`gpu=h800` with no project.gpus projects the h800 (it projected all 12 parts); the cpu
+    profile has no GPU rates to project, and is refused with the parts that have."""
+    cfg = projection_cfg(tmp_path, "gpu=h800", "project.nodes=[1,2]")
+    run_projection(cfg, Console(record=True), overrides=["gpu=h800", "project.nodes=[1,2]"])
+    runs = json.loads((tmp_path / "projection.json").read_text())["runs"]
+    assert [(r["gpu"], r["nodes"]) for r in runs] == [("h800", 1), ("h800", 2)]
+    # project.gpus, where given, still says which parts.
+    cfg = projection_cfg(tmp_path, "gpu=h800", "project.gpus=[a100_80g]", "project.nodes=[1]")
+    run_projection(cfg, Console(record=True), overrides=["gpu=h800", "project.gpus=[a100_80g]"])
+    runs = json.loads((tmp_path / "projection.json").read_text())["runs"]
+    assert [r["gpu"] for r in runs] == ["a100_80g"]
+    out = tmp_path / "cpu"
+    with pytest.raises(ConfigError) as err:
+        run_projection(projection_cfg(out, "gpu=cpu"), Console(record=True), overrides=["gpu=cpu"])
+    assert err.value.key == "gpu" and "h800" in str(err.value)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("sweep", ["weak", "strong"])
+def test_a_batch_no_size_divides_is_refused_with_one_every_size_runs(tmp_path, sweep):
+    """The config's default batch (8 sequences, micro batch 4: the CPU job's, which a bare
+    `python -m launch.project` takes) runs on no projected 8-GPU node under FSDP; the
+    refusal names a global batch that runs, and it does."""
+    extra = [f"sweep={sweep}", "project.nodes=[1,3,4]", "project.gpus=[h100_sxm,a100_40g]"]
+    extra += ["parallel=fsdp"]  # (auto finds TP degrees that run 8)
+    with pytest.raises(ConfigError) as err:
+        run_projection(
+            projection_cfg(tmp_path, *extra, "train.global_batch=8"), Console(record=True)
+        )
+    assert err.value.key == "train.global_batch"
+    suggested = int(re.search(r"try train\.global_batch=(\d+)$", str(err.value))[1])
+    cfg = projection_cfg(tmp_path, *extra, f"train.global_batch={suggested}")
+    assert run_projection(cfg, Console(record=True)) == 0
+    runs = json.loads((tmp_path / "projection.json").read_text())["runs"]
+    assert runs and all(r["step_time_s"] for r in runs), [r.get("skipped") for r in runs]
