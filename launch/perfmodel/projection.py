@@ -118,9 +118,11 @@ def check_project(cfg: RunConfig) -> None:
             raise ConfigError("project.price_per_gpu_hour", f"{name}: {price} must be > 0")
     # The run rules on precision, as `python -m launch` applies them: an fp8 request whose
     # layout cannot run fp8 is refused, not projected as fp8 (parallel=auto skips such layouts).
+    # Every projected part is a GPU (projected_profiles), whatever host composed cfg: a rule
+    # of CPU ranks (DeepSpeed's CPU accelerator has no fp16) refused zero3 fp16 projections.
     check_precision(cfg)
     if cfg.parallel.name != "auto":
-        refusal = layout_precision_refusal(cfg)
+        refusal = layout_precision_refusal(cfg, on_cpu=False)
         if refusal:
             raise ConfigError("precision.name", f"{cfg.precision.name}: {refusal}")
 

@@ -808,3 +808,17 @@ def test_a_batch_no_size_divides_is_refused_with_one_every_size_runs(tmp_path, s
     assert run_projection(cfg, Console(record=True)) == 0
     runs = json.loads((tmp_path / "projection.json").read_text())["runs"]
     assert runs and all(r["step_time_s"] for r in runs), [r.get("skipped") for r in runs]
+
+
+def test_a_cpu_ranks_rule_does_not_refuse_a_gpu_projection(tmp_path):
+    """DeepSpeed's CPU accelerator has no fp16, so `python -m launch` refuses zero3 fp16 on CPU
+    ranks; a projection (composed on a CPU host, gpu=auto) is of GPU parts, whose DeepSpeed
+    runs fp16: it was refused with the CPU's reason. pp's fp16 refusal holds everywhere."""
+    assert compose_run_config(["run_dir=/unused"]).gpu.name == "cpu"  # this host, as CI's
+    cfg = projection_cfg(tmp_path, "parallel=zero3", "precision=fp16", "project.gpus=[a100_80g]")
+    assert run_projection(cfg, Console(record=True)) == 0
+    runs = json.loads((tmp_path / "projection.json").read_text())["runs"]
+    assert runs and all(r["step_time_s"] for r in runs)
+    with pytest.raises(ConfigError) as err:
+        run_projection(projection_cfg(tmp_path, "parallel=pp", "precision=fp16"), Console())
+    assert err.value.key == "precision.name"

@@ -225,8 +225,11 @@ def check_fp8_shapes(cfg: RunConfig) -> None:
         )
 
 
-def layout_precision_refusal(cfg: RunConfig) -> str | None:
-    """Why the layout's engine cannot run the requested precision, or None."""
+def layout_precision_refusal(cfg: RunConfig, *, on_cpu: bool | None = None) -> str | None:
+    """Why the layout's engine cannot run the requested precision, or None. ``on_cpu``:
+    whether the ranks are CPU ones (default: cfg.gpu is the cpu profile); a projection of
+    GPU parts says False whatever host composed its config."""
+    on_cpu = cfg.gpu.name == "cpu" if on_cpu is None else on_cpu
     row, precision = layout(cfg.parallel.name), str(cfg.precision.name)
     if precision == "fp8":
         fp8 = cfg.precision.fp8
@@ -238,7 +241,7 @@ def layout_precision_refusal(cfg: RunConfig) -> str | None:
             or None
         )
     if precision == "fp16":
-        if cfg.gpu.name == "cpu" and row.refusal(Feature.fp16_on_cpu):
+        if on_cpu and row.refusal(Feature.fp16_on_cpu):
             return row.refusal(Feature.fp16_on_cpu)
         return row.refusal(Feature.fp16)
     return None
