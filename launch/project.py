@@ -19,8 +19,14 @@ from launch.app import help_page, run_app
 from launch.bench.comm_job import comm_keys, validate_comm
 from launch.errors import ConfigError
 from launch.perfmodel.compute import ATTENTION_KERNELS
-from launch.perfmodel.projection import MODES, projected_profiles, projection_record
+from launch.perfmodel.projection import (
+    MODES,
+    override_keys,
+    projected_profiles,
+    projection_record,
+)
 from launch.report.projected import projection_table, write_projection
+from launch.resolve import resolve_gpu
 from train.spec.config import ProjectConfig, RunConfig
 
 EXAMPLES = [
@@ -50,6 +56,10 @@ def check_inputs(cfg: RunConfig) -> None:
 
 def run_projection(cfg: RunConfig, console: Console, overrides: Sequence[str] = ()) -> int:
     """launch/perfmodel/ computes the record, launch/report/ writes and prints it."""
+    if cfg.gpu.name == "auto" and "gpu" in override_keys(overrides):
+        # gpu=auto written out: this machine's part (projected_names projects the part the
+        # command line names), as python -m launch detects it.
+        resolve_gpu(cfg, list(overrides), console)
     check_inputs(cfg)
     record = projection_record(cfg, overrides)
     out = Path(cfg.project.out or cfg.run_dir)

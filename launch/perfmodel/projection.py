@@ -65,6 +65,11 @@ def projected_profiles(names: list[str], given: GpuConfig | None = None) -> list
     return [given if given and given.name == n else load_gpu_profile(n) for n in names]
 
 
+def override_keys(overrides: Sequence[str]) -> set[str]:
+    """The keys a command line's overrides set (``+key=v``, ``~key`` included)."""
+    return {o.split("=", 1)[0].lstrip("+~") for o in overrides}
+
+
 def projected_names(cfg: RunConfig, overrides: Sequence[str] = ()) -> list[str]:
     """project.gpus; when it is empty and the command line names a part (``gpu=h800``, as
     ``python -m launch`` takes it), that part; else [] (every profile). Projecting every
@@ -72,7 +77,7 @@ def projected_names(cfg: RunConfig, overrides: Sequence[str] = ()) -> list[str]:
     crowd."""
     if cfg.project.gpus:
         return list(cfg.project.gpus)
-    if "gpu" not in {o.split("=", 1)[0].lstrip("+~") for o in overrides}:
+    if "gpu" not in override_keys(overrides):
         return []
     if cfg.gpu.name in ("auto", "cpu"):
         available = [g.name for g in projected_profiles([])]

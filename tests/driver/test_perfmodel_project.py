@@ -822,3 +822,28 @@ def test_a_cpu_ranks_rule_does_not_refuse_a_gpu_projection(tmp_path):
     with pytest.raises(ConfigError) as err:
         run_projection(projection_cfg(tmp_path, "parallel=pp", "precision=fp16"), Console())
     assert err.value.key == "precision.name"
+
+
+def test_gpu_auto_written_out_projects_this_machines_part(tmp_path, monkeypatch):
+    """`gpu=auto` on the command line means this machine's part, as python -m launch detects
+    it: the H100 node's own profile alone; on a machine without a GPU, the cpu refusal."""
+    from launch import resolve
+
+    monkeypatch.setattr(resolve, "local_gpus", lambda: [("NVIDIA H100 80GB HBM3", 79.1)] * 8)
+    from launch.conf_tree import load_gpu_profile
+
+    def composed(where, *extra):  # as the command line composes it: gpu=auto not yet detected
+        cfg = projection_cfg(where, *extra)
+        cfg.gpu = load_gpu_profile("auto")
+        return cfg
+
+    cfg = composed(tmp_path, "project.nodes=[1]")
+    run_projection(cfg, Console(record=True), overrides=["gpu=auto", "project.nodes=[1]"])
+    runs = json.loads((tmp_path / "projection.json").read_text())["runs"]
+    assert [r["gpu"] for r in runs] == ["h100_sxm"]
+    monkeypatch.setattr(resolve, "local_gpus", lambda: [])
+    out = tmp_path / "cpu"
+    with pytest.raises(ConfigError) as err:
+        run_projection(composed(out), Console(record=True), overrides=["gpu=auto"])
+    assert str(err.value).startswith("gpu: cpu: launch.project projects GPU profiles")
+    assert not out.exists()
