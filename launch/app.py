@@ -198,15 +198,17 @@ def check_every_job(parsed, check: Check) -> None:
 
 
 def refuse_shared_run_dir(parsed) -> None:
-    """A multirun whose jobs would all write one fixed run_dir: refused before job 0 runs."""
+    """A multirun whose jobs would all write one fixed run_dir (or launch.project's
+    project.out, each job's projection.* over the last's): refused before job 0 runs."""
     for override in parsed:
-        if override.key_or_group != "run_dir" or override.is_sweep_override():
+        key = override.key_or_group
+        if key not in ("run_dir", "project.out") or override.is_sweep_override():
             continue
         value = override.get_value_element_as_str()
         if "${" not in value:
             raise ConfigError(
-                "run_dir",
-                f"{value}: every job of a multirun would write there; leave run_dir unset "
+                key,
+                f"{value}: every job of a multirun would write there; leave {key} unset "
                 "(one dir per job under hydra.sweep.dir) or use ${hydra:runtime.output_dir}",
             )
 

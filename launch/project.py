@@ -22,6 +22,7 @@ from launch.perfmodel.compute import ATTENTION_KERNELS
 from launch.perfmodel.projection import (
     MODES,
     override_keys,
+    projected_names,
     projected_profiles,
     projection_record,
 )
@@ -37,11 +38,18 @@ EXAMPLES = [
 ]
 
 
-def check_inputs(cfg: RunConfig) -> None:
+def check_inputs(
+    cfg: RunConfig, overrides: Sequence[str] = (), console: Console | None = None
+) -> None:
     """What launch/perfmodel/ does not check itself, refused before anything is computed:
-    comm mode's sweep by the rules of `python -m launch.comm` (one source: a min_bytes of 0
-    would double forever, a negative one fill memory, an empty sweep print an empty table),
-    and an output dir that cannot be one."""
+    the part the command line names (gpu=auto written out: this machine's, detected here, as
+    python -m launch detects it), comm mode's sweep by the rules of `python -m launch.comm`
+    (one source: a min_bytes of 0 would double forever, a negative one fill memory, an empty
+    sweep print an empty table), and an output dir that cannot be one. A multirun checks
+    every job with this before its first starts (launch/app.py)."""
+    if cfg.gpu.name == "auto" and "gpu" in override_keys(overrides):
+        resolve_gpu(cfg, list(overrides), console or Console(quiet=True))
+    projected_names(cfg, overrides)
     if cfg.project.mode == "comm":
         validate_comm(cfg)
     out = Path(cfg.project.out or cfg.run_dir)
@@ -56,11 +64,7 @@ def check_inputs(cfg: RunConfig) -> None:
 
 def run_projection(cfg: RunConfig, console: Console, overrides: Sequence[str] = ()) -> int:
     """launch/perfmodel/ computes the record, launch/report/ writes and prints it."""
-    if cfg.gpu.name == "auto" and "gpu" in override_keys(overrides):
-        # gpu=auto written out: this machine's part (projected_names projects the part the
-        # command line names), as python -m launch detects it.
-        resolve_gpu(cfg, list(overrides), console)
-    check_inputs(cfg)
+    check_inputs(cfg, overrides, console)
     record = projection_record(cfg, overrides)
     out = Path(cfg.project.out or cfg.run_dir)
     write_projection(record, out)
@@ -113,7 +117,7 @@ def project_help() -> str:
 def main() -> None:
     run_app(
         lambda cfg, overrides, console: run_projection(cfg, console, overrides),
-        check=lambda cfg, overrides, console: check_inputs(cfg),
+        check=check_inputs,
         help_text=project_help,
     )
 

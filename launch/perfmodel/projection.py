@@ -1,7 +1,8 @@
 """The projection (``python -m launch.project``): projected scaling per GPU type, or
 projected collectives, as one record for launch/report/projected.py to write.
 
-For each profile in project.gpus (default: every profile but auto and cpu) and each node
+For each profile in project.gpus (default: the part ``gpu=NAME`` names on the command line,
+else every profile but auto and cpu) and each node
 count in project.nodes, predict the step of cfg's model and layout (parallel=auto: the best
 layout for that part and shape). train.global_batch means what it means to `python -m
 launch`: sequences per optimizer step, at the fewest projected node count; under weak
@@ -72,21 +73,30 @@ def override_keys(overrides: Sequence[str]) -> set[str]:
 
 def projected_names(cfg: RunConfig, overrides: Sequence[str] = ()) -> list[str]:
     """project.gpus; when it is empty and the command line names a part (``gpu=h800``, as
-    ``python -m launch`` takes it), that part; else [] (every profile). Projecting every
-    part when a user wrote gpu=h800 printed thirteen parts and kept the one asked for in a
-    crowd."""
+    ``python -m launch`` takes it; gpu=auto, detected by the caller), that part; else []
+    (every profile). Projecting every part when a user wrote gpu=h800 printed all twelve
+    and left the one asked for in a crowd."""
     if cfg.project.gpus:
         return list(cfg.project.gpus)
     if "gpu" not in override_keys(overrides):
         return []
-    if cfg.gpu.name in ("auto", "cpu"):
-        available = [g.name for g in projected_profiles([])]
-        raise ConfigError(
-            "gpu",
-            f"{cfg.gpu.name}: launch.project projects GPU profiles ({', '.join(available)}); "
-            "a CPU run's own prediction is in python -m launch's report",
+    name = cfg.gpu.name
+    if name == "cpu" and cfg.project.mode == "comm":
+        return [name]  # its link rates project collectives as project.gpus=[cpu] does
+    if name in group_choices("gpu") and name not in ("auto", "cpu"):
+        return [name]
+    available = ", ".join(g.name for g in projected_profiles([]))
+    if name == "cpu":
+        why = (
+            f"cpu: launch.project projects GPU profiles ({available}); a CPU run's own "
+            "prediction is in python -m launch's report"
         )
-    return [cfg.gpu.name]
+    else:  # gpu=auto found a device without a profile (resolve.unknown_profile)
+        why = (
+            f"gpu=auto found {cfg.gpu.display_name}, which has no profile: name one with "
+            f"gpu=NAME or project.gpus=[...] ({available})"
+        )
+    raise ConfigError("gpu", why)
 
 
 def check_project(cfg: RunConfig) -> None:

@@ -847,3 +847,43 @@ def test_gpu_auto_written_out_projects_this_machines_part(tmp_path, monkeypatch)
         run_projection(composed(out), Console(record=True), overrides=["gpu=auto"])
     assert str(err.value).startswith("gpu: cpu: launch.project projects GPU profiles")
     assert not out.exists()
+    # A card without a profile (resolve.unknown_profile) is named, under the key the user set.
+    monkeypatch.setattr(resolve, "local_gpus", lambda: [("NVIDIA RTX 6000 Ada Generation", 48)])
+    with pytest.raises(ConfigError) as err:
+        run_projection(composed(out), Console(record=True), overrides=["gpu=auto"])
+    assert err.value.key == "gpu" and "RTX 6000 Ada Generation, which has no profile" in str(
+        err.value
+    )
+    assert not out.exists()
+
+
+def test_a_named_cpu_projects_collectives_as_project_gpus_does(tmp_path):
+    """comm mode projects the cpu profile's link (project.gpus=[cpu] always could);
+    gpu=cpu there is not refused as it is for training steps."""
+    cfg = projection_cfg(tmp_path, "gpu=cpu", *COMM_PROJECTION[:1], "comm.max_bytes=4096")
+    run_projection(cfg, Console(record=True), overrides=["gpu=cpu", "project.mode=comm"])
+    rows = json.loads((tmp_path / "projection.json").read_text())["collectives"]
+    assert rows and {r["gpu"] for r in rows} == {"cpu"}
+
+
+@pytest.mark.parametrize(
+    ("overrides", "line"),
+    [
+        # Job 0 (h800) used to run and write before job 1 was refused.
+        (["gpu=h800,cpu"], "error: gpu: cpu: launch.project projects GPU profiles"),
+        # Each job's projection.* used to land over the last one's: the h800's kept.
+        (["gpu=h100_sxm,h800", "project.out=OUT"], "error: project.out: "),
+    ],
+)
+def test_a_multirun_of_parts_is_checked_whole_before_its_first_job(
+    module_in_process, tmp_path, overrides, line
+):
+    out = tmp_path / "out"
+    args = [o.replace("OUT", str(out)) for o in overrides]
+    result = module_in_process(
+        "launch.project", "-m", *args, "project.nodes=[1]", "train.global_batch=32"
+    )
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith(line) and len(result.stderr.splitlines()) == 1, result.stderr
+    assert not out.exists() and not (tmp_path / "multirun").exists()
+    assert not list(tmp_path.rglob("projection.json"))
