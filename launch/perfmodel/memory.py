@@ -257,9 +257,26 @@ def estimate_memory(
         activation_bytes=activation_bytes(m, plan, micro_batch, seq_len, precision),
         transient_bytes=transient_bytes(m, plan, precision)
         + kept
+        + reduce_scatter_buffer_bytes(m, plan, reduce_width)
         + divide_copy_bytes(m, plan, reduce_width),
         capacity_bytes=usable_bytes(hbm_bytes),
     )
+
+
+def reduce_scatter_buffer_bytes(m: ModelConfig, plan: LayoutPlan, reduce_width: int) -> int:
+    """FSDP2's reduce-scatter input of one unit, beside the unit's unsharded gradients (which
+    transient_bytes counts): torch 2.13's foreach_reduce (_fsdp_collectives.py) allocates
+    the whole unit's input in the reduce dtype and copies the gradients in before it frees
+    them, and the comm context holds that input until the next unit's post-backward frees it
+    (reduce_scatter_states, reduce_scatter_max_input_buffers 1: _fsdp_param_group.py), so
+    one unit's input is alive while the next unit's backward runs. Its output, 1/shard of a
+    unit, becomes the sharded gradient (held) or is added to it and freed: not counted."""
+    if not (plan.row.shards_parameters or plan.row.expert_parallel):
+        return 0
+    units = fsdp_units(m, plan)
+    block = max((u.elements for u in units if u.kind == "block"), default=0)
+    block += max((u.elements for u in units if u.kind == "experts"), default=0)
+    return block * reduce_width
 
 
 def divide_copy_bytes(m: ModelConfig, plan: LayoutPlan, reduce_width: int) -> int:

@@ -290,6 +290,28 @@ def test_fsdp_reducing_once_under_tp_keeps_the_embeddings_gradient_whole():
     assert transient(True) - transient(False) == (tp_rank + other_half) * 4
 
 
+def test_fsdp_holds_one_units_reduce_scatter_input_in_the_reduce_dtype():
+    """memory.reduce_scatter_buffer_bytes (the two-rank probe below sees torch allocate it):
+    FSDP2 layouts hold one block's reduce-scatter input in the reduce dtype beside its
+    gradients; replicated layouts none."""
+    from launch.perfmodel.memory import estimate_memory, reduce_scatter_buffer_bytes
+
+    m = model("llama_7b")
+    block = shapes.numel(shapes.layer_param_shapes(m, 0, 1, 1))
+    fsdp = LayoutPlan("fsdp", Degrees(1, 8, 1), False, [])
+    for width in (4, 2):
+        assert reduce_scatter_buffer_bytes(m, fsdp, width) == block * width
+    assert reduce_scatter_buffer_bytes(m, LayoutPlan("ddp", Degrees(8, 1, 1), False, []), 4) == 0
+
+    def transient(width):
+        return estimate_memory(
+            m, fsdp, micro_batch=1, seq_len=128, precision="bf16", hbm_bytes=80e9,
+            reduce_width=width,
+        ).transient_bytes  # fmt: skip
+
+    assert transient(4) - transient(2) == block * 2
+
+
 def test_a_one_rank_expert_shard_holds_the_divided_copy_of_its_gradients():
     """memory.divide_copy_bytes: where the routed experts' shard dim has one rank (ep; ep_fsdp
     at dp_shard 1), FSDP2 divides their reduce-dtype gradients into a new tensor (the probe
@@ -442,7 +464,7 @@ def test_fsdp2_result_casts_and_additions_are_what_the_model_counts():
 # 64 x 64 Linear unit, by op: the shard's cast (torch's foreach-copy fast path into a flat
 # 16-bit buffer), the copy into the all-gather input, the split copy out of the output.
 _FSDP2_GATHERS = """
-import collections, json, os, sys, torch, torch.distributed as dist
+import collections, json, os, sys, weakref, torch, torch.distributed as dist
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 from torch.utils._python_dispatch import TorchDispatchMode
 
@@ -453,6 +475,7 @@ class Gathers(TorchDispatchMode):
     def __init__(self):
         super().__init__()
         self.seen = collections.defaultdict(list)
+        self.inputs = []
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
@@ -462,6 +485,13 @@ class Gathers(TorchDispatchMode):
             self.seen["copy_in"].append(out[0].numel())
         elif func is torch.ops.fsdp.split_with_sizes_copy.default:
             self.seen["copy_out"].append(numel(kwargs["out"]))
+        elif func is torch.ops.fsdp.chunk_cat.default:
+            # The gradients into the reduce-scatter input (a view of it is the out), and how
+            # many earlier inputs are still alive as it is filled.
+            base = kwargs["out"]._base
+            alive = sum(ref() is not None for ref in self.inputs)
+            self.inputs.append(weakref.ref(base))
+            self.seen["reduce_input"].append([base.numel(), str(base.dtype), alive])
         return out
 
 rank, store = int(sys.argv[1]), sys.argv[2]
@@ -507,6 +537,10 @@ def test_fsdp2_gathers_across_ranks_copy_what_the_model_counts(tmp_path):
     assert seen["cast"] == [[True, [shard]]] * gathers
     assert seen["copy_in"] == [shard] * gathers
     assert seen["copy_out"] == [[unit]] * gathers
+    # memory.reduce_scatter_buffer_bytes: each unit's reduce-scatter input is the whole unit in
+    # the reduce dtype (fp32 here), and only one is alive at a time (none left from the unit
+    # before when the next one's is filled).
+    assert seen["reduce_input"] == [[unit, "torch.float32", 0]] * 2
     modelled = compute.fsdp2_bytes_per_param(
         accum=1, precision="bf16", shard_split=2, reduce_each=True, gather_world=2
     )
