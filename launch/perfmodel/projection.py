@@ -11,7 +11,7 @@ node counts (where the layout is refused at the fewest, what it would have held 
 global batch times nodes / fewest), under sweep=strong the global batch stays. Each row
 states its own global batch. The record holds ``runs`` (or with
 project.mode=comm ``collectives``). Pure arithmetic: all profiles x 4 node counts take
-milliseconds.
+seconds (a configured layout's rows also ask parallel=auto, _auto_alternative).
 """
 
 from __future__ import annotations
@@ -273,6 +273,7 @@ def project_runs(
             try:
                 here = _batch_at(cfg, batch, nodes, fewest)
                 pred, reason = _predict_one(work, where, precision, rates, here)
+                better = _auto_alternative(work, where, precision, rates, here, pred)
             except ConfigError as exc:
                 rows.append(_skipped(gpu, where, str(exc)))
                 refused.append(exc)
@@ -283,6 +284,8 @@ def project_runs(
             if not pred.fits:
                 unfit.append((pred.memory.peak_bytes, f"{gpu.name} at {nodes} node(s)"))
             rows.append(_run_row(cfg, gpu, pred, reason, precision_reason))
+            if better:
+                rows[-1]["auto_alternative"] = better
     if refused and len(refused) == len(rows):
         # Nothing could be projected (a batch no projected size divides, a sequence too long
         # for every part): bad input, one line, nothing written, rather than a table of skips.
@@ -369,6 +372,44 @@ def _predict_one(
     check_moe_layout(cfg.model, plan, where.nproc_per_node)
     pred = predict(cfg, plan, where, global_batch=batch.global_batch_for(plan.degrees), **given)
     return pred, f"parallel={cfg.parallel.name} as configured"
+
+
+# A configured layout's row names parallel=auto's choice where the model puts it this much
+# faster: the model's own error on published runs (8-12% mean, docs/performance-model.md) can
+# reverse a smaller lead.
+AUTO_HINT_SPEEDUP = 1.2
+
+
+def _auto_alternative(
+    cfg: RunConfig,
+    where: Placement,
+    precision: str,
+    rates: PartRates,
+    batch: BatchRule,
+    pred: Prediction,
+) -> dict | None:
+    """parallel=auto's layout for the same part, size and batch, where it is predicted at
+    least AUTO_HINT_SPEEDUP x the configured layout's tokens/s per device (or the configured
+    one does not fit): what a user who picked a layout would want to know; else None."""
+    if cfg.parallel.name == "auto":
+        return None
+    asked = copy.copy(cfg)
+    asked.parallel = _auto_parallel(cfg.parallel)
+    kernels = Kernels(attention=cfg.project.attention)
+    try:
+        choice = choose_layout(
+            asked, where, batch=batch, precision=precision, rates=rates, kernels=kernels
+        )
+    except ConfigError:  # nothing fits, or no layout runs this shape: no alternative to name
+        return None
+    speedup = choice.prediction.tokens_per_s_per_device / pred.tokens_per_s_per_device
+    if pred.fits and speedup < AUTO_HINT_SPEEDUP:
+        return None
+    return {
+        "layout": choice.prediction.layout,
+        "tokens_per_s_per_device": choice.prediction.tokens_per_s_per_device,
+        "speedup": speedup,
+    }
 
 
 def _run_row(

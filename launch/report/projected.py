@@ -90,6 +90,12 @@ def _notes(row: dict, first_multi: bool) -> str:
         label.append(f"{power['watts']:g} of {power['tdp_w']:g} W: {slowed}")
     if "dollars_per_billion_tokens" in row:
         label.append(f"${row['dollars_per_billion_tokens']:,.0f}/1B tok")
+    if "auto_alternative" in row:
+        better = row["auto_alternative"]
+        label.append(
+            f"parallel=auto: {_layout_text(better['layout'])} "
+            f"{better['tokens_per_s_per_device']:,.0f} tok/s/device (x{better['speedup']:.1f})"
+        )
     return " ".join(label)
 
 
