@@ -269,14 +269,15 @@ def reduce_scatter_buffer_bytes(m: ModelConfig, plan: LayoutPlan, reduce_width: 
     the whole unit's input in the reduce dtype and copies the gradients in before it frees
     them, and the comm context holds that input until the next unit's post-backward frees it
     (reduce_scatter_states, reduce_scatter_max_input_buffers 1: _fsdp_param_group.py), so
-    one unit's input is alive while the next unit's backward runs. Its output, 1/shard of a
-    unit, becomes the sharded gradient (held) or is added to it and freed: not counted."""
+    one unit's input is alive while the next unit's backward runs (one for the whole model:
+    the comm context is the root's, _fsdp_state.py _init_shared_state). Its output, 1/shard
+    of a unit, becomes the sharded gradient (held) or is added to it and freed: not counted."""
     if not (plan.row.shards_parameters or plan.row.expert_parallel):
         return 0
-    units = fsdp_units(m, plan)
-    block = max((u.elements for u in units if u.kind == "block"), default=0)
-    block += max((u.elements for u in units if u.kind == "experts"), default=0)
-    return block * reduce_width
+    # One comm context serves every FSDP state under the root, with a cap of one input: a
+    # block's and its experts' inputs are never alive together (the largest unit's is).
+    units = [u.elements for u in fsdp_units(m, plan) if u.kind in ("block", "experts")]
+    return max(units, default=0) * reduce_width
 
 
 def divide_copy_bytes(m: ModelConfig, plan: LayoutPlan, reduce_width: int) -> int:

@@ -273,7 +273,7 @@ def project_runs(
             try:
                 here = _batch_at(cfg, batch, nodes, fewest)
                 pred, reason = _predict_one(work, where, precision, rates, here)
-                better = _auto_alternative(work, where, precision, rates, here, pred)
+                better = _auto_alternative(work, where, precision, rates, pred)
             except ConfigError as exc:
                 rows.append(_skipped(gpu, where, str(exc)))
                 refused.append(exc)
@@ -381,14 +381,9 @@ AUTO_HINT_SPEEDUP = 1.2
 
 
 def _auto_alternative(
-    cfg: RunConfig,
-    where: Placement,
-    precision: str,
-    rates: PartRates,
-    batch: BatchRule,
-    pred: Prediction,
+    cfg: RunConfig, where: Placement, precision: str, rates: PartRates, pred: Prediction
 ) -> dict | None:
-    """parallel=auto's layout for the same part, size and batch, where it is predicted at
+    """parallel=auto's layout for the same part, size and global batch, where it is predicted at
     least AUTO_HINT_SPEEDUP x the configured layout's tokens/s per device (or the configured
     one does not fit): what a user who picked a layout would want to know; else None."""
     if cfg.parallel.name == "auto":
@@ -396,9 +391,13 @@ def _auto_alternative(
     asked = copy.copy(cfg)
     asked.parallel = _auto_parallel(cfg.parallel)
     kernels = Kernels(attention=cfg.project.attention)
+    # The row's own global batch: under weak scaling ``batch`` keeps the configured layout's
+    # sequences per data-parallel rank, which at auto's (another data-parallel size) would be
+    # another batch than the row states.
+    same = BatchRule(global_batch=pred.tokens_per_step // cfg.train.seq_len)
     try:
         choice = choose_layout(
-            asked, where, batch=batch, precision=precision, rates=rates, kernels=kernels
+            asked, where, batch=same, precision=precision, rates=rates, kernels=kernels
         )
     except ConfigError:  # nothing fits, or no layout runs this shape: no alternative to name
         return None

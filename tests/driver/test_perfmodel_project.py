@@ -519,12 +519,10 @@ def test_tensor_parallel_never_scores_above_one_device_doing_its_work(tmp_path):
 def test_expert_parallel_never_scores_above_one_device_doing_its_work(tmp_path, model):
     # ep runs its dense units in FSDP2 on a mesh without a shard dim, which casts and copies
     # them per gather as its one-device base (FSDP) does; the rank was charged autocast's
-    # casts instead, fewer bytes than its base: 101% and 113% here. (seq 2048: at 4096 the
-    # deepseek model needs 73.1 of the H100's 72.9 usable GiB under ep since one unit's
-    # reduce-scatter input is counted.)
+    # casts instead, fewer bytes than its base: 101% and 113% here.
     (row,) = project_runs(
         projection_cfg(
-            tmp_path, f"model={model}", "train.seq_len=2048", "train.micro_batch=1",
+            tmp_path, f"model={model}", "train.seq_len=4096", "train.micro_batch=1",
             "train.global_batch=64", "project.nodes=[1]", "parallel=ep", "parallel.ep=8",
         ),
         projected_profiles(["h100_sxm"]),
@@ -916,5 +914,20 @@ def test_a_configured_layout_names_autos_choice_where_it_is_much_faster(tmp_path
     assert f"parallel=auto: {better['layout']['name']}" in printed
     (fsdp,), _ = rows("a100_80g", "fsdp")
     assert "auto_alternative" not in fsdp
+    # Under weak scaling a larger node count's row keeps TP's sequences per data-parallel
+    # rank; auto's figure is at that row's own global batch, not at auto's own weak batch.
+    cfg = projection_cfg(
+        tmp_path / "weak", "model=llama_7b", *LLAMA, "train.global_batch=64",
+        "project.gpus=[h800]", "project.nodes=[1,4]", "parallel=tp_fsdp", "parallel.tp=8",
+    )  # fmt: skip
+    four = project_runs(cfg, projected_profiles(["h800"]))[1]
+    alone = projection_cfg(
+        tmp_path / "alone", "model=llama_7b", *LLAMA, f"train.global_batch={four['global_batch']}",
+        "project.gpus=[h800]", "project.nodes=[4]", "parallel=auto",
+    )  # fmt: skip
+    (auto_at_four,) = project_runs(alone, projected_profiles(["h800"]))
+    assert four["auto_alternative"]["tokens_per_s_per_device"] == pytest.approx(
+        auto_at_four["tokens_per_s_per_device"]
+    )
     (auto,), _ = rows("h800", "auto")
     assert "auto_alternative" not in auto

@@ -308,6 +308,12 @@ def test_fsdp_holds_one_units_reduce_scatter_input_in_the_reduce_dtype():
         ).transient_bytes  # fmt: skip
 
     assert transient(4) - transient(2) == block * 2
+    # One comm context for the whole model, one input alive at a time: a MoE block's dense
+    # unit and its experts unit never hold theirs together (the largest unit's is counted).
+    moe = model("olmoe_1b_7b")
+    ep = LayoutPlan("ep_fsdp", Degrees(1, 2, 1, ep=8), False, [])
+    units = [u.elements for u in memory.fsdp_units(moe, ep) if u.kind in ("block", "experts")]
+    assert reduce_scatter_buffer_bytes(moe, ep, 4) == max(units) * 4
 
 
 def test_a_one_rank_expert_shard_holds_the_divided_copy_of_its_gradients():
