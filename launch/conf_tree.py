@@ -1,8 +1,10 @@
-"""Where the Hydra config tree lives, what each group offers, and the schema registration."""
+"""Where the Hydra config tree lives, what each group offers, the schema registration, and
+which keys a command line's overrides set."""
 
 from __future__ import annotations
 
 import importlib.resources
+from collections.abc import Iterable
 from functools import cache
 from pathlib import Path
 
@@ -39,3 +41,8 @@ def group_choices(group: str) -> list[str]:
 def load_gpu_profile(name: str) -> GpuConfig:
     node = OmegaConf.load(conf_dir() / "gpu" / f"{name}.yaml")
     return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(GpuConfig), node))
+
+
+def override_keys(overrides: Iterable[str]) -> set[str]:
+    """The keys a command line's overrides set (``+key=v``, ``++key=v``, ``~key`` included)."""
+    return {o.split("=", 1)[0].lstrip("+~") for o in overrides}

@@ -17,11 +17,11 @@ from rich.console import Console
 
 from launch.app import help_page, run_app
 from launch.bench.comm_job import comm_keys, validate_comm
+from launch.conf_tree import override_keys
 from launch.errors import ConfigError
 from launch.perfmodel.compute import ATTENTION_KERNELS
 from launch.perfmodel.projection import (
     MODES,
-    override_keys,
     projected_names,
     projected_profiles,
     projection_record,

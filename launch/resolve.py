@@ -20,7 +20,7 @@ from omegaconf import OmegaConf
 from rich.console import Console
 
 from launch.bench.cache import cache_path, load_host, load_measured
-from launch.conf_tree import group_choices, load_gpu_profile
+from launch.conf_tree import group_choices, load_gpu_profile, override_keys
 from launch.perfmodel.choose import choose_layout
 from launch.perfmodel.hardware import PartRates, part_rates
 from launch.perfmodel.host import HostRates
@@ -233,10 +233,6 @@ def resolve_gpu(cfg: RunConfig, overrides: list[str], console: Console) -> None:
     console.print(f"gpu=auto: {detected}")
 
 
-def _overridden(overrides: list[str], key: str) -> bool:
-    return any(o.lstrip("+~").split("=", 1)[0] == key for o in overrides)
-
-
 def resolve_node_defaults(cfg: RunConfig, overrides: list[str], console: Console) -> None:
     """On a GPU node the defaults use the node: one rank per visible GPU of GPU 0's kind, and a
     weak sweep over powers of two up to them, unless the command line set either. A node
@@ -250,7 +246,7 @@ def resolve_node_defaults(cfg: RunConfig, overrides: list[str], console: Console
         return
     gpus = leading_same_kind(found)
     changed = []
-    if not _overridden(overrides, "cluster.nproc_per_node"):
+    if "cluster.nproc_per_node" not in override_keys(overrides):
         cfg.cluster.nproc_per_node = gpus
         changed.append(f"cluster.nproc_per_node={gpus}")
     elif gpus < cfg.cluster.nproc_per_node <= len(found):
@@ -261,7 +257,7 @@ def resolve_node_defaults(cfg: RunConfig, overrides: list[str], console: Console
             f"{other_kinds(found)}): per-device figures and MFU need one kind; "
             f"use at most {gpus}, or set CUDA_VISIBLE_DEVICES to GPUs of one kind",
         )
-    if cfg.sweep.name != "none" and not _overridden(overrides, "sweep.world_sizes"):
+    if cfg.sweep.name != "none" and "sweep.world_sizes" not in override_keys(overrides):
         top = cfg.cluster.nodes * cfg.cluster.nproc_per_node
         cfg.sweep.world_sizes = _powers_of_two_up_to(top)
         changed.append(f"sweep.world_sizes={cfg.sweep.world_sizes}")
@@ -280,7 +276,7 @@ def sweep_every_node(cfg: RunConfig, overrides: list[str], console: Console) -> 
     would leave every node but one idle), unless the command line set the sweep."""
     if cfg.cluster.name not in ("slurm", "multinode"):
         return
-    if cfg.sweep.name == "none" or _overridden(overrides, "sweep.world_sizes"):
+    if cfg.sweep.name == "none" or "sweep.world_sizes" in override_keys(overrides):
         return
     nodes, per_node = cfg.cluster.nodes, cfg.cluster.nproc_per_node
     if nodes < 1 or per_node < 1:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 
+from launch.conf_tree import override_keys
 from train.spec.config import RunConfig, WandbMode
 from train.spec.config_error import ConfigError
 
@@ -31,7 +32,7 @@ def apply_wandb_env(
 ) -> None:
     """Set cfg.wandb's mode, project and entity from WANDB_MODE (or the legacy
     WANDB_DISABLED=true), WANDB_PROJECT and WANDB_ENTITY where the command line did not."""
-    given = {o.split("=", 1)[0].lstrip("+~") for o in overrides}
+    given = override_keys(overrides)
     mode = environ.get("WANDB_MODE", "").strip().lower()
     if "wandb.mode" not in given:
         if mode:

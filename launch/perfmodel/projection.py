@@ -23,7 +23,7 @@ from collections.abc import Sequence
 
 from omegaconf import OmegaConf
 
-from launch.conf_tree import conf_dir, group_choices, load_gpu_profile
+from launch.conf_tree import conf_dir, group_choices, load_gpu_profile, override_keys
 from launch.errors import ConfigError
 from launch.perfmodel.calibrate import Calibration, load_calibration
 from launch.perfmodel.choose import choose_layout
@@ -64,11 +64,6 @@ def projected_profiles(names: list[str], given: GpuConfig | None = None) -> list
             "project.gpus", f"unknown profile {unknown[0]!r}; one of: {', '.join(available)}"
         )
     return [given if given and given.name == n else load_gpu_profile(n) for n in names]
-
-
-def override_keys(overrides: Sequence[str]) -> set[str]:
-    """The keys a command line's overrides set (``+key=v``, ``~key`` included)."""
-    return {o.split("=", 1)[0].lstrip("+~") for o in overrides}
 
 
 def projected_names(cfg: RunConfig, overrides: Sequence[str] = ()) -> list[str]:
