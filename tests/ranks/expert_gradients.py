@@ -17,6 +17,7 @@ import torch
 import torch.distributed as dist
 from torch.distributed.tensor import DTensor
 
+from tests.ranks.leave import leave_after
 from train.runtime import distributed
 from train.runtime.rank_setup import set_up
 from train.spec.config import load_run_config
@@ -52,4 +53,4 @@ def main(out: Path, config: Path) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]), Path(sys.argv[2]))
+    leave_after(lambda: main(Path(sys.argv[1]), Path(sys.argv[2])))

@@ -25,6 +25,7 @@ import torch.distributed as dist
 from torch.distributed.tensor import DTensor
 
 from tests.ranks.collective_counting import run_counted
+from tests.ranks.leave import leave_after
 from train.model.transformer import Transformer
 from train.model.weights import canonical_name
 from train.parallel.build import build_layout, build_model
@@ -138,4 +139,5 @@ def main(out_dir: Path, memory: Path, init: Path, runs: list[Path]) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]), [Path(p) for p in sys.argv[4:]])
+    out_dir, memory, init = (Path(a) for a in sys.argv[1:4])
+    leave_after(lambda: main(out_dir, memory, init, [Path(p) for p in sys.argv[4:]]))

@@ -20,6 +20,8 @@ import sys
 import time
 from pathlib import Path
 
+from tests.ranks.leave import leave_after
+
 
 def folders_check(out_dir: Path, rank: int) -> dict:
     from train.runtime.shared_folders import TOKEN, check_shared_folders
@@ -110,4 +112,4 @@ def main(out_dir: Path, auto_config: Path, runs: list[Path]) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]), Path(sys.argv[2]), [Path(p) for p in sys.argv[3:]])
+    leave_after(lambda: main(Path(sys.argv[1]), Path(sys.argv[2]), [Path(p) for p in sys.argv[3:]]))

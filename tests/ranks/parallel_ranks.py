@@ -24,6 +24,7 @@ from torch.distributed.tensor import DTensor
 from torch.distributed.tensor.parallel import parallelize_module
 
 from tests.ranks.collective_counting import run_counted
+from tests.ranks.leave import leave_after
 from train.model.transformer import Transformer
 from train.parallel.tensor_parallel import apply_tensor_parallel, block_plan
 from train.runtime import distributed
@@ -93,4 +94,4 @@ def sharded_block_error(model_cfg: ModelConfig, rank: distributed.RankInfo) -> d
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]), [Path(p) for p in sys.argv[2:]])
+    leave_after(lambda: main(Path(sys.argv[1]), [Path(p) for p in sys.argv[2:]]))

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch.distributed as dist
 
 from tests.ranks.collective_counting import counting_third_step
+from tests.ranks.leave import leave_after
 from train.runtime import distributed, worker
 from train.spec.config import load_run_config
 
@@ -41,4 +42,4 @@ def main(out_dir: Path, config_paths: list[Path]) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]), [Path(p) for p in sys.argv[2:]])
+    leave_after(lambda: main(Path(sys.argv[1]), [Path(p) for p in sys.argv[2:]]))

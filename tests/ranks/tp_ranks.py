@@ -18,6 +18,7 @@ import torch
 import torch.distributed as dist
 
 from tests.ranks.collective_counting import run_counted
+from tests.ranks.leave import leave_after
 from train.runtime import distributed
 from train.runtime.rank_setup import set_up
 from train.spec.config import load_run_config
@@ -75,7 +76,11 @@ def checksum(model: torch.nn.Module) -> float:
     return total
 
 
-if __name__ == "__main__":
+def _main_from_argv() -> None:
     args = sys.argv[1:]
     split = args.index("--fp16")
     main(Path(args[0]), [Path(a) for a in args[1:split]], Path(args[split + 1]))
+
+
+if __name__ == "__main__":
+    leave_after(_main_from_argv)
