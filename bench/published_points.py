@@ -517,9 +517,9 @@ LEFT_OUT = [
     "Megatron-LM's H100 tables (README, 2024+): published as images of MFU per size; their "
     "configurations (TP, PP, CP, overlap flags) are not in text.",
     "torchtitan's Float8 rows are in the fp8 table below, except those with context "
-    "parallelism (CP > 1), not a layout of this project, and the 405B's, whose fp8 runs "
-    "inside pipeline stages, which this project's pipelines refuse (fp8 under the "
-    "zero-bubble schedules' split backward is not checked).",
+    "parallelism (CP > 1), not a layout of this project, and the 405B's (FSDP 8 x TP 8 x PP "
+    "8 with async TP inside the stages, which this project's pipelines do not run; fp8 inside "
+    "stages only since 2026-12-01).",
     "llm-foundry SHARD_GRAD_OP rows (1b, 3b at >= 128 GPUs) and fp8 rows: ZeRO-2-like FSDP1 "
     "and TE fp8 layers are not this project's layouts.",
 ]
@@ -1353,8 +1353,9 @@ BRIDGE_2511 = "NVIDIA-NeMo/Megatron-Bridge docs/performance-summary.md (00b7660,
 def _nvidia_run(source, model, gpus, gbs, mb, seq, tp, pp, vp, published, megatron_fsdp=False):
     """A DGX-H100 FP8 row as this project would run it: TP 1 under Megatron's distributed
     optimizer or Megatron-FSDP as FSDP (this project's ZeRO-1 runs through DeepSpeed, which
-    has no fp8), TP inside FSDP, pipelines as pp_fsdp with the same interleaving. This
-    project's pipelines refuse fp8 today: their rows are the model's fp8 step for those stages."""
+    has no fp8), TP inside FSDP, pipelines as pp_fsdp with the same interleaving (this
+    project's stages run torchao's fp8 since 2026-12-01, after these rows were read, gathering
+    bf16 weights: that moved the pipelined rows' predictions by -4% to +4%)."""
     layout = {"name": "fsdp", "dp_shard": -1}
     if pp > 1:
         schedule = "interleaved_one_f_one_b" if vp > 1 else "one_f_one_b"

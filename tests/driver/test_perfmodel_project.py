@@ -286,7 +286,17 @@ def test_predict_run_on_the_cpu_uses_the_given_ceiling_and_the_emulated_link():
         (["project.attention=bogus"], "project.attention"),
         # The run rules on precision, as python -m launch applies them.
         (["precision=fp8", "model=llama_7b", "parallel=zero3"], "precision.name"),  # DeepSpeed
-        (["precision=fp8", "model=llama_7b", "parallel=pp_fsdp"], "precision.name"),  # stages
+        # Stages run torchao's fp8, not under a schedule that splits backward in two.
+        (
+            [
+                "precision=fp8",
+                "model=llama_7b",
+                "parallel=pp_fsdp",
+                "parallel.pp_stages_per_rank=2",
+                "parallel.pp_schedule=zero_bubble_v",
+            ],
+            "precision.name",
+        ),
         (
             ["precision=fp8", "model=llama_7b", "train.seq_len=100", "train.micro_batch=1"],
             "train.micro_batch",

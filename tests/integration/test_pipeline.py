@@ -67,11 +67,24 @@ FOUR_RANKS = {
     ],
 }
 BF16 = {"one_f_one_b_bf16": ["parallel=pp", "precision=bf16"]}
+# torchao's fp8 linears inside the stages (emulated on CPU: the same casts and scales, fp32
+# matmuls), against one rank running the same fp8 layers.
+FP8 = [
+    "gpu=h100_sxm",
+    "precision=fp8",
+    "precision.fp8.backend=torchao",
+    "precision.fp8.min_dim=128",
+]
+FP8_TWO = {"one_f_one_b_fp8": ["parallel=pp", *FP8], "pp_fsdp_fp8": ["parallel=pp_fsdp", *FP8]}
 # Bytes only: under FSDP2's 16-bit parameters TP moves a 16-bit stream.
 BF16_FOUR = {
     "pp_fsdp_tp_bf16": ["parallel=pp_fsdp", "parallel.pp=2", "parallel.tp=2", "precision=bf16"]
 }
 TOLERANCE = 1e-4  # relative; see the module docstring
+# fp8 against one rank's fp8: relative 1e-3. Observed 3.7e-5 (pp) and 2.4e-4 (pp_fsdp, whose
+# FSDP2 gathers bf16 weights where one rank autocasts fp32 ones); fp8 moves these 5 steps from
+# fp32's by 2.7e-4 only, so the test of the layers themselves is the count of those built.
+FP8_TOLERANCE = 1e-3
 
 
 def config(root, name, overrides, nproc):
@@ -88,8 +101,9 @@ def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("pipeline")
     # The reference: one rank in-process, no process group.
     run_one_rank_here(config(root, "one_rank", ["parallel=ddp"], 1)[1])
+    run_one_rank_here(config(root, "one_rank_fp8", ["parallel=ddp", *FP8], 1)[1])
     cfgs, counted = {}, {}
-    for nproc, group in ((2, {**TWO_RANKS, **BF16}), (4, {**FOUR_RANKS, **BF16_FOUR})):
+    for nproc, group in ((2, {**TWO_RANKS, **BF16, **FP8_TWO}), (4, {**FOUR_RANKS, **BF16_FOUR})):
         sub = root / f"ranks{nproc}"
         sub.mkdir()
         written = {n: config(sub, n, o, nproc) for n, o in group.items()}
@@ -121,7 +135,20 @@ def test_bf16_pipeline_trains_close_to_fp32(runs):
     assert got == pytest.approx(reference, abs=0.02)  # bf16 matmuls round; the stream is fp32
 
 
-@pytest.mark.parametrize("name", [*TWO_RANKS, *FOUR_RANKS, *BF16, *BF16_FOUR])
+@pytest.mark.parametrize("name", FP8_TWO)
+def test_fp8_stages_match_one_rank_fp8(runs, name):
+    root, _, _, summaries = runs
+    precision = summaries[name]["precision"]
+    assert (precision["resolved"], precision["fp8_backend"]) == ("fp8", "torchao")
+    # Rank 0 holds the first stage, 3 of the 5 blocks: 5 of each block's 7 linears are 128
+    # wide or wider (tiny: d 128, kv 64, ffn 384), the head stays bf16.
+    assert precision["fp8_linears_built_on_rank0"] == 3 * 5
+    got, reference = losses(root / "ranks2" / name), losses(root / "one_rank_fp8")
+    assert got[-1] < got[0] - 0.2  # it trains
+    assert got == pytest.approx(reference, rel=FP8_TOLERANCE, abs=0)
+
+
+@pytest.mark.parametrize("name", [*TWO_RANKS, *FOUR_RANKS, *BF16, *BF16_FOUR, *FP8_TWO])
 def test_every_rank_sends_the_bytes_of_the_formula(runs, name):
     _, cfgs, counted, summaries = runs
     cfg, nproc = cfgs[name]

@@ -13,7 +13,7 @@ from launch.validate import validate
 from tests.conftest import HOPPER, NARROW, WIDE, compose_run_config
 from train.measure.metrics import mfu_figures
 from train.model.transformer import Transformer
-from train.runtime.numerics import fp8_module_filter, prepare_model
+from train.runtime.numerics import fp8_linears_built, fp8_module_filter, prepare_model
 from train.spec.config import Fp8Config
 from train.spec.devices import MachineProbe, peaks_describe
 from train.spec.precision import resolve_precision
@@ -107,6 +107,10 @@ def test_torchao_conversion_follows_the_filter():
     assert kinds["layers.0.feed_forward.w2"] == "Float8Linear"
     assert kinds["layers.0.attention.wk"] == "Linear"  # 64 wide: below min_dim
     assert kinds["output"] == "Linear"
+    # What a rank checks before it runs (rank_setup) and the summary records: tiny's 4 blocks
+    # x 5 linears 128 wide or wider; none in the plain model.
+    assert fp8_linears_built(model) == 4 * 5
+    assert fp8_linears_built(Transformer(cfg.model)) == 0
 
 
 def test_te_path_swaps_eligible_layers(fake_transformer_engine):
@@ -128,6 +132,7 @@ def test_te_path_swaps_eligible_layers(fake_transformer_engine):
     assert torch.equal(model.layers[0].attention.wq.weight, original)  # weights carried over
     assert not isinstance(model.layers[0].attention.wk, FakeTeLinear)
     assert not isinstance(model.output, FakeTeLinear)
+    assert fp8_linears_built(model) == 4 * 5  # TE's layers count as fp8 ones
 
 
 @pytest.mark.parametrize(

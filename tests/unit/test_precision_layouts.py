@@ -15,9 +15,10 @@ from train.spec.devices import MachineProbe
 from train.spec.precision import resolve_precision
 
 LAYOUTS = group_choices("parallel")
-NO_FP8_LAYOUTS = {"zero1", "zero2", "zero3", "pp", "pp_fsdp"}
-# Tensor parallel runs fp8 through torchao's float8 TP styles only (no TE layers).
-TORCHAO_ONLY = {"tp", "tp_fsdp"}
+NO_FP8_LAYOUTS = {"zero1", "zero2", "zero3"}
+# Tensor parallel runs fp8 through torchao's float8 TP styles only (no TE layers); so do the
+# pipelines, under the schedules that keep each backward whole (the default one_f_one_b).
+TORCHAO_ONLY = {"tp", "tp_fsdp", "pp", "pp_fsdp"}
 
 
 def expected_auto(profile, layout, te, torchao, capability, cpu_bf16, model):
@@ -38,8 +39,8 @@ def expected_auto(profile, layout, te, torchao, capability, cpu_bf16, model):
 
 def test_every_layout_of_conf_is_classified():
     # A new layout in conf/parallel must be placed: either it runs fp8 or the catalog says
-    # why not: DeepSpeed's zero stages and the pipelines (fp8 refused inside stages); TP runs
-    # torchao's fp8 but not Transformer Engine's.
+    # why not: DeepSpeed's zero stages; TP and the pipelines run torchao's fp8 but not
+    # Transformer Engine's.
     assert {n for n, row in CATALOG.items() if row.refusal(Feature.fp8)} == NO_FP8_LAYOUTS
     te_refused = {n for n, row in CATALOG.items() if row.refusal(Feature.fp8_te)}
     assert te_refused == NO_FP8_LAYOUTS | TORCHAO_ONLY
@@ -104,4 +105,26 @@ def test_zero_reason_names_deepspeed():
 def test_an_explicit_request_is_not_rewritten_by_the_layout():
     # Refusing explicit fp8 with these layouts is the driver's validation, with a ConfigError.
     plan = on_h100_with_te_and_torchao("fp8", "zero2")
+    assert plan.resolved == "fp8"
+
+
+@pytest.mark.parametrize("schedule", ["interleaved_zero_bubble", "zero_bubble_v"])
+def test_auto_keeps_bf16_under_a_zero_bubble_schedule(schedule):
+    """The split backward (input, then weight gradients) is not checked with fp8 linears: auto
+    keeps bf16 there and says why; the whole-backward schedules run torchao's fp8."""
+    gpu, probe = load_gpu_profile("h100_sxm"), MachineProbe(True, True, HOPPER, False)
+    for layout in ("pp", "pp_fsdp"):
+        plan = resolve_precision(
+            "auto", Fp8Config(), gpu, WIDE, probe, layout_name=layout, pp_schedule=schedule
+        )
+        assert plan.resolved == "bf16"
+        assert f"fp8 skipped: pp_schedule={schedule} splits each backward" in plan.reason
+        whole = resolve_precision(
+            "auto", Fp8Config(), gpu, WIDE, probe, layout_name=layout, pp_schedule="one_f_one_b"
+        )
+        assert (whole.resolved, whole.fp8_backend) == ("fp8", "torchao")
+    # Outside a pipeline the schedule is not read.
+    plan = resolve_precision(
+        "auto", Fp8Config(), gpu, WIDE, probe, layout_name="fsdp", pp_schedule=schedule
+    )
     assert plan.resolved == "fp8"

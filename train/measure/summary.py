@@ -33,7 +33,7 @@ class RunSummary:
     gpu: str  # profile name
     model: dict[str, Any]  # name, params, flops_per_token
     parallel: str  # layout name
-    precision: dict[str, Any]  # requested, resolved, reason (+ fp8 backend, recipe)
+    precision: dict[str, Any]  # requested, resolved, reason (+ fp8 backend, recipe, layers built)
     tokens_per_s: float
     tokens_per_s_per_device: float
     step_time_s: dict[str, float]  # median, min, max over the timed steps

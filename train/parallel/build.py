@@ -93,8 +93,9 @@ def build_layout(
 
     if layout.pipeline is not None:  # pp, pp_fsdp: stages driven by a schedule
         return build_pipeline_layout(
-            model, cfg, layout, precision, device, compile_blocks=compile_blocks
-        )
+            model, cfg, layout, precision, device, compile_blocks=compile_blocks,
+            fp8_backend=fp8_backend,
+        )  # fmt: skip
     if row.expert_parallel:  # ep, ep_fsdp: experts split over ranks, tokens by all-to-all
         return _expert_parallel(model, cfg, layout, precision, device, compile_blocks, te_layers)
     mesh, on_gpu = build_mesh(degrees, device), device.type == "cuda"

@@ -54,6 +54,7 @@ from train.parallel.mesh import build_mesh, data_parallel_rank
 from train.parallel.tensor_parallel import apply_tensor_parallel, shard_embedding_gradient
 from train.spec.config import RunConfig
 from train.spec.degrees import LayoutPlan
+from train.spec.precision import tp_gathers_in_fp8
 from train.spec.stages import SINGLE_STAGE, TORCH_SCHEDULES, PipelinePlan
 
 
@@ -127,6 +128,16 @@ def vocab_parallel_loss(tp_mesh: DeviceMesh):
     return loss
 
 
+def _shard_stage(module: nn.Module, mesh, precision: str, reduce_dtype) -> None:
+    """pp_fsdp: each block of the stage, then the stage, FSDP2-sharded over ``mesh``. Not
+    resharded after forward: gathered once per step, not once per microbatch (the stage keeps
+    them gathered until the last microbatch's backward)."""
+    policy = mixed_precision_policy(precision, reduce_dtype)
+    for block in module.layers.values():
+        fully_shard(block, mesh=mesh, mp_policy=policy, reshard_after_forward=False)
+    fully_shard(module, mesh=mesh, mp_policy=policy, reshard_after_forward=False)
+
+
 def build_pipeline_layout(
     model: Transformer,
     cfg: RunConfig,
@@ -135,10 +146,13 @@ def build_pipeline_layout(
     device: torch.device,
     *,
     compile_blocks: bool = False,
+    fp8_backend: str | None = None,
 ) -> PipelineLayout:
-    """This rank's stages of ``model`` (on the meta device, from build_model), materialised,
-    wrapped for their stage group, and the schedule that drives them."""
-    if precision in ("fp8", "fp16"):  # precision=auto never resolves fp8 here (precision.py)
+    """This rank's stages of ``model`` (on the meta device, from build_model, its fp8 layers
+    already swapped in: numerics.prepare_model), materialised, wrapped for their stage group,
+    and the schedule that drives them. ``fp8_backend``: the plan's, when precision is fp8
+    (torchao only: train/spec/rules.py refuses TE's and the zero-bubble schedules)."""
+    if precision == "fp16":  # refused by the rules (train/spec/catalog.py _NO_PIPELINE_FP16)
         raise ValueError(f"precision.name: {precision} is not supported with parallel=pp*")
     plan, degrees = layout.pipeline, layout.degrees
     mesh = build_mesh(degrees, device)
@@ -156,7 +170,13 @@ def build_pipeline_layout(
         )  # fmt: skip
         if tp:  # Megatron-LM's 3-D layout: each stage's blocks split over the TP group
             apply_tensor_parallel(
-                module, mesh["tp"], sequence_parallel=layout.sequence_parallel, local_logits=True
+                module,
+                mesh["tp"],
+                sequence_parallel=layout.sequence_parallel,
+                local_logits=True,
+                # torchao's float8 styles gather fp8, which gloo cannot carry (as build.py).
+                float8=precision == "fp8"
+                and tp_gathers_in_fp8(fp8_backend, on_gpu=device.type == "cuda"),
             )
         for i in (i for i in layout.checkpointed if i in ids):
             module.layers[str(i)] = Checkpointed(module.layers[str(i)])
@@ -164,16 +184,7 @@ def build_pipeline_layout(
             for block in module.layers.values():
                 block.compile()
         if layout.row.shards_parameters:
-            policy = mixed_precision_policy(precision, cfg.parallel.fsdp_reduce_dtype)
-            # Not resharded after forward: gathered once per step, not once per microbatch
-            # (the stage keeps them gathered until the last microbatch's backward).
-            for block in module.layers.values():
-                fully_shard(
-                    block, mesh=mesh["dp_shard"], mp_policy=policy, reshard_after_forward=False
-                )
-            fully_shard(
-                module, mesh=mesh["dp_shard"], mp_policy=policy, reshard_after_forward=False
-            )
+            _shard_stage(module, mesh["dp_shard"], precision, cfg.parallel.fsdp_reduce_dtype)
         materialize(module, cfg.model, cfg.seed, device)
         if tp and not layout.row.shards_parameters:
             shard_embedding_gradient(module)  # after materialising, which replaces parameters

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import sys
 from collections.abc import Callable
 
 import torch
@@ -75,6 +76,18 @@ def prepare_model(
             config = dataclasses.replace(config, enable_fsdp_float8_all_gather=True)
         return convert_to_float8_training(model, config=config, module_filter_fn=keep)
     return swap_to_te_linear(model, keep)
+
+
+def fp8_linears_built(model: nn.Module) -> int:
+    """Linear layers of ``model`` (a rank's, as its layout holds it) that run fp8: torchao's
+    Float8Linear or Transformer Engine's Linear, prepare_model's swaps. What a run claiming fp8
+    must have (an fp8 run with no fp8 layer would be bf16 under another name)."""
+    te = sys.modules.get("transformer_engine.pytorch")  # loaded only by TE runs
+    te_linear = getattr(te, "Linear", None)
+    return sum(
+        type(m).__name__ == "Float8Linear" or (te_linear is not None and isinstance(m, te_linear))
+        for m in model.modules()
+    )
 
 
 def swap_to_te_linear(model: nn.Module, keep: Callable[[nn.Module, str], bool]) -> nn.Module:

@@ -26,7 +26,7 @@ from train.runtime import distributed
 from train.runtime.agreement import agreed_precision, mixed_devices
 from train.runtime.data import SyntheticTokens, TokenFile
 from train.runtime.machine import probe_machine
-from train.runtime.numerics import apply_backend_flags, prepare_model
+from train.runtime.numerics import apply_backend_flags, fp8_linears_built, prepare_model
 from train.runtime.rank_step import RankSteps
 from train.runtime.shared_folders import check_shared_folders, folders_to_share
 from train.spec.config import RunConfig
@@ -216,6 +216,11 @@ def _place_model(
         fp8_backend=plan.fp8_backend,
         fp8_recipe=plan.fp8_recipe,
     )
+    if plan.resolved == "fp8" and not fp8_linears_built(layout.model):
+        raise RuntimeError(
+            f"precision resolved to fp8 ({plan.reason}), but this rank's model under "
+            f"parallel={cfg.parallel.name} holds no fp8 Linear layer: it would run bf16"
+        )
     return layout, fp8_all_gather
 
 

@@ -16,6 +16,7 @@ from train.measure.profiling import ProfileResult
 from train.measure.routing import routing_summary
 from train.measure.summary import RunSummary
 from train.runtime.loop import Trained
+from train.runtime.numerics import fp8_linears_built
 from train.runtime.rank_setup import RankRun
 from train.spec.config import config_digest
 from train.spec.degrees import layout_record
@@ -43,7 +44,7 @@ def run_summary(run: RankRun, trained: Trained, profiled: ProfileResult | None) 
         gpu_tdp_w=cfg.gpu.tdp_w,
         device_name=run.device_notes.device_name,
         backend=rank.backend,
-        precision=run.precision.as_dict(),
+        precision=_precision_record(run),
         parallel=cfg.parallel.name,
         layout=_layout_record(run),
         model={
@@ -114,3 +115,12 @@ def _final_loss(run: RankRun, trained: Trained) -> float:
         # Resumed at the last step (a restart after the final save): its loss was logged.
         return run.sinks.records[-1].loss
     return trained.final_loss
+
+
+def _precision_record(run: RankRun) -> dict:
+    """The precision plan, and under fp8 the fp8 Linear layers this rank (rank 0, the writer;
+    a pipeline's first stages) built: what the plan's "n of m linears per block" became."""
+    record = run.precision.as_dict()
+    if run.precision.resolved == "fp8":
+        record["fp8_linears_built_on_rank0"] = fp8_linears_built(run.layout.model)
+    return record

@@ -64,10 +64,10 @@ _NO_PIPELINE_TWIN = (
     "{name} reduces gradients inside its schedule, so the no-sync twin step is not defined "
     "for it; use profile.enabled alone"
 )
-_NO_PIPELINE_FP8 = (
-    "{name} has no fp8 inside pipeline stages (not wired up: the zero-bubble schedules split "
-    "backward into input and weight parts, which fp8 linears have not been checked under); "
-    "use bf16"
+_NO_PIPELINE_FP8_TE = (
+    "{name} has no Transformer Engine fp8 inside pipeline stages (not checked: TE's fp8 "
+    "autocast would span every microbatch of the schedule's step, with one scaling update for "
+    "all of them); use precision.fp8.backend=torchao"
 )
 _NO_PIPELINE_FP16 = (
     "{name} would have to scale the fp16 loss inside the schedule's backward, which is not "
@@ -196,7 +196,7 @@ def _torch_refusals(**reasons: str) -> dict[Feature, str]:
 _TENSOR_PARALLEL = _torch_refusals(fp8_te=_NO_TP_FP8_TE, fp8_rowwise=_NO_TP_FP8_ROWWISE,
                                    twin=_NO_TWIN_TP, moe=_NO_TP_MOE)
 _EXPERT_PARALLEL = _torch_refusals(twin=_NO_EP_TWIN, checkpoint=_NO_EP_CHECKPOINT)
-_PIPELINE = _torch_refusals(moe=_NO_PIPELINE_MOE, fp8=_NO_PIPELINE_FP8, fp8_te=_NO_PIPELINE_FP8,
+_PIPELINE = _torch_refusals(moe=_NO_PIPELINE_MOE, fp8_te=_NO_PIPELINE_FP8_TE,
                             fp16=_NO_PIPELINE_FP16, checkpoint=_NO_PIPELINE_CHECKPOINT,
                             twin=_NO_PIPELINE_TWIN, tied_embeddings=_NO_PIPELINE_TIES)
 # fmt: on

@@ -15,6 +15,7 @@ from train.spec.catalog import Feature, Layout, layout
 from train.spec.config import Fp8Config, GpuConfig, ModelConfig, RunConfig
 from train.spec.devices import FP8_CAPABILITY, MachineProbe
 from train.spec.shapes import block_linears
+from train.spec.stages import fp8_schedule_refusal
 
 FP8_RECIPES = {"te": ("current", "delayed"), "torchao": ("tensorwise", "rowwise")}
 # fp8 GEMMs (cuBLASLt, TE, torch._scaled_mm) need every dimension, tokens included, a multiple
@@ -75,8 +76,16 @@ def fp8_eligible(in_features: int, out_features: int, min_dim: int) -> bool:
 
 def gathers_weights_in_fp8(row: Layout, fp8_backend: str | None, fp8_recipe: str | None) -> bool:
     """Whether FSDP2 gathers torchao's fp8 weights in fp8 (half the bytes of bf16): torchao
-    supports it for tensorwise scaling only, and only FSDP layouts gather weights at all."""
-    return row.shards_parameters and fp8_backend == "torchao" and fp8_recipe == "tensorwise"
+    supports it for tensorwise scaling only, and only FSDP layouts gather weights at all. Not
+    pipeline stages (pp_fsdp): they gather once a step and keep their units gathered through
+    every microbatch (train/parallel/pipeline_stages.py), in bf16: torchao's fp8 all-gather is
+    not wired into the stages."""
+    return (
+        row.shards_parameters
+        and not row.pipeline
+        and fp8_backend == "torchao"
+        and fp8_recipe == "tensorwise"
+    )
 
 
 def compiles_blocks(train_compile: bool, fp8_backend: str | None, *, on_gpu: bool) -> bool:
@@ -113,6 +122,7 @@ def resolve_precision(
     *,
     layout_name: str | None = None,
     tokens_per_micro_batch: int | None = None,
+    pp_schedule: str | None = None,
 ) -> PrecisionPlan:
     """Turn the requested precision (or `auto`) into a plan for this profile, machine and
     parallel layout (``layout_name`` is parallel.name).
@@ -122,7 +132,8 @@ def resolve_precision(
     fp8 with such a shape is refused by the driver's validation).
 
     ``layout_name=None`` means the caller does not know the layout; auto then cannot rule fp8
-    out for it. Ranks always pass it.
+    out for it. Ranks always pass it, and ``pp_schedule`` (parallel.pp_schedule): a pipeline's
+    zero-bubble schedules keep bf16 (stages.fp8_schedule_refusal).
     """
     on_cpu = probe.compute_capability is None
     deepspeed = layout_name not in (None, "auto") and layout(layout_name).deepspeed
@@ -151,7 +162,7 @@ def resolve_precision(
     bf16 = f"auto on {gpu.name}: {how}, TF32 elsewhere"
     if not gpu.fp8:
         return PrecisionPlan("auto", "bf16", bf16)
-    skipped = _why_not_fp8(fp8, model, probe, layout_name, tokens_per_micro_batch)
+    skipped = _why_not_fp8(fp8, model, probe, layout_name, tokens_per_micro_batch, pp_schedule)
     if skipped:
         return PrecisionPlan("auto", "bf16", f"{bf16}; {skipped}")
     return _fp8_plan("auto", fp8, model, probe, layout_name, f"auto on {gpu.name}")
@@ -168,6 +179,7 @@ def precision_for_run(cfg: RunConfig, probe: MachineProbe) -> PrecisionPlan:
         probe,
         layout_name=cfg.parallel.name,
         tokens_per_micro_batch=cfg.train.micro_batch * cfg.train.seq_len,
+        pp_schedule=str(cfg.parallel.pp_schedule),
     )
 
 
@@ -177,6 +189,7 @@ def _why_not_fp8(
     probe: MachineProbe,
     layout_name: str | None,
     tokens: int | None,
+    pp_schedule: str | None = None,
 ) -> str | None:
     """Why auto keeps bf16 on a GPU with fp8 tensor cores, or None when fp8 runs."""
     if probe.compute_capability < FP8_CAPABILITY:
@@ -185,6 +198,8 @@ def _why_not_fp8(
     # Before the libraries: installing them would not make this layout run fp8.
     known = layout_name is not None and layout_name != "auto"
     refusal = layout(layout_name).refusal(Feature.fp8) if known else None
+    if known and layout(layout_name).pipeline and pp_schedule is not None:
+        refusal = refusal or fp8_schedule_refusal(pp_schedule)
     if refusal:
         return f"fp8 skipped: {refusal}"
     if tokens is not None and tokens % FP8_GEMM_MULTIPLE:

@@ -24,6 +24,7 @@ from train.spec.degrees import (
 )
 from train.spec.precision import FP8_GEMM_MULTIPLE, FP8_RECIPES, fp8_linear_count
 from train.spec.shapes import is_moe, moe_layers
+from train.spec.stages import fp8_schedule_refusal
 
 
 @dataclass(frozen=True)
@@ -234,12 +235,20 @@ def layout_precision_refusal(cfg: RunConfig, *, on_cpu: bool | None = None) -> s
     if precision == "fp8":
         fp8 = cfg.precision.fp8
         rowwise = fp8.backend != "te" and fp8.recipe == "rowwise"
-        return (
+        refusal = (
             row.refusal(Feature.fp8)
             or (fp8.backend == "te" and row.refusal(Feature.fp8_te))
             or (rowwise and row.refusal(Feature.fp8_rowwise))
             or None
         )
+        if refusal or not row.pipeline:
+            return refusal
+        # Pipelines: fp8 under the schedules that keep each backward whole, and TP inside
+        # their stages takes the same float8 styles as a TP layout (tensorwise only).
+        if rowwise and cfg.parallel.tp > 1:
+            why = layout("tp").refusals[Feature.fp8_rowwise]
+            return why.format(name=f"parallel={row.name.value} with TP inside its stages")
+        return fp8_schedule_refusal(str(cfg.parallel.pp_schedule))
     if precision == "fp16":
         if on_cpu and row.refusal(Feature.fp16_on_cpu):
             return row.refusal(Feature.fp16_on_cpu)

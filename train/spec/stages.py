@@ -33,6 +33,20 @@ V_SHAPED = ("zero_bubble_v",)  # exactly 2 chunks per rank
 ZERO_BUBBLE = ("interleaved_zero_bubble", "zero_bubble_v")  # backward split into input, weight
 
 
+def fp8_schedule_refusal(schedule: str) -> str | None:
+    """Why fp8 linears cannot run under ``schedule`` (a parallel.pp_schedule value), or None.
+    The zero-bubble schedules split each stage's backward into an input-gradient and a
+    weight-gradient pass (torch.distributed.pipelining's stage_backward_input/_weight); fp8
+    linears' backward (torchao's autograd function) has not been checked split that way."""
+    if schedule not in ZERO_BUBBLE:
+        return None
+    return (
+        f"pp_schedule={schedule} splits each backward into input and weight passes, which "
+        "fp8 linears have not been checked under; use one_f_one_b, interleaved_one_f_one_b "
+        "or gpipe, or bf16"
+    )
+
+
 @dataclass(frozen=True)
 class PipelinePlan:
     schedule: str  # a parallel.pp_schedule value
