@@ -42,8 +42,10 @@ from launch.perfmodel.memory import activation_bytes  # noqa: E402
 from launch.perfmodel.step import Placement, predict  # noqa: E402
 from train.spec import shapes  # noqa: E402
 from train.spec.config import Fp8Backend, Fp8Recipe, ModelConfig, RunConfig  # noqa: E402
+from train.spec.config_error import ConfigError  # noqa: E402
 from train.spec.degrees import plan_layout  # noqa: E402
 from train.spec.precision import SIXTEEN_BIT  # noqa: E402
+from train.spec.rules import check_run  # noqa: E402
 
 DOCS = REPO / "docs" / "performance-model.md"
 GIB = 2**30
@@ -103,8 +105,14 @@ MODELS = {
     "mpt-70b": _mpt("mpt-70b", 8192, 80, 64),
     "llama2-13b": _llama("llama2-13b", 5120, 40, 40, 40, 13824, 32000),
     "llama2-70b": _llama("llama2-70b", 8192, 80, 64, 8, 28672, 32000),
-    "llama3-8b": _llama("llama3-8b", 4096, 32, 32, 8, 14336, 128256),
-    "llama3-70b": _llama("llama3-70b", 8192, 80, 64, 8, 28672, 128256),
+    # Llama 3.1's context: 131072 positions (its config's max_position_embeddings); rope, so
+    # the length changes no count, only which sequences a run may take (torchtitan's 32k row).
+    "llama3-8b": dataclasses.replace(
+        _llama("llama3-8b", 4096, 32, 32, 8, 14336, 128256), max_seq_len=131072
+    ),
+    "llama3-70b": dataclasses.replace(
+        _llama("llama3-70b", 8192, 80, 64, 8, 28672, 128256), max_seq_len=131072
+    ),
     "gpt-1.7b": _megatron("gpt-1.7b", 2304, 24, 24),
     "gpt-3.6b": _megatron("gpt-3.6b", 3072, 30, 32),
     "gpt-7.5b": _megatron("gpt-7.5b", 4096, 36, 32),
@@ -115,7 +123,7 @@ MODELS = {
     "gpt-310.1b": _megatron("gpt-310.1b", 16384, 96, 128),
     "gpt-529.6b": _megatron("gpt-529.6b", 20480, 105, 128),
     "gpt-1008b": _megatron("gpt-1008b", 25600, 128, 160),
-    # NeMo's GPT3 (NVIDIA_RUNS: GPT-2 BPE's 50257 padded to 50304).
+    # NeMo's GPT3 (NVIDIA_RUNS: GPT-2 BPE's 50257 padded to 50304; tied, as Megatron's GPT).
     "gpt3-5b": dataclasses.replace(_megatron("gpt3-5b", 4096, 24, 32), vocab_size=50304),
     "gpt3-20b": dataclasses.replace(_megatron("gpt3-20b", 6144, 44, 48), vocab_size=50304),
     "gpt3-175b": dataclasses.replace(_megatron("gpt3-175b", 12288, 96, 96), vocab_size=50304),
@@ -606,7 +614,15 @@ def run_config(run: Run) -> RunConfig:
         min_dim=run.fp8_min_dim,
     )
     precision = dataclasses.replace(base.precision, fp8=fp8)
-    return dataclasses.replace(base, parallel=parallel, train=train, precision=precision)
+    model = base.model
+    if parallel.pp > 1 and model.tie_embeddings:
+        # Megatron ties the first stage's embedding to the last stage's head (an all-reduce of
+        # its gradient between them); this project's pipelines do not (check_run refuses a
+        # tied model there): untied, as this project would run it.
+        model = dataclasses.replace(model, tie_embeddings=False)
+    return dataclasses.replace(
+        base, model=model, parallel=parallel, train=train, precision=precision
+    )
 
 
 def predict_run(run: Run) -> float:
@@ -1395,6 +1411,16 @@ NVIDIA_LEFT_OUT = (
 )
 
 
+def _run_refusal(run: Run) -> str | None:
+    """What this project's rules (train/spec/rules.py check_run) refuse in ``run`` as mapped,
+    other than memory (the table's own column), or None."""
+    try:
+        check_run(run_config(run), run.gpus, min(8, run.gpus))
+    except ConfigError as exc:
+        return str(exc)
+    return None
+
+
 def nvidia_table() -> list[str]:
     """NVIDIA's Megatron-Core + TE runs against what the model predicts this project's runtime
     does on the same configuration, with the share of that predicted step the model puts in
@@ -1416,11 +1442,12 @@ def nvidia_table() -> list[str]:
         got = pred.tokens_per_s_per_device
         ratios.append(got / run.published)
         peak, usable = peak_memory(run, pred.memory)
+        refused = _run_refusal(run)
         lines.append(
             f"| {run.source} | {run.config} | {run.published:,.0f} | {got:,.0f} "
             f"| {got / run.published:.2f} | {pred.compute.memory_s / pred.step_time_s:.0%} "
             f"| {peak / GIB:.1f} / {usable / GIB:.1f}{'' if peak <= usable else ' DOES NOT FIT'} "
-            f"| {run.note} |"
+            f"| {run.note}{'; REFUSED here: ' + refused if refused else ''} |"
         )
     lines += [
         "",

@@ -17,13 +17,18 @@ from typing import NoReturn
 
 
 def leave_after(main: Callable[[], object]) -> NoReturn:
-    """Run ``main``; exit 0 when it returns, its code on SystemExit, 1 with the traceback on
-    any other exception (which torchrun then reports as the rank's failure)."""
+    """Run ``main``; exit as Python would have: 0 when it returns, SystemExit's code (None:
+    0; a message: printed, 1), 1 with the traceback on any other exception (which torchrun
+    then reports as the rank's failure)."""
     code = 0
     try:
         main()
     except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
+        if exc.code is None or isinstance(exc.code, int):
+            code = exc.code or 0
+        else:
+            print(exc.code, file=sys.stderr)
+            code = 1
     except BaseException:  # noqa: BLE001 - printed, then the process's exit code says it
         traceback.print_exc()
         code = 1

@@ -182,6 +182,16 @@ def test_the_docs_tables_are_what_the_model_predicts_today():
     assert published_points().main(["--check"]) == 0
 
 
+def test_every_published_run_is_mapped_to_a_configuration_this_project_runs():
+    """bench/published_points.py predicts each published run "as this project would run it":
+    the mapped configuration must pass the run rules (check_run), or the prediction is of a
+    run nobody can start here (Megatron's tied embedding across pipeline stages was one)."""
+    pp = published_points()
+    runs = [*pp.RUNS, *pp.FP8_RUNS, *pp.NVIDIA_RUNS, *pp.MOE_RUNS, *pp.foundry_sweep_runs()]
+    refused = {run.config: why for run in runs if (why := pp._run_refusal(run))}
+    assert refused == {}
+
+
 def test_the_attention_kernel_is_an_input():
     """Unfused attention (SDPA math, Megatron-LM before FlashAttention) runs every score and
     streams the score matrix: slower than flash at the same shape."""

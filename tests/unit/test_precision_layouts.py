@@ -8,11 +8,12 @@ import itertools
 import pytest
 
 from launch.conf_tree import group_choices, load_gpu_profile
-from tests.conftest import AMPERE, GPU_PROFILES, HOPPER, NARROW, WIDE
+from tests.conftest import AMPERE, GPU_PROFILES, HOPPER, NARROW, WIDE, compose_run_config
 from train.spec.catalog import CATALOG, Feature
 from train.spec.config import Fp8Config
 from train.spec.devices import MachineProbe
 from train.spec.precision import resolve_precision
+from train.spec.rules import layout_precision_refusal
 
 LAYOUTS = group_choices("parallel")
 NO_FP8_LAYOUTS = {"zero1", "zero2", "zero3"}
@@ -128,3 +129,48 @@ def test_auto_keeps_bf16_under_a_zero_bubble_schedule(schedule):
         "auto", Fp8Config(), gpu, WIDE, probe, layout_name="fsdp", pp_schedule=schedule
     )
     assert plan.resolved == "fp8"
+
+
+def test_auto_keeps_bf16_where_the_fp8_settings_given_are_refused():
+    """precision=auto with fp8 settings the layout refuses when they are asked for explicitly
+    (train/spec/rules.py): TE's layers by name on a pipeline or TP layout, rowwise scaling
+    with TP (inside pipeline stages too, tp=-1 included): bf16, with the refusal as reason."""
+    gpu, probe = load_gpu_profile("h100_sxm"), MachineProbe(True, True, HOPPER, False)
+    te, rowwise = Fp8Config(backend="te"), Fp8Config(backend="torchao", recipe="rowwise")
+    cases = [
+        (te, "pp_fsdp", 1, "no Transformer Engine fp8 inside pipeline stages"),
+        (te, "tp_fsdp", 2, "would need TE's own tensor-parallel layers"),
+        (rowwise, "pp", 2, "with TP inside its stages runs fp8 through torchao's float8"),
+        (rowwise, "pp_fsdp", -1, "with TP inside its stages runs fp8 through torchao's float8"),
+        (rowwise, "tp", 2, "take tensorwise scaling only"),
+    ]
+    for fp8, layout, tp, why in cases:
+        plan = resolve_precision("auto", fp8, gpu, WIDE, probe, layout_name=layout, tp=tp)
+        assert plan.resolved == "bf16" and f"fp8 skipped: parallel={layout}" in plan.reason
+        assert why in plan.reason, (layout, plan.reason)
+    # Where nothing refuses them, they run.
+    assert resolve_precision("auto", te, gpu, WIDE, probe, layout_name="fsdp").fp8_backend == "te"
+    plan = resolve_precision("auto", rowwise, gpu, WIDE, probe, layout_name="pp", tp=1)
+    assert (plan.resolved, plan.fp8_recipe) == ("fp8", "rowwise")
+
+
+@pytest.mark.parametrize(
+    ("overrides", "why"),
+    [
+        ([], None),
+        (["parallel.pp_schedule=interleaved_one_f_one_b", "parallel.pp_stages_per_rank=2"], None),
+        (
+            ["parallel.pp_schedule=zero_bubble_v", "parallel.pp_stages_per_rank=2"],
+            "pp_schedule=zero_bubble_v splits each backward into input and weight passes",
+        ),
+        (["precision.fp8.backend=te"], "no Transformer Engine fp8 inside pipeline stages"),
+        (["precision.fp8.recipe=rowwise"], None),  # no TP inside the stages
+        (["precision.fp8.recipe=rowwise", "parallel.tp=-1"], "with TP inside its stages"),
+    ],
+)
+def test_an_explicit_fp8_pipeline_is_refused_only_where_it_is_not_checked(overrides, why):
+    cfg = compose_run_config(
+        ["gpu=h100_sxm", "model=llama_7b", "parallel=pp_fsdp", "precision=fp8", *overrides]
+    )
+    refusal = layout_precision_refusal(cfg, on_cpu=False)
+    assert refusal == why if why is None else why in refusal

@@ -14,6 +14,8 @@ CASES = {
     "returns": ("print('done')", 0, "done"),
     "exits 2": ("print('refused'); raise SystemExit(2)", 2, "refused"),
     "raises": ("raise ValueError('a rank failed')", 1, "ValueError: a rank failed"),
+    "sys.exit()": ("print('bare'); raise SystemExit", 0, "bare"),
+    "exits with a message": ("raise SystemExit('stopped: why')", 1, "stopped: why"),
 }
 
 

@@ -314,6 +314,18 @@ CATALOG: dict[str, Layout] = {row.name.value: row for row in ROWS}
 assert set(CATALOG) == {n.value for n in LayoutName} - {LayoutName.auto.value}, "catalog rows"
 
 
+def rowwise_fp8_refusal(row: Layout, tp: int) -> str | None:
+    """Why torchao's rowwise fp8 cannot run under ``row`` at parallel.tp ``tp`` (-1: filled
+    in later, so possibly > 1), or None: its float8 tensor-parallel styles take tensorwise
+    scaling only, in a TP layout and in TP inside pipeline stages."""
+    if row.refusal(Feature.fp8_rowwise):
+        return row.refusal(Feature.fp8_rowwise)
+    if row.pipeline and tp != 1:
+        inside = f"parallel={row.name.value} with TP inside its stages"
+        return _NO_TP_FP8_ROWWISE.format(name=inside)
+    return None
+
+
 def layout(name: str) -> Layout:
     """The row of ``name`` (a parallel.name value other than auto)."""
     return CATALOG[str(name)]

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from train.spec.catalog import Feature, Layout, layout
+from train.spec.catalog import Feature, Layout, layout, rowwise_fp8_refusal
 from train.spec.config import Fp8Config, GpuConfig, ModelConfig, RunConfig
 from train.spec.devices import FP8_CAPABILITY, MachineProbe
 from train.spec.shapes import block_linears
@@ -123,6 +123,7 @@ def resolve_precision(
     layout_name: str | None = None,
     tokens_per_micro_batch: int | None = None,
     pp_schedule: str | None = None,
+    tp: int = 1,
 ) -> PrecisionPlan:
     """Turn the requested precision (or `auto`) into a plan for this profile, machine and
     parallel layout (``layout_name`` is parallel.name).
@@ -132,8 +133,9 @@ def resolve_precision(
     fp8 with such a shape is refused by the driver's validation).
 
     ``layout_name=None`` means the caller does not know the layout; auto then cannot rule fp8
-    out for it. Ranks always pass it, and ``pp_schedule`` (parallel.pp_schedule): a pipeline's
-    zero-bubble schedules keep bf16 (stages.fp8_schedule_refusal).
+    out for it. Ranks always pass it, with ``pp_schedule`` and ``tp`` (parallel.*): a
+    pipeline's zero-bubble schedules keep bf16 (stages.fp8_schedule_refusal), and so does
+    rowwise scaling under TP (catalog.rowwise_fp8_refusal).
     """
     on_cpu = probe.compute_capability is None
     deepspeed = layout_name not in (None, "auto") and layout(layout_name).deepspeed
@@ -162,7 +164,7 @@ def resolve_precision(
     bf16 = f"auto on {gpu.name}: {how}, TF32 elsewhere"
     if not gpu.fp8:
         return PrecisionPlan("auto", "bf16", bf16)
-    skipped = _why_not_fp8(fp8, model, probe, layout_name, tokens_per_micro_batch, pp_schedule)
+    skipped = _why_not_fp8(fp8, model, probe, layout_name, tokens_per_micro_batch, pp_schedule, tp)
     if skipped:
         return PrecisionPlan("auto", "bf16", f"{bf16}; {skipped}")
     return _fp8_plan("auto", fp8, model, probe, layout_name, f"auto on {gpu.name}")
@@ -180,6 +182,7 @@ def precision_for_run(cfg: RunConfig, probe: MachineProbe) -> PrecisionPlan:
         layout_name=cfg.parallel.name,
         tokens_per_micro_batch=cfg.train.micro_batch * cfg.train.seq_len,
         pp_schedule=str(cfg.parallel.pp_schedule),
+        tp=cfg.parallel.tp,
     )
 
 
@@ -190,6 +193,7 @@ def _why_not_fp8(
     layout_name: str | None,
     tokens: int | None,
     pp_schedule: str | None = None,
+    tp: int = 1,
 ) -> str | None:
     """Why auto keeps bf16 on a GPU with fp8 tensor cores, or None when fp8 runs."""
     if probe.compute_capability < FP8_CAPABILITY:
@@ -198,8 +202,18 @@ def _why_not_fp8(
     # Before the libraries: installing them would not make this layout run fp8.
     known = layout_name is not None and layout_name != "auto"
     refusal = layout(layout_name).refusal(Feature.fp8) if known else None
-    if known and layout(layout_name).pipeline and pp_schedule is not None:
-        refusal = refusal or fp8_schedule_refusal(pp_schedule)
+    if known and not refusal:
+        # What this layout refuses of the fp8 settings given (train/spec/rules.py's checks of
+        # an explicit fp8): TE's layers asked for by name, rowwise scaling under TP, a
+        # pipeline's zero-bubble schedule.
+        row = layout(layout_name)
+        rowwise = fp8.backend != "te" and fp8.recipe == "rowwise"
+        refusal = (
+            (fp8.backend == "te" and row.refusal(Feature.fp8_te))
+            or (rowwise and rowwise_fp8_refusal(row, tp))
+            or (row.pipeline and pp_schedule is not None and fp8_schedule_refusal(pp_schedule))
+            or None
+        )
     if refusal:
         return f"fp8 skipped: {refusal}"
     if tokens is not None and tokens % FP8_GEMM_MULTIPLE:

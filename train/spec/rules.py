@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from train.spec.catalog import Feature, layout
+from train.spec.catalog import Feature, layout, rowwise_fp8_refusal
 from train.spec.config import GpuConfig, ModelConfig, ParallelConfig, ProfileConfig, RunConfig
 from train.spec.config_error import ConfigError
 from train.spec.degrees import (
@@ -235,20 +235,14 @@ def layout_precision_refusal(cfg: RunConfig, *, on_cpu: bool | None = None) -> s
     if precision == "fp8":
         fp8 = cfg.precision.fp8
         rowwise = fp8.backend != "te" and fp8.recipe == "rowwise"
-        refusal = (
+        return (
             row.refusal(Feature.fp8)
             or (fp8.backend == "te" and row.refusal(Feature.fp8_te))
-            or (rowwise and row.refusal(Feature.fp8_rowwise))
+            or (rowwise and rowwise_fp8_refusal(row, cfg.parallel.tp))
+            # Pipelines: fp8 under the schedules that keep each backward whole.
+            or (row.pipeline and fp8_schedule_refusal(str(cfg.parallel.pp_schedule)))
             or None
         )
-        if refusal or not row.pipeline:
-            return refusal
-        # Pipelines: fp8 under the schedules that keep each backward whole, and TP inside
-        # their stages takes the same float8 styles as a TP layout (tensorwise only).
-        if rowwise and cfg.parallel.tp > 1:
-            why = layout("tp").refusals[Feature.fp8_rowwise]
-            return why.format(name=f"parallel={row.name.value} with TP inside its stages")
-        return fp8_schedule_refusal(str(cfg.parallel.pp_schedule))
     if precision == "fp16":
         if on_cpu and row.refusal(Feature.fp16_on_cpu):
             return row.refusal(Feature.fp16_on_cpu)
