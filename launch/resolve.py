@@ -420,8 +420,22 @@ def _pick(cfg: RunConfig, plan, batch: BatchRule, rates: PartRates | None):
             setattr(parallel, key, value)
     reason = choice.reason
     if cfg.gpu.name == "cpu":
-        reason += "; ranked on this host's measured fp32 kernel times"
+        ranked = CPU_RANKED_ON_KERNELS if rates.host is not None else CPU_RANKED_ON_CEILING
+        reason += f"; {ranked}"
     return parallel, choice.degrees, reason
+
+
+# What a cpu profile's choice was ranked on: launch.mamf caches the ceiling; the kernel times at
+# a run's own shapes are measured after its sweep, for the report (launch/training.py), so a
+# first run on a host has only the ceiling, which prices every kernel as a matmul at it.
+CPU_RANKED_ON_KERNELS = (
+    "ranked on this host's measured fp32 kernel times (a shape not measured yet at its matmul "
+    "ceiling)"
+)
+CPU_RANKED_ON_CEILING = (
+    "ranked on this host's measured fp32 matmul ceiling alone: the kernel times at these "
+    "shapes are measured after the sweep, for its report and the next run"
+)
 
 
 def _ddp(parallel, plan, reason: str):

@@ -114,6 +114,7 @@ def test_auto_on_a_cpu_with_a_cached_ceiling_chooses_with_the_model(monkeypatch,
     """The cached peak is attached before the layout is chosen (no 'cpu has no fp32 peak')."""
     from launch.bench.cache import cache_path, save
     from launch.plan import plan_runs
+    from launch.resolve import CPU_RANKED_ON_CEILING
     from train.spec.devices import cpu_model_name
 
     monkeypatch.setenv("SCALEPROBE_CACHE_DIR", str(tmp_path))
@@ -130,6 +131,10 @@ def test_auto_on_a_cpu_with_a_cached_ceiling_chooses_with_the_model(monkeypatch,
     (plan,) = plan_runs(cfg)
     assert plan.parallel.name in ("ddp", "fsdp")
     assert "tok/s/device predicted" in plan.layout_reason
+    # No kernel times cached yet (the report measures them after a sweep): the reason says the
+    # choice rests on the ceiling alone, not on kernel times it does not have.
+    assert plan.layout_reason.endswith(CPU_RANKED_ON_CEILING)
+    assert "kernel times (" not in plan.layout_reason
 
 
 def _moe_plan(nodes: int, global_batch: int):
