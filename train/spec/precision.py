@@ -186,6 +186,21 @@ def precision_for_run(cfg: RunConfig, probe: MachineProbe) -> PrecisionPlan:
     )
 
 
+def fp8_refusal(row: Layout, fp8: Fp8Config, tp: int, pp_schedule: str | None) -> str | None:
+    """Why ``row`` cannot run fp8 with these settings, or None: the layout's own refusal,
+    TE's layers asked for by name, rowwise scaling under TP (catalog.rowwise_fp8_refusal), a
+    pipeline's zero-bubble schedule (stages.fp8_schedule_refusal; ``pp_schedule`` None: not
+    known). One rule for an explicit fp8 (train/spec/rules.py) and for auto, which keeps bf16."""
+    rowwise = fp8.backend != "te" and fp8.recipe == "rowwise"
+    return (
+        row.refusal(Feature.fp8)
+        or (fp8.backend == "te" and row.refusal(Feature.fp8_te))
+        or (rowwise and rowwise_fp8_refusal(row, tp))
+        or (row.pipeline and pp_schedule is not None and fp8_schedule_refusal(pp_schedule))
+        or None
+    )
+
+
 def _why_not_fp8(
     fp8: Fp8Config,
     model: ModelConfig,
@@ -201,19 +216,7 @@ def _why_not_fp8(
         return f"compute capability {cc} < 8.9 has no fp8"
     # Before the libraries: installing them would not make this layout run fp8.
     known = layout_name is not None and layout_name != "auto"
-    refusal = layout(layout_name).refusal(Feature.fp8) if known else None
-    if known and not refusal:
-        # What this layout refuses of the fp8 settings given (train/spec/rules.py's checks of
-        # an explicit fp8): TE's layers asked for by name, rowwise scaling under TP, a
-        # pipeline's zero-bubble schedule.
-        row = layout(layout_name)
-        rowwise = fp8.backend != "te" and fp8.recipe == "rowwise"
-        refusal = (
-            (fp8.backend == "te" and row.refusal(Feature.fp8_te))
-            or (rowwise and rowwise_fp8_refusal(row, tp))
-            or (row.pipeline and pp_schedule is not None and fp8_schedule_refusal(pp_schedule))
-            or None
-        )
+    refusal = fp8_refusal(layout(layout_name), fp8, tp, pp_schedule) if known else None
     if refusal:
         return f"fp8 skipped: {refusal}"
     if tokens is not None and tokens % FP8_GEMM_MULTIPLE:

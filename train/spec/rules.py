@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from train.spec.catalog import Feature, layout, rowwise_fp8_refusal
+from train.spec.catalog import Feature, layout
 from train.spec.config import GpuConfig, ModelConfig, ParallelConfig, ProfileConfig, RunConfig
 from train.spec.config_error import ConfigError
 from train.spec.degrees import (
@@ -22,9 +22,8 @@ from train.spec.degrees import (
     plan_batch,
     plan_layout,
 )
-from train.spec.precision import FP8_GEMM_MULTIPLE, FP8_RECIPES, fp8_linear_count
+from train.spec.precision import FP8_GEMM_MULTIPLE, FP8_RECIPES, fp8_linear_count, fp8_refusal
 from train.spec.shapes import is_moe, moe_layers
-from train.spec.stages import fp8_schedule_refusal
 
 
 @dataclass(frozen=True)
@@ -233,16 +232,8 @@ def layout_precision_refusal(cfg: RunConfig, *, on_cpu: bool | None = None) -> s
     on_cpu = cfg.gpu.name == "cpu" if on_cpu is None else on_cpu
     row, precision = layout(cfg.parallel.name), str(cfg.precision.name)
     if precision == "fp8":
-        fp8 = cfg.precision.fp8
-        rowwise = fp8.backend != "te" and fp8.recipe == "rowwise"
-        return (
-            row.refusal(Feature.fp8)
-            or (fp8.backend == "te" and row.refusal(Feature.fp8_te))
-            or (rowwise and rowwise_fp8_refusal(row, cfg.parallel.tp))
-            # Pipelines: fp8 under the schedules that keep each backward whole.
-            or (row.pipeline and fp8_schedule_refusal(str(cfg.parallel.pp_schedule)))
-            or None
-        )
+        schedule = str(cfg.parallel.pp_schedule)
+        return fp8_refusal(row, cfg.precision.fp8, cfg.parallel.tp, schedule)
     if precision == "fp16":
         if on_cpu and row.refusal(Feature.fp16_on_cpu):
             return row.refusal(Feature.fp16_on_cpu)
