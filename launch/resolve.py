@@ -23,7 +23,7 @@ from launch.bench.cache import cache_path, load_host, load_measured
 from launch.conf_tree import group_choices, load_gpu_profile, override_keys
 from launch.perfmodel.choose import choose_layout
 from launch.perfmodel.hardware import PartRates, part_rates
-from launch.perfmodel.host import HostRates
+from launch.perfmodel.host import HostRates, HostWorkload
 from launch.perfmodel.step import Placement
 from train.spec.config import GpuConfig, LayoutName, PeakTflops, RunConfig
 from train.spec.config_error import ConfigError
@@ -420,22 +420,35 @@ def _pick(cfg: RunConfig, plan, batch: BatchRule, rates: PartRates | None):
             setattr(parallel, key, value)
     reason = choice.reason
     if cfg.gpu.name == "cpu":
-        ranked = CPU_RANKED_ON_KERNELS if rates.host is not None else CPU_RANKED_ON_CEILING
-        reason += f"; {ranked}"
+        reason += f"; {cpu_ranked_on(cfg)}"
     return parallel, choice.degrees, reason
 
 
-# What a cpu profile's choice was ranked on: launch.mamf caches the ceiling; the kernel times at
-# a run's own shapes are measured after its sweep, for the report (launch/training.py), so a
-# first run on a host has only the ceiling, which prices every kernel as a matmul at it.
-CPU_RANKED_ON_KERNELS = (
-    "ranked on this host's measured fp32 kernel times (a shape not measured yet at its matmul "
-    "ceiling)"
-)
+# What a cpu profile's choice was ranked on. launch.mamf caches the ceiling; the kernel times at
+# a run's own shapes are cached by `launch.mamf --host-shapes` or an fp32 sweep's report
+# (launch/training.py), so a first run on a host may have only the ceiling, which prices every
+# kernel as a matmul at it (HostRates: a shape not cached runs at the ceiling).
 CPU_RANKED_ON_CEILING = (
-    "ranked on this host's measured fp32 matmul ceiling alone: the kernel times at these "
-    "shapes are measured after the sweep, for its report and the next run"
+    "ranked on this host's measured fp32 matmul ceiling alone: no kernel times at this run's "
+    "shapes are cached (python -m launch.mamf --host-shapes CONFIG, or an fp32 sweep's report, "
+    "measures them)"
 )
+
+
+def cpu_ranked_on(cfg: RunConfig) -> str:
+    """What the cpu profile's layout choice was ranked on: how many of this run's kernel
+    shapes (one rank, no TP: every candidate runs them) have measured times in the cache."""
+    record = load_host(cpu_model_name(), cfg.cluster.cpu_threads_per_rank)
+    shapes = HostWorkload(
+        cfg.model, cfg.train.micro_batch, cfg.train.seq_len, (1,),
+        cfg.cluster.cpu_threads_per_rank,
+    )  # fmt: skip
+    total = len(shapes.missing(None))
+    measured = total - len(shapes.missing(record))
+    if not measured:
+        return CPU_RANKED_ON_CEILING
+    rest = "" if measured == total else ", the others at its fp32 matmul ceiling"
+    return f"ranked on this host's measured fp32 kernel times ({measured} of {total} shapes{rest})"
 
 
 def _ddp(parallel, plan, reason: str):

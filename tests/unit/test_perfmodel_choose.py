@@ -137,6 +137,38 @@ def test_auto_on_a_cpu_with_a_cached_ceiling_chooses_with_the_model(monkeypatch,
     assert "kernel times (" not in plan.layout_reason
 
 
+def test_a_cpu_choice_says_how_many_of_its_kernel_shapes_were_measured(monkeypatch, tmp_path):
+    """With the host's kernel times cached (launch.mamf --host-shapes, an fp32 sweep's report)
+    the reason counts this run's shapes that have them: some (the rest at the ceiling) or all."""
+    from launch.bench.cache import cache_path, host_cache_path, save
+    from launch.perfmodel.host import HostWorkload, gemm_key, loss_key, overhead_key, sdpa_key
+    from launch.plan import plan_runs
+    from train.spec.devices import cpu_model_name
+
+    monkeypatch.setenv("SCALEPROBE_CACHE_DIR", str(tmp_path))
+    ceiling = {"device_name": cpu_model_name(), "measured_at": "2026-12-01T00:00:00+00:00",
+               "cpu_threads": 1, "best_tflops": {"fp32": 0.09}}  # fmt: skip
+    save(cache_path(cpu_model_name(), 1), ceiling)
+    cfg = compose_run_config(["run_dir=/unused", "sweep=none", "cluster.nproc_per_node=2"])
+    work = HostWorkload(cfg.model, cfg.train.micro_batch, cfg.train.seq_len, (1,), 1)
+    record = {
+        "gemm_s": {gemm_key(*g): 1e-4 for g in work.gemms()},
+        "sdpa_s": {sdpa_key(*a): 1e-3 for a in work.attention()},
+        "memory": {"kernel_latency_s": 5e-6, "gbytes_per_s": 10.0},
+    }
+    save(host_cache_path(cpu_model_name(), 1), record)
+    total, partial = len(work.missing(None)), len(work.gemms()) + len(work.attention())
+    (plan,) = plan_runs(cfg)
+    assert plan.layout_reason.endswith(
+        f"kernel times ({partial} of {total} shapes, the others at its fp32 matmul ceiling)"
+    )
+    record["loss_s"] = {loss_key(*shape): 2e-3 for shape in work.losses()}
+    record["overhead_s"] = {overhead_key(cfg.model): {"root_s": 1e-3, "per_block_s": 5e-4}}
+    save(host_cache_path(cpu_model_name(), 1), record)
+    (plan,) = plan_runs(cfg)
+    assert plan.layout_reason.endswith(f"kernel times ({total} of {total} shapes)")
+
+
 def _moe_plan(nodes: int, global_batch: int):
     from launch.plan import plan_runs
 
