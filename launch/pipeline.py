@@ -70,6 +70,7 @@ from launch.wandb_env import apply_wandb_env
 from train.checkpoint.markers import checkpoint_root, latest_complete
 from train.files.heartbeat import stall_timeout_s
 from train.files.safe_files import make_dirs, write_atomic
+from train.files.shm_segments import allreduce_segments
 from train.spec.config import RunConfig
 
 
@@ -274,20 +275,27 @@ def run_point(prepared: Prepared, job: Job, plan: RunPlan, progress) -> dict | N
     # A point that resumes from its checkpoint appends to the steps it already logged.
     root = checkpoint_root(config_for(cfg, plan, ""), plan.run_dir)
     resumes = cfg.checkpoint.every > 0 and latest_complete(root) is not None
-    result = run_nodes(
-        here,
-        plan,
-        job.total_steps(cfg),
-        progress,
-        progress_file=job.progress_file,
-        result_file=job.result_file,
-        require_result=len(here) == plan.nodes,
-        # node k > 0 on a shared run dir: rank 0's files are not its to clear.
-        keep_progress=resumes or driver_node_rank(cfg) > 0,
-        keep_result=driver_node_rank(cfg) > 0,
-        stall_timeout_s=stall_timeout_s(cfg.cluster),
-        status=job.progress_status,
-    )
+    try:
+        result = run_nodes(
+            here,
+            plan,
+            job.total_steps(cfg),
+            progress,
+            progress_file=job.progress_file,
+            result_file=job.result_file,
+            require_result=len(here) == plan.nodes,
+            # node k > 0 on a shared run dir: rank 0's files are not its to clear.
+            keep_progress=resumes or driver_node_rank(cfg) > 0,
+            keep_result=driver_node_rank(cfg) > 0,
+            stall_timeout_s=stall_timeout_s(cfg.cluster),
+            status=job.progress_status,
+        )
+    finally:
+        if cfg.launcher.name == "deepspeed":
+            # What a rank that died before unlinking its segment left (every rank has stopped
+            # by now): its port is this run's, so no other run's segments are touched.
+            for segment in allreduce_segments(cfg.cluster.master_port):
+                segment.unlink(missing_ok=True)
     if result is None:
         progress.console.print(
             f"{plan.name}: this node's ranks finished; {job.result_file} is on the node of rank 0"

@@ -273,3 +273,39 @@ def test_the_resume_hint_keeps_list_values(tmp_path):
         "to run the remaining points: python -m launch 'cluster.hosts=[node1,node2]'"
         in out.getvalue()
     )
+
+
+def test_a_failed_deepspeed_run_leaves_no_shared_memory_segment(tmp_path, monkeypatch):
+    """A deepspeed-launcher rank that dies before unlinking its all-reduce segment
+    (train/files/shm_segments.py) leaves it in RAM; the driver removes its run's, by the run's
+    port, and no other run's."""
+    from rich.console import Console
+
+    from launch import pipeline
+    from launch.training import TRAINING
+    from train.files.shm_segments import allreduce_segment
+
+    port = 47000 + os.getpid() % 1000
+    ours = allreduce_segment("127.0.0.1", port, 1)
+    other = allreduce_segment("127.0.0.1", port + 1, 0)  # another run's, on another port
+
+    def dies_leaving_its_segment(nodes, plan, *args, **kwargs):
+        ours.write_bytes(b"x")
+        raise RunFailed(f"{plan.name}: node 0 exited with 1")
+
+    monkeypatch.setattr(pipeline, "run_nodes", dies_leaving_its_segment)
+    overrides = [*FAST, "sweep=none", "launcher=deepspeed", "parallel=zero1",
+                 "cluster.nproc_per_node=2", f"cluster.master_port={port}",
+                 f"run_dir={tmp_path / 'run'}"]  # fmt: skip
+    prepared = pipeline.prepare(
+        compose_run_config(overrides), overrides, TRAINING, Console(file=io.StringIO())
+    )
+    other.write_bytes(b"x")
+    try:
+        with pytest.raises(RunFailed):
+            pipeline.execute(prepared, TRAINING, Console(file=io.StringIO()))
+        assert not ours.exists()
+        assert other.exists()
+    finally:
+        ours.unlink(missing_ok=True)
+        other.unlink(missing_ok=True)

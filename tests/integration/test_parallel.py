@@ -24,9 +24,7 @@ Tolerances, fp32 throughout, losses ~7.6 falling to ~7.2 over 5 steps:
 from __future__ import annotations
 
 import json
-import os
 import socket
-from pathlib import Path
 
 import pytest
 
@@ -40,6 +38,7 @@ from tests.conftest import (
     run_one_rank_here,
     torchrun,
 )
+from train.files.shm_segments import allreduce_segments
 from train.spec.shapes import count_params
 
 pytest.importorskip("deepspeed")
@@ -107,7 +106,7 @@ def runs(tmp_path_factory):
     )
     # DeepSpeed's shared-memory all-reduce segments of this run (train/parallel/zero.py): the
     # ranks unlink their names; whatever is left is recorded for the test, then removed.
-    left = sorted(Path("/dev/shm").glob(f"deepspeed_allreduce_buffer_{os.getuid()}_*_{port}_*"))
+    left = allreduce_segments(port)
     (root / "shm_left.json").write_text(json.dumps([p.name for p in left]))
     for path in left:
         path.unlink(missing_ok=True)

@@ -14,12 +14,12 @@ import contextlib
 import math
 import os
 from contextlib import AbstractContextManager
-from pathlib import Path
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
+from train.files.shm_segments import allreduce_segment
 from train.measure.held_memory import HeldMemory, optimizer_state_tensors, tensor_bytes
 from train.parallel.layout import Layout, adamw
 from train.spec.config import RunConfig
@@ -227,22 +227,13 @@ def build_zero_layout(
     return DeepSpeedLayout(engine, dp_rank=dist.get_rank(), dp_size=dist.get_world_size())
 
 
-def shm_allreduce_name(rank: int) -> Path:
-    """Where DeepSpeed's CPU shared-memory all-reduce (the deepspeed_shm_comm op, started when
-    every rank is on one node: the deepspeed launcher's LOCAL_SIZE) keeps ``rank``'s segment:
-    /dev/shm/deepspeed_allreduce_buffer_{uid}_{MASTER_ADDR}_{MASTER_PORT}_{rank}
-    (deepspeed ops/csrc/cpu/comm/shm.cpp shm_initialize, 0.19.8)."""
-    addr, port = os.environ.get("MASTER_ADDR", ""), os.environ.get("MASTER_PORT", "")
-    return Path("/dev/shm") / f"deepspeed_allreduce_buffer_{os.getuid()}_{addr}_{port}_{rank}"
-
-
 def unlink_shm_allreduce_name() -> None:
-    """Remove this rank's shared-memory segment name once every rank has mapped it.
-
-    DeepSpeed creates one 66 MB segment per rank and never unlinks it: each run left them in
-    RAM until a reboot (15 GiB of them filled this project's 24 GiB test host on 2026-12-01).
-    Every rank maps every segment when its comm backend starts (shm_initialize, under
-    deepspeed.initialize); after a barrier no rank opens one by name again, so the names can
-    go and the mappings live until the processes exit, whatever way they exit."""
+    """Remove this rank's shared-memory segment name once every rank has mapped it
+    (train/files/shm_segments.py: DeepSpeed never does). Every rank maps every segment when its
+    comm backend starts (shm_initialize, under deepspeed.initialize); after a barrier no rank
+    opens one by name again, so the names can go and the mappings live until the processes
+    exit, whatever way they exit. 15 GiB of leftover segments filled this project's 24 GiB
+    test host on 2026-12-01."""
     dist.barrier()
-    shm_allreduce_name(dist.get_rank()).unlink(missing_ok=True)
+    addr, port = os.environ.get("MASTER_ADDR", ""), os.environ.get("MASTER_PORT", "")
+    allreduce_segment(addr, port, dist.get_rank()).unlink(missing_ok=True)
