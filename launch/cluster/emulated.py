@@ -69,12 +69,40 @@ CONGESTION_CONTROL_SYSCTL = "/proc/sys/net/ipv4/tcp_congestion_control"
 ALLOWED_CONGESTION_CONTROLS = "/proc/sys/net/ipv4/tcp_allowed_congestion_control"
 
 
+# `loss_based` (the default): the first of these a node namespace may set. The link model
+# (launch/perfmodel/hardware.py TCP_GOODPUT) holds for a sender that keeps the tbf queue full,
+# which both do; reno is built into every kernel and always allowed (tcp_cong.c marks it
+# non-restricted), cubic is not allowed in namespaces everywhere (a 6.18 Firecracker guest with
+# bbr as default allows only "reno bbr").
+LOSS_BASED = ("cubic", "reno")
+
+
+def allowed_congestion_controls() -> list[str]:
+    with open(ALLOWED_CONGESTION_CONTROLS) as f:
+        return f.read().split()
+
+
+def loss_based_congestion_control() -> str:
+    """cluster.link_congestion_control=loss_based resolved on this host: cubic, else reno."""
+    allowed = allowed_congestion_controls()
+    for name in LOSS_BASED:
+        if name in allowed:
+            return name
+    raise ConfigError(
+        "cluster.link_congestion_control",
+        f"loss_based: neither {' nor '.join(LOSS_BASED)} may be set inside a network namespace "
+        f"on this host (allowed: {', '.join(allowed)}); name one of those, or host",
+    )
+
+
 def check_congestion_control(name: str) -> None:
     """cluster.link_congestion_control must be one a node namespace may set."""
     if name == "host":
         return
-    with open(ALLOWED_CONGESTION_CONTROLS) as f:
-        allowed = f.read().split()
+    if name == "loss_based":
+        loss_based_congestion_control()
+        return
+    allowed = allowed_congestion_controls()
     if name not in allowed:
         raise ConfigError(
             "cluster.link_congestion_control",
@@ -198,14 +226,20 @@ class EmulatedCluster:
     nodes: int
     link_gbps: float
     latency_ms: float = 0.0
-    # TCP congestion control set in each node namespace; `host` leaves the inherited one.
-    congestion_control: str = "cubic"
+    # TCP congestion control set in each node namespace; `host` leaves the inherited one;
+    # `loss_based` becomes cubic or reno as this host allows (__post_init__).
+    congestion_control: str = "loss_based"
     # Under `host`: what the node namespaces inherit (inherited_congestion_control), once
     # probed; None records "host".
     inherited: str | None = None
     tag: str = field(default_factory=lambda: f"{os.getpid()}-{secrets.token_hex(2)}")
     created: list[str] = field(default_factory=list)
     latency_applied: bool = False
+
+    def __post_init__(self) -> None:
+        # Resolved at once, so that applied_link (summary.json, the report) names what runs.
+        if self.congestion_control == "loss_based":
+            self.congestion_control = loss_based_congestion_control()
 
     @property
     def switch_ns(self) -> str:

@@ -36,7 +36,12 @@ import sys
 import time
 from pathlib import Path
 
-from launch.cluster.emulated import list_namespaces, set_congestion_control, tbf_args
+from launch.cluster.emulated import (
+    list_namespaces,
+    loss_based_congestion_control,
+    set_congestion_control,
+    tbf_args,
+)
 
 NS_PREFIX = "sprc-"
 SUBNET = "10.79.0."
@@ -328,7 +333,8 @@ class RealCluster:
             _run(["ip", "-n", sw, "link", "set", f"p{k}", "master", "br0", "up"])
             _run(["ip", "-n", ns, "addr", "add", f"{self.addr(host)}/24", "dev", "eth0"])
             _run(["ip", "-n", ns, "link", "set", "eth0", "up"])
-            set_congestion_control(ns, "cubic")  # as the emulated cluster's nodes: steady on tbf
+            # As the emulated cluster's nodes: cubic or reno, steady on tbf.
+            set_congestion_control(ns, loss_based_congestion_control())
 
     def _add_ns(self, ns: str) -> None:
         _run(["ip", "netns", "add", ns])

@@ -94,6 +94,26 @@ def test_a_congestion_control_a_namespace_may_not_set_is_refused(monkeypatch, tm
     )
 
 
+def test_loss_based_is_cubic_where_allowed_else_reno(monkeypatch, tmp_path):
+    allowed = tmp_path / "tcp_allowed_congestion_control"
+    monkeypatch.setattr(emulated, "ALLOWED_CONGESTION_CONTROLS", str(allowed))
+    allowed.write_text("reno cubic\n")
+    assert emulated.loss_based_congestion_control() == "cubic"
+    assert emulated.EmulatedCluster(2, 0.2).congestion_control == "cubic"
+    allowed.write_text("reno bbr\n")  # a 6.18 VM kernel whose default is bbr
+    assert emulated.loss_based_congestion_control() == "reno"
+    cluster = emulated.EmulatedCluster(2, 0.2)
+    assert cluster.applied_link()["tcp_congestion_control"] == "reno"
+    emulated.check_congestion_control("loss_based")
+    allowed.write_text("bbr\n")
+    with pytest.raises(ConfigError) as caught:
+        emulated.check_congestion_control("loss_based")
+    assert str(caught.value) == (
+        "cluster.link_congestion_control: loss_based: neither cubic nor reno may be set inside "
+        "a network namespace on this host (allowed: bbr); name one of those, or host"
+    )
+
+
 def test_an_unreadable_inherited_congestion_control_is_one_line(monkeypatch):
     """`host` reads what a new namespace inherits in a scratch one: where namespaces cannot be
     made (a container without CAP_SYS_ADMIN), one line naming the key, not a traceback."""

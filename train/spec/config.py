@@ -59,8 +59,9 @@ PipelineSchedule = closed_choice(
 ActivationCheckpoint = closed_choice("ActivationCheckpoint", "none full selective")
 ClusterName = closed_choice("ClusterName", "local multinode emulated slurm")
 LinkKind = closed_choice("LinkKind", "nic nvlink")
-# cluster.link_congestion_control: Linux TCP congestion controls, or `host` (inherit).
-CongestionControl = closed_choice("CongestionControl", "cubic reno bbr host")
+# cluster.link_congestion_control: Linux TCP congestion controls, `loss_based` (cubic where a
+# network namespace may set it, else reno), or `host` (inherit).
+CongestionControl = closed_choice("CongestionControl", "loss_based cubic reno bbr host")
 LauncherName = closed_choice("LauncherName", "torchrun deepspeed slurm")
 # DeepSpeed's --launcher choices (deepspeed/launcher/runner.py).
 DeepSpeedRunner = closed_choice("DeepSpeedRunner", "pdsh openmpi mvapich mpich impi slurm")
@@ -321,12 +322,14 @@ class ClusterConfig:
     # Which of that profile's links the emulated link stands for: `nic` or `nvlink`.
     link_match: LinkKind = LinkKind.nic
     # cluster=emulated: the TCP congestion control inside every node namespace. cubic (Linux's
-    # default) keeps a tbf-shaped link full and steady, every step at the same rate. bbr (v1),
+    # default) keeps a tbf-shaped link full and steady, every step at the same rate; so does
+    # reno, loss-based too. loss_based: cubic where the host lets a namespace set it, else reno
+    # (launch/cluster/emulated.py; the record names the one set). bbr (v1),
     # which some hosts set as theirs, paces at 1.25x and 0.75x its bandwidth estimate in turn
     # and every 10 s drops to 4 packets in flight for 200 ms (ProbeRTT), so the same
     # all-reduce takes 0-26% longer from one step to the next (docs/performance-model.md,
     # "Emulated link"). `host`: whatever a new namespace inherits from the host.
-    link_congestion_control: CongestionControl = CongestionControl.cubic
+    link_congestion_control: CongestionControl = CongestionControl.loss_based
 
 
 @dataclass
