@@ -10,7 +10,7 @@ from pathlib import Path
 from launch.errors import ConfigError
 from launch.resolve import choose_layouts
 from train.spec.config import ParallelConfig, RunConfig
-from train.spec.degrees import BatchRule, resolve_degrees
+from train.spec.degrees import BatchRule, batch_held, resolve_degrees
 
 
 @dataclass(frozen=True)
@@ -95,6 +95,7 @@ def config_for(cfg: RunConfig, plan: RunPlan, sweep_id: str) -> RunConfig:
     run_cfg.train.global_batch = plan.global_batch
     run_cfg.run_dir = str(plan.run_dir)
     run_cfg.resolved.sweep_id = sweep_id
+    run_cfg.resolved.batch_held = batch_held(cfg.sweep.name, cfg.parallel.name)
     if run_cfg.checkpoint.dir:
         # Ranks may run elsewhere (another cwd, another node): an absolute path.
         run_cfg.checkpoint.dir = str(Path(run_cfg.checkpoint.dir).resolve())

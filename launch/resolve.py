@@ -365,7 +365,8 @@ def choose_layouts(cfg: RunConfig, plans: list) -> list:
     has no datasheet: the model runs on this host's measured ceiling (launch.mamf's cache,
     attached here, before choosing) and its measured kernel times where cached; with no
     measured ceiling it is ddp, and the reason says how to measure one. Under weak scaling
-    each run keeps the smallest run's sequences per data-parallel rank."""
+    each run keeps the smallest run's sequences per device: the layouts compared at one world
+    size, and the runs of the sweep, then share one workload (BatchRule.weak_per_device)."""
     if cfg.parallel.name != "auto":
         return plans
     rates = None
@@ -374,11 +375,12 @@ def choose_layouts(cfg: RunConfig, plans: list) -> list:
         if cfg.gpu.measured_peak_tflops.fp32:
             rates = _host_rates(cfg)
     chosen = []
-    batch = BatchRule(global_batch=cfg.train.global_batch)  # the smallest run's, and strong's
+    if cfg.sweep.name == "weak" and plans:
+        batch = BatchRule.weak_per_device(cfg.train.global_batch, plans[0].world_size)
+    else:
+        batch = BatchRule(global_batch=cfg.train.global_batch)
     for plan in plans:
         parallel, degrees, reason = _pick(cfg, plan, batch, rates)
-        if cfg.sweep.name == "weak" and batch.rows_per_dp_rank is None:
-            batch = BatchRule.weak_from(cfg.train.global_batch, degrees, plan.world_size)
         chosen.append(
             dataclasses.replace(
                 plan,

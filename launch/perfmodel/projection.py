@@ -34,7 +34,7 @@ from launch.perfmodel.hardware import PartRates, part_rates, power_limit_share
 from launch.perfmodel.step import Placement, Prediction, predict, projected_precision
 from train.spec.catalog import CATALOG, DEGREE_KEYS, layout
 from train.spec.config import GpuConfig, ParallelConfig, RunConfig
-from train.spec.degrees import BatchRule, plan_layout
+from train.spec.degrees import BatchRule, batch_held, plan_layout
 from train.spec.rules import (
     check_gpu,
     check_layout_features,
@@ -163,6 +163,7 @@ def projection_record(cfg: RunConfig, overrides: Sequence[str] = ()) -> dict:
         "micro_batch": workload.train.micro_batch,
         "global_batch": workload.train.global_batch,
         "batch_scaling": "strong" if workload.sweep.name == "strong" else "weak",
+        "batch_held": batch_held(workload.sweep.name, workload.parallel.name),
         "batch_nodes": min(workload.project.nodes),  # where global_batch holds
         "parallel": workload.parallel.name,
         "interconnect_bound_share": cfg.project.interconnect_bound_share,
@@ -262,7 +263,7 @@ def project_runs(
                 "profiles (or project.mode=comm)",
             )
         fewest = min(cfg.project.nodes)
-        batch = BatchRule(global_batch=cfg.train.global_batch)  # the fewest node count's
+        batch = _base_rule(cfg, fewest * gpu.gpus_per_node)
         for nodes in sorted(cfg.project.nodes):
             where = Placement(nodes * gpu.gpus_per_node, gpu.gpus_per_node, nodes)
             try:
@@ -273,8 +274,9 @@ def project_runs(
                 rows.append(_skipped(gpu, where, str(exc)))
                 refused.append(exc)
                 continue
-            if cfg.sweep.name != "strong" and batch.rows_per_dp_rank is None:
-                # Weak scaling: the sequences per data-parallel rank of the fewest node count.
+            if cfg.sweep.name != "strong" and batch.held == "global_batch":
+                # Weak scaling of one layout: the sequences per data-parallel rank of the
+                # fewest node count.
                 batch = BatchRule.weak_from(here.global_batch, pred.degrees, where.world_size)
             if not pred.fits:
                 unfit.append((pred.memory.peak_bytes, f"{gpu.name} at {nodes} node(s)"))
@@ -313,6 +315,17 @@ def runnable_global_batch(cfg: RunConfig, profiles: list[GpuConfig]) -> int:
     return cfg.train.micro_batch * per_node * where
 
 
+def _base_rule(cfg: RunConfig, fewest_gpus: int) -> BatchRule:
+    """The batch rule a projection starts from: train.global_batch at the fewest node count;
+    under weak scaling with parallel=auto, whose candidates (and chosen layouts from one node
+    count to the next) differ in data-parallel size, the same sequences per device at every
+    count and for every candidate (BatchRule.weak_per_device), so that the layouts are ranked,
+    and the parts compared, on one workload."""
+    if batch_held(cfg.sweep.name, cfg.parallel.name) == "sequences_per_device":
+        return BatchRule.weak_per_device(cfg.train.global_batch, fewest_gpus)
+    return BatchRule(global_batch=cfg.train.global_batch)
+
+
 def _batch_at(cfg: RunConfig, batch: BatchRule, nodes: int, fewest: int) -> BatchRule:
     """The batch rule at ``nodes``. Weak scaling's base is the fewest node count of
     project.nodes whatever happens there: where the layout was refused at it (hsdp on one node)
@@ -321,7 +334,7 @@ def _batch_at(cfg: RunConfig, batch: BatchRule, nodes: int, fewest: int) -> Batc
     / fewest, taking the row's tp x pp as the same at both). Taking the first node
     count that ran as the base instead made one point's batch depend on the list
     (hsdp at 8 nodes: 1 sequence per GPU with [1,8], 4 with [1,2,8])."""
-    if cfg.sweep.name == "strong" or batch.rows_per_dp_rank is not None or nodes == fewest:
+    if cfg.sweep.name == "strong" or batch.held != "global_batch" or nodes == fewest:
         return batch
     if cfg.train.global_batch * nodes % fewest:
         raise ConfigError(

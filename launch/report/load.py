@@ -77,22 +77,40 @@ def data_parallel_size(run: dict[str, Any]) -> int:
     return run["world_size"]
 
 
+PER = {"sequences_per_dp_rank": " per data-parallel rank", "sequences_per_device": " per device"}
+
+
+def _held(run: dict[str, Any]) -> str:
+    """What the run's sweep held fixed (sweep.batch_held; a summary from before it was
+    recorded: per data-parallel rank for weak scaling, the global batch otherwise)."""
+    sweep = run.get("sweep") or {}
+    if sweep.get("batch_held"):
+        return sweep["batch_held"]
+    return "sequences_per_dp_rank" if sweep.get("name") == "weak" else "global_batch"
+
+
 def _workload(run: dict[str, Any]) -> tuple:
     """What must match for runs to share one scaling curve: sequence length and the batch the
-    sweep holds fixed (per data-parallel rank for weak scaling, global for strong), and the
-    sweep itself (a sweep re-run by hand with other world sizes is another curve, not more
-    points). Weak scaling keeps each data-parallel rank's sequences (README), so under TP or a
-    pipeline the tokens per device shrink as the world grows while the workload stays one."""
+    sweep holds fixed (sweep.batch_held: per data-parallel rank for weak scaling of one
+    layout, per device for weak scaling under parallel=auto, global for strong), and the sweep
+    itself (a sweep re-run by hand with other world sizes is another curve, not more points).
+    Weak scaling of one layout keeps each data-parallel rank's sequences (README), so under TP
+    or a pipeline the tokens per device shrink as the world grows while the workload stays
+    one; under parallel=auto the layout, and with it the data-parallel size, may change from
+    one world size to the next, so the device's share is what stays."""
     sweep = run.get("sweep") or {}
     tokens = run.get("tokens_per_step")
-    weak = tokens and sweep.get("name") == "weak"
-    fixed = tokens / data_parallel_size(run) if weak else tokens
-    return (run.get("seq_len"), fixed, sweep.get("name"), sweep.get("id"))
+    held = _held(run)
+    if tokens and held == "sequences_per_dp_rank":
+        tokens = tokens / data_parallel_size(run)
+    elif tokens and held == "sequences_per_device":
+        tokens = tokens / run["world_size"]
+    return (run.get("seq_len"), tokens, held, sweep.get("id"))
 
 
 def _workload_label(run: dict[str, Any]) -> str:
-    seq, fixed, kind, sweep_id = _workload(run)
-    per = " per data-parallel rank" if kind == "weak" else ""
+    seq, fixed, held, sweep_id = _workload(run)
+    per = PER.get(held, "")
     batch = f"{fixed:g} tokens/step{per}" if fixed else ""
     return ", ".join(p for p in (f"seq {seq}" if seq else "", batch, f"sweep {sweep_id}") if p)
 

@@ -148,18 +148,28 @@ def _base_nodes(record: dict) -> str:
     return f"{nodes} node(s)" if nodes else "the fewest nodes"
 
 
+BATCH_HELD_PROSE = {
+    "global_batch": "the same global batch at every size",
+    "sequences_per_dp_rank": "each data-parallel rank keeps the sequences it has there, also "
+    "where a layout cannot run there: the global batch then grows with the node count",
+    "sequences_per_device": "each device keeps the sequences it has there, whatever layout "
+    "parallel=auto picks at each count, and every candidate layout is ranked on that batch: "
+    "the global batch grows with the node count",
+}
+
+
+def _old_held(record: dict) -> str:
+    """A projection.json from before batch_held was recorded."""
+    return "sequences_per_dp_rank" if record["batch_scaling"] == "weak" else "global_batch"
+
+
 def _runs_markdown(record: dict) -> str:
     rows = record["runs"]
     lines = [
         f"# Projection: {record['model']}, seq {record['seq_len']}, micro batch "
         f"{record['micro_batch']}, global batch {record['global_batch']} at "
         f"{_base_nodes(record)} ({record['batch_scaling']} scaling: "
-        + (
-            "each data-parallel rank keeps the sequences it has there, also where a layout "
-            "cannot run there: the global batch then grows with the node count"
-            if record["batch_scaling"] == "weak"
-            else "the same global batch at every size"
-        )
+        + BATCH_HELD_PROSE[record.get("batch_held") or _old_held(record)]
         + f"; the batch column is each row's), parallel={record['parallel']}",
         "",
         "Predicted by the performance model (docs/performance-model.md), not measured. "

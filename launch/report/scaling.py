@@ -22,7 +22,8 @@ def scaling_rows(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         base = members[0]
         # Strong scaling fixes the global batch, weak scaling the batch per data-parallel rank
         # (per device under data parallelism; under TP or a pipeline the ranks of a group
-        # share theirs); measured in tokens/s both ask the same question, "how much of each
+        # share theirs; under parallel=auto per device, sweep.batch_held); measured in
+        # tokens/s both ask the same question, "how much of each
         # added device's throughput survives", so one formula serves both: per-device
         # tokens/s relative to the base's (README: Scaling efficiency).
         base_per_device = base["tokens_per_s"] / base["world_size"]

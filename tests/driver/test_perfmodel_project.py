@@ -14,7 +14,7 @@ from rich.console import Console
 from launch.errors import ConfigError
 from launch.perfmodel.calibrate import load_calibration
 from launch.perfmodel.hardware import part_rates
-from launch.perfmodel.projection import project_runs, projected_profiles
+from launch.perfmodel.projection import project_runs, projected_profiles, projection_record
 from launch.perfmodel.step import Placement, predict, predict_run
 from launch.project import run_projection
 from tests.conftest import compose_run_config
@@ -380,6 +380,25 @@ def test_pipelines_are_projected_rows(tmp_path):
     (row,) = rows
     assert row["layout"]["name"] == "pp_fsdp" and row["layout"]["pp"] == 2
     assert row["pipeline_bubble_s"] > 0 and row["pipeline_send_s"] > 0
+
+
+def test_parallel_auto_weak_rows_keep_each_devices_sequences_whatever_layout_wins(tmp_path):
+    """llama_70b in fp8 on the H100 takes a pipeline with one data-parallel rank at 4 nodes
+    and one with four at 8: the per-rank rule gave the 8-node row (and every candidate there)
+    a batch by its own data-parallel size (1,024 against the 4-node row's 256, where the
+    H800's fsdp rows doubled), so parts and layouts were compared on different work. Every
+    row now holds 8 sequences per GPU; a fixed layout keeps its per-rank rule."""
+    common = ["model=llama_70b", "precision=fp8", "train.seq_len=4096", "train.micro_batch=1",
+              "train.global_batch=256", "project.nodes=[4,8]"]  # fmt: skip
+    rows = project_runs(projection_cfg(tmp_path, *common), projected_profiles(["h100_sxm"]))
+    assert [r["global_batch"] / r["world_size"] for r in rows] == [8, 8]
+    dp_sizes = {r["layout"]["dp_replicate"] * r["layout"]["dp_shard"] for r in rows}
+    assert len(dp_sizes) == 2, dp_sizes  # the layouts differ, the work per GPU does not
+    one_node = ["project.gpus=[h100_sxm]", "project.nodes=[1]", "model=gpt_1_3b"]
+    record = projection_record(projection_cfg(tmp_path, *one_node))
+    assert record["batch_held"] == "sequences_per_device"
+    fixed = projection_cfg(tmp_path, *one_node, "parallel=fsdp")
+    assert projection_record(fixed)["batch_held"] == "sequences_per_dp_rank"
 
 
 # -- launch.project's own inputs as a user types them ------------------------------------------

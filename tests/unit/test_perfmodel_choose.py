@@ -10,7 +10,7 @@ from launch.perfmodel.compute import RUNTIME_KERNELS
 from launch.perfmodel.hardware import part_rates
 from launch.perfmodel.step import Placement
 from tests.conftest import compose_run_config
-from train.spec.degrees import BatchRule
+from train.spec.degrees import BatchRule, Degrees, batch_held
 
 SHAPES = {  # sequence length, micro batch, sequences per device per step
     "gpt_1_3b": ["train.seq_len=2048", "train.micro_batch=4", "train.global_batch=16"],
@@ -97,6 +97,42 @@ def test_auto_is_the_default_and_a_gpu_run_says_what_it_chose():
     (plan,) = plan_runs(cfg)
     assert plan.parallel.name != "auto"
     assert "tok/s/device predicted" in plan.layout_reason
+
+
+def test_a_weak_sweep_under_auto_keeps_each_devices_sequences_across_layouts():
+    """The H100's fp8 llama_70b picks a pipeline with 1 data-parallel rank at 32 GPUs and
+    one with 4 at 64: per data-parallel rank the 64-GPU run (and each candidate there) got
+    its own batch (1,024 sequences, 4x the 32-GPU run's for 2x the GPUs)."""
+    from launch.plan import config_for, plan_runs
+
+    cfg = compose_run_config(["gpu=h100_sxm", "model=llama_70b", "precision=fp8",
+                              "run_dir=/unused", "cluster=multinode", "cluster.nodes=8",
+                              "cluster.nproc_per_node=8", "sweep=weak",
+                              "sweep.world_sizes=[32,64]", "train.seq_len=4096",
+                              "train.micro_batch=1", "train.global_batch=256"])  # fmt: skip
+    plans = plan_runs(cfg)
+    assert [p.global_batch for p in plans] == [256, 512]
+    assert len({p.parallel.name + str(p.parallel.pp) for p in plans}) == 2  # layouts differ
+    assert config_for(cfg, plans[1], "s").resolved.batch_held == "sequences_per_device"
+
+
+def test_the_batch_rules_of_a_sweep():
+    per_device = BatchRule.weak_per_device(256, 32)
+    assert per_device.held == "sequences_per_device"
+    pipeline_64 = Degrees(dp_replicate=1, dp_shard=4, tp=4, pp=4)
+    assert per_device.global_batch_for(pipeline_64) == 512
+    assert BatchRule.weak_per_device(12, 8).global_batch_for(Degrees(1, 4, 1)) == 6
+    with pytest.raises(ConfigError, match="12 at world size 8 is 1.5 at 1: weak scaling under"):
+        BatchRule.weak_per_device(12, 8).global_batch_for(Degrees(1, 1, 1))
+    per_rank = BatchRule.weak_from(256, Degrees(1, 1, 4, pp=8), 32)
+    assert (per_rank.held, per_rank.global_batch_for(pipeline_64)) == (
+        "sequences_per_dp_rank",
+        1024,
+    )
+    assert BatchRule(global_batch=64).held == "global_batch"
+    assert batch_held("weak", "auto") == "sequences_per_device"
+    assert batch_held("weak", "tp") == batch_held("none", "ddp") == "sequences_per_dp_rank"
+    assert batch_held("strong", "auto") == "global_batch"
 
 
 def test_auto_on_a_cpu_without_a_measured_ceiling_is_ddp_and_says_why(monkeypatch, tmp_path):

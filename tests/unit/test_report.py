@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from launch.report import ReportError, load_runs, main, scaling_rows, write_report
+from launch.report.load import _workload_label
 from train.measure.summary import SCHEMA_VERSION
 
 SIZES = [1, 2, 4, 8, 16]
@@ -129,6 +130,30 @@ def test_a_weak_sweep_under_tp_is_one_curve(tmp_path: Path):
     rows = scaling_rows(runs)
     # Efficiency is still per-device tokens/s against the base's (README).
     assert [round(row["scaling_efficiency"], 3) for row in rows] == [1.0, 0.8]
+
+
+def test_a_weak_sweep_under_parallel_auto_is_one_curve_per_device(tmp_path: Path):
+    """parallel=auto may pick another layout at each world size (ddp at 1, TP 2 at 2): its
+    weak sweep keeps each device's sequences (sweep.batch_held), so ws2's one data-parallel
+    rank holds twice ws1's tokens and the two are still one workload; read per data-parallel
+    rank, as a sweep of one layout is, they would split into two one-point curves."""
+    held = {"id": "20261127-181500-ab12", "name": "weak", "batch_held": "sequences_per_device"}
+    auto = [
+        tp_run(1, 1, 1000.0, sweep=held),
+        tp_run(2, 2, 800.0, sweep=held, tokens_per_step=2048, global_batch=16),
+    ]
+    runs = load_runs([write_runs(tmp_path / "auto", auto)])
+    assert len({run["series"] for run in runs}) == 1, {run["series"] for run in runs}
+    assert "1024 tokens/step per device" in _workload_label(runs[0])
+    assert [round(r["scaling_efficiency"], 3) for r in scaling_rows(runs)] == [1.0, 0.8]
+    per_rank = {**held, "batch_held": "sequences_per_dp_rank"}
+    one_layout = [
+        tp_run(1, 1, 1000.0, sweep=per_rank),
+        tp_run(2, 2, 800.0, sweep=per_rank, tokens_per_step=2048, global_batch=16),
+    ]
+    runs = load_runs([write_runs(tmp_path / "tp", one_layout)])
+    assert len({run["series"] for run in runs}) == 2
+    assert "2048 tokens/step per data-parallel rank" in runs[1]["series"]
 
 
 def test_the_data_parallel_size_comes_from_the_layout_or_the_world_size(tmp_path: Path):

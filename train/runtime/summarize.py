@@ -34,7 +34,11 @@ def run_summary(run: RankRun, trained: Trained, profiled: ProfileResult | None) 
     figures = mfu_figures(work.flops_per_token, per_device, profile, run.precision.resolved)
     return RunSummary(
         run_name=run.run_dir.name,
-        sweep={"id": cfg.resolved.sweep_id, "name": cfg.sweep.name},
+        sweep={
+            "id": cfg.resolved.sweep_id,
+            "name": cfg.sweep.name,
+            "batch_held": cfg.resolved.batch_held,
+        },
         world_size=rank.world_size,
         nodes=rank.nodes,
         nproc_per_node=rank.local_world_size,

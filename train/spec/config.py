@@ -524,6 +524,10 @@ class ResolvedConfig:
     applied_link: dict[str, Any] | None = None
     # parallel=auto: the layout the performance model chose, and why.
     layout_reason: str | None = None
+    # What the sweep holds fixed as the world grows (train/spec/degrees.py BATCH_HELD):
+    # global_batch, sequences_per_dp_rank (weak, one layout) or sequences_per_device (weak,
+    # parallel=auto). summary.json's sweep.batch_held; the report's curves follow it.
+    batch_held: str | None = None
 
 
 @dataclass

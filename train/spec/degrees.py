@@ -189,19 +189,54 @@ class BatchPlan:
         return max(1, self.rows_per_rank // self.micro_batch)
 
 
+# What a sweep holds fixed as the world grows (summary.json's sweep.batch_held; the report
+# puts runs on one curve by it). BatchRule.held names its own.
+BATCH_HELD = ("global_batch", "sequences_per_dp_rank", "sequences_per_device")
+
+
+def batch_held(sweep_name: str, parallel_name: str) -> str:
+    """What a sweep (or projection) of this kind holds fixed: strong scaling the global
+    batch; weak scaling (projections' default, and a single run's: sweep=none) each
+    data-parallel rank's sequences, or each device's under parallel=auto (BatchRule)."""
+    if str(sweep_name) == "strong":
+        return "global_batch"
+    return "sequences_per_device" if str(parallel_name) == "auto" else "sequences_per_dp_rank"
+
+
 @dataclass(frozen=True)
 class BatchRule:
-    """Each run's global batch in a sweep or projection: fixed (strong scaling) or a fixed
-    number of sequences per data-parallel rank (weak scaling: ranks of a TP group or a
-    pipeline share theirs, so they do not multiply it)."""
+    """Each run's global batch in a sweep or projection: fixed (strong scaling), a fixed
+    number of sequences per data-parallel rank (weak scaling of one layout: ranks of a TP
+    group or a pipeline share theirs, so they do not multiply it), or a fixed number per
+    device (weak scaling under parallel=auto, whose layout, and so data-parallel size, can
+    differ from one world size to the next and between the candidates at one: the per-rank
+    rule would give each candidate its own batch, so the model would rank layouts on
+    different work and a sweep's runs would not be one workload)."""
 
-    global_batch: int | None = None  # strong scaling: every run's
-    rows_per_dp_rank: int | None = None  # weak scaling
+    global_batch: int | None = None  # strong scaling: every run's; per device: the base run's
+    rows_per_dp_rank: int | None = None  # weak scaling of one layout
+    base_world_size: int | None = None  # weak per device: global_batch is at this world size
+
+    @property
+    def held(self) -> str:
+        if self.rows_per_dp_rank is not None:
+            return "sequences_per_dp_rank"
+        return "sequences_per_device" if self.base_world_size else "global_batch"
 
     def global_batch_for(self, degrees: Degrees) -> int:
-        if self.rows_per_dp_rank is None:
+        if self.rows_per_dp_rank is not None:
+            return self.rows_per_dp_rank * degrees.dp
+        if self.base_world_size is None:
             return self.global_batch
-        return self.rows_per_dp_rank * degrees.dp
+        if self.global_batch * degrees.world % self.base_world_size:
+            raise ConfigError(
+                "train.global_batch",
+                f"{self.global_batch} at world size {self.base_world_size} is "
+                f"{self.global_batch * degrees.world / self.base_world_size:g} at "
+                f"{degrees.world}: weak scaling under parallel=auto keeps each device's "
+                "sequences, and that is not a whole number",
+            )
+        return self.global_batch * degrees.world // self.base_world_size
 
     @classmethod
     def weak_from(cls, global_batch: int, base: Degrees, world_size: int) -> BatchRule:
@@ -213,6 +248,12 @@ class BatchRule:
                 f"smallest world size ({world_size}), which weak scaling keeps per rank",
             )
         return cls(rows_per_dp_rank=global_batch // base.dp)
+
+    @classmethod
+    def weak_per_device(cls, global_batch: int, world_size: int) -> BatchRule:
+        """Weak scaling under parallel=auto: ``global_batch`` at ``world_size`` (the smallest
+        run's), the same sequences per device at every other."""
+        return cls(global_batch=global_batch, base_world_size=world_size)
 
 
 def plan_batch(global_batch: int, micro_batch: int, dp: int, world_size: int) -> BatchPlan:
