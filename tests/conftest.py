@@ -118,11 +118,10 @@ def _fast_compose(overrides: list[str]) -> RunConfig:
     # chosen one onto the schema's node, which is what is done here, so that the other
     # groups' choices alone key the cached composition.
     flat = {o.key_or_group: o.value() for o in parsed if o.key_or_group in FLAT_GROUPS}
-    groups = sorted(
-        o.input_line
-        for o in parsed
-        if o.key_or_group in GROUPS and o.key_or_group not in FLAT_GROUPS
-    )
+    # A group named twice takes its last choice, as Hydra does; sorted, lists that differ only
+    # in order share one composition.
+    chosen = {o.key_or_group: o.input_line for o in parsed if o.key_or_group in GROUPS}
+    groups = sorted(line for group, line in chosen.items() if group not in FLAT_GROUPS)
     values = [o for o in parsed if o.key_or_group not in GROUPS]
     if any(o.key_or_group.startswith("hydra") for o in values):
         raise ValueError("hydra's own keys")

@@ -22,7 +22,11 @@ import pytest
 
 from tests.cluster.realcluster import RealCluster, missing_requirements
 
-LAUNCH_TIMEOUT_S = 300
+# The fixture starts every launch at once on 2 cores; on a slow host with the other test
+# worker busy, the deepspeed-over-pdsh run took 4 min 43 s to write its summary (2026-12-01:
+# 42 s for pdsh to start the nodes' launchers, 60 s for the ranks to meet): this bounds a
+# hang, not a speed.
+LAUNCH_TIMEOUT_S = 600
 
 
 class Node(NamedTuple):

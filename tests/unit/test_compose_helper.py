@@ -18,6 +18,9 @@ OVERRIDE_LISTS = [
     ["cluster=emulated", "cluster.link_gbps=0.02", "cluster.link_match_gpu=null",
      "fabric=nvlink_ib", "train.compile=true"],
     ["model=olmoe_1b_7b", "parallel=ep_fsdp", "parallel.ep=2", "model.capacity_factor=1.25"],
+    # A group or a value named twice: the last wins (a test's common list, then its own).
+    ["precision=fp32", "model=tiny", "train.steps=5", "precision=fp16", "model=gpt_125m",
+     "train.steps=4", "parallel=tp_fsdp", "parallel=fsdp"],
 ]  # fmt: skip
 
 
