@@ -235,20 +235,27 @@ def refuse_unknown_addition(key: str, cfg: RunConfig) -> None:
     raise ConfigError(key, "cannot be added here: its parent is not a map of the config")
 
 
-def compose(overrides: list[str]) -> RunConfig:
-    """The typed config for these overrides, Hydra's and OmegaConf's errors as one line."""
+def composed_node(overrides: list[str]):
+    """Hydra's composition of conf/ with these overrides, as a DictConfig (not yet typed)."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
-    from hydra.errors import HydraException
 
     register_schema()
+    with initialize_config_dir(str(conf_dir()), version_base=None):
+        cfg = hydra_compose("config", overrides=overrides)
+    if OmegaConf.is_interpolation(cfg, "run_dir"):
+        # ${hydra:runtime.output_dir} exists only inside a Hydra job; checked there.
+        cfg.run_dir = "."
+    return cfg
+
+
+def compose(overrides: list[str]) -> RunConfig:
+    """The typed config for these overrides, Hydra's and OmegaConf's errors as one line."""
+    from hydra.errors import HydraException
+
     try:
-        with initialize_config_dir(str(conf_dir()), version_base=None):
-            cfg = hydra_compose("config", overrides=overrides)
-            if OmegaConf.is_interpolation(cfg, "run_dir"):
-                # ${hydra:runtime.output_dir} exists only inside a Hydra job; checked there.
-                cfg.run_dir = "."
-            return OmegaConf.to_object(cfg)  # enum values and nested types surface here
+        # to_object: enum values and nested types surface here
+        return OmegaConf.to_object(composed_node(overrides))
     except OmegaConfBaseException as exc:
         raise _refused(_full_key(exc) or "config", exc, overrides) from None
     except HydraException as exc:

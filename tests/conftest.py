@@ -24,8 +24,8 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from launch.app import compose
-from launch.conf_tree import GROUPS, conf_dir, group_choices, load_gpu_profile, register_schema
+from launch.app import compose, composed_node
+from launch.conf_tree import GROUPS, conf_dir, group_choices, load_gpu_profile
 from train.spec.config import GpuConfig, ModelConfig, RunConfig
 
 REPO = Path(__file__).resolve().parent.parent
@@ -136,16 +136,8 @@ def _fast_compose(overrides: list[str]) -> RunConfig:
 
 @functools.cache
 def _composed_groups(groups: tuple[str, ...]):
-    """launch.app.compose's DictConfig for these group choices (before OmegaConf.to_object)."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-
-    register_schema()
-    with initialize_config_dir(str(conf_dir()), version_base=None):
-        cfg = hydra_compose("config", overrides=list(groups))
-    if OmegaConf.is_interpolation(cfg, "run_dir"):
-        cfg.run_dir = "."  # as launch.app.compose: ${hydra:...} exists only inside a job
-    return cfg
+    """The driver's composition (launch.app.composed_node) for these group choices."""
+    return composed_node(list(groups))
 
 
 def cli_env() -> dict[str, str]:
