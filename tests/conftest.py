@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -142,6 +143,13 @@ def _composed_groups(groups: tuple[str, ...]):
 
 def cli_env() -> dict[str, str]:
     return {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled", "HYDRA_FULL_ERROR": "0"}
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on now (the OS's pick), for a rendezvous a test starts."""
+    with socket.socket() as probe:
+        probe.bind(("", 0))  # every interface: free for a store on any of them
+        return probe.getsockname()[1]
 
 
 def run_command(

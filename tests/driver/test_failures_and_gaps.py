@@ -7,7 +7,6 @@ import io
 import json
 import os
 import shutil
-import socket
 
 import numpy as np
 import pytest
@@ -18,7 +17,7 @@ from launch.plan import plan_runs
 from launch.report import load_runs, write_report
 from launch.rundir import record_failure, take_run_dir
 from launch.validate import validate
-from tests.conftest import FAST, compose_run_config
+from tests.conftest import FAST, compose_run_config, free_port
 from tests.unit.test_report import summary
 
 
@@ -198,12 +197,6 @@ def test_sweeps_over_two_links_or_fabrics_are_two_curves(tmp_path):
     ]
     report = write_report([tmp_path / "slow"], tmp_path / "out")["markdown"].read_text()
     assert "cluster slurm (launcher slurm) · link 100 Mbit/s per node (declared)" in report
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("", 0))
-        return probe.getsockname()[1]
 
 
 def multinode_sweep(tmp_path, node_rank):

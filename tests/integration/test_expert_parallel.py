@@ -7,7 +7,8 @@ rank for every kind but all_to_all, whose bytes depend on where routing sent the
 summed over the ranks.
 
 Two torchrun starts (2 and 4 ranks, tests/ranks/pipeline_ranks.py, which counts every rank's
-collectives) run every case; the one-rank references run in-process. The emulated-cluster
+collectives) run every case, and two more (tests/ranks/expert_gradients.py) every gradient
+case; the one-rank references run in-process. The emulated-cluster
 case (EP across a throttled link) is tests/integration/test_emulated_expert_parallel.py
 (root).
 """
@@ -127,39 +128,54 @@ def test_the_summary_and_metrics_say_how_the_experts_were_loaded(root):
     assert 0 < capped["moe"]["dropped_share_mean"] < 1
 
 
-@pytest.mark.parametrize(
-    "nproc, overrides",
-    [
-        (2, ["parallel=ep", "parallel.ep=2"]),
-        (4, ["parallel=ep_fsdp", "parallel.ep=2"]),
-        (4, ["parallel=ep", "parallel.ep=2", "parallel.dp_replicate=2"]),
-    ],
-    ids=["ep2", "ep_fsdp_2x2", "ep2_replicas2"],
-)
-def test_every_gradient_is_a_one_rank_runs(tmp_path, nproc, overrides):
-    """Each expert's gradient sums what every EP rank's tokens sent it: averaged over the
-    experts' own mesh only, it came out ep times a one-rank run's (2x here), which the
-    loss-for-loss check cannot see (AdamW divides the scale out). Dense and expert
-    gradients, before clipping, against the one-rank reference of the same rows."""
+GRADIENT_CASES = {  # name: (ranks, overrides)
+    "ep2": (2, ["parallel=ep", "parallel.ep=2"]),
+    "ep_fsdp_2x2": (4, ["parallel=ep_fsdp", "parallel.ep=2"]),
+    "ep2_replicas2": (4, ["parallel=ep", "parallel.ep=2", "parallel.dp_replicate=2"]),
+}
+
+
+@pytest.fixture(scope="module")
+def gradient_runs(tmp_path_factory):
+    """The one-rank reference's gradients (in-process) and each case's, one torchrun start per
+    number of ranks (tests/ranks/expert_gradients.py)."""
     from tests.ranks.expert_gradients import gradients
     from train.runtime import distributed
 
+    root = tmp_path_factory.mktemp("gradients")
     _, reference_path = rank_config(
-        tmp_path / "one", [*COMMON, "parallel=ddp", "cluster.nproc_per_node=1"]
+        root / "one", [*COMMON, "parallel=ddp", "cluster.nproc_per_node=1"]
     )
     saved = {k: os.environ.pop(k) for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK") if k in os.environ}
     try:
         reference = gradients(reference_path, distributed.init_distributed())
     finally:
         os.environ.update(saved)
-    _, path = rank_config(tmp_path / "ep", [*COMMON, *overrides, f"cluster.nproc_per_node={nproc}"])
-    torchrun(nproc, "tests.ranks.expert_gradients", str(tmp_path / "grads.pt"), str(path))
-    got = torch.load(tmp_path / "grads.pt")
+    for nproc in sorted({n for n, _ in GRADIENT_CASES.values()}):
+        args = []
+        for name, (n, overrides) in GRADIENT_CASES.items():
+            if n == nproc:
+                _, path = rank_config(
+                    root / name, [*COMMON, *overrides, f"cluster.nproc_per_node={nproc}"]
+                )
+                args += [str(root / f"{name}.pt"), str(path)]
+        torchrun(nproc, "tests.ranks.expert_gradients", *args)
+    return reference, {name: torch.load(root / f"{name}.pt") for name in GRADIENT_CASES}
+
+
+@pytest.mark.parametrize("name", list(GRADIENT_CASES))
+def test_every_gradient_is_a_one_rank_runs(gradient_runs, name):
+    """Each expert's gradient sums what every EP rank's tokens sent it: averaged over the
+    experts' own mesh only, it came out ep times a one-rank run's (2x here), which the
+    loss-for-loss check cannot see (AdamW divides the scale out). Dense and expert
+    gradients, before clipping, against the one-rank reference of the same rows."""
+    reference, runs = gradient_runs
+    got = runs[name]
     assert set(got) == set(reference)
-    experts = [name for name in got if ".experts." in name]
+    experts = [n for n in got if ".experts." in n]
     assert experts
-    for name, grad in got.items():
-        ratio = (grad.norm() / reference[name].norm()).item()
+    for n, grad in got.items():
+        ratio = (grad.norm() / reference[n].norm()).item()
         torch.testing.assert_close(
-            grad, reference[name], rtol=1e-4, atol=1e-7, msg=f"{name}: norm ratio {ratio:.4f}"
+            grad, reference[n], rtol=1e-4, atol=1e-7, msg=f"{n}: norm ratio {ratio:.4f}"
         )

@@ -24,7 +24,6 @@ Tolerances, fp32 throughout, losses ~7.6 falling to ~7.2 over 5 steps:
 from __future__ import annotations
 
 import json
-import socket
 
 import pytest
 
@@ -32,6 +31,7 @@ from launch.launchers.command import executable_beside_python
 from tests.conftest import (
     LOSS_FOR_LOSS,
     compose_run_config,
+    free_port,
     losses,
     rank_config,
     run_command,
@@ -72,12 +72,6 @@ PARAMS = 1_311_872 - 2 * 196_864  # tiny with 2 of its 4 blocks
 
 def write_config(root, name, overrides):
     return rank_config(root / name, [*COMMON, *overrides])[1]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

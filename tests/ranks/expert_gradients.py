@@ -1,8 +1,9 @@
 """Rank-side helper for tests/integration/test_expert_parallel.py: one step's gradients.
 
-``torchrun --nproc-per-node N -m tests.ranks.expert_gradients OUT CONFIG`` sets CONFIG's run
-up, takes one step, and writes (rank 0) every parameter's gradient as the optimizer would see
-it, whole (DTensor shards gathered), to OUT: after every reduction, before clipping. Without
+``torchrun --nproc-per-node N -m tests.ranks.expert_gradients OUT CONFIG [OUT CONFIG ...]``
+sets each CONFIG's run up in turn (one process group: one start for several layouts), takes
+one step, and writes (rank 0) every parameter's gradient as the optimizer would see it, whole
+(DTensor shards gathered), to its OUT: after every reduction, before clipping. Without
 a process group (``gradients`` called in the test's own process) it is the one-rank
 reference. AdamW hides a gradient's scale (its update divides by the gradient's own RMS), so
 losses alone cannot tell a gradient that is k times what it should be.
@@ -40,17 +41,19 @@ def gradients(path: Path, rank: distributed.RankInfo) -> dict[str, torch.Tensor]
     return seen
 
 
-def main(out: Path, config: Path) -> None:
+def main(pairs: list[tuple[Path, Path]]) -> None:
     rank = distributed.init_distributed()
     try:
-        seen = gradients(config, rank)
-        if rank.is_main:
-            torch.save(seen, out)
-        if dist.is_initialized():
-            dist.barrier()
+        for out, config in pairs:
+            seen = gradients(config, rank)
+            if rank.is_main:
+                torch.save(seen, out)
+            if dist.is_initialized():
+                dist.barrier()
     finally:
         distributed.shutdown()
 
 
 if __name__ == "__main__":
-    leave_after(lambda: main(Path(sys.argv[1]), Path(sys.argv[2])))
+    paths = [Path(p) for p in sys.argv[1:]]
+    leave_after(lambda: main(list(zip(paths[::2], paths[1::2], strict=True))))
