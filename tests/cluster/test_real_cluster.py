@@ -65,7 +65,11 @@ def slurm_launches(runs: Launches, r: Path) -> None:
         "hydra.launcher.nodes=1",
         "hydra.launcher.tasks_per_node=1",
         "hydra.launcher.cpus_per_task=1",
-        "hydra.launcher.timeout_min=5",
+        # submitit asks Slurm for USR2 two minutes before the limit and takes it as a timeout:
+        # the result is an error even when the job finishes. With every launch at once beside
+        # another test worker, a 3-step job here ran past 3 minutes (2026-12-01), so the limit
+        # is past the test's own wait (LAUNCH_TIMEOUT_S, 10 min) instead.
+        "hydra.launcher.timeout_min=15",
         "sweep=none",
         "cluster.nproc_per_node=1",
         *TINY,
