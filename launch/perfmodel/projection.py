@@ -42,6 +42,7 @@ from train.spec.rules import (
     check_precision,
     layout_precision_refusal,
 )
+from train.spec.shapes import is_moe
 from train.spec.stages import ZERO_BUBBLE
 
 MODES = ("runs", "comm")
@@ -244,7 +245,7 @@ def project_runs(
     """One row per profile and node count: the prediction, or why it was skipped."""
     calibration = calibration or Calibration()
     rows: list[dict] = []
-    unfit: list[tuple[int, str]] = []  # (peak bytes per rank, where) of each that does not fit
+    unfit: list[tuple[int, str, int]] = []  # (peak bytes per rank, part, nodes) of each unfit
     refused: list[ConfigError] = []  # why each skipped row was
     for gpu in profiles:
         work = copy.deepcopy(cfg)
@@ -279,7 +280,7 @@ def project_runs(
                 # fewest node count.
                 batch = BatchRule.weak_from(here.global_batch, pred.degrees, where.world_size)
             if not pred.fits:
-                unfit.append((pred.memory.peak_bytes, f"{gpu.name} at {nodes} node(s)"))
+                unfit.append((pred.memory.peak_bytes, gpu.name, nodes))
             rows.append(_run_row(cfg, gpu, pred, reason, precision_reason))
             if better:
                 rows[-1]["auto_alternative"] = better
@@ -294,12 +295,13 @@ def project_runs(
             first.key, f"{first.message}; no projected part or node count can run it{hint}"
         )
     if rows and not any(r.get("fits") for r in rows) and unfit:
-        need, where = min(unfit, key=lambda u: u[0])
+        need, part, nodes = min(unfit, key=lambda u: u[0])
         raise ConfigError(
             "parallel",
             f"{cfg.parallel.name} with {cfg.model.name} (micro batch {cfg.train.micro_batch}, "
             f"seq {cfg.train.seq_len}) fits no projected part: it needs at least "
-            f"{need / 2**30:.1f} GiB per rank ({where}); try {_remedies(cfg)}",
+            f"{need / 2**30:.1f} GiB per rank ({part} at {nodes} node(s)); try "
+            f"{_remedies(cfg, [(n, peak) for peak, name, n in unfit if name == part])}",
         )
     return rows
 
@@ -346,12 +348,19 @@ def _batch_at(cfg: RunConfig, batch: BatchRule, nodes: int, fewest: int) -> Batc
     return BatchRule(global_batch=cfg.train.global_batch * nodes // fewest)
 
 
-def _remedies(cfg: RunConfig) -> str:
-    """What could make a run fit, leaving out what it already does."""
+def _remedies(cfg: RunConfig, peaks_by_nodes: list[tuple[int, int]]) -> str:
+    """What could make a run fit, leaving out what it already does. ``peaks_by_nodes``: the
+    (node count, peak bytes per rank) of the part that came closest: more nodes are offered
+    unless its peak did not fall from its fewest projected nodes to its most (a mixture of
+    experts under FSDP without EP: FSDP2 pads each expert tensor's dim 0, n_experts, to the
+    shard count, so every rank gathers a world size of experts)."""
     out = []
     name = str(cfg.parallel.name)
-    if name in CATALOG and not layout(name).shards_parameters:
+    row = layout(name) if name in CATALOG else None
+    if row and not row.shards_parameters:
         out.append("parallel=fsdp (or parallel=auto)")
+    if row and is_moe(cfg.model) and not row.expert_parallel:
+        out.append("parallel=ep_fsdp (each rank holds n_experts / ep of the experts)")
     # Zero-bubble schedules refuse checkpointing (train/spec/stages.py).
     pipeline = name in CATALOG and layout(name).pipeline
     zero_bubble = pipeline and str(cfg.parallel.pp_schedule) in ZERO_BUBBLE
@@ -359,8 +368,17 @@ def _remedies(cfg: RunConfig) -> str:
         out.append("parallel.activation_checkpoint=full")
     if cfg.train.micro_batch > 1:
         out.append("a smaller train.micro_batch")
-    out.append("more nodes (project.nodes)")
-    return ", ".join(out[:-1]) + f" or {out[-1]}" if len(out) > 1 else out[0]
+    (fewest, first), (most, last) = min(peaks_by_nodes), max(peaks_by_nodes)
+    growing = most > fewest and last >= first
+    if not growing:
+        out.append("more nodes (project.nodes)")
+    text = ", ".join(out[:-1]) + f" or {out[-1]}" if len(out) > 1 else "".join(out)
+    if growing:
+        text = (text + " " if text else "a part with more memory ") + (
+            f"(not more nodes: its peak per rank grows with them, {first / 2**30:.1f} GiB at "
+            f"{fewest} node(s), {last / 2**30:.1f} at {most})"
+        )
+    return text
 
 
 def _predict_one(

@@ -354,6 +354,25 @@ def test_a_run_that_fits_nowhere_suggests_what_it_does_not_already_do(tmp_path):
     assert "more nodes" in text
 
 
+def test_a_peak_that_grows_with_nodes_does_not_suggest_more_nodes(tmp_path):
+    # Mixtral under FSDP without EP: FSDP2 pads each expert tensor's dim 0 (8 experts) to the
+    # shard count, so a rank's gathered experts grow with the GPUs; EP shards them instead.
+    cfg = projection_cfg(
+        tmp_path, "model=mixtral_8x7b", "parallel=fsdp", "parallel.activation_checkpoint=full",
+        "train.micro_batch=1", "train.global_batch=64", "project.gpus=[h800]",
+        "project.nodes=[1,2]",
+    )  # fmt: skip
+    with pytest.raises(ConfigError) as err:
+        run_projection(cfg, Console(record=True))
+    text = str(err.value)
+    assert "h800 at 1 node(s)" in text
+    assert "more nodes (project.nodes)" not in text
+    assert re.search(
+        r"not more nodes: its peak per rank grows with them, [\d.]+ GiB at 1 node", text
+    )
+    assert "parallel=ep_fsdp" in text
+
+
 def test_a_skipped_collective_says_why_on_the_console(tmp_path):
     cfg = projection_cfg(
         tmp_path, "project.mode=comm", "project.gpus=[l40s]", "project.nodes=[2]",
