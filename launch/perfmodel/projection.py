@@ -351,7 +351,8 @@ def _batch_at(cfg: RunConfig, batch: BatchRule, nodes: int, fewest: int) -> Batc
 def _remedies(cfg: RunConfig, peaks_by_nodes: list[tuple[int, int]]) -> str:
     """What could make a run fit, leaving out what it already does. ``peaks_by_nodes``: the
     (node count, peak bytes per rank) of the part that came closest: more nodes are offered
-    unless its peak did not fall from its fewest projected nodes to its most (a mixture of
+    where it was predicted at the most nodes projected, unless its peak did not fall from
+    its fewest to its most (a mixture of
     experts under FSDP without EP: FSDP2 pads each expert tensor's dim 0, n_experts, to the
     shard count, so every rank gathers a world size of experts)."""
     out = []
@@ -370,13 +371,16 @@ def _remedies(cfg: RunConfig, peaks_by_nodes: list[tuple[int, int]]) -> str:
         out.append("a smaller train.micro_batch")
     (fewest, first), (most, last) = min(peaks_by_nodes), max(peaks_by_nodes)
     growing = most > fewest and last >= first
-    if not growing:
+    # Where the part was predicted at fewer node counts than projected, the others could not
+    # run this layout (parallel=tp stays inside a node): more nodes are no remedy either.
+    if not growing and most == max(cfg.project.nodes):
         out.append("more nodes (project.nodes)")
-    text = ", ".join(out[:-1]) + f" or {out[-1]}" if len(out) > 1 else "".join(out)
+    out = out or ["a part with more memory"]
+    text = ", ".join(out[:-1]) + f" or {out[-1]}" if len(out) > 1 else out[0]
     if growing:
-        text = (text + " " if text else "a part with more memory ") + (
-            f"(not more nodes: its peak per rank grows with them, {first / 2**30:.1f} GiB at "
-            f"{fewest} node(s), {last / 2**30:.1f} at {most})"
+        text += (
+            " (not more nodes: its peak per rank does not fall with them, "
+            f"{first / 2**30:.1f} GiB at {fewest} node(s), {last / 2**30:.1f} at {most})"
         )
     return text
 

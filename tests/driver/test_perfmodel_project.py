@@ -368,9 +368,20 @@ def test_a_peak_that_grows_with_nodes_does_not_suggest_more_nodes(tmp_path):
     assert "h800 at 1 node(s)" in text
     assert "more nodes (project.nodes)" not in text
     assert re.search(
-        r"not more nodes: its peak per rank grows with them, [\d.]+ GiB at 1 node", text
+        r"not more nodes: its peak per rank does not fall with them, [\d.]+ GiB at 1 node", text
     )
     assert "parallel=ep_fsdp" in text
+
+
+def test_a_layout_that_cannot_span_nodes_does_not_suggest_more_nodes(tmp_path):
+    cfg = projection_cfg(
+        tmp_path, "model=llama_70b", "parallel=tp", "train.micro_batch=1",
+        "train.global_batch=64", "project.gpus=[h800]", "project.nodes=[1,2]",
+    )  # fmt: skip
+    with pytest.raises(ConfigError) as err:
+        run_projection(cfg, Console(record=True))
+    assert "h800 at 1 node(s)" in str(err.value)  # parallel=tp stays inside a node
+    assert "more nodes" not in str(err.value)
 
 
 def test_a_skipped_collective_says_why_on_the_console(tmp_path):
