@@ -359,7 +359,8 @@ def _remedies(cfg: RunConfig, peaks_by_nodes: list[tuple[int, int]]) -> str:
     name = str(cfg.parallel.name)
     row = layout(name) if name in CATALOG else None
     if row and not row.shards_parameters:
-        out.append("parallel=fsdp (or parallel=auto)")
+        # An EP layout that replicates the dense parameters has its sharded twin.
+        out.append(f"parallel={'ep_fsdp' if row.expert_parallel else 'fsdp'} (or parallel=auto)")
     if row and is_moe(cfg.model) and not row.expert_parallel:
         out.append("parallel=ep_fsdp (each rank holds n_experts / ep of the experts)")
     # Zero-bubble schedules refuse checkpointing (train/spec/stages.py).

@@ -373,6 +373,16 @@ def test_a_peak_that_grows_with_nodes_does_not_suggest_more_nodes(tmp_path):
     assert "parallel=ep_fsdp" in text
 
 
+def test_an_expert_parallel_layout_is_pointed_at_its_sharded_twin(tmp_path):
+    cfg = projection_cfg(
+        tmp_path, "model=mixtral_8x7b", "parallel=ep", "train.micro_batch=1",
+        "train.global_batch=64", "project.gpus=[h800]", "project.nodes=[1]",
+    )  # fmt: skip
+    with pytest.raises(ConfigError) as err:
+        run_projection(cfg, Console(record=True))
+    assert "try parallel=ep_fsdp (or parallel=auto)" in str(err.value)
+
+
 def test_a_layout_that_cannot_span_nodes_does_not_suggest_more_nodes(tmp_path):
     cfg = projection_cfg(
         tmp_path, "model=llama_70b", "parallel=tp", "train.micro_batch=1",
