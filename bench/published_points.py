@@ -128,11 +128,20 @@ MODELS = {
     "gpt3-20b": dataclasses.replace(_megatron("gpt3-20b", 6144, 44, 48), vocab_size=50304),
     "gpt3-175b": dataclasses.replace(_megatron("gpt3-175b", 12288, 96, 96), vocab_size=50304),
     "llama2-7b": _llama("llama2-7b", 4096, 32, 32, 32, 11008, 32000),
+    # The flash-attention repository's GPT3s (FLASH_ATTN_RUNS): GPT-2's vocabulary of 50257
+    # padded to a multiple of 8 (pad_vocab_size_multiple: 8), tied, learned positions, GELU
+    # 4d; training/configs/model/gpt2model/gpt2-{small,medium}.yaml and the experiments'
+    # n_embd / n_head / n_layer (the 2.7B with head dim 128, as its table says).
+    "fa-gpt3-125m": dataclasses.replace(_megatron("fa-gpt3-125m", 768, 12, 12), vocab_size=50264),
+    "fa-gpt3-355m": dataclasses.replace(_megatron("fa-gpt3-355m", 1024, 24, 16), vocab_size=50264),
+    "fa-gpt3-760m": dataclasses.replace(_megatron("fa-gpt3-760m", 1536, 24, 16), vocab_size=50264),
+    "fa-gpt3-1.3b": dataclasses.replace(_megatron("fa-gpt3-1.3b", 2048, 24, 16), vocab_size=50264),
+    "fa-gpt3-2.7b": dataclasses.replace(_megatron("fa-gpt3-2.7b", 2560, 32, 20), vocab_size=50264),
 }
 
 # Models whose MLP is GELU of 4d, predicted as a SwiGLU of the same FLOPs (peak_memory counts
 # their saved activations as GELU's).
-GELU_MLP = {name for name in MODELS if name.startswith(("mpt-", "gpt-", "gpt3-"))}
+GELU_MLP = {name for name in MODELS if name.startswith(("mpt-", "gpt-", "gpt3-", "fa-gpt3-"))}
 
 # -- sources ----------------------------------------------------------------------------------
 
@@ -1466,6 +1475,73 @@ def nvidia_table() -> list[str]:
     return lines
 
 
+FLASH_ATTN = "Dao-AILab/flash-attention training/README.md (4a6eaa9, 2022-11-29)"
+
+
+def _flash_attn_run(model: str, micro_batch: int, global_batch: int, node_tokens_per_s: float):
+    """A row of the flash-attention repository's GPT3 training-speed table: one node of 8 A100
+    80GB SXM4 (400 W), seq 2048, bf16 (PyTorch Lightning's autocast), FlashAttention 1 with the
+    repository's fused dropout-add-LayerNorm, bias-GELU MLP and Apex cross-entropy (in-place
+    backward). Its experiments at that commit (training/configs/experiment/pile/gpt3{s,m,l,xl}
+    -flash.yaml, gpt3-2.7B-flash-hdim128.yaml) pick the micro batch by GPU memory (80 GB: 32,
+    32, 16, 8, 4) and 256 or 512 sequences a step; the 125M and 355M run plain DDP, the others
+    DDP with torch's ZeroRedundancyOptimizer (DDPStrategyZero1), which this project runs as
+    parallel=zero1 (DeepSpeed's stage 1). Published: tokens/s for the node, so / 8."""
+    layout = (
+        {"name": "ddp", "dp_replicate": -1}
+        if micro_batch == 32
+        else {"name": "zero1", "dp_shard": -1}
+    )
+    return Run(FLASH_ATTN, model, "a100_80g", 8, 2048, micro_batch, global_batch,
+               node_tokens_per_s / 8, "explored", parallel=layout, attention="flash_v1",
+               fused_loss=True)  # fmt: skip
+
+
+# Read on 2026-12-01 after the model was settled, but predicted with flash and flash_triton
+# before flash_v1 was added for them (FA2 paper's factor, nothing fitted): "explored".
+FLASH_ATTN_RUNS = [
+    _flash_attn_run("fa-gpt3-125m", 32, 256, 1310e3),
+    _flash_attn_run("fa-gpt3-355m", 32, 256, 503e3),
+    _flash_attn_run("fa-gpt3-760m", 16, 256, 245e3),
+    _flash_attn_run("fa-gpt3-1.3b", 8, 512, 169e3),
+    _flash_attn_run("fa-gpt3-2.7b", 4, 512, 85e3),
+]
+
+
+def flash_attn_table() -> list[str]:
+    """The flash-attention repository's GPT3 table as this project would run it (eager, its
+    block, FlashAttention 1), and compiled (train.compile: fused elementwise kernels, nearer
+    the repository's hand-fused ones)."""
+    lines = [
+        f"The flash-attention repository's GPT3 training table ({FLASH_ATTN}; 8 x A100 80GB "
+        "SXM4, seq 2048; explored, not in the error above: predicted as this project would "
+        "run each configuration, eager and compiled, with FlashAttention 1's kernel):",
+        "",
+        "| config | published tok/s/GPU | predicted | predicted / published | compiled: "
+        "predicted / published | memory-bound share of the predicted step | memory GiB: "
+        "predicted peak / usable |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    eager, compiled = [], []
+    for run in FLASH_ATTN_RUNS:
+        pred = _prediction(run)
+        got = pred.tokens_per_s_per_device
+        fused = predict_run(dataclasses.replace(run, compile=True))
+        eager.append(("explored", got / run.published))
+        compiled.append(("explored", fused / run.published))
+        peak, usable = peak_memory(run, pred.memory)
+        lines.append(
+            f"| {run.config} | {run.published:,.0f} | {got:,.0f} | {got / run.published:.2f} "
+            f"| {fused / run.published:.2f} | {pred.compute.memory_s / pred.step_time_s:.0%} "
+            f"| {peak / GIB:.1f} / {usable / GIB:.1f}{'' if peak <= usable else ' DOES NOT FIT'} |"
+        )
+    lines += [
+        "",
+        f"Mean absolute error: eager {_mae(eager)}; compiled {_mae(compiled)}.",
+    ]
+    return lines
+
+
 BEGIN, END = "<!-- published-points:begin -->", "<!-- published-points:end -->"
 
 
@@ -1494,6 +1570,8 @@ def render() -> str:
             *foundry_block_table(),
             "",
             *megatron_block_table(),
+            "",
+            *flash_attn_table(),
             "",
             *memory_table(),
             "",

@@ -16,7 +16,11 @@
   backward 2 times as long as FA2's (the FA2 paper, Dao 2023, section 4.1: FA2 is "around
   1.3-1.5x faster than FlashAttention in Triton in the forward pass and around 2x faster in
   the backward pass", on A100; the flash fraction stands for FA2's, and the ratios are ASSUMED
-  to hold on other parts);
+  to hold on other parts); ``flash_v1`` (FlashAttention's first CUDA kernels, 2022: what
+  flash-attn 1.x and the stacks built on it in 2022-23 ran) executes the same FLOPs, both
+  passes 2 times as long as FA2's (the FA2 paper's abstract: "around 2x speedup compared to
+  FlashAttention"; its section 4.1 gives 1.7-3.0x over its benchmarks; A100, ASSUMED
+  elsewhere);
 - memory-bound work at the achievable HBM rate: elementwise kernels per token, autocast's
   weight casts and weight-gradient accumulation per micro-step, AdamW per step;
 - a gap of hardware.KERNEL_GAP_S between consecutive kernels: per block the elementwise
@@ -99,7 +103,7 @@ WEIGHT_CAST_BYTES = 6
 WEIGHT_GRAD_BYTES_PER_MICRO_STEP = {"sixteen": 12, "fp32": 8}
 # AdamW: read param, grad, two moments; write param and moments; read grad for the norm.
 OPTIMIZER_BYTES_PER_PARAM = 32
-ATTENTION_KERNELS = ("flash", "math", "flash_triton")
+ATTENTION_KERNELS = ("flash", "math", "flash_triton", "flash_v1")
 # Executed attention FLOPs per 12 H Q T (the model FLOPs of forward + backward): FA2 skips the
 # masked half and recomputes the scores in backward (backward = 2.5 x forward, its paper's
 # count): (4 + 10) / 2 = 7; the math path computes every score: 4 + 8 = 12. A replay adds the
@@ -108,10 +112,11 @@ EXECUTED_ATTENTION = {
     "flash": (7 / 12, 2 / 4),
     "math": (1.0, 1.0),
     "flash_triton": (7 / 12, 2 / 4),  # the same causal skipping (its IS_CAUSAL loop bounds)
+    "flash_v1": (7 / 12, 2 / 4),  # FA1's causal kernels skip the masked blocks too
 }
-# FlashAttention in Triton against FA2, forward and backward time (module docstring): the
-# middle of the paper's 1.3-1.5 forward, and its 2 backward.
-TRITON_FA_SLOWDOWN = (1.4, 2.0)
+# Forward and backward time against FA2's (module docstring): FlashAttention in Triton, the
+# middle of the FA2 paper's 1.3-1.5 forward and its 2 backward; FlashAttention 1, its 2x.
+FLASH_SLOWDOWN = {"flash_triton": (1.4, 2.0), "flash_v1": (2.0, 2.0)}
 MATH_SCORE_BYTES = 22  # per score element and block, forward + backward, 16-bit
 MATH_REPLAY_SCORE_BYTES = 8
 GEMMS_PER_BLOCK = (7, 14)  # forward, backward (input and weight gradients)
@@ -169,7 +174,7 @@ class Kernels:
     a published run the model is checked against names its own (bench/published_points.py)."""
 
     attention: str = "flash"
-    """ATTENTION_KERNELS: flash (SDPA on CUDA), math (unfused), flash_triton."""
+    """ATTENTION_KERNELS: flash (SDPA on CUDA), math (unfused), flash_triton, flash_v1."""
     block: str = "llama"
     """BLOCK_KERNELS: llama (train/model/transformer.py: fp32 RMSNorm, rope, SwiGLU), mpt
     (llm-foundry's MPT: 16-bit LayerNorm, learned positions, GELU MLP) or megatron (Megatron-LM
@@ -378,11 +383,11 @@ def _attention_s_per_token(
     if kernel == "flash":
         rate = peak * rates.attention_fraction
         return flops / rate if rate else 0.0
-    if kernel == "flash_triton":
+    if kernel in FLASH_SLOWDOWN:
         # FA2's count: forward 2 of each block's 7 (backward 2.5 x that), a replay 2 more.
         forward = (12 * per_pass * 2 / 7 * m.n_layers + 4 * per_replay * n_ckpt) * heads_x_positions
         backward = 12 * per_pass * 5 / 7 * m.n_layers * heads_x_positions
-        slow_forward, slow_backward = TRITON_FA_SLOWDOWN
+        slow_forward, slow_backward = FLASH_SLOWDOWN[kernel]
         rate = peak * rates.attention_fraction
         return (forward * slow_forward + backward * slow_backward) / rate if rate else 0.0
     seconds = flops / (peak * rates.matmul_fraction) if peak else 0.0

@@ -215,6 +215,19 @@ def test_flashattention_in_triton_is_fa2s_flops_at_its_papers_slowdown():
     assert triton.compute.memory_s == flash.compute.memory_s
 
 
+def test_flashattention_1_takes_twice_fa2s_time_on_both_passes():
+    """flash_v1 (FlashAttention's 2022 CUDA kernels): FA2's FLOPs at the FA2 paper's "around
+    2x" in both passes; nothing else changes."""
+    fsdp = [*LLAMA, "parallel=fsdp", "train.global_batch=8"]
+    flash = prediction("a100_80g", 1, *fsdp)
+    v1 = prediction("a100_80g", 1, *fsdp, kernels=Kernels(attention="flash_v1"))
+    assert v1.compute.attention_s / flash.compute.attention_s == pytest.approx(2.0)
+    assert (v1.compute.matmul_s, v1.compute.memory_s) == (
+        flash.compute.matmul_s,
+        flash.compute.memory_s,
+    )
+
+
 def test_mpts_block_and_fused_loss_stream_fewer_bytes_and_change_nothing_else():
     """Kernels(block="mpt", loss="fused") (llm-foundry's MPT, bench/published_points.py's
     sensitivity table): its 16-bit residual, LayerNorm, GELU and no rope stream 60 bytes per d

@@ -504,7 +504,8 @@ class ProjectConfig:
     interconnect_bound_share: float = 0.3
     # The attention kernel the projected runs use (launch/perfmodel/compute.py): flash (what
     # SDPA runs on CUDA), math (unfused: the whole score matrix, e.g. Megatron-LM before FA)
-    # or flash_triton (FlashAttention in Triton, as llm-foundry's MPT ran it in 2023).
+    # flash_triton (FlashAttention in Triton, as llm-foundry's MPT ran it in 2023) or flash_v1
+    # (FlashAttention 1, flash-attn 1.x, 2022-23 stacks).
     attention: str = "flash"
     # Where projection.md/json/png go; null: the run dir.
     out: str | None = None
