@@ -413,6 +413,15 @@ def _pick(cfg: RunConfig, plan, batch: BatchRule, rates: PartRates | None):
     except ConfigError as exc:
         if exc.key == "parallel":
             raise  # no layout fits: the model's own account of why
+        if exc.key == "gpu.nic_gbits_per_s_per_gpu":
+            # A missing input, not a rule: a ddp stand-in would pass validation and run a
+            # layout nobody chose (llama_7b under ddp on 2 nodes of H200 NVL).
+            raise ConfigError(
+                exc.key,
+                f"{exc.message}; parallel=auto ranks layouts across nodes on it: set "
+                "gpu.nic_gbits_per_s_per_gpu=GBITS (the NIC line rate each GPU has) or name a "
+                "layout (parallel=fsdp, hsdp, ...)",
+            ) from None
         # A rule refuses every layout (fp8 without a wide enough layer, a sequence too long):
         # ddp stands in, and the driver's validation reports the rule in its usual order.
         return _ddp(parallel, plan, f"parallel=auto: every layout refused ({exc}): ddp")

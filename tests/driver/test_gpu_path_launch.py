@@ -229,3 +229,17 @@ def test_a_machine_without_gpu_device_files_is_cpu_without_importing_torch(tmp_p
         capture_output=True, text=True, check=True, timeout=120,
     )  # fmt: skip
     assert present.stdout.split()[-1] == "True", present.stdout
+
+
+def test_parallel_auto_across_nodes_without_a_nic_rate_is_refused_not_ddp():
+    """h200_nvl has no NIC rate: auto cannot rank layouts across nodes, and a ddp stand-in
+    would pass validation (llama_7b under ddp fits its 141 GB) and run a layout nobody chose."""
+    overrides = ["gpu=h200_nvl", "parallel=auto", "model=llama_7b", "cluster=slurm",
+                 "launcher=slurm", "cluster.nodes=2", "cluster.nproc_per_node=8", "sweep=none",
+                 "train.global_batch=64", "train.micro_batch=1", "run_dir=/x"]  # fmt: skip
+    cfg = compose_run_config(overrides)
+    with pytest.raises(ConfigError, match="^gpu.nic_gbits_per_s_per_gpu: .*set gpu.nic_gbits"):
+        resolve.choose_layouts(cfg, plan_runs(cfg))
+    cfg = compose_run_config([*overrides, "gpu.nic_gbits_per_s_per_gpu=200"])
+    (chosen,) = resolve.choose_layouts(cfg, plan_runs(cfg))
+    assert chosen.parallel.name != "auto" and "predicted" in chosen.layout_reason
