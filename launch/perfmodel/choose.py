@@ -322,6 +322,11 @@ def _reason(best: Candidate, runner_up: Candidate | None, rates: PartRates, n_fi
         share = runner_up.tokens_per_s / best.tokens_per_s
         ckpt_note = " +ckpt" if runner_up.activation_checkpoint == "full" else ""
         text += f"; next {runner_up.label}{ckpt_note} at {share:.0%}"
+        if share > 1:  # it lost on _best's margins, not on speed: say so
+            text += (
+                f" (TP or a pipeline must predict {MODEL_PARALLEL_MARGIN:.0%} more than the "
+                f"best plain layout; within {SIMPLER_MARGIN:.0%}, the simpler layout wins)"
+            )
     if rates.intra is None or rates.intra.kind != "nvlink":
         text += "; no TP (no NVLink)"
     return text
