@@ -351,10 +351,10 @@ def _batch_at(cfg: RunConfig, batch: BatchRule, nodes: int, fewest: int) -> Batc
 def _remedies(cfg: RunConfig, peaks_by_nodes: list[tuple[int, int]]) -> str:
     """What could make a run fit, leaving out what it already does. ``peaks_by_nodes``: the
     (node count, peak bytes per rank) of the part that came closest: more nodes are offered
-    where it was predicted at the most nodes projected, unless its peak did not fall from
-    its fewest to its most (a mixture of
-    experts under FSDP without EP: FSDP2 pads each expert tensor's dim 0, n_experts, to the
-    shard count, so every rank gathers a world size of experts)."""
+    where it was predicted at the most nodes projected, unless its peak did not fall from its
+    fewest to its most (a mixture of experts under FSDP without EP: FSDP2 pads each expert
+    tensor's dim 0, n_experts, to the shard count, so every rank gathers a world size of
+    experts)."""
     out = []
     name = str(cfg.parallel.name)
     row = layout(name) if name in CATALOG else None
@@ -364,8 +364,7 @@ def _remedies(cfg: RunConfig, peaks_by_nodes: list[tuple[int, int]]) -> str:
     if row and is_moe(cfg.model) and not row.expert_parallel:
         out.append("parallel=ep_fsdp (each rank holds n_experts / ep of the experts)")
     # Zero-bubble schedules refuse checkpointing (train/spec/stages.py).
-    pipeline = name in CATALOG and layout(name).pipeline
-    zero_bubble = pipeline and str(cfg.parallel.pp_schedule) in ZERO_BUBBLE
+    zero_bubble = row is not None and row.pipeline and str(cfg.parallel.pp_schedule) in ZERO_BUBBLE
     if cfg.parallel.activation_checkpoint != "full" and not zero_bubble:
         out.append("parallel.activation_checkpoint=full")
     if cfg.train.micro_batch > 1:
