@@ -352,9 +352,7 @@ def _remedies(cfg: RunConfig, peaks_by_nodes: list[tuple[int, int]]) -> str:
     """What could make a run fit, leaving out what it already does. ``peaks_by_nodes``: the
     (node count, peak bytes per rank) of the part that came closest: more nodes are offered
     where it was predicted at the most nodes projected, unless its peak did not fall from its
-    fewest to its most (a mixture of experts under FSDP without EP: FSDP2 pads each expert
-    tensor's dim 0, n_experts, to the shard count, so every rank gathers a world size of
-    experts)."""
+    fewest to its most (HSDP's replicas across nodes hold what one node's shards do)."""
     out = []
     name = str(cfg.parallel.name)
     row = layout(name) if name in CATALOG else None

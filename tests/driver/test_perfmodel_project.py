@@ -354,23 +354,29 @@ def test_a_run_that_fits_nowhere_suggests_what_it_does_not_already_do(tmp_path):
     assert "more nodes" in text
 
 
-def test_a_peak_that_grows_with_nodes_does_not_suggest_more_nodes(tmp_path):
-    # Mixtral under FSDP without EP: FSDP2 pads each expert tensor's dim 0 (8 experts) to the
-    # shard count, so a rank's gathered experts grow with the GPUs; EP shards them instead.
+def test_a_peak_that_does_not_fall_with_nodes_does_not_suggest_more_nodes(tmp_path):
+    # HSDP shards inside a node and replicates across: a rank holds the same at 2 and 4 nodes.
     cfg = projection_cfg(
-        tmp_path, "model=mixtral_8x7b", "parallel=fsdp", "parallel.activation_checkpoint=full",
+        tmp_path, "model=llama_70b", "parallel=hsdp", "parallel.activation_checkpoint=full",
         "train.micro_batch=1", "train.global_batch=64", "project.gpus=[h800]",
-        "project.nodes=[1,2]",
+        "project.nodes=[2,4]",
     )  # fmt: skip
     with pytest.raises(ConfigError) as err:
         run_projection(cfg, Console(record=True))
     text = str(err.value)
-    assert "h800 at 1 node(s)" in text
     assert "more nodes (project.nodes)" not in text
-    assert re.search(
-        r"not more nodes: its peak per rank does not fall with them, [\d.]+ GiB at 1 node", text
-    )
-    assert "parallel=ep_fsdp" in text
+    falls = r"not more nodes: its peak per rank does not fall with them, [\d.]+ GiB at 2 node"
+    assert re.search(falls, text)
+
+
+def test_an_moe_model_under_a_layout_without_ep_is_pointed_at_ep_fsdp(tmp_path):
+    cfg = projection_cfg(
+        tmp_path, "model=mixtral_8x7b", "parallel=fsdp", "train.micro_batch=1",
+        "train.global_batch=64", "project.gpus=[h800]", "project.nodes=[1]",
+    )  # fmt: skip
+    with pytest.raises(ConfigError) as err:
+        run_projection(cfg, Console(record=True))
+    assert "parallel=ep_fsdp (each rank holds n_experts / ep of the experts)" in str(err.value)
 
 
 def test_an_expert_parallel_layout_is_pointed_at_its_sharded_twin(tmp_path):

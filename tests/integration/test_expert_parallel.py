@@ -31,6 +31,7 @@ REFERENCES = {
     "one_rank_bias": ["model.router_bias_update=0.001"],
     "one_rank_2_experts": ["model.n_experts=2"],
     "one_rank_16": ["train.global_batch=16"],
+    "one_rank_1_expert": ["model.n_experts=1", "model.top_k=1"],
 }
 TWO_RANKS = {  # name: (overrides, its one-rank reference)
     "ep2": (["parallel=ep", "parallel.ep=2"], "one_rank"),
@@ -42,6 +43,12 @@ TWO_RANKS = {  # name: (overrides, its one-rank reference)
     # MoE without EP: every expert on every rank (FSDP: each block one unit; DDP: buckets).
     "fsdp_moe": (["parallel=fsdp"], "one_rank"),
     "ddp_moe": (["parallel=ddp"], "one_rank"),
+    # Fewer experts than FSDP shards: the experts are sharded on dim 1, as torchtitan does
+    # without EP (dim 0 would be padded to 2 experts, one all-gathered for nothing).
+    "fsdp_moe_one_expert": (
+        ["parallel=fsdp", "model.n_experts=1", "model.top_k=1"],
+        "one_rank_1_expert",
+    ),
 }
 FOUR_RANKS = {
     "ep_fsdp_2x2_bias_checkpointed": (

@@ -45,6 +45,7 @@ from train.spec.config import RunConfig
 from train.spec.config_error import ConfigError
 from train.spec.degrees import LayoutPlan
 from train.spec.precision import gathers_weights_in_fp8, tp_gathers_in_fp8
+from train.spec.shapes import expert_shard_dim, is_moe
 
 
 def build_model(
@@ -116,7 +117,8 @@ def build_layout(
     if row.shards_parameters:
         dp_dims = ("dp_replicate", "dp_shard") if degrees.dp_replicate > 1 else ("dp_shard",)
         policy = mixed_precision_policy(precision, cfg.parallel.fsdp_reduce_dtype)
-        apply_fsdp(model, mesh[dp_dims], policy)
+        expert_dim = expert_shard_dim(cfg.model, 1, degrees.dp_shard) if is_moe(cfg.model) else 0
+        apply_fsdp(model, mesh[dp_dims], policy, expert_dim=expert_dim)
         no_sync, accumulate = fsdp_sync_contexts(model, cfg.parallel.fsdp_reduce_every_micro_step)
         if fsdp_float8_all_gather(layout, fp8_backend, fp8_recipe):
             # torchao: the fp8 extra, imported only by runs that use it.

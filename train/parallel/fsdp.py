@@ -22,6 +22,9 @@ import torch
 from torch import nn
 from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+from torch.distributed.tensor import Shard
+
+from train.model.moe import moe_blocks
 
 # Resolved precision -> the dtype FSDP2 gathers parameters in (fp8 layers left out of fp8 run
 # in bf16, and torchao's fp8 layers gather in fp8 only with its float8 all-gather).
@@ -47,12 +50,27 @@ def mixed_precision_policy(precision: str, reduce_dtype: str = "fp32") -> MixedP
 
 
 def apply_fsdp(
-    model: nn.Module, dp_mesh: DeviceMesh, policy: MixedPrecisionPolicy | None = None
+    model: nn.Module,
+    dp_mesh: DeviceMesh,
+    policy: MixedPrecisionPolicy | None = None,
+    *,
+    expert_dim: int = 0,
 ) -> None:
-    """Shard ``model`` in place: one unit per block, then the root."""
+    """Shard ``model`` in place: one unit per block, then the root. ``expert_dim``: the dim a
+    mixture of experts' routed-expert tensors (experts, out, in) are sharded on
+    (train/spec/shapes.py expert_shard_dim): 1 where the shard group outnumbers the experts,
+    as torchtitan does without EP, since FSDP2 pads dim 0 to the shard count and every rank
+    would gather a shard group's worth of experts (Mixtral's 8 on 32 ranks: 32)."""
     policy = policy or MixedPrecisionPolicy()
     for block in model.layers:
-        fully_shard(block, mesh=dp_mesh, mp_policy=policy)
+        experts = {id(p) for moe in moe_blocks(block) for p in moe.experts.parameters()}
+        placement = None
+        if expert_dim and experts:
+
+            def placement(param: nn.Parameter, experts: set[int] = experts) -> Shard | None:
+                return Shard(expert_dim) if id(param) in experts else None
+
+        fully_shard(block, mesh=dp_mesh, mp_policy=policy, shard_placement_fn=placement)
     fully_shard(model, mesh=dp_mesh, mp_policy=policy)
 
 

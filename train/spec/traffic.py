@@ -438,7 +438,8 @@ def _fp8_tp_linears(m: ModelConfig, min_dim: int | None) -> set[str]:
 @dataclass(frozen=True)
 class FsdpUnit:
     """FSDP2 units of one size: ``count`` of them (blocks; 1 for the root), each of
-    ``elements`` parameters as gathered (every dim 0 padded to the shard count), of which
+    ``elements`` parameters as gathered (the dim each tensor is sharded on, dim 0 but for
+    routed experts on dim 1 (shapes.expert_shard_dim), padded to the shard count), of which
     ``fp8_elements`` in fp8 linears (torchao's float8 all-gather), sharded over the mesh dims
     ``shard`` and replicated over ``replicate``."""
 
@@ -474,8 +475,15 @@ def fsdp_units(
         moe = is_moe_layer(m, i)
         if moe and row.expert_parallel:
             shapes = moe_block_param_shapes(m, experts=False)
+            elements = numel(shapes, pad_to=pad)
+        elif moe:
+            # Without EP the routed experts are in the block's unit, sharded on dim 1 where
+            # dp_shard exceeds n_experts (train/parallel/fsdp.py, as torchtitan does).
+            dim = expert_shard_dim(m, 1, pad)
+            elements = numel(moe_block_param_shapes(m, experts=False), pad_to=pad)
+            elements += numel(expert_param_shapes(m), pad_to=pad, pad_dim=dim)
         else:
-            shapes = layer_param_shapes(m, i, d.tp)
+            elements = numel(layer_param_shapes(m, i, d.tp), pad_to=pad)
         fp8 = []
         if fp8_min_dim is not None:
             linears = moe_linears(m) if moe else block_linears(m, d.tp)
@@ -484,7 +492,7 @@ def fsdp_units(
                 for lin in linears
                 if fp8_eligible(lin.in_features, lin.out_features, fp8_min_dim)
             ]
-        key = (numel(shapes, pad_to=pad), numel(fp8, pad_to=pad), len(fp8))
+        key = (elements, numel(fp8, pad_to=pad), len(fp8))
         sizes[key] = sizes.get(key, 0) + 1
     units = [
         FsdpUnit("block", elements, count, shard, replicate, fp8_elements, fp8_linears)
