@@ -180,6 +180,9 @@ class Run:
     # A fused cross-entropy (flash_attn's, llm-foundry's default): the logits are kept, not
     # the fp32 log-softmax and its fp32 input (peak_memory).
     fused_loss: bool = False
+    # ... whose backward writes the logits' gradient into the logits (Apex's xentropy with
+    # inplace_backward=True): no gradient of their size beside them.
+    fused_loss_in_place: bool = False
     # fp8 runs: torchao tensorwise, Linear layers this wide or wider converted (torchtitan's
     # float8 converter takes every block Linear, the head excepted: 16, fp8 GEMMs' multiple).
     fp8_min_dim: int = 16
@@ -674,7 +677,11 @@ def peak_memory(run: Run, mem=None) -> tuple[float, float | None]:
     if run.op_sac:
         activations += op_sac_saved_bytes_per_token(m, plan) * m.n_layers * tokens
     if run.fused_loss:
-        activations -= 8 * m.vocab_size / plan.degrees.tp * tokens  # memory.activation_bytes
+        # memory.activation_bytes' 12 per vocabulary entry (the fp32 log-softmax and two fp32
+        # gradients) against the fused kernel's 16-bit logits and their gradient: 4, or 2 when
+        # the gradient is written in place.
+        freed = 10 if run.fused_loss_in_place else 8
+        activations -= freed * m.vocab_size / plan.degrees.tp * tokens
     if run.model in GELU_MLP:
         # Blocks that keep their activations, and the one a checkpointed backward rebuilds.
         kept = m.n_layers - len(plan.checkpointed) + (1 if plan.checkpointed else 0)
@@ -1482,9 +1489,10 @@ def _flash_attn_run(model: str, micro_batch: int, global_batch: int, node_tokens
     """A row of the flash-attention repository's GPT3 training-speed table: one node of 8 A100
     80GB SXM4 (400 W), seq 2048, bf16 (PyTorch Lightning's autocast), FlashAttention 1 with the
     repository's fused dropout-add-LayerNorm, bias-GELU MLP and Apex cross-entropy (in-place
-    backward). Its experiments at that commit (training/configs/experiment/pile/gpt3{s,m,l,xl}
-    -flash.yaml, gpt3-2.7B-flash-hdim128.yaml) pick the micro batch by GPU memory (80 GB: 32,
-    32, 16, 8, 4) and 256 or 512 sequences a step; the 125M and 355M run plain DDP, the others
+    backward: base.yaml's loss_fn, inplace_backward: True "to save memory"). Its experiments at
+    that commit (training/configs/experiment/pile/gpt3{s,m,l,xl}-flash.yaml and
+    gpt3-2.7B-flash-hdim128.yaml) pick the micro batch by GPU memory (80 GB: 32, 32, 16, 8, 4)
+    and 256 or 512 sequences a step; the 125M and 355M run plain DDP, the others
     DDP with torch's ZeroRedundancyOptimizer (DDPStrategyZero1), which this project runs as
     parallel=zero1 (DeepSpeed's stage 1). Published: tokens/s for the node, so / 8."""
     layout = (
@@ -1494,7 +1502,7 @@ def _flash_attn_run(model: str, micro_batch: int, global_batch: int, node_tokens
     )
     return Run(FLASH_ATTN, model, "a100_80g", 8, 2048, micro_batch, global_batch,
                node_tokens_per_s / 8, "explored", parallel=layout, attention="flash_v1",
-               fused_loss=True)  # fmt: skip
+               fused_loss=True, fused_loss_in_place=True)  # fmt: skip
 
 
 # Read on 2026-12-01 after the model was settled, but predicted with flash and flash_triton
