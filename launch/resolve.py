@@ -24,7 +24,7 @@ from launch.conf_tree import group_choices, load_gpu_profile, override_keys
 from launch.perfmodel.choose import choose_layout
 from launch.perfmodel.hardware import PartRates, part_rates
 from launch.perfmodel.host import HostRates, HostWorkload
-from launch.perfmodel.step import Placement
+from launch.perfmodel.step import Placement, emulated_link_gbps
 from train.spec.config import GpuConfig, LayoutName, PeakTflops, RunConfig
 from train.spec.config_error import ConfigError
 from train.spec.degrees import BatchRule, resolve_degrees
@@ -475,4 +475,4 @@ def _host_rates(cfg: RunConfig) -> PartRates:
     record = load_host(cpu_model_name(), cfg.cluster.cpu_threads_per_rank)
     ceiling = cfg.gpu.measured_peak_tflops.fp32
     host = HostRates.from_record(record, ceiling * 1e12) if record else None
-    return part_rates(cfg.gpu, precision="fp32", host=host)
+    return part_rates(cfg.gpu, precision="fp32", host=host, link_gbps=emulated_link_gbps(cfg))

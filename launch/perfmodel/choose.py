@@ -27,7 +27,13 @@ from dataclasses import dataclass
 from launch.errors import ConfigError
 from launch.perfmodel.compute import RUNTIME_KERNELS, Kernels
 from launch.perfmodel.hardware import PartRates, part_rates
-from launch.perfmodel.step import Placement, Prediction, predict, projected_precision
+from launch.perfmodel.step import (
+    Placement,
+    Prediction,
+    emulated_link_gbps,
+    predict,
+    projected_precision,
+)
 from train.spec.catalog import ROWS, Layout
 from train.spec.config import RunConfig
 from train.spec.degrees import BatchRule, Degrees, LayoutPlan
@@ -183,7 +189,7 @@ def choose_layout(
     if precision is None:
         precision, _ = projected_precision(cfg.precision.name, cfg.gpu.name, cfg.gpu.fp8)
     width = "bf16" if precision == "fp8" else precision
-    rates = rates or part_rates(cfg.gpu, precision=width)
+    rates = rates or part_rates(cfg.gpu, precision=width, link_gbps=emulated_link_gbps(cfg))
     batch = batch or BatchRule(global_batch=cfg.train.global_batch)
     candidates, refusals = _candidates(cfg, where, precision, rates, batch, kernels)
     if not candidates:

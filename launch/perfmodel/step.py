@@ -377,6 +377,14 @@ def _base_tokens_per_s(
     return micro * accum * cfg.train.seq_len / t.total_s
 
 
+def emulated_link_gbps(cfg: RunConfig) -> float | None:
+    """The emulated cluster's inter-node link (cluster.link_gbps), which stands for the NIC a
+    profile's nodes would have; None elsewhere."""
+    if cfg.cluster.name == "emulated" and cfg.cluster.link_gbps > 0:
+        return cfg.cluster.link_gbps
+    return None
+
+
 def predict_run(
     cfg: RunConfig,
     ran: Mapping[str, int],
@@ -411,8 +419,8 @@ def predict_run(
         raise ConfigError("cluster.nodes", f"{where.nodes}: must be >= 1")
     if precision is None:
         precision, _ = projected_precision(cfg.precision.name, cfg.gpu.name, cfg.gpu.fp8)
-    if link_gbps is None and cfg.cluster.name == "emulated" and cfg.cluster.link_gbps > 0:
-        link_gbps = cfg.cluster.link_gbps
+    if link_gbps is None:
+        link_gbps = emulated_link_gbps(cfg)
     width = "bf16" if precision == "fp8" else precision
     rates = part_rates(
         cfg.gpu,

@@ -18,6 +18,7 @@ from launch.resolve import resolve_node_defaults, with_measured_peaks
 from launch.validate import validate
 from tests.conftest import FAST, compose_run_config
 from train.runtime import distributed
+from train.spec.config import PeakTflops
 from train.spec.devices import MachineProbe, profile_mismatch
 from train.spec.precision import resolve_precision
 
@@ -243,3 +244,24 @@ def test_parallel_auto_across_nodes_without_a_nic_rate_is_refused_not_ddp():
     cfg = compose_run_config([*overrides, "gpu.nic_gbits_per_s_per_gpu=200"])
     (chosen,) = resolve.choose_layouts(cfg, plan_runs(cfg))
     assert chosen.parallel.name != "auto" and "predicted" in chosen.layout_reason
+
+
+def test_parallel_auto_on_the_emulated_cluster_ranks_layouts_over_its_link(monkeypatch):
+    """The emulated cluster's cpu nodes have no NIC rate; cluster.link_gbps is their link, and
+    parallel=auto (the default) ranks on it once a ceiling is measured, as the report predicts
+    such runs (step.emulated_link_gbps): the README's emulated command was refused for want of
+    a NIC rate."""
+    import dataclasses
+
+    def measured(gpu, threads):
+        return dataclasses.replace(gpu, measured_peak_tflops=PeakTflops(fp32=0.088)), None
+
+    monkeypatch.setattr(resolve, "with_measured_peaks", measured)
+    monkeypatch.setattr(resolve, "load_host", lambda *args: None)
+    cfg = compose_run_config(
+        ["gpu=cpu", "parallel=auto", "cluster=emulated", "cluster.nodes=2",
+         "cluster.nproc_per_node=1", "cluster.link_gbps=0.2", "run_dir=/x"]
+    )  # fmt: skip
+    chosen = resolve.choose_layouts(cfg, plan_runs(cfg))
+    assert all("predicted" in plan.layout_reason for plan in chosen)
+    assert chosen[-1].nodes == 2

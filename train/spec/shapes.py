@@ -171,8 +171,13 @@ def numel(shapes: list[tuple[int, ...]], pad_to: int = 1, pad_dim: int = 0) -> i
 def expert_shard_dim(m: ModelConfig, ep: int, dp_shard: int) -> int:
     """The dim FSDP2 shards each routed-expert tensor on (experts, out, in): 0 while every
     dp_shard rank gets a whole expert; else 1, as torchtitan does, because dim 0 would be padded
-    to dp_shard rows: one expert over 8 ranks leaves each rank a whole expert's worth."""
-    return 0 if m.n_experts // ep >= dp_shard else 1
+    to dp_shard rows: one expert over 8 ranks leaves each rank a whole expert's worth. Dim 1
+    only where it splits evenly (d_model and the expert width multiples of dp_shard): torch
+    2.13's FSDP2 refuses an uneven shard on a dim other than 0 (_fsdp_param.py), so there dim
+    0 stays, padded."""
+    if m.n_experts // ep >= dp_shard:
+        return 0
+    return 1 if m.d_model % dp_shard == 0 and expert_hidden(m) % dp_shard == 0 else 0
 
 
 def count_params(m: ModelConfig) -> int:
