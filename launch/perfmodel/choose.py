@@ -327,12 +327,16 @@ def _reason(best: Candidate, runner_up: Candidate | None, rates: PartRates, n_fi
     if runner_up is not None:
         share = runner_up.tokens_per_s / best.tokens_per_s
         ckpt_note = " +ckpt" if runner_up.activation_checkpoint == "full" else ""
-        text += f"; next {runner_up.label}{ckpt_note} at {share:.0%}"
-        if share > 1:  # it lost on _best's margins, not on speed: say so
-            text += (
-                f" (TP or a pipeline must predict {MODEL_PARALLEL_MARGIN:.0%} more than the "
-                f"best plain layout; within {SIMPLER_MARGIN:.0%}, the simpler layout wins)"
+        if share > 1:  # it lost on _best's margins, not on speed: say which
+            why = (
+                f"TP or a pipeline must predict {MODEL_PARALLEL_MARGIN:.0%} more than the best "
+                "plain layout"
+                if runner_up.model_parallel and not best.model_parallel
+                else f"within {SIMPLER_MARGIN:.0%}, the simpler layout wins"
             )
+            text += f"; next {runner_up.label}{ckpt_note} at {share:.1%} ({why})"
+        else:
+            text += f"; next {runner_up.label}{ckpt_note} at {share:.0%}"
     if rates.intra is None or rates.intra.kind != "nvlink":
         text += "; no TP (no NVLink)"
     return text

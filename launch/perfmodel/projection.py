@@ -370,8 +370,13 @@ def _remedies(cfg: RunConfig, peaks_by_nodes: list[tuple[int, int]]) -> str:
     (fewest, first), (most, last) = min(peaks_by_nodes), max(peaks_by_nodes)
     growing = most > fewest and last >= first
     # Where the part was predicted at fewer node counts than projected, the others could not
-    # run this layout (parallel=tp stays inside a node): more nodes are no remedy either.
-    if not growing and most == max(cfg.project.nodes):
+    # run this layout or batch (parallel=tp stays inside a node): more nodes are no remedy
+    # either. From one count alone, only a layout whose shards span the nodes gains from more
+    # (ddp, ep and hsdp's replicas across nodes hold what one node does).
+    across = row.node_split[0] if row and row.node_split else None
+    shards = row is not None and (row.shards_parameters or row.zero_stage == 3)
+    spans = shards and across != "dp_replicate"
+    if not growing and most == max(cfg.project.nodes) and (most > fewest or spans):
         out.append("more nodes (project.nodes)")
     out = out or ["a part with more memory"]
     text = ", ".join(out[:-1]) + f" or {out[-1]}" if len(out) > 1 else out[0]
