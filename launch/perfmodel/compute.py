@@ -103,7 +103,6 @@ WEIGHT_CAST_BYTES = 6
 WEIGHT_GRAD_BYTES_PER_MICRO_STEP = {"sixteen": 12, "fp32": 8}
 # AdamW: read param, grad, two moments; write param and moments; read grad for the norm.
 OPTIMIZER_BYTES_PER_PARAM = 32
-ATTENTION_KERNELS = ("flash", "math", "flash_triton", "flash_v1")
 # Executed attention FLOPs per 12 H Q T (the model FLOPs of forward + backward): FA2 skips the
 # masked half and recomputes the scores in backward (backward = 2.5 x forward, its paper's
 # count): (4 + 10) / 2 = 7; the math path computes every score: 4 + 8 = 12. A replay adds the
@@ -114,6 +113,7 @@ EXECUTED_ATTENTION = {
     "flash_triton": (7 / 12, 2 / 4),  # the same causal skipping (its IS_CAUSAL loop bounds)
     "flash_v1": (7 / 12, 2 / 4),  # FA1's causal kernels skip the masked blocks too
 }
+ATTENTION_KERNELS = tuple(EXECUTED_ATTENTION)
 # Forward and backward time against FA2's (module docstring): FlashAttention in Triton, the
 # middle of the FA2 paper's 1.3-1.5 forward and its 2 backward; FlashAttention 1, its 2x.
 FLASH_SLOWDOWN = {"flash_triton": (1.4, 2.0), "flash_v1": (2.0, 2.0)}
