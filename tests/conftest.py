@@ -330,12 +330,15 @@ def run_one_rank_here(config_path: Path) -> None:
         os.environ.update(saved)
 
 
-def torchrun(nproc: int, module: str, *args: str, timeout: float = 600) -> None:
+def torchrun(
+    nproc: int, module: str, *args: str, timeout: float = 600
+) -> subprocess.CompletedProcess:
     """`torchrun --standalone --nproc-per-node N -m MODULE ARGS` from the repo (a rank helper
-    under tests/ranks); fails the test with the tail of its output."""
+    under tests/ranks); fails the test with the tail of its output, else returns it."""
     standalone = ["--standalone", "--nproc-per-node", str(nproc)]
     result = run_module("torch.distributed.run", [*standalone, "-m", module, *args], REPO, timeout)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result
 
 
 def launch_process(args: list[str], cwd: Path, *, merge_stderr: bool = True) -> subprocess.Popen:

@@ -48,6 +48,8 @@ def comm_run(tmp_path_factory):
         timeout=180,
     )
     assert result.returncode == 0, result.stderr[-3000:]
+    logs = "".join(p.read_text(errors="replace") for p in out.rglob("*.log"))
+    (out / "everything_printed.txt").write_text(result.stdout + result.stderr + logs)
     return out, json.loads((out / "comm.json").read_text()), result.stdout
 
 
@@ -65,6 +67,13 @@ def test_every_op_and_size_is_measured(comm_run):
     # Its own lines (launch/bench/comm_job.py), not a training run's layout, precision, loss.
     assert "timing all_reduce, all_gather" in " ".join(stdout.split())
     assert not {"layout:", "precision:", "tok/s"} & set(stdout.split())
+
+
+def test_the_timed_calls_are_not_deprecated_ones(comm_run):
+    """torch 2.13 deprecated all_gather_into_tensor and reduce_scatter_tensor: each call warns,
+    inside the timed loop, and the rank printed a FutureWarning for each."""
+    printed = (comm_run[0] / "everything_printed.txt").read_text()
+    assert "deprecated" not in printed
 
 
 def test_busbw_is_bytes_over_time_times_the_factor(comm_run):

@@ -51,6 +51,13 @@ TWO_RANKS = {  # name: (overrides, its one-rank reference)
     ),
 }
 FOUR_RANKS = {
+    # Two replicas of an ep_fsdp group (HSDP over its dense shards): the dense parameters on
+    # the 2-D mesh (dp_replicate, dp_shard x ep), joined from a flattened mesh
+    # (train/parallel/expert_parallel.py fsdp_meshes).
+    "ep_fsdp_replicas2": (
+        ["parallel=ep_fsdp", "parallel.ep=2", "parallel.dp_replicate=2", "parallel.dp_shard=1"],
+        "one_rank",
+    ),
     "ep_fsdp_2x2_bias_checkpointed": (
         ["parallel=ep_fsdp", "parallel.ep=2", "parallel.dp_shard=2"]
         + ["model.router_bias_update=0.001", "parallel.activation_checkpoint=full"],
@@ -91,7 +98,8 @@ def root(tmp_path_factory):
         ]
         out = root / f"ranks{nproc}"
         out.mkdir()
-        torchrun(nproc, "tests.ranks.pipeline_ranks", str(out), *paths, timeout=900)
+        ranks = torchrun(nproc, "tests.ranks.pipeline_ranks", str(out), *paths, timeout=900)
+        (out / "output.txt").write_text(ranks.stdout + ranks.stderr)
         counted.update(json.loads((out / "counted.json").read_text()))
     (root / "counted.json").write_text(json.dumps(counted))
     return root
@@ -133,6 +141,15 @@ def test_the_summary_and_metrics_say_how_the_experts_were_loaded(root):
     assert all(json.loads(line)["moe"]["load_max_over_mean"] >= 1.0 for line in lines)
     capped = json.loads((root / "ep2_capacity_checkpointed" / "summary.json").read_text())
     assert 0 < capped["moe"]["dropped_share_mean"] < 1
+
+
+def test_the_meshes_are_built_the_way_torch_keeps(root):
+    """ep and ep_fsdp sliced a flattened dim out of the root mesh (mesh["dp_replicate_ep",
+    "dp_shard"]), which torch 2.13 warns will go away, on every rank of every run
+    (train/parallel/expert_parallel.py fsdp_meshes)."""
+    for nproc in (2, 4):
+        output = (root / f"ranks{nproc}" / "output.txt").read_text()
+        assert "Slicing a flattened dim" not in output and "deprecated" not in output
 
 
 GRADIENT_CASES = {  # name: (ranks, overrides)

@@ -47,10 +47,14 @@ def collective(
     out = torch.empty_like(full)
     # nccl-tests' size: the full buffer (all_gather's output, reduce_scatter's input).
     counted = full.numel() * ELEMENT_BYTES
+    # torch 2.13 renamed all_gather_into_tensor and reduce_scatter_tensor (the old names now
+    # warn on every call, inside the timed loop); the old names before 2.13.
+    all_gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+    reduce_scatter = getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor
     runs = {
         "all_reduce": lambda: dist.all_reduce(full, group=group),
-        "all_gather": lambda: dist.all_gather_into_tensor(full, share, group=group),
-        "reduce_scatter": lambda: dist.reduce_scatter_tensor(share, full, group=group),
+        "all_gather": lambda: all_gather(full, share, group=group),
+        "reduce_scatter": lambda: reduce_scatter(share, full, group=group),
         "all_to_all": lambda: dist.all_to_all_single(out, full, group=group),
         "broadcast": lambda: dist.broadcast(full, src=group_ranks[0], group=group),
     }

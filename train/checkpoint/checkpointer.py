@@ -11,8 +11,10 @@ and nothing else in a step draws random numbers (no dropout), so no RNG state is
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -130,7 +132,8 @@ class Checkpointer:
         state: dict[str, Any] = {"model": model_state, "optimizer": optimizer_state}
         if self.scaler is not None:
             state["scaler"] = self.scaler.state_dict()
-        dcp.load(state, checkpoint_id=str(path))
+        with _one_process_said():
+            dcp.load(state, checkpoint_id=str(path))
         set_state_dict(
             self.layout.model,
             self.layout.optimizer,
@@ -176,7 +179,10 @@ class Checkpointer:
         else:
             state = self._torch_state(step)
             if self.async_save:
-                future = dcp.async_save(state, checkpoint_id=str(path), process_group=self._group)
+                with _one_process_said():
+                    future = dcp.async_save(
+                        state, checkpoint_id=str(path), process_group=self._group
+                    )
                 future = getattr(future, "upload_completion", future)
                 blocking = time.perf_counter() - started
                 future.add_done_callback(
@@ -184,7 +190,8 @@ class Checkpointer:
                 )
                 self._pending = (step, path, future, started, blocking)
                 return
-            dcp.save(state, checkpoint_id=str(path))
+            with _one_process_said():
+                dcp.save(state, checkpoint_id=str(path))
         seconds = time.perf_counter() - started
         self.timings.append(SaveTiming(step, seconds, seconds))
         _barrier()  # every rank's part is on disk
@@ -270,6 +277,20 @@ class Checkpointer:
             mine = mine.to(device)
             dist.all_reduce(mine)  # SUM of rows that are zero except each rank's own entry
         return mine.cpu().tolist()
+
+
+@contextlib.contextmanager
+def _one_process_said():
+    """A run of one rank has no process group, and DCP warns on each save and load that it is
+    "assuming the intent is to save in a single process" (torch 2.13 warns even when told so
+    with no_dist=True): that is this run's intent, so the warning is not shown. With a process
+    group nothing is filtered."""
+    if dist.is_initialized():
+        yield
+        return
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable")
+        yield
 
 
 def _barrier() -> None:

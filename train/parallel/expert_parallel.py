@@ -108,12 +108,24 @@ def fsdp_meshes(mesh: DeviceMesh, layout: LayoutPlan) -> tuple[DeviceMesh, Devic
     degrees = layout.degrees
     experts = mesh["dp_replicate", "dp_shard"] if degrees.dp_replicate > 1 else mesh["dp_shard"]
     if layout.row.shards_parameters:
-        mesh["dp_shard", "ep"]._flatten("dp_shard_ep")
+        flat = mesh["dp_shard", "ep"]._flatten("dp_shard_ep")
         if degrees.dp_replicate > 1:
-            return mesh["dp_replicate", "dp_shard_ep"], experts
-        return mesh["dp_shard_ep"], experts
-    mesh["dp_replicate", "ep"]._flatten("dp_replicate_ep")
-    return mesh["dp_replicate_ep", "dp_shard"], experts
+            return _joined(mesh, ("dp_replicate", flat), "dp_shard_ep"), experts
+        return flat, experts
+    flat = mesh["dp_replicate", "ep"]._flatten("dp_replicate_ep")
+    return _joined(mesh, (flat, "dp_shard"), "dp_replicate_ep"), experts
+
+
+def _joined(mesh: DeviceMesh, dims: tuple, flat_name: str) -> DeviceMesh:
+    """A 2-D mesh of one of ``mesh``'s dims (a name) and a flattened mesh of two others, in
+    the order given. torch 2.13 warns that slicing a flattened dim out of the root mesh
+    (``mesh["dp_replicate", "dp_shard_ep"]``) goes away and that the flattened mesh is to be
+    kept instead: it is joined with DeviceMesh._concatenate, which torch has where it warns.
+    Before that, the slice (torch's way then)."""
+    concatenate = getattr(DeviceMesh, "_concatenate", None)
+    if concatenate is None:
+        return mesh[tuple(flat_name if isinstance(d, DeviceMesh) else d for d in dims)]
+    return concatenate([d if isinstance(d, DeviceMesh) else mesh[d] for d in dims])
 
 
 def apply_expert_fsdp(
