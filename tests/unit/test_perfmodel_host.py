@@ -176,30 +176,6 @@ def test_a_measured_loss_and_fixed_cost_replace_the_head_bytes_and_the_kernel_co
     assert memory_s(measured) - memory_s(counted) == pytest.approx(expected)
 
 
-def test_the_loss_and_the_models_one_token_pass_are_measured():
-    """launch.mamf --host-shapes times the loss at each (tokens, vocab) in the round-robin
-    passes and the model's forward + backward at one token in a child process
-    (train/measure/fixed_cost.py: the driver does not import the model)."""
-    from launch.bench.host_kernels import measure_host
-
-    m = _cpu().model
-    record = measure_host([], [], losses=[(64, 2048)], models=[m])
-    assert set(record["loss_s"]) == {loss_key(64, 2048)}
-    assert set(record["overhead_s"]) == {overhead_key(m)}
-    assert 0 < record["loss_s"][loss_key(64, 2048)] < 1
-    fixed = record["overhead_s"][overhead_key(m)]
-    assert 0 < fixed["per_block_s"] < 1 and 0 <= fixed["root_s"] < 1
-    # Timed on a narrow copy with the same op graph: a large model builds in no time, and
-    # its widths do not name another fixed cost.
-    big = _cpu("model=llama_7b").model
-    narrow = host.narrow_model(big, 2)
-    widths = (narrow.n_heads, narrow.n_kv_heads, narrow.d_model, narrow.vocab_size)
-    assert widths == (32, 32, 256, 64)
-    assert overhead_key(dataclasses.replace(big, d_model=8192)) == overhead_key(big)
-    assert overhead_key(dataclasses.replace(big, n_layers=3)) == overhead_key(big)
-    assert overhead_key(dataclasses.replace(big, n_heads=16)) != overhead_key(big)
-
-
 def test_a_pipeline_stage_on_the_host_runs_its_own_parameters_and_the_head_if_last():
     """compute_time's stage arguments reach the cpu path: a stage holding fewer parameters
     streams fewer bytes, and one without the head runs neither its GEMMs nor the loss."""
