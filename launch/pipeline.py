@@ -117,7 +117,7 @@ class Prepared:
     commands: dict[str, list[NodeCommand]] = field(default_factory=dict)
     # resume=true: points whose summary.json already holds this workload (kept untouched).
     finished: dict[str, dict] = field(default_factory=dict)
-    lock: object = None  # the open lock file (launch/rundir.py), held until the driver exits
+    lock: object = None  # the open lock file (launch/rundir.py), held until the job ends
 
 
 def new_sweep_id(cfg: RunConfig) -> str:
@@ -445,7 +445,15 @@ def _with_config_of(command: NodeCommand, plan: RunPlan, config: Path) -> NodeCo
 
 
 def run_job(cfg: RunConfig, overrides: list[str], job: Job, console: Console) -> int:
-    return execute(prepare(cfg, overrides, job, console), job, console)
+    prepared = prepare(cfg, overrides, job, console)
+    try:
+        return execute(prepared, job, console)
+    finally:
+        # The run dir's lock ends with its job: closed here rather than whenever the garbage
+        # collector drops the file (a ResourceWarning, and in a multirun an unlock at no
+        # set point).
+        if prepared.lock is not None:
+            prepared.lock.close()
 
 
 def job_app(job: Job) -> None:
