@@ -287,3 +287,22 @@ def test_a_multirun_ends_with_one_report_over_its_jobs(tmp_path: Path):
     assert (tmp_path / "0" / "report.md").read_text() == "job 0's own report\n"
     results = json.loads((tmp_path / "results.json").read_text())
     assert sorted(results["series"]) == sorted([H100, H800])
+
+
+def test_the_console_names_what_tells_two_workloads_of_a_series_apart(tmp_path: Path):
+    """A multirun over seq_len gives one series per workload, told apart by "[seq 1024, ...]"
+    (load.py). The console printed each table's title as rich markup, which read the bracket
+    as a style and dropped it: two tables both titled "... · bf16 (0)" / "(1)"."""
+    from rich.console import Console
+
+    from launch.report.console import print_table
+
+    for job, seq in (("0", 1024), ("1", 2048)):
+        point = tmp_path / job / "ws1"
+        point.mkdir(parents=True)
+        run = {**summary("h100_sxm", 1, 3000.0, 0.45), "seq_len": seq}
+        (point / "summary.json").write_text(json.dumps(run))
+    console = Console(record=True, width=300)
+    print_table(scaling_rows(load_runs([tmp_path / "0", tmp_path / "1"])), console)
+    printed = console.export_text()
+    assert "[seq 1024," in printed and "[seq 2048," in printed
