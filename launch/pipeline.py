@@ -223,7 +223,7 @@ def execute(prepared: Prepared, job: Job, console: Console) -> int:
     results = list(prepared.finished.values())
     done = set(prepared.finished)
     for name in prepared.finished:
-        console.print(f"{name}: finished earlier with this same workload; kept")
+        console.print(f"{name}: finished earlier with this same workload; kept", markup=False)
     failures: list[str] = []
     running: RunPlan | None = None  # the point a stop interrupts (launch/stops.py)
     try:
@@ -298,7 +298,8 @@ def run_point(prepared: Prepared, job: Job, plan: RunPlan, progress) -> dict | N
                 segment.unlink(missing_ok=True)
     if result is None:
         progress.console.print(
-            f"{plan.name}: this node's ranks finished; {job.result_file} is on the node of rank 0"
+            f"{plan.name}: this node's ranks finished; {job.result_file} is on the node of rank 0",
+            markup=False,
         )
     return result
 

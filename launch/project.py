@@ -77,7 +77,7 @@ def run_projection(cfg: RunConfig, console: Console, overrides: Sequence[str] = 
         console.width = max(width, console.measure(table, options=unbounded).maximum)
     console.print(table)
     console.width = width
-    console.print(f"wrote {out / 'projection.md'}, projection.json, projection.png")
+    console.print(f"wrote {out / 'projection.md'}, projection.json, projection.png", markup=False)
     return 0
 
 

@@ -23,7 +23,8 @@ def print_run(cfg: RunConfig, plan: RunPlan, summary: dict, console: Console) ->
         f"{plan.name}: {summary['tokens_per_s']:,.0f} tokens/s "
         f"({summary['tokens_per_s_per_device']:,.0f} per device), step "
         f"{summary['step_time_s']['median']:.3f}s, MFU {mfu}, loss "
-        f"{summary['final_loss']:.4f} -> {plan.run_dir}"
+        f"{summary['final_loss']:.4f} -> {plan.run_dir}",
+        markup=False,
     )
     if summary.get("mfu_warning"):  # MFU above 100%: not a true figure (train/measure/metrics.py)
         console.print(
@@ -41,7 +42,9 @@ def report_sweep(cfg: RunConfig, sweep_id: str, summaries: list[dict], console: 
     root = Path(cfg.run_dir)
     paths, rows = write_sweep_report([root], root, console)
     log_scaling_to_wandb(cfg, sweep_id, rows, root)
-    console.print("report: " + ", ".join(str(p) for p in paths.values()), soft_wrap=True)
+    console.print(
+        "report: " + ", ".join(str(p) for p in paths.values()), soft_wrap=True, markup=False
+    )
 
 
 def write_sweep_report(

@@ -139,7 +139,7 @@ def point_status(record: dict | None) -> str:
 def show_result(cfg: RunConfig, plan: RunPlan, result: dict, console: Console) -> None:
     print_table(result, console)
     path = plot(result, plan.run_dir / "comm.png")
-    console.print(f"results: {plan.run_dir / 'comm.json'}, {path}", soft_wrap=True)
+    console.print(f"results: {plan.run_dir / 'comm.json'}, {path}", soft_wrap=True, markup=False)
 
 
 def human_bytes(n: int) -> str:

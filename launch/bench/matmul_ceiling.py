@@ -315,7 +315,7 @@ def _measure_ceiling(parser: argparse.ArgumentParser, args: argparse.Namespace) 
         print(f"error: measured {problem}; nothing saved", file=sys.stderr)
         return 1
     path = _save_ceiling(record, args.out, replace=args.replace)
-    console.print(f"saved {path}")
+    console.print(f"saved {path}", markup=False)
     return 0
 
 

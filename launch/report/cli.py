@@ -54,7 +54,9 @@ def main(argv: list[str] | None = None) -> int:
     console = Console()
     print_table(rows, console)
     # soft_wrap: a path broken across lines cannot be copied.
-    console.print("report: " + ", ".join(str(p) for p in paths.values()), soft_wrap=True)
+    console.print(
+        "report: " + ", ".join(str(p) for p in paths.values()), soft_wrap=True, markup=False
+    )
     if failed:
         # A sweep with a hole is not a clean result: say which points, and exit 1.
         names = ", ".join(f"{p.get('name')} ({p.get('error') or 'failed'})" for p in failed)

@@ -306,3 +306,19 @@ def test_the_console_names_what_tells_two_workloads_of_a_series_apart(tmp_path: 
     print_table(scaling_rows(load_runs([tmp_path / "0", tmp_path / "1"])), console)
     printed = console.export_text()
     assert "[seq 1024," in printed and "[seq 2048," in printed
+
+
+def test_a_finished_runs_line_prints_its_run_dir_whole(tmp_path: Path):
+    """The line a finished point prints ends with its run dir; one named like `[exp a]` (a
+    bracket opening with a letter) was read as rich markup and cut from the line."""
+    from types import SimpleNamespace
+
+    from rich.console import Console
+
+    from launch.training import print_run
+
+    run = summary("h100_sxm", 1, 3000.0, 0.45)
+    plan = SimpleNamespace(name="ws1", run_dir=tmp_path / "[exp a]" / "ws1")
+    console = Console(record=True, width=300)
+    print_run(None, plan, run, console)
+    assert str(plan.run_dir) in console.export_text()
