@@ -28,6 +28,7 @@ from rich.console import Console
 
 from launch.conf_tree import GROUPS, conf_dir, group_choices, register_schema
 from launch.errors import USER_ERRORS, ConfigError, DiskFull, LaunchError, Stopped
+from launch.terminal import plain_console
 from train.files.safe_files import is_disk_full
 from train.spec.config import RunConfig
 
@@ -191,7 +192,7 @@ def check_every_job(parsed, check: Check) -> None:
         cfg = compose(overrides)
         cfg.run_dir = str(placeholder)
         try:
-            check(cfg, overrides, Console(quiet=True))
+            check(cfg, overrides, plain_console(quiet=True))
         except ConfigError as exc:
             values = " ".join(o for o in overrides if o.split("=", 1)[0] in swept)
             raise ConfigError(exc.key, f"{exc.message} (multirun job {number}: {values})") from None
@@ -380,7 +381,7 @@ def run_app(
         previous = {s: signal.signal(s, _raise_stopped) for s in (signal.SIGTERM, signal.SIGHUP)}
         try:
             cfg = OmegaConf.to_object(dict_cfg)
-            code = command(cfg, list(HydraConfig.get().overrides.task), Console())
+            code = command(cfg, list(HydraConfig.get().overrides.task), plain_console())
         except USER_ERRORS as exc:
             fail(exc)
         except OSError as exc:

@@ -65,6 +65,7 @@ from launch.rundir import (
     take_run_dir,
 )
 from launch.stops import clear_stop, record_stops
+from launch.terminal import plain_console
 from launch.validate import validate, validate_checkpoint_precision
 from launch.wandb_env import apply_wandb_env
 from train.checkpoint.markers import checkpoint_root, latest_complete
@@ -152,7 +153,7 @@ def check(cfg: RunConfig, overrides: list[str], job: Job, console: Console) -> l
 
 def training_lines(job: Job, console: Console) -> Console:
     """Where the lines only a training run needs go: ``console``, or nowhere."""
-    return console if job.trains else Console(quiet=True)
+    return console if job.trains else plain_console(quiet=True)
 
 
 def prepare(cfg: RunConfig, overrides: list[str], job: Job, console: Console) -> Prepared:
@@ -223,12 +224,12 @@ def execute(prepared: Prepared, job: Job, console: Console) -> int:
     results = list(prepared.finished.values())
     done = set(prepared.finished)
     for name in prepared.finished:
-        console.print(f"{name}: finished earlier with this same workload; kept", markup=False)
+        console.print(f"{name}: finished earlier with this same workload; kept")
     failures: list[str] = []
     running: RunPlan | None = None  # the point a stop interrupts (launch/stops.py)
     try:
         # The emulated cluster's namespaces exist only inside this block, stopped or not.
-        with prepared.setup.running(), progress_bar() as progress:
+        with prepared.setup.running(), progress_bar(console) as progress:
             for plan in plans:
                 if plan.name in prepared.finished:
                     continue
@@ -237,7 +238,7 @@ def execute(prepared: Prepared, job: Job, console: Console) -> int:
                     result = run_point(prepared, job, plan, progress)
                 except RunFailed as exc:
                     running = None
-                    progress.console.print(str(exc), markup=False, highlight=False)
+                    progress.console.print(str(exc), highlight=False)
                     if driver_node_rank(cfg) == 0:  # node k > 0 writes only its own files
                         failures.append(str(record_failure(plan, exc)))
                     else:
@@ -299,7 +300,6 @@ def run_point(prepared: Prepared, job: Job, plan: RunPlan, progress) -> dict | N
     if result is None:
         progress.console.print(
             f"{plan.name}: this node's ranks finished; {job.result_file} is on the node of rank 0",
-            markup=False,
         )
     return result
 
@@ -319,7 +319,6 @@ def run_on_slurm(prepared: Prepared, job: Job, console: Console) -> int:
         console.print(
             f"submitted job(s) {' '.join(jobs.values())}; "
             + (f"when they have finished: {report}" if report else "follow with squeue"),
-            markup=False,
             highlight=False,
             soft_wrap=True,
         )
@@ -330,7 +329,6 @@ def run_on_slurm(prepared: Prepared, job: Job, console: Console) -> int:
         console.print(
             f"the Slurm jobs go on ({' '.join(jobs.values())}): scancel stops them; "
             f"python -m launch.report {root} when they have ended",
-            markup=False,
             highlight=False,
             soft_wrap=True,
         )
@@ -350,7 +348,7 @@ def follow_jobs(prepared: Prepared, job: Job, jobs: dict[str, str], console: Con
         return f" step {steps[name]}/{total or '?'}" if name in steps else ""
 
     def show(line: str) -> None:
-        console.print(line, markup=False, highlight=False, soft_wrap=True)
+        console.print(line, highlight=False, soft_wrap=True)
 
     return follow(jobs, show, step_of)
 
@@ -385,7 +383,7 @@ def collect_slurm_results(
             rank_exit_code=failure.rank_exit_code,
             signal=failure.signal,
         )
-        console.print(str(exc), markup=False, highlight=False)
+        console.print(str(exc), highlight=False)
         failures.append(str(record_failure(plan, exc)))
     finish(prepared, job, results, console, done)
     if failures:
@@ -402,11 +400,10 @@ def finish(
     if results:
         job.on_all(prepared.cfg, prepared.sweep_id, results, console)
     if len(prepared.plans) > 1 and len(done) < len(prepared.plans):
-        # markup=False: rich would read `cluster.hosts=[n1,n2]` as a markup tag and drop it.
+        # Printed as it is (launch/terminal.py): `cluster.hosts=[n1,n2]` is no markup tag.
         console.print(
             f"to run the remaining points: {prepared.resume_command}",
             soft_wrap=True,
-            markup=False,
             highlight=False,
         )
 

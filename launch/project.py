@@ -28,6 +28,7 @@ from launch.perfmodel.projection import (
 )
 from launch.report.projected import projection_table, write_projection
 from launch.resolve import resolve_gpu
+from launch.terminal import plain_console
 from train.spec.config import ProjectConfig, RunConfig
 
 EXAMPLES = [
@@ -48,7 +49,7 @@ def check_inputs(
     sweep print an empty table), and an output dir that cannot be one. A multirun checks
     every job with this before its first starts (launch/app.py)."""
     if cfg.gpu.name == "auto" and "gpu" in override_keys(overrides):
-        resolve_gpu(cfg, list(overrides), console or Console(quiet=True))
+        resolve_gpu(cfg, list(overrides), console or plain_console(quiet=True))
     projected_names(cfg, overrides)
     if cfg.project.mode == "comm":
         validate_comm(cfg)
@@ -77,7 +78,7 @@ def run_projection(cfg: RunConfig, console: Console, overrides: Sequence[str] = 
         console.width = max(width, console.measure(table, options=unbounded).maximum)
     console.print(table)
     console.width = width
-    console.print(f"wrote {out / 'projection.md'}, projection.json, projection.png", markup=False)
+    console.print(f"wrote {out / 'projection.md'}, projection.json, projection.png")
     return 0
 
 

@@ -18,7 +18,6 @@ import warnings
 
 from omegaconf import OmegaConf
 from rich.console import Console
-from rich.markup import escape
 
 from launch.bench.cache import cache_path, load_host, load_measured
 from launch.conf_tree import group_choices, load_gpu_profile, override_keys
@@ -26,6 +25,7 @@ from launch.perfmodel.choose import choose_layout
 from launch.perfmodel.hardware import PartRates, part_rates
 from launch.perfmodel.host import HostRates, HostWorkload
 from launch.perfmodel.step import Placement, emulated_link_gbps
+from launch.terminal import warning
 from train.spec.config import GpuConfig, LayoutName, PeakTflops, RunConfig
 from train.spec.config_error import ConfigError
 from train.spec.degrees import BatchRule, resolve_degrees
@@ -231,7 +231,7 @@ def resolve_gpu(cfg: RunConfig, overrides: list[str], console: Console) -> None:
         )
         cfg.gpu = OmegaConf.to_object(profile)
     cfg.resolved.gpu_detected = detected
-    console.print(f"gpu=auto: {detected}", markup=False)
+    console.print(f"gpu=auto: {detected}")
 
 
 def resolve_node_defaults(cfg: RunConfig, overrides: list[str], console: Console) -> None:
@@ -288,7 +288,6 @@ def sweep_every_node(cfg: RunConfig, overrides: list[str], console: Console) -> 
         console.print(
             f"cluster={cfg.cluster.name}: {nodes} node(s) x {per_node} rank(s): "
             f"sweep.world_sizes={sizes} (set it, or sweep=none for one run on them all)",
-            markup=False,
         )
 
 
@@ -301,7 +300,7 @@ def state_precision(cfg: RunConfig, setup, console: Console) -> str | None:
     with and without an fp8 library there, instead of what this machine would.
     """
     if cfg.launcher.name == "slurm":  # decided on the nodes: this machine is not asked
-        console.print(f"precision: {cfg.precision.name} -> {nodes_outlook(cfg)}", markup=False)
+        console.print(f"precision: {cfg.precision.name} -> {nodes_outlook(cfg)}")
         return
     with quiet_third_party():
         device_type, device_name = local_device_name()
@@ -309,20 +308,16 @@ def state_precision(cfg: RunConfig, setup, console: Console) -> str | None:
         if cfg.launcher.name != "slurm" and not mismatch:
             cfg.gpu, measured = with_measured_peaks(cfg.gpu, cfg.cluster.cpu_threads_per_rank)
             if measured:
-                console.print(f"peak: {measured}", markup=False)
+                console.print(f"peak: {measured}")
             if cfg.precision.name == "tf32" and device_type == "cpu":
-                console.print(
-                    "[yellow]warning:[/] precision=tf32 on cpu is a no-op: matmuls run in fp32"
-                )
+                console.print(warning("precision=tf32 on cpu is a no-op: matmuls run in fp32"))
             capability = cuda_capability() if device_type == "cuda" else None
             plan = precision_for_run(cfg, machine_probe(device_type, capability))
-            console.print(
-                f"precision: {cfg.precision.name} -> {plan.resolved} ({plan.reason})", markup=False
-            )
+            console.print(f"precision: {cfg.precision.name} -> {plan.resolved} ({plan.reason})")
             return str(plan.resolved)  # what the ranks here resolve (None: decided elsewhere)
     if mismatch and cfg.launcher.name != "slurm" and cfg.cluster.name in ("local", "emulated"):
-        console.print(f"[yellow]warning:[/] {escape(mismatch)}")
-    console.print(f"precision: {cfg.precision.name} -> {nodes_outlook(cfg)}", markup=False)
+        console.print(warning(mismatch))
+    console.print(f"precision: {cfg.precision.name} -> {nodes_outlook(cfg)}")
 
 
 def nodes_outlook(cfg: RunConfig) -> str:
@@ -359,7 +354,6 @@ def resolve_layouts(cfg: RunConfig, plans: list, console: Console) -> list:
         console.print(
             f"layout: auto -> {plan.parallel.name} at world size {plan.world_size} "
             f"({plan.layout_reason})",
-            markup=False,
         )
     return plans
 

@@ -192,7 +192,6 @@ def set_aside_other_runs(
     console.print(
         f"overwrite: {'would move' if dry_run else 'moved'} {', '.join(what)} (not in this "
         f"sweep) to {aside}",
-        markup=False,
         highlight=False,
         soft_wrap=True,
     )

@@ -13,6 +13,7 @@ from launch import report
 from launch.bench.host_kernels import cache_run_kernels
 from launch.pipeline import Job
 from launch.plan import RunPlan
+from launch.terminal import plain_console
 from train.measure.tracking import WandbRun
 from train.spec.config import RunConfig
 
@@ -24,12 +25,10 @@ def print_run(cfg: RunConfig, plan: RunPlan, summary: dict, console: Console) ->
         f"({summary['tokens_per_s_per_device']:,.0f} per device), step "
         f"{summary['step_time_s']['median']:.3f}s, MFU {mfu}, loss "
         f"{summary['final_loss']:.4f} -> {plan.run_dir}",
-        markup=False,
     )
     if summary.get("mfu_warning"):  # MFU above 100%: not a true figure (train/measure/metrics.py)
         console.print(
             f"warning: {plan.name}: {summary['mfu_warning']}",
-            markup=False,
             highlight=False,
             soft_wrap=True,
         )
@@ -42,9 +41,7 @@ def report_sweep(cfg: RunConfig, sweep_id: str, summaries: list[dict], console: 
     root = Path(cfg.run_dir)
     paths, rows = write_sweep_report([root], root, console)
     log_scaling_to_wandb(cfg, sweep_id, rows, root)
-    console.print(
-        "report: " + ", ".join(str(p) for p in paths.values()), soft_wrap=True, markup=False
-    )
+    console.print("report: " + ", ".join(str(p) for p in paths.values()), soft_wrap=True)
 
 
 def write_sweep_report(
@@ -103,16 +100,15 @@ class MultirunReport(Callback):
         jobs = sorted(d for d in root.glob("*") if d.is_dir() and _holds_summaries(d))
         if not jobs:
             return  # dry runs, launch.comm / launch.project multiruns: nothing to compare
-        console = Console()
+        console = plain_console()
         try:
             paths, _ = write_sweep_report(jobs, root, console)
         except report.ReportError as exc:
-            console.print(f"multirun report: {exc}", markup=False, highlight=False)
+            console.print(f"multirun report: {exc}", highlight=False)
             return
         console.print(
             "multirun report: " + ", ".join(str(p) for p in paths.values()),
             soft_wrap=True,
-            markup=False,
             highlight=False,
         )
 

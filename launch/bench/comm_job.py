@@ -24,6 +24,7 @@ from launch.conf_tree import group_choices
 from launch.errors import ConfigError
 from launch.pipeline import Job
 from launch.plan import RunPlan
+from launch.terminal import heading, plain_console
 from train.spec.bus import COLLECTIVES, message_sizes, scope_labels
 from train.spec.config import CommConfig, RunConfig
 
@@ -121,7 +122,6 @@ def announce(cfg: RunConfig, console: Console) -> None:
         f"timing {', '.join(c.ops)} at {len(sizes)} sizes ({human_bytes(sizes[0])} to "
         f"{human_bytes(sizes[-1])}, doubling) in {' and '.join(scopes)} groups, "
         f"{cfg.cluster.nodes} node(s) x {cfg.cluster.nproc_per_node} ranks: {points(cfg)} points",
-        markup=False,
         highlight=False,
     )
 
@@ -139,7 +139,7 @@ def point_status(record: dict | None) -> str:
 def show_result(cfg: RunConfig, plan: RunPlan, result: dict, console: Console) -> None:
     print_table(result, console)
     path = plot(result, plan.run_dir / "comm.png")
-    console.print(f"results: {plan.run_dir / 'comm.json'}, {path}", soft_wrap=True, markup=False)
+    console.print(f"results: {plan.run_dir / 'comm.json'}, {path}", soft_wrap=True)
 
 
 def human_bytes(n: int) -> str:
@@ -152,14 +152,14 @@ def human_bytes(n: int) -> str:
 
 def print_table(result: dict, console: Console | None = None) -> None:
     """busbw (GB/s) per message size and op, one table per group scope."""
-    console = console or Console()
+    console = console or plain_console()
     points = result["results"]
     for scope in dict.fromkeys(p["scope"] for p in points):
         mine = [p for p in points if p["scope"] == scope]
         ops = list(dict.fromkeys(p["op"] for p in mine))
         group_size = mine[0]["group_size"]
         # Above the table rather than as its title: a title wraps to a narrow table's width.
-        console.print(f"[bold]{scope}[/], {group_size} ranks, {result['backend']}: busbw GB/s")
+        console.print(heading(scope, f", {group_size} ranks, {result['backend']}: busbw GB/s"))
         table = Table()
         table.add_column("size", justify="right")
         for op in ops:

@@ -18,7 +18,6 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from rich.console import Console
 from rich.table import Table
 
 from launch.bench.cache import cache_path, ceiling_problem, host_cache_path, load_measured, save
@@ -26,6 +25,7 @@ from launch.bench.host_kernels import ensure_host
 from launch.errors import ConfigError
 from launch.perfmodel.calibrate import load_config_file
 from launch.perfmodel.host import HostWorkload, pipeline_rows
+from launch.terminal import plain_console
 from train.spec.degrees import plan_layout
 from train.spec.devices import FP8_CAPABILITY, cpu_model_name
 
@@ -290,7 +290,7 @@ def _measure_ceiling(parser: argparse.ArgumentParser, args: argparse.Namespace) 
     sizes = args.sizes or (QUICK_SIZES if args.quick else GPU_SIZES if on_gpu else CPU_SIZES)
     _check_for_device(parser, device, precisions, sizes)
     device_name = torch.cuda.get_device_name() if on_gpu else cpu_model_name()
-    console = Console()
+    console = plain_console()
     results = {}
     with console.status("measuring matmul throughput") as status:
         for precision in precisions:
@@ -315,7 +315,7 @@ def _measure_ceiling(parser: argparse.ArgumentParser, args: argparse.Namespace) 
         print(f"error: measured {problem}; nothing saved", file=sys.stderr)
         return 1
     path = _save_ceiling(record, args.out, replace=args.replace)
-    console.print(f"saved {path}", markup=False)
+    console.print(f"saved {path}")
     return 0
 
 

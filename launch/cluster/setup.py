@@ -23,6 +23,7 @@ from launch.conf_tree import load_gpu_profile
 from launch.errors import ConfigError
 from launch.launchers import slurm
 from launch.plan import RunPlan
+from launch.terminal import warning
 from train.spec.config import RunConfig
 
 
@@ -62,8 +63,10 @@ def set_up_cluster(cfg: RunConfig, plans: list[RunPlan], console: Console) -> Cl
             emulated.latency_applied = netem_available()
             if not emulated.latency_applied:
                 console.print(
-                    f"[yellow]warning:[/] this kernel has no sch_netem: cluster.link_latency_ms="
-                    f"{c.link_latency_ms} is not applied (the links are rate-limited only)"
+                    warning(
+                        f"this kernel has no sch_netem: cluster.link_latency_ms="
+                        f"{c.link_latency_ms} is not applied (the links are rate-limited only)"
+                    )
                 )
         if congestion_control == "host" and not cfg.dry_run:
             emulated.inherited = inherited_congestion_control()

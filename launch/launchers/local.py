@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from rich.console import Console
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -33,15 +34,20 @@ from launch.plan import RunPlan
 from train.files.heartbeat import HEARTBEAT_DIR
 
 
-def progress_bar() -> Progress:
+def progress_bar(console: Console | None = None) -> Progress:
+    """The bar a run's progress shows in, on ``console`` (the driver's, launch/terminal.py:
+    the lines printed above the bar are plain text too)."""
     return Progress(
-        TextColumn("[bold]{task.description}"),
+        # markup=False: the description is the run's name, a run dir's own ("[exp a]" would
+        # be read as a rich tag and dropped; launch/terminal.py), the status its own text.
+        TextColumn("{task.description}", style="bold", markup=False),
         BarColumn(),
         MofNCompleteColumn(),
-        TextColumn("{task.fields[status]}"),
+        TextColumn("{task.fields[status]}", markup=False),
         TimeElapsedColumn(),
         TextColumn("ETA"),
         TimeRemainingColumn(),
+        console=console,
     )
 
 

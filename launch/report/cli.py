@@ -11,13 +11,12 @@ import argparse
 import sys
 from pathlib import Path
 
-from rich.console import Console
-
 from launch.errors import DiskFull, ReportError
 from launch.report.console import print_table
 from launch.report.load import load_runs
 from launch.report.scaling import scaling_rows
 from launch.report.write import failed_in, write_files
+from launch.terminal import plain_console
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -51,12 +50,10 @@ def main(argv: list[str] | None = None) -> int:
     except DiskFull as exc:  # the previous report, if any, is left whole
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    console = Console()
+    console = plain_console()
     print_table(rows, console)
     # soft_wrap: a path broken across lines cannot be copied.
-    console.print(
-        "report: " + ", ".join(str(p) for p in paths.values()), soft_wrap=True, markup=False
-    )
+    console.print("report: " + ", ".join(str(p) for p in paths.values()), soft_wrap=True)
     if failed:
         # A sweep with a hole is not a clean result: say which points, and exit 1.
         names = ", ".join(f"{p.get('name')} ({p.get('error') or 'failed'})" for p in failed)

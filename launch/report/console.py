@@ -9,11 +9,12 @@ from rich.table import Table
 from rich.text import Text
 
 from launch.report.markdown import layout_cells, pct
+from launch.terminal import plain_console
 
 
 def print_table(rows: list[dict[str, Any]], console: Console | None = None) -> None:
     """One rich table per series: a shared table's series column would wrap at 80 columns."""
-    console = console or Console()
+    console = console or plain_console()
     for label in dict.fromkeys(r["series"] for r in rows):
         series = [r for r in rows if r["series"] == label]
         caption = (
@@ -50,7 +51,6 @@ def print_table(rows: list[dict[str, Any]], console: Console | None = None) -> N
             if row.get("mfu_warning"):
                 console.print(
                     f"warning: world size {row['world_size']}: {row['mfu_warning']}",
-                    markup=False,
                     highlight=False,
                     soft_wrap=True,
                 )

@@ -5,12 +5,12 @@ from __future__ import annotations
 import socket
 
 import pytest
-from rich.console import Console
 
 from launch.cluster import emulated
 from launch.cluster.setup import check_port_free, set_up_cluster
 from launch.errors import ConfigError
 from launch.plan import plan_runs
+from launch.terminal import plain_console
 from launch.validate import validate
 from tests.conftest import FAST, compose_run_config
 
@@ -147,7 +147,7 @@ def test_rendezvous_port_in_use_on_the_head(launch_in_process, tmp_path):
             ]
         )
         with pytest.raises(ConfigError, match=f"cluster.master_port: port {port} is in use"):
-            set_up_cluster(cfg, plan_runs(cfg), Console())
+            set_up_cluster(cfg, plan_runs(cfg), plain_console())
         # Through the CLI: one line, exit 2, nothing written.
         result = launch_in_process(
             *FAST,
@@ -189,6 +189,6 @@ def test_deepspeed_slurm_runner_outside_an_allocation_is_refused(monkeypatch):
     )
     cfg.launcher.runner = "slurm"
     with pytest.raises(ConfigError, match=r"launcher.runner: runner=slurm .* inside `salloc"):
-        set_up_cluster(cfg, plan_runs(cfg), Console())
+        set_up_cluster(cfg, plan_runs(cfg), plain_console())
     monkeypatch.setenv("SLURM_JOB_ID", "12")
-    set_up_cluster(cfg, plan_runs(cfg), Console())
+    set_up_cluster(cfg, plan_runs(cfg), plain_console())

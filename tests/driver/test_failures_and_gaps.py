@@ -217,9 +217,8 @@ def multinode_sweep(tmp_path, node_rank):
 def test_node_drivers_share_a_run_dir_node_0_owning_it(tmp_path, monkeypatch):
     """One driver per node on a shared filesystem: node 1 is not refused by node 0's lock,
     writes only its own files, and, its part done, asks for no resume."""
-    from rich.console import Console
-
     from launch import pipeline
+    from launch.terminal import plain_console
     from launch.training import TRAINING
 
     started = []
@@ -231,28 +230,27 @@ def test_node_drivers_share_a_run_dir_node_0_owning_it(tmp_path, monkeypatch):
         ),
     )
     cfg0, overrides0 = multinode_sweep(tmp_path, 0)
-    node0 = pipeline.prepare(cfg0, overrides0, TRAINING, Console(file=io.StringIO()))
+    node0 = pipeline.prepare(cfg0, overrides0, TRAINING, plain_console(file=io.StringIO()))
     cfg1, overrides1 = multinode_sweep(tmp_path, 1)
     out = io.StringIO()
-    node1 = pipeline.prepare(cfg1, overrides1, TRAINING, Console(file=out, width=300))
+    node1 = pipeline.prepare(cfg1, overrides1, TRAINING, plain_console(file=out, width=300))
     root = tmp_path / "shared"
     assert sorted(p.name for p in (root / "ws2").iterdir()) == ["config-node1.yaml", "config.yaml"]
     assert (root / ".scaleprobe-node1.lock").is_file() and (root / "command.sh").is_file()
     assert node1.config_paths["ws2"].name == "config-node1.yaml"
-    assert pipeline.execute(node1, TRAINING, Console(file=out, width=300)) == 0
+    assert pipeline.execute(node1, TRAINING, plain_console(file=out, width=300)) == 0
     # Node 1 has no part in ws1; in ws2 it starts its own node and clears none of rank 0's files.
     assert started == [("ws2", [1], True, True)]
     assert "remaining points" not in out.getvalue()
     with pytest.raises(ConfigError, match="in use as node 1"):
-        pipeline.prepare(*multinode_sweep(tmp_path, 1), TRAINING, Console())
+        pipeline.prepare(*multinode_sweep(tmp_path, 1), TRAINING, plain_console())
     assert node0.lock and not node0.lock.closed  # node 0 still owns the dir
 
 
 def test_the_resume_hint_keeps_list_values(tmp_path):
     """rich reads `[node1,node2]` as a markup tag and used to print `cluster.hosts=`."""
-    from rich.console import Console
-
     from launch.pipeline import Prepared, finish
+    from launch.terminal import plain_console
     from launch.training import TRAINING
 
     cfg, overrides = multinode_sweep(tmp_path, 0)
@@ -261,7 +259,7 @@ def test_the_resume_hint_keeps_list_values(tmp_path):
         cfg, plans, None, "s", resume_command="python -m launch 'cluster.hosts=[node1,node2]'"
     )
     out = io.StringIO()
-    finish(prepared, TRAINING, [], Console(file=out, width=300), {"ws1"})
+    finish(prepared, TRAINING, [], plain_console(file=out, width=300), {"ws1"})
     assert (
         "to run the remaining points: python -m launch 'cluster.hosts=[node1,node2]'"
         in out.getvalue()
@@ -272,9 +270,8 @@ def test_a_failed_deepspeed_run_leaves_no_shared_memory_segment(tmp_path, monkey
     """A deepspeed-launcher rank that dies before unlinking its all-reduce segment
     (train/files/shm_segments.py) leaves it in RAM; the driver removes its run's, by the run's
     port, and no other run's."""
-    from rich.console import Console
-
     from launch import pipeline
+    from launch.terminal import plain_console
     from launch.training import TRAINING
     from train.files.shm_segments import allreduce_segment
 
@@ -291,12 +288,12 @@ def test_a_failed_deepspeed_run_leaves_no_shared_memory_segment(tmp_path, monkey
                  "cluster.nproc_per_node=2", f"cluster.master_port={port}",
                  f"run_dir={tmp_path / 'run'}"]  # fmt: skip
     prepared = pipeline.prepare(
-        compose_run_config(overrides), overrides, TRAINING, Console(file=io.StringIO())
+        compose_run_config(overrides), overrides, TRAINING, plain_console(file=io.StringIO())
     )
     other.write_bytes(b"x")
     try:
         with pytest.raises(RunFailed):
-            pipeline.execute(prepared, TRAINING, Console(file=io.StringIO()))
+            pipeline.execute(prepared, TRAINING, plain_console(file=io.StringIO()))
         assert not ours.exists()
         assert other.exists()
     finally:

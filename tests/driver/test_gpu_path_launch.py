@@ -6,7 +6,6 @@ import subprocess
 import sys
 
 import pytest
-from rich.console import Console
 
 from launch import resolve
 from launch.cluster.hosts import multinode_hosts
@@ -15,6 +14,7 @@ from launch.errors import ConfigError
 from launch.launchers import deepspeed, slurm
 from launch.plan import plan_runs
 from launch.resolve import resolve_node_defaults, with_measured_peaks
+from launch.terminal import plain_console
 from launch.validate import validate
 from tests.conftest import FAST, compose_run_config
 from train.runtime import distributed
@@ -168,7 +168,7 @@ def test_a_pcie_part_does_not_pass_for_the_sxm_profile():
 def test_on_a_gpu_node_the_defaults_use_its_gpus(monkeypatch, overrides, nproc, sizes):
     monkeypatch.setattr(resolve, "local_gpus", lambda: [("NVIDIA H100 80GB HBM3", 79.1)] * 8)
     cfg = compose_run_config(["gpu=h100_sxm", "run_dir=/x", *overrides])
-    resolve_node_defaults(cfg, overrides, Console(quiet=True))
+    resolve_node_defaults(cfg, overrides, plain_console(quiet=True))
     assert cfg.cluster.nproc_per_node == nproc and cfg.sweep.world_sizes == sizes
 
 

@@ -32,13 +32,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from rich.console import Console
 
 from launch.launchers.local import MetricsTail
 from launch.plan import config_for, plan_runs
 from launch.report import load_runs, print_table, scaling_rows
 from launch.report.markdown import markdown_report
 from launch.rundir import set_aside_other_runs
+from launch.terminal import plain_console
 from launch.wandb_env import apply_wandb_env
 from tests.conftest import (
     FAST,
@@ -160,7 +160,7 @@ def test_overwrite_moves_aside_the_runs_the_new_sweep_lacks_and_the_old_report(t
         write_point(root, size)
     (root / "report.md").write_text("the [1,2] sweep")
     cfg = compose_run_config([*FAST, "sweep.world_sizes=[1]", f"run_dir={root}"])
-    console = Console(record=True, width=200)
+    console = plain_console(record=True, width=200)
     aside = set_aside_other_runs(root, plan_runs(cfg), console)
     assert aside is not None and aside.parent == root
     assert (aside / "ws2" / "summary.json").is_file() and (aside / "report.md").is_file()
@@ -179,7 +179,7 @@ def test_overwrite_moves_a_single_runs_torchrun_folders_with_it(tmp_path):
     (root / "summary.json").write_text(json.dumps(summary("h100_sxm", 2, 1e3, 0.4)))
     (root / "torchelastic" / "id_x" / "attempt_0" / "1").mkdir(parents=True)
     cfg = compose_run_config([*FAST, "sweep.world_sizes=[1]", f"run_dir={root}"])
-    aside = set_aside_other_runs(root, plan_runs(cfg), Console(record=True, width=200))
+    aside = set_aside_other_runs(root, plan_runs(cfg), plain_console(record=True, width=200))
     assert (aside / "run" / "torchelastic" / "id_x" / "attempt_0" / "1").is_dir()
     assert not (root / "torchelastic").exists() and not (root / "summary.json").exists()
 
@@ -335,7 +335,7 @@ def test_mfu_above_100_percent_is_flagged_in_the_report_and_on_the_console(tmp_p
     rows = scaling_rows(runs)
     assert rows[0]["mfu_warning"].startswith(warning)
     assert f"> **warning:** world size 1 (ws1): {warning}" in markdown_report(runs, rows)
-    console = Console(record=True, width=300)
+    console = plain_console(record=True, width=300)
     print_table(rows, console)
     assert f"warning: world size 2: {warning}" in console.export_text()
 

@@ -9,7 +9,6 @@ import re
 
 import pytest
 from omegaconf import OmegaConf
-from rich.console import Console
 
 from launch.errors import ConfigError
 from launch.perfmodel.calibrate import load_calibration
@@ -17,6 +16,7 @@ from launch.perfmodel.hardware import part_rates
 from launch.perfmodel.projection import project_runs, projected_profiles, projection_record
 from launch.perfmodel.step import Placement, predict, predict_run
 from launch.project import run_projection
+from launch.terminal import plain_console
 from tests.conftest import compose_run_config
 from train.spec.degrees import plan_layout
 from train.spec.traffic import CommVolume, StepShape, step_collectives
@@ -115,7 +115,7 @@ def test_projection_writes_its_files_with_the_interface_keys(tmp_path):
         "project.nodes=[1,2]",
         "+project.price_per_gpu_hour.h100_sxm=2.5",
     )
-    assert run_projection(cfg, Console(record=True, width=200)) == 0
+    assert run_projection(cfg, plain_console(record=True, width=200)) == 0
     record = json.loads((tmp_path / "projection.json").read_text())
     assert len(record["runs"]) == 4
     for run in record["runs"]:
@@ -134,7 +134,7 @@ def test_piped_the_table_keeps_its_numbers_whole(tmp_path):
     takes the width it needs, so every row's tokens/s reads whole, not folded or cut."""
     cfg = projection_cfg(tmp_path, "project.gpus=[h100_sxm,h800]", "project.nodes=[1,2]")
     out = io.StringIO()
-    run_projection(cfg, Console(file=out, width=80))
+    run_projection(cfg, plain_console(file=out, width=80))
     printed = out.getvalue()
     assert "…" not in printed
     for run in json.loads((tmp_path / "projection.json").read_text())["runs"]:
@@ -150,7 +150,7 @@ def test_comm_mode_projects_collectives(tmp_path):
         "project.nodes=[1,2]",
         "comm.max_bytes=4096",
     )
-    run_projection(cfg, Console(record=True))
+    run_projection(cfg, plain_console(record=True))
     rows = json.loads((tmp_path / "projection.json").read_text())["collectives"]
     assert rows and all(COLLECTIVE_KEYS <= set(r) for r in rows)
     assert {r["ranks"] for r in rows} == {8, 16}
@@ -180,7 +180,7 @@ def test_all_profiles_at_four_node_counts_are_projected(tmp_path):
 )
 def test_bad_input_names_the_key(tmp_path, overrides, key):
     with pytest.raises(ConfigError) as err:  # at compose time (typed keys) or when projecting
-        run_projection(projection_cfg(tmp_path, *overrides), Console(record=True))
+        run_projection(projection_cfg(tmp_path, *overrides), plain_console(record=True))
     assert err.value.key == key
     if key == "parallel":
         assert "GiB per rank" in str(err.value)
@@ -196,7 +196,7 @@ def test_a_power_limit_is_projected_and_labelled(tmp_path):
         "gpu=a100_80g",
         "gpu.power_limit_w=300",
     )
-    run_projection(cfg, Console(record=True))
+    run_projection(cfg, plain_console(record=True))
     rows = {r["gpu"]: r for r in json.loads((tmp_path / "projection.json").read_text())["runs"]}
     assert rows["h100_hbm2e"]["power_limit"]["throughput_share"] == pytest.approx(0.915)
     assert rows["a100_80g"]["power_limit"]["throughput_share"] == 1.0
@@ -320,7 +320,7 @@ def test_bad_projection_input_is_one_config_error_before_anything_is_written(
     out = tmp_path / "out"
     with pytest.raises(ConfigError) as err:
         run_projection(
-            projection_cfg(tmp_path, f"project.out={out}", *overrides), Console(record=True)
+            projection_cfg(tmp_path, f"project.out={out}", *overrides), plain_console(record=True)
         )
     assert err.value.key == key
     assert "\n" not in str(err.value)
@@ -346,7 +346,7 @@ def test_a_run_that_fits_nowhere_suggests_what_it_does_not_already_do(tmp_path):
         "project.nodes=[1]",
     )
     with pytest.raises(ConfigError) as err:
-        run_projection(cfg, Console(record=True))
+        run_projection(cfg, plain_console(record=True))
     assert err.value.key == "parallel"
     text = str(err.value)
     assert "parallel=fsdp" not in text.split("try")[1]
@@ -362,7 +362,7 @@ def test_a_peak_that_does_not_fall_with_nodes_does_not_suggest_more_nodes(tmp_pa
         "project.nodes=[2,4]",
     )  # fmt: skip
     with pytest.raises(ConfigError) as err:
-        run_projection(cfg, Console(record=True))
+        run_projection(cfg, plain_console(record=True))
     text = str(err.value)
     assert "more nodes (project.nodes)" not in text
     falls = r"not more nodes: its peak per rank does not fall with them, [\d.]+ GiB at 2 node"
@@ -375,7 +375,7 @@ def test_an_moe_model_under_a_layout_without_ep_is_pointed_at_ep_fsdp(tmp_path):
         "train.global_batch=64", "project.gpus=[h800]", "project.nodes=[1]",
     )  # fmt: skip
     with pytest.raises(ConfigError) as err:
-        run_projection(cfg, Console(record=True))
+        run_projection(cfg, plain_console(record=True))
     assert "parallel=ep_fsdp (each rank holds n_experts / ep of the experts)" in str(err.value)
 
 
@@ -385,7 +385,7 @@ def test_an_expert_parallel_layout_is_pointed_at_its_sharded_twin(tmp_path):
         "train.global_batch=64", "project.gpus=[h800]", "project.nodes=[1]",
     )  # fmt: skip
     with pytest.raises(ConfigError) as err:
-        run_projection(cfg, Console(record=True))
+        run_projection(cfg, plain_console(record=True))
     assert "try parallel=ep_fsdp (or parallel=auto)" in str(err.value)
 
 
@@ -395,7 +395,7 @@ def test_a_layout_that_cannot_span_nodes_does_not_suggest_more_nodes(tmp_path):
         "train.global_batch=64", "project.gpus=[h800]", "project.nodes=[1,2]",
     )  # fmt: skip
     with pytest.raises(ConfigError) as err:
-        run_projection(cfg, Console(record=True))
+        run_projection(cfg, plain_console(record=True))
     assert "h800 at 1 node(s)" in str(err.value)  # parallel=tp stays inside a node
     assert "more nodes" not in str(err.value)
 
@@ -405,7 +405,7 @@ def test_a_skipped_collective_says_why_on_the_console(tmp_path):
         tmp_path, "project.mode=comm", "project.gpus=[l40s]", "project.nodes=[2]",
         "comm.max_bytes=4096",
     )  # fmt: skip
-    console = Console(record=True, width=300)
+    console = plain_console(record=True, width=300)
     run_projection(cfg, console)
     assert "no NIC rate" in console.export_text()
 
@@ -759,7 +759,7 @@ def test_weak_scalings_base_is_the_fewest_node_count_even_where_the_layout_is_re
             "project.gpus=[h100_sxm]",
             "project.nodes=[8]",
         ),  # fmt: skip
-        Console(record=True),
+        plain_console(record=True),
     )
     assert json.loads((tmp_path / "projection.json").read_text())["runs"][0]["global_batch"] == 64
     assert "global batch 64 at 8 node(s)" in (tmp_path / "projection.md").read_text()
@@ -818,7 +818,7 @@ def test_calibrating_from_an_auto_run_projects_auto_at_every_size(tmp_path):
     run = _measured_auto_run(tmp_path)
     overrides = [f"project.calibrate={run}", "project.gpus=[h100_sxm]", "project.nodes=[1,2]"]
     cfg = compose_run_config([*overrides, f"run_dir={tmp_path}"])
-    run_projection(cfg, Console(record=True))  # project.* keys: applied with no overrides
+    run_projection(cfg, plain_console(record=True))  # project.* keys: applied with no overrides
     record = json.loads((tmp_path / "projection.json").read_text())
     assert record["parallel"] == "auto" and record["model"] == "gpt_125m"
     assert all(not r.get("skipped") for r in record["runs"])
@@ -836,14 +836,14 @@ def test_command_line_overrides_apply_to_the_calibration_runs_config(tmp_path):
         "model=gpt_350m",
     ]
     cfg = compose_run_config([*overrides, f"run_dir={tmp_path}"])
-    run_projection(cfg, Console(record=True), overrides)
+    run_projection(cfg, plain_console(record=True), overrides)
     record = json.loads((tmp_path / "projection.json").read_text())
     assert record["global_batch"] == 64 and record["parallel"] == "fsdp"
     assert record["model"] == "gpt_350m"
     (row,) = record["runs"]
     assert row["layout"]["name"] == "fsdp" and row["global_batch"] == 64
     with pytest.raises(ConfigError) as err:
-        run_projection(cfg, Console(record=True), [*overrides, "~train.lr"])
+        run_projection(cfg, plain_console(record=True), [*overrides, "~train.lr"])
     assert err.value.key == "train.lr"
 
 
@@ -851,17 +851,21 @@ def test_a_part_named_on_the_command_line_is_the_one_projected(tmp_path):
     """`gpu=h800` with no project.gpus projects the h800 (it projected all 12 parts); the cpu
     profile has no GPU rates to project, and is refused with the parts that have."""
     cfg = projection_cfg(tmp_path, "gpu=h800", "project.nodes=[1,2]")
-    run_projection(cfg, Console(record=True), overrides=["gpu=h800", "project.nodes=[1,2]"])
+    run_projection(cfg, plain_console(record=True), overrides=["gpu=h800", "project.nodes=[1,2]"])
     runs = json.loads((tmp_path / "projection.json").read_text())["runs"]
     assert [(r["gpu"], r["nodes"]) for r in runs] == [("h800", 1), ("h800", 2)]
     # project.gpus, where given, still says which parts.
     cfg = projection_cfg(tmp_path, "gpu=h800", "project.gpus=[a100_80g]", "project.nodes=[1]")
-    run_projection(cfg, Console(record=True), overrides=["gpu=h800", "project.gpus=[a100_80g]"])
+    run_projection(
+        cfg, plain_console(record=True), overrides=["gpu=h800", "project.gpus=[a100_80g]"]
+    )
     runs = json.loads((tmp_path / "projection.json").read_text())["runs"]
     assert [r["gpu"] for r in runs] == ["a100_80g"]
     out = tmp_path / "cpu"
     with pytest.raises(ConfigError) as err:
-        run_projection(projection_cfg(out, "gpu=cpu"), Console(record=True), overrides=["gpu=cpu"])
+        run_projection(
+            projection_cfg(out, "gpu=cpu"), plain_console(record=True), overrides=["gpu=cpu"]
+        )
     assert err.value.key == "gpu" and "h800" in str(err.value)
     assert not out.exists()
 
@@ -875,12 +879,12 @@ def test_a_batch_no_size_divides_is_refused_with_one_every_size_runs(tmp_path, s
     extra += ["parallel=fsdp"]  # (auto finds TP degrees that run 8)
     with pytest.raises(ConfigError) as err:
         run_projection(
-            projection_cfg(tmp_path, *extra, "train.global_batch=8"), Console(record=True)
+            projection_cfg(tmp_path, *extra, "train.global_batch=8"), plain_console(record=True)
         )
     assert err.value.key == "train.global_batch"
     suggested = int(re.search(r"try train\.global_batch=(\d+)$", str(err.value))[1])
     cfg = projection_cfg(tmp_path, *extra, f"train.global_batch={suggested}")
-    assert run_projection(cfg, Console(record=True)) == 0
+    assert run_projection(cfg, plain_console(record=True)) == 0
     runs = json.loads((tmp_path / "projection.json").read_text())["runs"]
     assert runs and all(r["step_time_s"] for r in runs), [r.get("skipped") for r in runs]
 
@@ -891,11 +895,11 @@ def test_a_cpu_ranks_rule_does_not_refuse_a_gpu_projection(tmp_path):
     runs fp16: it was refused with the CPU's reason. pp's fp16 refusal holds everywhere."""
     assert compose_run_config(["run_dir=/unused"]).gpu.name == "cpu"  # this host, as CI's
     cfg = projection_cfg(tmp_path, "parallel=zero3", "precision=fp16", "project.gpus=[a100_80g]")
-    assert run_projection(cfg, Console(record=True)) == 0
+    assert run_projection(cfg, plain_console(record=True)) == 0
     runs = json.loads((tmp_path / "projection.json").read_text())["runs"]
     assert runs and all(r["step_time_s"] for r in runs)
     with pytest.raises(ConfigError) as err:
-        run_projection(projection_cfg(tmp_path, "parallel=pp", "precision=fp16"), Console())
+        run_projection(projection_cfg(tmp_path, "parallel=pp", "precision=fp16"), plain_console())
     assert err.value.key == "precision.name"
 
 
@@ -913,19 +917,19 @@ def test_gpu_auto_written_out_projects_this_machines_part(tmp_path, monkeypatch)
         return cfg
 
     cfg = composed(tmp_path, "project.nodes=[1]")
-    run_projection(cfg, Console(record=True), overrides=["gpu=auto", "project.nodes=[1]"])
+    run_projection(cfg, plain_console(record=True), overrides=["gpu=auto", "project.nodes=[1]"])
     runs = json.loads((tmp_path / "projection.json").read_text())["runs"]
     assert [r["gpu"] for r in runs] == ["h100_sxm"]
     monkeypatch.setattr(resolve, "local_gpus", lambda: [])
     out = tmp_path / "cpu"
     with pytest.raises(ConfigError) as err:
-        run_projection(composed(out), Console(record=True), overrides=["gpu=auto"])
+        run_projection(composed(out), plain_console(record=True), overrides=["gpu=auto"])
     assert str(err.value).startswith("gpu: cpu: launch.project projects GPU profiles")
     assert not out.exists()
     # A card without a profile (resolve.unknown_profile) is named, under the key the user set.
     monkeypatch.setattr(resolve, "local_gpus", lambda: [("NVIDIA RTX 6000 Ada Generation", 48)])
     with pytest.raises(ConfigError) as err:
-        run_projection(composed(out), Console(record=True), overrides=["gpu=auto"])
+        run_projection(composed(out), plain_console(record=True), overrides=["gpu=auto"])
     assert err.value.key == "gpu" and "RTX 6000 Ada Generation, which has no profile" in str(
         err.value
     )
@@ -936,7 +940,7 @@ def test_a_named_cpu_projects_collectives_as_project_gpus_does(tmp_path):
     """comm mode projects the cpu profile's link (project.gpus=[cpu] always could);
     gpu=cpu there is not refused as it is for training steps."""
     cfg = projection_cfg(tmp_path, "gpu=cpu", *COMM_PROJECTION[:1], "comm.max_bytes=4096")
-    run_projection(cfg, Console(record=True), overrides=["gpu=cpu", "project.mode=comm"])
+    run_projection(cfg, plain_console(record=True), overrides=["gpu=cpu", "project.mode=comm"])
     rows = json.loads((tmp_path / "projection.json").read_text())["collectives"]
     assert rows and {r["gpu"] for r in rows} == {"cpu"}
 
@@ -975,7 +979,7 @@ def test_a_configured_layout_names_autos_choice_where_it_is_much_faster(tmp_path
             tmp_path / layout, "model=llama_7b", *LLAMA, "train.global_batch=64",
             f"project.gpus=[{gpu}]", "project.nodes=[1]", f"parallel={layout}",
         )  # fmt: skip
-        out = Console(record=True, width=400)
+        out = plain_console(record=True, width=400)
         run_projection(cfg, out)
         runs = json.loads((tmp_path / layout / "projection.json").read_text())["runs"]
         return runs, out.export_text()

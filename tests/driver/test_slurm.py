@@ -10,7 +10,6 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from rich.console import Console
 
 from launch import pipeline
 from launch.cluster.setup import set_up_cluster
@@ -19,6 +18,7 @@ from launch.launchers import slurm, slurm_jobs
 from launch.plan import plan_runs
 from launch.resolve import sweep_every_node
 from launch.rundir import LOCK
+from launch.terminal import plain_console
 from launch.training import TRAINING
 from tests.conftest import FAST, compose_run_config, run_launch
 from tests.unit.test_failing_rank_lines import GLOO_TRACEBACK, KILLED_FOOTER
@@ -29,7 +29,7 @@ def test_without_sbatch_a_real_submit_is_refused_before_anything_starts(monkeypa
     monkeypatch.setattr(slurm.shutil, "which", lambda tool: None)
     cfg = compose_run_config([*FAST, "cluster=slurm", "launcher=slurm", "run_dir=/tmp/never"])
     with pytest.raises(ConfigError, match="launcher.name: launcher=slurm: sbatch is not on PATH"):
-        set_up_cluster(cfg, plan_runs(cfg), Console())
+        set_up_cluster(cfg, plan_runs(cfg), plain_console())
 
 
 def test_submitit_local_job_prints_its_sbatch_script(tmp_path):
@@ -135,7 +135,7 @@ def test_the_driver_follows_its_jobs_holding_the_run_dir_and_reports(tmp_path, f
         {"101": "FAILED", "102": "COMPLETED"},
     ]
     out = io.StringIO()
-    console = Console(file=out, width=300)
+    console = plain_console(file=out, width=300)
     with pytest.raises(RunFailed, match="1 of 2 run"):
         pipeline.run_job(cfg, overrides, TRAINING, console)
     text = out.getvalue()
@@ -154,7 +154,7 @@ def test_the_driver_follows_its_jobs_holding_the_run_dir_and_reports(tmp_path, f
 def test_wait_false_submits_prints_the_ids_and_the_report_line(tmp_path, fake_slurm, capsys):
     cfg, overrides = slurm_sweep(tmp_path, "launcher.wait=false")
     out = io.StringIO()
-    assert pipeline.run_job(cfg, overrides, TRAINING, Console(file=out, width=300)) == 0
+    assert pipeline.run_job(cfg, overrides, TRAINING, plain_console(file=out, width=300)) == 0
     printed = capsys.readouterr().out + out.getvalue()
     assert "ws1: submitted Slurm job 101" in printed and "ws2: submitted Slurm job 102" in printed
     assert "submitted job(s) 101 102; when they have finished: python -m launch.report " in printed
@@ -165,15 +165,15 @@ def test_a_second_driver_is_refused_while_the_first_ones_jobs_run(tmp_path, fake
     """The lock ends with a wait=false driver, its jobs do not: the same command run again
     would submit jobs that overwrite theirs."""
     cfg, overrides = slurm_sweep(tmp_path, "launcher.wait=false")
-    pipeline.run_job(cfg, overrides, TRAINING, Console(file=io.StringIO()))
+    pipeline.run_job(cfg, overrides, TRAINING, plain_console(file=io.StringIO()))
     fake_slurm.polls.append({"101": "RUNNING", "102": "PENDING"})
     cfg, overrides = slurm_sweep(tmp_path, "launcher.wait=false")
     with pytest.raises(ConfigError, match=r"101 RUNNING, 102 PENDING.*scancel 101 102"):
-        pipeline.run_job(cfg, overrides, TRAINING, Console(file=io.StringIO()))
+        pipeline.run_job(cfg, overrides, TRAINING, plain_console(file=io.StringIO()))
     assert len(fake_slurm.submitted) == 2
     fake_slurm.polls[:] = [{"101": "COMPLETED", "102": "CANCELLED"}]
     cfg, overrides = slurm_sweep(tmp_path, "launcher.wait=false")
-    pipeline.run_job(cfg, overrides, TRAINING, Console(file=io.StringIO()))
+    pipeline.run_job(cfg, overrides, TRAINING, plain_console(file=io.StringIO()))
     assert len(fake_slurm.submitted) == 4
 
 
@@ -218,13 +218,13 @@ def test_the_default_sweep_reaches_every_node(cluster, top):
     """README's Slurm line with cluster.nodes=4 submitted two 1-node jobs (sweep/weak.yaml's
     [1, 2]), and a multinode sweep never left the head node: the default now reaches all."""
     cfg = compose_run_config([*FAST, *cluster])
-    console = Console(record=True, width=200)
+    console = plain_console(record=True, width=200)
     sweep_every_node(cfg, [*cluster], console)
     assert cfg.sweep.world_sizes == [2**k for k in range(top.bit_length())]
     assert f"sweep.world_sizes={cfg.sweep.world_sizes}" in console.export_text()
     pinned = [*cluster, "sweep.world_sizes=[1,2]"]
     cfg = compose_run_config([*FAST, *pinned])
-    sweep_every_node(cfg, pinned, Console(record=True))
+    sweep_every_node(cfg, pinned, plain_console(record=True))
     assert cfg.sweep.world_sizes == [1, 2]  # the command line's own sweep is kept
 
 
@@ -242,7 +242,7 @@ def test_a_slurm_jobs_killed_rank_is_named_as_a_local_runs_is(tmp_path, fake_slu
     fake_slurm.on_poll.append(jobs_end)
     fake_slurm.polls += [{"101": "FAILED", "102": "COMPLETED"}]
     with pytest.raises(RunFailed, match="1 of 2 run"):
-        pipeline.run_job(cfg, overrides, TRAINING, Console(file=io.StringIO(), width=300))
+        pipeline.run_job(cfg, overrides, TRAINING, plain_console(file=io.StringIO(), width=300))
     failed = json.loads((root / "ws1" / "failed.json").read_text())
     assert (failed["rank"], failed["signal"]) == (1, "SIGKILL")
     assert "rank 1 was killed by SIGKILL" in "\n".join(failed["last_lines"])

@@ -9,7 +9,6 @@ import json
 import signal
 
 import pytest
-from rich.console import Console
 
 from launch import pipeline
 from launch.errors import Stopped
@@ -17,6 +16,7 @@ from launch.plan import config_for, plan_runs
 from launch.report import write_report
 from launch.rundir import failed_points, set_aside_other_runs
 from launch.stops import STOPPED, record_stop
+from launch.terminal import plain_console
 from launch.training import TRAINING
 from tests.conftest import FAST, compose_run_config
 from tests.unit.test_report import summary
@@ -34,7 +34,7 @@ def prepared_sweep(tmp_path, *overrides):
             *overrides,
         ]
     )
-    return pipeline.prepare(cfg, [], TRAINING, Console(quiet=True))
+    return pipeline.prepare(cfg, [], TRAINING, plain_console(quiet=True))
 
 
 def stop_in_ws2(monkeypatch, signum=signal.SIGTERM):
@@ -61,7 +61,7 @@ def test_a_stop_writes_stopped_json_in_the_running_point(tmp_path, monkeypatch, 
     stop_in_ws2(monkeypatch, signum)
     prepared = prepared_sweep(tmp_path)
     with pytest.raises((Stopped, KeyboardInterrupt)):
-        pipeline.execute(prepared, TRAINING, Console(quiet=True))
+        pipeline.execute(prepared, TRAINING, plain_console(quiet=True))
     ws2 = tmp_path / "sweep" / "ws2"
     record = json.loads((ws2 / STOPPED).read_text())
     expected = (signal.Signals(signum).name, 3, 6)
@@ -77,7 +77,7 @@ def test_a_stop_writes_stopped_json_in_the_running_point(tmp_path, monkeypatch, 
 def test_a_stopped_point_is_reported_as_stopped_not_failed(tmp_path, monkeypatch):
     stop_in_ws2(monkeypatch)
     with pytest.raises(Stopped):
-        pipeline.execute(prepared_sweep(tmp_path), TRAINING, Console(quiet=True))
+        pipeline.execute(prepared_sweep(tmp_path), TRAINING, plain_console(quiet=True))
     root = tmp_path / "sweep"
     points = failed_points(root)
     assert [(p["name"], p["status"]) for p in points] == [("ws2", "stopped"), ("ws3", "stopped")]
@@ -93,7 +93,7 @@ def test_a_stopped_point_is_reported_as_stopped_not_failed(tmp_path, monkeypatch
 def test_resume_reruns_a_stopped_point_and_the_rerun_removes_its_record(tmp_path, monkeypatch):
     stop_in_ws2(monkeypatch)
     with pytest.raises(Stopped):
-        pipeline.execute(prepared_sweep(tmp_path), TRAINING, Console(quiet=True))
+        pipeline.execute(prepared_sweep(tmp_path), TRAINING, plain_console(quiet=True))
     resumed = prepared_sweep(tmp_path, "resume=true")
     assert list(resumed.finished) == ["ws1"]  # ws2 and ws3 have no summary: they run again
     ran = []
@@ -105,7 +105,7 @@ def test_resume_reruns_a_stopped_point_and_the_rerun_removes_its_record(tmp_path
         return None
 
     monkeypatch.setattr(pipeline, "run_point", run_point)
-    assert pipeline.execute(resumed, TRAINING, Console(quiet=True)) == 0
+    assert pipeline.execute(resumed, TRAINING, plain_console(quiet=True)) == 0
     assert ran == ["ws2", "ws3"] and not list((tmp_path / "sweep").glob(f"*/{STOPPED}"))
     assert failed_points(tmp_path / "sweep") == []
 
@@ -116,7 +116,7 @@ def test_a_stopped_single_run_is_moved_aside_whole_by_overwrite(tmp_path):
     (root / "config.yaml").write_text("name: scaleprobe\n")
     (root / STOPPED).write_text(json.dumps({"name": "run", "signal": "SIGTERM", "step": 2}))
     cfg = compose_run_config([*FAST, "sweep.world_sizes=[1]", f"run_dir={root}"])
-    aside = set_aside_other_runs(root, plan_runs(cfg), Console(quiet=True))
+    aside = set_aside_other_runs(root, plan_runs(cfg), plain_console(quiet=True))
     assert (aside / "run" / STOPPED).is_file() and not (root / STOPPED).exists()
 
 
@@ -139,7 +139,33 @@ def test_a_point_whose_summary_was_written_before_the_stop_is_not_stopped(tmp_pa
 
     monkeypatch.setattr(pipeline, "run_point", run_point)
     with pytest.raises(Stopped):
-        pipeline.execute(prepared_sweep(tmp_path), TRAINING, Console(quiet=True))
+        pipeline.execute(prepared_sweep(tmp_path), TRAINING, plain_console(quiet=True))
     root = tmp_path / "sweep"
     assert not (root / "ws1" / STOPPED).exists()
     assert json.loads((root / "ws2" / STOPPED).read_text())["started"] is False
+
+
+def test_the_lines_above_the_bar_are_printed_as_they_are(tmp_path, monkeypatch):
+    """The progress bar had a console of its own, with rich markup on: a failed point's
+    `[rank0]:` lines and a finished point's run dir named like `[exp a]` lost their brackets.
+    It prints on the driver's console (launch/terminal.py) now."""
+    import io
+
+    from launch.errors import RunFailed
+
+    def run_point(prepared, job, plan, progress):
+        if plan.name == "ws1":
+            raise RunFailed("ws1 failed: [rank0]: RuntimeError: [exp a] went wrong")
+        result = summary("cpu", 2, 1000.0, 0.1)
+        (plan.run_dir / "summary.json").write_text(json.dumps(result))
+        return result
+
+    monkeypatch.setattr(pipeline, "run_point", run_point)
+    out = io.StringIO()
+    run_dir = tmp_path / "[exp a]"
+    prepared = prepared_sweep(tmp_path, "sweep.world_sizes=[1,2]", f"run_dir='{run_dir}'")
+    with pytest.raises(RunFailed, match="1 of 2 run"):
+        pipeline.execute(prepared, TRAINING, plain_console(file=out, width=300))
+    printed = out.getvalue()
+    assert "ws1 failed: [rank0]: RuntimeError: [exp a] went wrong" in printed
+    assert str(run_dir / "ws2") in printed

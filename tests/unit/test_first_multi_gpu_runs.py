@@ -15,9 +15,9 @@ import types
 
 import pytest
 import torch
-from rich.console import Console
 
 from launch import resolve
+from launch.terminal import plain_console
 from tests.conftest import REPO, TINY, compose_run_config, model_config
 from train.checkpoint.markers import file_rank, save_record
 from train.model import weights
@@ -177,12 +177,12 @@ def test_the_node_defaults_leave_the_odd_gpu_out_and_refuse_to_take_it(monkeypat
     mixed = [("NVIDIA H100 80GB HBM3", 79.1)] * 7 + [("NVIDIA A100-SXM4-80GB", 79.2)]
     monkeypatch.setattr(resolve, "local_gpus", lambda: mixed)
     cfg = compose_run_config(["gpu=h100_sxm", "run_dir=/x"])
-    resolve.resolve_node_defaults(cfg, [], Console(quiet=True))
+    resolve.resolve_node_defaults(cfg, [], plain_console(quiet=True))
     assert cfg.cluster.nproc_per_node == 7 and cfg.sweep.world_sizes == [1, 2, 4]
     overrides = ["cluster.nproc_per_node=8"]
     cfg = compose_run_config(["gpu=h100_sxm", "run_dir=/x", *overrides])
     with pytest.raises(ConfigError, match="^cluster.nproc_per_node: 8 ranks would take GPUs"):
-        resolve.resolve_node_defaults(cfg, overrides, Console(quiet=True))
+        resolve.resolve_node_defaults(cfg, overrides, plain_console(quiet=True))
 
 
 # -- item 12: the benchmark's MFU against the bf16 peak ---------------------------------------

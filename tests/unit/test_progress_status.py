@@ -37,3 +37,38 @@ def test_the_comm_benchmark_s_bar_names_the_point_timed_out_of_all(tmp_path):
 def test_a_training_run_s_bar_reads_loss_and_tokens_per_s():
     assert training_status(None) == "loss - tok/s -"
     assert training_status({"loss": 2.5, "tokens_per_s": 12345.6}) == "loss 2.5000 tok/s 12,346"
+
+
+def test_the_bar_names_a_run_as_its_dir_is_named():
+    """A run without a sweep is named by its run dir; the bar read `[exp a]` as a rich tag and
+    showed an empty name (and `run[red]x` as a red `runx`)."""
+    from launch.terminal import plain_console
+
+    progress = progress_bar()
+    for name in ("[exp a]", "run[red]x"):
+        progress.add_task(name, total=3, status="[rank0]: starting")
+    console = plain_console(record=True, width=200)
+    console.print(progress.make_tasks_table(progress.tasks))
+    printed = console.export_text()
+    assert "[exp a]" in printed and "run[red]x" in printed and "[rank0]: starting" in printed
+
+
+def test_the_driver_s_consoles_print_strings_and_table_cells_as_they_are():
+    """launch/terminal.py: markup off for what is printed and for the cells of a table (rich
+    renders a str cell with its console's setting); the styled words keep their text."""
+    from rich.table import Table
+
+    from launch.terminal import heading, plain_console, warning
+
+    console = plain_console(record=True, width=200)
+    table = Table(title="[seq 32, mb 2]")
+    table.add_column("[layout]")
+    table.add_row("[dp 2] fsdp")
+    console.print(table)
+    console.print("run dir /tmp/[exp a]/ws1")
+    console.print(warning("cluster.hosts=[n1,n2] [bold]"))
+    console.print(heading("[intra-node]", ", 2 ranks"))
+    printed = console.export_text()
+    for text in ("[seq 32, mb 2]", "[layout]", "[dp 2] fsdp", "/tmp/[exp a]/ws1",
+                 "warning: cluster.hosts=[n1,n2] [bold]", "[intra-node], 2 ranks"):  # fmt: skip
+        assert text in printed, text

@@ -293,16 +293,15 @@ def test_the_console_names_what_tells_two_workloads_of_a_series_apart(tmp_path: 
     """A multirun over seq_len gives one series per workload, told apart by "[seq 1024, ...]"
     (load.py). The console printed each table's title as rich markup, which read the bracket
     as a style and dropped it: two tables both titled "... · bf16 (0)" / "(1)"."""
-    from rich.console import Console
-
     from launch.report.console import print_table
+    from launch.terminal import plain_console
 
     for job, seq in (("0", 1024), ("1", 2048)):
         point = tmp_path / job / "ws1"
         point.mkdir(parents=True)
         run = {**summary("h100_sxm", 1, 3000.0, 0.45), "seq_len": seq}
         (point / "summary.json").write_text(json.dumps(run))
-    console = Console(record=True, width=300)
+    console = plain_console(record=True, width=300)
     print_table(scaling_rows(load_runs([tmp_path / "0", tmp_path / "1"])), console)
     printed = console.export_text()
     assert "[seq 1024," in printed and "[seq 2048," in printed
@@ -313,12 +312,11 @@ def test_a_finished_runs_line_prints_its_run_dir_whole(tmp_path: Path):
     bracket opening with a letter) was read as rich markup and cut from the line."""
     from types import SimpleNamespace
 
-    from rich.console import Console
-
+    from launch.terminal import plain_console
     from launch.training import print_run
 
     run = summary("h100_sxm", 1, 3000.0, 0.45)
     plan = SimpleNamespace(name="ws1", run_dir=tmp_path / "[exp a]" / "ws1")
-    console = Console(record=True, width=300)
+    console = plain_console(record=True, width=300)
     print_run(None, plan, run, console)
     assert str(plan.run_dir) in console.export_text()
