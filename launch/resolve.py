@@ -378,8 +378,15 @@ def choose_layouts(cfg: RunConfig, plans: list) -> list:
         batch = BatchRule.weak_per_device(cfg.train.global_batch, plans[0].world_size)
     else:
         batch = BatchRule(global_batch=cfg.train.global_batch)
+    refused: ConfigError | None = None
     for plan in plans:
-        parallel, degrees, reason = _pick(cfg, plan, batch, rates)
+        try:
+            parallel, degrees, reason = _pick(cfg, plan, batch, rates)
+        except ConfigError as exc:
+            if exc.key != "parallel":
+                raise
+            refused = refused or exc  # the first; the others are tried for the hint
+            continue
         chosen.append(
             dataclasses.replace(
                 plan,
@@ -388,7 +395,22 @@ def choose_layouts(cfg: RunConfig, plans: list) -> list:
                 layout_reason=reason,
             )
         )
+    if refused:
+        raise _sizes_that_fit(refused, [p.world_size for p in chosen])
     return chosen
+
+
+def _sizes_that_fit(refused: ConfigError, fitting: list[int]) -> ConfigError:
+    """A sweep's first world size where no layout fits, with the sweep that would run: its
+    sizes where one does (a model too big for one GPU under the default sweep, 1 to 8)."""
+    if not fitting:
+        return refused
+    sizes = ",".join(map(str, fitting))
+    return ConfigError(
+        refused.key,
+        f"{refused.message}; of this sweep's world sizes, {', '.join(map(str, fitting))} fit: "
+        f"sweep.world_sizes=[{sizes}]",
+    )
 
 
 NO_CEILING = (

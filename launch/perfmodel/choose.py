@@ -218,18 +218,36 @@ def choose_layout(
 def _fits_nowhere(
     cfg: RunConfig, candidates: list[Candidate], rates: PartRates, world_size: int
 ) -> ConfigError:
+    """What the closest candidate needs, against the part's usable memory, and the remedy for
+    what does not fit: the model states (parameters, gradients, optimizer state) where even
+    the most sharded candidate's exceed the memory before any activation, which only more
+    ranks can shard thinner (a smaller micro batch saves nothing there); else activations."""
     smallest = min(candidates, key=lambda c: c.prediction.memory.peak_bytes)
+    sharded_most = min(candidates, key=lambda c: c.prediction.memory.held_bytes)
+    held = sharded_most.prediction.memory.held_bytes
+    usable = smallest.prediction.memory.capacity_bytes
     need = (
         f"{smallest.prediction.memory.peak_bytes / 2**30:.1f} GiB per rank "
         f"({smallest.label}, checkpoint {smallest.activation_checkpoint})"
     )
     capacity = rates.hbm_bytes / 2**30 if rates.hbm_bytes else float("nan")
+    if usable is not None and held > usable:
+        remedy = (
+            f"its parameters, gradients and optimizer state alone take {held / 2**30:.1f} GiB "
+            f"per rank sharded the most ({sharded_most.label}): more ranks shard them thinner "
+            "(a larger world size or more nodes)"
+        )
+    else:
+        smaller = (
+            "lower train.micro_batch" if cfg.train.micro_batch > 1 else "a shorter train.seq_len"
+        )
+        remedy = f"{smaller} or more ranks"
+    usable_text = f", {usable / 2**30:.1f} usable" if usable is not None else ""
     return ConfigError(
         "parallel",
         f"no layout of {cfg.model.name} fits {world_size} x {cfg.gpu.name} "
-        f"({capacity:.0f} GiB each, micro batch {cfg.train.micro_batch}, seq "
-        f"{cfg.train.seq_len}): the smallest needs {need}; lower train.micro_batch or "
-        "add nodes",
+        f"({capacity:.1f} GiB visible each{usable_text}; micro batch {cfg.train.micro_batch}, seq "
+        f"{cfg.train.seq_len}): the smallest needs {need}; {remedy}",
     )
 
 

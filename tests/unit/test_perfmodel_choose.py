@@ -84,9 +84,39 @@ def test_tp_only_inside_a_node_and_only_over_nvlink():
     assert choice.degrees.tp <= 8 and choice.prediction.fits
 
 
-def test_a_layout_that_fits_nowhere_says_how_much_it_needs():
-    with pytest.raises(ConfigError, match=r"parallel: .*needs \d+\.\d GiB per rank"):
+def test_a_layout_that_fits_nowhere_says_how_much_it_needs_and_what_would_fit_it():
+    """Where the model states alone outgrow the memory, only more ranks help: it said "lower
+    train.micro_batch" to a 70B model on one node of A100 40GB, whose states need ~140 GiB
+    per rank there before any activation. Where activations are what does not fit, a smaller
+    micro batch is the remedy."""
+    with pytest.raises(ConfigError) as states:
         choose("a100_40g", "llama_70b", 1, "train.micro_batch=8", "train.global_batch=8")
+    text = str(states.value)
+    assert re.search(r"^parallel: .*needs \d+\.\d GiB per rank", text)
+    assert re.search(r"\(39\.\d GiB visible each, 35\.\d usable;", text)  # of 40 GiB
+    assert "optimizer state alone take" in text and "more ranks" in text
+    assert "micro_batch" not in text
+    with pytest.raises(ConfigError) as activations:
+        choose("l40s", "llama_7b", 1, "train.micro_batch=32", "train.global_batch=32")
+    text = str(activations.value)
+    assert "lower train.micro_batch or more ranks" in text and "alone" not in text
+
+
+def test_a_sweep_that_fits_at_some_sizes_names_the_sweep_that_runs():
+    """llama_7b on H800s under the default sweep (1 and 2 ranks): one GPU cannot hold it, two
+    can; the refusal names the sweep that would run."""
+    from launch.plan import plan_runs
+
+    cfg = compose_run_config(["gpu=h800", "model=llama_7b", "cluster.nproc_per_node=8",
+                              "sweep.world_sizes=[1,2,4]", "run_dir=/unused"])  # fmt: skip
+    with pytest.raises(ConfigError) as err:
+        plan_runs(cfg)
+    assert err.value.key == "parallel"
+    assert str(err.value).endswith("of this sweep's world sizes, 2, 4 fit: sweep.world_sizes=[2,4]")
+    cfg.sweep.world_sizes = [1]
+    with pytest.raises(ConfigError) as alone:
+        plan_runs(cfg)
+    assert "sweep.world_sizes" not in str(alone.value)
 
 
 def test_auto_is_the_default_and_a_gpu_run_says_what_it_chose():
