@@ -402,7 +402,7 @@ def choose_layouts(cfg: RunConfig, plans: list) -> list:
 
 def _sizes_that_fit(refused: ConfigError, fitting: list[int]) -> ConfigError:
     """A sweep's first world size where no layout fits, with the sweep that would run: its
-    sizes where one does (a model too big for one GPU under the default sweep, 1 to 8)."""
+    sizes where one does (a model too big for one GPU in a sweep that starts at one rank)."""
     if not fitting:
         return refused
     sizes = ",".join(map(str, fitting))
