@@ -6,7 +6,6 @@ from typing import Any
 
 from rich.console import Console
 from rich.table import Table
-from rich.text import Text
 
 from launch.report.markdown import layout_cells, pct
 from launch.terminal import plain_console
@@ -22,9 +21,9 @@ def print_table(rows: list[dict[str, Any]], console: Console | None = None) -> N
             if any(r["crosses_node_boundary"] for r in series)
             else None
         )
-        # Text, not a str: a label's "[seq 32, ...]" (load.py: what tells two workloads of one
-        # series apart) would be read as rich markup and dropped from the title.
-        table = Table(title=Text(label), caption=caption)
+        # On the driver's plain console (launch/terminal.py) a label's "[seq 32, ...]" (load.py:
+        # what tells two workloads of one series apart) stays in the title.
+        table = Table(title=label, caption=caption)
         for name in (
             "world size",
             "nodes",
@@ -56,7 +55,7 @@ def print_table(rows: list[dict[str, Any]], console: Console | None = None) -> N
                 )
         if any(row.get("memory") for row in series):
             # A second table: the first already fills 80 columns.
-            layout = Table(title=Text(f"{label}: per rank"))
+            layout = Table(title=f"{label}: per rank")
             for name in ("world size", "params", "grads", "optimizer", "peak mem", "comm/step"):
                 layout.add_column(name, justify="right")
             for row in series:
