@@ -326,9 +326,12 @@ def fail(exc: LaunchError | ConfigError) -> None:
 HELP_CONFIG = "scaleprobe_command"
 
 
-def help_page(summary: str, keys: list[tuple[str, str]], examples: list[str]) -> str:
+def help_page(
+    summary: str, keys: list[tuple[str, str]], examples: list[str], *, whole_config: bool = False
+) -> str:
     """A command's --help (Hydra's help template): what it does, its main keys with what each
-    takes, examples, then the config groups Hydra lists. ``$`` is the template's own syntax."""
+    takes, examples, then the config groups Hydra lists, and with ``whole_config`` every key
+    with its default (Hydra's $CONFIG). ``$`` is the template's own syntax."""
     width = max(len(key) for key, _ in keys) + 2
     lines = [textwrap.fill(summary, 98), "", "== Main keys =="]
     for key, what in keys:
@@ -341,6 +344,9 @@ def help_page(summary: str, keys: list[tuple[str, str]], examples: list[str]) ->
     assert "${" not in text, "an interpolation in a help page"
     text = text.replace("$", "$$")
     groups = "== Config groups (group=option) ==\n$APP_CONFIG_GROUPS\n"
+    if whole_config:
+        groups += "\n== Config ==\nAny key is an override (KEY=VALUE); each with its default:\n"
+        groups += "\n$CONFIG\n"
     return f"{text}\n{groups}"
 
 

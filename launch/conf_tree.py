@@ -39,6 +39,14 @@ def group_choices(group: str) -> list[str]:
     return sorted(p.stem for p in (conf_dir() / group).glob("*.yaml"))
 
 
+@cache
+def default_choices() -> dict[str, str]:
+    """The option conf/config.yaml's defaults list gives each group (gpu: auto, ...)."""
+    listed = OmegaConf.load(conf_dir() / "config.yaml").defaults
+    pairs = (dict(entry).popitem() for entry in listed if not isinstance(entry, str))
+    return {group: choice for group, choice in pairs if group in GROUPS}
+
+
 def load_gpu_profile(name: str) -> GpuConfig:
     """conf/gpu/NAME.yaml as the typed GpuConfig; each caller gets its own copy."""
     path = conf_dir() / "gpu" / f"{name}.yaml"

@@ -10,12 +10,14 @@ from omegaconf import DictConfig
 from rich.console import Console
 
 from launch import report
+from launch.app import help_page
 from launch.bench.host_kernels import cache_run_kernels
+from launch.conf_tree import default_choices, group_choices
 from launch.pipeline import Job
 from launch.plan import RunPlan
 from launch.terminal import plain_console
 from train.measure.tracking import WandbRun
-from train.spec.config import RunConfig
+from train.spec.config import CheckpointConfig, RunConfig, TrainConfig, WandbConfig, WandbMode
 
 
 def print_run(cfg: RunConfig, plan: RunPlan, summary: dict, console: Console) -> None:
@@ -117,6 +119,56 @@ def _holds_summaries(job_dir: Path) -> bool:
     return (job_dir / "summary.json").is_file() or any(job_dir.glob("*/summary.json"))
 
 
+def training_help() -> str:
+    """--help of python -m launch: what it does, the keys most runs set, examples, then Hydra's
+    groups and the whole config (every other key is an override too)."""
+    t, default = TrainConfig(), default_choices()
+
+    def group(name: str, what: str) -> tuple[str, str]:
+        """``name=NAME``: what it sets, its options (auto's meaning in ``what``), its default."""
+        options = ", ".join(c for c in group_choices(name) if c != "auto")
+        return f"{name}=NAME", f"{what}{options} (default {default[name]})"
+
+    keys = [
+        group("gpu", "the part: its peaks (MFU), memory, links and precision=auto's choice. "
+              "auto: this machine's, detected; or "),
+        group("model", ""),
+        group("parallel", "the layout (degrees: parallel.tp=N, parallel.pp=N, parallel.ep=N, "
+              "...). auto: the performance model's choice for each run; or "),
+        group("precision", "auto: bf16 where the part has it, fp8 on Hopper/Ada with an fp8 "
+              "backend, else fp32; or "),
+        group("sweep", "one run, or a run per world size (sweep.world_sizes=[1,2,...]) and a "
+              "scaling report, weak (the batch per device held) or strong (the global batch): "),
+        group("cluster", "where the ranks run, cluster.nodes=N x cluster.nproc_per_node=N: "),
+        group("launcher", "what starts the ranks: "),
+        (f"train.steps={t.steps}", f"timed steps, after train.warmup_steps={t.warmup_steps}"),
+        (f"train.micro_batch={t.micro_batch}", f"sequences per rank and micro-step; also "
+         f"train.global_batch={t.global_batch}, train.seq_len={t.seq_len}"),
+        (f"checkpoint.every={CheckpointConfig().every}", "save every N steps (0: never); a "
+         "restarted rank resumes from the last"),
+        ("dry_run=true", "print every node's command and start nothing"),
+        ("run_dir=DIR", "where the runs and the report go (default runs/DATE/TIME)"),
+        ("resume=true", "with run_dir=DIR: run only the sweep's points without a result"),
+        ("wandb.mode=" + "|".join(m.value for m in WandbMode),
+         f"tracking (default {WandbConfig().mode.value})"),
+    ]  # fmt: skip
+    summary = (
+        "python -m launch [KEY=VALUE ...]: runs the reference transformer on 1..N ranks "
+        "(torchrun, the deepspeed launcher or Slurm) at each world size of a sweep, and writes "
+        "each run's throughput, MFU, memory and communication, then a scaling report. Related: "
+        "python -m launch.project (predicted scaling per GPU type, no ranks), python -m "
+        "launch.comm (collective bandwidth), python -m launch.mamf (this machine's matmul "
+        "ceiling), python -m launch.report RUN_DIR (the report again)."
+    )
+    examples = [
+        "python -m launch                # weak sweep, 1 and 2 ranks, tiny model",
+        "python -m launch sweep=none parallel=fsdp cluster.nproc_per_node=2",
+        "python -m launch gpu=h800 model=gpt_1_3b cluster=slurm launcher=slurm dry_run=true",
+        "python -m launch --multirun model=tiny,gpt_125m sweep=none",
+    ]
+    return help_page(summary, keys, examples, whole_config=True)
+
+
 TRAINING = Job(
     driver_module="launch",
     rank_module="train",
@@ -125,4 +177,5 @@ TRAINING = Job(
     total_steps=lambda cfg: cfg.train.steps,
     on_result=print_run,
     on_all=report_sweep,
+    help_text=training_help,
 )

@@ -94,10 +94,21 @@ def test_each_command_has_its_own_help(module_in_process):
                 "python -m launch.comm cluster.nproc_per_node=2"):  # fmt: skip
         assert key in comm.stdout, key
     assert "== Config ==" not in project.stdout + comm.stdout  # no whole-config dump
-    # python -m launch keeps Hydra's page: its groups and the whole config to override.
+    # python -m launch was Hydra's "app is powered by Hydra." over the whole config: it says
+    # what it does and its main keys with their defaults from conf/config.yaml, then keeps the
+    # groups and the whole config to override.
+    said = " ".join(launch.stdout.split())  # the descriptions are wrapped
+    for key in ("runs the reference transformer", "python -m launch.project", "gpu=NAME",
+                "h800", "parallel=NAME", "the performance model's choice", "(default auto)",
+                "sweep.world_sizes=", "(default weak)", "cluster.nproc_per_node=N",
+                "(default torchrun)", "train.global_batch=8", "dry_run=true", "resume=true",
+                "python -m launch --multirun"):  # fmt: skip
+        assert key in said, key
+    assert "powered by Hydra" not in launch.stdout
     assert "== Config ==" in launch.stdout and "train:" in launch.stdout
     assert len({project.stdout, comm.stdout, launch.stdout}) == 3
-    ours = [out.split("== Config groups")[0] for out in (project.stdout, comm.stdout)]
+    pages = (project.stdout, comm.stdout, launch.stdout)
+    ours = [out.split("== Config groups")[0] for out in pages]
     assert max(len(line) for line in "".join(ours).splitlines()) <= 100  # Hydra's lines are its own
 
 
