@@ -16,6 +16,7 @@ import dataclasses
 import difflib
 import functools
 import signal
+import string
 import sys
 import tempfile
 import textwrap
@@ -45,9 +46,10 @@ def _raise_stopped(signum, frame):
     raise Stopped(signum)
 
 
-def precheck(argv: list[str], check: Check | None = None) -> None:
+def precheck(argv: list[str], check: Check | None = None) -> list[str]:
     """Reject unknown group choices and keys/types Hydra would refuse, as a ConfigError; in a
-    multirun, every job's config through ``check``."""
+    multirun, every job's config through ``check``. Returns the overrides it composed (a
+    sweep's first value for each swept key)."""
     from hydra._internal.utils import get_args_parser
 
     args = get_args_parser().parse_args(argv)
@@ -84,6 +86,7 @@ def precheck(argv: list[str], check: Check | None = None) -> None:
     compose(single_values)
     if args.multirun and check is not None:
         check_every_job(parsed, check)
+    return single_values
 
 
 def _prefix(override) -> str:
@@ -322,16 +325,12 @@ def fail(exc: LaunchError | ConfigError) -> None:
     sys.exit(exc.exit_code)
 
 
-# The Hydra help config (group hydra/help) a command's own --help page is stored as.
-HELP_CONFIG = "scaleprobe_command"
-
-
 def help_page(
     summary: str, keys: list[tuple[str, str]], examples: list[str], *, whole_config: bool = False
 ) -> str:
-    """A command's --help (Hydra's help template): what it does, its main keys with what each
-    takes, examples, then the config groups Hydra lists, and with ``whole_config`` every key
-    with its default (Hydra's $CONFIG). ``$`` is the template's own syntax."""
+    """A command's --help page (print_help fills it): what it does, its main keys with what
+    each takes, examples, then the config groups, and with ``whole_config`` every key with its
+    default. A string.Template, whose ``$`` the text escapes."""
     width = max(len(key) for key, _ in keys) + 2
     lines = [textwrap.fill(summary, 98), "", "== Main keys =="]
     for key, what in keys:
@@ -339,10 +338,7 @@ def help_page(
         folded = textwrap.wrap(what, max(40, 98 - width)) or [""]
         lines += [f"  {key:<{width}}{folded[0]}", *(f"  {'':<{width}}{f}" for f in folded[1:])]
     lines += ["", "== Examples ==", *(f"  {e}" for e in examples), ""]
-    text = "\n".join(lines)
-    # OmegaConf would resolve an interpolation in the template: none may be written.
-    assert "${" not in text, "an interpolation in a help page"
-    text = text.replace("$", "$$")
+    text = "\n".join(lines).replace("$", "$$")
     groups = "== Config groups (group=option) ==\n$APP_CONFIG_GROUPS\n"
     if whole_config:
         groups += "\n== Config ==\nAny key is an override (KEY=VALUE); each with its default:\n"
@@ -350,16 +346,25 @@ def help_page(
     return f"{text}\n{groups}"
 
 
-def select_help(argv: list[str], page: Callable[[], str] | None) -> list[str]:
-    """With --help, ``page`` as Hydra's help: each command says what it does and its keys
-    instead of Hydra's generic text and the whole config (which `python -m launch` keeps)."""
-    if page is None or not {"--help", "-h"} & set(argv):
-        return argv
-    from hydra.core.config_store import ConfigStore
+def asks_for_help(argv: list[str]) -> bool:
+    return bool({"--help", "-h"} & set(argv))
 
-    node = {"app_name": "", "header": "", "footer": "", "template": page()}
-    ConfigStore.instance().store(group="hydra/help", name=HELP_CONFIG, node=node)
-    return [*argv, f"hydra/help={HELP_CONFIG}"]
+
+def print_help(argv: list[str], page: Callable[[], str]) -> None:
+    """--help: the command's page (help_page) over the config these overrides compose; a bad
+    override is refused as in a run. Not Hydra's --help, which lists each group's options
+    through a copy of its whole config repository per option: ~4 s on a 2-core host."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    overrides = precheck([a for a in argv if not asks_for_help([a])])
+    with initialize_config_dir(str(conf_dir()), version_base=None):
+        cfg = hydra_compose("config", overrides=overrides)
+    groups = "\n".join(f"{g}: {', '.join(group_choices(g))}" for g in sorted(GROUPS))
+    text = string.Template(page()).substitute(
+        APP_CONFIG_GROUPS=groups, CONFIG=OmegaConf.to_yaml(cfg)
+    )
+    print(text)
 
 
 def run_app(
@@ -371,9 +376,11 @@ def run_app(
     from hydra.core.hydra_config import HydraConfig
 
     register_schema()
-    sys.argv[1:] = select_help(sys.argv[1:], help_text)
     sys.argv[1:] = with_open_map_keys_added(sys.argv[1:])
     try:
+        if help_text is not None and asks_for_help(sys.argv[1:]):
+            print_help(sys.argv[1:], help_text)
+            sys.exit(0)
         precheck(sys.argv[1:], check)
     except USER_ERRORS as exc:
         fail(exc)

@@ -112,6 +112,25 @@ def test_each_command_has_its_own_help(module_in_process):
     assert max(len(line) for line in "".join(ours).splitlines()) <= 100  # Hydra's lines are its own
 
 
+def test_help_after_overrides_shows_their_config_and_refuses_a_bad_one(module_in_process, tmp_path):
+    """An override written before --help (`python -m launch model=llama_7b --help`) was refused
+    by Hydra's argument parser ("unrecognized arguments: hydra/help=...") once the command's
+    own help page was appended to the command line; it now shows the config it composes, and
+    a bad override is one line and exit 2, as in a run. Nothing is written."""
+    shown = module_in_process("launch.__main__", "model=llama_7b", "--help")
+    assert shown.returncode == 0, shown.stderr
+    assert "\n  name: llama_7b\n" in shown.stdout and "== Main keys ==" in shown.stdout
+    assert shown.stdout.count("== Config ==") == 1
+    project = module_in_process("launch.project", "gpu=h800", "-h")
+    assert project.returncode == 0 and "python -m launch.project" in project.stdout
+    for bad, refusal in (("model=nope", "error: model: unknown model 'nope'"),
+                         ("train.nope=1", "error: train.nope: ")):  # fmt: skip
+        refused = module_in_process("launch.comm", bad, "--help")
+        assert refused.returncode == 2 and refused.stderr.startswith(refusal), refused
+        assert len(refused.stderr.splitlines()) == 1 and refused.stdout == ""
+    assert list(tmp_path.iterdir()) == []  # the calls' working directory
+
+
 def test_the_comm_benchmark_says_what_it_times_and_no_training_lines(module_in_process, tmp_path):
     """launch.comm printed `layout: auto -> ddp`, `precision: auto -> bf16` and a dry run's
     `global batch`, none of which a collective benchmark has (launch/pipeline.py Job.trains);
