@@ -1,9 +1,10 @@
 """The one Hydra entry every driver command uses (`launch`, `launch.comm`, `launch.project`).
 
 Each command hands `run_app` a function of the typed config. Before Hydra starts, group
-choices and keys are checked so that an unknown name, a misspelt key, a wrong type or an
-override Hydra cannot parse is one line on stderr and exit code 2; a multirun has every job
-checked (the command's `check`) before the first starts. After, every LaunchError (and a full
+choices and keys are checked so that an unknown name, a misspelt key, a wrong type, an
+override Hydra cannot parse or two of Hydra's modes at once is one line on stderr and exit
+code 2; a multirun has every job checked (the command's `check`) before the first starts.
+--help is the command's own page (print_help). After, every LaunchError (and a full
 disk) is printed here and only here, as one line with its exit code. SIGTERM and SIGHUP (a
 scheduler's preemption, `timeout`, a dropped ssh session) unwind like Ctrl-C, so every process
 the driver started is stopped. A key under an open map of the schema (fabric.nccl_env.X) may be
@@ -27,7 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from rich.console import Console
 
-from launch.conf_tree import GROUPS, conf_dir, group_choices, register_schema
+from launch.conf_tree import GROUPS, conf_dir, group_choices, override_keys, register_schema
 from launch.errors import USER_ERRORS, ConfigError, DiskFull, LaunchError, Stopped
 from launch.terminal import plain_console
 from train.files.safe_files import is_disk_full
@@ -53,6 +54,7 @@ def precheck(argv: list[str], check: Check | None = None) -> list[str]:
     from hydra._internal.utils import get_args_parser
 
     args = get_args_parser().parse_args(argv)
+    refuse_mixed_modes(args)
     parsed = parse_overrides(args.overrides)
     if args.multirun:
         refuse_shared_run_dir(parsed)
@@ -87,6 +89,41 @@ def precheck(argv: list[str], check: Check | None = None) -> list[str]:
     if args.multirun and check is not None:
         check_every_job(parsed, check)
     return single_values
+
+
+def refuse_mixed_modes(args) -> None:
+    """What Hydra refuses with a ValueError traceback: two of its modes at once, or --resolve
+    without --cfg (or --help)."""
+    modes = {
+        "--run": args.run,
+        "--multirun": args.multirun,
+        "--cfg": args.cfg is not None,
+        "--info": args.info is not None,
+        "--shell-completion": args.shell_completion,
+    }
+    given = [flag for flag, on in modes.items() if on]
+    if len(given) > 1:
+        raise ConfigError(
+            given[0], f"one of {', '.join(modes)} at a time, not {' and '.join(given)}"
+        )
+    if args.resolve and args.cfg is None and not args.help:
+        raise ConfigError(
+            "--resolve", "goes with --cfg job|hydra|all: it resolves what that prints"
+        )
+
+
+def with_run_dir_for_cfg(argv: list[str]) -> list[str]:
+    """``--cfg job --resolve``: Hydra makes no output dir to print a config, so run_dir's default
+    (${hydra:runtime.output_dir}) resolved to None, a traceback. It shows the dir a run would
+    be given, hydra.run.dir, instead; inserted beside the other overrides (Hydra's parser takes
+    them as one group)."""
+    from hydra._internal.utils import get_args_parser
+
+    args, _ = get_args_parser().parse_known_args(argv)
+    if not (args.cfg and args.resolve) or "run_dir" in override_keys(args.overrides):
+        return argv
+    at = argv.index(args.overrides[0]) + len(args.overrides) if args.overrides else len(argv)
+    return [*argv[:at], "run_dir=${hydra:run.dir}", *argv[at:]]
 
 
 def _prefix(override) -> str:
@@ -357,7 +394,7 @@ def print_help(argv: list[str], page: Callable[[], str]) -> None:
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
-    overrides = precheck([a for a in argv if not asks_for_help([a])])
+    overrides = precheck(argv)
     with initialize_config_dir(str(conf_dir()), version_base=None):
         cfg = hydra_compose("config", overrides=overrides)
     groups = "\n".join(f"{g}: {', '.join(group_choices(g))}" for g in sorted(GROUPS))
@@ -376,7 +413,7 @@ def run_app(
     from hydra.core.hydra_config import HydraConfig
 
     register_schema()
-    sys.argv[1:] = with_open_map_keys_added(sys.argv[1:])
+    sys.argv[1:] = with_run_dir_for_cfg(with_open_map_keys_added(sys.argv[1:]))
     try:
         if help_text is not None and asks_for_help(sys.argv[1:]):
             print_help(sys.argv[1:], help_text)

@@ -7,6 +7,8 @@ in-process through `launch_in_process` (tests/conftest.py), and show the two ans
 
 from __future__ import annotations
 
+import re
+
 
 def test_a_mistyped_added_key_is_refused_with_a_suggestion(launch_cli, tmp_path):
     result = launch_cli("+train.stpes=5", f"run_dir={tmp_path / 'r'}")
@@ -129,6 +131,27 @@ def test_help_after_overrides_shows_their_config_and_refuses_a_bad_one(module_in
         assert refused.returncode == 2 and refused.stderr.startswith(refusal), refused
         assert len(refused.stderr.splitlines()) == 1 and refused.stdout == ""
     assert list(tmp_path.iterdir()) == []  # the calls' working directory
+
+
+def test_hydra_s_own_flags_print_or_refuse_in_one_line(launch_in_process, tmp_path):
+    """`--cfg job --resolve` was an InterpolationValidationError traceback (Hydra makes no
+    output dir to print a config, so run_dir's ${hydra:runtime.output_dir} was None): it shows
+    the dir a run would get. Two of Hydra's modes at once, or --resolve alone, were ValueError
+    tracebacks: one line, exit 2. Nothing is written."""
+    for args in (["--cfg", "job", "--resolve"], ["model=llama_7b", "--cfg", "job", "--resolve"]):
+        shown = launch_in_process(*args)
+        assert shown.returncode == 0, shown.stderr
+        assert re.search(r"^run_dir: runs/\d{4}-\d\d-\d\d/", shown.stdout, re.M), shown.stdout
+    assert "  name: llama_7b" in shown.stdout  # the override before the flags still applies
+    refusals = {
+        ("-m", "model=tiny,gpt_125m", "--cfg", "job"): "error: --multirun: one of --run, ",
+        ("--resolve",): "error: --resolve: goes with --cfg",
+    }
+    for args, refusal in refusals.items():
+        refused = launch_in_process(*args)
+        assert refused.returncode == 2 and refused.stderr.startswith(refusal), refused
+        assert len(refused.stderr.splitlines()) == 1
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_the_comm_benchmark_says_what_it_times_and_no_training_lines(module_in_process, tmp_path):
