@@ -29,6 +29,7 @@ from launch.perfmodel.projection import (
 from launch.report.projected import projection_table, write_projection
 from launch.resolve import resolve_gpu
 from launch.terminal import plain_console
+from train.files.safe_files import unwritable_reason
 from train.spec.config import ProjectConfig, RunConfig
 
 EXAMPLES = [
@@ -53,13 +54,11 @@ def check_inputs(
     projected_names(cfg, overrides)
     if cfg.project.mode == "comm":
         validate_comm(cfg)
-    out = Path(cfg.project.out or cfg.run_dir)
-    # The nearest existing path decides: a file there (or above) makes mkdir fail.
-    existing = next((p for p in (out, *out.parents) if p.exists()), None)
-    if existing is not None and not existing.is_dir():
+    unwritable = unwritable_reason(Path(cfg.project.out or cfg.run_dir))
+    if unwritable:
         key = "project.out" if cfg.project.out else "run_dir"
         raise ConfigError(
-            key, f"{existing} is a file; expected a directory for projection.md, .json and .png"
+            key, f"{unwritable}; expected a directory for projection.md, .json and .png"
         )
 
 

@@ -26,6 +26,7 @@ from launch.errors import ConfigError
 from launch.perfmodel.calibrate import load_config_file
 from launch.perfmodel.host import HostWorkload, pipeline_rows
 from launch.terminal import plain_console
+from train.files.safe_files import unwritable_reason
 from train.spec.degrees import plan_layout
 from train.spec.devices import FP8_CAPABILITY, cpu_model_name
 
@@ -218,9 +219,14 @@ def _config_file(text: str) -> Path:
 
 
 def _out_file(text: str) -> Path:
-    if Path(text).is_dir():
+    """Refused before the measurement, not after it (a file where its folder would go)."""
+    path = Path(text)
+    if path.is_dir():
         raise argparse.ArgumentTypeError(f"{text} is a directory; expected a JSON file's path")
-    return Path(text)
+    unwritable = unwritable_reason(path.parent)
+    if unwritable:
+        raise argparse.ArgumentTypeError(f"{text}: {unwritable}")
+    return path
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -315,7 +321,7 @@ def _measure_ceiling(parser: argparse.ArgumentParser, args: argparse.Namespace) 
         print(f"error: measured {problem}; nothing saved", file=sys.stderr)
         return 1
     path = _save_ceiling(record, args.out, replace=args.replace)
-    console.print(f"saved {path}")
+    console.print(f"saved {path}" + (f" and {args.out}" if args.out else ""))
     return 0
 
 

@@ -492,12 +492,14 @@ def test_refused_projection_input_is_one_line_exit_2_and_nothing_written(
 
 
 def test_an_existing_file_as_project_out_is_one_line_exit_2(module_in_process, tmp_path):
+    """A file where project.out is, or where a folder above it would go."""
     taken = tmp_path / "taken"
     taken.write_text("mine\n")
-    result = module_in_process("launch.project", *COMM_PROJECTION, f"project.out={taken}")
-    assert result.returncode == 2
-    assert result.stderr == f"error: project.out: {taken} is a file; expected a directory for " \
-        "projection.md, .json and .png\n"  # fmt: skip
+    for out, where in ((taken, f"{taken}"), (taken / "sub", f"{taken / 'sub'}: {taken}")):
+        result = module_in_process("launch.project", *COMM_PROJECTION, f"project.out={out}")
+        assert result.returncode == 2
+        assert result.stderr == f"error: project.out: {where} is not a directory; expected a " \
+            "directory for projection.md, .json and .png\n"  # fmt: skip
     assert taken.read_text() == "mine\n"
 
 

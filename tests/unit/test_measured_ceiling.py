@@ -122,6 +122,18 @@ def test_a_directory_or_a_foreign_file_as_host_shapes_is_one_line(own_cache, tmp
     assert not own_cache.exists()
 
 
+def test_an_out_file_under_a_file_is_refused_before_measuring(own_cache, tmp_path, capsys):
+    """It measured, saved the cache, then failed making --out's folder: a traceback."""
+    taken = tmp_path / "taken"
+    taken.write_text("mine\n")
+    out = taken / "mamf.json"
+    assert mamf.main(["--quick", "--precisions", "fp32", "--out", str(out)]) == 2
+    assert capsys.readouterr().err == (
+        f"error: argument --out: {out}: {taken} is not a directory\n"
+    )
+    assert not own_cache.exists() and taken.read_text() == "mine\n"
+
+
 def test_a_measurement_no_device_reaches_is_not_saved(own_cache, monkeypatch, capsys):
     """The backstop behind the checks: cache.py's ceiling_problem before anything is saved."""
     monkeypatch.setattr(mamf, "measure", lambda *a: {"tflops": 0.0, "size": 128})

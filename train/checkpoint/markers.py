@@ -17,14 +17,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from train.files.safe_files import write_atomic
+from train.files.safe_files import unwritable_reason, write_atomic
 from train.spec.config import RunConfig
 from train.spec.config_error import ConfigError
 from train.spec.degrees import LayoutPlan, plan_layout
@@ -191,20 +190,6 @@ def check_checkpoint_dir(cfg: RunConfig) -> None:
             f"{found.path} is at step {found.step} and train.steps is {cfg.train.steps}: "
             "nothing is left to run; raise train.steps, or point checkpoint.dir elsewhere",
         )
-
-
-def unwritable_reason(root: Path) -> str | None:
-    """Why checkpoints cannot be written under ``root`` (created if missing), or None."""
-    if root.exists() and not root.is_dir():
-        return f"{root} is not a directory"
-    existing = root
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if not existing.is_dir():
-        return f"{root}: {existing} is not a directory"
-    if not os.access(existing, os.W_OK | os.X_OK):
-        return f"{root}: {existing} is not writable"
-    return None
 
 
 def write_marker(path: Path, marker: dict[str, Any]) -> None:

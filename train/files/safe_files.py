@@ -204,3 +204,18 @@ def signals_held() -> Iterator[None]:
             signal.signal(s, signal.SIG_DFL if handler is None else handler)
         for s in dict.fromkeys(caught):
             signal.raise_signal(s)
+
+
+def unwritable_reason(root: Path) -> str | None:
+    """Why files cannot be written under the dir ``root`` (created if missing), or None: it,
+    or the nearest of its parents that exists, is not a directory or not writable."""
+    if root.exists() and not root.is_dir():
+        return f"{root} is not a directory"
+    existing = root
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"{root}: {existing} is not a directory"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"{root}: {existing} is not writable"
+    return None
