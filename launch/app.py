@@ -31,7 +31,7 @@ from rich.console import Console
 from launch.conf_tree import GROUPS, conf_dir, group_choices, override_keys, register_schema
 from launch.errors import USER_ERRORS, ConfigError, DiskFull, LaunchError, Stopped
 from launch.terminal import plain_console
-from train.files.safe_files import is_disk_full
+from train.files.safe_files import is_disk_full, unwritable_reason
 from train.spec.config import RunConfig
 
 # The node the driver fills (train/spec/config.py ResolvedConfig): never an option.
@@ -56,6 +56,8 @@ def precheck(argv: list[str], check: Check | None = None) -> list[str]:
     args = get_args_parser().parse_args(argv)
     refuse_mixed_modes(args)
     parsed = parse_overrides(args.overrides)
+    if not (args.help or args.cfg or args.info or args.hydra_help or args.shell_completion):
+        refuse_an_output_dir_hydra_cannot_make(parsed, multirun=args.multirun)  # a job's
     if args.multirun:
         refuse_shared_run_dir(parsed)
     single_values = []
@@ -110,6 +112,38 @@ def refuse_mixed_modes(args) -> None:
         raise ConfigError(
             "--resolve", "goes with --cfg job|hydra|all: it resolves what that prints"
         )
+
+
+def refuse_an_output_dir_hydra_cannot_make(parsed: list, *, multirun: bool) -> None:
+    """hydra.run.dir (hydra.sweep.dir for a multirun), given or conf/config.yaml's, under a file
+    or in a folder that cannot be written: Hydra's mkdir traceback once it starts. Checked up
+    to its first interpolation (runs/${now:...}: runs)."""
+    key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
+    given = [
+        o.get_value_element_as_str()
+        for o in parsed
+        if o.key_or_group == key and not o.is_sweep_override()
+    ]
+    value = given[-1] if given else _hydra_default(key)
+    fixed, interpolated, _ = value.partition("${")
+    # runs/${now:...}: the folder runs; out-${now:...}: the folder the name is made in.
+    path = Path(fixed) if not interpolated or fixed.endswith("/") else Path(fixed).parent
+    unwritable = unwritable_reason(path)
+    if unwritable:
+        raise ConfigError(key, f"{value}: {unwritable}" if path != Path(value) else unwritable)
+
+
+@functools.cache
+def _hydra_config() -> dict:
+    """conf/config.yaml's hydra node as written (its ${now:...} unresolved)."""
+    return OmegaConf.to_container(OmegaConf.load(conf_dir() / "config.yaml").hydra)
+
+
+def _hydra_default(key: str) -> str:
+    node = _hydra_config()
+    for part in key.split(".")[1:]:
+        node = node[part]
+    return node
 
 
 def with_run_dir_for_cfg(argv: list[str]) -> list[str]:

@@ -21,6 +21,7 @@ from train.checkpoint.markers import (
     refusal,
     shape_differences,
 )
+from train.files.safe_files import unwritable_reason
 from train.spec.catalog import Feature, layout
 from train.spec.config import RunConfig
 from train.spec.config_error import ConfigError
@@ -271,6 +272,9 @@ def validate_run_dirs(cfg: RunConfig, plans: list[RunPlan]) -> None:
     with it (resume the sweep, or overwrite it)."""
     if not str(cfg.run_dir).strip():
         raise ConfigError("run_dir", "is empty; give a directory (or leave it unset)")
+    unwritable = unwritable_reason(Path(cfg.run_dir))
+    if unwritable:
+        raise ConfigError("run_dir", unwritable)
     if cfg.resume and cfg.overwrite:
         raise ConfigError(
             "resume", "resume=true keeps finished runs, overwrite=true replaces them: choose one"

@@ -17,6 +17,7 @@ from launch.report.load import load_runs
 from launch.report.scaling import scaling_rows
 from launch.report.write import failed_in, write_files
 from launch.terminal import plain_console
+from train.files.safe_files import unwritable_reason
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,8 +37,9 @@ def main(argv: list[str] | None = None) -> int:
         print("error: --out is required when several dirs are given", file=sys.stderr)
         return 2
     out = args.out or args.dirs[0]
-    if out.exists() and not out.is_dir():
-        print(f"error: --out: {out} is a file; give a directory", file=sys.stderr)
+    unwritable = unwritable_reason(out)
+    if unwritable:
+        print(f"error: --out: {unwritable}; give a directory", file=sys.stderr)
         return 2
     try:
         runs = load_runs(args.dirs)

@@ -154,6 +154,36 @@ def test_hydra_s_own_flags_print_or_refuse_in_one_line(launch_in_process, tmp_pa
     assert list(tmp_path.iterdir()) == []
 
 
+def test_an_output_dir_under_a_file_is_one_line_before_anything_is_written(
+    module_in_process, tmp_path
+):
+    """run_dir, hydra.run.dir, hydra.sweep.dir (or the default runs/ of the working directory)
+    where a file is, or below one: each was a NotADirectoryError traceback, from the driver's
+    mkdir or Hydra's, after gpu=auto and the layouts had been resolved."""
+    taken = tmp_path / "taken"
+    taken.write_text("mine\n")
+    refusals = {
+        ("launch.__main__", f"run_dir={taken}/x"): f"run_dir: {taken}/x: {taken} is not a",
+        ("launch.comm", f"run_dir={taken}/x"): f"run_dir: {taken}/x: {taken} is not a",
+        ("launch.__main__", f"hydra.run.dir={taken}"): f"hydra.run.dir: {taken} is not a",
+        ("launch.__main__", "-m", "model=tiny,gpt_125m", f"hydra.sweep.dir={taken}/s"): (
+            f"hydra.sweep.dir: {taken}/s: {taken} is not a"
+        ),
+    }
+    for args, refusal in refusals.items():
+        refused = module_in_process(*args)
+        assert refused.returncode == 2 and refused.stderr == f"error: {refusal} directory\n"
+        assert refused.stdout == ""
+    (tmp_path / "runs").write_text("mine\n")  # the default runs/DATE/TIME of the cwd
+    refused = module_in_process("launch.__main__")
+    assert refused.returncode == 2
+    assert refused.stderr == (
+        "error: hydra.run.dir: runs/${now:%Y-%m-%d}/${now:%H-%M-%S-%f}: runs is not a directory\n"
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["runs", "taken"]
+    assert taken.read_text() == (tmp_path / "runs").read_text() == "mine\n"
+
+
 def test_the_comm_benchmark_says_what_it_times_and_no_training_lines(module_in_process, tmp_path):
     """launch.comm printed `layout: auto -> ddp`, `precision: auto -> bf16` and a dry run's
     `global batch`, none of which a collective benchmark has (launch/pipeline.py Job.trains);

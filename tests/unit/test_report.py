@@ -258,6 +258,17 @@ def test_cli_several_dirs_need_out(sweep: Path, capsys: pytest.CaptureFixture[st
     assert not (sweep / "h100" / "report.md").exists()
 
 
+def test_cli_out_under_a_file_is_one_line(sweep: Path, tmp_path: Path, capsys):
+    """A file where --out's folder would go: it was a NotADirectoryError traceback."""
+    taken = tmp_path / "taken"
+    taken.write_text("mine\n")
+    for out, where in ((taken, f"{taken}"), (taken / "report", f"{taken / 'report'}: {taken}")):
+        assert main([str(sweep / "h100"), "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert err == f"error: --out: {where} is not a directory; give a directory\n"
+    assert taken.read_text() == "mine\n"
+
+
 def test_python_m_launch_report(tmp_path: Path):
     result = subprocess.run(
         [sys.executable, "-m", "launch.report", str(tmp_path / "nope")],
