@@ -211,7 +211,8 @@ def validate_token_file(cfg: RunConfig) -> None:
         raise ConfigError("data.path", "data.source=file needs data.path (a .bin token file)")
     path = Path(d.path)
     if not path.is_file():
-        raise ConfigError("data.path", f"{d.path}: no such file")
+        what = "a directory; expected the .bin token file" if path.is_dir() else "no such file"
+        raise ConfigError("data.path", f"{d.path}: {what}")
     dtype = np.dtype(str(d.dtype))  # uint16 | uint32
     size = path.stat().st_size
     if size == 0:

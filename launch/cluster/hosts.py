@@ -75,7 +75,8 @@ def multinode_hosts(cfg: RunConfig) -> list[ClusterNode]:
     if c.hostfile:
         path = Path(c.hostfile)
         if not path.is_file():
-            raise ConfigError("cluster.hostfile", f"{c.hostfile}: no such file")
+            what = "a directory; expected a hostfile" if path.is_dir() else "no such file"
+            raise ConfigError("cluster.hostfile", f"{c.hostfile}: {what}")
         entries = parse_hostfile(path.read_text(), c.hostfile)
         if entries[0].slots != c.nproc_per_node:
             raise ConfigError(

@@ -36,6 +36,7 @@ BAD_OVERRIDES = [
         ["data.source=file", "data.path=/nonexistent/tokens.bin"],
         "data.path: /nonexistent/tokens.bin: no such file",
     ),
+    (["data.source=file", "data.path=/"], "data.path: /: a directory; expected the .bin token"),
 ]
 
 

@@ -50,6 +50,8 @@ def test_hostfile_and_hosts_are_checked_against_the_cluster(tmp_path):
         ([], "cluster.hosts: cluster=multinode needs cluster.hosts or cluster.hostfile"),
         ([f"cluster.hostfile={hostfile}", "cluster.nproc_per_node=4"], "gives 8 slots per host"),
         (["cluster.hosts=[a,b]", "cluster.fabric_addrs=[10.0.0.1]"], "1 address(es) for 2"),
+        ([f"cluster.hostfile={tmp_path / 'none'}"], "none: no such file"),
+        ([f"cluster.hostfile={tmp_path}"], f"{tmp_path}: a directory; expected a hostfile"),
     ]
     for overrides, message in bad:
         with pytest.raises(ConfigError) as caught:
