@@ -143,7 +143,7 @@ def check(cfg: RunConfig, overrides: list[str], job: Job, console: Console) -> l
     apply_wandb_env(cfg, overrides)
     job.adjust(cfg)
     plans = resolve_layouts(cfg, plan_runs(cfg), training_lines(job, console))
-    validate(cfg, plans)
+    validate(cfg, plans, trains=job.trains)
     job.validate(cfg)
     job.announce(cfg, console)
     if cfg.resume:

@@ -39,12 +39,16 @@ from train.spec.rules import (
 )
 
 
-def validate(cfg: RunConfig, plans: list[RunPlan]) -> None:
+def validate(cfg: RunConfig, plans: list[RunPlan], *, trains: bool = True) -> None:
     """Every rule a value's type cannot say (closed choices are enums in the schema): the
     run's own rules (train/spec/rules.py, which each rank checks again) for every planned
-    run, and what only the driver can see: run dirs, hosts, libraries, files, memory."""
+    run, and what only the driver can see: run dirs, hosts, libraries, files, memory. A job
+    that ``trains`` nothing (launch.comm) builds no model: its dirs, part and cluster only."""
     validate_run_dirs(cfg, plans)  # first: a finished run is kept, whatever else is asked
     check_gpu(cfg.gpu)
+    if not trains:
+        validate_cluster(cfg, plans)
+        return
     check_model(cfg.model)
     check_train(cfg)
     check_parallel_settings(cfg.parallel)

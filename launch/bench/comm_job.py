@@ -26,7 +26,7 @@ from launch.pipeline import Job
 from launch.plan import RunPlan
 from launch.terminal import heading, plain_console
 from train.spec.bus import COLLECTIVES, message_sizes, scope_labels
-from train.spec.config import CommConfig, RunConfig
+from train.spec.config import CommConfig, ParallelConfig, RunConfig
 
 # A size's few timed calls are bounded by seconds_per_size; these bound the counts and sizes
 # a typo could make hang (a 1 TiB message, a million warm-up calls).
@@ -101,10 +101,13 @@ def one_run_one_batch(cfg: RunConfig) -> None:
     """The benchmark is one run at cluster.nodes x cluster.nproc_per_node (no sweep).
 
     It trains nothing: a batch of one micro batch per rank keeps the training checks (batch
-    divisibility) from refusing a world size that is fine for collectives.
+    divisibility) from refusing a world size that is fine for collectives, and no layout is
+    chosen (ddp: parallel=auto would fit the model= a shared command line names, which the
+    ranks never build, into memory).
     """
     cfg.sweep.name = "none"
     cfg.train.global_batch = cfg.train.micro_batch * cfg.cluster.nodes * cfg.cluster.nproc_per_node
+    cfg.parallel = ParallelConfig()
 
 
 def points(cfg: RunConfig) -> int:

@@ -184,6 +184,18 @@ def test_an_output_dir_under_a_file_is_one_line_before_anything_is_written(
     assert taken.read_text() == (tmp_path / "runs").read_text() == "mine\n"
 
 
+def test_the_comm_benchmark_ignores_the_model_it_never_builds(module_in_process, tmp_path):
+    """launch.comm with a command line shared with a training run (model=llama_7b) was refused
+    for the model's memory on this host; its ranks build no model. A cluster rule still holds."""
+    run_dir = tmp_path / "comm"
+    common = ["gpu=cpu", "model=llama_7b", "dry_run=true", f"run_dir={run_dir}"]
+    comm = module_in_process("launch.comm", *common, "cluster.nproc_per_node=2")
+    assert comm.returncode == 0, comm.stderr
+    assert "train.bench.comm_rank" in comm.stdout and "GB per rank" not in comm.stdout
+    refused = module_in_process("launch.comm", *common, "cluster.nproc_per_node=0")
+    assert refused.returncode == 2 and refused.stderr.startswith("error: cluster.nproc_per_node")
+
+
 def test_the_comm_benchmark_says_what_it_times_and_no_training_lines(module_in_process, tmp_path):
     """launch.comm printed `layout: auto -> ddp`, `precision: auto -> bf16` and a dry run's
     `global batch`, none of which a collective benchmark has (launch/pipeline.py Job.trains);
