@@ -4,7 +4,7 @@ Each command hands `run_app` a function of the typed config. Before Hydra starts
 choices and keys are checked so that an unknown name, a misspelt key, a wrong type, an
 override Hydra cannot parse or two of Hydra's modes at once is one line on stderr and exit
 code 2; a multirun has every job checked (the command's `check`) before the first starts.
---help is the command's own page (print_help). After, every LaunchError (and a full
+--help is the command's own page (launch/command_help.py). After, every LaunchError (and a full
 disk) is printed here and only here, as one line with its exit code. SIGTERM and SIGHUP (a
 scheduler's preemption, `timeout`, a dropped ssh session) unwind like Ctrl-C, so every process
 the driver started is stopped. A key under an open map of the schema (fabric.nccl_env.X) may be
@@ -17,10 +17,8 @@ import dataclasses
 import difflib
 import functools
 import signal
-import string
 import sys
 import tempfile
-import textwrap
 from collections.abc import Callable
 from pathlib import Path
 
@@ -28,6 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from rich.console import Console
 
+from launch.command_help import asks_for_help, print_help
 from launch.conf_tree import GROUPS, conf_dir, group_choices, override_keys, register_schema
 from launch.errors import USER_ERRORS, ConfigError, DiskFull, LaunchError, Stopped
 from launch.terminal import plain_console
@@ -396,48 +395,6 @@ def fail(exc: LaunchError | ConfigError) -> None:
     sys.exit(exc.exit_code)
 
 
-def help_page(
-    summary: str, keys: list[tuple[str, str]], examples: list[str], *, whole_config: bool = False
-) -> str:
-    """A command's --help page (print_help fills it): what it does, its main keys with what
-    each takes, examples, then the config groups, and with ``whole_config`` every key with its
-    default. A string.Template, whose ``$`` the text escapes."""
-    width = max(len(key) for key, _ in keys) + 2
-    lines = [textwrap.fill(summary, 98), "", "== Main keys =="]
-    for key, what in keys:
-        # The description column wrapped to fit 100 columns beside the widest key.
-        folded = textwrap.wrap(what, max(40, 98 - width)) or [""]
-        lines += [f"  {key:<{width}}{folded[0]}", *(f"  {'':<{width}}{f}" for f in folded[1:])]
-    lines += ["", "== Examples ==", *(f"  {e}" for e in examples), ""]
-    text = "\n".join(lines).replace("$", "$$")
-    groups = "== Config groups (group=option) ==\n$APP_CONFIG_GROUPS\n"
-    if whole_config:
-        groups += "\n== Config ==\nAny key is an override (KEY=VALUE); each with its default:\n"
-        groups += "\n$CONFIG\n"
-    return f"{text}\n{groups}"
-
-
-def asks_for_help(argv: list[str]) -> bool:
-    return bool({"--help", "-h"} & set(argv))
-
-
-def print_help(argv: list[str], page: Callable[[], str]) -> None:
-    """--help: the command's page (help_page) over the config these overrides compose; a bad
-    override is refused as in a run. Not Hydra's --help, which lists each group's options
-    through a copy of its whole config repository per option: ~4 s on a 2-core host."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-
-    overrides = precheck(argv)
-    with initialize_config_dir(str(conf_dir()), version_base=None):
-        cfg = hydra_compose("config", overrides=overrides)
-    groups = "\n".join(f"{g}: {', '.join(group_choices(g))}" for g in sorted(GROUPS))
-    text = string.Template(page()).substitute(
-        APP_CONFIG_GROUPS=groups, CONFIG=OmegaConf.to_yaml(cfg)
-    )
-    print(text)
-
-
 def run_app(
     command: Command, check: Check | None = None, help_text: Callable[[], str] | None = None
 ) -> None:
@@ -450,7 +407,7 @@ def run_app(
     sys.argv[1:] = with_run_dir_for_cfg(with_open_map_keys_added(sys.argv[1:]))
     try:
         if help_text is not None and asks_for_help(sys.argv[1:]):
-            print_help(sys.argv[1:], help_text)
+            print_help(precheck(sys.argv[1:]), help_text)  # a bad override: refused as in a run
             sys.exit(0)
         precheck(sys.argv[1:], check)
     except USER_ERRORS as exc:

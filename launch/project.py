@@ -15,8 +15,9 @@ from pathlib import Path
 
 from rich.console import Console
 
-from launch.app import help_page, run_app
+from launch.app import run_app
 from launch.bench.comm_job import comm_keys, validate_comm
+from launch.command_help import help_page
 from launch.conf_tree import override_keys
 from launch.errors import ConfigError
 from launch.perfmodel.compute import ATTENTION_KERNELS

@@ -10,8 +10,8 @@ from omegaconf import DictConfig
 from rich.console import Console
 
 from launch import report
-from launch.app import help_page
 from launch.bench.host_kernels import cache_run_kernels
+from launch.command_help import help_page
 from launch.conf_tree import default_choices, group_choices
 from launch.pipeline import Job
 from launch.plan import RunPlan

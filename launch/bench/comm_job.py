@@ -19,7 +19,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from launch.app import help_page
+from launch.command_help import help_page
 from launch.conf_tree import group_choices
 from launch.errors import ConfigError
 from launch.pipeline import Job
