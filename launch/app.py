@@ -71,6 +71,13 @@ def precheck(argv: list[str], check: Check | None = None) -> list[str]:
             if override.is_sweep_override()
             else [override.get_value_element_as_str()]
         )
+        group, _, leaf = key.partition(".")
+        if group in GROUPS and leaf == "name":
+            # The group's choice names its node: gpu.name=h100_sxm kept the auto profile's
+            # empty peaks under a new name (a traceback), model.name=llama_7b relabelled tiny.
+            named = values and not override.is_delete()
+            choice = f"{group}={values[0] if named else 'NAME'}"
+            raise ConfigError(key, f"is the {group} choice's own name; choose it with {choice}")
         if key in GROUPS:
             allowed = group_choices(key)
             for value in values:
@@ -118,12 +125,11 @@ def refuse_an_output_dir_hydra_cannot_make(parsed: list, *, multirun: bool) -> N
     or in a folder that cannot be written: Hydra's mkdir traceback once it starts. Checked up
     to its first interpolation (runs/${now:...}: runs)."""
     key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
-    given = [
-        o.get_value_element_as_str()
-        for o in parsed
-        if o.key_or_group == key and not o.is_sweep_override()
-    ]
+    # value(), not the element as written: '' is the empty string, ${now:..} not escaped.
+    given = [str(o.value()) for o in parsed if o.key_or_group == key and not o.is_sweep_override()]
     value = given[-1] if given else _hydra_default(key)
+    if not value.strip():  # Hydra wrote into the working directory
+        raise ConfigError(key, "is empty; give a directory (or leave it unset)")
     fixed, interpolated, _ = value.partition("${")
     # runs/${now:...}: the folder runs; out-${now:...}: the folder the name is made in.
     path = Path(fixed) if not interpolated or fixed.endswith("/") else Path(fixed).parent
@@ -360,7 +366,7 @@ def existing_part_of_run_dir(argv: list[str]) -> Path | None:
     if args.multirun:
         return None
     values = [
-        o.get_value_element_as_str()
+        str(o.value())
         for o in parse_overrides(args.overrides)
         if o.key_or_group == "hydra.run.dir" and not o.is_sweep_override()
     ]

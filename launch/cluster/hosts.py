@@ -77,7 +77,13 @@ def multinode_hosts(cfg: RunConfig) -> list[ClusterNode]:
         if not path.is_file():
             what = "a directory; expected a hostfile" if path.is_dir() else "no such file"
             raise ConfigError("cluster.hostfile", f"{c.hostfile}: {what}")
-        entries = parse_hostfile(path.read_text(), c.hostfile)
+        try:
+            text = path.read_text()
+        except UnicodeDecodeError:
+            raise ConfigError(
+                "cluster.hostfile", f"{c.hostfile}: not text; expected `host slots=N` lines"
+            ) from None
+        entries = parse_hostfile(text, c.hostfile)
         if entries[0].slots != c.nproc_per_node:
             raise ConfigError(
                 "cluster.hostfile",

@@ -51,6 +51,13 @@ def validate_slurm(cfg: RunConfig) -> None:
         value = getattr(launcher, key)
         if value is not None and not SLURM_NAME.match(str(value)):
             raise ConfigError(f"launcher.{key}", f"{value!r}: letters, digits, _ . + - only")
+    # Each went into the job script as written: --cpus-per-task=-8.
+    for key in ("cpus_per_task", "cpus_per_gpu"):
+        value = getattr(launcher, key)
+        if value is not None and value < 1:
+            allowed = "must be >= 1 (or null: ranks x cpus_per_gpu)" if key == "cpus_per_task" \
+                else "must be >= 1"  # fmt: skip
+            raise ConfigError(f"launcher.{key}", f"{value}: {allowed}")
     if cfg.cluster.name not in ("slurm", "local"):
         raise ConfigError(
             "cluster.name",

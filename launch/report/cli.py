@@ -30,13 +30,20 @@ def main(argv: list[str] | None = None) -> int:
         help="sweep dir (one sub-dir per run) or run dir (with summary.json)",
     )
     parser.add_argument(
-        "--out", type=Path, help="where to write the report; defaults to DIR when only one is given"
+        "--out", help="where to write the report; defaults to DIR when only one is given"
     )
     args = parser.parse_args(argv)
     if args.out is None and len(args.dirs) > 1:
         print("error: --out is required when several dirs are given", file=sys.stderr)
         return 2
-    out = args.out or args.dirs[0]
+    file = next((d for d in args.dirs if d.is_file()), None)
+    if file is not None:  # it was blamed on --out, which defaults to it
+        print(f"error: DIR: {file} is a file; give its run or sweep dir", file=sys.stderr)
+        return 2
+    if args.out is not None and not args.out.strip():  # Path("") wrote into the cwd
+        print("error: --out: is empty; give a directory", file=sys.stderr)
+        return 2
+    out = Path(args.out) if args.out is not None else args.dirs[0]
     unwritable = unwritable_reason(out)
     if unwritable:
         print(f"error: --out: {unwritable}; give a directory", file=sys.stderr)

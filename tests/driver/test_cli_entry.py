@@ -196,6 +196,27 @@ def test_the_comm_benchmark_ignores_the_model_it_never_builds(module_in_process,
     assert refused.returncode == 2 and refused.stderr.startswith("error: cluster.nproc_per_node")
 
 
+def test_a_group_s_own_name_or_an_empty_hydra_dir_is_one_line(module_in_process, tmp_path):
+    """gpu.name=h100_sxm kept the auto profile's empty peaks under a new name (a ValueError
+    traceback); model.name=llama_7b ran tiny labelled llama_7b. hydra.sweep.dir='' wrote the
+    jobs' dirs into the working directory."""
+    refusals = {
+        ("launch.__main__", "gpu.name=h100_sxm"): "gpu.name: is the gpu choice's own name; "
+        "choose it with gpu=h100_sxm",
+        ("launch.project", "model.name=llama_7b"): "model.name: is the model choice's own name; "
+        "choose it with model=llama_7b",
+        ("launch.__main__", "-m", "hydra.sweep.dir=''", "model=tiny,gpt_125m"): (
+            "hydra.sweep.dir: is empty; give a directory (or leave it unset)"
+        ),
+        ("launch.__main__", "hydra.run.dir="): "hydra.run.dir: is empty; give a directory",
+    }
+    for args, refusal in refusals.items():
+        refused = module_in_process(*args)
+        assert refused.returncode == 2 and refused.stderr.startswith(f"error: {refusal}"), refused
+        assert len(refused.stderr.splitlines()) == 1
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_the_comm_benchmark_says_what_it_times_and_no_training_lines(module_in_process, tmp_path):
     """launch.comm printed `layout: auto -> ddp`, `precision: auto -> bf16` and a dry run's
     `global batch`, none of which a collective benchmark has (launch/pipeline.py Job.trains);

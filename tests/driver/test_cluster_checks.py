@@ -28,6 +28,9 @@ BAD = [
     ),
     (["launcher=slurm", "launcher.time=2h"], "launcher.time: '2h' is not a Slurm time"),
     (["launcher=slurm", "launcher.partition='gpu;x'"], "launcher.partition: 'gpu;x': letters"),
+    # Each went into the job script as written (#SBATCH --cpus-per-task=-8).
+    (["launcher=slurm", "launcher.cpus_per_gpu=-1"], "launcher.cpus_per_gpu: -1: must be >= 1"),
+    (["launcher=slurm", "launcher.cpus_per_task=0"], "launcher.cpus_per_task: 0: must be >= 1"),
     (["fabric=pcie_eth", "+fabric.nccl_env.nccl_debug=INFO"], "fabric.nccl_env.nccl_debug"),
     (["cluster=emulated", "cluster.link_gbps=-1"], "cluster.link_gbps: -1.0: must be >= 0"),
     (

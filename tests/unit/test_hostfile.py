@@ -44,6 +44,8 @@ def test_hostfile_and_hosts_are_checked_against_the_cluster(tmp_path):
     hostfile.write_text("a slots=8\nb slots=8\n")
     nodes = multinode(f"cluster.hostfile={hostfile}")
     assert [n.name for n in multinode_hosts(nodes)] == ["a", "b"]
+    binary = tmp_path / "binary"  # a UnicodeDecodeError traceback
+    binary.write_bytes(bytes(range(128, 256)))
     bad = [
         (["cluster.hosts=[a,b,c]"], "cluster.hosts: 3 host(s) for cluster.nodes=2"),
         (["cluster.hosts=[a,a]"], "cluster.hosts: duplicate host(s): a"),
@@ -52,6 +54,7 @@ def test_hostfile_and_hosts_are_checked_against_the_cluster(tmp_path):
         (["cluster.hosts=[a,b]", "cluster.fabric_addrs=[10.0.0.1]"], "1 address(es) for 2"),
         ([f"cluster.hostfile={tmp_path / 'none'}"], "none: no such file"),
         ([f"cluster.hostfile={tmp_path}"], f"{tmp_path}: a directory; expected a hostfile"),
+        ([f"cluster.hostfile={binary}"], "binary: not text; expected `host slots=N` lines"),
     ]
     for overrides, message in bad:
         with pytest.raises(ConfigError) as caught:

@@ -269,6 +269,19 @@ def test_cli_out_under_a_file_is_one_line(sweep: Path, tmp_path: Path, capsys):
     assert taken.read_text() == "mine\n"
 
 
+def test_cli_a_file_as_dir_or_an_empty_out_is_one_line(sweep: Path, tmp_path: Path, capsys):
+    """A summary.json given as DIR was blamed on --out (which defaults to DIR); --out '' wrote
+    the report into the working directory."""
+    summary = next(sweep.rglob("summary.json"))
+    assert main([str(summary)]) == 2
+    assert capsys.readouterr().err == (
+        f"error: DIR: {summary} is a file; give its run or sweep dir\n"
+    )
+    assert main([str(sweep / "h100"), "--out", ""]) == 2
+    assert capsys.readouterr().err == "error: --out: is empty; give a directory\n"
+    assert not (sweep / "h100" / "report.md").exists()
+
+
 def test_python_m_launch_report(tmp_path: Path):
     result = subprocess.run(
         [sys.executable, "-m", "launch.report", str(tmp_path / "nope")],
