@@ -323,8 +323,9 @@ def composed_node(overrides: list[str]):
     register_schema()
     with initialize_config_dir(str(conf_dir()), version_base=None):
         cfg = hydra_compose("config", overrides=overrides)
-    if OmegaConf.is_interpolation(cfg, "run_dir"):
-        # ${hydra:runtime.output_dir} exists only inside a Hydra job; checked there.
+    if OmegaConf.is_interpolation(cfg, "run_dir") and "${hydra:" in str(cfg._get_node("run_dir")):
+        # ${hydra:runtime.output_dir} exists only inside a Hydra job; checked there. Any other
+        # interpolation (${oops}, ${env:HOME}) is resolved, and refused, here.
         cfg.run_dir = "."
     return cfg
 

@@ -217,6 +217,16 @@ def test_a_group_s_own_name_or_an_empty_hydra_dir_is_one_line(module_in_process,
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_run_dir_interpolation_that_does_not_resolve_is_one_line(launch_in_process, tmp_path):
+    """run_dir=${env:HOME}/runs (Hydra 1.0's resolver) was an UnsupportedInterpolationType
+    traceback once the job started: run_dir was the one key not resolved up front."""
+    for value, says in (("${env:HOME}/runs", "Unsupported interpolation type env"),
+                        ("${oops}", "Interpolation key 'oops' not found")):  # fmt: skip
+        refused = launch_in_process(f"run_dir={value}", "dry_run=true")
+        assert refused.returncode == 2 and refused.stderr == f"error: run_dir: {says}\n", refused
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_the_comm_benchmark_says_what_it_times_and_no_training_lines(module_in_process, tmp_path):
     """launch.comm printed `layout: auto -> ddp`, `precision: auto -> bf16` and a dry run's
     `global batch`, none of which a collective benchmark has (launch/pipeline.py Job.trains);
