@@ -45,8 +45,8 @@ def validate_comm(cfg: RunConfig) -> None:
     if c.max_bytes < c.min_bytes:
         raise ConfigError("comm.max_bytes", f"{c.max_bytes}: must be >= comm.min_bytes")
     for key in ("seconds_per_op", "seconds_per_size"):
-        if getattr(c, key) <= 0:
-            raise ConfigError(f"comm.{key}", f"{getattr(c, key)}: must be > 0")
+        if not (math.isfinite(getattr(c, key)) and getattr(c, key) > 0):  # NaN passed `<= 0`
+            raise ConfigError(f"comm.{key}", f"{getattr(c, key)}: must be a finite number > 0")
     if c.max_bytes > MAX_BYTES:
         raise ConfigError("comm.max_bytes", f"{c.max_bytes}: at most {MAX_BYTES} (16 GiB)")
     if not 1 <= c.max_iters <= MAX_ITERS:

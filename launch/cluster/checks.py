@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from launch.cluster.emulated import MAX_NODES, check_congestion_control, check_requirements
 from launch.cluster.fabric import validate_fabric
 from launch.cluster.hosts import multinode_hosts
@@ -90,10 +92,15 @@ def validate_emulated(cfg: RunConfig) -> None:
     c = cfg.cluster
     if c.nodes > MAX_NODES:
         raise ConfigError("cluster.nodes", f"{c.nodes}: the emulated cluster holds {MAX_NODES}")
-    if c.link_gbps < 0:
-        raise ConfigError("cluster.link_gbps", f"{c.link_gbps}: must be >= 0 (0: unlimited)")
-    if c.link_latency_ms < 0:
-        raise ConfigError("cluster.link_latency_ms", f"{c.link_latency_ms}: must be >= 0")
+    # NaN passed `< 0` and ran an unthrottled link recorded as `gbps: .nan`; inf overflowed tc.
+    if not (math.isfinite(c.link_gbps) and c.link_gbps >= 0):
+        raise ConfigError(
+            "cluster.link_gbps", f"{c.link_gbps}: must be a finite number >= 0 (0: unlimited)"
+        )
+    if not (math.isfinite(c.link_latency_ms) and c.link_latency_ms >= 0):
+        raise ConfigError(
+            "cluster.link_latency_ms", f"{c.link_latency_ms}: must be a finite number >= 0"
+        )
     if c.link_match_gpu is not None:
         profiles = [g for g in group_choices("gpu") if g not in ("auto", "cpu")]
         if c.link_match_gpu not in profiles:

@@ -125,8 +125,10 @@ def check_project(cfg: RunConfig) -> None:
         if repeated is not None:
             raise ConfigError(key, f"{repeated} is listed twice; each may appear once")
     for name, price in p.price_per_gpu_hour.items():
-        if price <= 0:
-            raise ConfigError("project.price_per_gpu_hour", f"{name}: {price} must be > 0")
+        if not (math.isfinite(price) and price > 0):  # inf divided by zero, nan printed $nan
+            raise ConfigError(
+                "project.price_per_gpu_hour", f"{name}: {price} must be a finite number > 0"
+            )
     # The run rules on precision, as `python -m launch` applies them: an fp8 request whose
     # layout cannot run fp8 is refused, not projected as fp8 (parallel=auto skips such layouts).
     # Every projected part is a GPU (projected_profiles), whatever host composed cfg: a rule

@@ -32,7 +32,11 @@ BAD = [
     (["launcher=slurm", "launcher.cpus_per_gpu=-1"], "launcher.cpus_per_gpu: -1: must be >= 1"),
     (["launcher=slurm", "launcher.cpus_per_task=0"], "launcher.cpus_per_task: 0: must be >= 1"),
     (["fabric=pcie_eth", "+fabric.nccl_env.nccl_debug=INFO"], "fabric.nccl_env.nccl_debug"),
-    (["cluster=emulated", "cluster.link_gbps=-1"], "cluster.link_gbps: -1.0: must be >= 0"),
+    (["cluster=emulated", "cluster.link_gbps=-1"], "cluster.link_gbps: -1.0: must be a finite"),
+    # NaN ran an unthrottled link recorded as `gbps: .nan`; inf overflowed tc's rate.
+    (["cluster=emulated", "cluster.link_gbps=nan"], "cluster.link_gbps: nan: must be a finite"),
+    (["cluster=emulated", "cluster.link_gbps=inf"], "cluster.link_gbps: inf: must be a finite"),
+    (["cluster=emulated", "cluster.link_latency_ms=nan"], "cluster.link_latency_ms: nan: must"),
     (
         ["cluster=emulated", "cluster.link_match_gpu=h900"],
         "cluster.link_match_gpu: unknown gpu profile 'h900'",

@@ -176,6 +176,10 @@ def test_all_profiles_at_four_node_counts_are_projected(tmp_path):
         ),
         (["model=llama_70b", "parallel=ddp", "project.gpus=[a100_40g]"], "parallel"),
         (["gpu=a100_80g", "gpu.power_limit_w=500"], "gpu.power_limit_w"),
+        # Each was a traceback: ZeroDivisionError, StopIteration, ZeroDivisionError.
+        (["gpu=h100_sxm", "gpu.gpus_per_node=0"], "gpu.gpus_per_node"),
+        (["gpu=h100_sxm", "gpu.peak_tflops.bf16=nan"], "gpu.peak_tflops.bf16"),
+        (["+project.price_per_gpu_hour.h100_sxm=inf"], "project.price_per_gpu_hour"),
     ],
 )
 def test_bad_input_names_the_key(tmp_path, overrides, key):
@@ -458,6 +462,7 @@ COMM_PROJECTION = ["project.mode=comm", "project.gpus=[h100_sxm]", "project.node
         (["comm.min_bytes=0"], "comm.min_bytes"),  # doubled 0 forever
         (["comm.min_bytes=-5"], "comm.min_bytes"),  # doubled towards -inf until OOM-killed
         (["comm.max_bytes=34359738368"], "comm.max_bytes"),  # past launch.comm's 16 GiB
+        (["comm.seconds_per_op=nan"], "comm.seconds_per_op"),  # NaN passed `<= 0`
     ],
 )
 def test_comm_mode_checks_its_sweep_as_launch_comm_does(tmp_path, overrides, key):

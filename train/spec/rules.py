@@ -10,7 +10,7 @@ another tool refuses the same inputs with the same one-line ConfigError.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 from train.spec.catalog import Feature, layout
 from train.spec.config import GpuConfig, ModelConfig, ParallelConfig, ProfileConfig, RunConfig
@@ -56,7 +56,22 @@ def check_run(cfg: RunConfig, world_size: int, nproc_per_node: int) -> CheckedRu
 
 
 def check_gpu(gpu: GpuConfig) -> None:
-    """A power limit is a share of the part's TDP: both known, the limit in (0, TDP]."""
+    """The profile's rates and sizes, where known, are finite and > 0 (a NaN peak or a -1
+    NVLink rate reached the performance model as a StopIteration, 0 GPUs per node as a
+    ZeroDivisionError). A power limit is a share of the part's TDP: both known, the limit
+    in (0, TDP]."""
+    if gpu.gpus_per_node < 1:
+        raise ConfigError("gpu.gpus_per_node", f"{gpu.gpus_per_node}: must be >= 1")
+    precisions = [f.name for f in fields(gpu.peak_tflops)]
+    sizes = ("hbm_gb", "hbm_gbytes_per_s", "nvlink_gbytes_per_s_bidir", "nic_gbits_per_s_per_gpu")
+    rates = {
+        **{f"peak_tflops.{p}": getattr(gpu.peak_tflops, p) for p in precisions},
+        **{f"measured_peak_tflops.{p}": getattr(gpu.measured_peak_tflops, p) for p in precisions},
+        **{key: getattr(gpu, key) for key in sizes},
+    }
+    for key, value in rates.items():
+        if value is not None and not (math.isfinite(value) and value > 0):
+            raise ConfigError(f"gpu.{key}", f"{value}: must be a finite number > 0 (or null)")
     limit, tdp = gpu.power_limit_w, gpu.tdp_w
     if tdp is not None and tdp <= 0:
         raise ConfigError("gpu.tdp_w", f"{tdp}: must be > 0 watts")
