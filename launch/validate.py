@@ -73,6 +73,12 @@ def validate(cfg: RunConfig, plans: list[RunPlan], *, trains: bool = True) -> No
                 raise
     if cfg.data.source == "file":
         validate_token_file(cfg)
+    elif cfg.data.path:  # it trained on synthetic tokens without a word
+        raise ConfigError(
+            "data.path",
+            f"{cfg.data.path!r} is read only with data.source=file (it would be "
+            f"ignored under data.source={cfg.data.source.value})",
+        )
 
 
 def validate_fp8_libraries(cfg: RunConfig) -> None:

@@ -37,6 +37,10 @@ BAD_OVERRIDES = [
         "data.path: /nonexistent/tokens.bin: no such file",
     ),
     (["data.source=file", "data.path=/"], "data.path: /: a directory; expected the .bin token"),
+    # It trained on synthetic tokens without a word.
+    (["data.path=/x/tokens.bin"], "data.path: '/x/tokens.bin' is read only with data.source=file"),
+    # Every rank failed at torch.manual_seed ("Overflow when unpacking long").
+    (["seed=99999999999999999999"], "seed: 99999999999999999999: must be in [-2**63, 2**64)"),
 ]
 
 

@@ -166,6 +166,10 @@ def check_route_groups(m: ModelConfig) -> None:
 
 def check_train(cfg: RunConfig) -> None:
     t = cfg.train
+    # torch.manual_seed's range: beyond it every rank failed at start ("Overflow when
+    # unpacking long").
+    if not -(2**63) <= cfg.seed < 2**64:
+        raise ConfigError("seed", f"{cfg.seed}: must be in [-2**63, 2**64)")
     if t.steps <= 0:
         raise ConfigError("train.steps", f"{t.steps}: must be > 0")
     if not 0 <= t.warmup_steps < t.steps:
