@@ -55,9 +55,7 @@ def validate_slurm(cfg: RunConfig) -> None:
     for key in ("cpus_per_task", "cpus_per_gpu"):
         value = getattr(launcher, key)
         if value is not None and value < 1:
-            allowed = "must be >= 1 (or null: ranks x cpus_per_gpu)" if key == "cpus_per_task" \
-                else "must be >= 1"  # fmt: skip
-            raise ConfigError(f"launcher.{key}", f"{value}: {allowed}")
+            raise ConfigError(f"launcher.{key}", f"{value}: must be >= 1")
     if cfg.cluster.name not in ("slurm", "local"):
         raise ConfigError(
             "cluster.name",
