@@ -218,9 +218,10 @@ def test_a_group_s_own_name_or_an_empty_hydra_dir_is_one_line(module_in_process,
 
 
 def test_a_run_dir_interpolation_that_does_not_resolve_is_one_line(launch_in_process, tmp_path):
-    """run_dir=${env:HOME}/runs (Hydra 1.0's resolver) was an UnsupportedInterpolationType
-    traceback once the job started: run_dir was the one key not resolved up front."""
-    for value, says in (("${env:HOME}/runs", "Unsupported interpolation type env"),
+    """run_dir=${env:...}/runs (Hydra 1.0's resolver, gone since) was an
+    UnsupportedInterpolationType traceback once the job started: run_dir was the one key not
+    resolved up front. (A resolver no version has stands in for env: never the user's home.)"""
+    for value, says in (("${nosuch:X}/runs", "Unsupported interpolation type nosuch"),
                         ("${oops}", "Interpolation key 'oops' not found")):  # fmt: skip
         refused = launch_in_process(f"run_dir={value}", "dry_run=true")
         assert refused.returncode == 2 and refused.stderr == f"error: run_dir: {says}\n", refused
