@@ -27,7 +27,14 @@ from omegaconf.errors import OmegaConfBaseException
 from rich.console import Console
 
 from launch.command_help import asks_for_help, print_help
-from launch.conf_tree import GROUPS, conf_dir, group_choices, override_keys, register_schema
+from launch.conf_tree import (
+    GROUPS,
+    conf_dir,
+    group_choices,
+    override_keys,
+    primary_config,
+    register_schema,
+)
 from launch.errors import USER_ERRORS, ConfigError, DiskFull, LaunchError, Stopped
 from launch.terminal import plain_console
 from train.files.safe_files import is_disk_full, unwritable_reason
@@ -138,15 +145,9 @@ def refuse_an_output_dir_hydra_cannot_make(parsed: list, *, multirun: bool) -> N
         raise ConfigError(key, f"{value}: {unwritable}" if path != Path(value) else unwritable)
 
 
-@functools.cache
-def _hydra_config() -> dict:
-    """conf/config.yaml's hydra node as written (its ${now:...} unresolved)."""
-    return OmegaConf.to_container(OmegaConf.load(conf_dir() / "config.yaml").hydra)
-
-
 def _hydra_default(key: str) -> str:
-    node = _hydra_config()
-    for part in key.split(".")[1:]:
+    node = primary_config()
+    for part in key.split("."):
         node = node[part]
     return node
 

@@ -40,9 +40,14 @@ def group_choices(group: str) -> list[str]:
 
 
 @cache
+def primary_config() -> dict:
+    """conf/config.yaml as written: its defaults list and hydra node, ${now:...} unresolved."""
+    return OmegaConf.to_container(OmegaConf.load(conf_dir() / "config.yaml"))
+
+
 def default_choices() -> dict[str, str]:
     """The option conf/config.yaml's defaults list gives each group (gpu: auto, ...)."""
-    listed = OmegaConf.load(conf_dir() / "config.yaml").defaults
+    listed = primary_config()["defaults"]
     pairs = (dict(entry).popitem() for entry in listed if not isinstance(entry, str))
     return {group: choice for group, choice in pairs if group in GROUPS}
 
