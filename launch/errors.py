@@ -7,6 +7,7 @@ the user can fix or for a run that failed for a reason already reported.
 
 from __future__ import annotations
 
+import argparse
 import signal
 
 from train.files.safe_files import DiskFull
@@ -20,6 +21,7 @@ __all__ = [
     "ConfigError",
     "DiskFull",
     "LaunchError",
+    "OneLineArgumentParser",
     "ReportError",
     "RunFailed",
     "Stopped",
@@ -71,3 +73,12 @@ class ReportError(LaunchError):
 
 
 USER_ERRORS = (LaunchError, ConfigError, DiskFull)
+
+
+class OneLineArgumentParser(argparse.ArgumentParser):
+    """argparse with the project's form for bad input: one line, exit 2 (argparse's own
+    error prints its usage first). For the commands that are not Hydra apps (launch.report,
+    launch.mamf)."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message}\n")

@@ -58,6 +58,7 @@ from launch.rundir import (
     config_name,
     dry_run_path,
     finished_points,
+    make_run_dir,
     previous_sweep_id,
     record_failure,
     refuse_other_workloads,
@@ -171,7 +172,7 @@ def prepare(cfg: RunConfig, overrides: list[str], job: Job, console: Console) ->
 
     root, node = Path(cfg.run_dir), driver_node_rank(cfg)
     finished = finished_points(cfg, plans, node) if cfg.resume else {}
-    make_dirs(root)
+    make_run_dir(root)
     prepared = Prepared(cfg, plans, setup, "", lock=take_run_dir(root, node), finished=finished)
     if node == 0:
         refuse_active_jobs(root)  # Slurm jobs an earlier driver left running there

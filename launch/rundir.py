@@ -33,13 +33,13 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from omegaconf import OmegaConf
+import yaml
 from omegaconf.errors import OmegaConfBaseException
 from rich.console import Console
 
 from launch.errors import ConfigError, RunFailed
 from launch.plan import RunPlan, config_for
-from train.files.safe_files import make_dirs, write_atomic
+from train.files.safe_files import DiskFull, make_dirs, write_atomic
 from train.spec.config import RunConfig, config_digest, load_run_config, workload
 
 FAILED = "failed.json"
@@ -69,6 +69,20 @@ def lock_name(node_rank: int = 0) -> str:
 def config_name(node_rank: int = 0) -> str:
     """The config a node's ranks read: node 0's is the run's, node k writes its own copy."""
     return "config.yaml" if node_rank == 0 else f"config-node{node_rank}.yaml"
+
+
+def make_run_dir(root: Path) -> None:
+    """The run dir, made; where the kernel refuses what validation could not foresee (a
+    folder under /proc or /sys, which root may write by access()'s account) ConfigError, not a
+    traceback. Nothing is written yet."""
+    try:
+        make_dirs(root)
+    except DiskFull:
+        raise
+    except OSError as exc:
+        raise ConfigError(
+            "run_dir", f"{root}: cannot be made there ({exc.strerror}); choose a folder on a disk"
+        ) from None
 
 
 def take_run_dir(root: Path, node_rank: int = 0):
@@ -149,7 +163,7 @@ def workload_differences(point: Path, expected: RunConfig, ignore: tuple[str, ..
     with ``expected`` (from its config.yaml; its summary's digest when that cannot be read)."""
     try:
         old = workload(load_run_config(point / "config.yaml"))
-    except (OSError, ValueError, OmegaConfBaseException):
+    except (OSError, ValueError, OmegaConfBaseException, yaml.YAMLError):
         try:
             digest = json.loads((point / "summary.json").read_text()).get("config_digest")
         except (OSError, ValueError, AttributeError):
@@ -214,12 +228,22 @@ def set_aside_other_runs(
 def previous_sweep_id(plans: list[RunPlan]) -> str | None:
     """The sweep id of the runs being resumed, so old and new points stay one sweep."""
     for plan in plans:
-        path = plan.run_dir / "config.yaml"
-        if path.is_file():
-            sweep_id = (OmegaConf.load(path).get("resolved") or {}).get("sweep_id")
-            if sweep_id:
-                return str(sweep_id)
+        resolved = (saved_config(plan.run_dir / "config.yaml") or {}).get("resolved")
+        sweep_id = resolved.get("sweep_id") if isinstance(resolved, dict) else None
+        if sweep_id:
+            return str(sweep_id)
     return None
+
+
+def saved_config(path: Path) -> dict | None:
+    """A point's config.yaml as a mapping; None when it is missing, unreadable, cut short or
+    not a mapping (edited by hand): such a point is one whose workload nobody can tell, and
+    resume=true reruns it as it does a point without a config."""
+    try:
+        loaded = yaml.safe_load(path.read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return None
+    return loaded if isinstance(loaded, dict) else None
 
 
 def record_failure(plan: RunPlan, exc: RunFailed) -> Path:
@@ -271,10 +295,10 @@ def _point_record(point: Path) -> dict | None:
 
 def unfinished_point(point: Path) -> dict | None:
     """A point with a config.yaml but neither summary.json nor failed.json."""
+    cluster = (saved_config(point / "config.yaml") or {}).get("cluster")
     try:
-        cfg = OmegaConf.load(point / "config.yaml")
-        world_size = int(cfg.cluster.nodes) * int(cfg.cluster.nproc_per_node)
-    except (OSError, ValueError, AttributeError, TypeError):
+        world_size = int(cluster["nodes"]) * int(cluster["nproc_per_node"])
+    except (KeyError, TypeError, ValueError):
         return None
     jobs = sorted(point.glob("slurm-*.out"))
     hint = f"; its Slurm output: {jobs[-1]}" if jobs else ""

@@ -56,8 +56,11 @@ def validate(cfg: RunConfig, plans: list[RunPlan], *, trains: bool = True) -> No
     if cfg.parallel.name != "auto":
         validate_engine(cfg)
     check_fp8_settings(cfg)
-    validate_fp8_libraries(cfg)
+    validate_fp8_part(cfg)
+    # The shapes before the libraries: importing torchao (and torch with it) takes seconds
+    # and prints torch's warnings above a refusal the config alone decides.
     check_fp8_shapes(cfg)
+    validate_fp8_libraries(cfg)
     validate_cluster(cfg, plans)
     for plan in plans:
         run_cfg = config_for(cfg, plan, "")  # parallel=auto: the layout chosen for this run
@@ -81,18 +84,22 @@ def validate(cfg: RunConfig, plans: list[RunPlan], *, trains: bool = True) -> No
         )
 
 
-def validate_fp8_libraries(cfg: RunConfig) -> None:
-    """An explicit fp8 needs fp8 tensor cores in the profile and an fp8 library here."""
-    fp8 = cfg.precision.fp8
-    if cfg.precision.name != "fp8":
-        return
-    if not cfg.gpu.fp8:
+def validate_fp8_part(cfg: RunConfig) -> None:
+    """An explicit fp8 needs fp8 tensor cores in the profile."""
+    if cfg.precision.name == "fp8" and not cfg.gpu.fp8:
         with_fp8 = [n for n in group_choices("gpu") if n != "auto" and load_gpu_profile(n).fp8]
         raise ConfigError(
             "precision",
             f"fp8 needs FP8 tensor cores, which gpu={cfg.gpu.name} lacks; profiles with FP8: "
             + ", ".join(with_fp8),
         )
+
+
+def validate_fp8_libraries(cfg: RunConfig) -> None:
+    """An explicit fp8 needs an fp8 library that imports here."""
+    fp8 = cfg.precision.fp8
+    if cfg.precision.name != "fp8":
+        return
     if fp8.backend == "te" and not module_imports("transformer_engine.pytorch"):
         raise ConfigError(
             "precision.fp8.backend",
@@ -221,7 +228,14 @@ def validate_token_file(cfg: RunConfig) -> None:
         raise ConfigError("data.path", "data.source=file needs data.path (a .bin token file)")
     path = Path(d.path)
     if not path.is_file():
-        what = "a directory; expected the .bin token file" if path.is_dir() else "no such file"
+        what = (
+            "a directory; expected the .bin token file"
+            if path.is_dir()
+            # /dev/null, a FIFO: the ranks memory-map the file, which needs its size
+            else "not a regular file; expected the .bin token file"
+            if path.exists()
+            else "no such file"
+        )
         raise ConfigError("data.path", f"{d.path}: {what}")
     dtype = np.dtype(str(d.dtype))  # uint16 | uint32
     size = path.stat().st_size

@@ -20,9 +20,16 @@ from pathlib import Path
 
 from rich.table import Table
 
-from launch.bench.cache import cache_path, ceiling_problem, host_cache_path, load_measured, save
+from launch.bench.cache import (
+    cache_dir,
+    cache_path,
+    ceiling_problem,
+    host_cache_path,
+    load_measured,
+    save,
+)
 from launch.bench.host_kernels import ensure_host
-from launch.errors import ConfigError
+from launch.errors import ConfigError, OneLineArgumentParser
 from launch.perfmodel.calibrate import load_config_file
 from launch.perfmodel.host import HostWorkload, pipeline_rows
 from launch.terminal import plain_console
@@ -163,14 +170,6 @@ def fp8_refusal(device) -> str | None:
     return None
 
 
-class _OneLineParser(argparse.ArgumentParser):
-    """argparse with the project's form for bad input: one line, exit 2 (argparse's own
-    error prints its usage first)."""
-
-    def error(self, message: str):
-        self.exit(2, f"error: {message}\n")
-
-
 def _sizes(text: str) -> list[int]:
     try:
         sizes = [int(x) for x in text.split(",")]
@@ -230,7 +229,7 @@ def _out_file(text: str) -> Path:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = _OneLineParser(
+    parser = OneLineArgumentParser(
         prog="python -m launch.mamf",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -277,6 +276,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     try:
         args = parser.parse_args(argv)
+        # Both paths save into the cache: a folder that cannot be made there is refused
+        # before any measuring (it was an error after minutes of it).
+        unwritable = unwritable_reason(cache_dir() / "mamf")
+        if unwritable:
+            parser.error(f"SCALEPROBE_CACHE_DIR: {unwritable}")
         if args.host_shapes:
             return _host_shapes(args.host_shapes, args.cpu_threads)
         return _measure_ceiling(parser, args)

@@ -56,6 +56,15 @@ def validate_slurm(cfg: RunConfig) -> None:
         value = getattr(launcher, key)
         if value is not None and value < 1:
             raise ConfigError(f"launcher.{key}", f"{value}: must be >= 1")
+    # sbatch asks for --gpus-per-node=nproc_per_node: more than the profile's node holds
+    # was accepted here and refused (or left pending) by Slurm after the driver had started.
+    per_node, gpu = cfg.cluster.nproc_per_node, cfg.gpu
+    if gpu.name not in ("cpu", "auto") and per_node > gpu.gpus_per_node:
+        raise ConfigError(
+            "cluster.nproc_per_node",
+            f"{per_node}: a gpu={gpu.name} node holds {gpu.gpus_per_node} GPUs, and each rank "
+            "takes one (set gpu.gpus_per_node where the partition's nodes hold more)",
+        )
     if cfg.cluster.name not in ("slurm", "local"):
         raise ConfigError(
             "cluster.name",

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from launch.errors import ConfigError
 from launch.perfmodel.collectives import collective_time
 from launch.perfmodel.hardware import Link, PartRates, part_rates
 from launch.perfmodel.step import predict_run
+from train.measure.summary import RunSummary, SummaryError
 from train.spec.config import RunConfig, load_run_config
 
 # What _link_scales reads of each comm.json point (train/bench/comm_rank.py writes them).
@@ -70,20 +72,26 @@ def load_calibration(run_dir: str | None, comm_json: str | None) -> Calibration:
     if run_dir:
         path = Path(run_dir)
         summary_path = path / "summary.json"
+        if path.is_file():
+            raise ConfigError(
+                "project.calibrate",
+                f"{run_dir} is a file; expected the run dir that holds its summary.json and "
+                "config.yaml",
+            )
         if not summary_path.is_file():
             raise ConfigError("project.calibrate", f"{run_dir} has no summary.json (not a run dir)")
-        summary = _read_json(summary_path, "project.calibrate")
+        # Read through its type (train/measure/summary.py): the counts and the step time it
+        # divides by are checked there, as for the report.
+        try:
+            summary = RunSummary.read(summary_path).to_dict()
+        except SummaryError as exc:
+            raise ConfigError("project.calibrate", str(exc)) from None
         config_path = path / "config.yaml"
         if not config_path.is_file():
             raise ConfigError("project.calibrate", f"{run_dir} has no config.yaml")
         workload = load_config_file(config_path, "project.calibrate")
-        measured = (summary.get("step_time_s") or {}).get("median")
-        if not measured:
-            raise ConfigError("project.calibrate", f"{summary_path} has no step_time_s.median")
-        resolved = (summary.get("precision") or {}).get("resolved")
-        missing = [k for k in ("world_size", "nproc_per_node", "nodes") if k not in summary]
-        if missing:
-            raise ConfigError("project.calibrate", f"{summary_path} has no {missing[0]}")
+        measured = summary["step_time_s"]["median"]
+        resolved = summary["precision"]["resolved"]
         predicted = predict_run(workload, summary, precision=resolved)
         compute_scale = predicted.step_time_s / measured
         notes.append(
@@ -171,6 +179,8 @@ def _all_reduce_points(record: dict, comm_json: str) -> list[dict]:
             f"{comm_json}: a result lacks one of {', '.join(POINT_KEYS)} ({bad[0]!r:.80})",
         )
     points = [p for p in results if p["op"] == "all_reduce" and p["scope"] in LINK_SCOPES]
+    for point in points:
+        _check_point(point, comm_json)
     if not points:
         raise ConfigError(
             "project.calibrate_comm",
@@ -179,3 +189,29 @@ def _all_reduce_points(record: dict, comm_json: str) -> list[dict]:
             "(run python -m launch.comm with all_reduce in comm.ops)",
         )
     return points
+
+
+def _check_point(point: dict, comm_json: str) -> None:
+    """The numbers a link scale is computed from: a size, a group of at least two ranks (an
+    all-reduce over one moves nothing: its bus bandwidth divides by zero) and a bandwidth."""
+
+    def number(v) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+    def count(low: int):
+        return lambda v: number(v) and isinstance(v, int) and v >= low
+
+    def rate(v) -> bool:
+        return number(v) and math.isfinite(v) and v > 0
+
+    for key, expected, fits in (
+        ("bytes", "an integer >= 1", count(1)),
+        ("group_size", "an integer >= 2", count(2)),
+        ("busbw_gbytes_per_s", "a finite number > 0", rate),
+    ):
+        if not fits(point[key]):
+            raise ConfigError(
+                "project.calibrate_comm",
+                f"{comm_json}: an all_reduce result's {key} is {point[key]!r:.40}, expected "
+                f"{expected}",
+            )

@@ -7,11 +7,10 @@ model, parallelism and precision) and writes ``report.md``, ``results.json`` and
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
-from launch.errors import DiskFull, ReportError
+from launch.errors import DiskFull, OneLineArgumentParser, ReportError
 from launch.report.console import print_table
 from launch.report.load import load_runs
 from launch.report.scaling import scaling_rows
@@ -21,7 +20,7 @@ from train.files.safe_files import unwritable_reason
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m launch.report", description=__doc__)
+    parser = OneLineArgumentParser(prog="python -m launch.report", description=__doc__)
     parser.add_argument(
         "dirs",
         nargs="+",

@@ -146,7 +146,21 @@ class RunSummary:
         return cls.from_dict(data, str(path))
 
     def check(self, source: str) -> None:
-        """The numbers a report divides by or plots: present, of the right kind, in range."""
+        """What every report row reads (the required fields, the names it labels a series
+        with) is of its declared kind, and the numbers it divides by or plots are in range: a
+        summary edited by hand or cut by another tool is one line naming the file and the
+        key, never a TypeError in the report."""
+        for f in dataclasses.fields(self):
+            kind = REQUIRED_KINDS.get(f.type)
+            value = getattr(self, f.name)
+            if _required(f) and kind and (not isinstance(value, kind) or isinstance(value, bool)):
+                raise SummaryError(
+                    f"{source}: {f.name} is {value!r:.60}, expected {REQUIRED_KIND_NAMES[f.type]}"
+                )
+        for table, key in (("model", "name"), ("precision", "resolved"), ("sweep", "name")):
+            value = getattr(self, table).get(key)
+            if not isinstance(value, str):
+                raise SummaryError(f"{source}: {table}.{key} is {value!r:.60}, expected a string")
         for name in ("world_size", "nodes", "nproc_per_node"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -155,11 +169,29 @@ class RunSummary:
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not value > 0:
                 raise SummaryError(f"{source}: {name} is {value!r}, expected a number > 0")
-        median = (
-            (self.step_time_s or {}).get("median") if isinstance(self.step_time_s, dict) else None
-        )
+        median = self.step_time_s.get("median")
         if not isinstance(median, (int, float)) or not median > 0:
             raise SummaryError(f"{source}: step_time_s.median is {median!r}, expected > 0")
+
+
+# The kinds of the required fields, by their annotation (strings: `from __future__ import
+# annotations`); ints and floats are told apart where a count is expected.
+REQUIRED_KINDS: dict[str, type | tuple[type, ...]] = {
+    "dict[str, Any]": dict,
+    "dict[str, float]": dict,
+    "str": str,
+    "int": int,
+    "float": (int, float),
+    "float | None": (int, float, type(None)),
+}
+REQUIRED_KIND_NAMES = {
+    "dict[str, Any]": "a JSON object",
+    "dict[str, float]": "a JSON object",
+    "str": "a string",
+    "int": "an integer",
+    "float": "a number",
+    "float | None": "a number or null",
+}
 
 
 def _required(f: dataclasses.Field) -> bool:

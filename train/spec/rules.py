@@ -108,6 +108,12 @@ def check_model(m: ModelConfig) -> None:
         )
     if (m.d_model // m.n_heads) % 2:
         raise ConfigError("model.n_heads", "head dim d_model/n_heads must be even for RoPE")
+    # RoPE's base and RMSNorm's epsilon: a negative or NaN base gives NaN angles, a NaN
+    # epsilon NaN norms, a zero base infinite ones: NaN losses from the first step, not an error.
+    for key in ("rope_theta", "norm_eps"):
+        value = getattr(m, key)
+        if not (math.isfinite(value) and value > 0):
+            raise ConfigError(f"model.{key}", f"{value}: must be a finite number > 0")
     if m.n_experts < 0:
         raise ConfigError("model.n_experts", f"{m.n_experts}: must be >= 0 (0: a dense model)")
     if is_moe(m):
@@ -203,8 +209,20 @@ def check_parallel_settings(p: ParallelConfig) -> None:
 
 
 def check_precision(cfg: RunConfig) -> None:
-    """The fp8 settings, and what an explicit fp8 needs of the shapes (whether the part has
-    fp8 and a library imports is the machine's business: launch/validate.py)."""
+    """The fp16 loss scaling, the fp8 settings, and what an explicit fp8 needs of the shapes
+    (whether the part has fp8 and a library imports is the machine's business:
+    launch/validate.py)."""
+    p = cfg.precision
+    if not (math.isfinite(p.loss_scale_init) and p.loss_scale_init > 0):
+        raise ConfigError(
+            "precision.loss_scale_init", f"{p.loss_scale_init}: must be a finite number > 0"
+        )
+    if p.loss_scale_growth_interval < 1:
+        raise ConfigError(
+            "precision.loss_scale_growth_interval",
+            f"{p.loss_scale_growth_interval}: must be >= 1 (steps without an overflow before "
+            "the scale doubles)",
+        )
     check_fp8_settings(cfg)
     check_fp8_shapes(cfg)
 
