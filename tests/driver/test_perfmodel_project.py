@@ -18,6 +18,7 @@ from launch.perfmodel.step import Placement, predict, predict_run
 from launch.project import run_projection
 from launch.terminal import plain_console
 from tests.conftest import compose_run_config
+from tests.unit.test_report import summary
 from train.spec.degrees import plan_layout
 from train.spec.traffic import CommVolume, StepShape, step_collectives
 
@@ -231,14 +232,12 @@ def test_calibration_scales_compute_by_measured_over_predicted(tmp_path):
     predicted = predict_run(
         cfg, {"world_size": 8, "nproc_per_node": 8, "nodes": 1}, precision="bf16"
     ).step_time_s
-    summary = {
-        "world_size": 8,
-        "nproc_per_node": 8,
-        "nodes": 1,
+    measured = {
+        **summary("h100_sxm", 8, 1e3, 0.4),
         "precision": {"resolved": "bf16"},
         "step_time_s": {"median": 2 * predicted},
     }
-    (tmp_path / "summary.json").write_text(json.dumps(summary))
+    (tmp_path / "summary.json").write_text(json.dumps(measured))
     calibration = load_calibration(str(tmp_path), None)
     assert calibration.compute_scale == pytest.approx(0.5)
     slower = calibration.apply(part_rates(cfg.gpu))
@@ -331,11 +330,31 @@ def test_bad_projection_input_is_one_config_error_before_anything_is_written(
     assert not out.exists()
 
 
-def test_a_corrupt_calibration_summary_is_a_config_error(tmp_path):
-    (tmp_path / "summary.json").write_text("{not json")
+@pytest.mark.parametrize(
+    ("changes", "says"),
+    [
+        (None, "summary.json: unreadable summary"),
+        ({"step_time_s": {"median": -0.5}}, "step_time_s.median is -0.5, expected > 0"),
+        ({"world_size": "2"}, "world_size is '2', expected an integer"),
+        ({"precision": None}, "precision is None, expected a JSON object"),
+    ],
+    ids=["not-json", "negative-step", "world-size-string", "precision-null"],
+)
+def test_a_corrupt_calibration_summary_is_a_config_error(tmp_path, changes, says):
+    # Each was a traceback (JSONDecodeError, TypeError) or, for a negative step time, a
+    # negative compute scale taken without a word.
+    record = {**summary("cpu", 1, 1e3, 0.4), **(changes or {})}
+    (tmp_path / "summary.json").write_text(json.dumps(record) if changes else "{not json")
     (tmp_path / "config.yaml").write_text("model: {}\n")
-    with pytest.raises(ConfigError, match="project.calibrate: .*summary.json is not readable JSON"):
+    with pytest.raises(ConfigError) as err:
         load_calibration(str(tmp_path), None)
+    assert err.value.key == "project.calibrate" and says in str(err.value), err.value
+
+
+def test_a_file_as_calibrate_says_a_run_dir_is_expected(tmp_path):
+    (tmp_path / "summary.json").write_text("{}")
+    with pytest.raises(ConfigError, match="summary.json is a file; expected the run dir"):
+        load_calibration(str(tmp_path / "summary.json"), None)
 
 
 def test_a_run_that_fits_nowhere_suggests_what_it_does_not_already_do(tmp_path):
@@ -544,6 +563,19 @@ POINT = {"scope": "intra-node", "bytes": 2**26, "group_size": 8, "busbw_gbytes_p
         ({}, "has no results list"),  # was taken: "links: intra x1.00, inter x1.00"
         ({"results": [{**POINT, "op": "all_gather"}]}, "no intra-node or inter-node all_reduce"),
         ({"results": [{"op": "all_reduce"}]}, "a result lacks one of op, scope, bytes"),
+        # Each was a ZeroDivisionError or TypeError traceback.
+        (
+            {"results": [{**POINT, "op": "all_reduce", "group_size": 1}]},
+            "group_size is 1, expected an integer >= 2",
+        ),
+        (
+            {"results": [{**POINT, "op": "all_reduce", "busbw_gbytes_per_s": 0}]},
+            "busbw_gbytes_per_s is 0, expected a finite number > 0",
+        ),
+        (
+            {"results": [{**POINT, "op": "all_reduce", "bytes": "64M"}]},
+            "bytes is '64M', expected an integer >= 1",
+        ),
     ],
 )
 def test_a_comm_json_that_calibrates_nothing_is_refused(tmp_path, record, says):
@@ -808,14 +840,12 @@ def _measured_auto_run(tmp_path):
     )
     cfg.resolved.layout_reason = "parallel=auto: ddp (the model's choice at world size 1)"
     (run / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
-    summary = {
-        "world_size": 1,
-        "nproc_per_node": 1,
-        "nodes": 1,
+    measured = {
+        **summary("h100_sxm", 1, 1e3, 0.4),
         "precision": {"resolved": "bf16"},
         "step_time_s": {"median": 0.1},
     }
-    (run / "summary.json").write_text(json.dumps(summary))
+    (run / "summary.json").write_text(json.dumps(measured))
     return run
 
 

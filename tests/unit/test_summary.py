@@ -35,6 +35,13 @@ def test_round_trip_keeps_every_key_and_writes_strict_json(tmp_path):
         (lambda d: d.update(world_size="8"), "world_size is '8'"),
         (lambda d: d.pop("tokens_per_s"), "summary lacks tokens_per_s"),
         (lambda d: d.update(step_time_s={"median": 0}), "step_time_s.median is 0"),
+        # What the report labels and groups by, of another kind: TypeErrors in the report.
+        (lambda d: d.update(model="llama"), "model is 'llama', expected a JSON object"),
+        (lambda d: d.update(step_time_s=None), "step_time_s is None, expected a JSON object"),
+        (lambda d: d.update(gpu=8), "gpu is 8, expected a string"),
+        (lambda d: d.update(mfu="40%"), "mfu is '40%', expected a number or null"),
+        (lambda d: d["precision"].update(resolved=None), "precision.resolved is None"),
+        (lambda d: d["sweep"].pop("name"), "sweep.name is None, expected a string"),
     ],
 )
 def test_unreadable_summaries_are_one_line(change, message):
@@ -55,3 +62,16 @@ def test_report_cli_refuses_a_null_summary_and_a_file_as_out(tmp_path, capsys):
     (tmp_path / "file").write_text("")
     assert main([str(tmp_path / "sweep"), "--out", str(tmp_path / "file")]) == 2
     assert "--out" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [([], "the following arguments are required: DIR"), (["x", "--nope"], "unrecognized")],
+)
+def test_report_cli_argument_errors_are_one_line(capsys, args, says):
+    # argparse printed its usage line first: two lines where every other refusal is one.
+    with pytest.raises(SystemExit) as exited:
+        main(args)
+    err = capsys.readouterr().err
+    assert exited.value.code == 2 and err.startswith("error: ") and says in err
+    assert err.count("\n") == 1, err
