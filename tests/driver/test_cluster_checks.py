@@ -31,6 +31,10 @@ BAD = [
     # Each went into the job script as written (#SBATCH --cpus-per-task=-8).
     (["launcher=slurm", "launcher.cpus_per_gpu=-1"], "launcher.cpus_per_gpu: -1: must be >= 1"),
     (["launcher=slurm", "launcher.cpus_per_task=0"], "launcher.cpus_per_task: 0: must be >= 1"),
+    (
+        ["cluster=slurm", "launcher=slurm", "gpu=h100_sxm", "cluster.nproc_per_node=16"],
+        "cluster.nproc_per_node: 16: a gpu=h100_sxm node holds 8 GPUs, and each rank takes one",
+    ),
     (["fabric=pcie_eth", "+fabric.nccl_env.nccl_debug=INFO"], "fabric.nccl_env.nccl_debug"),
     (["cluster=emulated", "cluster.link_gbps=-1"], "cluster.link_gbps: -1.0: must be a finite"),
     # NaN ran an unthrottled link recorded as `gbps: .nan`; inf overflowed tc's rate.

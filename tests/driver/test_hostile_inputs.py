@@ -51,6 +51,16 @@ from train.spec.config import RunConfig
 from train.spec.config_error import ConfigError
 from train.spec.degrees import plan_layout
 
+
+def test_a_run_dir_the_kernel_will_not_make_is_one_line(launch_in_process):
+    # /proc is a folder root may write by access()'s account; mkdir said ENOENT, a traceback.
+    result = launch_in_process(*FAST, "run_dir=/proc/scaleprobe-test-run", "dry_run=true")
+    assert result.returncode == 2, result.stderr
+    (line,) = result.stderr.splitlines()
+    assert line.startswith("error: run_dir: /proc/scaleprobe-test-run: cannot be made there (")
+    assert line.endswith("); choose a folder on a disk"), line
+
+
 # --- refused before anything starts: one line naming the key, exit 2 ------------------------
 
 REFUSED = [
@@ -65,6 +75,11 @@ REFUSED = [
     (["run_dir=$(date)"], "run_dir: Hydra cannot parse the override 'run_dir=$(date)'", ""),
     (["cluster.collective_timeout_s=0"], "cluster.collective_timeout_s: 0.0: must be > 0 s", ""),
     (["cluster.stall_timeout_s=-1"], "cluster.stall_timeout_s: -1.0: must be >= 0 s", ""),
+    # NaN losses from the first step, or a scaler that never grows, rather than an error.
+    (["model.rope_theta=0"], "model.rope_theta: 0.0: must be a finite number > 0", ""),
+    (["model.norm_eps=nan"], "model.norm_eps: nan: must be a finite number > 0", ""),
+    (["precision.loss_scale_init=-1"], "precision.loss_scale_init: -1.0: must be a finite", ""),
+    (["precision.loss_scale_growth_interval=0"], "precision.loss_scale_growth_interval: 0:", ""),
 ]
 
 
@@ -145,6 +160,21 @@ def test_resume_refuses_a_dir_of_another_workload_naming_what_differs(launch_in_
     assert {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()} == before
     same = launch_in_process(*FAST, f"run_dir={run_dir}", "resume=true", "dry_run=true")
     assert same.returncode == 0, same.stderr  # the same workload resumes
+
+
+@pytest.mark.parametrize(
+    "text", [b"a: [cut short\n", b"- a list\n", b"\xff\xfe"], ids=["yaml", "list", "binary"]
+)
+def test_resume_reruns_a_point_whose_config_cannot_be_read(text, launch_in_process, tmp_path):
+    # A config.yaml cut short or edited by hand says no workload: resume=true reruns that
+    # point as it does one without a config (it was a YAML or OmegaConf traceback).
+    run_dir = tmp_path / "sweep"
+    assert launch_in_process(*FAST, f"run_dir={run_dir}", "dry_run=true").returncode == 0
+    (run_dir / "ws1" / "config.yaml").write_bytes(text)
+    result = launch_in_process(*FAST, f"run_dir={run_dir}", "resume=true", "dry_run=true")
+    assert result.returncode == 0, result.stderr
+    assert f"--config {run_dir / 'ws1' / 'config.dry-run.yaml'}" in result.stdout
+    assert (run_dir / "ws1" / "config.yaml").read_bytes() == text  # a dry run changes nothing
 
 
 def write_point(root: Path, world_size: int) -> None:

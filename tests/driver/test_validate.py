@@ -37,6 +37,7 @@ BAD_OVERRIDES = [
         "data.path: /nonexistent/tokens.bin: no such file",
     ),
     (["data.source=file", "data.path=/"], "data.path: /: a directory; expected the .bin token"),
+    (["data.source=file", "data.path=/dev/null"], "data.path: /dev/null: not a regular file"),
     # It trained on synthetic tokens without a word.
     (["data.path=/x/tokens.bin"], "data.path: '/x/tokens.bin' is read only with data.source=file"),
     # Every rank failed at torch.manual_seed ("Overflow when unpacking long").

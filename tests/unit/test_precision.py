@@ -170,7 +170,13 @@ def test_te_backend_without_te_says_how_to_install(monkeypatch):
 
     monkeypatch.setattr(launch.validate, "module_imports", lambda name: False)
     cfg = compose_run_config(
-        ["run_dir=/tmp/x", "gpu=h100_sxm", "precision=fp8", "precision.fp8.backend=te"]
+        [
+            "run_dir=/tmp/x",
+            "gpu=h100_sxm",
+            "precision=fp8",
+            "precision.fp8.backend=te",
+            "precision.fp8.min_dim=128",  # tiny's layers: the shapes pass, the library is next
+        ]
     )
     with pytest.raises(ConfigError, match=r"pip install -e '\.\[te\]'.*backend=torchao"):
         validate(cfg, plan_runs(cfg))
