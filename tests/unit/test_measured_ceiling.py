@@ -106,7 +106,6 @@ def test_bad_mamf_input_is_one_line_and_exit_2(own_cache, capsys, args, says):
     assert not own_cache.exists() and not out
 
 
-
 def test_a_cache_dir_that_is_a_file_is_refused_before_measuring(tmp_path, monkeypatch, capsys):
     # It measured for minutes, then failed to save.
     (tmp_path / "cache").write_text("")
@@ -116,9 +115,10 @@ def test_a_cache_dir_that_is_a_file_is_refused_before_measuring(tmp_path, monkey
             (tmp_path / "c.yaml").write_text("")
         assert mamf.main(args) == 2
         out, err = capsys.readouterr()
-        assert err == f"error: SCALEPROBE_CACHE_DIR: {tmp_path / 'cache' / 'mamf'}: " + (
-            f"{tmp_path / 'cache'} is not a directory\n"
-        ) and not out
+        why = f"{tmp_path / 'cache'} is not a directory"
+        assert err == f"error: SCALEPROBE_CACHE_DIR: {tmp_path / 'cache' / 'mamf'}: {why}\n"
+        assert not out
+
 
 def test_a_directory_or_a_foreign_file_as_host_shapes_is_one_line(own_cache, tmp_path, capsys):
     assert mamf.main(["--host-shapes", str(tmp_path)]) == 2
