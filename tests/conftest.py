@@ -42,12 +42,16 @@ FAST = [
 ]
 # Layouts against one rank, loss for loss (tests/integration/test_parallel.py, test_pipeline.py):
 # the tiny model in fp32, 5 steps of global batch 8 in micro-batches of 2.
+# Three steps: the first loss checks the forward, the second and third the gradients and
+# two optimizer updates (AdamW's moments after one step and after two); steps beyond them
+# repeat the same code. Each step of every layout's run is ~1/3 of these modules' time.
+LOSS_FOR_LOSS_STEPS = 3
 LOSS_FOR_LOSS = [
     "model=tiny",
     "wandb.mode=disabled",
     "sweep=none",
     "precision=fp32",
-    "train.steps=5",
+    f"train.steps={LOSS_FOR_LOSS_STEPS}",
     "train.warmup_steps=1",
     "train.seq_len=32",
     "train.micro_batch=2",

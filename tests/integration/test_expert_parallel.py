@@ -21,7 +21,14 @@ import os
 import pytest
 import torch
 
-from tests.conftest import LOSS_FOR_LOSS, losses, rank_config, run_one_rank_here, torchrun
+from tests.conftest import (
+    LOSS_FOR_LOSS,
+    LOSS_FOR_LOSS_STEPS,
+    losses,
+    rank_config,
+    run_one_rank_here,
+    torchrun,
+)
 from train.spec.traffic import KINDS
 
 COMMON = [*LOSS_FOR_LOSS, "model=moe_tiny"]
@@ -108,7 +115,7 @@ def root(tmp_path_factory):
 @pytest.mark.parametrize("name", list(CASES))
 def test_expert_parallel_matches_one_rank_loss_for_loss(root, name):
     reference, got = losses(root / CASES[name][1]), losses(root / name)
-    assert len(got) == len(reference) == 5
+    assert len(got) == len(reference) == LOSS_FOR_LOSS_STEPS
     assert reference[-1] < reference[0]  # it trains
     assert got == pytest.approx(reference, rel=1e-5, abs=0)
 

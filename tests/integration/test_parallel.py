@@ -9,7 +9,8 @@ in-process. Each 2-rank layout accumulates gradients (global batch 8, micro batc
 micro-steps per data-parallel rank, 4 under pure TP) and several run with activation
 checkpointing, which must not change a single loss.
 
-Tolerances, fp32 throughout, losses ~7.6 falling to ~7.2 over 5 steps:
+Tolerances, fp32 throughout, losses ~7.6 falling by ~0.3 over 3 steps (the differences
+below were observed over 5):
 - data parallel (ddp, fsdp, hsdp, zero1-3): 1e-5 absolute. Same math on the same rows; only
   the order in which gradients are summed changes (bucketed all-reduce, reduce-scatter,
   DeepSpeed's flat partitions and its separate fp32 master copy, which holds the same values
@@ -30,6 +31,7 @@ import pytest
 from launch.launchers.command import executable_beside_python
 from tests.conftest import (
     LOSS_FOR_LOSS,
+    LOSS_FOR_LOSS_STEPS,
     compose_run_config,
     free_port,
     losses,
@@ -122,8 +124,8 @@ def test_deepspeed_leaves_no_shared_memory_segment(runs):
 def test_two_ranks_match_one_rank_loss_for_loss(runs, name):
     root, summaries = runs
     reference, got = losses(root / "one_rank"), losses(root / name)
-    assert len(got) == len(reference) == 5
-    assert reference[-1] < reference[0] - 0.2  # it trains
+    assert len(got) == len(reference) == LOSS_FOR_LOSS_STEPS
+    assert reference[-1] < reference[0] - 0.1  # it trains (7.65 to 7.46 in 3 steps)
     assert got == pytest.approx(reference, abs=TOLERANCE[name], rel=0)
     summary = summaries[name]
     layout = {"tp_sp": "tp", "fsdp_unsharded": "fsdp"}.get(name, name)
