@@ -16,11 +16,18 @@ import json
 
 import pytest
 
-from tests.conftest import LOSS_FOR_LOSS, losses, rank_config, run_one_rank_here, torchrun
+from tests.conftest import (
+    LOSS_FOR_LOSS,
+    LOSS_FOR_LOSS_STEPS,
+    losses,
+    rank_config,
+    run_one_rank_here,
+    torchrun,
+)
 from train.spec.rules import check_run
 from train.spec.traffic import KINDS
 
-COMMON = [*LOSS_FOR_LOSS, "model.n_layers=2", "train.steps=4"]
+COMMON = [*LOSS_FOR_LOSS, "model.n_layers=2"]
 KV4 = ["model.n_kv_heads=4"]  # tiny has 2 kv heads: TP 4 needs 4
 ONE_RANK = {"one_rank": [], "one_rank_kv4": KV4}
 FOUR_RANKS = {  # name: (overrides, its one-rank reference)
@@ -40,6 +47,7 @@ FOUR_RANKS = {  # name: (overrides, its one-rank reference)
     ),
 }
 FP16 = [
+    "train.steps=4",  # tests/ranks/tp_ranks.py runs 4: the poisoned step 3 and one after
     "parallel=tp_fsdp",
     "parallel.tp=2",
     "parallel.dp_shard=2",
@@ -69,7 +77,7 @@ def runs(tmp_path_factory):
 def test_four_ranks_match_one_rank_loss_for_loss(runs, name):
     root, _ = runs
     reference, got = losses(root / FOUR_RANKS[name][1]), losses(root / name)
-    assert len(got) == len(reference) == 4
+    assert len(got) == len(reference) == LOSS_FOR_LOSS_STEPS
     assert reference[-1] < reference[0]  # it trains
     assert got == pytest.approx(reference, rel=1e-5, abs=0)
 
