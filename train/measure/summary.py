@@ -151,12 +151,12 @@ class RunSummary:
         summary edited by hand or cut by another tool is one line naming the file and the
         key, never a TypeError in the report."""
         for f in dataclasses.fields(self):
-            kind = REQUIRED_KINDS.get(f.type)
+            if not _required(f) or f.type not in REQUIRED_KINDS:
+                continue
+            kind, expected = REQUIRED_KINDS[f.type]
             value = getattr(self, f.name)
-            if _required(f) and kind and (not isinstance(value, kind) or isinstance(value, bool)):
-                raise SummaryError(
-                    f"{source}: {f.name} is {value!r:.60}, expected {REQUIRED_KIND_NAMES[f.type]}"
-                )
+            if not isinstance(value, kind) or isinstance(value, bool):
+                raise SummaryError(f"{source}: {f.name} is {value!r:.60}, expected {expected}")
         for table, key in (("model", "name"), ("precision", "resolved"), ("sweep", "name")):
             value = getattr(self, table).get(key)
             if not isinstance(value, str):
@@ -175,22 +175,15 @@ class RunSummary:
 
 
 # The kinds of the required fields, by their annotation (strings: `from __future__ import
-# annotations`); ints and floats are told apart where a count is expected.
-REQUIRED_KINDS: dict[str, type | tuple[type, ...]] = {
-    "dict[str, Any]": dict,
-    "dict[str, float]": dict,
-    "str": str,
-    "int": int,
-    "float": (int, float),
-    "float | None": (int, float, type(None)),
-}
-REQUIRED_KIND_NAMES = {
-    "dict[str, Any]": "a JSON object",
-    "dict[str, float]": "a JSON object",
-    "str": "a string",
-    "int": "an integer",
-    "float": "a number",
-    "float | None": "a number or null",
+# annotations`), and how an error names each; ints and floats are told apart where a count is
+# expected.
+REQUIRED_KINDS: dict[str, tuple[type | tuple[type, ...], str]] = {
+    "dict[str, Any]": (dict, "a JSON object"),
+    "dict[str, float]": (dict, "a JSON object"),
+    "str": (str, "a string"),
+    "int": (int, "an integer"),
+    "float": ((int, float), "a number"),
+    "float | None": ((int, float, type(None)), "a number or null"),
 }
 
 
